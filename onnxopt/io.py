@@ -1,0 +1,173 @@
+"""Model I/O: validated loading, atomic saving, opset upgrade.
+
+Raw ``onnx`` protobuf is used only here and at the other edges (checker,
+onnxruntime); everything in between works on :class:`onnx_ir.Model`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+import onnx.version_converter
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from onnxopt.errors import ModelLoadError, OutputError, UnsupportedModelError
+
+#: Oldest default-domain opset onnxopt accepts.
+MIN_OPSET = 9
+#: Newest default-domain opset the installed onnx knows.
+MAX_OPSET = onnx.defs.onnx_opset_version()
+#: Protobuf cannot serialize a single message larger than this.
+PROTOBUF_LIMIT = 2**31 - 1
+#: Above this many tensor bytes, :func:`save` writes external data by default.
+EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2
+
+
+def load(path: str | os.PathLike[str]) -> ir.Model:
+    """Load and validate an ONNX model (embedded or external data).
+
+    Raises :class:`ModelLoadError` with a one-line message for a missing,
+    empty, truncated, non-ONNX or structurally invalid file, and
+    :class:`UnsupportedModelError` for opsets outside ``MIN_OPSET..MAX_OPSET``.
+    """
+    path = Path(path)
+    proto = load_proto(path)
+    validate_opset(proto, str(path))
+    try:
+        return ir.serde.deserialize_model(proto)
+    except Exception as e:  # onnx_ir raises several types for malformed graphs
+        raise ModelLoadError(f"{path}: cannot read the graph: {_first_line(e)}") from e
+
+
+def load_proto(path: Path) -> onnx.ModelProto:
+    """Read ``path`` into a ModelProto with external data, and run the checker."""
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file")
+    if path.is_dir():
+        raise ModelLoadError(f"{path}: is a directory, not an ONNX file")
+    size = path.stat().st_size
+    if size == 0:
+        raise ModelLoadError(f"{path}: file is empty")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeWarning, ValueError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{path}: not an ONNX model or truncated ({_first_line(e)})") from e
+    except OSError as e:
+        raise ModelLoadError(f"{path}: cannot read: {e.strerror or e}") from e
+    if not proto.graph.node and not proto.graph.output:
+        raise ModelLoadError(f"{path}: not an ONNX model (no graph found in {size} bytes)")
+    try:
+        onnx.load_external_data_for_model(proto, str(path.parent))
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{path}: external data cannot be read: {_first_line(e)}") from e
+    if proto.ir_version > onnx.IR_VERSION:
+        raise UnsupportedModelError(
+            f"{path}: IR version {proto.ir_version} is newer than this onnx supports ({onnx.IR_VERSION})"
+        )
+    try:
+        onnx.checker.check_model(proto if proto.ByteSize() < PROTOBUF_LIMIT else str(path))
+    except onnx.checker.ValidationError as e:
+        raise ModelLoadError(f"{path}: invalid ONNX model: {_first_line(e)}") from e
+    return proto
+
+
+def validate_opset(proto: onnx.ModelProto, where: str) -> None:
+    """Refuse default-domain opsets onnxopt does not handle."""
+    version = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if version is None:
+        raise UnsupportedModelError(f"{where}: the model imports no default-domain opset")
+    if not MIN_OPSET <= version <= MAX_OPSET:
+        raise UnsupportedModelError(f"{where}: opset {version} is not supported (supported: {MIN_OPSET}..{MAX_OPSET})")
+
+
+def to_proto(model: ir.Model) -> onnx.ModelProto:
+    """Serialize an IR model to a ModelProto (tensor data embedded)."""
+    return ir.serde.serialize_model(model)
+
+
+def from_proto(proto: onnx.ModelProto) -> ir.Model:
+    """Deserialize a ModelProto to an IR model (tensors are wrapped, not copied)."""
+    return ir.serde.deserialize_model(proto)
+
+
+def save(
+    model: ir.Model | onnx.ModelProto,
+    path: str | os.PathLike[str],
+    *,
+    external_data: bool | None = None,
+    protect: tuple[str | os.PathLike[str], ...] = (),
+) -> Path:
+    """Write ``model`` to ``path`` atomically and return the path.
+
+    The model goes to a temporary file in the target folder, which is then
+    renamed over ``path``, so readers never see a partial file and a failure
+    leaves nothing behind. ``external_data=None`` stores tensors in a side
+    file ``<name>.data`` only when the model would exceed the protobuf limit.
+    ``protect`` lists paths (the inputs) that must never be written over.
+    """
+    path = Path(path)
+    for kept in protect:
+        if path.exists() and Path(kept).exists() and path.resolve() == Path(kept).resolve():
+            raise OutputError(f"{path}: refusing to write over the input model (use --in-place)")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"{folder}: output folder does not exist")
+    if not os.access(folder, os.W_OK):
+        raise OutputError(f"{folder}: output folder is not writable")
+    proto = model if isinstance(model, onnx.ModelProto) else to_proto(model)
+    if external_data is None:
+        external_data = _tensor_bytes(proto) > EXTERNAL_DATA_THRESHOLD
+    data_name = f"{path.name}.data"
+    try:
+        with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=folder) as staging:
+            staged = Path(staging) / path.name
+            if external_data:
+                proto_copy = onnx.ModelProto()
+                proto_copy.CopyFrom(proto)  # onnx.save_model moves data out of the proto it gets
+                onnx.save_model(
+                    proto_copy,
+                    str(staged),
+                    save_as_external_data=True,
+                    all_tensors_to_one_file=True,
+                    location=data_name,
+                    size_threshold=1024,
+                )
+                os.replace(Path(staging) / data_name, folder / data_name)
+            else:
+                staged.write_bytes(proto.SerializeToString())
+            os.replace(staged, path)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write: {e.strerror or e}") from e
+    return path
+
+
+def _tensor_bytes(proto: onnx.ModelProto) -> int:
+    return sum(len(t.raw_data) for t in onnx.external_data_helper._get_all_tensors(proto))
+
+
+def opset_version(model: ir.Model) -> int:
+    """The model's default-domain opset version."""
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+
+
+def upgrade_opset(model: ir.Model, target: int) -> ir.Model:
+    """Return ``model`` converted to default-domain opset ``target`` by onnx's version converter."""
+    current = opset_version(model)
+    if current >= target:
+        return model
+    try:
+        converted = onnx.version_converter.convert_version(to_proto(model), target)
+    except Exception as e:  # the converter raises RuntimeError and bare C++ errors
+        raise UnsupportedModelError(
+            f"cannot upgrade the model from opset {current} to {target}: {_first_line(e)}"
+        ) from e
+    return from_proto(converted)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:300]

@@ -1,0 +1,126 @@
+"""The main job: load a model, run a recipe through the verified pipeline, measure, save.
+
+``optimize_file`` is what ``onnxopt optimize`` runs; it also backs the
+``onnxopt.optimize`` library call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import onnx_ir as ir
+
+from onnxopt import io
+from onnxopt.data import Dataset, open_dataset
+from onnxopt.errors import OutputError
+from onnxopt.evaluate import Comparison, compare
+from onnxopt.pipeline import Context, Pipeline, PipelineResult
+from onnxopt.progress import NullProgress, Progress
+from onnxopt.recipe import RecipeEntry, build_passes
+from onnxopt.runtime import Runner
+
+
+@dataclasses.dataclass
+class OptimizeResult:
+    """Everything one optimization run produced and measured."""
+
+    input_path: Path
+    output_path: Path | None
+    recipe: list[RecipeEntry]
+    pipeline: PipelineResult
+    comparison: Comparison
+    data: str
+    seed: int
+    input_file_bytes: int
+    output_file_bytes: int | None
+
+
+def optimize_file(
+    model_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str] | None,
+    recipe: list[RecipeEntry],
+    *,
+    data: str | None = None,
+    seed: int = 0,
+    in_place: bool = False,
+    external_data: bool | None = None,
+    guard_samples: int | None = None,
+    progress: Progress | None = None,
+) -> OptimizeResult:
+    """Optimize ``model_path`` with ``recipe`` and write the result to ``output_path``.
+
+    ``output_path=None`` with ``in_place=True`` replaces the input (atomically);
+    otherwise writing over the input is refused. Everything is validated
+    (model, recipe, data) before any pass runs; on any error nothing is written.
+    """
+    model_path = Path(model_path)
+    progress = progress or NullProgress()
+    target = _resolve_output(model_path, output_path, in_place)
+    passes = build_passes(recipe)
+    model = io.load(model_path)
+    reference = Runner(model_path)
+    dataset = open_dataset(data, reference.inputs, seed=seed) if data else None
+    context = Context(dataset=dataset, seed=seed, progress=progress, reference=reference)
+    if guard_samples is not None:
+        context.guard_samples = guard_samples
+    result = Pipeline(passes).run(model, context, source=model_path)
+    comparison = _evaluate(reference, result.model, dataset or _guard_dataset(reference, seed), progress)
+    written = None
+    if target is not None:
+        written = io.save(result.model, target, external_data=external_data, protect=() if in_place else (model_path,))
+    return OptimizeResult(
+        input_path=model_path,
+        output_path=written,
+        recipe=recipe,
+        pipeline=result,
+        comparison=comparison,
+        data=result.guard_data if dataset is None else dataset.description,
+        seed=seed,
+        input_file_bytes=model_path.stat().st_size,
+        output_file_bytes=_file_bytes(written) if written else None,
+    )
+
+
+def _resolve_output(model_path: Path, output_path: str | os.PathLike[str] | None, in_place: bool) -> Path | None:
+    if in_place:
+        if output_path is not None and Path(output_path).resolve() != model_path.resolve():
+            raise OutputError("--in-place writes over the input: do not also give a different -o")
+        return model_path
+    if output_path is None:
+        raise OutputError("no output given: pass -o OUT.onnx (or --in-place to replace the input)")
+    target = Path(output_path)
+    if target.exists() and model_path.exists() and target.resolve() == model_path.resolve():
+        raise OutputError(f"{target}: refusing to write over the input model (use --in-place)")
+    if target.is_dir():
+        raise OutputError(f"{target}: is a directory; give a file name")
+    return target
+
+
+def _guard_dataset(reference: Runner, seed: int) -> Dataset:
+    from onnxopt.data import RandomDataset
+
+    return RandomDataset(reference.inputs, 8, dims={}, seed=seed)
+
+
+def _evaluate(reference: Runner, model: ir.Model, dataset: Dataset, progress: Progress) -> Comparison:
+    proto = io.to_proto(model)
+    candidate = Runner(proto if proto.ByteSize() < io.PROTOBUF_LIMIT else _spill(proto))
+    progress.start("evaluating", dataset.num_samples)
+    try:
+        return compare(reference, candidate, dataset, on_batch=progress.advance)
+    finally:
+        progress.finish()
+
+
+def _spill(proto):  # type: ignore[no-untyped-def]  # pragma: no cover - >2 GB models only
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="onnxopt-eval-")
+    return io.save(proto, Path(folder) / "model.onnx", external_data=True)
+
+
+def _file_bytes(path: Path) -> int:
+    data = path.with_name(f"{path.name}.data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)

@@ -1,0 +1,42 @@
+"""The pass registry: every rewrite onnxopt can run, by recipe name.
+
+To add a pass: write ``passes/<what_it_does>.py`` with a ``<Verb><Object>Pass``
+subclass of :class:`~onnxopt.passes.base.OptPass` and list it here.
+"""
+
+from __future__ import annotations
+
+from onnxopt.passes.base import OptPass, PassOutcome
+from onnxopt.passes.dedup_initializers import DeduplicateInitializersPass
+from onnxopt.passes.eliminate_identity import EliminateIdentityPass
+from onnxopt.passes.fold_batchnorm import FoldBatchNormPass
+from onnxopt.passes.fold_channel_affine import FoldChannelAffinePass
+from onnxopt.passes.fold_constants import FoldConstantsPass
+from onnxopt.passes.remove_unused import RemoveUnusedPass
+from onnxopt.passes.topo_sort import TopologicalSortPass
+
+REGISTRY: dict[str, type[OptPass]] = {
+    cls.name: cls
+    for cls in (
+        FoldConstantsPass,
+        EliminateIdentityPass,
+        FoldBatchNormPass,
+        FoldChannelAffinePass,
+        DeduplicateInitializersPass,
+        RemoveUnusedPass,
+        TopologicalSortPass,
+    )
+}
+
+__all__ = [
+    "REGISTRY",
+    "DeduplicateInitializersPass",
+    "EliminateIdentityPass",
+    "FoldBatchNormPass",
+    "FoldChannelAffinePass",
+    "FoldConstantsPass",
+    "OptPass",
+    "PassOutcome",
+    "RemoveUnusedPass",
+    "TopologicalSortPass",
+]

@@ -1,0 +1,100 @@
+"""Small graph-editing helpers shared by passes (constants, fresh names, weight cloning)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import onnx_ir as ir
+
+
+def constant_array(value: ir.Value | None) -> np.ndarray | None:
+    """The value's tensor as numpy if it is a true constant (not an overridable graph input)."""
+    if value is None or value.is_graph_input():
+        return None
+    try:
+        tensor = ir.convenience.get_const_tensor(value)
+    except ValueError:
+        return None
+    return None if tensor is None else tensor.numpy()
+
+
+def is_float(array: np.ndarray) -> bool:
+    return array.dtype.kind == "f"
+
+
+class NameSource:
+    """Fresh value names that collide with nothing in the model."""
+
+    def __init__(self, model: ir.Model) -> None:
+        self._taken: set[str] = set()
+        for graph in model.graphs():
+            self._taken.update(v.name for v in graph.inputs if v.name)
+            self._taken.update(graph.initializers)
+            for node in graph:
+                self._taken.update(v.name for v in node.outputs if v.name)
+
+    def fresh(self, base: str) -> str:
+        base = base or "value"
+        for i in itertools.count():
+            name = base if i == 0 else f"{base}_{i}"
+            if name not in self._taken:
+                self._taken.add(name)
+                return name
+        raise AssertionError("unreachable")
+
+
+def set_constant_input(node: ir.Node, index: int, array: np.ndarray, names: NameSource, suffix: str) -> None:
+    """Make input ``index`` of ``node`` the constant ``array``.
+
+    An initializer read by this node alone is updated in place; a shared one
+    (or a Constant node's output, or a missing optional input) is never
+    changed under its other users: a new initializer is made for this node.
+    """
+    graph = node.graph
+    assert graph is not None
+    current = node.inputs[index] if index < len(node.inputs) else None
+    if current is not None and current.is_initializer() and len(current.uses()) == 1 and not current.is_graph_output():
+        current.const_value = ir.tensor(array, name=current.name)
+        current.shape = ir.Shape(array.shape)
+        return
+    base = current.name if current is not None and current.name else f"{node.name or node.op_type}_input{index}"
+    name = names.fresh(f"{base}_{suffix}")
+    value = ir.Value(
+        name=name,
+        const_value=ir.tensor(array, name=name),
+        shape=ir.Shape(array.shape),
+        type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+    )
+    graph.register_initializer(value)
+    if index >= len(node.inputs):
+        node.resize_inputs(index + 1)
+    node.replace_input_with(index, value)
+
+
+def attribute(node: ir.Node, name: str, default: object) -> object:
+    """An attribute's Python value, or ``default`` when absent."""
+    attr = node.attributes.get(name)
+    return default if attr is None else attr.value
+
+
+def bypass_node(graph: ir.Graph, node: ir.Node, x: ir.Value, y: ir.Value) -> None:
+    """Remove ``node`` so ``y``'s readers read ``x`` (``x`` takes ``y``'s name if ``y`` is a graph output)."""
+    if y.is_graph_output():
+        index = list(graph.outputs).index(y)
+        name = y.name
+        ir.convenience.replace_all_uses_with(y, x)
+        y.name = None
+        x.name = name
+        graph.outputs[index] = x
+    else:
+        ir.convenience.replace_all_uses_with(y, x)
+    graph.remove(node, safe=True)
+
+
+def copy_type(source: ir.Value, target: ir.Value) -> None:
+    """Give ``target`` the dtype and shape of ``source`` where they are known."""
+    if source.dtype is not None:
+        target.dtype = source.dtype
+    if source.shape is not None:
+        target.shape = source.shape

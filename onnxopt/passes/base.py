@@ -1,0 +1,88 @@
+"""What every onnxopt pass is: an onnx_ir in-place pass with a config and a result.
+
+A pass subclasses :class:`OptPass`, names itself in ``name`` (the recipe
+key, e.g. ``fold-bn``), states its contract in its docstring, is configured
+by a frozen dataclass ``Config`` validated on construction, and returns a
+:class:`PassOutcome` carrying counts of what it rewrote and the reasons for
+what it declined. Passes never run onnxruntime: the pipeline verifies them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from typing import Any, ClassVar
+
+import onnx_ir as ir
+
+
+@dataclasses.dataclass(frozen=True)
+class NoConfig:
+    """Configuration of a pass that takes no parameters."""
+
+
+@dataclasses.dataclass
+class PassOutcome(ir.passes.PassResult):
+    """A pass's result: the model, whether it changed, and what was done or declined."""
+
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    skipped: list[str] = dataclasses.field(default_factory=list)
+
+
+class OptPass(ir.passes.InPlacePass):
+    """Base class of onnxopt passes.
+
+    Class attributes a subclass sets:
+      * ``name``: recipe key (``fold-bn``).
+      * ``Config``: frozen dataclass of parameters (``NoConfig`` if none).
+      * ``lossless``: True when outputs must be preserved up to float rounding;
+        the pipeline then holds the pass to ``tolerance`` (relative to the
+        output's magnitude).
+      * ``min_opset``: the default-domain opset the pass needs; the pipeline
+        upgrades older models first and records it.
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type] = NoConfig
+    lossless: ClassVar[bool] = True
+    tolerance: ClassVar[float] = 1e-4
+    min_opset: ClassVar[int | None] = None
+
+    def __init__(self, config: Any = None) -> None:
+        super().__init__()
+        self.config = config if config is not None else self.Config()
+        self._counts: Counter[str] = Counter()
+        self._skipped: list[str] = []
+
+    @classmethod
+    def summary(cls) -> str:
+        """First line of the pass's docstring."""
+        return (cls.__doc__ or "").strip().splitlines()[0]
+
+    def call(self, model: ir.Model) -> PassOutcome:
+        self._counts = Counter()
+        self._skipped = []
+        self.rewrite(model)
+        modified = any(self._counts.values())
+        return PassOutcome(model, modified, dict(self._counts), list(self._skipped))
+
+    def rewrite(self, model: ir.Model) -> None:
+        """Rewrite ``model`` in place, calling :meth:`count` and :meth:`skip`."""
+        raise NotImplementedError
+
+    def count(self, what: str, n: int = 1) -> None:
+        """Record ``n`` rewrites of kind ``what`` (any non-zero count marks the model modified)."""
+        self._counts[what] += n
+
+    def skip(self, where: str, reason: str) -> None:
+        """Record that ``where`` was declined and why."""
+        self._skipped.append(f"{where}: {reason}")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config})"
+
+
+def graph_size(model: ir.Model) -> tuple[int, int]:
+    """Number of nodes (all graphs) and initializers (main graph) of ``model``."""
+    nodes = sum(1 for _ in ir.traversal.RecursiveGraphIterator(model.graph))
+    return nodes, len(model.graph.initializers)

@@ -1,0 +1,69 @@
+"""Identity and inference-Dropout elimination.
+
+Contract:
+  * ``Dropout`` in inference (no ``training_mode`` input, or a constant
+    false one; its ``mask`` output unused) is an identity and is removed.
+  * ``y = Identity(x)`` is removed and ``y``'s uses read ``x`` (onnx_ir's
+    ``IdentityEliminationPass``); when ``y`` is a graph output, ``x`` takes
+    its name.
+  * Kept: an Identity that copies a graph input straight to a graph output
+    (removing it would change the signature); a Dropout whose mask is used
+    or whose training mode is not a known false.
+Lossless: both ops return their input unchanged in inference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as common
+
+from onnxopt.passes.base import OptPass, graph_size
+
+
+class EliminateIdentityPass(OptPass):
+    """Remove Identity nodes and inference-mode Dropout."""
+
+    name = "eliminate-identity"
+
+    def rewrite(self, model: ir.Model) -> None:
+        for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
+            if node.op_type == "Dropout" and node.domain in ("", "ai.onnx"):
+                reason = _dropout_not_identity(node)
+                if reason:
+                    self.skip(node.name or "Dropout", reason)
+                    continue
+                _turn_into_identity(node)
+                self.count("dropouts removed")
+        nodes_before, _ = graph_size(model)
+        common.IdentityEliminationPass()(model)
+        nodes_after, _ = graph_size(model)
+        self.count("identities removed", nodes_before - nodes_after - self._counts["dropouts removed"])
+
+
+def _dropout_not_identity(node: ir.Node) -> str | None:
+    if len(node.outputs) > 1 and (node.outputs[1].uses() or node.outputs[1].is_graph_output()):
+        return "its mask output is used"
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        mode = node.inputs[2].const_value
+        if mode is None:
+            return "training_mode is not a constant"
+        if bool(np.asarray(mode.numpy()).any()):
+            return "training_mode is true"
+    return None
+
+
+def _turn_into_identity(node: ir.Node) -> None:
+    """Replace ``node`` by an Identity of its data input with the same output value."""
+    graph = node.graph
+    assert graph is not None
+    identity = ir.node("Identity", [node.inputs[0]], name=node.name)
+    graph.insert_before(node, identity)
+    ir.convenience.replace_all_uses_with(node.outputs[0], identity.outputs[0])
+    if node.outputs[0].is_graph_output():
+        index = list(graph.outputs).index(node.outputs[0])
+        name = node.outputs[0].name
+        node.outputs[0].name = None
+        identity.outputs[0].name = name
+        graph.outputs[index] = identity.outputs[0]
+    graph.remove(node, safe=True)

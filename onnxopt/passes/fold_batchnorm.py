@@ -1,0 +1,141 @@
+"""Batch-norm folding: every inference BatchNormalization leaves the graph.
+
+Inference BN is a per-channel affine map on axis 1:
+``y = (x - mean) * s + beta`` with ``s = gamma / sqrt(var + eps)``, i.e.
+``y = x * s + t`` with ``t = beta - mean * s``. Each BN (main graph) is,
+in this order of preference:
+
+1. **Folded backward** into the op producing ``x`` -- Conv, ConvTranspose,
+   Gemm (transB 0/1, with or without C), MatMul with a constant 2-D weight
+   when ``x`` is rank 2 (a new bias Add if there was none), or such an op
+   followed by a constant per-channel bias Add. Requires ``x`` to have no
+   other consumer and not be a graph output: otherwise the other readers
+   would see scaled values.
+2. **Folded forward** into the Convs consuming ``y`` when all consumers are
+   Convs with zero padding, optionally through MaxPool nodes in between
+   when every ``s > 0`` (``max(s x + t) = s max(x) + t`` only for positive s).
+3. **Rewritten** as ``Mul(x, s) + t`` with constants shaped ``[C, 1, ..]``
+   to broadcast on axis 1 (needs ``x``'s rank), which ``fold-affine`` or
+   onnxruntime can fuse further.
+
+The algebra of (1)-(2) is in :mod:`onnxopt.passes._channel_affine`; weights
+shared with other nodes are cloned, fp16 is folded in float64 and cast back.
+
+Declined with a reason: training-mode BN (``training_mode=1`` or extra
+outputs, which onnxruntime computes with batch statistics), non-constant
+statistics or parameters, non-float types, and rank-unknown inputs in step 3.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxopt.passes._channel_affine import ChannelAffine, fold_into_consumer_convs, fold_into_producer
+from onnxopt.passes._graph_edit import NameSource, attribute, bypass_node, constant_array, copy_type
+from onnxopt.passes.base import OptPass
+
+
+class FoldBatchNormPass(OptPass):
+    """Fold BatchNormalization into Conv/ConvTranspose/Gemm/MatMul weights, or rewrite it as Mul+Add."""
+
+    name = "fold-bn"
+
+    def rewrite(self, model: ir.Model) -> None:
+        names = NameSource(model)
+        for node in list(model.graph):
+            if node.op_type != "BatchNormalization" or node.domain not in ("", "ai.onnx"):
+                continue
+            where = node.name or node.outputs[0].name or "BatchNormalization"
+            affine = _inference_affine(node)
+            if isinstance(affine, str):
+                self.skip(where, affine)
+                continue
+            self._fold(model.graph, node, affine, names, where)
+
+    def _fold(self, graph: ir.Graph, bn: ir.Node, affine: ChannelAffine, names: NameSource, where: str) -> None:
+        x, y = bn.inputs[0], bn.outputs[0]
+        assert x is not None
+        backward = fold_into_producer(x, affine, names)
+        if isinstance(backward, ir.Value):
+            producer = x.producer()
+            bypass_node(graph, bn, backward, y)
+            self.count(f"folded into {producer.op_type if producer else 'producer'}")
+            return
+        forward = _fold_forward(graph, bn, affine, names)
+        if forward is None:
+            self.count("folded into following Conv")
+            return
+        if x.shape is None:
+            self.skip(where, f"backward: {backward}; forward: {forward}; and x's rank is unknown")
+            return
+        _replace_with_mul_add(graph, bn, affine, len(x.shape), names)
+        self.count("rewritten as Mul+Add")
+
+
+def _inference_affine(bn: ir.Node) -> ChannelAffine | str:
+    """The BN's ``(s, t)``, or why it cannot be treated as a fixed affine map."""
+    if int(attribute(bn, "training_mode", 0)):  # type: ignore[call-overload]
+        return "training_mode=1 (uses batch statistics)"
+    if len(bn.outputs) > 1:
+        return "training-mode BN (running-statistics outputs present)"
+    if attribute(bn, "spatial", 1) != 1:
+        return "spatial=0 BN is not a per-channel map"
+    params = [constant_array(v) for v in bn.inputs[1:5]]
+    if any(p is None for p in params):
+        return "scale, bias, mean or variance is not a constant"
+    gamma, beta, mean, var = (np.asarray(p, dtype=np.float64).reshape(-1) for p in params)  # type: ignore[arg-type]
+    if params[0].dtype.kind != "f":  # type: ignore[union-attr]
+        return "parameters are not floating point"
+    eps = float(attribute(bn, "epsilon", 1e-5))  # type: ignore[arg-type]
+    scale = gamma / np.sqrt(var + eps)
+    x = bn.inputs[0]
+    rank = len(x.shape) if x is not None and x.shape is not None else None
+    return ChannelAffine(scale, beta - mean * scale, axis=1, rank=rank)
+
+
+def _fold_forward(graph: ir.Graph, bn: ir.Node, affine: ChannelAffine, names: NameSource) -> str | None:
+    """Fold into the Conv consumers of ``y``, hopping over MaxPools when every scale is positive."""
+    value = bn.outputs[0]
+    while (
+        not value.is_graph_output()
+        and len(value.uses()) == 1
+        and (pool := next(iter(value.uses())).node).op_type == "MaxPool"
+        and pool.domain == ""
+        and (len(pool.outputs) == 1 or not pool.outputs[1].uses())
+        and bool(np.all(affine.scale > 0))
+    ):
+        value = pool.outputs[0]
+    reason = fold_into_consumer_convs(value, affine, names)
+    if reason is None:
+        x = bn.inputs[0]
+        assert x is not None
+        bypass_node(graph, bn, x, bn.outputs[0])
+    return reason
+
+
+def _replace_with_mul_add(graph: ir.Graph, bn: ir.Node, affine: ChannelAffine, rank: int, names: NameSource) -> None:
+    x, y = bn.inputs[0], bn.outputs[0]
+    assert x is not None
+    dtype = constant_array(bn.inputs[1]).dtype  # type: ignore[union-attr]
+    channel_shape = (affine.channels,) + (1,) * max(rank - 2, 0)
+    base = bn.name or "bn"
+    constants = []
+    for what, vector in (("scale", affine.scale), ("shift", affine.shift)):
+        name = names.fresh(f"{base}_{what}")
+        value = ir.Value(name=name, const_value=ir.tensor(vector.reshape(channel_shape).astype(dtype), name=name))
+        graph.register_initializer(value)
+        constants.append(value)
+    mul = ir.node("Mul", [x, constants[0]], name=names.fresh(f"{base}_mul"))
+    mul.outputs[0].name = names.fresh(f"{base}_scaled")
+    copy_type(x, mul.outputs[0])
+    add = ir.node("Add", [mul.outputs[0], constants[1]], name=names.fresh(f"{base}_add"))
+    graph.insert_before(bn, [mul, add])
+    out = add.outputs[0]
+    copy_type(y, out)
+    ir.convenience.replace_all_uses_with(y, out)
+    name = y.name
+    if y.is_graph_output():
+        graph.outputs[list(graph.outputs).index(y)] = out
+    graph.remove(bn, safe=True)
+    out.name = name

@@ -1,0 +1,60 @@
+"""Constant folding: evaluate every node whose inputs are all known.
+
+Contract:
+  * Matches any node whose inputs are initializers or Constants (within the
+    size limits), ``Shape`` of a statically known shape, and the chains those
+    enable -- e.g. ``ConstantOfShape(Shape(x))`` weights, ``Transpose(W)``,
+    ``Reshape`` of constant shapes.
+  * Replaces them by initializers holding the computed value (onnxscript's
+    ``FoldConstantsPass`` evaluates them with the ONNX reference semantics),
+    then lifts every remaining ``Constant`` node into an initializer.
+  * Declines ops with side effects or randomness (onnxscript's deny list) and
+    tensors above the size limits, which stay computed at run time.
+Lossless: the folded values are exactly what the nodes would compute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common
+from onnxscript.optimizer._constant_folding import FoldConstantsPass as _OnnxscriptFold
+
+from onnxopt.passes.base import OptPass, graph_size
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldConstantsConfig:
+    """``max_input``/``max_output``: element limits of the tensors folding may read/produce."""
+
+    max_input: int = 16 * 1024 * 1024
+    max_output: int = 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.max_input < 0 or self.max_output < 0:
+            raise ValueError("max_input and max_output must be >= 0")
+
+
+class FoldConstantsPass(OptPass):
+    """Fold constant subgraphs (incl. ConstantOfShape weights and static Shape chains) into initializers."""
+
+    name = "fold-constants"
+    Config = FoldConstantsConfig
+
+    def rewrite(self, model: ir.Model) -> None:
+        nodes_before, inits_before = graph_size(model)
+        folder = _OnnxscriptFold(
+            shape_inference=False,
+            input_size_limit=self.config.max_input,
+            output_size_limit=self.config.max_output,
+        )
+        folded = folder(model).modified
+        lifted = common.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0)(model).modified
+        nodes_after, inits_after = graph_size(model)
+        if folded or lifted:
+            self.count("nodes removed", max(nodes_before - nodes_after, 0))
+            self.count("initializers added", max(inits_after - inits_before, 0))
+            self.count("initializers removed", max(inits_before - inits_after, 0))
+            if nodes_before == nodes_after and inits_before == inits_after:
+                self.count("values folded")

@@ -1,0 +1,276 @@
+"""Pipeline (pass manager), Context, PassRecord and the per-pass guard.
+
+The pipeline runs configured passes in order over one :class:`onnx_ir.Model`.
+After each pass that changed the model, the guard:
+
+1. serializes the model and runs ``onnx.checker`` with ``full_check``;
+2. opens an onnxruntime session (graph optimizations DISABLED);
+3. runs the guard batches and compares with the outputs of the model as it
+   was before the pass; a lossless pass must stay within its relative
+   tolerance (``max|after - before| <= tol * max|before|`` per output).
+
+A pass that raises, or fails any of these, is rolled back to the last good
+model; the run continues and the :class:`PassRecord` says why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnx_ir.passes.common as common
+
+from onnxopt import io
+from onnxopt.data import Dataset, RandomDataset, batch_size_for
+from onnxopt.errors import OnnxoptError
+from onnxopt.evaluate import OutputAgreement, agreement
+from onnxopt.passes.base import OptPass, PassOutcome, graph_size
+from onnxopt.progress import NullProgress, Progress
+from onnxopt.runtime import Runner
+
+DEFAULT_GUARD_SAMPLES = 64
+
+
+@dataclasses.dataclass
+class ModelStats:
+    """Size of a model: nodes (all graphs), parameters (initializer elements), tensor bytes."""
+
+    nodes: int
+    parameters: int
+    bytes: int
+
+    @classmethod
+    def of(cls, model: ir.Model) -> ModelStats:
+        nodes, _ = graph_size(model)
+        params = nbytes = 0
+        for graph in model.graphs():
+            for value in graph.initializers.values():
+                tensor = value.const_value
+                if tensor is not None:
+                    params += tensor.size
+                    nbytes += tensor.nbytes
+        return cls(nodes, params, nbytes)
+
+
+@dataclasses.dataclass
+class PassRecord:
+    """What one pass did and what it cost.
+
+    ``status``: ``applied`` (changed and verified), ``unchanged`` (nothing
+    matched), ``rolled back`` (changed but failed the guard or raised).
+    ``max_drift``: max relative output change against the model before the pass.
+    """
+
+    name: str
+    params: dict[str, Any]
+    status: str
+    seconds: float
+    before: ModelStats
+    after: ModelStats
+    max_drift: float = 0.0
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    skipped: list[str] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Context:
+    """What the passes of one run share: data, seed, progress, guard settings."""
+
+    dataset: Dataset | None = None
+    seed: int = 0
+    guard_samples: int = DEFAULT_GUARD_SAMPLES
+    progress: Progress = dataclasses.field(default_factory=NullProgress)
+    providers: Sequence[str] = ("CPUExecutionProvider",)
+    reference: Runner | None = None  # a session on the input model, if the caller already has one
+
+
+@dataclasses.dataclass
+class PipelineResult:
+    model: ir.Model
+    records: list[PassRecord]
+    original: ModelStats
+    final: ModelStats
+    max_drift: float  # final model against the original, on the guard data
+    guard_data: str
+    notes: list[str]
+
+
+class _GuardFailure(Exception):
+    pass
+
+
+@dataclasses.dataclass
+class _State:
+    """The pipeline's position: the model, its last verified snapshot, and that snapshot's guard outputs."""
+
+    model: ir.Model
+    good: _Snapshot
+    outputs: list[list[np.ndarray]]
+
+
+class Pipeline:
+    """Runs configured passes in order, each verified by the guard."""
+
+    def __init__(self, passes: Sequence[OptPass]) -> None:
+        self.passes = list(passes)
+
+    def run(self, model: ir.Model, context: Context | None = None, *, source: Path | None = None) -> PipelineResult:
+        """Run every pass over ``model`` (changed in place; the result holds the final model).
+
+        ``source`` is the file ``model`` was loaded from: it serves as the
+        first rollback point and for the reference session, which saves
+        serializing a large model once more.
+        """
+        context = context or Context()
+        notes: list[str] = []
+        _infer_shapes(model, notes)
+        snapshot = _Snapshot.of_file(source) if source else _Snapshot.of_model(model)
+        try:
+            runner = context.reference or Runner(snapshot.source, providers=context.providers)
+        except OnnxoptError as e:
+            raise type(e)(f"the input model: {e}") from e
+        dataset = context.dataset or RandomDataset(runner.inputs, 8, dims={}, seed=context.seed)
+        feeds = [b.feeds for b in dataset.batches(batch_size_for(runner.inputs), context.guard_samples)]
+        names = runner.output_names
+        original_outputs = [runner.run(f) for f in feeds]
+        original = ModelStats.of(model)
+        state = _State(model, snapshot, original_outputs)
+        records: list[PassRecord] = []
+        context.progress.start("optimizing", len(self.passes))
+        for opt_pass in self.passes:
+            records.append(self._run_one(opt_pass, state, feeds, names, context))
+            context.progress.advance()
+        context.progress.finish()
+        drift = _max_rel(agreement(original_outputs, state.outputs, names))
+        return PipelineResult(
+            state.model, records, original, ModelStats.of(state.model), drift, dataset.description, notes
+        )
+
+    def _run_one(
+        self, opt_pass: OptPass, state: _State, feeds: list[dict[str, np.ndarray]], names: list[str], context: Context
+    ) -> PassRecord:
+        """Run one pass on ``state`` (advanced, or rolled back) and return its record."""
+        params = dataclasses.asdict(opt_pass.config)
+        before = ModelStats.of(state.model)
+        notes: list[str] = []
+        start = time.perf_counter()
+
+        def record(status: str, outcome: PassOutcome | None = None, drift: float = 0.0) -> PassRecord:
+            after = before if status == "rolled back" else ModelStats.of(state.model)
+            return PassRecord(
+                opt_pass.name,
+                params,
+                status,
+                time.perf_counter() - start,
+                before,
+                after,
+                drift,
+                outcome.counts if outcome else {},
+                outcome.skipped if outcome else [],
+                notes,
+            )
+
+        if opt_pass.min_opset and io.opset_version(state.model) < opt_pass.min_opset:
+            old = io.opset_version(state.model)
+            state.model = io.upgrade_opset(state.model, opt_pass.min_opset)
+            notes.append(f"opset upgraded {old} -> {opt_pass.min_opset}")
+        try:
+            outcome: PassOutcome = opt_pass(state.model)
+        except Exception as e:  # a pass bug must not lose the user's model: roll back and say so
+            state.model = state.good.restore()
+            notes.append(f"pass raised {type(e).__name__}: {_line(e)}")
+            return record("rolled back")
+        if not outcome.modified and not notes:
+            return record("unchanged", outcome)
+        try:
+            candidate = _Snapshot.of_model(state.model)
+            outputs, drift = self._guard(opt_pass, candidate, state.outputs, feeds, names, context)
+        except _GuardFailure as e:
+            state.model = state.good.restore()
+            notes.append(str(e))
+            return record("rolled back", outcome)
+        state.good, state.outputs = candidate, outputs
+        return record("applied", outcome, drift)
+
+    @staticmethod
+    def _guard(
+        opt_pass: OptPass,
+        candidate: _Snapshot,
+        reference: list[list[np.ndarray]],
+        feeds: list[dict[str, np.ndarray]],
+        names: list[str],
+        context: Context,
+    ) -> tuple[list[list[np.ndarray]], float]:
+        """Check, load and run ``candidate``; return its guard outputs and drift, or raise ``_GuardFailure``."""
+        try:
+            onnx.checker.check_model(candidate.source, full_check=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+            raise _GuardFailure(f"checker rejected the result: {_line(e)}") from e
+        try:
+            runner = Runner(candidate.source, providers=context.providers)
+            outputs = [runner.run(f, names) for f in feeds]
+        except OnnxoptError as e:
+            raise _GuardFailure(f"onnxruntime rejected the result: {_line(e)}") from e
+        try:
+            drift = _max_rel(agreement(reference, outputs, names))
+        except ValueError as e:
+            raise _GuardFailure(str(e)) from e
+        if opt_pass.lossless and not drift <= opt_pass.tolerance:
+            raise _GuardFailure(
+                f"outputs drifted by {drift:.3g} (relative), over the lossless tolerance {opt_pass.tolerance:g}"
+            )
+        return outputs, drift
+
+
+def _infer_shapes(model: ir.Model, notes: list[str]) -> None:
+    """Annotate values with onnx-inferred types and shapes (passes use ranks); best-effort."""
+    common.ShapeInferencePass(strict_mode=False)(model)
+    unknown = sum(1 for n in model.graph for v in n.outputs if v.shape is None)
+    if unknown:
+        notes.append(f"shape inference left {unknown} values without a shape; passes needing ranks there decline")
+
+
+class _Snapshot:
+    """A verified model frozen as bytes, a file, or a folder with external data (past 2 GB)."""
+
+    def __init__(self, source: bytes | str) -> None:
+        self.source = source
+        self._keep: object = None
+
+    @classmethod
+    def of_file(cls, path: Path) -> _Snapshot:
+        return cls(str(path))
+
+    @classmethod
+    def of_model(cls, model: ir.Model) -> _Snapshot:
+        proto = io.to_proto(model)
+        if proto.ByteSize() < io.PROTOBUF_LIMIT:
+            return cls(proto.SerializeToString())
+        folder = tempfile.TemporaryDirectory(prefix="onnxopt-guard-")  # pragma: no cover - >2 GB models
+        snapshot = cls(str(io.save(proto, Path(folder.name) / "model.onnx", external_data=True)))
+        snapshot._keep = folder  # the folder lives as long as the snapshot
+        return snapshot
+
+    def restore(self) -> ir.Model:
+        if isinstance(self.source, bytes):
+            return io.from_proto(onnx.ModelProto.FromString(self.source))
+        model = io.load(self.source)
+        _infer_shapes(model, [])
+        return model
+
+
+def _max_rel(results: Sequence[OutputAgreement]) -> float:
+    values = [r.max_rel for r in results]
+    return float(np.max(values)) if values else 0.0
+
+
+def _line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:300] or type(error).__name__

@@ -1,0 +1,169 @@
+"""Recipes: a pipeline written as data.
+
+A recipe is an ordered list of ``(pass name, parameters)``. It comes from:
+
+* a CLI string: ``fold-bn,clip-weights:percentile=99.9,quantize:calibration=entropy``
+  (entries separated by ``,``; parameters after ``:`` separated by ``;`` or ``:``);
+* a YAML or JSON file: ``{"passes": ["fold-bn", {"name": "fold-constants", "max_output": 1000}]}``
+  or the bare list;
+* a built-in name from :data:`BUILTIN_RECIPES`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from onnxopt.errors import RecipeError
+from onnxopt.passes import REGISTRY, OptPass
+
+RecipeEntry = tuple[str, dict[str, Any]]
+
+BUILTIN_RECIPES: dict[str, str] = {
+    # Every step preserves outputs up to float rounding (guard tolerance 1e-4 relative).
+    "lossless": ",".join(
+        [
+            "fold-constants",  # first: materializes ConstantOfShape/Shape-chain weights the folds below need
+            "eliminate-identity",  # Identity/Dropout between Conv and BN would hide the pattern
+            "fold-bn",  # BN into Conv/ConvTranspose/Gemm/MatMul, or Mul+Add
+            "fold-affine",  # after fold-bn: folds the Mul+Add it (or a converter) left behind
+            "fold-constants",  # again: folding may leave constant subexpressions (e.g. cloned weights)
+            "dedup-initializers",  # before remove-unused, so merged duplicates are dropped
+            "remove-unused",
+            "topo-sort",  # last: a canonical order for deterministic output
+        ]
+    ),
+}
+
+
+def parse_spec(spec: str) -> list[RecipeEntry]:
+    """Parse ``name[:key=value[;key=value...]],...`` into recipe entries (values as strings)."""
+    entries: list[RecipeEntry] = []
+    for raw in spec.split(","):
+        raw = raw.strip()
+        if not raw:
+            continue
+        name, _, rest = raw.partition(":")
+        params: dict[str, Any] = {}
+        for item in filter(None, (p.strip() for p in rest.replace(";", ":").split(":"))):
+            key, eq, value = item.partition("=")
+            if not eq or not key.strip():
+                raise RecipeError(f"pass '{name}': expected key=value, got '{item}'")
+            params[key.strip()] = value.strip()
+        entries.append((name.strip(), params))
+    if not entries:
+        raise RecipeError("the pass list is empty")
+    return entries
+
+
+def load_recipe(name_or_path: str) -> list[RecipeEntry]:
+    """A built-in recipe by name, or a recipe read from a YAML/JSON file."""
+    if name_or_path in BUILTIN_RECIPES:
+        return parse_spec(BUILTIN_RECIPES[name_or_path])
+    path = Path(name_or_path)
+    if not path.is_file():
+        known = ", ".join(sorted(BUILTIN_RECIPES))
+        raise RecipeError(f"recipe '{name_or_path}' is neither a built-in ({known}) nor a file")
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as e:  # json and yaml raise many error types
+        raise RecipeError(f"{path}: cannot parse recipe: {' '.join(str(e).split())[:200]}") from e
+    return _entries_from_data(data, path)
+
+
+def _entries_from_data(data: Any, path: Path) -> list[RecipeEntry]:
+    items = data.get("passes") if isinstance(data, dict) else data
+    if not isinstance(items, list) or not items:
+        raise RecipeError(f"{path}: expected a non-empty list of passes (or a mapping with 'passes')")
+    entries: list[RecipeEntry] = []
+    for item in items:
+        if isinstance(item, str):
+            entries.append((item, {}))
+        elif isinstance(item, dict) and "name" in item:
+            entries.append((str(item["name"]), {k: v for k, v in item.items() if k != "name"}))
+        elif isinstance(item, dict) and len(item) == 1:
+            ((name, params),) = item.items()
+            entries.append((str(name), dict(params or {})))
+        else:
+            raise RecipeError(f"{path}: cannot read pass entry {item!r}")
+    return entries
+
+
+def build_passes(entries: list[RecipeEntry]) -> list[OptPass]:
+    """Instantiate each entry's pass with its validated configuration."""
+    passes = []
+    for name, params in entries:
+        cls = REGISTRY.get(name)
+        if cls is None:
+            raise RecipeError(f"unknown pass '{name}' (known: {', '.join(sorted(REGISTRY))})")
+        passes.append(cls(make_config(cls, params)))
+    return passes
+
+
+def make_config(cls: type[OptPass], params: dict[str, Any]) -> Any:
+    """Build ``cls.Config`` from ``params``, converting CLI strings to the fields' types."""
+    fields = {f.name: f for f in dataclasses.fields(cls.Config)}
+    hints = typing.get_type_hints(cls.Config)
+    values = {}
+    for key, value in params.items():
+        if key not in fields:
+            known = ", ".join(fields) or "none"
+            raise RecipeError(f"pass '{cls.name}' has no parameter '{key}' (parameters: {known})")
+        values[key] = _convert(cls.name, key, value, hints[key])
+    try:
+        return cls.Config(**values)
+    except (TypeError, ValueError) as e:
+        raise RecipeError(f"pass '{cls.name}': {e}") from e
+
+
+def _convert(pass_name: str, key: str, value: Any, hint: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    options = (
+        typing.get_args(hint)
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        else (hint,)
+    )
+    for option in options:
+        if option is type(None) and value.lower() in ("none", "null"):
+            return None
+        if option is bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+        elif option in (int, float):
+            try:
+                return option(value)
+            except ValueError:
+                continue
+        elif option is str or typing.get_origin(option) is typing.Literal:
+            return value
+    raise RecipeError(f"pass '{pass_name}': parameter {key}={value!r} is not a valid {hint}")
+
+
+def describe_passes() -> list[dict[str, Any]]:
+    """Every registered pass with its one-line doc and parameters (for ``onnxopt passes``)."""
+    out = []
+    for name, cls in sorted(REGISTRY.items()):
+        hints = typing.get_type_hints(cls.Config)
+        params = [
+            {"name": f.name, "type": _type_name(hints[f.name]), "default": f.default}
+            for f in dataclasses.fields(cls.Config)
+        ]
+        out.append({"name": name, "summary": cls.summary(), "lossless": cls.lossless, "parameters": params})
+    return out
+
+
+def _type_name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")

@@ -1,0 +1,105 @@
+"""onnxruntime sessions for verification: one place that creates them.
+
+Verification sessions run with every onnxruntime graph optimization DISABLED,
+so a comparison measures what onnxopt's rewrite did, not what onnxruntime's
+own fusions would have hidden or added.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnxopt.errors import UnsupportedModelError
+
+ort.set_default_logger_severity(3)  # onnxruntime warnings are not ours to print
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, numpy dtype and shape (ints, or strings for symbolic dims) of a graph input or output."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | str | None, ...] | None
+
+
+class Runner:
+    """An onnxruntime session over one model, graph optimizations disabled.
+
+    ``model`` is a ModelProto, serialized bytes, or a path; construction
+    fails with :class:`UnsupportedModelError` when onnxruntime refuses the
+    model (an unknown op, a type it has no kernel for).
+    """
+
+    def __init__(
+        self,
+        model: onnx.ModelProto | bytes | str | os.PathLike[str],
+        *,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        optimize: bool = False,
+        threads: int = 0,
+    ) -> None:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        )
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        source: bytes | str
+        if isinstance(model, onnx.ModelProto):
+            source = model.SerializeToString()
+        elif isinstance(model, bytes):
+            source = model
+        else:
+            source = os.fspath(model)
+        try:
+            self.session = ort.InferenceSession(source, options, providers=list(providers))
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
+            raise UnsupportedModelError(f"onnxruntime cannot run the model: {_one_line(e)}") from e
+        self.inputs = [_spec(i) for i in self.session.get_inputs()]
+        self.outputs = [_spec(o) for o in self.session.get_outputs()]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.outputs]
+
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> list[np.ndarray]:
+        """Run one batch and return the requested outputs (all by default)."""
+        try:
+            return self.session.run(list(outputs) if outputs else None, dict(feeds))
+        except Exception as e:
+            raise UnsupportedModelError(f"onnxruntime failed to run the model: {_one_line(e)}") from e
+
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(int16)": np.int16,
+    "tensor(uint16)": np.uint16,
+    "tensor(int32)": np.int32,
+    "tensor(uint32)": np.uint32,
+    "tensor(int64)": np.int64,
+    "tensor(uint64)": np.uint64,
+    "tensor(bool)": np.bool_,
+    "tensor(string)": np.str_,
+}
+
+
+def _spec(arg: ort.NodeArg) -> TensorSpec:
+    dtype = np.dtype(_ORT_TYPES.get(arg.type, np.float32))
+    shape = tuple(arg.shape) if arg.shape is not None else None
+    return TensorSpec(arg.name, dtype, shape)
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text[:400] or type(error).__name__
