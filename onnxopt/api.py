@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from onnxopt import io
-from onnxopt.data import RandomDataset, open_dataset
+from onnxopt.data import default_random, open_dataset
 from onnxopt.errors import RecipeError
 from onnxopt.evaluate import Comparison, compare
 from onnxopt.optimize import OptimizeResult, optimize_file
@@ -26,6 +26,7 @@ def optimize(
     in_place: bool = False,
     external_data: bool | None = None,
     guard_samples: int | None = None,
+    target_opset: int | None = None,
     progress: Progress | None = None,
 ) -> OptimizeResult:
     """Optimize the model file ``model`` into ``output`` with a recipe (name or file) or a pass list."""
@@ -60,7 +61,7 @@ def compare_files(
         io.load_proto(Path(path))  # one-line errors for bad files before onnxruntime sees them
         runners.append(Runner(path))
     ref, cand = runners
-    dataset = open_dataset(data, ref.inputs, seed=seed) if data else RandomDataset(ref.inputs, 8, dims={}, seed=seed)
+    dataset = open_dataset(data, ref.inputs, seed=seed) if data else default_random(ref.inputs, seed)
     if progress:
         progress.start("comparing", dataset.num_samples)
     try:

@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     opt.add_argument("--report", help="write a report: FILE.json or FILE.md")
     opt.add_argument("--seed", type=int, default=0)
     opt.add_argument("--guard-samples", type=int, help="samples the per-pass guard runs (default 64)")
+    opt.add_argument("--target-opset", type=int, help="convert the model to this opset first (needed below 9)")
     opt.add_argument("--in-place", action="store_true", help="replace the input model (atomically)")
     opt.add_argument("--external-data", action="store_true", default=None, help="store tensors in OUT.data")
     opt.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -102,7 +103,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         in_place=args.in_place,
         external_data=args.external_data,
         guard_samples=args.guard_samples,
-        progress=RichProgress(),
+        target_opset=args.target_opset, progress=RichProgress(),
     )
     report = build_report(result)
     if args.report:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from onnxopt.data import Dataset, batch_size_for
+from onnxopt.data import Dataset, batch_size_for, fixed_batch
 from onnxopt.errors import UnsupportedModelError
 from onnxopt.runtime import Runner
 
@@ -147,12 +147,13 @@ def compare(
     missing = [n for n in names if n not in candidate.output_names]
     if missing:
         raise UnsupportedModelError(f"the candidate lacks output(s) {missing} of the reference")
-    batch = batch_size or batch_size_for(reference.inputs)
+    fixed = fixed_batch(reference.inputs)
+    batch = fixed or batch_size or batch_size_for(reference.inputs)
     accumulators = [AgreementAccumulator(n) for n in names]
     cls_index = classifier_output_index(reference)
     ref_acc, cand_acc = AccuracyCounter(), AccuracyCounter()
     samples = 0
-    for item in dataset.batches(batch, limit):
+    for item in dataset.batches(batch, limit, exact=fixed is not None):
         ref_out = reference.run(item.feeds)
         cand_out = candidate.run(item.feeds, names)
         try:

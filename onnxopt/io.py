@@ -27,20 +27,38 @@ PROTOBUF_LIMIT = 2**31 - 1
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2
 
 
-def load(path: str | os.PathLike[str]) -> ir.Model:
+def load(path: str | os.PathLike[str], *, target_opset: int | None = None) -> ir.Model:
     """Load and validate an ONNX model (embedded or external data).
 
     Raises :class:`ModelLoadError` with a one-line message for a missing,
     empty, truncated, non-ONNX or structurally invalid file, and
-    :class:`UnsupportedModelError` for opsets outside ``MIN_OPSET..MAX_OPSET``.
+    :class:`UnsupportedModelError` for opsets outside ``MIN_OPSET..MAX_OPSET``
+    -- unless ``target_opset`` is given, in which case an older model is first
+    converted to that opset by onnx's version converter.
     """
     path = Path(path)
     proto = load_proto(path)
+    if target_opset is not None:
+        if not MIN_OPSET <= target_opset <= MAX_OPSET:
+            raise UnsupportedModelError(f"target opset {target_opset} is outside {MIN_OPSET}..{MAX_OPSET}")
+        proto = _convert_opset(proto, target_opset, str(path))
     validate_opset(proto, str(path))
     try:
         return ir.serde.deserialize_model(proto)
     except Exception as e:  # onnx_ir raises several types for malformed graphs
         raise ModelLoadError(f"{path}: cannot read the graph: {_first_line(e)}") from e
+
+
+def _convert_opset(proto: onnx.ModelProto, target: int, where: str) -> onnx.ModelProto:
+    current = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), target)
+    if current >= target:
+        return proto
+    try:
+        return onnx.version_converter.convert_version(proto, target)
+    except Exception as e:  # the converter raises RuntimeError and bare C++ errors
+        raise UnsupportedModelError(
+            f"{where}: cannot convert from opset {current} to {target}: {_first_line(e)}"
+        ) from e
 
 
 def load_proto(path: Path) -> onnx.ModelProto:
@@ -80,8 +98,13 @@ def validate_opset(proto: onnx.ModelProto, where: str) -> None:
     version = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if version is None:
         raise UnsupportedModelError(f"{where}: the model imports no default-domain opset")
-    if not MIN_OPSET <= version <= MAX_OPSET:
-        raise UnsupportedModelError(f"{where}: opset {version} is not supported (supported: {MIN_OPSET}..{MAX_OPSET})")
+    if version < MIN_OPSET:
+        raise UnsupportedModelError(
+            f"{where}: opset {version} is older than the oldest supported ({MIN_OPSET}); "
+            f"convert it with --target-opset {MIN_OPSET} or newer"
+        )
+    if version > MAX_OPSET:
+        raise UnsupportedModelError(f"{where}: opset {version} is newer than this onnx supports ({MAX_OPSET})")
 
 
 def to_proto(model: ir.Model) -> onnx.ModelProto:
@@ -156,16 +179,9 @@ def opset_version(model: ir.Model) -> int:
 
 def upgrade_opset(model: ir.Model, target: int) -> ir.Model:
     """Return ``model`` converted to default-domain opset ``target`` by onnx's version converter."""
-    current = opset_version(model)
-    if current >= target:
+    if opset_version(model) >= target:
         return model
-    try:
-        converted = onnx.version_converter.convert_version(to_proto(model), target)
-    except Exception as e:  # the converter raises RuntimeError and bare C++ errors
-        raise UnsupportedModelError(
-            f"cannot upgrade the model from opset {current} to {target}: {_first_line(e)}"
-        ) from e
-    return from_proto(converted)
+    return from_proto(_convert_opset(to_proto(model), target, "the model"))
 
 
 def _first_line(error: BaseException) -> str:

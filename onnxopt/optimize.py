@@ -47,25 +47,30 @@ def optimize_file(
     in_place: bool = False,
     external_data: bool | None = None,
     guard_samples: int | None = None,
+    target_opset: int | None = None,
     progress: Progress | None = None,
 ) -> OptimizeResult:
     """Optimize ``model_path`` with ``recipe`` and write the result to ``output_path``.
 
     ``output_path=None`` with ``in_place=True`` replaces the input (atomically);
-    otherwise writing over the input is refused. Everything is validated
+    otherwise writing over the input is refused. ``target_opset`` converts an
+    older model (including one below the supported range) first. Everything is validated
     (model, recipe, data) before any pass runs; on any error nothing is written.
     """
     model_path = Path(model_path)
     progress = progress or NullProgress()
     target = _resolve_output(model_path, output_path, in_place)
     passes = build_passes(recipe)
-    model = io.load(model_path)
+    model = io.load(model_path, target_opset=target_opset)
+    converted = target_opset is not None and io.opset_version(model) != _file_opset(model_path)
     reference = Runner(model_path)
     dataset = open_dataset(data, reference.inputs, seed=seed) if data else None
     context = Context(dataset=dataset, seed=seed, progress=progress, reference=reference)
     if guard_samples is not None:
         context.guard_samples = guard_samples
-    result = Pipeline(passes).run(model, context, source=model_path)
+    result = Pipeline(passes).run(model, context, source=None if converted else model_path)
+    if converted:
+        result.notes.insert(0, f"opset converted {_file_opset(model_path)} -> {target_opset} before the passes")
     comparison = _evaluate(reference, result.model, dataset or _guard_dataset(reference, seed), progress)
     written = None
     if target is not None:
@@ -98,10 +103,17 @@ def _resolve_output(model_path: Path, output_path: str | os.PathLike[str] | None
     return target
 
 
-def _guard_dataset(reference: Runner, seed: int) -> Dataset:
-    from onnxopt.data import RandomDataset
+def _file_opset(path: Path) -> int:
+    import onnx
 
-    return RandomDataset(reference.inputs, 8, dims={}, seed=seed)
+    proto = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _guard_dataset(reference: Runner, seed: int) -> Dataset:
+    from onnxopt.data import default_random
+
+    return default_random(reference.inputs, seed)
 
 
 def _evaluate(reference: Runner, model: ir.Model, dataset: Dataset, progress: Progress) -> Comparison:

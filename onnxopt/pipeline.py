@@ -25,15 +25,15 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnx_ir.passes.common as common
 
 from onnxopt import io
-from onnxopt.data import Dataset, RandomDataset, batch_size_for
+from onnxopt.data import Dataset, batch_size_for, default_random, fixed_batch
 from onnxopt.errors import OnnxoptError
 from onnxopt.evaluate import OutputAgreement, agreement
 from onnxopt.passes.base import OptPass, PassOutcome, graph_size
 from onnxopt.progress import NullProgress, Progress
 from onnxopt.runtime import Runner
+from onnxopt.shapes import annotate_shapes
 
 DEFAULT_GUARD_SAMPLES = 64
 
@@ -137,8 +137,10 @@ class Pipeline:
             runner = context.reference or Runner(snapshot.source, providers=context.providers)
         except OnnxoptError as e:
             raise type(e)(f"the input model: {e}") from e
-        dataset = context.dataset or RandomDataset(runner.inputs, 8, dims={}, seed=context.seed)
-        feeds = [b.feeds for b in dataset.batches(batch_size_for(runner.inputs), context.guard_samples)]
+        dataset = context.dataset or default_random(runner.inputs, context.seed)
+        batch = batch_size_for(runner.inputs)
+        exact = fixed_batch(runner.inputs) is not None
+        feeds = [b.feeds for b in dataset.batches(batch, context.guard_samples, exact=exact)]
         names = runner.output_names
         original_outputs = [runner.run(f) for f in feeds]
         original = ModelStats.of(model)
@@ -232,8 +234,7 @@ class Pipeline:
 
 def _infer_shapes(model: ir.Model, notes: list[str]) -> None:
     """Annotate values with onnx-inferred types and shapes (passes use ranks); best-effort."""
-    common.ShapeInferencePass(strict_mode=False)(model)
-    unknown = sum(1 for n in model.graph for v in n.outputs if v.shape is None)
+    unknown = annotate_shapes(model)
     if unknown:
         notes.append(f"shape inference left {unknown} values without a shape; passes needing ranks there decline")
 

@@ -27,7 +27,8 @@ BUILTIN_RECIPES: dict[str, str] = {
     # Every step preserves outputs up to float rounding (guard tolerance 1e-4 relative).
     "lossless": ",".join(
         [
-            "fold-constants",  # first: materializes ConstantOfShape/Shape-chain weights the folds below need
+            "remove-initializer-inputs",  # IR<4 weights listed as inputs are not constants until this runs
+            "fold-constants",  # early: materializes ConstantOfShape/Shape-chain weights the folds below need
             "eliminate-identity",  # Identity/Dropout between Conv and BN would hide the pattern
             "fold-bn",  # BN into Conv/ConvTranspose/Gemm/MatMul, or Mul+Add
             "fold-affine",  # after fold-bn: folds the Mul+Add it (or a converter) left behind

@@ -12,12 +12,14 @@ from onnxopt.passes.eliminate_identity import EliminateIdentityPass
 from onnxopt.passes.fold_batchnorm import FoldBatchNormPass
 from onnxopt.passes.fold_channel_affine import FoldChannelAffinePass
 from onnxopt.passes.fold_constants import FoldConstantsPass
+from onnxopt.passes.remove_initializer_inputs import RemoveInitializerInputsPass
 from onnxopt.passes.remove_unused import RemoveUnusedPass
 from onnxopt.passes.topo_sort import TopologicalSortPass
 
 REGISTRY: dict[str, type[OptPass]] = {
     cls.name: cls
     for cls in (
+        RemoveInitializerInputsPass,
         FoldConstantsPass,
         EliminateIdentityPass,
         FoldBatchNormPass,
@@ -37,6 +39,7 @@ __all__ = [
     "FoldConstantsPass",
     "OptPass",
     "PassOutcome",
+    "RemoveInitializerInputsPass",
     "RemoveUnusedPass",
     "TopologicalSortPass",
 ]

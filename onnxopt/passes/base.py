@@ -53,6 +53,7 @@ class OptPass(ir.passes.InPlacePass):
         self.config = config if config is not None else self.Config()
         self._counts: Counter[str] = Counter()
         self._skipped: list[str] = []
+        self._modified = False
 
     @classmethod
     def summary(cls) -> str:
@@ -62,8 +63,9 @@ class OptPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> PassOutcome:
         self._counts = Counter()
         self._skipped = []
+        self._modified = False
         self.rewrite(model)
-        modified = any(self._counts.values())
+        modified = self._modified or any(self._counts.values())
         return PassOutcome(model, modified, dict(self._counts), list(self._skipped))
 
     def rewrite(self, model: ir.Model) -> None:
@@ -73,6 +75,10 @@ class OptPass(ir.passes.InPlacePass):
     def count(self, what: str, n: int = 1) -> None:
         """Record ``n`` rewrites of kind ``what`` (any non-zero count marks the model modified)."""
         self._counts[what] += n
+
+    def mark_modified(self) -> None:
+        """Say the model changed even if no count says so (the guard then verifies it)."""
+        self._modified = True
 
     def skip(self, where: str, reason: str) -> None:
         """Record that ``where`` was declined and why."""

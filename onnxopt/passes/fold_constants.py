@@ -9,7 +9,9 @@ Contract:
     ``FoldConstantsPass`` evaluates them with the ONNX reference semantics),
     then lifts every remaining ``Constant`` node into an initializer.
   * Declines ops with side effects or randomness (onnxscript's deny list) and
-    tensors above the size limits, which stay computed at run time.
+    tensors above the size limits, which stay computed at run time; declines
+    the whole model below opset 13 when it holds ConcatFromSequence or
+    SplitToSequence, which onnxscript rewrites with opset-13-only Unsqueeze/Split.
 Lossless: the folded values are exactly what the nodes would compute.
 """
 
@@ -43,7 +45,13 @@ class FoldConstantsPass(OptPass):
     Config = FoldConstantsConfig
 
     def rewrite(self, model: ir.Model) -> None:
+        unsafe = _opset_unsafe_rewrites(model)
+        if unsafe:
+            self.skip("model", unsafe)
+            return
         nodes_before, inits_before = graph_size(model)
+        if model.ir_version < 4:
+            model.ir_version = 4  # IR 3 requires every initializer to be a graph input; 4 does not
         folder = _OnnxscriptFold(
             shape_inference=False,
             input_size_limit=self.config.max_input,
@@ -53,8 +61,23 @@ class FoldConstantsPass(OptPass):
         lifted = common.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0)(model).modified
         nodes_after, inits_after = graph_size(model)
         if folded or lifted:
+            self.mark_modified()
             self.count("nodes removed", max(nodes_before - nodes_after, 0))
+            self.count("nodes added", max(nodes_after - nodes_before, 0))
             self.count("initializers added", max(inits_after - inits_before, 0))
             self.count("initializers removed", max(inits_before - inits_after, 0))
-            if nodes_before == nodes_after and inits_before == inits_after:
-                self.count("values folded")
+
+
+def _opset_unsafe_rewrites(model: ir.Model) -> str | None:
+    """Why onnxscript's folder would write nodes invalid for this model's opset, if it would.
+
+    Its ConcatFromSequence and SplitToSequence rewrites emit ``Unsqueeze(x, axes)``
+    and ``Split(x, split)``, the opset-13 signatures, whatever the model's opset.
+    """
+    opset = model.opset_imports.get("", 0)
+    if opset >= 13:
+        return None
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.op_type in ("ConcatFromSequence", "SplitToSequence") and node.domain == "":
+            return f"{node.op_type} at opset {opset}: onnxscript's folding would emit opset-13-only Unsqueeze/Split"
+    return None
