@@ -42,6 +42,7 @@ def optimize(
         in_place=in_place,
         external_data=external_data,
         guard_samples=guard_samples,
+        target_opset=target_opset,
         progress=progress,
     )
 

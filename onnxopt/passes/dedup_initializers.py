@@ -1,19 +1,25 @@
 """Deduplication of identical initializers.
 
 Contract:
-  * Initializers of one graph with the same dtype, shape and bytes (a
-    SHA-512 of the data, confirmed byte for byte) are merged: every use reads
-    the first one and the others are dropped (onnx_ir's
-    ``DeduplicateHashedInitializersPass``).
+  * Initializers of one graph (main graph and each subgraph) with the same
+    dtype, shape and bytes are merged: every use reads the first one and the
+    others are dropped. Identity is a SHA-256 of the bytes, confirmed byte
+    for byte before merging.
   * Kept: initializers that are also graph inputs (a caller may override
-    them) and graph outputs.
+    them) or graph outputs.
 Lossless: the merged tensors hold identical values.
+
+Written here rather than wrapping onnx_ir's ``DeduplicateHashedInitializersPass``,
+which hashes ``tensor.numpy()`` directly and fails on non-contiguous arrays
+(as constant folding produces, e.g. from Transpose).
 """
 
 from __future__ import annotations
 
+import hashlib
+
+import numpy as np
 import onnx_ir as ir
-import onnx_ir.passes.common as common
 
 from onnxopt.passes.base import OptPass
 
@@ -24,6 +30,27 @@ class DeduplicateInitializersPass(OptPass):
     name = "dedup-initializers"
 
     def rewrite(self, model: ir.Model) -> None:
-        before = sum(len(g.initializers) for g in model.graphs())
-        common.DeduplicateHashedInitializersPass()(model)
-        self.count("initializers merged", before - sum(len(g.initializers) for g in model.graphs()))
+        for graph in model.graphs():
+            seen: dict[tuple[object, tuple[int, ...], str], ir.Value] = {}
+            for value in list(graph.initializers.values()):
+                tensor = value.const_value
+                if tensor is None or value.is_graph_input() or value.is_graph_output():
+                    continue
+                data = _bytes(tensor)
+                key = (tensor.dtype, tuple(tensor.shape.numpy()), hashlib.sha256(data).hexdigest())
+                kept = seen.get(key)
+                if kept is None:
+                    seen[key] = value
+                    continue
+                if _bytes(kept.const_value) != data:  # type: ignore[arg-type]
+                    continue  # a hash collision: keep both
+                value.replace_all_uses_with(kept)
+                assert value.name is not None
+                graph.initializers.pop(value.name)
+                self.count("initializers merged")
+
+
+def _bytes(tensor: ir.TensorProtocol) -> bytes:
+    if tensor.dtype == ir.DataType.STRING:
+        return b"\0".join(tensor.string_data())  # type: ignore[attr-defined]
+    return np.ascontiguousarray(tensor.numpy()).tobytes()
