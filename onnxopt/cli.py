@@ -103,7 +103,8 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         in_place=args.in_place,
         external_data=args.external_data,
         guard_samples=args.guard_samples,
-        target_opset=args.target_opset, progress=RichProgress(),
+        target_opset=args.target_opset,
+        progress=RichProgress(),
     )
     report = build_report(result)
     if args.report:

@@ -178,8 +178,8 @@ class NpzDataset:
             counts.add(headers[LABELS_KEY][0][0])
         # Inputs whose leading dimensions differ cannot share a batch axis; arrays that are exactly
         # the model's static input shapes are then one feed (the backend-test layout).
-        self.single_feed = len(counts) > 1 and not self.has_labels and all(
-            _fits(spec, headers[spec.name][0]) for spec in self.inputs
+        self.single_feed = (
+            len(counts) > 1 and not self.has_labels and all(_fits(spec, headers[spec.name][0]) for spec in self.inputs)
         )
         if len(counts) != 1 and not self.single_feed:
             raise DataError(f"--data {path}: arrays disagree on the number of samples ({sorted(counts)})")
@@ -224,7 +224,9 @@ def _fits(spec: TensorSpec, shape: tuple[int, ...]) -> bool:
     """Whether ``shape`` is a complete feed for ``spec`` (symbolic dimensions match anything)."""
     if spec.shape is None or len(spec.shape) != len(shape):
         return False
-    return all(not (isinstance(want, int) and want > 0) or want == got for want, got in zip(spec.shape, shape, strict=True))
+    return all(
+        not (isinstance(want, int) and want > 0) or want == got for want, got in zip(spec.shape, shape, strict=True)
+    )
 
 
 def _describe(spec: TensorSpec) -> str:

@@ -11,6 +11,7 @@ import onnxruntime as ort
 
 from onnxopt import io
 from onnxopt.passes.base import OptPass, PassOutcome
+from onnxopt.shapes import annotate_shapes
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "models" / "digits_cnn"
@@ -36,6 +37,7 @@ def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray
 def apply(model: onnx.ModelProto, opt_pass: OptPass) -> tuple[onnx.ModelProto, PassOutcome]:
     """Run one pass on a copy of ``model``; return the checked result and the pass outcome."""
     ir_model = io.from_proto(model)
+    annotate_shapes(ir_model)  # as the pipeline does before its passes
     outcome = opt_pass(ir_model)
     result = io.to_proto(ir_model)
     onnx.checker.check_model(result, full_check=True)
@@ -46,7 +48,9 @@ def ops(model: onnx.ModelProto) -> list[str]:
     return [n.op_type for n in model.graph.node]
 
 
-def assert_same_outputs(a: onnx.ModelProto, b: onnx.ModelProto, feeds: dict[str, np.ndarray], rtol: float = 1e-5) -> None:
+def assert_same_outputs(
+    a: onnx.ModelProto, b: onnx.ModelProto, feeds: dict[str, np.ndarray], rtol: float = 1e-5
+) -> None:
     """Outputs agree within ``rtol`` of each output's magnitude (and are not trivially zero)."""
     for x, y in zip(run(a, feeds), run(b, feeds), strict=True):
         assert x.shape == y.shape

@@ -80,16 +80,22 @@ def attribute(node: ir.Node, name: str, default: object) -> object:
 
 def bypass_node(graph: ir.Graph, node: ir.Node, x: ir.Value, y: ir.Value) -> None:
     """Remove ``node`` so ``y``'s readers read ``x`` (``x`` takes ``y``'s name if ``y`` is a graph output)."""
-    if y.is_graph_output():
-        index = list(graph.outputs).index(y)
-        name = y.name
-        ir.convenience.replace_all_uses_with(y, x)
-        y.name = None
-        x.name = name
-        graph.outputs[index] = x
-    else:
-        ir.convenience.replace_all_uses_with(y, x)
+    replace_value(y, x)
     graph.remove(node, safe=True)
+
+
+def replace_value(old: ir.Value, new: ir.Value) -> None:
+    """Make every reader of ``old`` -- nodes and graph outputs -- read ``new``.
+
+    When ``old`` is a graph output, ``new`` takes its name so the model's
+    signature does not change.
+    """
+    is_output = old.is_graph_output()
+    name = old.name
+    ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
+    if is_output:
+        old.name = None
+        new.name = name
 
 
 def copy_type(source: ir.Value, target: ir.Value) -> None:

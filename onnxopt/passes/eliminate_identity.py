@@ -18,6 +18,7 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
+from onnxopt.passes._graph_edit import replace_value
 from onnxopt.passes.base import OptPass, graph_size
 
 
@@ -59,11 +60,5 @@ def _turn_into_identity(node: ir.Node) -> None:
     assert graph is not None
     identity = ir.node("Identity", [node.inputs[0]], name=node.name)
     graph.insert_before(node, identity)
-    ir.convenience.replace_all_uses_with(node.outputs[0], identity.outputs[0])
-    if node.outputs[0].is_graph_output():
-        index = list(graph.outputs).index(node.outputs[0])
-        name = node.outputs[0].name
-        node.outputs[0].name = None
-        identity.outputs[0].name = name
-        graph.outputs[index] = identity.outputs[0]
+    replace_value(node.outputs[0], identity.outputs[0])
     graph.remove(node, safe=True)

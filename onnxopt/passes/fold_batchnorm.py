@@ -32,7 +32,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt.passes._channel_affine import ChannelAffine, fold_into_consumer_convs, fold_into_producer
-from onnxopt.passes._graph_edit import NameSource, attribute, bypass_node, constant_array, copy_type
+from onnxopt.passes._graph_edit import NameSource, attribute, bypass_node, constant_array, copy_type, replace_value
 from onnxopt.passes.base import OptPass
 
 
@@ -133,9 +133,6 @@ def _replace_with_mul_add(graph: ir.Graph, bn: ir.Node, affine: ChannelAffine, r
     graph.insert_before(bn, [mul, add])
     out = add.outputs[0]
     copy_type(y, out)
-    ir.convenience.replace_all_uses_with(y, out)
-    name = y.name
-    if y.is_graph_output():
-        graph.outputs[list(graph.outputs).index(y)] = out
+    out.name = names.fresh(f"{base}_out")
+    replace_value(y, out)
     graph.remove(bn, safe=True)
-    out.name = name
