@@ -80,7 +80,7 @@ def load_proto(path: Path) -> onnx.ModelProto:
         raise ModelLoadError(f"{path}: not an ONNX model (no graph found in {size} bytes)")
     try:
         onnx.load_external_data_for_model(proto, str(path.parent))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, onnx.checker.ValidationError) as e:
         raise ModelLoadError(f"{path}: external data cannot be read: {_first_line(e)}") from e
     if proto.ir_version > onnx.IR_VERSION:
         raise UnsupportedModelError(

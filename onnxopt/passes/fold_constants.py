@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 from onnxscript.optimizer._constant_folding import FoldConstantsPass as _OnnxscriptFold
@@ -56,6 +57,7 @@ class FoldConstantsPass(OptPass):
             shape_inference=False,
             input_size_limit=self.config.max_input,
             output_size_limit=self.config.max_output,
+            should_fold=self._should_fold,
         )
         folded = folder(model).modified
         lifted = common.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0)(model).modified
@@ -66,6 +68,15 @@ class FoldConstantsPass(OptPass):
             self.count("nodes added", max(nodes_after - nodes_before, 0))
             self.count("initializers added", max(inits_after - inits_before, 0))
             self.count("initializers removed", max(inits_before - inits_after, 0))
+
+    def _should_fold(self, node: ir.Node) -> bool | None:
+        """Fold ConstantOfShape (onnxscript keeps it by default) when its output is within the limit."""
+        if node.op_type != "ConstantOfShape" or node.domain != "":
+            return None
+        shape = node.inputs[0].const_value if node.inputs and node.inputs[0] is not None else None
+        if shape is None:
+            return False
+        return int(np.prod(shape.numpy())) <= self.config.max_output
 
 
 def _opset_unsafe_rewrites(model: ir.Model) -> str | None:

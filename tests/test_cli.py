@@ -1,0 +1,182 @@
+"""The ``onnxopt`` command: the README main job, and bad input (one line, exit 2, nothing written)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from helpers import BUNDLED, file_digest, parse
+
+from onnxopt.cli import main
+
+MODEL = BUNDLED / "model.onnx"
+EVAL = BUNDLED / "eval.npz"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "onnxopt.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_main_job_lossless_on_bundled_model(tmp_path: Path) -> None:
+    out, report = tmp_path / "out.onnx", tmp_path / "report.json"
+    before = file_digest(MODEL)
+    proc = run_cli(
+        "optimize", str(MODEL), "-o", str(out), "--recipe", "lossless", "--data", str(EVAL), "--report", str(report)
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "accuracy" in proc.stdout and "max drift" in proc.stdout
+    assert file_digest(MODEL) == before
+    optimized = onnx.load(str(out))
+    onnx.checker.check_model(optimized, full_check=True)
+    assert "BatchNormalization" not in {n.op_type for n in optimized.graph.node}
+    data = json.loads(report.read_text())
+    assert data["schema"] == "onnxopt.report/1"
+    cmp = data["comparison"]
+    assert cmp["samples"] == 1000
+    assert cmp["reference_accuracy"] == cmp["candidate_accuracy"] > 0.9
+    assert cmp["outputs"][0]["max_rel"] <= 1e-5
+    assert all(p["status"] != "rolled back" for p in data["passes"])
+
+
+def test_output_is_deterministic(tmp_path: Path) -> None:
+    for name in ("a.onnx", "b.onnx"):
+        assert main(["optimize", str(MODEL), "-o", str(tmp_path / name), "--data", "random:4"]) == 0
+    assert file_digest(tmp_path / "a.onnx") == file_digest(tmp_path / "b.onnx")
+
+
+def test_markdown_report(tmp_path: Path) -> None:
+    report = tmp_path / "r.md"
+    args = ["optimize", str(MODEL), "-o", str(tmp_path / "o.onnx"), "--passes", "fold-bn,remove-unused"]
+    assert main([*args, "--report", str(report)]) == 0
+    text = report.read_text()
+    assert "| fold-bn | applied |" in text
+    assert "## Outputs against the original" in text
+
+
+def test_passes_lists_every_registered_pass(capsys: pytest.CaptureFixture[str]) -> None:
+    from onnxopt.passes import REGISTRY
+
+    assert main(["passes", "--json"]) == 0
+    listed = {p["name"] for p in json.loads(capsys.readouterr().out)}
+    assert listed == set(REGISTRY)
+
+
+def test_inspect_reports_macs_and_ops(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect", str(MODEL), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["opset"][""] == 13
+    assert summary["op_histogram"]["BatchNormalization"] == 2
+    # conv1: 26*26*32*9 + conv2: 11*11*64*32*9 MACs per sample at least
+    assert summary["macs"] >= 26 * 26 * 32 * 9 + 11 * 11 * 64 * 32 * 9
+    assert summary["parameters"] > 200_000
+
+
+def test_compare_reports_accuracy(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", str(MODEL), str(MODEL), "--data", str(EVAL), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["samples"] == 1000
+    assert result["outputs"][0]["max_abs"] == 0.0
+    assert result["reference_accuracy"] == result["candidate_accuracy"]
+
+
+def _unknown_op_model(path: Path) -> None:
+    model = parse(
+        """<ir_version: 8, opset_import: ["": 13, "com.example": 1]>
+        g (float[1, 4] x) => (float[1, 4] y) { y = com.example.Frobnicate(x) }"""
+    )
+    onnx.save(model, str(path))
+
+
+def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, list[str]]]:
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(MODEL.read_bytes()[: MODEL.stat().st_size // 2])
+    text = tmp_path / "notes.onnx"
+    text.write_text("this is not a model\n" * 20)
+    unknown = tmp_path / "unknown_op.onnx"
+    _unknown_op_model(unknown)
+    wrong_key = tmp_path / "wrong_key.npz"
+    np.savez(wrong_key, pixels=np.zeros((2, 28, 28, 1), np.float32))
+    wrong_dtype = tmp_path / "wrong_dtype.npz"
+    np.savez(wrong_dtype, image=np.zeros((2, 28, 28, 1), np.float64))
+    wrong_shape = tmp_path / "wrong_shape.npz"
+    np.savez(wrong_shape, image=np.zeros((2, 28, 28, 3), np.float32))
+    return {
+        "empty file": (empty, []),
+        "truncated model": (truncated, []),
+        "text file": (text, []),
+        "unknown op": (unknown, []),
+        "missing file": (tmp_path / "nope.onnx", []),
+        "directory": (tmp_path, []),
+        "data with wrong key": (MODEL, ["--data", str(wrong_key)]),
+        "data with wrong dtype": (MODEL, ["--data", str(wrong_dtype)]),
+        "data with wrong shape": (MODEL, ["--data", str(wrong_shape)]),
+        "missing data file": (MODEL, ["--data", str(tmp_path / "none.npz")]),
+        "unknown pass": (MODEL, ["--passes", "fold-everything"]),
+        "bad pass parameter": (MODEL, ["--passes", "fold-constants:max_input=-3"]),
+        "unknown recipe": (MODEL, ["--recipe", "turbo"]),
+    }
+
+
+CASES = [
+    "empty file",
+    "truncated model",
+    "text file",
+    "unknown op",
+    "missing file",
+    "directory",
+    "data with wrong key",
+    "data with wrong dtype",
+    "data with wrong shape",
+    "missing data file",
+    "unknown pass",
+    "bad pass parameter",
+    "unknown recipe",
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_gets_one_line_and_exit_2(case: str, tmp_path: Path) -> None:
+    model, extra = _bad_inputs(tmp_path)[case]
+    digest = file_digest(model) if model.is_file() else None
+    out = tmp_path / "out" / "result.onnx"
+    out.parent.mkdir()
+    proc = run_cli("optimize", str(model), "-o", str(out), *extra)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("onnxopt: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert list(out.parent.iterdir()) == []
+    if digest:
+        assert file_digest(model) == digest
+    if case in ("data with wrong key",):
+        assert "'image'" in lines[0]
+
+
+def test_refuses_to_overwrite_input_without_in_place(tmp_path: Path) -> None:
+    model = tmp_path / "m.onnx"
+    model.write_bytes(MODEL.read_bytes())
+    digest = file_digest(model)
+    proc = run_cli("optimize", str(model), "-o", str(model))
+    assert proc.returncode == 2 and "--in-place" in proc.stderr
+    assert file_digest(model) == digest
+    assert main(["optimize", str(model), "--in-place", "--passes", "fold-bn"]) == 0
+    assert file_digest(model) != digest
+    assert "BatchNormalization" not in {n.op_type for n in onnx.load(str(model)).graph.node}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+@pytest.mark.parametrize("command", [["inspect"], ["compare", str(MODEL)]])
+def test_other_commands_reject_bad_files(command: list[str], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_text("garbage")
+    args = [command[0], str(bad), *command[1:]] if command[0] == "inspect" else [command[0], command[1], str(bad)]
+    proc = run_cli(*args)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1
