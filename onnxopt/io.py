@@ -87,7 +87,7 @@ def load_proto(path: Path) -> onnx.ModelProto:
             f"{path}: IR version {proto.ir_version} is newer than this onnx supports ({onnx.IR_VERSION})"
         )
     try:
-        onnx.checker.check_model(proto if proto.ByteSize() < PROTOBUF_LIMIT else str(path))
+        onnx.checker.check_model(str(path))  # from the file: no re-serialization, external data checked
     except onnx.checker.ValidationError as e:
         raise ModelLoadError(f"{path}: invalid ONNX model: {_first_line(e)}") from e
     return proto
@@ -118,13 +118,13 @@ def from_proto(proto: onnx.ModelProto) -> ir.Model:
 
 
 def save(
-    model: ir.Model | onnx.ModelProto,
+    model: ir.Model | onnx.ModelProto | bytes,
     path: str | os.PathLike[str],
     *,
     external_data: bool | None = None,
     protect: tuple[str | os.PathLike[str], ...] = (),
 ) -> Path:
-    """Write ``model`` to ``path`` atomically and return the path.
+    """Write ``model`` (IR, proto, or serialized bytes) to ``path`` atomically and return the path.
 
     The model goes to a temporary file in the target folder, which is then
     renamed over ``path``, so readers never see a partial file and a failure
@@ -141,6 +141,10 @@ def save(
         raise OutputError(f"{folder}: output folder does not exist")
     if not os.access(folder, os.W_OK):
         raise OutputError(f"{folder}: output folder is not writable")
+    if isinstance(model, bytes) and not external_data:
+        return _write_atomically(path, folder, model)
+    if isinstance(model, bytes):
+        model = onnx.ModelProto.FromString(model)
     proto = model if isinstance(model, onnx.ModelProto) else to_proto(model)
     if external_data is None:
         external_data = _tensor_bytes(proto) > EXTERNAL_DATA_THRESHOLD
@@ -164,6 +168,18 @@ def save(
                 staged.write_bytes(proto.SerializeToString())
             os.replace(staged, path)
     except OSError as e:
+        raise OutputError(f"{path}: cannot write: {e.strerror or e}") from e
+    return path
+
+
+def _write_atomically(path: Path, folder: Path, data: bytes) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
         raise OutputError(f"{path}: cannot write: {e.strerror or e}") from e
     return path
 

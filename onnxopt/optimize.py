@@ -10,8 +10,6 @@ import dataclasses
 import os
 from pathlib import Path
 
-import onnx_ir as ir
-
 from onnxopt import io
 from onnxopt.data import Dataset, open_dataset
 from onnxopt.errors import OutputError
@@ -71,10 +69,12 @@ def optimize_file(
     result = Pipeline(passes).run(model, context, source=None if converted else model_path)
     if converted:
         result.notes.insert(0, f"opset converted {_file_opset(model_path)} -> {target_opset} before the passes")
-    comparison = _evaluate(reference, result.model, dataset or _guard_dataset(reference, seed), progress)
+    comparison = _evaluate(reference, result.runner, dataset or _guard_dataset(reference, seed), progress)
     written = None
     if target is not None:
-        written = io.save(result.model, target, external_data=external_data, protect=() if in_place else (model_path,))
+        # Save exactly the bytes the guard verified, when the pipeline has them.
+        final = result.verified_bytes if result.verified_bytes is not None and not external_data else result.model
+        written = io.save(final, target, external_data=external_data, protect=() if in_place else (model_path,))
     return OptimizeResult(
         input_path=model_path,
         output_path=written,
@@ -116,21 +116,12 @@ def _guard_dataset(reference: Runner, seed: int) -> Dataset:
     return default_random(reference.inputs, seed)
 
 
-def _evaluate(reference: Runner, model: ir.Model, dataset: Dataset, progress: Progress) -> Comparison:
-    proto = io.to_proto(model)
-    candidate = Runner(proto if proto.ByteSize() < io.PROTOBUF_LIMIT else _spill(proto))
+def _evaluate(reference: Runner, candidate: Runner, dataset: Dataset, progress: Progress) -> Comparison:
     progress.start("evaluating", dataset.num_samples)
     try:
         return compare(reference, candidate, dataset, on_batch=progress.advance)
     finally:
         progress.finish()
-
-
-def _spill(proto):  # type: ignore[no-untyped-def]  # pragma: no cover - >2 GB models only
-    import tempfile
-
-    folder = tempfile.mkdtemp(prefix="onnxopt-eval-")
-    return io.save(proto, Path(folder) / "model.onnx", external_data=True)
 
 
 def _file_bytes(path: Path) -> int:

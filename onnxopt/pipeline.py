@@ -101,6 +101,8 @@ class PipelineResult:
     max_drift: float  # final model against the original, on the guard data
     guard_data: str
     notes: list[str]
+    runner: Runner  # an onnxruntime session on the final model, as the guard verified it
+    verified_bytes: bytes | None  # the final model exactly as verified (None if it was never re-serialized)
 
 
 class _GuardFailure(Exception):
@@ -144,6 +146,7 @@ class Pipeline:
         names = runner.output_names
         original_outputs = [runner.run(f) for f in feeds]
         original = ModelStats.of(model)
+        snapshot.runner = runner
         state = _State(model, snapshot, original_outputs)
         records: list[PassRecord] = []
         context.progress.start("optimizing", len(self.passes))
@@ -152,8 +155,18 @@ class Pipeline:
             context.progress.advance()
         context.progress.finish()
         drift = _max_rel(agreement(original_outputs, state.outputs, names))
+        final = state.good
+        assert final.runner is not None
         return PipelineResult(
-            state.model, records, original, ModelStats.of(state.model), drift, dataset.description, notes
+            state.model,
+            records,
+            original,
+            ModelStats.of(state.model),
+            drift,
+            dataset.description,
+            notes,
+            runner=final.runner,
+            verified_bytes=final.source if isinstance(final.source, bytes) else None,
         )
 
     def _run_one(
@@ -219,6 +232,7 @@ class Pipeline:
         try:
             runner = Runner(candidate.source, providers=context.providers)
             outputs = [runner.run(f, names) for f in feeds]
+            candidate.runner = runner
         except OnnxoptError as e:
             raise _GuardFailure(f"onnxruntime rejected the result: {_line(e)}") from e
         try:
@@ -244,6 +258,7 @@ class _Snapshot:
 
     def __init__(self, source: bytes | str) -> None:
         self.source = source
+        self.runner: Runner | None = None  # set once onnxruntime has loaded this exact snapshot
         self._keep: object = None
 
     @classmethod
@@ -253,7 +268,7 @@ class _Snapshot:
     @classmethod
     def of_model(cls, model: ir.Model) -> _Snapshot:
         proto = io.to_proto(model)
-        if proto.ByteSize() < io.PROTOBUF_LIMIT:
+        if ModelStats.of(model).bytes < io.EXTERNAL_DATA_THRESHOLD:  # cheaper than proto.ByteSize()
             return cls(proto.SerializeToString())
         folder = tempfile.TemporaryDirectory(prefix="onnxopt-guard-")  # pragma: no cover - >2 GB models
         snapshot = cls(str(io.save(proto, Path(folder.name) / "model.onnx", external_data=True)))

@@ -18,8 +18,9 @@ positions would otherwise see ``t`` where the original saw 0):
   ``W'[o, i] = W[o, i] s[c(i)]``, ``B'[o] = B[o] + sum_{i,k} W[o, i, k] t[c(i)]``
   where ``c(i)`` is input channel ``i`` of output ``o``'s group.
 
-Everything is computed in float64 and cast back to the weight's dtype (so
-fp16 weights are folded at full precision). A weight shared with other nodes
+Weights are computed in at least float32 (float64 weights in float64) and
+cast back to their dtype, so fp16 weights are folded in fp32; the small
+per-channel vectors are derived in float64. A weight shared with other nodes
 is cloned, never changed under another user. Each function returns ``None``
 when it folded, or the reason it declined -- before changing anything.
 """
@@ -67,6 +68,16 @@ class ChannelAffine:
         s = np.broadcast_to(self.scale.astype(np.float64).reshape(-1), (channels,))
         t = np.broadcast_to(self.shift.astype(np.float64).reshape(-1), (channels,))
         return s, t
+
+
+def _wide(weight: np.ndarray) -> np.ndarray:
+    """The weight in its compute precision: float32 for fp16/fp32, float64 for fp64."""
+    return weight.astype(np.promote_types(weight.dtype, np.float32), copy=False)
+
+
+def _like(vector: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """A float64 per-channel vector in the weight's compute precision (avoids widening the weight)."""
+    return vector.astype(np.promote_types(weight.dtype, np.float32))
 
 
 def channel_axis_rank(node: ir.Node) -> tuple[int, int | None] | None:
@@ -157,7 +168,7 @@ def _fold_conv(node: ir.Node, weight: np.ndarray, affine: ChannelAffine, names: 
     if reason:
         return reason
     s, t = affine.full(channels)
-    new_w = weight.astype(np.float64) * s.reshape(-1, *[1] * (weight.ndim - 1))
+    new_w = _wide(weight) * _like(s, weight).reshape(-1, *[1] * (weight.ndim - 1))
     new_b = np.broadcast_to(bias, (channels,)) * s + t
     set_constant_input(node, 1, new_w.astype(weight.dtype), names, "folded")
     _set_bias(node, 2, new_b.astype(weight.dtype), names)
@@ -181,8 +192,8 @@ def _fold_conv_transpose(node: ir.Node, weight: np.ndarray, affine: ChannelAffin
     if reason:
         return reason
     s, t = affine.full(channels)
-    blocks = weight.astype(np.float64).reshape(group, weight.shape[0] // group, per_group, *weight.shape[2:])
-    blocks = blocks * s.reshape(group, 1, per_group, *[1] * (weight.ndim - 2))
+    blocks = _wide(weight).reshape(group, weight.shape[0] // group, per_group, *weight.shape[2:])
+    blocks = blocks * _like(s, weight).reshape(group, 1, per_group, *[1] * (weight.ndim - 2))
     new_b = np.broadcast_to(bias, (channels,)) * s + t
     set_constant_input(node, 1, blocks.reshape(weight.shape).astype(weight.dtype), names, "folded")
     _set_bias(node, 2, new_b.astype(weight.dtype), names)
@@ -198,7 +209,8 @@ def _fold_gemm(node: ir.Node, weight: np.ndarray, affine: ChannelAffine, names: 
     if reason:
         return reason
     s, t = affine.full(channels)
-    new_w = weight.astype(np.float64) * (s.reshape(-1, 1) if trans_b else s.reshape(1, -1))
+    s_w = _like(s, weight)
+    new_w = _wide(weight) * (s_w.reshape(-1, 1) if trans_b else s_w.reshape(1, -1))
     new_c = beta * c * s + t  # broadcasts C ([N], [1,N], [M,N], scalar) against the channel axis
     set_constant_input(node, 1, new_w.astype(weight.dtype), names, "folded")
     _set_bias(node, 2, np.asarray(new_c).astype(weight.dtype), names)
@@ -216,7 +228,8 @@ def _fold_matmul(node: ir.Node, weight: np.ndarray, affine: ChannelAffine, names
     s, t = affine.full(channels)
     if np.any(t != 0):
         return "MatMul has no bias to absorb the shift"
-    set_constant_input(node, 1, (weight.astype(np.float64) * s.reshape(1, -1)).astype(weight.dtype), names, "folded")
+    new_w = _wide(weight) * _like(s, weight).reshape(1, -1)
+    set_constant_input(node, 1, new_w.astype(weight.dtype), names, "folded")
     return None
 
 
@@ -331,9 +344,9 @@ def fold_into_consumer_convs(value: ir.Value, affine: ChannelAffine, names: Name
         group_of_output = np.arange(weight.shape[0]) // out_per_group
         s_io = s.reshape(group, -1)[group_of_output]  # [C_out, C_in/g]
         t_io = t.reshape(group, -1)[group_of_output]
-        w64 = weight.astype(np.float64)
+        w64 = _wide(weight)
         extra = [1] * (weight.ndim - 2)
-        new_w = w64 * s_io.reshape(*s_io.shape, *extra)
+        new_w = w64 * _like(s_io, weight).reshape(*s_io.shape, *extra)
         new_b = np.broadcast_to(bias, (weight.shape[0],)) + (w64 * t_io.reshape(*t_io.shape, *extra)).reshape(
             weight.shape[0], -1
         ).sum(axis=1)

@@ -70,6 +70,8 @@ def set_constant_input(node: ir.Node, index: int, array: np.ndarray, names: Name
     if index >= len(node.inputs):
         node.resize_inputs(index + 1)
     node.replace_input_with(index, value)
+    if current is not None:
+        drop_unused_initializers(graph, [current])
 
 
 def attribute(node: ir.Node, name: str, default: object) -> object:
@@ -81,7 +83,7 @@ def attribute(node: ir.Node, name: str, default: object) -> object:
 def bypass_node(graph: ir.Graph, node: ir.Node, x: ir.Value, y: ir.Value) -> None:
     """Remove ``node`` so ``y``'s readers read ``x`` (``x`` takes ``y``'s name if ``y`` is a graph output)."""
     replace_value(y, x)
-    graph.remove(node, safe=True)
+    remove_node_and_orphans(graph, node)
 
 
 def replace_value(old: ir.Value, new: ir.Value) -> None:
@@ -104,3 +106,23 @@ def copy_type(source: ir.Value, target: ir.Value) -> None:
         target.dtype = source.dtype
     if source.shape is not None:
         target.shape = source.shape
+
+
+def remove_node_and_orphans(graph: ir.Graph, node: ir.Node) -> None:
+    """Remove ``node`` and the initializers that only it read (so no separate cleanup pass has to)."""
+    inputs = [v for v in node.inputs if v is not None]
+    graph.remove(node, safe=True)
+    drop_unused_initializers(graph, inputs)
+
+
+def drop_unused_initializers(graph: ir.Graph, values: list[ir.Value]) -> None:
+    """Delete those of ``values`` that are initializers nothing reads any more."""
+    for value in values:
+        if (
+            value.is_initializer()
+            and not value.uses()
+            and not value.is_graph_input()
+            and not value.is_graph_output()
+            and value.name in graph.initializers
+        ):
+            del graph.initializers[value.name]

@@ -32,7 +32,15 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt.passes._channel_affine import ChannelAffine, fold_into_consumer_convs, fold_into_producer
-from onnxopt.passes._graph_edit import NameSource, attribute, bypass_node, constant_array, copy_type, replace_value
+from onnxopt.passes._graph_edit import (
+    NameSource,
+    attribute,
+    bypass_node,
+    constant_array,
+    copy_type,
+    remove_node_and_orphans,
+    replace_value,
+)
 from onnxopt.passes.base import OptPass
 
 
@@ -135,4 +143,4 @@ def _replace_with_mul_add(graph: ir.Graph, bn: ir.Node, affine: ChannelAffine, r
     copy_type(y, out)
     out.name = names.fresh(f"{base}_out")
     replace_value(y, out)
-    graph.remove(bn, safe=True)
+    remove_node_and_orphans(graph, bn)
