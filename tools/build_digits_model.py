@@ -74,8 +74,38 @@ def _export_onnx(model, path: Path) -> None:  # type: ignore[no-untyped-def]
 
     proto, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=13)
     _restore_batchnorm_nodes(proto, model)
+    _stable_names(proto)
     proto.producer_name = "onnxopt tools/build_digits_model.py"
     path.write_bytes(proto.SerializeToString())
+
+
+def _stable_names(proto) -> None:  # type: ignore[no-untyped-def]
+    """Rename tf2onnx's counter-numbered names (``Transpose__44``, ``const_axes__25``) by order of use.
+
+    tf2onnx numbers what it creates from a process-wide counter, so the same
+    model would get different names (and bytes) from run to run.
+    """
+    import re
+
+    pattern = re.compile(r"__\d+")
+    keep = {v.name for v in [*proto.graph.input, *proto.graph.output]}
+    renamed: dict[str, str] = {}
+
+    def stable(name: str) -> str:
+        if not name or name in keep or not pattern.search(name):
+            return name
+        if name not in renamed:
+            renamed[name] = f"{pattern.sub('', name)}_n{len(renamed)}"
+        return renamed[name]
+
+    for node in proto.graph.node:
+        node.name = stable(node.name)
+        node.input[:] = [stable(n) for n in node.input]
+        node.output[:] = [stable(n) for n in node.output]
+    for init in proto.graph.initializer:
+        init.name = stable(init.name)
+    for info in proto.graph.value_info:
+        info.name = stable(info.name)
 
 
 def _restore_batchnorm_nodes(proto, model) -> None:  # type: ignore[no-untyped-def]
