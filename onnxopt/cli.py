@@ -13,7 +13,6 @@ import math
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import Any
 
 from onnxopt import io
 from onnxopt.api import compare_files, optimize
@@ -23,7 +22,7 @@ from onnxopt.inspection import inspect_model
 from onnxopt.optimize import OptimizeResult
 from onnxopt.progress import RichProgress
 from onnxopt.recipe import BUILTIN_RECIPES, describe_passes
-from onnxopt.report import build_report, write_report
+from onnxopt.report import build_report, json_safe, percent_change, write_report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -123,7 +122,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         args.reference, args.candidate, data=args.data, seed=args.seed, batch_size=args.batch, progress=RichProgress()
     )
     if args.json:
-        print(json.dumps(_json_safe(comparison.to_dict()), indent=2))
+        print(json.dumps(json_safe(comparison.to_dict()), indent=2))
     else:
         print(format_comparison(comparison))
     return 0
@@ -170,15 +169,15 @@ def format_optimize_summary(result: OptimizeResult) -> str:
         f"onnxopt optimize {result.input_path} -> {result.output_path}",
         f"  data: {result.data}; {cmp.samples} samples compared",
         "",
-        f"  {'pass':<20}{'status':<13}{'nodes':>12}{'drift':>11}{'seconds':>9}  what",
+        f"  {'pass':<27}{'status':<13}{'nodes':>12}{'drift':>11}{'seconds':>9}  what",
     ]
     for rec in pipe.records:
         what = ", ".join(f"{k} {v}" for k, v in rec.counts.items() if v) or "-"
         if rec.skipped:
             what += f" ({len(rec.skipped)} declined)"
         nodes = f"{rec.before.nodes}->{rec.after.nodes}"
-        lines.append(f"  {rec.name:<20}{rec.status:<13}{nodes:>12}{rec.max_drift:>11.2g}{rec.seconds:>9.3f}  {what}")
-        lines.extend(f"  {'':<20}note: {n}" for n in rec.notes)
+        lines.append(f"  {rec.name:<27}{rec.status:<13}{nodes:>12}{rec.max_drift:>11.2g}{rec.seconds:>9.3f}  {what}")
+        lines.extend(f"  {'':<27}note: {n}" for n in rec.notes)
     lines += ["", f"  {'':<14}{'before':>14}{'after':>14}{'change':>10}"]
     for label, b, a in (
         ("nodes", pipe.original.nodes, pipe.final.nodes),
@@ -186,7 +185,7 @@ def format_optimize_summary(result: OptimizeResult) -> str:
         ("file bytes", result.input_file_bytes, result.output_file_bytes),
     ):
         if a is not None:
-            lines.append(f"  {label:<14}{b:>14,}{a:>14,}{_pct(b, a):>10}")
+            lines.append(f"  {label:<14}{b:>14,}{a:>14,}{percent_change(b, a):>10}")
     if cmp.reference_accuracy is not None and cmp.candidate_accuracy is not None:
         delta = 100 * (cmp.candidate_accuracy - cmp.reference_accuracy)
         lines.append(f"  {'accuracy':<14}{cmp.reference_accuracy:>14.4f}{cmp.candidate_accuracy:>14.4f}{delta:>+9.2f}p")
@@ -214,20 +213,6 @@ def format_comparison(comparison: Comparison) -> str:
             f"accuracy: reference {comparison.reference_accuracy:.4f}, candidate {comparison.candidate_accuracy:.4f}"
         )
     return "\n".join(lines)
-
-
-def _pct(before: int, after: int) -> str:
-    return f"{100 * (after - before) / before:+.1f}%" if before else "n/a"
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def _one_line(error: BaseException) -> str:

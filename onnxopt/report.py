@@ -48,7 +48,7 @@ def build_report(result: OptimizeResult) -> dict[str, Any]:
         "after": dataclasses.asdict(pipeline.final),
         "passes": [dataclasses.asdict(r) for r in pipeline.records],
         "guard_max_drift": pipeline.max_drift,
-        "comparison": _finite(result.comparison.to_dict()),
+        "comparison": json_safe(result.comparison.to_dict()),
         "notes": pipeline.notes,
     }
 
@@ -90,10 +90,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         "|---|---:|---:|---:|",
     ]
     for key in ("nodes", "parameters", "bytes"):
-        lines.append(f"| {key} | {before[key]:,} | {after[key]:,} | {_pct(before[key], after[key])} |")
+        lines.append(f"| {key} | {before[key]:,} | {after[key]:,} | {percent_change(before[key], after[key])} |")
     fb, fa = report["input"]["file_bytes"], report["output"]["file_bytes"]
     if fa is not None:
-        lines.append(f"| file bytes | {fb:,} | {fa:,} | {_pct(fb, fa)} |")
+        lines.append(f"| file bytes | {fb:,} | {fa:,} | {percent_change(fb, fa)} |")
     if cmp.get("reference_accuracy") is not None:
         ra, ca = cmp["reference_accuracy"], cmp["candidate_accuracy"]
         lines.append(f"| accuracy | {ra:.4f} | {ca:.4f} | {100 * (ca - ra):+.2f} pts |")
@@ -134,18 +134,18 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pct(before: float, after: float) -> str:
+def percent_change(before: float, after: float) -> str:
     return f"{100 * (after - before) / before:+.1f}%" if before else "n/a"
 
 
-def _finite(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON has no infinity: write it as the string "inf"."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_finite(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
