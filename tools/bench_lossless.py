@@ -16,7 +16,9 @@ on an 4x4 input so running it is cheap and the cost is in the weights.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -102,7 +104,8 @@ def main() -> None:
         "median_lossless_s": round(statistics.median(candidate), 3),
         "ratio": round(statistics.median(candidate) / statistics.median(baseline), 2),
         "target_ratio": 3.0,
-        "machine": f"{platform.machine()} {platform.processor() or ''} python {platform.python_version()}".strip(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}",
+        "date": datetime.date.today().isoformat(),
     }
     print(json.dumps(result, indent=2))
     if args.json:
