@@ -126,6 +126,12 @@ class RandomDataset:
             raise DataError(f"input '{spec.name}' has unknown rank: random data cannot be shaped, give --data")
         return tuple(self._dim(d) for d in spec.shape[1:])
 
+    def _shape(self, spec: TensorSpec, n: int) -> tuple[int, ...]:
+        """A batch of ``n`` samples; a scalar input (rank 0) has no batch axis and stays a scalar."""
+        if spec.shape == ():
+            return ()
+        return (n, *self._sample_shape(spec))
+
     def _dim(self, dim: int | str | None) -> int:
         if isinstance(dim, int) and dim > 0:
             return dim
@@ -136,9 +142,7 @@ class RandomDataset:
     def batches(self, batch_size: int, limit: int | None = None, *, exact: bool = False) -> Iterator[Batch]:
         rng = np.random.default_rng(self.seed)
         for _, n in sample_ranges(self.num_samples, batch_size, limit, exact):
-            yield Batch(
-                {spec.name: _random_array(rng, spec.dtype, (n, *self._sample_shape(spec))) for spec in self.inputs}
-            )
+            yield Batch({spec.name: _random_array(rng, spec.dtype, self._shape(spec, n)) for spec in self.inputs})
 
 
 def _random_array(rng: np.random.Generator, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:

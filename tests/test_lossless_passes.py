@@ -111,3 +111,28 @@ def test_initializer_inputs_become_constants() -> None:
     assert [i.name for i in out.graph.input] == ["x"]
     assert out.ir_version == 4
     assert_same_outputs(model, out, {"x": x(2, 3)})
+
+
+def test_models_with_subgraphs_survive_the_lossless_recipe(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import onnx
+
+    import onnxopt
+
+    model = parse(
+        """<ir_version: 8, opset_import: ["": 13]>
+        g (float[2, 3] x, bool c) => (float[2, 3] y) {
+            a = Identity(x)
+            y = If(c) <
+                then_branch = t () => (float[2, 3] o) { o = Relu(a) },
+                else_branch = e () => (float[2, 3] o) { o = Neg(a) }
+            >
+        }"""
+    )
+    src = tmp_path / "if.onnx"
+    onnx.save(model, str(src))
+    result = onnxopt.optimize(src, tmp_path / "out.onnx", recipe="lossless")
+    assert all(r.status != "rolled back" for r in result.pipeline.records)
+    out = onnx.load(str(tmp_path / "out.onnx"))
+    assert [n.op_type for n in out.graph.node] == ["If"]
+    branches = {a.name: [n.op_type for n in a.g.node] for a in out.graph.node[0].attribute}
+    assert branches == {"then_branch": ["Relu"], "else_branch": ["Neg"]}
