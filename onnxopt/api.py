@@ -59,8 +59,8 @@ def compare_files(
     """Compare two model files on ``data`` (default: 8 random samples)."""
     runners = []
     for path in (reference, candidate):
-        io.load_proto(Path(path))  # one-line errors for bad files before onnxruntime sees them
-        runners.append(Runner(path))
+        file = io.read_model(Path(path))  # one-line errors for bad files before onnxruntime sees them
+        runners.append(Runner(file.source))
     ref, cand = runners
     dataset = open_dataset(data, ref.inputs, seed=seed) if data else default_random(ref.inputs, seed)
     if progress:

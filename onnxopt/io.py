@@ -6,6 +6,7 @@ onnxruntime); everything in between works on :class:`onnx_ir.Model`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
@@ -27,6 +28,30 @@ PROTOBUF_LIMIT = 2**31 - 1
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelFile:
+    """A model file read once and validated.
+
+    ``raw`` is the ``.onnx`` file's bytes; when ``self_contained`` (no
+    external data) they are the whole model, and can go straight to the
+    checker and onnxruntime without re-serializing.
+    """
+
+    path: Path
+    raw: bytes
+    proto: onnx.ModelProto  # external data loaded
+    self_contained: bool
+
+    @property
+    def opset(self) -> int:
+        return proto_opset(self.proto)
+
+    @property
+    def source(self) -> bytes | str:
+        """What onnxruntime and the checker should read: the bytes, or the path when data lies beside it."""
+        return self.raw if self.self_contained else str(self.path)
+
+
 def load(path: str | os.PathLike[str], *, target_opset: int | None = None) -> ir.Model:
     """Load and validate an ONNX model (embedded or external data).
 
@@ -36,21 +61,31 @@ def load(path: str | os.PathLike[str], *, target_opset: int | None = None) -> ir
     -- unless ``target_opset`` is given, in which case an older model is first
     converted to that opset by onnx's version converter.
     """
-    path = Path(path)
-    proto = load_proto(path)
+    return to_model(read_model(Path(path)), target_opset=target_opset)
+
+
+def to_model(file: ModelFile, *, target_opset: int | None = None) -> ir.Model:
+    """The IR model of a read file, converted to ``target_opset`` first if given."""
+    where = str(file.path)
+    proto = file.proto
     if target_opset is not None:
         if not MIN_OPSET <= target_opset <= MAX_OPSET:
             raise UnsupportedModelError(f"target opset {target_opset} is outside {MIN_OPSET}..{MAX_OPSET}")
-        proto = _convert_opset(proto, target_opset, str(path))
-    validate_opset(proto, str(path))
+        proto = _convert_opset(proto, target_opset, where)
+    validate_opset(proto, where)
     try:
         return ir.serde.deserialize_model(proto)
     except Exception as e:  # onnx_ir raises several types for malformed graphs
-        raise ModelLoadError(f"{path}: cannot read the graph: {_first_line(e)}") from e
+        raise ModelLoadError(f"{where}: cannot read the graph: {_first_line(e)}") from e
+
+
+def proto_opset(proto: onnx.ModelProto) -> int:
+    """The default-domain opset a ModelProto imports (0 if none)."""
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def _convert_opset(proto: onnx.ModelProto, target: int, where: str) -> onnx.ModelProto:
-    current = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), target)
+    current = proto_opset(proto)
     if current >= target:
         return proto
     try:
@@ -62,41 +97,52 @@ def _convert_opset(proto: onnx.ModelProto, target: int, where: str) -> onnx.Mode
 
 
 def load_proto(path: Path) -> onnx.ModelProto:
-    """Read ``path`` into a ModelProto with external data, and run the checker."""
+    """Read ``path`` into a checked ModelProto with its external data."""
+    return read_model(path).proto
+
+
+def read_model(path: Path) -> ModelFile:
+    """Read ``path`` once, parse it, load its external data, and run the checker."""
     if not path.exists():
         raise ModelLoadError(f"{path}: no such file")
     if path.is_dir():
         raise ModelLoadError(f"{path}: is a directory, not an ONNX file")
-    size = path.stat().st_size
-    if size == 0:
-        raise ModelLoadError(f"{path}: file is empty")
     try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, RuntimeWarning, ValueError, UnicodeDecodeError) as e:
-        raise ModelLoadError(f"{path}: not an ONNX model or truncated ({_first_line(e)})") from e
+        raw = path.read_bytes()
     except OSError as e:
         raise ModelLoadError(f"{path}: cannot read: {e.strerror or e}") from e
-    if not proto.graph.node and not proto.graph.output:
-        raise ModelLoadError(f"{path}: not an ONNX model (no graph found in {size} bytes)")
+    if not raw:
+        raise ModelLoadError(f"{path}: file is empty")
     try:
-        onnx.load_external_data_for_model(proto, str(path.parent))
-    except (OSError, ValueError, onnx.checker.ValidationError) as e:
-        raise ModelLoadError(f"{path}: external data cannot be read: {_first_line(e)}") from e
+        proto = onnx.ModelProto.FromString(raw)
+    except (DecodeError, RuntimeWarning, ValueError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{path}: not an ONNX model or truncated ({_first_line(e)})") from e
+    if not proto.graph.node and not proto.graph.output:
+        raise ModelLoadError(f"{path}: not an ONNX model (no graph found in {len(raw)} bytes)")
+    self_contained = not any(
+        t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.external_data_helper._get_all_tensors(proto)
+    )
+    if not self_contained:
+        proto = onnx.ModelProto.FromString(raw)  # keep ``raw``'s message intact; load data into a copy
+        try:
+            onnx.load_external_data_for_model(proto, str(path.parent))
+        except (OSError, ValueError, onnx.checker.ValidationError) as e:
+            raise ModelLoadError(f"{path}: external data cannot be read: {_first_line(e)}") from e
     if proto.ir_version > onnx.IR_VERSION:
         raise UnsupportedModelError(
             f"{path}: IR version {proto.ir_version} is newer than this onnx supports ({onnx.IR_VERSION})"
         )
     try:
-        onnx.checker.check_model(str(path))  # from the file: no re-serialization, external data checked
+        onnx.checker.check_model(raw if self_contained else str(path))  # no re-serialization
     except onnx.checker.ValidationError as e:
         raise ModelLoadError(f"{path}: invalid ONNX model: {_first_line(e)}") from e
-    return proto
+    return ModelFile(path, raw, proto, self_contained)
 
 
 def validate_opset(proto: onnx.ModelProto, where: str) -> None:
     """Refuse default-domain opsets onnxopt does not handle."""
-    version = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    if version is None:
+    version = proto_opset(proto)
+    if not version:
         raise UnsupportedModelError(f"{where}: the model imports no default-domain opset")
     if version < MIN_OPSET:
         raise UnsupportedModelError(

@@ -59,16 +59,17 @@ def optimize_file(
     progress = progress or NullProgress()
     target = _resolve_output(model_path, output_path, in_place)
     passes = build_passes(recipe)
-    model = io.load(model_path, target_opset=target_opset)
-    converted = target_opset is not None and io.opset_version(model) != _file_opset(model_path)
-    reference = Runner(model_path)
+    source = io.read_model(model_path)
+    model = io.to_model(source, target_opset=target_opset)
+    converted = io.opset_version(model) != source.opset
+    reference = Runner(source.source)
     dataset = open_dataset(data, reference.inputs, seed=seed) if data else None
     context = Context(dataset=dataset, seed=seed, progress=progress, reference=reference)
     if guard_samples is not None:
         context.guard_samples = guard_samples
-    result = Pipeline(passes).run(model, context, source=None if converted else model_path)
+    result = Pipeline(passes).run(model, context, source=None if converted else source)
     if converted:
-        result.notes.insert(0, f"opset converted {_file_opset(model_path)} -> {target_opset} before the passes")
+        result.notes.insert(0, f"opset converted {source.opset} -> {target_opset} before the passes")
     comparison = _evaluate(reference, result.runner, dataset or _guard_dataset(reference, seed), progress)
     written = None
     if target is not None:
@@ -101,13 +102,6 @@ def _resolve_output(model_path: Path, output_path: str | os.PathLike[str] | None
     if target.is_dir():
         raise OutputError(f"{target}: is a directory; give a file name")
     return target
-
-
-def _file_opset(path: Path) -> int:
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def _guard_dataset(reference: Runner, seed: int) -> Dataset:

@@ -124,17 +124,20 @@ class Pipeline:
     def __init__(self, passes: Sequence[OptPass]) -> None:
         self.passes = list(passes)
 
-    def run(self, model: ir.Model, context: Context | None = None, *, source: Path | None = None) -> PipelineResult:
+    def run(
+        self, model: ir.Model, context: Context | None = None, *, source: io.ModelFile | None = None
+    ) -> PipelineResult:
         """Run every pass over ``model`` (changed in place; the result holds the final model).
 
-        ``source`` is the file ``model`` was loaded from: it serves as the
-        first rollback point and for the reference session, which saves
-        serializing a large model once more.
+        ``source`` is the file ``model`` was read from unchanged: its bytes are
+        the first verified snapshot (rollback point, reference session, and
+        what is saved when no pass changes anything), which saves serializing
+        a large model once more.
         """
         context = context or Context()
         notes: list[str] = []
         _infer_shapes(model, notes)
-        snapshot = _Snapshot.of_file(source) if source else _Snapshot.of_model(model)
+        snapshot = _Snapshot(source.source) if source else _Snapshot.of_model(model)
         try:
             runner = context.reference or Runner(snapshot.source, providers=context.providers)
         except OnnxoptError as e:
@@ -260,10 +263,6 @@ class _Snapshot:
         self.source = source
         self.runner: Runner | None = None  # set once onnxruntime has loaded this exact snapshot
         self._keep: object = None
-
-    @classmethod
-    def of_file(cls, path: Path) -> _Snapshot:
-        return cls(str(path))
 
     @classmethod
     def of_model(cls, model: ir.Model) -> _Snapshot:

@@ -51,8 +51,8 @@ class FoldConstantsPass(OptPass):
             self.skip("model", unsafe)
             return
         nodes_before, inits_before = graph_size(model)
-        if model.ir_version < 4:
-            model.ir_version = 4  # IR 3 requires every initializer to be a graph input; 4 does not
+        ir_version = model.ir_version
+        model.ir_version = max(ir_version, 4)  # IR 3 requires every initializer to be a graph input; 4 does not
         folder = _OnnxscriptFold(
             shape_inference=False,
             input_size_limit=self.config.max_input,
@@ -68,6 +68,8 @@ class FoldConstantsPass(OptPass):
             self.count("nodes added", max(nodes_after - nodes_before, 0))
             self.count("initializers added", max(inits_after - inits_before, 0))
             self.count("initializers removed", max(inits_before - inits_after, 0))
+        else:
+            model.ir_version = ir_version  # nothing folded: leave the model exactly as it was
 
     def _should_fold(self, node: ir.Node) -> bool | None:
         """Fold ConstantOfShape (onnxscript keeps it by default) when its output is within the limit."""
