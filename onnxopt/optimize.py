@@ -73,8 +73,8 @@ def optimize_file(
     comparison = _evaluate(reference, result.runner, dataset or _guard_dataset(reference, seed), progress)
     written = None
     if target is not None:
-        # Save exactly the bytes the guard verified, when the pipeline has them.
-        final = result.verified_bytes if result.verified_bytes is not None and not external_data else result.model
+        # When no pass changed anything, the input's own bytes are written unchanged.
+        final = result.unchanged_input if result.unchanged_input is not None and not external_data else result.model
         written = io.save(final, target, external_data=external_data, protect=() if in_place else (model_path,))
     return OptimizeResult(
         input_path=model_path,

@@ -3,8 +3,10 @@
 The pipeline runs configured passes in order over one :class:`onnx_ir.Model`.
 After each pass that changed the model, the guard:
 
-1. serializes the model and runs ``onnx.checker`` with ``full_check``;
-2. opens an onnxruntime session (graph optimizations DISABLED);
+1. serializes the graph and runs ``onnx.checker`` with ``full_check``;
+2. opens an onnxruntime session (graph optimizations DISABLED) over that
+   graph and the model's own weight arrays, shared without copying
+   (:mod:`onnxopt.shared_weights`);
 3. runs the guard batches and compares with the outputs of the model as it
    was before the pass; a lossless pass must stay within its relative
    tolerance (``max|after - before| <= tol * max|before|`` per output).
@@ -16,10 +18,8 @@ model; the run continues and the :class:`PassRecord` says why.
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 import time
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,7 @@ from onnxopt.passes.base import OptPass, PassOutcome, graph_size
 from onnxopt.progress import NullProgress, Progress
 from onnxopt.runtime import Runner
 from onnxopt.shapes import annotate_shapes
+from onnxopt.shared_weights import SharedWeightsModel
 
 DEFAULT_GUARD_SAMPLES = 64
 
@@ -102,7 +103,7 @@ class PipelineResult:
     guard_data: str
     notes: list[str]
     runner: Runner  # an onnxruntime session on the final model, as the guard verified it
-    verified_bytes: bytes | None  # the final model exactly as verified (None if it was never re-serialized)
+    unchanged_input: bytes | None  # the input file's bytes, when no pass changed the model (save them as they are)
 
 
 class _GuardFailure(Exception):
@@ -137,11 +138,11 @@ class Pipeline:
         context = context or Context()
         notes: list[str] = []
         _infer_shapes(model, notes)
-        snapshot = _Snapshot(source.source) if source else _Snapshot.of_model(model)
         try:
-            runner = context.reference or Runner(snapshot.source, providers=context.providers)
+            snapshot = _Snapshot.of_input(source, context) if source else _Snapshot.of_model(model, context)
         except OnnxoptError as e:
             raise type(e)(f"the input model: {e}") from e
+        runner = snapshot.runner
         dataset = context.dataset or default_random(runner.inputs, context.seed)
         batch = batch_size_for(runner.inputs)
         exact = fixed_batch(runner.inputs) is not None
@@ -149,7 +150,6 @@ class Pipeline:
         names = runner.output_names
         original_outputs = [runner.run(f) for f in feeds]
         original = ModelStats.of(model)
-        snapshot.runner = runner
         state = _State(model, snapshot, original_outputs)
         records: list[PassRecord] = []
         context.progress.start("optimizing", len(self.passes))
@@ -159,7 +159,6 @@ class Pipeline:
         context.progress.finish()
         drift = _max_rel(agreement(original_outputs, state.outputs, names))
         final = state.good
-        assert final.runner is not None
         return PipelineResult(
             state.model,
             records,
@@ -169,7 +168,7 @@ class Pipeline:
             dataset.description,
             notes,
             runner=final.runner,
-            verified_bytes=final.source if isinstance(final.source, bytes) else None,
+            unchanged_input=final.input_bytes,
         )
 
     def _run_one(
@@ -209,8 +208,7 @@ class Pipeline:
         if not outcome.modified and not notes:
             return record("unchanged", outcome)
         try:
-            candidate = _Snapshot.of_model(state.model)
-            outputs, drift = self._guard(opt_pass, candidate, state.outputs, feeds, names, context)
+            candidate, outputs, drift = self._guard(opt_pass, state.model, state.outputs, feeds, names, context)
         except _GuardFailure as e:
             state.model = state.good.restore()
             notes.append(str(e))
@@ -221,21 +219,23 @@ class Pipeline:
     @staticmethod
     def _guard(
         opt_pass: OptPass,
-        candidate: _Snapshot,
+        model: ir.Model,
         reference: list[list[np.ndarray]],
         feeds: list[dict[str, np.ndarray]],
         names: list[str],
         context: Context,
-    ) -> tuple[list[list[np.ndarray]], float]:
-        """Check, load and run ``candidate``; return its guard outputs and drift, or raise ``_GuardFailure``."""
+    ) -> tuple[_Snapshot, list[list[np.ndarray]], float]:
+        """Check, load and run ``model``; return its snapshot, guard outputs and drift, or raise ``_GuardFailure``."""
         try:
-            onnx.checker.check_model(candidate.source, full_check=True)
+            frozen = SharedWeightsModel(model)
+            frozen.check()
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
             raise _GuardFailure(f"checker rejected the result: {_line(e)}") from e
+        except Exception as e:  # serializing a malformed graph raises onnx_ir's own errors
+            raise _GuardFailure(f"the result cannot be serialized: {_line(e)}") from e
         try:
-            runner = Runner(candidate.source, providers=context.providers)
+            runner = frozen.runner(context.providers)
             outputs = [runner.run(f, names) for f in feeds]
-            candidate.runner = runner
         except OnnxoptError as e:
             raise _GuardFailure(f"onnxruntime rejected the result: {_line(e)}") from e
         try:
@@ -246,7 +246,7 @@ class Pipeline:
             raise _GuardFailure(
                 f"outputs drifted by {drift:.3g} (relative), over the lossless tolerance {opt_pass.tolerance:g}"
             )
-        return outputs, drift
+        return _Snapshot(frozen.restore, runner), outputs, drift
 
 
 def _infer_shapes(model: ir.Model, notes: list[str]) -> None:
@@ -257,29 +257,29 @@ def _infer_shapes(model: ir.Model, notes: list[str]) -> None:
 
 
 class _Snapshot:
-    """A verified model frozen as bytes, a file, or a folder with external data (past 2 GB)."""
+    """A verified state of the model: how to get it back, and the session that ran it."""
 
-    def __init__(self, source: bytes | str) -> None:
-        self.source = source
-        self.runner: Runner | None = None  # set once onnxruntime has loaded this exact snapshot
-        self._keep: object = None
+    def __init__(self, restore: Callable[[], ir.Model], runner: Runner, input_bytes: bytes | None = None) -> None:
+        self.restore = restore
+        self.runner = runner
+        self.input_bytes = input_bytes  # set when this state is the input file itself
 
     @classmethod
-    def of_model(cls, model: ir.Model) -> _Snapshot:
-        proto = io.to_proto(model)
-        if ModelStats.of(model).bytes < io.EXTERNAL_DATA_THRESHOLD:  # cheaper than proto.ByteSize()
-            return cls(proto.SerializeToString())
-        folder = tempfile.TemporaryDirectory(prefix="onnxopt-guard-")  # pragma: no cover - >2 GB models
-        snapshot = cls(str(io.save(proto, Path(folder.name) / "model.onnx", external_data=True)))
-        snapshot._keep = folder  # the folder lives as long as the snapshot
-        return snapshot
+    def of_input(cls, source: io.ModelFile, context: Context) -> _Snapshot:
+        """The input file, unchanged: its own bytes are the verified model."""
 
-    def restore(self) -> ir.Model:
-        if isinstance(self.source, bytes):
-            return io.from_proto(onnx.ModelProto.FromString(self.source))
-        model = io.load(self.source)
-        _infer_shapes(model, [])
-        return model
+        def reload() -> ir.Model:
+            model = io.to_model(source)
+            _infer_shapes(model, [])
+            return model
+
+        runner = context.reference or Runner(source.source, providers=context.providers)
+        return cls(reload, runner, source.raw if source.self_contained else None)
+
+    @classmethod
+    def of_model(cls, model: ir.Model, context: Context) -> _Snapshot:
+        frozen = SharedWeightsModel(model)
+        return cls(frozen.restore, context.reference or frozen.runner(context.providers))
 
 
 def _max_rel(results: Sequence[OutputAgreement]) -> float:

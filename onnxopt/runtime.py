@@ -34,7 +34,9 @@ class Runner:
 
     ``model`` is a ModelProto, serialized bytes, or a path; construction
     fails with :class:`UnsupportedModelError` when onnxruntime refuses the
-    model (an unknown op, a type it has no kernel for).
+    model (an unknown op, a type it has no kernel for). ``initializers``
+    replace the model's initializers of those names without copying (the
+    session keeps them alive).
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class Runner:
         providers: Sequence[str] = ("CPUExecutionProvider",),
         optimize: bool = False,
         threads: int = 0,
+        initializers: dict[str, ort.OrtValue] | None = None,
     ) -> None:
         options = ort.SessionOptions()
         options.graph_optimization_level = (
@@ -51,6 +54,9 @@ class Runner:
         )
         options.intra_op_num_threads = threads
         options.log_severity_level = 3
+        self._initializers = dict(initializers or {})  # must outlive the session
+        for name, value in self._initializers.items():
+            options.add_initializer(name, value)
         source: bytes | str
         if isinstance(model, onnx.ModelProto):
             source = model.SerializeToString()

@@ -170,8 +170,8 @@ def _fold_conv(node: ir.Node, weight: np.ndarray, affine: ChannelAffine, names: 
     s, t = affine.full(channels)
     new_w = _wide(weight) * _like(s, weight).reshape(-1, *[1] * (weight.ndim - 1))
     new_b = np.broadcast_to(bias, (channels,)) * s + t
-    set_constant_input(node, 1, new_w.astype(weight.dtype), names, "folded")
-    _set_bias(node, 2, new_b.astype(weight.dtype), names)
+    set_constant_input(node, 1, new_w.astype(weight.dtype, copy=False), names, "folded")
+    _set_bias(node, 2, new_b.astype(weight.dtype, copy=False), names)
     return None
 
 
@@ -195,8 +195,8 @@ def _fold_conv_transpose(node: ir.Node, weight: np.ndarray, affine: ChannelAffin
     blocks = _wide(weight).reshape(group, weight.shape[0] // group, per_group, *weight.shape[2:])
     blocks = blocks * _like(s, weight).reshape(group, 1, per_group, *[1] * (weight.ndim - 2))
     new_b = np.broadcast_to(bias, (channels,)) * s + t
-    set_constant_input(node, 1, blocks.reshape(weight.shape).astype(weight.dtype), names, "folded")
-    _set_bias(node, 2, new_b.astype(weight.dtype), names)
+    set_constant_input(node, 1, blocks.reshape(weight.shape).astype(weight.dtype, copy=False), names, "folded")
+    _set_bias(node, 2, new_b.astype(weight.dtype, copy=False), names)
     return None
 
 
@@ -212,8 +212,8 @@ def _fold_gemm(node: ir.Node, weight: np.ndarray, affine: ChannelAffine, names: 
     s_w = _like(s, weight)
     new_w = _wide(weight) * (s_w.reshape(-1, 1) if trans_b else s_w.reshape(1, -1))
     new_c = beta * c * s + t  # broadcasts C ([N], [1,N], [M,N], scalar) against the channel axis
-    set_constant_input(node, 1, new_w.astype(weight.dtype), names, "folded")
-    _set_bias(node, 2, np.asarray(new_c).astype(weight.dtype), names)
+    set_constant_input(node, 1, new_w.astype(weight.dtype, copy=False), names, "folded")
+    _set_bias(node, 2, np.asarray(new_c).astype(weight.dtype, copy=False), names)
     node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
     return None
 
@@ -229,7 +229,7 @@ def _fold_matmul(node: ir.Node, weight: np.ndarray, affine: ChannelAffine, names
     if np.any(t != 0):
         return "MatMul has no bias to absorb the shift"
     new_w = _wide(weight) * _like(s, weight).reshape(1, -1)
-    set_constant_input(node, 1, new_w.astype(weight.dtype), names, "folded")
+    set_constant_input(node, 1, new_w.astype(weight.dtype, copy=False), names, "folded")
     return None
 
 
@@ -253,7 +253,7 @@ def _fold_matmul_with_bias(
     graph = node.graph
     assert graph is not None
     bias_name = names.fresh(f"{node.name or 'MatMul'}_bias")
-    bias = ir.Value(name=bias_name, const_value=ir.tensor(t.astype(weight.dtype), name=bias_name))
+    bias = ir.Value(name=bias_name, const_value=ir.tensor(t.astype(weight.dtype, copy=False), name=bias_name))
     graph.register_initializer(bias)
     add = ir.node("Add", [out, bias], name=names.fresh(f"{node.name or 'MatMul'}_bias_add"))
     add.outputs[0].name = names.fresh(f"{out.name}_biased")
@@ -350,8 +350,8 @@ def fold_into_consumer_convs(value: ir.Value, affine: ChannelAffine, names: Name
         new_b = np.broadcast_to(bias, (weight.shape[0],)) + (w64 * t_io.reshape(*t_io.shape, *extra)).reshape(
             weight.shape[0], -1
         ).sum(axis=1)
-        set_constant_input(conv, 1, new_w.astype(weight.dtype), names, "folded")
-        set_constant_input(conv, 2, new_b.astype(weight.dtype), names, "folded")
+        set_constant_input(conv, 1, new_w.astype(weight.dtype, copy=False), names, "folded")
+        set_constant_input(conv, 2, new_b.astype(weight.dtype, copy=False), names, "folded")
     return None
 
 

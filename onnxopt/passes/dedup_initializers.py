@@ -36,13 +36,13 @@ class DeduplicateInitializersPass(OptPass):
                 tensor = value.const_value
                 if tensor is None or value.is_graph_input() or value.is_graph_output():
                     continue
-                data = _bytes(tensor)
+                data = _buffer(tensor)
                 key = (tensor.dtype, tuple(tensor.shape.numpy()), hashlib.sha256(data).hexdigest())
                 kept = seen.get(key)
                 if kept is None:
                     seen[key] = value
                     continue
-                if _bytes(kept.const_value) != data:  # type: ignore[arg-type]
+                if _buffer(kept.const_value) != data:  # type: ignore[arg-type]
                     continue  # a hash collision: keep both
                 value.replace_all_uses_with(kept)
                 assert value.name is not None
@@ -50,7 +50,8 @@ class DeduplicateInitializersPass(OptPass):
                 self.count("initializers merged")
 
 
-def _bytes(tensor: ir.TensorProtocol) -> bytes:
+def _buffer(tensor: ir.TensorProtocol) -> bytes | memoryview:
+    """The tensor's bytes, without copying a contiguous array (hashing 100 MB twice over is not free)."""
     if tensor.dtype == ir.DataType.STRING:
         return b"\0".join(tensor.string_data())  # type: ignore[attr-defined]
-    return np.ascontiguousarray(tensor.numpy()).tobytes()
+    return memoryview(np.ascontiguousarray(tensor.numpy()).reshape(-1).view(np.uint8))
