@@ -22,7 +22,7 @@ from onnxopt.inspection import inspect_model
 from onnxopt.optimize import OptimizeResult
 from onnxopt.progress import RichProgress
 from onnxopt.recipe import BUILTIN_RECIPES, describe_passes
-from onnxopt.report import build_report, json_safe, percent_change, write_report
+from onnxopt.report import build_report, check_report_path, json_safe, percent_change, write_report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,6 +92,8 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd_optimize(args: argparse.Namespace) -> int:
     if args.guard_samples is not None and args.guard_samples <= 0:
         raise OnnxoptError("--guard-samples must be positive")
+    if args.report:
+        check_report_path(args.report)  # before any work: a bad report path must not leave a model behind
     result = optimize(
         args.model,
         args.output,

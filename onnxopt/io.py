@@ -22,8 +22,6 @@ from onnxopt.errors import ModelLoadError, OutputError, UnsupportedModelError
 MIN_OPSET = 9
 #: Newest default-domain opset the installed onnx knows.
 MAX_OPSET = onnx.defs.onnx_opset_version()
-#: Protobuf cannot serialize a single message larger than this.
-PROTOBUF_LIMIT = 2**31 - 1
 #: Above this many tensor bytes, :func:`save` writes external data by default.
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2
 
@@ -94,11 +92,6 @@ def _convert_opset(proto: onnx.ModelProto, target: int, where: str) -> onnx.Mode
         raise UnsupportedModelError(
             f"{where}: cannot convert from opset {current} to {target}: {_first_line(e)}"
         ) from e
-
-
-def load_proto(path: Path) -> onnx.ModelProto:
-    """Read ``path`` into a checked ModelProto with its external data."""
-    return read_model(path).proto
 
 
 def read_model(path: Path) -> ModelFile:

@@ -53,18 +53,22 @@ def build_report(result: OptimizeResult) -> dict[str, Any]:
     }
 
 
-def write_report(report: dict[str, Any], path: str | Path) -> Path:
-    """Write ``report`` as JSON (``.json``) or Markdown (``.md``), atomically."""
+def check_report_path(path: str | Path) -> Path:
+    """Refuse a report path that cannot be written, before any work is done."""
     path = Path(path)
-    if path.suffix == ".json":
-        text = json.dumps(report, indent=2, default=str) + "\n"
-    elif path.suffix == ".md":
-        text = render_markdown(report)
-    else:
+    if path.suffix not in (".json", ".md"):
         raise OutputError(f"{path}: report must end in .json or .md")
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"{folder}: report folder does not exist")
+    return path
+
+
+def write_report(report: dict[str, Any], path: str | Path) -> Path:
+    """Write ``report`` as JSON (``.json``) or Markdown (``.md``), atomically."""
+    path = check_report_path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    text = json.dumps(report, indent=2, default=str) + "\n" if path.suffix == ".json" else render_markdown(report)
     tmp = folder / f".{path.name}.tmp"
     try:
         tmp.write_text(text)

@@ -121,6 +121,8 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, list[str]]]:
         "unknown pass": (MODEL, ["--passes", "fold-everything"]),
         "bad pass parameter": (MODEL, ["--passes", "fold-constants:max_input=-3"]),
         "unknown recipe": (MODEL, ["--recipe", "turbo"]),
+        "report in a missing folder": (MODEL, ["--report", str(tmp_path / "nowhere" / "r.json")]),
+        "report of unknown format": (MODEL, ["--report", str(tmp_path / "r.pdf")]),
     }
 
 
@@ -138,6 +140,8 @@ CASES = [
     "unknown pass",
     "bad pass parameter",
     "unknown recipe",
+    "report in a missing folder",
+    "report of unknown format",
 ]
 
 

@@ -19,10 +19,6 @@ def constant_array(value: ir.Value | None) -> np.ndarray | None:
     return None if tensor is None else tensor.numpy()
 
 
-def is_float(array: np.ndarray) -> bool:
-    return array.dtype.kind == "f"
-
-
 class NameSource:
     """Fresh value names that collide with nothing in the model."""
 
