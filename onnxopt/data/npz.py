@@ -1,158 +1,17 @@
-"""Datasets: model inputs (and optional labels) streamed in batches.
-
-Sources:
-
-* ``.npz`` -- one array per model input, keyed by input name, samples on
-  axis 0, plus an optional ``labels`` array (class ids, or one-hot rows).
-  Arrays are streamed row-block by row-block straight out of the archive;
-  nothing larger than one batch is held in memory.
-* ``random[:N]`` -- N samples (default 8) shaped from the model's inputs;
-  symbolic dimensions other than the batch axis are 1 unless given in
-  ``dims``. Only good for speed and agreement, never for accuracy.
-"""
+"""``.npz`` archives: one array per model input plus optional labels, streamed row-block by row-block."""
 
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO
 
 import numpy as np
 
+from onnxopt.data.batching import LABELS_KEY, Batch, sample_ranges
 from onnxopt.errors import DataError
 from onnxopt.runtime import TensorSpec
-
-DEFAULT_BATCH = 32
-DEFAULT_RANDOM_SAMPLES = 8
-LABELS_KEY = "labels"
-
-
-@dataclass
-class Batch:
-    """One batch: feeds keyed by input name, and labels when the data has them."""
-
-    feeds: dict[str, np.ndarray]
-    labels: np.ndarray | None = None
-
-
-class Dataset(Protocol):
-    """What every source provides."""
-
-    description: str
-    num_samples: int
-    has_labels: bool
-
-    def batches(self, batch_size: int, limit: int | None = None, *, exact: bool = False) -> Iterator[Batch]:
-        """Yield batches of at most ``batch_size`` samples, about ``limit`` samples in all.
-
-        ``exact``: the model has a fixed batch dimension, so only whole batches
-        of exactly ``batch_size`` are yielded (``limit`` is rounded up to one).
-        """
-        ...
-
-
-def open_dataset(
-    spec: str,
-    inputs: Sequence[TensorSpec],
-    *,
-    dims: Mapping[str, int] | None = None,
-    seed: int = 0,
-) -> Dataset:
-    """Open ``spec`` (a ``.npz`` path or ``random[:N]``) for a model with ``inputs``."""
-    if spec == "random" or spec.startswith("random:"):
-        count = DEFAULT_RANDOM_SAMPLES
-        if ":" in spec:
-            try:
-                count = int(spec.split(":", 1)[1])
-            except ValueError:
-                raise DataError(f"--data {spec}: expected random:N with N a positive integer") from None
-        if count <= 0:
-            raise DataError(f"--data {spec}: the number of samples must be positive")
-        return RandomDataset(inputs, count, dims=dims or {}, seed=seed)
-    path = Path(spec)
-    if not path.exists():
-        raise DataError(f"--data {spec}: no such file")
-    if path.suffix != ".npz":
-        raise DataError(f"--data {spec}: expected a .npz file or random[:N]")
-    return NpzDataset(path, inputs)
-
-
-def batch_size_for(inputs: Sequence[TensorSpec], requested: int = DEFAULT_BATCH) -> int:
-    """The batch size a model accepts: its fixed batch dimension if it has one."""
-    fixed = fixed_batch(inputs)
-    return fixed if fixed is not None else requested
-
-
-def fixed_batch(inputs: Sequence[TensorSpec]) -> int | None:
-    """The model's fixed leading dimension, or None when it is dynamic."""
-    for spec in inputs:
-        if spec.shape and isinstance(spec.shape[0], int) and spec.shape[0] > 0:
-            return spec.shape[0]
-    return None
-
-
-def sample_ranges(num_samples: int, batch_size: int, limit: int | None, exact: bool) -> list[tuple[int, int]]:
-    """(start, count) of each batch to read."""
-    total = min(num_samples, limit) if limit else num_samples
-    if not exact:
-        return [(start, min(batch_size, total - start)) for start in range(0, total, batch_size)]
-    if num_samples < batch_size:
-        raise DataError(f"the model takes batches of exactly {batch_size} samples; the data has {num_samples}")
-    whole = max(total // batch_size, 1) if total >= batch_size else 1
-    return [(i * batch_size, batch_size) for i in range(whole)]
-
-
-def default_random(inputs: Sequence[TensorSpec], seed: int = 0) -> RandomDataset:
-    """Random data for runs given no data: 8 samples, or one whole fixed batch if larger."""
-    return RandomDataset(inputs, max(DEFAULT_RANDOM_SAMPLES, fixed_batch(inputs) or 0), dims={}, seed=seed)
-
-
-class RandomDataset:
-    """Seeded random inputs shaped from the model's input specs."""
-
-    has_labels = False
-
-    def __init__(self, inputs: Sequence[TensorSpec], count: int, *, dims: Mapping[str, int], seed: int) -> None:
-        self.inputs = list(inputs)
-        self.num_samples = count
-        self.dims = dict(dims)
-        self.seed = seed
-        self.description = f"random:{count} (seed {seed})"
-
-    def _sample_shape(self, spec: TensorSpec) -> tuple[int, ...]:
-        if spec.shape is None:
-            raise DataError(f"input '{spec.name}' has unknown rank: random data cannot be shaped, give --data")
-        return tuple(self._dim(d) for d in spec.shape[1:])
-
-    def _shape(self, spec: TensorSpec, n: int) -> tuple[int, ...]:
-        """A batch of ``n`` samples; a scalar input (rank 0) has no batch axis and stays a scalar."""
-        if spec.shape == ():
-            return ()
-        return (n, *self._sample_shape(spec))
-
-    def _dim(self, dim: int | str | None) -> int:
-        if isinstance(dim, int) and dim > 0:
-            return dim
-        if isinstance(dim, str) and dim in self.dims:
-            return self.dims[dim]
-        return 1
-
-    def batches(self, batch_size: int, limit: int | None = None, *, exact: bool = False) -> Iterator[Batch]:
-        rng = np.random.default_rng(self.seed)
-        for _, n in sample_ranges(self.num_samples, batch_size, limit, exact):
-            yield Batch({spec.name: _random_array(rng, spec.dtype, self._shape(spec, n)) for spec in self.inputs})
-
-
-def _random_array(rng: np.random.Generator, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-    if dtype.kind == "f":
-        return rng.standard_normal(shape, dtype=np.float32).astype(dtype)
-    if dtype.kind in "iu":
-        return rng.integers(0, 2, size=shape).astype(dtype)
-    if dtype.kind == "b":
-        return rng.integers(0, 2, size=shape).astype(bool)
-    raise DataError(f"random data cannot produce {dtype} inputs; give --data")
 
 
 class NpzDataset:
@@ -175,7 +34,7 @@ class NpzDataset:
                 found = ", ".join(sorted(headers)) or "none"
                 raise DataError(f"--data {path}: no array for model input '{spec.name}' (arrays found: {found})")
             shape, dtype = headers[spec.name]
-            _check_array(spec, shape, dtype, path)
+            check_array(spec, shape, dtype, path)
             counts.add(shape[0])
         self.has_labels = LABELS_KEY in headers
         if self.has_labels:
@@ -210,8 +69,8 @@ class NpzDataset:
                 stream.close()
 
 
-def _check_array(spec: TensorSpec, shape: tuple[int, ...], dtype: np.dtype, path: Path) -> None:
-    expected = _describe(spec)
+def check_array(spec: TensorSpec, shape: tuple[int, ...], dtype: np.dtype, path: Path) -> None:
+    expected = describe_spec(spec)
     strings = spec.dtype.kind == "U" and dtype.kind in "US"
     if dtype != spec.dtype and not strings:
         raise DataError(f"--data {path}: input '{spec.name}' has dtype {dtype}, expected {spec.dtype} {expected}")
@@ -233,7 +92,7 @@ def _fits(spec: TensorSpec, shape: tuple[int, ...]) -> bool:
     )
 
 
-def _describe(spec: TensorSpec) -> str:
+def describe_spec(spec: TensorSpec) -> str:
     dims = ["?" if d is None else str(d) for d in (spec.shape or ())]
     return f"[{', '.join(dims)}]" if spec.shape is not None else "(any shape)"
 

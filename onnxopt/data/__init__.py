@@ -1,0 +1,88 @@
+"""Datasets: model inputs (and optional labels) streamed in batches.
+
+Sources (:func:`open_dataset` picks one from the ``--data`` argument):
+
+* ``.npz`` (:mod:`.npz`) -- one array per model input, keyed by input name,
+  samples on axis 0, plus an optional ``labels`` array (class ids, or one-hot
+  rows); streamed row-block by row-block straight out of the archive.
+* ``.npy`` (:mod:`.npy`) -- one array, samples on axis 0, for a one-input model.
+* a folder of images (:mod:`.images`) -- JPEG/PNG/BMP or ``.npy`` images,
+  labels from class sub-folders, preprocessed by :class:`ImageOptions`.
+* ``random[:N]`` (:mod:`.random_data`) -- N seeded samples shaped from the
+  model's inputs. Only good for speed and agreement, never for accuracy.
+
+No source holds more than one batch in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from onnxopt.data.batching import (
+    DEFAULT_BATCH,
+    LABELS_KEY,
+    Batch,
+    Dataset,
+    batch_size_for,
+    fixed_batch,
+    sample_ranges,
+)
+from onnxopt.data.images import ImageFolderDataset, ImageOptions
+from onnxopt.data.npy import NpyDataset
+from onnxopt.data.npz import NpzDataset
+from onnxopt.data.random_data import DEFAULT_RANDOM_SAMPLES, RandomDataset, default_random
+from onnxopt.errors import DataError
+from onnxopt.runtime import TensorSpec
+
+
+def open_dataset(
+    spec: str,
+    inputs: Sequence[TensorSpec],
+    *,
+    dims: Mapping[str, int] | None = None,
+    seed: int = 0,
+    images: ImageOptions | None = None,
+) -> Dataset:
+    """Open ``spec`` (``.npz``, ``.npy``, an image folder, or ``random[:N]``) for a model with ``inputs``."""
+    path = Path(spec)
+    if images is not None and images.given and not path.is_dir():
+        raise DataError(f"--data {spec}: --size/--layout/--mean/--std/--scale/--channels apply to an image folder")
+    if spec == "random" or spec.startswith("random:"):
+        count = DEFAULT_RANDOM_SAMPLES
+        if ":" in spec:
+            try:
+                count = int(spec.split(":", 1)[1])
+            except ValueError:
+                raise DataError(f"--data {spec}: expected random:N with N a positive integer") from None
+        if count <= 0:
+            raise DataError(f"--data {spec}: the number of samples must be positive")
+        return RandomDataset(inputs, count, dims=dims or {}, seed=seed)
+    if not path.exists():
+        raise DataError(f"--data {spec}: no such file or folder")
+    if path.is_dir():
+        return ImageFolderDataset(path, inputs, images)
+    if path.suffix == ".npz":
+        return NpzDataset(path, inputs)
+    if path.suffix == ".npy":
+        return NpyDataset(path, inputs)
+    raise DataError(f"--data {spec}: expected a .npz or .npy file, an image folder, or random[:N]")
+
+
+__all__ = [
+    "DEFAULT_BATCH",
+    "DEFAULT_RANDOM_SAMPLES",
+    "LABELS_KEY",
+    "Batch",
+    "Dataset",
+    "ImageFolderDataset",
+    "ImageOptions",
+    "NpyDataset",
+    "NpzDataset",
+    "RandomDataset",
+    "batch_size_for",
+    "default_random",
+    "fixed_batch",
+    "open_dataset",
+    "sample_ranges",
+]

@@ -1,0 +1,64 @@
+"""What every data source provides: batches of feeds (and labels), and the batch arithmetic they share."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from onnxopt.errors import DataError
+from onnxopt.runtime import TensorSpec
+
+DEFAULT_BATCH = 32
+LABELS_KEY = "labels"
+
+
+@dataclass
+class Batch:
+    """One batch: feeds keyed by input name, and labels when the data has them."""
+
+    feeds: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+
+
+class Dataset(Protocol):
+    """What every source provides."""
+
+    description: str
+    num_samples: int
+    has_labels: bool
+
+    def batches(self, batch_size: int, limit: int | None = None, *, exact: bool = False) -> Iterator[Batch]:
+        """Yield batches of at most ``batch_size`` samples, about ``limit`` samples in all.
+
+        ``exact``: the model has a fixed batch dimension, so only whole batches
+        of exactly ``batch_size`` are yielded (``limit`` is rounded up to one).
+        """
+        ...
+
+
+def batch_size_for(inputs: Sequence[TensorSpec], requested: int = DEFAULT_BATCH) -> int:
+    """The batch size a model accepts: its fixed batch dimension if it has one."""
+    fixed = fixed_batch(inputs)
+    return fixed if fixed is not None else requested
+
+
+def fixed_batch(inputs: Sequence[TensorSpec]) -> int | None:
+    """The model's fixed leading dimension, or None when it is dynamic."""
+    for spec in inputs:
+        if spec.shape and isinstance(spec.shape[0], int) and spec.shape[0] > 0:
+            return spec.shape[0]
+    return None
+
+
+def sample_ranges(num_samples: int, batch_size: int, limit: int | None, exact: bool) -> list[tuple[int, int]]:
+    """(start, count) of each batch to read."""
+    total = min(num_samples, limit) if limit else num_samples
+    if not exact:
+        return [(start, min(batch_size, total - start)) for start in range(0, total, batch_size)]
+    if num_samples < batch_size:
+        raise DataError(f"the model takes batches of exactly {batch_size} samples; the data has {num_samples}")
+    whole = max(total // batch_size, 1) if total >= batch_size else 1
+    return [(i * batch_size, batch_size) for i in range(whole)]

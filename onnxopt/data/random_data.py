@@ -1,0 +1,64 @@
+"""Seeded random inputs shaped from a model's inputs: good for speed and agreement, never for accuracy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+
+from onnxopt.data.batching import Batch, fixed_batch, sample_ranges
+from onnxopt.errors import DataError
+from onnxopt.runtime import TensorSpec
+
+DEFAULT_RANDOM_SAMPLES = 8
+
+
+def default_random(inputs: Sequence[TensorSpec], seed: int = 0) -> RandomDataset:
+    """Random data for runs given no data: 8 samples, or one whole fixed batch if larger."""
+    return RandomDataset(inputs, max(DEFAULT_RANDOM_SAMPLES, fixed_batch(inputs) or 0), dims={}, seed=seed)
+
+
+class RandomDataset:
+    """Seeded random inputs shaped from the model's input specs."""
+
+    has_labels = False
+
+    def __init__(self, inputs: Sequence[TensorSpec], count: int, *, dims: Mapping[str, int], seed: int) -> None:
+        self.inputs = list(inputs)
+        self.num_samples = count
+        self.dims = dict(dims)
+        self.seed = seed
+        self.description = f"random:{count} (seed {seed})"
+
+    def _sample_shape(self, spec: TensorSpec) -> tuple[int, ...]:
+        if spec.shape is None:
+            raise DataError(f"input '{spec.name}' has unknown rank: random data cannot be shaped, give --data")
+        return tuple(self._dim(d) for d in spec.shape[1:])
+
+    def _shape(self, spec: TensorSpec, n: int) -> tuple[int, ...]:
+        """A batch of ``n`` samples; a scalar input (rank 0) has no batch axis and stays a scalar."""
+        if spec.shape == ():
+            return ()
+        return (n, *self._sample_shape(spec))
+
+    def _dim(self, dim: int | str | None) -> int:
+        if isinstance(dim, int) and dim > 0:
+            return dim
+        if isinstance(dim, str) and dim in self.dims:
+            return self.dims[dim]
+        return 1
+
+    def batches(self, batch_size: int, limit: int | None = None, *, exact: bool = False) -> Iterator[Batch]:
+        rng = np.random.default_rng(self.seed)
+        for _, n in sample_ranges(self.num_samples, batch_size, limit, exact):
+            yield Batch({spec.name: _random_array(rng, spec.dtype, self._shape(spec, n)) for spec in self.inputs})
+
+
+def _random_array(rng: np.random.Generator, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    if dtype.kind == "f":
+        return rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+    if dtype.kind in "iu":
+        return rng.integers(0, 2, size=shape).astype(dtype)
+    if dtype.kind == "b":
+        return rng.integers(0, 2, size=shape).astype(bool)
+    raise DataError(f"random data cannot produce {dtype} inputs; give --data")
