@@ -223,6 +223,21 @@ def _write_atomically(path: Path, folder: Path, data: bytes) -> Path:
     return path
 
 
+def file_bytes(path: str | os.PathLike[str]) -> int:
+    """Bytes of a model on disk: the ``.onnx`` file plus every external data file it references."""
+    path = Path(path)
+    total = path.stat().st_size
+    proto = onnx.load(str(path), load_external_data=False)
+    locations = {
+        entry.value
+        for tensor in onnx.external_data_helper._get_all_tensors(proto)
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    return total + sum((path.parent / name).stat().st_size for name in locations if (path.parent / name).exists())
+
+
 def _tensor_bytes(proto: onnx.ModelProto) -> int:
     return sum(len(t.raw_data) for t in onnx.external_data_helper._get_all_tensors(proto))
 

@@ -68,8 +68,8 @@ class Runner:
             self.session = ort.InferenceSession(source, options, providers=list(providers))
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
             raise UnsupportedModelError(f"onnxruntime cannot run the model: {_one_line(e)}") from e
-        self.inputs = [_spec(i) for i in self.session.get_inputs()]
-        self.outputs = [_spec(o) for o in self.session.get_outputs()]
+        self.inputs = [tensor_spec(i) for i in self.session.get_inputs()]
+        self.outputs = [tensor_spec(o) for o in self.session.get_outputs()]
 
     @property
     def output_names(self) -> list[str]:
@@ -100,7 +100,7 @@ _ORT_TYPES = {
 }
 
 
-def _spec(arg: ort.NodeArg) -> TensorSpec:
+def tensor_spec(arg: ort.NodeArg) -> TensorSpec:
     dtype = np.dtype(_ORT_TYPES.get(arg.type, np.float32))
     shape = tuple(arg.shape) if arg.shape is not None else None
     return TensorSpec(arg.name, dtype, shape)
