@@ -3,7 +3,8 @@
 Per output, streamed over batches (memory does not grow with the data):
 max and mean absolute error, error relative to the reference's magnitude,
 cosine similarity, SNR in dB, and top-1 agreement for classifier-shaped
-outputs ``[N, C]``; accuracy of both models when the data carries labels.
+outputs (``[N, C]``, or ``[N, C, 1, ...]`` as convolutional classifiers emit);
+accuracy of both models when the data carries labels.
 The pipeline's guard uses the same accumulator.
 """
 
@@ -12,12 +13,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from onnxopt.data import Dataset, batch_size_for, fixed_batch
 from onnxopt.errors import UnsupportedModelError
 from onnxopt.runtime import Runner
+
+if TYPE_CHECKING:
+    from onnxopt.layer_error import LayerReport
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ class Comparison:
     outputs: list[OutputAgreement]
     reference_accuracy: float | None = None
     candidate_accuracy: float | None = None
+    layers: LayerReport | None = None  # per-layer error, when asked for
 
     @property
     def max_rel(self) -> float:
@@ -88,9 +94,9 @@ class AgreementAccumulator:
         self.ref_sq += float((ref_f * ref_f).sum())
         self.cand_sq += float((cand_f * cand_f).sum())
         self.err_sq += float(np.square(np.where(np.isfinite(diff), diff, 0.0)).sum())
-        self.classifier = self.classifier and ref.ndim == 2 and ref.shape[1] > 1
+        self.classifier = self.classifier and is_classifier_shape(ref.shape)
         if self.classifier:
-            self.top1_same += int((ref.argmax(axis=1) == cand.argmax(axis=1)).sum())
+            self.top1_same += int((ref.reshape(ref.shape[:2]).argmax(1) == cand.reshape(ref.shape[:2]).argmax(1)).sum())
             self.rows += ref.shape[0]
 
     def result(self) -> OutputAgreement:
@@ -125,10 +131,15 @@ class AccuracyCounter:
         return self.correct / self.total if self.total else None
 
 
+def is_classifier_shape(shape: tuple[int | str | None, ...]) -> bool:
+    """``[N, C]`` with C > 1 (or symbolic), or the same with trailing 1s (``[N, C, 1, 1]``)."""
+    return len(shape) >= 2 and shape[1] != 1 and all(d == 1 for d in shape[2:])
+
+
 def classifier_output_index(runner: Runner) -> int | None:
-    """Index of the first output shaped ``[N, C]`` (C > 1 or symbolic), if any."""
+    """Index of the first classifier-shaped output, if any."""
     for i, spec in enumerate(runner.outputs):
-        if spec.shape is not None and len(spec.shape) == 2 and spec.shape[1] != 1:
+        if spec.shape is not None and is_classifier_shape(spec.shape):
             return i
     return None
 

@@ -76,10 +76,19 @@ def attribute(node: ir.Node, name: str, default: object) -> object:
     return default if attr is None else attr.value
 
 
-def bypass_node(graph: ir.Graph, node: ir.Node, x: ir.Value, y: ir.Value) -> None:
-    """Remove ``node`` so ``y``'s readers read ``x`` (``x`` takes ``y``'s name if ``y`` is a graph output)."""
+def bypass_node(graph: ir.Graph, node: ir.Node, x: ir.Value, y: ir.Value, *, x_now_equals_y: bool = False) -> None:
+    """Remove ``node`` so ``y``'s readers read ``x`` (``x`` takes ``y``'s name if ``y`` is a graph output).
+
+    ``x_now_equals_y``: a fold rewrote ``x``'s producer so ``x`` now holds
+    ``y``'s values; ``x`` then takes ``y``'s name, so every name that survives
+    an optimization keeps its meaning (what per-layer comparison relies on).
+    """
+    name = y.name
     replace_value(y, x)
     remove_node_and_orphans(graph, node)
+    if x_now_equals_y and not x.is_graph_input() and x.name != name:
+        y.name = None
+        x.name = name
 
 
 def replace_value(old: ir.Value, new: ir.Value) -> None:

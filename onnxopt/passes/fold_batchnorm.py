@@ -38,8 +38,6 @@ from onnxopt.passes._graph_edit import (
     bypass_node,
     constant_array,
     copy_type,
-    remove_node_and_orphans,
-    replace_value,
 )
 from onnxopt.passes.base import OptPass
 
@@ -67,7 +65,7 @@ class FoldBatchNormPass(OptPass):
         backward = fold_into_producer(x, affine, names)
         if isinstance(backward, ir.Value):
             producer = x.producer()
-            bypass_node(graph, bn, backward, y)
+            bypass_node(graph, bn, backward, y, x_now_equals_y=True)
             self.count(f"folded into {producer.op_type if producer else 'producer'}")
             return
         forward = _fold_forward(graph, bn, affine, names)
@@ -103,8 +101,13 @@ def _inference_affine(bn: ir.Node) -> ChannelAffine | str:
 
 
 def _fold_forward(graph: ir.Graph, bn: ir.Node, affine: ChannelAffine, names: NameSource) -> str | None:
-    """Fold into the Conv consumers of ``y``, hopping over MaxPools when every scale is positive."""
+    """Fold into the Conv consumers of ``y``, hopping over MaxPools when every scale is positive.
+
+    The hopped MaxPool outputs no longer hold normalized values, so they get
+    new names: a name that survives a pass keeps its meaning.
+    """
     value = bn.outputs[0]
+    hopped = []
     while (
         not value.is_graph_output()
         and len(value.uses()) == 1
@@ -114,11 +117,14 @@ def _fold_forward(graph: ir.Graph, bn: ir.Node, affine: ChannelAffine, names: Na
         and bool(np.all(affine.scale > 0))
     ):
         value = pool.outputs[0]
+        hopped.append(value)
     reason = fold_into_consumer_convs(value, affine, names)
     if reason is None:
         x = bn.inputs[0]
         assert x is not None
         bypass_node(graph, bn, x, bn.outputs[0])
+        for pooled in hopped:
+            pooled.name = names.fresh(f"{pooled.name}_before_bn")
     return reason
 
 
@@ -142,5 +148,4 @@ def _replace_with_mul_add(graph: ir.Graph, bn: ir.Node, affine: ChannelAffine, r
     out = add.outputs[0]
     copy_type(y, out)
     out.name = names.fresh(f"{base}_out")
-    replace_value(y, out)
-    remove_node_and_orphans(graph, bn)
+    bypass_node(graph, bn, out, y, x_now_equals_y=True)

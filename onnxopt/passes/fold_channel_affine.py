@@ -48,7 +48,7 @@ class FoldChannelAffinePass(OptPass):
             if isinstance(result, str):
                 self.skip(node.name or node.op_type, result)
                 continue
-            bypass_node(model.graph, node, result, node.outputs[0])
+            bypass_node(model.graph, node, result, node.outputs[0], x_now_equals_y=True)
             self.count(f"{node.op_type} folded")
 
     def _operands(self, node: ir.Node) -> tuple[ir.Value | None, ChannelAffine | None]:

@@ -1,0 +1,238 @@
+"""Per-layer error localization: where along the graph a candidate starts to disagree with its reference.
+
+Both models get their intermediate tensors exposed as extra outputs, run on
+the same data in onnxruntime (optimizations disabled, so the tensors are the
+graph's own), and every matched pair is compared with the same streaming
+statistics as the outputs (:class:`~onnxopt.evaluate.AgreementAccumulator`).
+
+Matching a reference tensor ``T`` to the candidate, in order of preference:
+
+1. the output of a candidate ``DequantizeLinear(QuantizeLinear(T))`` -- the
+   value a QDQ model actually passes on in place of the float ``T``;
+2. a candidate tensor with the same name. onnxopt's passes keep a tensor's
+   name only while it keeps its meaning: a fold that makes a Conv compute
+   what the BatchNormalization after it did gives the Conv's output the BN
+   output's name, and the Conv's old name disappears;
+3. the candidate's ``onnxopt.renamed`` metadata (JSON ``{candidate: reference}``)
+   when a tool recorded renamed tensors there.
+
+Layers are reported in the reference's topological order; the *first* layer
+whose SNR falls below ``threshold_db`` is where the error is born. Each layer
+also gets the SNR drop from its worst matched input to its output (the error
+that layer added).
+
+Memory: one probe batch of a single sample measures each tensor's bytes per
+sample; tensors are then grouped so that one batch of one group stays under
+``max_batch_bytes``, and the data is run once per group. Nothing but the
+running statistics is kept between batches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import onnx
+
+from onnxopt.data import Dataset, fixed_batch
+from onnxopt.errors import UnsupportedModelError
+from onnxopt.evaluate import AgreementAccumulator
+from onnxopt.runtime import Runner
+
+#: Default SNR (dB) below which a layer counts as broken.
+DEFAULT_THRESHOLD_DB = 20.0
+#: Default cap on the exposed tensors' bytes in one batch.
+DEFAULT_MAX_BATCH_BYTES = 256 * 1024**2
+RENAMED_KEY = "onnxopt.renamed"
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
+
+
+@dataclass(frozen=True)
+class LayerError:
+    """Agreement of one intermediate tensor."""
+
+    tensor: str  # the reference tensor
+    candidate_tensor: str
+    op_type: str  # the reference node producing it
+    node: str
+    snr_db: float
+    cosine: float
+    max_rel: float
+    added_db: float | None  # SNR of the worst matched input minus this SNR (None: no matched input)
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """Every matched layer in topological order, and the verdict."""
+
+    threshold_db: float
+    samples: int
+    layers: list[LayerError]
+    unmatched: int  # reference float tensors with no candidate counterpart
+    first_bad: str | None  # first tensor below the threshold
+    largest_added: str | None  # tensor whose layer added the most error
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def layer_errors(
+    reference: onnx.ModelProto,
+    candidate: onnx.ModelProto,
+    dataset: Dataset,
+    *,
+    threshold_db: float = DEFAULT_THRESHOLD_DB,
+    batch_size: int = 8,
+    limit: int | None = 64,
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+    on_batch: Callable[[int], None] | None = None,
+) -> LayerReport:
+    """Compare every matched intermediate tensor of ``candidate`` with ``reference`` on ``dataset``."""
+    ref_types, ref_order = _float_tensors(reference)
+    cand_types, _ = _float_tensors(candidate)
+    pairs, unmatched = _match(reference, candidate, ref_order, cand_types)
+    if not pairs:
+        raise UnsupportedModelError("no intermediate tensor of the reference has a counterpart in the candidate")
+    fixed = fixed_batch(Runner(reference.SerializeToString()).inputs)
+    batch = fixed or batch_size
+    sizes = _bytes_per_sample(reference, pairs, ref_types, dataset, fixed is not None)
+    accumulators = {ref: AgreementAccumulator(ref) for ref, _ in pairs}
+    incomparable: set[str] = set()
+    samples = 0
+    for group in _groups(pairs, sizes, max(1, max_batch_bytes // batch)):
+        ref_runner = Runner(_expose(reference, [r for r, _ in group], ref_types).SerializeToString())
+        cand_runner = Runner(_expose(candidate, [c for _, c in group], cand_types).SerializeToString())
+        samples = 0
+        for item in dataset.batches(batch, limit, exact=fixed is not None):
+            ref_out = ref_runner.run(item.feeds, [r for r, _ in group])
+            cand_out = cand_runner.run(item.feeds, [c for _, c in group])
+            for (ref, _), r, c in zip(group, ref_out, cand_out, strict=True):
+                if r.shape == c.shape:
+                    accumulators[ref].add(r, c)
+                else:
+                    incomparable.add(ref)
+            n = next(iter(item.feeds.values())).shape[0] if item.feeds else 0
+            samples += n
+            if on_batch:
+                on_batch(n)
+    kept = [pair for pair in pairs if pair[0] not in incomparable]
+    return _report(reference, kept, accumulators, threshold_db, samples, unmatched + len(pairs) - len(kept))
+
+
+def _float_tensors(model: onnx.ModelProto) -> tuple[dict[str, int], list[str]]:
+    """Element types of the float tensors nodes produce, and those names in node order."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # inference is best effort here: tensors without a type are left out
+        inferred = model
+    types = {
+        vi.name: vi.type.tensor_type.elem_type
+        for vi in [*inferred.graph.value_info, *inferred.graph.output]
+        if vi.type.HasField("tensor_type")
+    }
+    order = [o for node in model.graph.node for o in node.output if o and types.get(o) in _FLOAT_TYPES]
+    return {name: types[name] for name in order}, order
+
+
+def _match(
+    reference: onnx.ModelProto, candidate: onnx.ModelProto, order: list[str], cand_types: dict[str, int]
+) -> tuple[list[tuple[str, str]], int]:
+    quantized_as: dict[str, str] = {}
+    producers = {o: n for n in candidate.graph.node for o in n.output}
+    for node in candidate.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in producers:
+            q = producers[node.input[0]]
+            if q.op_type == "QuantizeLinear":
+                quantized_as.setdefault(q.input[0], node.output[0])
+    renamed: dict[str, str] = {}
+    for prop in candidate.metadata_props:
+        if prop.key == RENAMED_KEY:
+            try:
+                renamed = {ref: cand for cand, ref in json.loads(prop.value).items()}
+            except (ValueError, AttributeError):
+                renamed = {}
+    outputs = {o.name for o in reference.graph.output}
+    pairs, unmatched = [], 0
+    for name in order:
+        if name in outputs:
+            continue  # graph outputs are compared by `compare` itself
+        match = quantized_as.get(name) or (name if name in cand_types else None) or renamed.get(name)
+        if match is not None and match in cand_types:
+            pairs.append((name, match))
+        else:
+            unmatched += 1
+    return pairs, unmatched
+
+
+def _expose(model: onnx.ModelProto, names: list[str], types: dict[str, int]) -> onnx.ModelProto:
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    present = {o.name for o in exposed.graph.output}
+    exposed.graph.output.extend(
+        onnx.helper.make_tensor_value_info(n, types[n], None) for n in names if n not in present
+    )
+    return exposed
+
+
+def _bytes_per_sample(
+    reference: onnx.ModelProto, pairs: list[tuple[str, str]], types: dict[str, int], dataset: Dataset, exact: bool
+) -> dict[str, int]:
+    """Each exposed tensor's bytes for one sample, measured on one probe batch."""
+    runner = Runner(_expose(reference, [r for r, _ in pairs], types).SerializeToString())
+    batch = fixed_batch(runner.inputs) or 1
+    item = next(iter(dataset.batches(batch, batch, exact=exact)))
+    rows = max(next(iter(item.feeds.values())).shape[0] if item.feeds else 1, 1)
+    arrays = runner.run(item.feeds, [r for r, _ in pairs])
+    return {ref: max(a.nbytes // rows, 1) for (ref, _), a in zip(pairs, arrays, strict=True)}
+
+
+def _groups(pairs: list[tuple[str, str]], sizes: dict[str, int], budget: int) -> list[list[tuple[str, str]]]:
+    groups: list[list[tuple[str, str]]] = [[]]
+    used = 0
+    for pair in pairs:
+        size = sizes[pair[0]]
+        if groups[-1] and used + size > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(pair)
+        used += size
+    return groups
+
+
+def _report(
+    reference: onnx.ModelProto,
+    pairs: list[tuple[str, str]],
+    accumulators: dict[str, AgreementAccumulator],
+    threshold_db: float,
+    samples: int,
+    unmatched: int,
+) -> LayerReport:
+    producers = {o: n for n in reference.graph.node for o in n.output}
+    results = {ref: accumulators[ref].result() for ref, _ in pairs}
+    exact = {i.name for i in reference.graph.input}  # the data itself: identical on both sides
+    layers = []
+    for ref, cand in pairs:
+        node = producers[ref]
+        r = results[ref]
+        inputs = [results[i].snr_db if i in results else math.inf for i in node.input if i in results or i in exact]
+        added = None if not inputs else _finite(min(inputs)) - _finite(r.snr_db)
+        layers.append(LayerError(ref, cand, node.op_type, node.name, r.snr_db, r.cosine, r.max_rel, added))
+    first_bad = next((layer.tensor for layer in layers if layer.snr_db < threshold_db), None)
+    scored = [layer for layer in layers if layer.added_db is not None]
+    largest = max(scored, key=lambda layer: layer.added_db or 0.0).tensor if scored else None
+    return LayerReport(threshold_db, samples, layers, unmatched, first_bad, largest)
+
+
+#: SNRs are capped here before differences are taken: float32 rounding alone stays below it,
+#: so an exact tensor (infinite SNR) and a merely rounded one count alike.
+SNR_CAP_DB = 150.0
+
+
+def _finite(db: float) -> float:
+    """An identical tensor's infinite SNR, capped so differences stay numbers."""
+    return min(db, SNR_CAP_DB) if not math.isnan(db) else -SNR_CAP_DB
+
+
+__all__ = ["DEFAULT_THRESHOLD_DB", "LayerError", "LayerReport", "layer_errors"]

@@ -1,0 +1,97 @@
+"""Per-layer error localization: names the layer that broke, matches renamed and QDQ tensors, stays bounded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from helpers import BUNDLED
+from onnx import numpy_helper
+
+from onnxopt.api import optimize
+from onnxopt.cli import main
+from onnxopt.data import open_dataset
+from onnxopt.layer_error import layer_errors
+from onnxopt.runtime import Runner
+
+MODEL, EVAL = BUNDLED / "model.onnx", BUNDLED / "eval.npz"
+
+
+def _dataset(samples: int = 32):
+    return open_dataset(f"random:{samples}", Runner(str(MODEL)).inputs)
+
+
+def _broken(tmp_path: Path, which: int) -> tuple[Path, str]:
+    """The bundled model with the weights of its ``which``-th Conv scaled by 10."""
+    model = onnx.load(str(MODEL))
+    conv = [n for n in model.graph.node if n.op_type == "Conv"][which]
+    for tensor in model.graph.initializer:
+        if tensor.name == conv.input[1]:
+            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor) * 10, tensor.name))
+    path = tmp_path / "broken.onnx"
+    onnx.save(model, str(path))
+    return path, conv.output[0]
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_broken_conv_is_named_first(tmp_path: Path, which: int) -> None:
+    path, conv_output = _broken(tmp_path, which)
+    report = layer_errors(onnx.load(str(MODEL)), onnx.load(str(path)), _dataset())
+    assert report.first_bad == conv_output
+    assert report.largest_added == conv_output
+    before = [layer for layer in report.layers][: [x.tensor for x in report.layers].index(conv_output)]
+    assert all(np.isinf(layer.snr_db) for layer in before)  # everything upstream is untouched
+
+
+def test_compare_per_layer_cli_names_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path, conv_output = _broken(tmp_path, 1)
+    assert main(["compare", str(MODEL), str(path), "--data", str(EVAL), "--per-layer"]) == 0
+    out = capsys.readouterr().out
+    assert f"first layer below 20 dB: {conv_output}" in out
+
+
+def test_lossless_output_breaks_no_layer(tmp_path: Path) -> None:
+    """Folds keep names only where the meaning is kept, so nothing mismatches spuriously."""
+    out = tmp_path / "opt.onnx"
+    optimize(MODEL, out, recipe="lossless", data="random:4")
+    report = layer_errors(onnx.load(str(MODEL)), onnx.load(str(out)), _dataset())
+    assert report.first_bad is None
+    assert len(report.layers) >= 12 and report.unmatched <= 3
+    assert min(layer.snr_db for layer in report.layers) > 100
+
+
+def test_qdq_model_is_matched_through_dequantize(tmp_path: Path) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            with np.load(EVAL) as data:
+                self.items = iter([{"image": data["image"][i : i + 16]} for i in range(0, 64, 16)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.items, None)
+
+    quantized = tmp_path / "qdq.onnx"
+    quantize_static(str(MODEL), str(quantized), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
+    candidate = onnx.load(str(quantized))
+    dq_outputs = {n.output[0] for n in candidate.graph.node if n.op_type == "DequantizeLinear"}
+    report = layer_errors(onnx.load(str(MODEL)), candidate, open_dataset(str(EVAL), Runner(str(MODEL)).inputs))
+    through_dq = [layer for layer in report.layers if layer.candidate_tensor in dq_outputs]
+    assert through_dq, "no tensor was matched to its DequantizeLinear output"
+    assert all(layer.tensor != layer.candidate_tensor for layer in through_dq)
+    assert all(layer.snr_db > 20 for layer in report.layers)  # int8 on this model: no layer breaks
+    assert any(layer.snr_db < 80 for layer in through_dq)  # but quantization error is visible
+
+
+def test_memory_budget_splits_the_layers_without_changing_results() -> None:
+    reference, candidate = onnx.load(str(MODEL)), onnx.load(str(MODEL))
+    for tensor in candidate.graph.initializer:  # a small, spread-out error everywhere
+        array = numpy_helper.to_array(tensor)
+        if array.dtype == np.float32 and array.ndim >= 2:
+            tensor.CopyFrom(numpy_helper.from_array(array * np.float32(1.001), tensor.name))
+    whole = layer_errors(reference, candidate, _dataset(16))
+    split = layer_errors(reference, candidate, _dataset(16), max_batch_bytes=64 * 1024)
+    assert [x.tensor for x in whole.layers] == [x.tensor for x in split.layers]
+    assert np.allclose([x.snr_db for x in whole.layers], [x.snr_db for x in split.layers], rtol=1e-9)
