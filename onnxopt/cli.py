@@ -1,4 +1,4 @@
-"""The ``onnxopt`` command: optimize, compare, inspect, passes.
+"""The ``onnxopt`` command: optimize, compare, bench, inspect, passes, report.
 
 Exit status: 0 on success; 2 with a one-line ``onnxopt: error: ...`` on bad
 usage or bad input (a traceback only with ``--debug``); 1 for an internal
@@ -15,14 +15,27 @@ import traceback
 from collections.abc import Sequence
 
 from onnxopt import io
-from onnxopt.api import compare_files, optimize
+from onnxopt.api import bench_files, compare_files, optimize
+from onnxopt.bench import BenchConfig, BenchResult, Measurement
+from onnxopt.data import ImageOptions
 from onnxopt.errors import OnnxoptError
 from onnxopt.evaluate import Comparison
 from onnxopt.inspection import inspect_model
+from onnxopt.layer_error import DEFAULT_THRESHOLD_DB, LayerReport
 from onnxopt.optimize import OptimizeResult
 from onnxopt.progress import RichProgress
 from onnxopt.recipe import BUILTIN_RECIPES, describe_passes
-from onnxopt.report import build_report, check_report_path, json_safe, percent_change, write_report
+from onnxopt.report import (
+    bench_report,
+    check_report_path,
+    compare_report,
+    format_report,
+    json_safe,
+    load_report,
+    optimize_report,
+    percent_change,
+    write_report,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,10 +61,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="print tracebacks on errors")
+    data = argparse.ArgumentParser(add_help=False)
+    group = data.add_argument_group("data")
+    group.add_argument("--data", help="an .npz (inputs and labels) or .npy file, an image folder, or random[:N]")
+    group.add_argument("--size", help="image folder: resize to H or HxW (default: no resize; sizes must agree)")
+    group.add_argument("--layout", choices=["nchw", "nhwc"], help="image folder: tensor layout (default: the model's)")
+    group.add_argument("--mean", help="image folder: per-channel mean after scaling, e.g. 0.485,0.456,0.406")
+    group.add_argument("--std", help="image folder: per-channel std after scaling, e.g. 0.229,0.224,0.225")
+    group.add_argument("--scale", help="image folder: pixel multiplier before mean/std (default 1/255)")
+    group.add_argument("--channels", choices=["rgb", "bgr", "gray"], help="image folder: channel order")
     parser = argparse.ArgumentParser(prog="onnxopt", description="Verified ONNX graph optimization.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    opt = sub.add_parser("optimize", parents=[common], help="rewrite a model through a recipe of verified passes")
+    opt = sub.add_parser("optimize", parents=[common, data], help="rewrite a model through a recipe of verified passes")
     opt.add_argument("model")
     opt.add_argument("-o", "--output")
     which = opt.add_mutually_exclusive_group()
@@ -59,8 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument(
         "--recipe", help=f"built-in ({', '.join(BUILTIN_RECIPES)}) or a YAML/JSON file; default lossless"
     )
-    opt.add_argument("--data", help="an .npz of inputs (and labels), or random[:N]")
-    opt.add_argument("--report", help="write a report: FILE.json or FILE.md")
+    opt.add_argument("--report", help="write a report: FILE.json, FILE.md or FILE.html (measures latency too)")
+    opt.add_argument("--per-layer", action="store_true", help="localize the error layer by layer on the data")
+    latency = opt.add_mutually_exclusive_group()
+    latency.add_argument("--bench", action="store_true", help="benchmark input and output (default with --report)")
+    latency.add_argument("--no-bench", action="store_true", help="do not benchmark, even with --report")
+    opt.add_argument("--bench-seconds", type=float, default=1.0, help="latency budget per model (default 1)")
     opt.add_argument("--seed", type=int, default=0)
     opt.add_argument("--guard-samples", type=int, help="samples the per-pass guard runs (default 64)")
     opt.add_argument("--target-opset", type=int, help="convert the model to this opset first (needed below 9)")
@@ -69,19 +95,45 @@ def _parser() -> argparse.ArgumentParser:
     opt.add_argument("--json", action="store_true", help="print the report as JSON")
     opt.set_defaults(func=_cmd_optimize)
 
-    cmp = sub.add_parser("compare", parents=[common], help="measure how closely CAND agrees with REF")
+    cmp = sub.add_parser("compare", parents=[common, data], help="measure how closely CAND agrees with REF")
     cmp.add_argument("reference")
     cmp.add_argument("candidate")
-    cmp.add_argument("--data", help="an .npz of inputs (and labels), or random[:N] (default random:8)")
     cmp.add_argument("--batch", type=int, help="batch size for models with a dynamic batch dimension")
     cmp.add_argument("--seed", type=int, default=0)
+    cmp.add_argument("--per-layer", action="store_true", help="localize the error: SNR and cosine of every layer")
+    cmp.add_argument(
+        "--threshold-db", type=float, default=DEFAULT_THRESHOLD_DB, help="per-layer SNR that counts as broken"
+    )
+    cmp.add_argument("--report", help="write a report: FILE.json, FILE.md or FILE.html")
     cmp.add_argument("--json", action="store_true")
     cmp.set_defaults(func=_cmd_compare)
+
+    bench = sub.add_parser(
+        "bench", parents=[common, data], help="latency, throughput, memory of models, interleaved; first = baseline"
+    )
+    bench.add_argument("models", nargs="+", metavar="MODEL")
+    bench.add_argument("--ep", default="cpu", help="execution providers, e.g. cpu,cuda,tensorrt (default cpu)")
+    bench.add_argument("--batch", help="batch sizes, e.g. 1,8,32 (default: the model's fixed batch, else 1)")
+    bench.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: its own)")
+    bench.add_argument("--warmup", type=int, default=5, help="untimed runs per model first (default 5)")
+    length = bench.add_mutually_exclusive_group()
+    length.add_argument("--runs", type=int, help="timed rounds (each runs every model once)")
+    length.add_argument("--seconds", type=float, default=2.0, help="time budget per model per cell (default 2)")
+    bench.add_argument("--no-memory", action="store_true", help="skip the per-model peak-memory probe")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--report", help="write a report: FILE.json, FILE.md or FILE.html")
+    bench.add_argument("--json", action="store_true", help="print the report as JSON")
+    bench.set_defaults(func=_cmd_bench)
 
     ins = sub.add_parser("inspect", parents=[common], help="opset, signature, op histogram, size and MACs of a model")
     ins.add_argument("model")
     ins.add_argument("--json", action="store_true")
     ins.set_defaults(func=_cmd_inspect)
+
+    rep = sub.add_parser("report", parents=[common], help="render or compare earlier JSON reports")
+    rep.add_argument("reports", nargs="+", metavar="REPORT.json")
+    rep.add_argument("-o", "--output", help="FILE.md, FILE.html or FILE.json (default: Markdown on stdout)")
+    rep.set_defaults(func=_cmd_report)
 
     lst = sub.add_parser("passes", parents=[common], help="list every pass with its parameters")
     lst.add_argument("--json", action="store_true")
@@ -94,40 +146,136 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         raise OnnxoptError("--guard-samples must be positive")
     if args.report:
         check_report_path(args.report)  # before any work: a bad report path must not leave a model behind
+    bench = None
+    if (args.report or args.bench) and not args.no_bench:
+        bench = BenchConfig(seconds=args.bench_seconds, memory=True, seed=args.seed)
     result = optimize(
         args.model,
         args.output,
         recipe=args.recipe,
         passes=args.passes,
         data=args.data,
+        images=_image_options(args),
         seed=args.seed,
         in_place=args.in_place,
         external_data=args.external_data,
         guard_samples=args.guard_samples,
         target_opset=args.target_opset,
+        bench=bench,
+        per_layer=args.per_layer,
         progress=RichProgress(),
     )
-    report = build_report(result)
+    report = optimize_report(result)
     if args.report:
         write_report(report, args.report)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:
         print(format_optimize_summary(result))
+        if result.latency is not None:
+            print("\n" + format_bench(result.latency))
+        if result.comparison.layers is not None:
+            print("\n" + "\n".join(format_layers(result.comparison.layers)))
     return 0
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     if args.batch is not None and args.batch <= 0:
         raise OnnxoptError("--batch must be positive")
+    if args.report:
+        check_report_path(args.report)
     comparison = compare_files(
-        args.reference, args.candidate, data=args.data, seed=args.seed, batch_size=args.batch, progress=RichProgress()
+        args.reference,
+        args.candidate,
+        data=args.data,
+        images=_image_options(args),
+        seed=args.seed,
+        batch_size=args.batch,
+        per_layer=args.per_layer,
+        threshold_db=args.threshold_db,
+        progress=RichProgress(),
     )
+    if args.report:
+        write_report(compare_report(args.reference, args.candidate, comparison), args.report)
     if args.json:
         print(json.dumps(json_safe(comparison.to_dict()), indent=2))
     else:
         print(format_comparison(comparison))
     return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    reports = [load_report(path) for path in args.reports]
+    if args.output:
+        write_report(reports, args.output)
+    else:
+        print(format_report(reports, ".md"), end="")
+    return 0
+
+
+def _image_options(args: argparse.Namespace) -> ImageOptions:
+    return ImageOptions.parse(
+        size=args.size, layout=args.layout, mean=args.mean, std=args.std, scale=args.scale, channels=args.channels
+    )
+
+
+def _int_list(flag: str, text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise OnnxoptError(f"{flag} {text}: expected comma-separated integers") from None
+    if not values or min(values) <= 0:
+        raise OnnxoptError(f"{flag} {text}: expected positive integers")
+    return values
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.report:
+        check_report_path(args.report)
+    config = BenchConfig(
+        providers=tuple(p for p in args.ep.split(",") if p.strip()),
+        batches=_int_list("--batch", args.batch) if args.batch else None,
+        threads=args.threads,
+        warmup=args.warmup,
+        runs=args.runs,
+        seconds=args.seconds,
+        memory=not args.no_memory,
+        seed=args.seed,
+    )
+    result = bench_files(args.models, config, data=args.data, images=_image_options(args), progress=RichProgress())
+    report = bench_report(result)
+    if args.report:
+        write_report(report, args.report)
+    if args.json:
+        print(json.dumps(json_safe(report), indent=2, default=str))
+    else:
+        print(format_bench(result))
+    return 0
+
+
+def format_bench(result: BenchResult) -> str:
+    """The tables ``onnxopt bench`` prints: one per (provider, batch)."""
+    lines = [f"data: {result.data}; machine: {result.machine.get('cpu')}, {result.machine.get('cores')} cores"]
+    cells: dict[tuple[str, int], list[Measurement]] = {}
+    for m in result.measurements:
+        cells.setdefault((m.provider, m.batch), []).append(m)
+    for (provider, batch), rows in cells.items():
+        lines += [
+            "",
+            f"{provider}, batch {batch}: {rows[0].latency.runs} interleaved rounds",
+            f"{'model':<28}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'mean':>9}{'std':>8}{'items/s':>10}"
+            f"{'load s':>8}{'peak MB':>9}{'file MB':>9}  ratio p50 [95% CI]",
+        ]
+        for m in rows:
+            lat = m.latency
+            peak = "-" if m.peak_rss_bytes is None else f"{m.peak_rss_bytes / 1e6:.0f}"
+            ratio = "baseline" if m.ratio is None else f"{m.ratio.median:.3f} [{m.ratio.low:.3f}, {m.ratio.high:.3f}]"
+            lines.append(
+                f"{m.model[:27]:<28}{lat.p50_ms:>9.3f}{lat.p90_ms:>9.3f}{lat.p99_ms:>9.3f}{lat.mean_ms:>9.3f}"
+                f"{lat.std_ms:>8.3f}{lat.throughput:>10.1f}{m.session_s:>8.3f}{peak:>9}"
+                f"{m.file_bytes / 1e6:>9.2f}  {ratio}"
+            )
+    return "\n".join(lines)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -214,7 +362,39 @@ def format_comparison(comparison: Comparison) -> str:
         lines.append(
             f"accuracy: reference {comparison.reference_accuracy:.4f}, candidate {comparison.candidate_accuracy:.4f}"
         )
+    if comparison.layers is not None:
+        lines += ["", *format_layers(comparison.layers)]
     return "\n".join(lines)
+
+
+def format_layers(report: LayerReport) -> list[str]:
+    """The per-layer table and its verdict."""
+    lines = [
+        f"per layer ({len(report.layers)} matched tensors, {report.unmatched} unmatched; {report.samples} samples)",
+        f"{'tensor':<40}{'op':<20}{'SNR dB':>9}{'cosine':>11}{'max rel':>11}{'added dB':>10}",
+    ]
+    for layer in report.layers:
+        mark = " <- first below threshold" if layer.tensor == report.first_bad else ""
+        added = "" if layer.added_db is None else f"{layer.added_db:.1f}"
+        lines.append(
+            f"{layer.tensor[-39:]:<40}{layer.op_type[:19]:<20}{_db(layer.snr_db):>9}{layer.cosine:>11.6f}"
+            f"{layer.max_rel:>11.3g}{added:>10}{mark}"
+        )
+    if report.first_bad is None:
+        lines.append(f"every matched layer stays above {report.threshold_db:g} dB")
+    else:
+        bad = next(layer for layer in report.layers if layer.tensor == report.first_bad)
+        lines.append(
+            f"first layer below {report.threshold_db:g} dB: {bad.tensor} ({bad.op_type} {bad.node or ''})".rstrip()
+            + f" at {_db(bad.snr_db)} dB"
+        )
+    if report.first_bad is not None and report.largest_added is not None:
+        lines.append(f"largest error added by one layer: {report.largest_added}")
+    return lines
+
+
+def _db(value: float) -> str:
+    return "inf" if math.isinf(value) else f"{value:.1f}"
 
 
 def _one_line(error: BaseException) -> str:

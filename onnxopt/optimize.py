@@ -11,9 +11,11 @@ import os
 from pathlib import Path
 
 from onnxopt import io
-from onnxopt.data import Dataset, open_dataset
+from onnxopt.bench import BenchConfig, BenchResult, benchmark
+from onnxopt.data import Dataset, ImageOptions, open_dataset
 from onnxopt.errors import OutputError
 from onnxopt.evaluate import Comparison, compare
+from onnxopt.layer_error import layer_errors
 from onnxopt.pipeline import Context, Pipeline, PipelineResult
 from onnxopt.progress import NullProgress, Progress
 from onnxopt.recipe import RecipeEntry, build_passes
@@ -33,6 +35,7 @@ class OptimizeResult:
     seed: int
     input_file_bytes: int
     output_file_bytes: int | None
+    latency: BenchResult | None = None  # input and output benchmarked interleaved, when asked for
 
 
 def optimize_file(
@@ -41,11 +44,14 @@ def optimize_file(
     recipe: list[RecipeEntry],
     *,
     data: str | None = None,
+    images: ImageOptions | None = None,
     seed: int = 0,
     in_place: bool = False,
     external_data: bool | None = None,
     guard_samples: int | None = None,
     target_opset: int | None = None,
+    bench: BenchConfig | None = None,
+    per_layer: bool = False,
     progress: Progress | None = None,
 ) -> OptimizeResult:
     """Optimize ``model_path`` with ``recipe`` and write the result to ``output_path``.
@@ -54,6 +60,8 @@ def optimize_file(
     otherwise writing over the input is refused. ``target_opset`` converts an
     older model (including one below the supported range) first. Everything is validated
     (model, recipe, data) before any pass runs; on any error nothing is written.
+    ``bench`` benchmarks input and output interleaved once the output is written;
+    ``per_layer`` adds per-layer error localization to the comparison.
     """
     model_path = Path(model_path)
     progress = progress or NullProgress()
@@ -63,20 +71,32 @@ def optimize_file(
     model = io.to_model(source, target_opset=target_opset)
     converted = io.opset_version(model) != source.opset
     reference = Runner(source.source)
-    dataset = open_dataset(data, reference.inputs, seed=seed) if data else None
+    dataset = open_dataset(data, reference.inputs, seed=seed, images=images) if data else None
     context = Context(dataset=dataset, seed=seed, progress=progress, reference=reference)
     if guard_samples is not None:
         context.guard_samples = guard_samples
     result = Pipeline(passes).run(model, context, source=None if converted else source)
     if converted:
         result.notes.insert(0, f"opset converted {source.opset} -> {target_opset} before the passes")
-    comparison = _evaluate(reference, result.runner, dataset or _guard_dataset(reference, seed), progress)
+    eval_data = dataset or _guard_dataset(reference, seed)
+    comparison = _evaluate(reference, result.runner, eval_data, progress)
+    if per_layer:
+        progress.start("comparing layers", None)
+        try:
+            layers = layer_errors(source.proto, io.to_proto(result.model), eval_data, on_batch=progress.advance)
+        finally:
+            progress.finish()
+        comparison = dataclasses.replace(comparison, layers=layers)
     written = None
     if target is not None:
         # When no pass changed anything, the input's own bytes are written unchanged.
         final = result.unchanged_input if result.unchanged_input is not None and not external_data else result.model
         written = io.save(final, target, external_data=external_data, protect=() if in_place else (model_path,))
+    latency = None
+    if bench is not None and written is not None:
+        latency = benchmark([model_path, written], bench, dataset=dataset, progress=progress)
     return OptimizeResult(
+        latency=latency,
         input_path=model_path,
         output_path=written,
         recipe=recipe,

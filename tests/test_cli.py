@@ -35,7 +35,7 @@ def test_main_job_lossless_on_bundled_model(tmp_path: Path) -> None:
     onnx.checker.check_model(optimized, full_check=True)
     assert "BatchNormalization" not in {n.op_type for n in optimized.graph.node}
     data = json.loads(report.read_text())
-    assert data["schema"] == "onnxopt.report/1"
+    assert data["schema"] == "onnxopt.report/2"
     cmp = data["comparison"]
     assert cmp["samples"] == 1000
     assert cmp["reference_accuracy"] == cmp["candidate_accuracy"] > 0.9
@@ -55,7 +55,7 @@ def test_markdown_report(tmp_path: Path) -> None:
     assert main([*args, "--report", str(report)]) == 0
     text = report.read_text()
     assert "| fold-bn | applied |" in text
-    assert "## Outputs against the original" in text
+    assert "## Outputs against the reference" in text
 
 
 def test_passes_lists_every_registered_pass(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,202 @@
+"""Reports: one versioned JSON schema for every run, rendered for people as Markdown or HTML.
+
+Schema ``onnxopt.report/2``. Every report has
+
+* ``schema`` (this string), ``kind`` (``optimize``, ``compare`` or ``bench``),
+  ``created`` (UTC, ISO 8601), ``versions`` (onnxopt, onnx, onnx_ir,
+  onnxruntime, numpy), ``machine`` (cpu, cores, system, python, providers).
+
+``kind: optimize`` adds
+
+* ``input`` / ``output``: ``{path, file_bytes}``; ``recipe``: ``[{name, params}]``;
+  ``data``: description; ``seed``
+* ``before`` / ``after``: ``{nodes, parameters, bytes}``
+* ``passes``: one record per pass -- ``name, params, status, seconds, before,
+  after, max_drift, counts, skipped, notes``; ``guard_max_drift``; ``notes``
+* ``comparison``: ``samples, reference_accuracy, candidate_accuracy``, per output
+  ``{name, max_abs, mean_abs, max_rel, cosine, snr_db, top1_agreement}``, and
+  ``layers`` (null, or the per-layer report: ``threshold_db, samples,
+  unmatched, first_bad, largest_added`` and per layer ``{tensor,
+  candidate_tensor, op_type, node, snr_db, cosine, max_rel, added_db}``)
+* ``latency``: null, or a ``bench`` object (below) over input and output.
+
+``kind: compare`` adds ``reference``, ``candidate`` (paths) and ``comparison``.
+
+``kind: bench`` adds ``bench``: ``config`` (providers, batches, threads,
+warmup, runs, seconds, memory, seed), ``data``, ``seconds`` and
+``measurements``: per model × provider × batch ``{model, path, provider,
+batch, file_bytes, session_s, latency: {runs, mean_ms, std_ms, min_ms,
+p50_ms, p90_ms, p99_ms, throughput}, ratio: null | {median, low, high},
+peak_rss_bytes, session_bytes, active_providers}``.
+
+JSON has no infinity: an infinite SNR is written as the string ``"inf"``.
+``onnxopt report A.json B.json ...`` reads reports of any kind back
+(:func:`load_report`) and compares them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from onnxopt.errors import OutputError, RecipeError
+from onnxopt.report.document import to_html, to_markdown
+from onnxopt.report.render import render
+
+if TYPE_CHECKING:
+    from onnxopt.bench import BenchResult
+    from onnxopt.evaluate import Comparison
+    from onnxopt.optimize import OptimizeResult
+
+SCHEMA = "onnxopt.report/2"
+KINDS = ("optimize", "compare", "bench")
+FORMATS = (".json", ".md", ".html")
+
+
+def optimize_report(result: OptimizeResult) -> dict[str, Any]:
+    """An optimization run (schema :data:`SCHEMA`, kind ``optimize``)."""
+    pipeline = result.pipeline
+    return _envelope(
+        "optimize",
+        input={"path": str(result.input_path), "file_bytes": result.input_file_bytes},
+        output={
+            "path": str(result.output_path) if result.output_path else None,
+            "file_bytes": result.output_file_bytes,
+        },
+        recipe=[{"name": name, "params": params} for name, params in result.recipe],
+        data=result.data,
+        seed=result.seed,
+        before=dataclasses.asdict(pipeline.original),
+        after=dataclasses.asdict(pipeline.final),
+        passes=[dataclasses.asdict(r) for r in pipeline.records],
+        guard_max_drift=pipeline.max_drift,
+        comparison=result.comparison.to_dict(),
+        latency=result.latency.to_dict() if result.latency else None,
+        notes=pipeline.notes,
+    )
+
+
+def compare_report(reference: str, candidate: str, comparison: Comparison) -> dict[str, Any]:
+    """A comparison of two models (kind ``compare``)."""
+    return _envelope("compare", reference=reference, candidate=candidate, comparison=comparison.to_dict())
+
+
+def bench_report(result: BenchResult) -> dict[str, Any]:
+    """A benchmark (kind ``bench``)."""
+    return _envelope("bench", bench=result.to_dict())
+
+
+def check_report_path(path: str | Path) -> Path:
+    """Refuse a report path that cannot be written, before any work is done."""
+    path = Path(path)
+    if path.suffix not in FORMATS:
+        raise OutputError(f"{path}: report must end in {', '.join(FORMATS)}")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"{folder}: report folder does not exist")
+    return path
+
+
+def format_report(reports: list[dict[str, Any]], suffix: str) -> str:
+    """``reports`` (one, or several to compare) as JSON, Markdown or HTML text."""
+    if suffix == ".json":
+        document = reports[0] if len(reports) == 1 else {"schema": SCHEMA, "kind": "collection", "reports": reports}
+        return json.dumps(json_safe(document), indent=2, default=str) + "\n"
+    title, blocks = render(reports)
+    return to_markdown(blocks) if suffix == ".md" else to_html(blocks, title)
+
+
+def write_report(reports: dict[str, Any] | list[dict[str, Any]], path: str | Path) -> Path:
+    """Write one report (or several, compared) as ``.json``, ``.md`` or ``.html``, atomically."""
+    path = check_report_path(path)
+    text = format_report(reports if isinstance(reports, list) else [reports], path.suffix)
+    folder = path.parent if str(path.parent) else Path(".")
+    tmp = folder / f".{path.name}.tmp"
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write report: {e.strerror or e}") from e
+    return path
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    """Read a report written by onnxopt; a clear error for anything else."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: no such report") from None
+    except (OSError, ValueError) as e:
+        raise RecipeError(f"{path}: not a JSON report ({' '.join(str(e).split())[:120]})") from e
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA or data.get("kind") not in KINDS:
+        found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+        raise RecipeError(f"{path}: not an {SCHEMA} report (schema: {found})")
+    data.setdefault("source", str(path))
+    return data
+
+
+def percent_change(before: float, after: float) -> str:
+    return f"{100 * (after - before) / before:+.1f}%" if before else "n/a"
+
+
+def json_safe(value: Any) -> Any:
+    """JSON has no infinity: write it as the string "inf"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _envelope(kind: str, **content: Any) -> dict[str, Any]:
+    from onnxopt.bench import machine_description
+
+    return json_safe(
+        {
+            "schema": SCHEMA,
+            "kind": kind,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "versions": _versions(),
+            "machine": machine_description(),
+            **content,
+        }
+    )
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import onnx
+    import onnx_ir
+    import onnxruntime
+
+    from onnxopt import __version__
+
+    return {
+        "onnxopt": __version__,
+        "onnx": onnx.__version__,
+        "onnx_ir": onnx_ir.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+__all__ = [
+    "SCHEMA",
+    "bench_report",
+    "check_report_path",
+    "compare_report",
+    "format_report",
+    "json_safe",
+    "load_report",
+    "optimize_report",
+    "percent_change",
+    "write_report",
+]

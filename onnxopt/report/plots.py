@@ -1,0 +1,95 @@
+"""Figures for the HTML report, as inline SVG (needs the ``plot`` extra: matplotlib).
+
+Every function returns None when matplotlib is not installed; the report then
+says how to get the figures instead of failing.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from onnxopt.layer_error import SNR_CAP_DB
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One point of the trade-off plot."""
+
+    label: str
+    latency_ms: float
+    quality: float  # accuracy, or top-1 agreement with the reference
+    size_bytes: int
+
+
+def available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def tradeoff(candidates: Sequence[Candidate], quality_label: str) -> str | None:
+    """Latency (x) against accuracy or agreement (y); marker area proportional to file size."""
+    if not available() or not candidates:
+        return None
+    fig, ax = _figure()
+    biggest = max(c.size_bytes for c in candidates) or 1
+    for c in candidates:
+        ax.scatter(c.latency_ms, c.quality, s=40 + 400 * c.size_bytes / biggest, alpha=0.6)
+        ax.annotate(f"{c.label}\n{c.size_bytes / 1e6:.2f} MB", (c.latency_ms, c.quality), fontsize=8)
+    ax.set_xlabel("latency p50 (ms)")
+    ax.set_ylabel(quality_label)
+    ax.grid(alpha=0.3)
+    return _svg(fig)
+
+
+def layer_snr(names: Sequence[str], snr_db: Sequence[float], threshold_db: float) -> str | None:
+    """Per-layer SNR in topological order, with the threshold."""
+    if not available() or not names:
+        return None
+    fig, ax = _figure(width=9)
+    values = [min(v, SNR_CAP_DB) for v in snr_db]  # identical tensors (inf) drawn at the top
+    ax.plot(range(len(values)), values, marker="o", markersize=3)
+    ax.axhline(threshold_db, color="red", linestyle="--", linewidth=1, label=f"threshold {threshold_db:g} dB")
+    ax.set_xlabel("layer (topological order)")
+    ax.set_ylabel("SNR vs reference (dB, capped at 150)")
+    if len(names) <= 40:
+        ax.set_xticks(range(len(names)), [n[-24:] for n in names], rotation=90, fontsize=6)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _svg(fig)
+
+
+def latency_bars(labels: Sequence[str], p50: Sequence[float], p90: Sequence[float]) -> str | None:
+    """p50 latency per model with a whisker up to p90."""
+    if not available() or not labels:
+        return None
+    fig, ax = _figure()
+    errors = [[0.0] * len(p50), [hi - lo for lo, hi in zip(p50, p90, strict=True)]]
+    ax.bar(range(len(labels)), p50, yerr=errors, capsize=4)
+    ax.set_xticks(range(len(labels)), [label[-28:] for label in labels], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("latency p50 (ms), whisker to p90")
+    ax.grid(alpha=0.3, axis="y")
+    return _svg(fig)
+
+
+def _figure(width: float = 6.5):  # -> tuple[Figure, Axes]
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(width, 4), layout="constrained")
+
+
+def _svg(fig) -> str:  # fig: matplotlib Figure
+    import matplotlib.pyplot as plt
+
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg")
+    plt.close(fig)
+    text = buffer.getvalue()
+    return text[text.index("<svg") :]

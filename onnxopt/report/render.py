@@ -1,0 +1,310 @@
+"""Reports (schema ``onnxopt.report/2`` dicts) as document blocks for people.
+
+One report renders by its kind; several render as a comparison of runs:
+one row per run and, where the runs measured latency, the trade-off plot of
+accuracy (or agreement) against latency and size across every candidate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from onnxopt.report import plots
+from onnxopt.report.document import Block, Bullets, Figure, Heading, Paragraph, Table
+
+_PLOT_HINT = "Figures need the `plot` extra: `pip install 'onnxopt[plot]'`."
+
+
+def render(reports: list[dict[str, Any]]) -> tuple[str, list[Block]]:
+    """(title, blocks) for one report or a comparison of several."""
+    if len(reports) > 1:
+        return "onnxopt: runs compared", _runs(reports)
+    report = reports[0]
+    kind = report["kind"]
+    if kind == "optimize":
+        return f"onnxopt optimize {report['input']['path']}", _optimize(report)
+    if kind == "compare":
+        return f"onnxopt compare {report['candidate']}", _compare(report)
+    return "onnxopt bench", _bench(report["bench"], report)
+
+
+def _optimize(r: dict[str, Any]) -> list[Block]:
+    before, after, cmp = r["before"], r["after"], r["comparison"]
+    blocks: list[Block] = [
+        Heading(f"onnxopt report: `{r['input']['path']}`", 1),
+        Bullets(
+            [
+                f"output: `{r['output']['path']}`",
+                f"recipe: `{','.join(e['name'] for e in r['recipe'])}`",
+                f"data: {r['data']} ({cmp['samples']} samples compared), seed {r['seed']}",
+                _provenance(r),
+            ]
+        ),
+    ]
+    rows = [[key, f"{before[key]:,}", f"{after[key]:,}", _change(before[key], after[key])] for key in before]
+    fb, fa = r["input"]["file_bytes"], r["output"]["file_bytes"]
+    if fa is not None:
+        rows.append(["file bytes", f"{fb:,}", f"{fa:,}", _change(fb, fa)])
+    if cmp.get("reference_accuracy") is not None:
+        ra, ca = cmp["reference_accuracy"], cmp["candidate_accuracy"]
+        rows.append(["accuracy", f"{ra:.4f}", f"{ca:.4f}", f"{100 * (ca - ra):+.2f} pts"])
+    blocks.append(Table(["", "before", "after", "change"], rows, {1, 2, 3}))
+    blocks += _outputs(cmp)
+    if r.get("latency"):
+        blocks += [Heading("Latency (original first, interleaved)"), *_cells(r["latency"])]
+        blocks += _tradeoff([r])
+    if cmp.get("layers"):
+        blocks += _layers(cmp["layers"])
+    blocks += _passes(r)
+    return blocks
+
+
+def _compare(r: dict[str, Any]) -> list[Block]:
+    cmp = r["comparison"]
+    blocks: list[Block] = [
+        Heading(f"onnxopt compare: `{r['candidate']}` against `{r['reference']}`", 1),
+        Paragraph(f"{cmp['samples']} samples. {_provenance(r)}"),
+        *_outputs(cmp),
+    ]
+    if cmp.get("reference_accuracy") is not None:
+        blocks.append(
+            Paragraph(f"accuracy: reference {cmp['reference_accuracy']:.4f}, candidate {cmp['candidate_accuracy']:.4f}")
+        )
+    if cmp.get("layers"):
+        blocks += _layers(cmp["layers"])
+    return blocks
+
+
+def _bench(bench: dict[str, Any], r: dict[str, Any]) -> list[Block]:
+    machine = r.get("machine", {})
+    return [
+        Heading("onnxopt bench", 1),
+        Paragraph(
+            f"data: {bench['data']}; machine: {machine.get('cpu')}, {machine.get('cores')} cores; "
+            f"{bench['seconds']:.1f} s in all. {_provenance(r)}"
+        ),
+        *_cells(bench),
+    ]
+
+
+def _cells(bench: dict[str, Any]) -> list[Block]:
+    """One table (and bar chart) per (provider, batch) of a bench object."""
+    cells: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for m in bench["measurements"]:
+        cells.setdefault((m["provider"], m["batch"]), []).append(m)
+    blocks: list[Block] = []
+    header = ["model", "p50 ms", "p90 ms", "p99 ms", "mean ms", "items/s", "session s", "peak MB", "file MB", "ratio"]
+    for (provider, batch), rows in cells.items():
+        table = []
+        for m in rows:
+            lat, ratio = m["latency"], m["ratio"]
+            peak = "-" if m["peak_rss_bytes"] is None else f"{m['peak_rss_bytes'] / 1e6:.0f}"
+            ratio_text = (
+                "baseline" if ratio is None else f"{ratio['median']:.3f} [{ratio['low']:.3f}, {ratio['high']:.3f}]"
+            )
+            table.append(
+                [
+                    m["model"],
+                    f"{lat['p50_ms']:.3f}",
+                    f"{lat['p90_ms']:.3f}",
+                    f"{lat['p99_ms']:.3f}",
+                    f"{lat['mean_ms']:.3f}",
+                    f"{lat['throughput']:.1f}",
+                    f"{m['session_s']:.3f}",
+                    peak,
+                    f"{m['file_bytes'] / 1e6:.2f}",
+                    ratio_text,
+                ]
+            )
+        blocks += [
+            Paragraph(f"**{provider}, batch {batch}**: {rows[0]['latency']['runs']} interleaved rounds"),
+            Table(header, table, set(range(1, 10))),
+        ]
+        svg = plots.latency_bars(
+            [m["model"] for m in rows], [m["latency"]["p50_ms"] for m in rows], [m["latency"]["p90_ms"] for m in rows]
+        )
+        blocks.append(Figure(svg, f"latency, {provider}, batch {batch}") if svg else Paragraph(_PLOT_HINT))
+    return blocks
+
+
+def _outputs(cmp: dict[str, Any]) -> list[Block]:
+    rows = []
+    for out in cmp["outputs"]:
+        top1 = "" if out["top1_agreement"] is None else f"{out['top1_agreement']:.4f}"
+        rows.append(
+            [
+                out["name"],
+                f"{out['max_abs']:.3g}",
+                f"{out['max_rel']:.3g}",
+                f"{out['cosine']:.6f}",
+                _db(out["snr_db"]),
+                top1,
+            ]
+        )
+    header = ["output", "max abs", "max rel", "cosine", "SNR dB", "top-1 agreement"]
+    return [Heading("Outputs against the reference"), Table(header, rows, {1, 2, 3, 4, 5})]
+
+
+def _layers(layers: dict[str, Any]) -> list[Block]:
+    verdict = (
+        f"every matched layer stays above {layers['threshold_db']:g} dB"
+        if layers["first_bad"] is None
+        else f"first layer below {layers['threshold_db']:g} dB: **`{layers['first_bad']}`**; "
+        f"largest error added by one layer: `{layers['largest_added']}`"
+    )
+    rows = [
+        [
+            f"`{x['tensor']}`",
+            x["op_type"],
+            _db(x["snr_db"]),
+            f"{x['cosine']:.6f}",
+            f"{x['max_rel']:.3g}",
+            "" if x["added_db"] is None else f"{x['added_db']:.1f}",
+        ]
+        for x in layers["layers"]
+    ]
+    svg = plots.layer_snr(
+        [x["tensor"] for x in layers["layers"]],
+        [float(x["snr_db"]) for x in layers["layers"]],
+        layers["threshold_db"],
+    )
+    return [
+        Heading("Per-layer error"),
+        Paragraph(
+            f"{len(rows)} matched tensors ({layers['unmatched']} unmatched), {layers['samples']} samples; {verdict}."
+        ),
+        Figure(svg, "SNR of each layer against the reference") if svg else Paragraph(_PLOT_HINT),
+        Table(["tensor", "op", "SNR dB", "cosine", "max rel", "added dB"], rows, {2, 3, 4, 5}),
+    ]
+
+
+def _passes(r: dict[str, Any]) -> list[Block]:
+    rows = []
+    for rec in r["passes"]:
+        counts = ", ".join(f"{k}: {v}" for k, v in rec["counts"].items() if v)
+        rows.append(
+            [
+                rec["name"],
+                rec["status"],
+                f"{rec['before']['nodes']} → {rec['after']['nodes']}",
+                f"{rec['before']['parameters']:,} → {rec['after']['parameters']:,}",
+                f"{float(rec['max_drift']):.2g}",
+                f"{rec['seconds']:.3f}",
+                counts,
+            ]
+        )
+    blocks: list[Block] = [
+        Heading("Passes"),
+        Table(["pass", "status", "nodes", "parameters", "drift", "seconds", "counts"], rows, {4, 5}),
+    ]
+    notes = [f"**{rec['name']}**: {n}" for rec in r["passes"] for n in rec["notes"]]
+    notes += [f"**pipeline**: {n}" for n in r["notes"]]
+    declined = [f"**{rec['name']}**: {s}" for rec in r["passes"] for s in rec["skipped"]]
+    if notes:
+        blocks += [Heading("Notes"), Bullets(notes)]
+    if declined:
+        blocks += [Heading("Declined"), Bullets(declined)]
+    return blocks
+
+
+def _runs(reports: list[dict[str, Any]]) -> list[Block]:
+    rows = []
+    for r in reports:
+        rows.append(_run_row(r))
+    blocks: list[Block] = [
+        Heading("onnxopt: runs compared", 1),
+        Table(
+            ["report", "kind", "model", "recipe", "file bytes", "accuracy", "top-1 agree", "latency ratio", "created"],
+            rows,
+            {4, 5, 6, 7},
+        ),
+    ]
+    blocks += _tradeoff(reports)
+    for r in reports:
+        if r["kind"] == "bench":
+            blocks += [Heading(f"bench: {r.get('source', '')}"), *_cells(r["bench"])]
+    return blocks
+
+
+def _run_row(r: dict[str, Any]) -> list[str]:
+    source = r.get("source", "")
+    if r["kind"] == "bench":
+        models = sorted({m["model"] for m in r["bench"]["measurements"]})
+        ratios = [m["ratio"]["median"] for m in r["bench"]["measurements"] if m["ratio"]]
+        ratio = ", ".join(f"{x:.3f}" for x in ratios)
+        return [source, "bench", ", ".join(models), "", "", "", "", ratio, r["created"]]
+    cmp = r["comparison"]
+    top1 = next((o["top1_agreement"] for o in cmp["outputs"] if o["top1_agreement"] is not None), None)
+    acc = cmp.get("candidate_accuracy")
+    if r["kind"] == "compare":
+        return [source, "compare", r["candidate"], "", "", _opt(acc, ".4f"), _opt(top1, ".4f"), "", r["created"]]
+    ratio = _latency_ratio(r)
+    sizes = f"{r['input']['file_bytes']:,} → {r['output']['file_bytes']:,}" if r["output"]["file_bytes"] else ""
+    recipe = ",".join(e["name"] for e in r["recipe"])
+    return [
+        source,
+        "optimize",
+        r["input"]["path"],
+        recipe,
+        sizes,
+        _opt(acc, ".4f"),
+        _opt(top1, ".4f"),
+        _opt(ratio, ".3f"),
+        r["created"],
+    ]
+
+
+def _tradeoff(reports: list[dict[str, Any]]) -> list[Block]:
+    """Accuracy (or agreement) against latency and size, over every candidate of the optimize reports."""
+    points: dict[str, plots.Candidate] = {}
+    label = "accuracy"
+    for r in reports:
+        if r["kind"] != "optimize" or not r.get("latency"):
+            continue
+        cmp = r["comparison"]
+        measurements = [m for m in r["latency"]["measurements"] if m["provider"] == "cpu"]
+        if len(measurements) < 2:
+            continue
+        base, cand = measurements[0], measurements[1]
+        if cmp.get("reference_accuracy") is not None:
+            ref_q, cand_q = cmp["reference_accuracy"], cmp["candidate_accuracy"]
+        else:
+            label = "top-1 agreement with the original"
+            top1 = next((o["top1_agreement"] for o in cmp["outputs"] if o["top1_agreement"] is not None), None)
+            if top1 is None:
+                continue
+            ref_q, cand_q = 1.0, top1
+        points.setdefault(
+            r["input"]["path"], plots.Candidate("original", base["latency"]["p50_ms"], ref_q, base["file_bytes"])
+        )
+        recipe = ",".join(e["name"] for e in r["recipe"])
+        name = recipe if len(recipe) <= 24 else recipe[:22] + "…"
+        points[r["output"]["path"]] = plots.Candidate(name, cand["latency"]["p50_ms"], cand_q, cand["file_bytes"])
+    if not points:
+        return []
+    svg = plots.tradeoff(list(points.values()), label)
+    caption = f"{label} against latency (p50, CPU); marker area ∝ file size"
+    return [Heading("Trade-off"), Figure(svg, caption) if svg else Paragraph(_PLOT_HINT)]
+
+
+def _latency_ratio(r: dict[str, Any]) -> float | None:
+    if not r.get("latency"):
+        return None
+    ratios = [m["ratio"]["median"] for m in r["latency"]["measurements"] if m["ratio"]]
+    return ratios[0] if ratios else None
+
+
+def _provenance(r: dict[str, Any]) -> str:
+    return f"created {r['created']} with " + ", ".join(f"{k} {v}" for k, v in r["versions"].items())
+
+
+def _change(before: float, after: float) -> str:
+    return f"{100 * (after - before) / before:+.1f}%" if before else "n/a"
+
+
+def _db(value: float | str) -> str:
+    return value if isinstance(value, str) else f"{value:.1f}"
+
+
+def _opt(value: float | None, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
