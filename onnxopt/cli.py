@@ -120,6 +120,9 @@ def _parser() -> argparse.ArgumentParser:
     length.add_argument("--runs", type=int, help="timed rounds (each runs every model once)")
     length.add_argument("--seconds", type=float, default=2.0, help="time budget per model per cell (default 2)")
     bench.add_argument("--no-memory", action="store_true", help="skip the per-model peak-memory probe")
+    bench.add_argument(
+        "--spin", action="store_true", help="let onnxruntime's threads spin-wait between runs (off: fairer ratios)"
+    )
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--report", help="write a report: FILE.json, FILE.md or FILE.html")
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -241,6 +244,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         seconds=args.seconds,
         memory=not args.no_memory,
         seed=args.seed,
+        spinning=args.spin,
     )
     result = bench_files(args.models, config, data=args.data, images=_image_options(args), progress=RichProgress())
     report = bench_report(result)

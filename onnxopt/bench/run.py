@@ -46,6 +46,7 @@ class BenchConfig:
     seconds: float = 2.0
     memory: bool = True
     seed: int = 0
+    spinning: bool = False  # onnxruntime's intra-op spin-wait (see onnxopt.bench.session)
 
     def __post_init__(self) -> None:
         if self.warmup < 0:
@@ -146,7 +147,7 @@ def _measure_cell(
 ) -> list[Measurement]:
     sessions = []
     for path in models:
-        session = TimedSession(path, provider, threads=config.threads)
+        session = TimedSession(path, provider, threads=config.threads, spinning=config.spinning)
         session.bind(feeds)
         sessions.append(session)
     for _ in range(config.warmup):
