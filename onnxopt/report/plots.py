@@ -37,9 +37,15 @@ def tradeoff(candidates: Sequence[Candidate], quality_label: str) -> str | None:
         return None
     fig, ax = _figure()
     biggest = max(c.size_bytes for c in candidates) or 1
-    for c in candidates:
+    for i, c in enumerate(candidates):
         ax.scatter(c.latency_ms, c.quality, s=40 + 400 * c.size_bytes / biggest, alpha=0.6)
-        ax.annotate(f"{c.label}\n{c.size_bytes / 1e6:.2f} MB", (c.latency_ms, c.quality), fontsize=8)
+        ax.annotate(  # staggered so coinciding points keep readable labels
+            f"{c.label}, {c.size_bytes / 1e6:.2f} MB",
+            (c.latency_ms, c.quality),
+            xytext=(8, 8 - 14 * (i % 4)),
+            textcoords="offset points",
+            fontsize=8,
+        )
     ax.set_xlabel("latency p50 (ms)")
     ax.set_ylabel(quality_label)
     ax.grid(alpha=0.3)
