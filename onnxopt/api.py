@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 
 from onnxopt import io
 from onnxopt.bench import BenchConfig, BenchResult, benchmark
@@ -69,7 +68,7 @@ def compare_files(
     progress: Progress | None = None,
 ) -> Comparison:
     """Compare two model files on ``data`` (default: 8 random samples); ``per_layer`` localizes the error too."""
-    files = [io.read_model(Path(p)) for p in (reference, candidate)]  # one-line errors before onnxruntime
+    files = [io.read_supported(p) for p in (reference, candidate)]  # one-line errors before onnxruntime
     ref, cand = (Runner(f.source) for f in files)
     dataset = open_dataset(data, ref.inputs, seed=seed, images=images) if data else default_random(ref.inputs, seed)
     progress = progress or NullProgress()
@@ -102,7 +101,7 @@ def bench_files(
     config = config or BenchConfig()
     dataset = None
     if data:
-        file = io.read_model(Path(models[0]))
+        file = io.read_supported(models[0])
         dataset = open_dataset(data, Runner(file.source).inputs, seed=config.seed, images=images)
     return benchmark(models, config, dataset=dataset, progress=progress)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from pathlib import Path
 
 import onnx
@@ -17,6 +16,8 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from onnxopt.errors import ModelLoadError, OutputError, UnsupportedModelError
+from onnxopt.model_checks import structural_problem
+from onnxopt.writing import check_writable, write_bytes, write_model_with_data
 
 #: Oldest default-domain opset onnxopt accepts.
 MIN_OPSET = 9
@@ -125,11 +126,23 @@ def read_model(path: Path) -> ModelFile:
         raise UnsupportedModelError(
             f"{path}: IR version {proto.ir_version} is newer than this onnx supports ({onnx.IR_VERSION})"
         )
+    problem = structural_problem(proto)
+    if problem:
+        raise ModelLoadError(f"{path}: invalid model: {problem}")
     try:
         onnx.checker.check_model(raw if self_contained else str(path))  # no re-serialization
     except onnx.checker.ValidationError as e:
         raise ModelLoadError(f"{path}: invalid ONNX model: {_first_line(e)}") from e
+    except UnicodeDecodeError as e:  # the checker's message quotes a name that is not UTF-8
+        raise ModelLoadError(f"{path}: invalid ONNX model: a name or string is not valid UTF-8") from e
     return ModelFile(path, raw, proto, self_contained)
+
+
+def read_supported(path: str | os.PathLike[str]) -> ModelFile:
+    """:func:`read_model`, then refuse opsets outside ``MIN_OPSET..MAX_OPSET`` (what every command accepts)."""
+    file = read_model(Path(path))
+    validate_opset(file.proto, str(file.path))
+    return file
 
 
 def validate_opset(proto: onnx.ModelProto, where: str) -> None:
@@ -167,60 +180,26 @@ def save(
 
     The model goes to a temporary file in the target folder, which is then
     renamed over ``path``, so readers never see a partial file and a failure
-    leaves nothing behind. ``external_data=None`` stores tensors in a side
-    file ``<name>.data`` only when the model would exceed the protobuf limit.
+    leaves nothing behind (:mod:`onnxopt.writing`). ``external_data=None`` stores
+    tensors in a side file ``<name>.data`` only when the model would exceed the
+    protobuf limit.
     ``protect`` lists paths (the inputs) that must never be written over.
     """
     path = Path(path)
     for kept in protect:
         if path.exists() and Path(kept).exists() and path.resolve() == Path(kept).resolve():
             raise OutputError(f"{path}: refusing to write over the input model (use --in-place)")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise OutputError(f"{folder}: output folder does not exist")
-    if not os.access(folder, os.W_OK):
-        raise OutputError(f"{folder}: output folder is not writable")
+    check_writable(path.parent if str(path.parent) else Path("."))
     if isinstance(model, bytes) and not external_data:
-        return _write_atomically(path, folder, model)
+        return write_bytes(path, model)
     if isinstance(model, bytes):
         model = onnx.ModelProto.FromString(model)
     proto = model if isinstance(model, onnx.ModelProto) else to_proto(model)
     if external_data is None:
         external_data = _tensor_bytes(proto) > EXTERNAL_DATA_THRESHOLD
-    data_name = f"{path.name}.data"
-    try:
-        with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=folder) as staging:
-            staged = Path(staging) / path.name
-            if external_data:
-                proto_copy = onnx.ModelProto()
-                proto_copy.CopyFrom(proto)  # onnx.save_model moves data out of the proto it gets
-                onnx.save_model(
-                    proto_copy,
-                    str(staged),
-                    save_as_external_data=True,
-                    all_tensors_to_one_file=True,
-                    location=data_name,
-                    size_threshold=1024,
-                )
-                os.replace(Path(staging) / data_name, folder / data_name)
-            else:
-                staged.write_bytes(proto.SerializeToString())
-            os.replace(staged, path)
-    except OSError as e:
-        raise OutputError(f"{path}: cannot write: {e.strerror or e}") from e
-    return path
-
-
-def _write_atomically(path: Path, folder: Path, data: bytes) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write: {e.strerror or e}") from e
-    return path
+    if external_data:
+        return write_model_with_data(proto, path)
+    return write_bytes(path, proto.SerializeToString())
 
 
 def file_bytes(path: str | os.PathLike[str]) -> int:
@@ -255,5 +234,6 @@ def upgrade_opset(model: ir.Model, target: int) -> ir.Model:
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:300]
+    """The error's message as one line (the checker spreads one message over several)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 300 else text[:297] + "..."

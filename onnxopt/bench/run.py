@@ -204,7 +204,7 @@ def _rounds(sessions: list[TimedSession], config: BenchConfig, progress: Progres
 
 
 def _inputs_of(path: Path) -> list[TensorSpec]:
-    file = io.read_model(path)  # one-line errors for missing, corrupt or invalid files
+    file = io.read_supported(path)  # one-line errors for missing, corrupt, invalid or unsupported files
     import onnxruntime as ort
 
     try:
