@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 
@@ -41,6 +43,7 @@ from onnxopt.report import (
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    previous = _stop_on_sigterm()
     try:
         return int(args.func(args) or 0)
     except OnnxoptError as e:
@@ -49,13 +52,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"onnxopt: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("onnxopt: interrupted; no output was written", file=sys.stderr)
+        print("onnxopt: interrupted (outputs are written whole or not at all)", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("onnxopt: error: out of memory (try smaller --batch or less --data)", file=sys.stderr)
+        return 2
     except Exception as e:
         if args.debug:
             traceback.print_exc()
         print(f"onnxopt: internal error ({type(e).__name__}): {_one_line(e)} -- rerun with --debug", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_on_sigterm() -> object:
+    """Make SIGTERM stop a run the way Ctrl-C does (temporary files removed); returns the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, stop)
 
 
 def _parser() -> argparse.ArgumentParser:

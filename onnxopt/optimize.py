@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from pathlib import Path
@@ -16,10 +17,12 @@ from onnxopt.data import Dataset, ImageOptions, open_dataset
 from onnxopt.errors import OutputError
 from onnxopt.evaluate import Comparison, compare
 from onnxopt.layer_error import layer_errors
+from onnxopt.output_lock import exclusive_output
 from onnxopt.pipeline import Context, Pipeline, PipelineResult
 from onnxopt.progress import NullProgress, Progress
 from onnxopt.recipe import RecipeEntry, build_passes
 from onnxopt.runtime import Runner
+from onnxopt.writing import check_writable
 
 
 @dataclasses.dataclass
@@ -64,8 +67,41 @@ def optimize_file(
     ``per_layer`` adds per-layer error localization to the comparison.
     """
     model_path = Path(model_path)
-    progress = progress or NullProgress()
     target = _resolve_output(model_path, output_path, in_place)
+    with exclusive_output(target) if target is not None else contextlib.nullcontext():
+        return _optimize(
+            model_path,
+            target,
+            recipe,
+            data=data,
+            images=images,
+            seed=seed,
+            in_place=in_place,
+            external_data=external_data,
+            guard_samples=guard_samples,
+            target_opset=target_opset,
+            bench=bench,
+            per_layer=per_layer,
+            progress=progress or NullProgress(),
+        )
+
+
+def _optimize(
+    model_path: Path,
+    target: Path | None,
+    recipe: list[RecipeEntry],
+    *,
+    data: str | None,
+    images: ImageOptions | None,
+    seed: int,
+    in_place: bool,
+    external_data: bool | None,
+    guard_samples: int | None,
+    target_opset: int | None,
+    bench: BenchConfig | None,
+    per_layer: bool,
+    progress: Progress,
+) -> OptimizeResult:
     passes = build_passes(recipe)
     source = io.read_model(model_path)
     model = io.to_model(source, target_opset=target_opset)
@@ -105,7 +141,7 @@ def optimize_file(
         data=result.guard_data if dataset is None else dataset.description,
         seed=seed,
         input_file_bytes=model_path.stat().st_size,
-        output_file_bytes=_file_bytes(written) if written else None,
+        output_file_bytes=io.file_bytes(written) if written else None,
     )
 
 
@@ -121,6 +157,7 @@ def _resolve_output(model_path: Path, output_path: str | os.PathLike[str] | None
         raise OutputError(f"{target}: refusing to write over the input model (use --in-place)")
     if target.is_dir():
         raise OutputError(f"{target}: is a directory; give a file name")
+    check_writable(target.parent if str(target.parent) else Path("."))  # fail before the work, not after
     return target
 
 
@@ -136,8 +173,3 @@ def _evaluate(reference: Runner, candidate: Runner, dataset: Dataset, progress: 
         return compare(reference, candidate, dataset, on_batch=progress.advance)
     finally:
         progress.finish()
-
-
-def _file_bytes(path: Path) -> int:
-    data = path.with_name(f"{path.name}.data")
-    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)

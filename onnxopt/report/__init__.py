@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 from onnxopt.errors import OutputError, RecipeError
 from onnxopt.report.document import to_html, to_markdown
 from onnxopt.report.render import render
+from onnxopt.writing import write_bytes
 
 if TYPE_CHECKING:
     from onnxopt.bench import BenchResult
@@ -114,15 +115,7 @@ def write_report(reports: dict[str, Any] | list[dict[str, Any]], path: str | Pat
     """Write one report (or several, compared) as ``.json``, ``.md`` or ``.html``, atomically."""
     path = check_report_path(path)
     text = format_report(reports if isinstance(reports, list) else [reports], path.suffix)
-    folder = path.parent if str(path.parent) else Path(".")
-    tmp = folder / f".{path.name}.tmp"
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write report: {e.strerror or e}") from e
-    return path
+    return write_bytes(path, text.encode("utf-8"))
 
 
 def load_report(path: str | Path) -> dict[str, Any]:
