@@ -2,7 +2,11 @@
 
 Graphs mix Conv (groups, dilation, strides, padding), BatchNormalization with
 random statistics (some scales negative), Relu/LeakyRelu/Clip, per-channel
-Mul/Add, MaxPool, and a Flatten + Gemm/MatMul head with BN on the features.
+Mul/Add, residual Add around a Conv(+BN), Concat with a 1x1 Conv branch,
+Max/Average/GlobalAverage pooling, and a Flatten + Gemm/MatMul head with BN
+on the features. Properties: the ``lossless`` recipe and every lossless pass
+on its own keep the outputs (within the pass's tolerance), are never rolled
+back, and emit a model the checker and onnxruntime accept.
 ``ONNXOPT_HYPOTHESIS_PROFILE=nightly`` runs many more examples.
 """
 
@@ -12,13 +16,16 @@ import os
 
 import numpy as np
 import onnx
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt import io
+from onnxopt.passes import REGISTRY
 from onnxopt.pipeline import Context, Pipeline
 from onnxopt.recipe import build_passes, load_recipe
+from onnxopt.runtime import Runner
 
 settings.register_profile("ci", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("nightly", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -56,7 +63,9 @@ def cnn_models(draw: st.DrawFn) -> onnx.ModelProto:
     in_channels = channels = draw(st.sampled_from([2, 4]))
     size, name = 10, "x"
     for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(["conv", "conv", "bn", "act", "affine", "pool"]))
+        kind = draw(
+            st.sampled_from(["conv", "conv", "bn", "act", "affine", "pool", "residual", "concat", "avgpool", "gap"])
+        )
         if kind == "conv":
             group = draw(st.sampled_from([1, channels]))
             out_c = channels * draw(st.sampled_from([1, 2]))
@@ -88,8 +97,23 @@ def cnn_models(draw: st.DrawFn) -> onnx.ModelProto:
         elif kind == "affine":
             shape = draw(st.sampled_from([(channels, 1, 1), (1, channels, 1, 1), ()]))
             name = b.emit(draw(st.sampled_from(["Mul", "Add"])), [name, b.const(r.uniform(0.5, 1.5, shape))])
+        elif kind == "residual":  # x + BN(Conv3x3(x)): the shape is kept
+            weight = b.const(r.normal(0, 0.3, (channels, channels, 3, 3)))
+            branch = b.emit("Conv", [name, weight], pads=[1, 1, 1, 1])
+            if draw(st.booleans()):
+                branch = b.bn(branch, channels)
+            name = b.emit("Add", [name, branch])
+        elif kind == "concat":  # [x, Conv1x1(x)] on the channel axis
+            extra = draw(st.sampled_from([1, 2]))
+            branch = b.emit("Conv", [name, b.const(r.normal(0, 0.5, (extra, channels, 1, 1)))])
+            name = b.emit("Concat", [name, branch], axis=1)
+            channels += extra
+        elif kind == "gap":
+            name = b.emit("GlobalAveragePool", [name])
+            size = 1
         elif size >= 2:
-            name = b.emit("MaxPool", [name], kernel_shape=[2, 2], strides=[2, 2])
+            op = "MaxPool" if kind == "pool" else "AveragePool"
+            name = b.emit(op, [name], kernel_shape=[2, 2], strides=[2, 2])
             size //= 2
     out_shape: list[object] = ["N", channels, size, size]
     if draw(st.booleans()):
@@ -113,14 +137,29 @@ def cnn_models(draw: st.DrawFn) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=7)
 
 
-@given(cnn_models())
-def test_lossless_recipe_preserves_outputs_and_validity(model: onnx.ModelProto) -> None:
+def _check_pipeline(model: onnx.ModelProto, recipe: list[tuple[str, dict[str, object]]]) -> onnx.ModelProto:
     onnx.checker.check_model(model, full_check=True)
-    ir_model = io.from_proto(model)
-    result = Pipeline(build_passes(load_recipe("lossless"))).run(ir_model, Context(guard_samples=4))
+    result = Pipeline(build_passes(recipe)).run(io.from_proto(model), Context(guard_samples=4))
     rolled_back = [(r.name, r.notes) for r in result.records if r.status == "rolled back"]
     assert not rolled_back, rolled_back
     assert result.max_drift <= 1e-4
     out = io.to_proto(result.model)
     onnx.checker.check_model(out, full_check=True)
+    Runner(out.SerializeToString())  # onnxruntime accepts it
+    return out
+
+
+@given(cnn_models())
+def test_lossless_recipe_preserves_outputs_and_validity(model: onnx.ModelProto) -> None:
+    out = _check_pipeline(model, load_recipe("lossless"))
     assert "BatchNormalization" not in {n.op_type for n in out.graph.node}
+
+
+LOSSLESS_PASSES = sorted(name for name, cls in REGISTRY.items() if cls.lossless)
+
+
+@pytest.mark.parametrize("pass_name", LOSSLESS_PASSES)
+@settings(max_examples=max(10, settings().max_examples // 5))
+@given(model=cnn_models())
+def test_every_lossless_pass_alone_preserves_outputs(pass_name: str, model: onnx.ModelProto) -> None:
+    _check_pipeline(model, [(pass_name, {})])
