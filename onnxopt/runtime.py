@@ -17,7 +17,7 @@ import onnxruntime as ort
 
 from onnxopt.errors import UnsupportedModelError
 
-ort.set_default_logger_severity(3)  # onnxruntime warnings are not ours to print
+ort.set_default_logger_severity(4)  # its warnings are not ours to print; its errors reach us as exceptions
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class Runner:
             ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         )
         options.intra_op_num_threads = threads
-        options.log_severity_level = 3
+        options.log_severity_level = 4
         self._initializers = dict(initializers or {})  # must outlive the session
         for name, value in self._initializers.items():
             options.add_initializer(name, value)

@@ -34,7 +34,7 @@ class TimedSession:
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
-        options.log_severity_level = 3
+        options.log_severity_level = 4
         start = time.perf_counter()
         try:
             self.session = ort.InferenceSession(str(path), options, providers=session_providers(provider))

@@ -11,6 +11,8 @@ from onnxopt.errors import DataError
 from onnxopt.runtime import TensorSpec
 
 DEFAULT_RANDOM_SAMPLES = 8
+#: A random batch larger than this is refused (a model's absurd static shape, not a real need).
+MAX_RANDOM_BATCH_BYTES = 2 * 1024**3
 
 
 def default_random(inputs: Sequence[TensorSpec], seed: int = 0) -> RandomDataset:
@@ -50,6 +52,14 @@ class RandomDataset:
 
     def batches(self, batch_size: int, limit: int | None = None, *, exact: bool = False) -> Iterator[Batch]:
         rng = np.random.default_rng(self.seed)
+        for spec in self.inputs:
+            shape = self._shape(spec, min(batch_size, self.num_samples))
+            size = int(np.prod(shape, dtype=np.float64)) * max(spec.dtype.itemsize, 1)
+            if size > MAX_RANDOM_BATCH_BYTES:
+                raise DataError(
+                    f"random data for input '{spec.name}' {list(shape)} would take {size / 1024**3:.1f} GiB "
+                    "per batch; give --data or a smaller batch"
+                )
         for _, n in sample_ranges(self.num_samples, batch_size, limit, exact):
             yield Batch({spec.name: _random_array(rng, spec.dtype, self._shape(spec, n)) for spec in self.inputs})
 
