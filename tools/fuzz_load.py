@@ -88,8 +88,11 @@ def _small_cnn(seed: int) -> onnx.ModelProto:
 
 
 def mutate(data: bytes, rng: random.Random) -> tuple[bytes, str]:
-    if rng.random() < 0.4:
+    roll = rng.random()
+    if roll < 0.3:
         return _mutate_bytes(bytearray(data), rng)
+    if roll < 0.55:
+        return _mutate_values(data, rng)
     model = onnx.ModelProto()
     try:
         model.ParseFromString(data)
@@ -104,6 +107,34 @@ def mutate(data: bytes, rng: random.Random) -> tuple[bytes, str]:
         return model.SerializeToString(), "fields: " + ", ".join(edits)
     except Exception:  # an edit can make the message unserializable; fall back to bytes
         return _mutate_bytes(bytearray(data), rng)
+
+
+def _mutate_values(data: bytes, rng: random.Random) -> tuple[bytes, str]:
+    """Keep the structure, change numbers: weights to NaN/inf/0/huge, attribute ints and floats nudged."""
+    model = onnx.ModelProto()
+    model.ParseFromString(data)
+    edits = []
+    tensors = [t for t in model.graph.initializer if t.data_type == TensorProto.FLOAT]
+    if tensors and rng.random() < 0.6:
+        tensor = rng.choice(tensors)
+        array = numpy_helper.to_array(tensor).copy()
+        if array.size:
+            value = rng.choice([np.nan, np.inf, -np.inf, 0.0, 1e30, -1e-30])
+            flat = array.reshape(-1)
+            flat[rng.randrange(flat.size) if rng.random() < 0.5 else slice(None)] = value
+            tensor.CopyFrom(numpy_helper.from_array(array, tensor.name))
+            edits.append(f"{tensor.name} <- {value}")
+    nodes = [n for n in model.graph.node if n.attribute]
+    if nodes:
+        attr = rng.choice(list(rng.choice(nodes).attribute))
+        if attr.type == onnx.AttributeProto.INT:
+            attr.i = attr.i + rng.choice([-2, -1, 1, 2])
+        elif attr.type == onnx.AttributeProto.INTS and attr.ints:
+            attr.ints[rng.randrange(len(attr.ints))] += rng.choice([-1, 1, 2])
+        elif attr.type == onnx.AttributeProto.FLOAT:
+            attr.f = rng.choice([0.0, -attr.f, attr.f * 1e6, float("nan")])
+        edits.append(f"attribute {attr.name}")
+    return model.SerializeToString(), "values: " + ", ".join(edits)
 
 
 def _mutate_bytes(data: bytearray, rng: random.Random) -> tuple[bytes, str]:
