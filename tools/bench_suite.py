@@ -41,7 +41,7 @@ import numpy as np
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from zoo_models import DEFAULT_MODELS, input_shape, light_model
+from zoo_models import ALL_LIGHT, DEFAULT_MODELS, input_shape, light_model
 
 from onnxopt.api import bench_files, compare_files, optimize
 from onnxopt.bench import BenchConfig, machine_description
@@ -72,7 +72,9 @@ class Subject:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--light", default=",".join(DEFAULT_MODELS), help="light models to include ('' for none)")
+    parser.add_argument(
+        "--light", default=",".join(DEFAULT_MODELS), help="light models to include: names, 'all', or '' for none"
+    )
     parser.add_argument("--model", action="append", default=[], help="another .onnx to include")
     parser.add_argument("--data", action="append", default=[], help=".npz for each --model, in order")
     parser.add_argument("--no-digits", action="store_true", help="leave the bundled digits CNN out")
@@ -102,7 +104,8 @@ def _subjects(args: argparse.Namespace, work: Path) -> list[Subject]:
     if not args.no_digits:
         digits = ROOT / "models" / "digits_cnn"
         subjects.append(Subject("digits_cnn", digits / "model.onnx", digits / "eval.npz", 32))
-    for name in filter(None, (n.strip() for n in args.light.split(","))):
+    names = ALL_LIGHT if args.light == "all" else [n.strip() for n in args.light.split(",") if n.strip()]
+    for name in names:
         folder = work / name
         folder.mkdir(parents=True)
         rng = np.random.default_rng(0)

@@ -33,6 +33,8 @@ from backend_models import DATA, materialize_light
 
 LIGHT = DATA / "light"
 DEFAULT_MODELS = ("resnet50", "squeezenet", "shufflenet", "inception_v1")
+#: Every light model (vgg19, zfnet512 and alexnet materialize to 240-550 MB each).
+ALL_LIGHT = sorted(p.stem.removeprefix("light_") for p in LIGHT.glob("light_*.onnx"))
 
 
 def light_model(name: str, data: np.ndarray, seed: int = 0) -> onnx.ModelProto:
