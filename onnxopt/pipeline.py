@@ -79,6 +79,7 @@ class PassRecord:
     counts: dict[str, int] = dataclasses.field(default_factory=dict)
     skipped: list[str] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
+    details: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # per-layer rows of the pass
 
 
 @dataclasses.dataclass
@@ -193,6 +194,7 @@ class Pipeline:
                 outcome.counts if outcome else {},
                 outcome.skipped if outcome else [],
                 notes,
+                outcome.details if outcome and status != "rolled back" else [],
             )
 
         if opt_pass.min_opset and io.opset_version(state.model) < opt_pass.min_opset:

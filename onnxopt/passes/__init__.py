@@ -7,6 +7,7 @@ subclass of :class:`~onnxopt.passes.base.OptPass` and list it here.
 from __future__ import annotations
 
 from onnxopt.passes.base import OptPass, PassOutcome
+from onnxopt.passes.clip_weights import ClipWeightsPass
 from onnxopt.passes.dedup_initializers import DeduplicateInitializersPass
 from onnxopt.passes.eliminate_identity import EliminateIdentityPass
 from onnxopt.passes.fold_batchnorm import FoldBatchNormPass
@@ -27,11 +28,13 @@ REGISTRY: dict[str, type[OptPass]] = {
         DeduplicateInitializersPass,
         RemoveUnusedPass,
         TopologicalSortPass,
+        ClipWeightsPass,
     )
 }
 
 __all__ = [
     "REGISTRY",
+    "ClipWeightsPass",
     "DeduplicateInitializersPass",
     "EliminateIdentityPass",
     "FoldBatchNormPass",

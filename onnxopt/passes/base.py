@@ -27,6 +27,7 @@ class PassOutcome(ir.passes.PassResult):
 
     counts: dict[str, int] = dataclasses.field(default_factory=dict)
     skipped: list[str] = dataclasses.field(default_factory=list)
+    details: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # per-layer rows, for the report
 
 
 class OptPass(ir.passes.InPlacePass):
@@ -63,10 +64,11 @@ class OptPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> PassOutcome:
         self._counts = Counter()
         self._skipped = []
+        self._details: list[dict[str, Any]] = []
         self._modified = False
         self.rewrite(model)
         modified = self._modified or any(self._counts.values())
-        return PassOutcome(model, modified, dict(self._counts), list(self._skipped))
+        return PassOutcome(model, modified, dict(self._counts), list(self._skipped), list(self._details))
 
     def rewrite(self, model: ir.Model) -> None:
         """Rewrite ``model`` in place, calling :meth:`count` and :meth:`skip`."""
@@ -79,6 +81,10 @@ class OptPass(ir.passes.InPlacePass):
     def mark_modified(self) -> None:
         """Say the model changed even if no count says so (the guard then verifies it)."""
         self._modified = True
+
+    def detail(self, **row: Any) -> None:
+        """Record one row of per-layer detail (e.g. ``layer=..., clipped=0.01``) for the report."""
+        self._details.append(row)
 
     def skip(self, where: str, reason: str) -> None:
         """Record that ``where`` was declined and why."""

@@ -200,11 +200,30 @@ def _passes(r: dict[str, Any]) -> list[Block]:
     notes = [f"**{rec['name']}**: {n}" for rec in r["passes"] for n in rec["notes"]]
     notes += [f"**pipeline**: {n}" for n in r["notes"]]
     declined = [f"**{rec['name']}**: {s}" for rec in r["passes"] for s in rec["skipped"]]
+    for rec in r["passes"]:
+        if rec.get("details"):
+            blocks += [Heading(f"{rec['name']}: per layer", 3), _details_table(rec["details"])]
     if notes:
         blocks += [Heading("Notes"), Bullets(notes)]
     if declined:
         blocks += [Heading("Declined"), Bullets(declined)]
     return blocks
+
+
+def _details_table(rows: list[dict[str, Any]], limit: int = 200) -> Table:
+    """A pass's per-layer rows as a table (numbers formatted, at most ``limit`` rows)."""
+    header = list(rows[0])
+    body = [[_cell(row.get(key)) for key in header] for row in rows[:limit]]
+    numeric = {i for i, key in enumerate(header) if isinstance(rows[0].get(key), int | float)}
+    return Table(header, body, numeric)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return "" if value is None else str(value)
 
 
 def _runs(reports: list[dict[str, Any]]) -> list[Block]:

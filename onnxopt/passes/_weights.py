@@ -1,0 +1,110 @@
+"""Which weights a weight-editing pass (clipping, pruning) touches, and their axes.
+
+A *layer* is a Conv, ConvTranspose, Gemm or MatMul whose weight (input 1) is
+a float initializer. Its weight layout decides the axes:
+
+============== ================= ==================== ====================
+op             weight layout     output-channel axis  input-channel axis
+============== ================= ==================== ====================
+Conv           [C_out, C_in/g..] 0                    1
+ConvTranspose  [C_in, C_out/g..] 1                    0
+Gemm transB=0  [K, N]            1                    0
+Gemm transB=1  [N, K]            0                    1
+MatMul         [..., K, N]       -1                   -2
+============== ================= ==================== ====================
+
+Layers are selected by op type and by regular expressions on the node name
+(``include``/``exclude``); a weight shared with a node outside the selection
+is declined (editing it would change that node too).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxopt.passes._graph_edit import attribute
+
+WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+@dataclass
+class Layer:
+    """One selected layer: its node, weight value and array, and the weight's axes."""
+
+    node: ir.Node
+    weight: ir.Value
+    array: np.ndarray
+    out_axis: int
+    in_axis: int
+
+    @property
+    def label(self) -> str:
+        return self.node.name or f"{self.node.op_type}({self.weight.name})"
+
+
+def weight_axes(node: ir.Node, ndim: int) -> tuple[int, int]:
+    """(output-channel axis, input-channel axis) of ``node``'s weight, as non-negative axes."""
+    if node.op_type == "Conv":
+        return 0, 1
+    if node.op_type == "ConvTranspose":
+        return 1, 0
+    if node.op_type == "Gemm":
+        return (0, 1) if attribute(node, "transB", 0) else (1, 0)
+    return ndim - 1, ndim - 2  # MatMul
+
+
+def check_filters(ops: str, include: str, exclude: str) -> None:
+    """Refuse op types that carry no editable weight and malformed name patterns (ValueError)."""
+    unknown = {op.strip() for op in ops.split(",") if op.strip()} - set(WEIGHT_OPS)
+    if unknown:
+        raise ValueError(f"ops {sorted(unknown)} carry no weight this pass edits (choose from {', '.join(WEIGHT_OPS)})")
+    for pattern in (include, exclude):
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ValueError(f"bad name pattern {pattern!r}: {e}") from None
+
+
+def select_layers(
+    model: ir.Model, ops: str, include: str, exclude: str, skip: Callable[[str, str], None]
+) -> list[Layer]:
+    """The layers of ``model``'s main graph matching the filters; ``skip(where, why)`` hears the declined ones."""
+    check_filters(ops, include, exclude)
+    wanted = {op.strip() for op in ops.split(",") if op.strip()}
+    keep = re.compile(include) if include else None
+    drop = re.compile(exclude) if exclude else None
+    layers = []
+    for node in model.graph:
+        if node.op_type not in wanted or node.domain != "" or len(node.inputs) < 2:
+            continue
+        name = node.name or ""
+        if (keep and not keep.search(name)) or (drop and drop.search(name)):
+            continue
+        weight = node.inputs[1]
+        tensor = weight.const_value if weight is not None else None
+        where = name or node.op_type
+        if weight is None or tensor is None or not weight.is_initializer():
+            skip(where, "the weight is not an initializer")
+            continue
+        array = tensor.numpy()
+        if array.dtype.kind != "f" or array.ndim < 2:
+            skip(where, f"the weight is {array.dtype} of rank {array.ndim}, not a float matrix or kernel")
+            continue
+        others = [u.node for u in weight.uses() if u.node is not node]
+        if any(o.op_type not in wanted or (keep and not keep.search(o.name or "")) for o in others):
+            skip(where, f"weight '{weight.name}' is shared with a node outside the selection")
+            continue
+        out_axis, in_axis = weight_axes(node, array.ndim)
+        layers.append(Layer(node, weight, array, out_axis, in_axis))
+    return layers
+
+
+def replace_weight(layer: Layer, array: np.ndarray) -> None:
+    """Give ``layer``'s weight initializer new values (same name, dtype and shape)."""
+    layer.weight.const_value = ir.tensor(array.astype(layer.array.dtype, copy=False), name=layer.weight.name)
+    layer.array = array
