@@ -112,6 +112,12 @@ def _parser() -> argparse.ArgumentParser:
     opt.add_argument("--target-opset", type=int, help="convert the model to this opset first (needed below 9)")
     opt.add_argument("--in-place", action="store_true", help="replace the input model (atomically)")
     opt.add_argument("--external-data", action="store_true", default=None, help="store tensors in OUT.data")
+    opt.add_argument(
+        "--storage",
+        choices=["dense", "sparse"],
+        default="dense",
+        help="sparse: store mostly-zero weights as SparseTensorProto where smaller (default dense)",
+    )
     opt.add_argument("--json", action="store_true", help="print the report as JSON")
     opt.set_defaults(func=_cmd_optimize)
 
@@ -182,6 +188,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         seed=args.seed,
         in_place=args.in_place,
         external_data=args.external_data,
+        storage=args.storage,
         guard_samples=args.guard_samples,
         target_opset=args.target_opset,
         bench=bench,

@@ -17,12 +17,15 @@ from google.protobuf.message import DecodeError
 
 from onnxopt.errors import ModelLoadError, OutputError, UnsupportedModelError
 from onnxopt.model_checks import structural_problem
+from onnxopt.sparse_storage import densify, sparsify
 from onnxopt.writing import check_writable, write_bytes, write_model_with_data
 
 #: Oldest default-domain opset onnxopt accepts.
 MIN_OPSET = 9
 #: Newest default-domain opset the installed onnx knows.
 MAX_OPSET = onnx.defs.onnx_opset_version()
+#: How initializers can be stored (see :mod:`onnxopt.sparse_storage`).
+STORAGES = ("dense", "sparse")
 #: Above this many tensor bytes, :func:`save` writes external data by default.
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2
 
@@ -67,6 +70,9 @@ def to_model(file: ModelFile, *, target_opset: int | None = None) -> ir.Model:
     """The IR model of a read file, converted to ``target_opset`` first if given."""
     where = str(file.path)
     proto = file.proto
+    if proto.graph.sparse_initializer:  # onnx_ir would drop them: make them ordinary initializers first
+        proto = onnx.ModelProto.FromString(proto.SerializeToString())
+        densify(proto)
     if target_opset is not None:
         if not MIN_OPSET <= target_opset <= MAX_OPSET:
             raise UnsupportedModelError(f"target opset {target_opset} is outside {MIN_OPSET}..{MAX_OPSET}")
@@ -175,6 +181,7 @@ def save(
     *,
     external_data: bool | None = None,
     protect: tuple[str | os.PathLike[str], ...] = (),
+    storage: str = "dense",
 ) -> Path:
     """Write ``model`` (IR, proto, or serialized bytes) to ``path`` atomically and return the path.
 
@@ -184,17 +191,24 @@ def save(
     tensors in a side file ``<name>.data`` only when the model would exceed the
     protobuf limit.
     ``protect`` lists paths (the inputs) that must never be written over.
+    ``storage="sparse"`` stores mostly-zero float initializers as
+    ``SparseTensorProto`` where smaller (:mod:`onnxopt.sparse_storage`).
     """
     path = Path(path)
     for kept in protect:
         if path.exists() and Path(kept).exists() and path.resolve() == Path(kept).resolve():
             raise OutputError(f"{path}: refusing to write over the input model (use --in-place)")
     check_writable(path.parent if str(path.parent) else Path("."))
-    if isinstance(model, bytes) and not external_data:
+    if storage not in STORAGES:
+        raise OutputError(f"storage must be one of {', '.join(STORAGES)}, not {storage!r}")
+    if isinstance(model, bytes) and not external_data and storage == "dense":
         return write_bytes(path, model)
     if isinstance(model, bytes):
         model = onnx.ModelProto.FromString(model)
     proto = model if isinstance(model, onnx.ModelProto) else to_proto(model)
+    if storage == "sparse":
+        proto = onnx.ModelProto.FromString(proto.SerializeToString())  # leave the caller's proto alone
+        sparsify(proto)
     if external_data is None:
         external_data = _tensor_bytes(proto) > EXTERNAL_DATA_THRESHOLD
     if external_data:

@@ -51,6 +51,7 @@ def optimize_file(
     seed: int = 0,
     in_place: bool = False,
     external_data: bool | None = None,
+    storage: str = "dense",
     guard_samples: int | None = None,
     target_opset: int | None = None,
     bench: BenchConfig | None = None,
@@ -78,6 +79,7 @@ def optimize_file(
             seed=seed,
             in_place=in_place,
             external_data=external_data,
+            storage=storage,
             guard_samples=guard_samples,
             target_opset=target_opset,
             bench=bench,
@@ -96,6 +98,7 @@ def _optimize(
     seed: int,
     in_place: bool,
     external_data: bool | None,
+    storage: str,
     guard_samples: int | None,
     target_opset: int | None,
     bench: BenchConfig | None,
@@ -126,8 +129,11 @@ def _optimize(
     written = None
     if target is not None:
         # When no pass changed anything, the input's own bytes are written unchanged.
-        final = result.unchanged_input if result.unchanged_input is not None and not external_data else result.model
-        written = io.save(final, target, external_data=external_data, protect=() if in_place else (model_path,))
+        keep_bytes = result.unchanged_input is not None and not external_data and storage == "dense"
+        final = result.unchanged_input if keep_bytes else result.model
+        written = io.save(
+            final, target, external_data=external_data, storage=storage, protect=() if in_place else (model_path,)
+        )
     latency = None
     if bench is not None and written is not None:
         latency = benchmark([model_path, written], bench, dataset=dataset, progress=progress)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -50,7 +51,8 @@ def parse_spec(spec: str) -> list[RecipeEntry]:
             continue
         name, _, rest = raw.partition(":")
         params: dict[str, Any] = {}
-        for item in filter(None, (p.strip() for p in rest.replace(";", ":").split(":"))):
+        # ';' or ':' separate parameters, but only before another key=, so values may hold ':' (pattern=2:4)
+        for item in filter(None, (p.strip() for p in re.split(r"[;:](?=\s*[A-Za-z_][\w-]*\s*=)", rest))):
             key, eq, value = item.partition("=")
             if not eq or not key.strip():
                 raise RecipeError(f"pass '{name}': expected key=value, got '{item}'")

@@ -46,6 +46,8 @@ def write_bytes(path: Path, data: bytes) -> Path:
     except OSError as e:
         raise OutputError(f"{path}: cannot write: {e.strerror or e}") from e
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, _file_mode())  # mkstemp makes 0600 files; outputs get the usual umask-based mode
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -91,6 +93,13 @@ def write_model_with_data(proto: onnx.ModelProto, path: Path) -> Path:
         with contextlib.suppress(OSError):
             (folder / name).unlink()
     return path
+
+
+def _file_mode() -> int:
+    """0666 minus the process umask: the mode ``open()`` would give a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _folder(path: Path) -> Path:

@@ -163,3 +163,28 @@ LOSSLESS_PASSES = sorted(name for name, cls in REGISTRY.items() if cls.lossless)
 @given(model=cnn_models())
 def test_every_lossless_pass_alone_preserves_outputs(pass_name: str, model: onnx.ModelProto) -> None:
     _check_pipeline(model, [(pass_name, {})])
+
+
+LOSSY_RECIPES = [
+    "clip-weights",
+    "clip-weights:mode=percentile;value=99;granularity=layer",
+    "prune-magnitude:sparsity=0.7;protect_first=0",
+    "prune-magnitude:scope=global;importance=l2;sparsity=0.5",
+    "prune-magnitude:pattern=1:2",
+]
+
+
+@pytest.mark.parametrize("spec", LOSSY_RECIPES)
+@settings(max_examples=max(10, settings().max_examples // 5))
+@given(model=cnn_models())
+def test_lossy_passes_keep_the_model_valid(spec: str, model: onnx.ModelProto) -> None:
+    """A lossy pass may change outputs, never validity or the outputs' shapes."""
+    from onnxopt.recipe import parse_spec
+
+    onnx.checker.check_model(model, full_check=True)
+    result = Pipeline(build_passes(parse_spec(spec))).run(io.from_proto(model), Context(guard_samples=4))
+    assert all(r.status != "rolled back" for r in result.records), [r.notes for r in result.records]
+    out = io.to_proto(result.model)
+    onnx.checker.check_model(out, full_check=True)
+    runner = Runner(out.SerializeToString())
+    assert [o.shape for o in runner.outputs] == [o.shape for o in Runner(model.SerializeToString()).outputs]

@@ -13,6 +13,7 @@ from onnxopt.passes.eliminate_identity import EliminateIdentityPass
 from onnxopt.passes.fold_batchnorm import FoldBatchNormPass
 from onnxopt.passes.fold_channel_affine import FoldChannelAffinePass
 from onnxopt.passes.fold_constants import FoldConstantsPass
+from onnxopt.passes.prune_magnitude import PruneMagnitudePass
 from onnxopt.passes.remove_initializer_inputs import RemoveInitializerInputsPass
 from onnxopt.passes.remove_unused import RemoveUnusedPass
 from onnxopt.passes.topo_sort import TopologicalSortPass
@@ -29,6 +30,7 @@ REGISTRY: dict[str, type[OptPass]] = {
         RemoveUnusedPass,
         TopologicalSortPass,
         ClipWeightsPass,
+        PruneMagnitudePass,
     )
 }
 
@@ -42,6 +44,7 @@ __all__ = [
     "FoldConstantsPass",
     "OptPass",
     "PassOutcome",
+    "PruneMagnitudePass",
     "RemoveInitializerInputsPass",
     "RemoveUnusedPass",
     "TopologicalSortPass",
