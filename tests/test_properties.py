@@ -171,6 +171,8 @@ LOSSY_RECIPES = [
     "prune-magnitude:sparsity=0.7;protect_first=0",
     "prune-magnitude:scope=global;importance=l2;sparsity=0.5",
     "prune-magnitude:pattern=1:2",
+    "prune-channels:ratio=0.5",
+    "prune-channels:ratio=0.3;importance=bn;multiple=2",
 ]
 
 
@@ -188,3 +190,13 @@ def test_lossy_passes_keep_the_model_valid(spec: str, model: onnx.ModelProto) ->
     onnx.checker.check_model(out, full_check=True)
     runner = Runner(out.SerializeToString())
     assert [o.shape for o in runner.outputs] == [o.shape for o in Runner(model.SerializeToString()).outputs]
+
+
+@settings(max_examples=max(10, settings().max_examples // 5))
+@given(model=cnn_models())
+def test_prune_channels_at_ratio_zero_is_the_identity(model: onnx.ModelProto) -> None:
+    from onnxopt.recipe import parse_spec
+
+    result = Pipeline(build_passes(parse_spec("prune-channels:ratio=0"))).run(io.from_proto(model), Context())
+    assert [r.status for r in result.records] == ["unchanged"]
+    assert result.max_drift == 0

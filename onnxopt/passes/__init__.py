@@ -13,6 +13,7 @@ from onnxopt.passes.eliminate_identity import EliminateIdentityPass
 from onnxopt.passes.fold_batchnorm import FoldBatchNormPass
 from onnxopt.passes.fold_channel_affine import FoldChannelAffinePass
 from onnxopt.passes.fold_constants import FoldConstantsPass
+from onnxopt.passes.prune_channels import PruneChannelsPass
 from onnxopt.passes.prune_magnitude import PruneMagnitudePass
 from onnxopt.passes.remove_initializer_inputs import RemoveInitializerInputsPass
 from onnxopt.passes.remove_unused import RemoveUnusedPass
@@ -31,6 +32,7 @@ REGISTRY: dict[str, type[OptPass]] = {
         TopologicalSortPass,
         ClipWeightsPass,
         PruneMagnitudePass,
+        PruneChannelsPass,
     )
 }
 
@@ -44,6 +46,7 @@ __all__ = [
     "FoldConstantsPass",
     "OptPass",
     "PassOutcome",
+    "PruneChannelsPass",
     "PruneMagnitudePass",
     "RemoveInitializerInputsPass",
     "RemoveUnusedPass",

@@ -1,0 +1,200 @@
+"""Remove whole output channels of Conv/ConvTranspose/Gemm/MatMul, and their traces downstream.
+
+The channel dependency analysis (:mod:`onnxopt.passes._channel_groups`) finds
+*groups*: sources whose channels must go together (residual Add/Mul couple
+them), every edit removing channels needs (sources' weight rows and biases,
+BatchNormalization and per-channel constants, depthwise filters and their
+``group``, consumers' input slices -- through Concat offsets, Transpose and
+flattening into Gemm/MatMul), and the groups that must stay whole, with the
+reason (graph outputs, Split/Slice, grouped convolutions, unknown ops).
+
+For every prunable group, ``ratio`` of its channels (rounded down; at least
+``min_channels`` stay, and with ``multiple=k`` the kept count is rounded up to
+a multiple of k) with the lowest importance are removed:
+
+* ``l1`` / ``l2``: the norm of each channel's filter in every source, each
+  source's norms divided by their maximum so coupled sources count alike;
+* ``bn``: ``|gamma| / sqrt(var + eps)`` of the BatchNormalization right after a
+  source (the channel's scale after normalization), falling back to ``l1``.
+
+Sources matching ``exclude`` (a regex on node names) keep their groups whole.
+Graph outputs never change shape. Lossy (the accuracy cost is measured by the
+pipeline; ``reconstruct`` recovers much of it); the record lists each group
+with its sources, channels before and after, or why it was kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxopt.passes._channel_groups import ChannelGroups, Edit, Layout
+from onnxopt.passes._graph_edit import NameSource, attribute, constant_array, set_constant_input
+from onnxopt.passes.base import OptPass
+from onnxopt.shapes import annotate_shapes
+
+IMPORTANCES = ("l1", "l2", "bn")
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneChannelsConfig:
+    ratio: float = 0.3
+    importance: str = "l1"
+    min_channels: int = 1
+    multiple: int = 1
+    exclude: str = ""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.ratio < 1:
+            raise ValueError(f"ratio must be in [0, 1), not {self.ratio}")
+        if self.importance not in IMPORTANCES:
+            raise ValueError(f"importance must be one of {', '.join(IMPORTANCES)}, not {self.importance!r}")
+        if self.min_channels < 1 or self.multiple < 1:
+            raise ValueError("min_channels and multiple must be at least 1")
+        try:
+            re.compile(self.exclude)
+        except re.error as e:
+            raise ValueError(f"bad exclude pattern {self.exclude!r}: {e}") from None
+
+
+class PruneChannelsPass(OptPass):
+    """Remove the least important output channels of Conv/Gemm/MatMul groups and every slice that depends on them."""
+
+    name = "prune-channels"
+    Config = PruneChannelsConfig
+    lossless = False
+
+    def rewrite(self, model: ir.Model) -> None:
+        if self.config.ratio == 0:
+            return
+        groups = ChannelGroups(model.graph)
+        kept = self._decide(groups)
+        if not kept:
+            return
+        names = NameSource(model)
+        touched: set[int] = set()
+        for edit in groups.edits:
+            index = _indices(edit.layout, groups, kept)
+            if index is not None and _apply(edit, index, names):
+                touched.add(id(edit.node))
+        for node in model.graph:
+            if id(node) in touched or node.op_type not in ("Conv", "Gemm", "MatMul", "ConvTranspose"):
+                for out in node.outputs:
+                    if not out.is_graph_output():
+                        out.shape = None  # stale channel counts; inferred again below
+        for node in model.graph:
+            for out in node.outputs:
+                if not out.is_graph_output() and id(out) in groups.layouts:
+                    out.shape = None
+        ir.passes.common.RemoveUnusedNodesPass()(model)  # e.g. the shape arithmetic of a replaced Reshape target
+        annotate_shapes(model)
+
+    def _decide(self, groups: ChannelGroups) -> dict[int, np.ndarray]:
+        cfg = self.config
+        exclude = re.compile(cfg.exclude) if cfg.exclude else None
+        kept: dict[int, np.ndarray] = {}
+        for root in groups.roots():
+            sources = groups.sources[root]
+            label = ", ".join(n.name or n.op_type for n in sources)
+            channels = groups.channels[root]
+            reason = groups.frozen.get(root)
+            if reason is None and exclude and any(exclude.search(n.name or "") for n in sources):
+                reason = "excluded by name"
+            keep = max(channels - int(np.floor(cfg.ratio * channels)), min(cfg.min_channels, channels))
+            keep = min(channels, -(-keep // cfg.multiple) * cfg.multiple)
+            if reason is None and keep == channels:
+                reason = f"ratio {cfg.ratio} removes no channel of {channels}"
+            if reason is not None:
+                self.skip(label, reason)
+                self.detail(group=label, channels_before=channels, channels_after=channels, status=reason)
+                continue
+            scores = self._importance(sources, channels)
+            kept[root] = np.sort(np.argsort(-scores, kind="stable")[:keep])
+            self.detail(group=label, channels_before=channels, channels_after=keep, status="pruned")
+            self.count("groups pruned")
+            self.count("channels removed", channels - keep)
+        return kept
+
+    def _importance(self, sources: list[ir.Node], channels: int) -> np.ndarray:
+        total = np.zeros(channels)
+        for node in sources:
+            scores = self._bn_scores(node) if self.config.importance == "bn" else None
+            if scores is None:
+                weight = constant_array(node.inputs[1])
+                assert weight is not None
+                out_axis = _out_axis(node, weight.ndim)
+                rows = np.moveaxis(np.abs(weight.astype(np.float64)), out_axis, 0).reshape(channels, -1)
+                scores = rows.sum(axis=1) if self.config.importance != "l2" else np.sqrt((rows * rows).sum(axis=1))
+            total += scores / max(float(scores.max()), 1e-30)
+        return total
+
+    @staticmethod
+    def _bn_scores(node: ir.Node) -> np.ndarray | None:
+        uses = list(node.outputs[0].uses())
+        if len(uses) != 1 or uses[0].node.op_type != "BatchNormalization":
+            return None
+        bn = uses[0].node
+        gamma, var = constant_array(bn.inputs[1]), constant_array(bn.inputs[4])
+        if gamma is None or var is None:
+            return None
+        eps = float(attribute(bn, "epsilon", 1e-5))  # type: ignore[arg-type]
+        return np.abs(gamma.astype(np.float64)) / np.sqrt(var.astype(np.float64) + eps)
+
+
+def _out_axis(node: ir.Node, ndim: int) -> int:
+    if node.op_type == "ConvTranspose":
+        return 1
+    if node.op_type == "Gemm":
+        return 0 if attribute(node, "transB", 0) else 1
+    if node.op_type == "MatMul":
+        return ndim - 1
+    return 0
+
+
+def _indices(layout: Layout, groups: ChannelGroups, kept: dict[int, np.ndarray]) -> np.ndarray | None:
+    """Indices along the layout's channel axis that survive; None when every one does."""
+    parts, offset, changed = [], 0, False
+    for group, size in layout.segments:
+        root = groups.find(group) if group is not None else None
+        if root is not None and root in kept:
+            parts.append(kept[root] + offset)
+            changed = True
+        else:
+            parts.append(np.arange(size) + offset)
+        offset += size
+    if not changed:
+        return None
+    index = np.concatenate(parts)
+    if layout.spread is not None:
+        index = np.sort(layout.spread[index].reshape(-1))
+    return index
+
+
+def _apply(edit: Edit, index: np.ndarray, names: NameSource) -> bool:
+    node = edit.node
+    if edit.kind == "reshape":
+        set_constant_input(node, 1, np.array([0, -1], dtype=np.int64), names, "flatten")
+        return True
+    array = constant_array(node.inputs[edit.index])
+    if array is None:
+        return False
+    set_constant_input(node, edit.index, np.take(array, index, axis=edit.axis), names, "pruned")
+    if edit.kind in ("out", "depthwise"):
+        _slice_bias(node, index, names)
+    if edit.kind == "depthwise":
+        node.attributes["group"] = ir.AttrInt64("group", int(index.size))
+    return True
+
+
+def _slice_bias(node: ir.Node, index: np.ndarray, names: NameSource) -> None:
+    """Conv/ConvTranspose bias, or a Gemm C that varies along the output channels."""
+    if len(node.inputs) < 3 or node.inputs[2] is None:
+        return
+    bias = constant_array(node.inputs[2])
+    if bias is None or bias.size == 1:
+        return
+    axis = bias.ndim - 1  # [C] or, for Gemm, [1, C]
+    set_constant_input(node, 2, np.take(bias, index, axis=axis), names, "pruned")

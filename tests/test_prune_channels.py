@@ -1,0 +1,201 @@
+"""prune-channels: dependency groups, slicing through every supported op, and the declines.
+
+The exactness tests build models whose lowest-importance channels are *dead*
+(zero filter, zero bias, BN scale and shift 0): removing them must leave the
+outputs unchanged, which checks every slice -- residual groups, Concat
+offsets, depthwise filters, NCHW and NHWC flattening, Gemm/MatMul inputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from helpers import BUNDLED, apply, assert_same_outputs, parse
+from onnx import numpy_helper
+
+from onnxopt.passes.prune_channels import PruneChannelsConfig, PruneChannelsPass
+
+RNG = np.random.default_rng(0)
+
+
+def _conv_weight(out_c: int, in_c: int, k: int = 3, dead: tuple[int, ...] = ()) -> np.ndarray:
+    w = RNG.normal(0, 0.5, (out_c, in_c, k, k)).astype(np.float32)
+    w[list(dead)] = 0
+    return w
+
+
+def _bias(c: int, dead: tuple[int, ...] = ()) -> np.ndarray:
+    b = RNG.normal(0, 0.1, c).astype(np.float32)
+    b[list(dead)] = 0
+    return b
+
+
+def _bn(c: int, dead: tuple[int, ...] = ()) -> dict[str, np.ndarray]:
+    gamma, beta = RNG.uniform(0.5, 1.5, c).astype(np.float32), RNG.normal(0, 0.1, c).astype(np.float32)
+    gamma[list(dead)], beta[list(dead)] = 0, 0
+    return {"g": gamma, "be": beta, "mu": RNG.normal(0, 0.1, c).astype(np.float32), "var": np.ones(c, np.float32)}
+
+
+def _feeds(shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    return {"x": RNG.normal(0, 1, shape).astype(np.float32)}
+
+
+def _channels_after(outcome) -> list[int]:
+    return [d["channels_after"] for d in outcome.details if d["status"] == "pruned"]
+
+
+def test_chain_with_bn_and_nchw_flatten_is_exact() -> None:
+    dead = (1, 4)
+    model = parse(
+        """<ir_version: 8, opset_import: ["": 13]>
+        m (float[N, 3, 6, 6] x) => (float[N, 4] y) {
+            a = Conv<pads=[1,1,1,1]>(x, w1, b1)
+            n = BatchNormalization(a, g, be, mu, var)
+            r = Relu(n)
+            p = MaxPool<kernel_shape=[2,2], strides=[2,2]>(r)
+            f = Flatten(p)
+            y = Gemm<transB=1>(f, w2, b2)
+        }""",
+        w1=_conv_weight(6, 3, dead=dead),
+        b1=_bias(6, dead),
+        **_bn(6, dead),
+        w2=RNG.normal(0, 0.3, (4, 6 * 3 * 3)).astype(np.float32),
+        b2=_bias(4),
+    )
+    out, outcome = apply(model, PruneChannelsPass(PruneChannelsConfig(ratio=0.34)))
+    assert _channels_after(outcome) == [4]
+    weights = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    assert next(a for a in weights.values() if a.ndim == 2).shape == (4, 4 * 3 * 3)
+    assert_same_outputs(model, out, _feeds((2, 3, 6, 6)))
+
+
+def test_residual_add_couples_the_sources() -> None:
+    dead = (0, 5)
+    model = parse(
+        """<ir_version: 8, opset_import: ["": 13]>
+        m (float[N, 3, 5, 5] x) => (float[N, 2, 5, 5] y) {
+            a = Conv<pads=[1,1,1,1]>(x, wa, ba)
+            r = Relu(a)
+            b = Conv<pads=[1,1,1,1]>(r, wb, bb)
+            s = Add(a, b)
+            t = Relu(s)
+            y = Conv(t, wc)
+        }""",
+        wa=_conv_weight(6, 3, dead=dead),
+        ba=_bias(6, dead),
+        wb=_conv_weight(6, 6, dead=dead),
+        bb=_bias(6, dead),
+        wc=_conv_weight(2, 6, k=1),
+    )
+    out, outcome = apply(model, PruneChannelsPass(PruneChannelsConfig(ratio=0.34)))
+    groups = [d for d in outcome.details if d["status"] == "pruned"]
+    assert len(groups) == 1 and groups[0]["channels_after"] == 4 and "," in groups[0]["group"]  # one coupled group
+    assert_same_outputs(model, out, _feeds((2, 3, 5, 5)))
+
+
+def test_concat_offsets_and_depthwise() -> None:
+    dead_a, dead_b = (2,), (0, 3)
+    dw = RNG.normal(0, 0.5, (8, 1, 3, 3)).astype(np.float32)
+    dw_bias = RNG.normal(0, 0.1, 8).astype(np.float32)
+    dw_bias[[2, 4 + 0, 4 + 3]] = 0  # dead channels stay zero through the depthwise conv
+    model = parse(
+        """<ir_version: 8, opset_import: ["": 13]>
+        m (float[N, 3, 5, 5] x) => (float[N, 2, 5, 5] y) {
+            a = Conv<pads=[1,1,1,1]>(x, wa, ba)
+            b = Conv<pads=[1,1,1,1]>(x, wb, bb)
+            c = Concat<axis=1>(a, b)
+            d = Conv<group=8, pads=[1,1,1,1]>(c, dw, dwb)
+            r = Relu(d)
+            y = Conv(r, wc)
+        }""",
+        wa=_conv_weight(4, 3, dead=dead_a),
+        ba=_bias(4, dead_a),
+        wb=_conv_weight(4, 3, dead=dead_b),
+        bb=_bias(4, dead_b),
+        dw=dw,
+        dwb=dw_bias,
+        wc=_conv_weight(2, 8, k=1),
+    )
+    out, outcome = apply(model, PruneChannelsPass(PruneChannelsConfig(ratio=0.25)))
+    assert sorted(_channels_after(outcome)) == [3, 3]
+    depthwise = next(n for n in out.graph.node if n.op_type == "Conv" and n.input[0] == "c")
+    assert next(a.i for a in depthwise.attribute if a.name == "group") == 6
+    assert_same_outputs(model, out, _feeds((2, 3, 5, 5)))
+
+
+def test_nhwc_flatten_into_matmul() -> None:
+    """The digits model's head: MaxPool -> Transpose(NHWC) -> Reshape(computed target) -> MatMul."""
+    dead = (1, 2)
+    model = parse(
+        """<ir_version: 8, opset_import: ["": 13]>
+        m (float[N, 2, 4, 4] x) => (float[N, 3] y) {
+            a = Conv<pads=[1,1,1,1]>(x, w1, b1)
+            r = Relu(a)
+            t = Transpose<perm=[0,2,3,1]>(r)
+            s = Shape(t)
+            n = Slice(s, zero, one, zero)
+            shape = Concat<axis=0>(n, feat)
+            f = Reshape(t, shape)
+            y = MatMul(f, w2)
+        }""",
+        w1=_conv_weight(4, 2, dead=dead),
+        b1=_bias(4, dead),
+        zero=np.array([0], np.int64),
+        one=np.array([1], np.int64),
+        feat=np.array([64], np.int64),
+        w2=RNG.normal(0, 0.3, (64, 3)).astype(np.float32),
+    )
+    out, outcome = apply(model, PruneChannelsPass(PruneChannelsConfig(ratio=0.5)))
+    assert _channels_after(outcome) == [2]
+    assert "Shape" not in {n.op_type for n in out.graph.node}  # the computed target became [0, -1]
+    assert_same_outputs(model, out, _feeds((3, 2, 4, 4)))
+
+
+def test_declines_keep_groups_whole() -> None:
+    model = parse(
+        """<ir_version: 8, opset_import: ["": 18]>
+        m (float[N, 4, 5, 5] x) => (float[N, 6, 5, 5] a, float[N, 2, 5, 5] g, float[N, 3, 5, 5] s1) {
+            a = Conv<pads=[1,1,1,1]>(x, wa)
+            b = Conv<pads=[1,1,1,1]>(x, wb)
+            g = Conv<group=2>(b, wg)
+            c = Conv<pads=[1,1,1,1]>(x, wc)
+            s1, s2 = Split<axis=1, num_outputs=2>(c)
+        }""",
+        wa=_conv_weight(6, 4),
+        wb=_conv_weight(4, 4),
+        wg=_conv_weight(2, 2, k=1),
+        wc=_conv_weight(6, 4),
+    )
+    _, outcome = apply(model, PruneChannelsPass(PruneChannelsConfig(ratio=0.5)))
+    reasons = " | ".join(outcome.skipped)
+    assert "graph output" in reasons and "grouped convolution" in reasons and "Split" in reasons
+    assert not outcome.modified
+
+
+def test_ratio_zero_is_the_identity() -> None:
+    model = onnx.load(str(BUNDLED / "model.onnx"))
+    out, outcome = apply(model, PruneChannelsPass(PruneChannelsConfig(ratio=0.0)))
+    assert not outcome.modified
+    assert_same_outputs(model, out, {"image": RNG.random((2, 28, 28, 1), dtype=np.float32)}, rtol=0)
+
+
+def test_bundled_model_half_the_channels(tmp_path) -> None:
+    from onnxopt.api import optimize
+
+    result = optimize(
+        BUNDLED / "model.onnx", tmp_path / "p.onnx", passes="fold-bn,prune-channels:ratio=0.5", data="random:8"
+    )
+    record = result.pipeline.records[-1]
+    assert record.status == "applied"
+    assert [d["channels_after"] for d in record.details] == [16, 32, 64, 10]
+    assert result.pipeline.final.parameters < 0.3 * result.pipeline.original.parameters
+
+
+@pytest.mark.parametrize("spec", ["prune-channels:ratio=1", "prune-channels:importance=x", "prune-channels:multiple=0"])
+def test_impossible_parameters(spec: str) -> None:
+    from onnxopt.errors import RecipeError
+    from onnxopt.recipe import build_passes, parse_spec
+
+    with pytest.raises(RecipeError):
+        build_passes(parse_spec(spec))
