@@ -92,6 +92,11 @@ class Context:
     progress: Progress = dataclasses.field(default_factory=NullProgress)
     providers: Sequence[str] = ("CPUExecutionProvider",)
     reference: Runner | None = None  # a session on the input model, if the caller already has one
+    original: Callable[[], ir.Model] | None = None  # the input model, as the pipeline received it (set by it)
+
+    def calibration_data(self, inputs: Sequence[Any]) -> Dataset:
+        """The data passes learn from: the run's dataset, or seeded random inputs when none was given."""
+        return self.dataset or default_random(inputs, self.seed)
 
 
 @dataclasses.dataclass
@@ -144,6 +149,8 @@ class Pipeline:
         except OnnxoptError as e:
             raise type(e)(f"the input model: {e}") from e
         runner = snapshot.runner
+        if context.original is None:
+            context.original = snapshot.restore
         dataset = context.dataset or default_random(runner.inputs, context.seed)
         batch = batch_size_for(runner.inputs)
         exact = fixed_batch(runner.inputs) is not None
@@ -201,6 +208,7 @@ class Pipeline:
             old = io.opset_version(state.model)
             state.model = io.upgrade_opset(state.model, opt_pass.min_opset)
             notes.append(f"opset upgraded {old} -> {opt_pass.min_opset}")
+        opt_pass.context = context  # passes that learn from data reach onnxruntime through it
         try:
             outcome: PassOutcome = opt_pass(state.model)
         except Exception as e:  # a pass bug must not lose the user's model: roll back and say so

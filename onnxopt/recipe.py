@@ -40,6 +40,14 @@ BUILTIN_RECIPES: dict[str, str] = {
         ]
     ),
 }
+BUILTIN_RECIPES["prune"] = ",".join(
+    [
+        BUILTIN_RECIPES["lossless"],  # BN folded first: its scales then live in the weights that are ranked
+        "prune-channels:ratio=0.3",  # 30 % of every prunable group's channels, lowest filter L1 norm first
+        "reconstruct",  # refit the layers whose inputs lost channels, on --data (give held-out data)
+        "remove-unused",  # slicing can leave a shape computation (a replaced Reshape target) dead
+    ]
+)
 
 
 def parse_spec(spec: str) -> list[RecipeEntry]:

@@ -15,6 +15,7 @@ from onnxopt.passes.fold_channel_affine import FoldChannelAffinePass
 from onnxopt.passes.fold_constants import FoldConstantsPass
 from onnxopt.passes.prune_channels import PruneChannelsPass
 from onnxopt.passes.prune_magnitude import PruneMagnitudePass
+from onnxopt.passes.reconstruct import ReconstructPass
 from onnxopt.passes.remove_initializer_inputs import RemoveInitializerInputsPass
 from onnxopt.passes.remove_unused import RemoveUnusedPass
 from onnxopt.passes.topo_sort import TopologicalSortPass
@@ -33,6 +34,7 @@ REGISTRY: dict[str, type[OptPass]] = {
         ClipWeightsPass,
         PruneMagnitudePass,
         PruneChannelsPass,
+        ReconstructPass,
     )
 }
 
@@ -48,6 +50,7 @@ __all__ = [
     "PassOutcome",
     "PruneChannelsPass",
     "PruneMagnitudePass",
+    "ReconstructPass",
     "RemoveInitializerInputsPass",
     "RemoveUnusedPass",
     "TopologicalSortPass",

@@ -52,6 +52,7 @@ class OptPass(ir.passes.InPlacePass):
     def __init__(self, config: Any = None) -> None:
         super().__init__()
         self.config = config if config is not None else self.Config()
+        self.context: Any = None  # the pipeline's Context, set before each run (data, the original model)
         self._counts: Counter[str] = Counter()
         self._skipped: list[str] = []
         self._modified = False

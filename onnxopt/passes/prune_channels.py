@@ -37,6 +37,8 @@ from onnxopt.passes.base import OptPass
 from onnxopt.shapes import annotate_shapes
 
 IMPORTANCES = ("l1", "l2", "bn")
+#: ``node.meta`` key: indices of the original output channels a pruned source (or depthwise Conv) kept.
+KEPT_OUTPUTS = "onnxopt.kept_outputs"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +186,9 @@ def _apply(edit: Edit, index: np.ndarray, names: NameSource) -> bool:
     set_constant_input(node, edit.index, np.take(array, index, axis=edit.axis), names, "pruned")
     if edit.kind in ("out", "depthwise"):
         _slice_bias(node, index, names)
+        # Which of the original output channels remain: later passes (reconstruct) compare with the original.
+        earlier = node.meta.get(KEPT_OUTPUTS)
+        node.meta[KEPT_OUTPUTS] = index if earlier is None else earlier[index]
     if edit.kind == "depthwise":
         node.attributes["group"] = ir.AttrInt64("group", int(index.size))
     return True

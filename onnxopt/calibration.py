@@ -1,0 +1,47 @@
+"""Activations through onnxruntime: a model's intermediate tensors on data, one batch at a time.
+
+Passes that learn from data (``reconstruct``; later the quantizer's
+calibration) never run onnxruntime themselves: they ask the pipeline's
+Context, which calls :func:`activations`. The model is serialized with the
+requested tensors added as graph outputs, run with graph optimizations
+disabled (so the tensors are the graph's own), and every batch is yielded
+as ``{name: array}`` -- nothing is kept between batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from onnxopt import io
+from onnxopt.data import Dataset, batch_size_for, fixed_batch
+from onnxopt.runtime import Runner
+
+
+def expose(model: ir.Model, names: Sequence[str]) -> onnx.ModelProto:
+    """``model`` as a ModelProto with ``names`` added to its graph outputs (float unless typed otherwise)."""
+    proto = io.to_proto(model)
+    values = {v.name: v for node in model.graph for v in node.outputs if v.name}
+    present = {o.name for o in proto.graph.output}
+    for name in names:
+        if name in present:
+            continue
+        value = values.get(name)
+        elem = value.dtype.value if value is not None and value.dtype is not None else onnx.TensorProto.FLOAT
+        proto.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
+    return proto
+
+
+def activations(
+    model: ir.Model, names: Sequence[str], dataset: Dataset, *, limit: int | None = None, batch_size: int = 32
+) -> Iterator[dict[str, np.ndarray]]:
+    """Yield ``{name: array}`` for each batch of ``dataset`` (about ``limit`` samples)."""
+    runner = Runner(expose(model, names).SerializeToString())
+    fixed = fixed_batch(runner.inputs)
+    batch = batch_size_for(runner.inputs, batch_size)
+    for item in dataset.batches(batch, limit, exact=fixed is not None):
+        arrays = runner.run(item.feeds, list(names))
+        yield dict(zip(names, arrays, strict=True))

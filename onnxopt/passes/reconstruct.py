@@ -1,0 +1,236 @@
+"""Refit layers by least squares so they reproduce the original model's outputs (layer-wise distillation).
+
+After pruning (or any lossy rewrite), a layer reading changed inputs is given
+new weights ``W`` (and bias) minimizing, on calibration data,
+``||X W - Y||^2 + lambda ||W||^2`` where ``X`` is the layer's input in the
+*current* model and ``Y`` is the same layer's output in the *original* model
+(He et al. 2017, "Channel pruning for accelerating very deep neural
+networks"). Layers are refit in graph order, each on the inputs the earlier
+refits produce, so errors do not pile up.
+
+* Conv (2-D, group 1, explicit pads): im2col on ``positions`` sampled output
+  positions per image -- each row is one receptive field ``C_in x kH x kW``;
+  a bias is fitted (one is added if the Conv had none).
+* Gemm (alpha = beta = 1, transA = 0) and MatMul with a constant 2-D weight:
+  one row per sample (every row of a 3-D+ input); Gemm fits its bias,
+  MatMul has none to fit.
+
+Memory is bounded: only the normal equations ``X^T X`` and ``X^T Y`` (of size
+``D x D`` and ``D x C_out``, in float64) accumulate over batches.
+``lambda = ridge * trace(X^T X) / D``. Which layers: ``changed`` (pruning
+removed some of their inputs, or an earlier layer was refit so their inputs
+moved) or ``all``. A refit is kept only if it lowers the layer's relative
+error ``||XW - Y|| / ||Y||`` on the calibration data; the record's details
+give that error before and after for every layer tried. Calibrating on the
+data that later measures accuracy flatters the result: give held-out data.
+Data comes from the run's ``--data`` (random inputs without it -- refits then
+only match the original on noise).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxopt.calibration import activations
+from onnxopt.passes._graph_edit import NameSource, attribute, constant_array, set_constant_input
+from onnxopt.passes.base import OptPass
+from onnxopt.passes.prune_channels import KEPT_OUTPUTS
+
+_LINEAR = ("Conv", "Gemm", "MatMul")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReconstructConfig:
+    layers: str = "changed"  # or "all"
+    samples: int = 1024
+    positions: int = 64  # sampled output positions per image (Conv)
+    ridge: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.layers not in ("changed", "all"):
+            raise ValueError(f"layers must be 'changed' or 'all', not {self.layers!r}")
+        if self.samples < 1 or self.positions < 1:
+            raise ValueError("samples and positions must be positive")
+        if self.ridge < 0:
+            raise ValueError("ridge must be 0 or more")
+
+
+class ReconstructPass(OptPass):
+    """Refit changed Conv/Gemm/MatMul layers by ridge least squares to the original model's layer outputs."""
+
+    name = "reconstruct"
+    Config = ReconstructConfig
+    lossless = False
+
+    def rewrite(self, model: ir.Model) -> None:
+        if self.context is None or self.context.original is None:
+            raise RuntimeError("reconstruct needs the pipeline's context (the original model and data)")
+        original = self.context.original()
+        targets = {v.name: node for node in original.graph for v in node.outputs if node.op_type in _LINEAR}
+        names = NameSource(model)
+        self._upstream_changed = False
+        for node in list(model.graph):
+            where = node.name or node.op_type
+            if node.op_type not in _LINEAR or not node.outputs or node.outputs[0].name not in targets:
+                continue
+            reason = _unsupported(node)
+            if reason:
+                if self._wanted(node, targets):
+                    self.skip(where, reason)
+                continue
+            if not self._wanted(node, targets):
+                continue
+            self._refit(model, original, node, names)
+
+    def _wanted(self, node: ir.Node, targets: dict[str, ir.Node]) -> bool:
+        """``all``; or ``changed``: its inputs lost features, or an earlier layer was refit (so its inputs moved)."""
+        if self.config.layers == "all" or self._upstream_changed:
+            return True
+        before = constant_array(targets[node.outputs[0].name].inputs[1])
+        now = constant_array(node.inputs[1])
+        if before is None or now is None:
+            return False
+        in_axis = 1 if node.op_type == "Conv" else (1 if node.op_type == "Gemm" and attribute(node, "transB", 0) else 0)
+        return before.shape[in_axis] != now.shape[in_axis]
+
+    def _refit(self, model: ir.Model, original: ir.Model, node: ir.Node, names: NameSource) -> None:
+        cfg = self.context
+        x_name, y_name = node.inputs[0].name, node.outputs[0].name
+        dataset_inputs = _inputs(model)
+        dataset = cfg.calibration_data(dataset_inputs)
+        rng = np.random.default_rng(cfg.seed)
+        weight = constant_array(node.inputs[1])
+        assert weight is not None
+        current = activations(model, [x_name], dataset, limit=self.config.samples)
+        reference = activations(original, [y_name], dataset, limit=self.config.samples)
+        kept = node.meta.get(KEPT_OUTPUTS)  # this layer lost output channels too: compare only the kept ones
+        gram = cross = None
+        y_square = 0.0
+        rows = 0
+        for now, then in zip(current, reference, strict=True):
+            target = then[y_name]
+            if kept is not None:
+                target = np.take(target, kept, axis=1 if node.op_type == "Conv" else target.ndim - 1)
+            x, y = _rows(node, now[x_name], target, self.config.positions, rng)
+            x = np.concatenate([x, np.ones((x.shape[0], 1))], axis=1)  # the bias column
+            gram = x.T @ x if gram is None else gram + x.T @ x
+            cross = x.T @ y if cross is None else cross + x.T @ y
+            y_square += float((y * y).sum())
+            rows += x.shape[0]
+        if gram is None or cross is None:
+            self.skip(node.name or node.op_type, "no calibration data")
+            return
+        fit_bias = node.op_type != "MatMul"
+        if not fit_bias:
+            gram, cross = gram[:-1, :-1], cross[:-1]
+        old = _as_matrix(node, weight, _bias(node, weight), fit_bias)
+        d = gram.shape[0]
+        lam = self.config.ridge * float(np.trace(gram)) / d
+        new = np.linalg.solve(gram + lam * np.eye(d), cross)
+        error = lambda w: np.sqrt(max(float(np.sum(w * (gram @ w)) - 2 * np.sum(w * cross)) + y_square, 0.0))  # noqa: E731
+        scale = np.sqrt(y_square) or 1.0
+        before, after = error(old) / scale, error(new) / scale
+        better = after < before
+        self.detail(
+            layer=node.name or node.op_type,
+            rows=rows,
+            error_before=before,
+            error_after=after,
+            status="refit" if better else "kept (the refit was no better)",
+        )
+        if better:
+            _write(node, new, weight, fit_bias, names)
+            self.count("layers refit")
+            self._upstream_changed = True
+
+
+def _unsupported(node: ir.Node) -> str | None:
+    weight = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
+    if weight is None or weight.dtype.kind != "f":
+        return "its weight is not a float constant"
+    if node.inputs[1] is None or len(node.inputs[1].uses()) != 1:
+        return "its weight is shared"
+    if node.op_type == "Conv":
+        if weight.ndim != 4 or attribute(node, "group", 1) != 1:
+            return "only 2-D, ungrouped Conv is refit"
+        if attribute(node, "auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+            return "auto_pad is not supported; explicit pads only"
+    if node.op_type == "Gemm" and (
+        attribute(node, "transA", 0) or attribute(node, "alpha", 1.0) != 1.0 or attribute(node, "beta", 1.0) != 1.0
+    ):
+        return "Gemm with transA or alpha/beta other than 1"
+    if node.op_type in ("Gemm", "MatMul") and weight.ndim != 2:
+        return "its weight is not a matrix"
+    return None
+
+
+def _rows(node: ir.Node, x: np.ndarray, y: np.ndarray, positions: int, rng: np.random.Generator):
+    """Least-squares rows: (inputs [P, D], targets [P, C_out])."""
+    if node.op_type != "Conv":
+        return x.reshape(-1, x.shape[-1]).astype(np.float64), y.reshape(-1, y.shape[-1]).astype(np.float64)
+    weight = constant_array(node.inputs[1])
+    assert weight is not None
+    kh, kw = weight.shape[2:]
+    sh, sw = attribute(node, "strides", [1, 1])  # type: ignore[misc]
+    dh, dw = attribute(node, "dilations", [1, 1])  # type: ignore[misc]
+    top, left, bottom, right = attribute(node, "pads", [0, 0, 0, 0])  # type: ignore[misc]
+    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    n, _, oh, ow = y.shape
+    count = min(positions, oh * ow)
+    picks = np.stack([rng.choice(oh * ow, count, replace=False) for _ in range(n)])  # [n, count]
+    images = np.repeat(np.arange(n), count)
+    rows_h, rows_w = np.divmod(picks.reshape(-1), ow)
+    hh = rows_h[:, None] * sh + np.arange(kh)[None, :] * dh  # [P, kh]
+    ww = rows_w[:, None] * sw + np.arange(kw)[None, :] * dw  # [P, kw]
+    patches = padded[images[:, None, None, None], np.arange(x.shape[1])[None, :, None, None],
+                     hh[:, None, :, None], ww[:, None, None, :]]  # fmt: skip
+    targets = y[images, :, rows_h, rows_w]
+    return patches.reshape(patches.shape[0], -1).astype(np.float64), targets.astype(np.float64)
+
+
+def _bias(node: ir.Node, weight: np.ndarray) -> np.ndarray | None:
+    return constant_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+
+
+def _as_matrix(node: ir.Node, weight: np.ndarray, bias: np.ndarray | None, with_bias: bool) -> np.ndarray:
+    """The layer's parameters as the least-squares unknown ``[D (+1), C_out]``."""
+    if node.op_type == "Conv":
+        matrix = weight.reshape(weight.shape[0], -1).T
+    elif node.op_type == "Gemm" and attribute(node, "transB", 0):
+        matrix = weight.T
+    else:
+        matrix = weight
+    matrix = matrix.astype(np.float64)
+    if with_bias:
+        b = np.zeros(matrix.shape[1]) if bias is None else np.broadcast_to(bias.reshape(-1), (matrix.shape[1],))
+        matrix = np.concatenate([matrix, b[None, :]], axis=0)
+    return matrix
+
+
+def _write(node: ir.Node, solution: np.ndarray, weight: np.ndarray, with_bias: bool, names: NameSource) -> None:
+    matrix = solution[:-1] if with_bias else solution
+    if node.op_type == "Conv":
+        new_weight = matrix.T.reshape(weight.shape)
+    elif node.op_type == "Gemm" and attribute(node, "transB", 0):
+        new_weight = matrix.T
+    else:
+        new_weight = matrix
+    set_constant_input(node, 1, new_weight.astype(weight.dtype), names, "refit")
+    if with_bias:
+        set_constant_input(node, 2, solution[-1].astype(weight.dtype), names, "refit")
+
+
+def _inputs(model: ir.Model) -> list:
+    from onnxopt.runtime import TensorSpec
+
+    specs = []
+    for value in model.graph.inputs:
+        if value.name in model.graph.initializers:
+            continue
+        dims = tuple(d if isinstance(d, int) else str(d) for d in value.shape) if value.shape is not None else None
+        dtype = value.dtype.numpy() if value.dtype is not None else np.dtype(np.float32)
+        specs.append(TensorSpec(value.name, np.dtype(dtype), dims))
+    return specs
