@@ -18,7 +18,7 @@ import onnx_ir as ir
 
 from onnxopt import io
 from onnxopt.data import Dataset, batch_size_for, fixed_batch
-from onnxopt.runtime import Runner
+from onnxopt.runtime import Runner, TensorSpec
 
 
 def expose(model: ir.Model, names: Sequence[str]) -> onnx.ModelProto:
@@ -35,6 +35,18 @@ def expose(model: ir.Model, names: Sequence[str]) -> onnx.ModelProto:
     return proto
 
 
+def input_specs(model: ir.Model) -> list[TensorSpec]:
+    """The model's data inputs (initializers excluded) as :class:`TensorSpec` -- what a Dataset is shaped by."""
+    specs = []
+    for value in model.graph.inputs:
+        if value.name in model.graph.initializers:
+            continue
+        dims = tuple(d if isinstance(d, int) else str(d) for d in value.shape) if value.shape is not None else None
+        dtype = value.dtype.numpy() if value.dtype is not None else np.dtype(np.float32)
+        specs.append(TensorSpec(value.name, np.dtype(dtype), dims))
+    return specs
+
+
 def activations(
     model: ir.Model, names: Sequence[str], dataset: Dataset, *, limit: int | None = None, batch_size: int = 32
 ) -> Iterator[dict[str, np.ndarray]]:
@@ -45,3 +57,49 @@ def activations(
     for item in dataset.batches(batch, limit, exact=fixed is not None):
         arrays = runner.run(item.feeds, list(names))
         yield dict(zip(names, arrays, strict=True))
+
+
+class RangeCollector:
+    """Streaming activation ranges per tensor: running min/max, and a bounded sample for percentiles.
+
+    Memory does not grow with the number of batches: each tensor keeps at
+    most ``sample_size`` values (a uniform random subsample of everything
+    seen, by reservoir sampling in blocks).
+    """
+
+    def __init__(self, names: Sequence[str], *, sample_size: int = 65536, seed: int = 0) -> None:
+        self.low = dict.fromkeys(names, np.inf)
+        self.high = dict.fromkeys(names, -np.inf)
+        self.samples: dict[str, np.ndarray] = {}
+        self.seen = dict.fromkeys(names, 0)
+        self.sample_size = sample_size
+        self.rng = np.random.default_rng(seed)
+
+    def add(self, name: str, array: np.ndarray) -> None:
+        flat = np.asarray(array, dtype=np.float32).reshape(-1)
+        flat = flat[np.isfinite(flat)]
+        if not flat.size:
+            return
+        self.low[name] = min(self.low[name], float(flat.min()))
+        self.high[name] = max(self.high[name], float(flat.max()))
+        self.seen[name] += flat.size
+        keep = min(flat.size, self.sample_size)
+        picked = flat if keep == flat.size else self.rng.choice(flat, keep, replace=False)
+        current = self.samples.get(name)
+        if current is None:
+            self.samples[name] = picked
+            return
+        # Keep each value with probability proportional to how much of the stream it stands for.
+        pool = np.concatenate([current, picked])
+        earlier = (self.seen[name] - flat.size) / current.size
+        weights = np.concatenate([np.full(current.size, earlier), np.full(picked.size, flat.size / keep)])
+        if pool.size > self.sample_size:
+            pool = self.rng.choice(pool, self.sample_size, replace=False, p=weights / weights.sum())
+        self.samples[name] = pool
+
+    def range(self, name: str, percentile: float | None = None) -> tuple[float, float]:
+        """(low, high): the observed extremes, or the ``percentile`` / ``100 - percentile`` quantiles."""
+        if percentile is None or name not in self.samples:
+            return self.low[name], self.high[name]
+        values = self.samples[name]
+        return float(np.percentile(values, 100 - percentile)), float(np.percentile(values, percentile))

@@ -40,12 +40,24 @@ BUILTIN_RECIPES: dict[str, str] = {
         ]
     ),
 }
+BUILTIN_RECIPES["int8"] = ",".join(
+    [
+        BUILTIN_RECIPES["lossless"],  # BN folded into the weights first: one quantized Conv instead of Conv+BN
+        "quantize",  # static QDQ: per-channel int8 weights, int32 biases, uint8 activations calibrated on --data
+    ]
+)
 BUILTIN_RECIPES["prune"] = ",".join(
     [
         BUILTIN_RECIPES["lossless"],  # BN folded first: its scales then live in the weights that are ranked
         "prune-channels:ratio=0.3",  # 30 % of every prunable group's channels, lowest filter L1 norm first
         "reconstruct",  # refit the layers whose inputs lost channels, on --data (give held-out data)
         "remove-unused",  # slicing can leave a shape computation (a replaced Reshape target) dead
+    ]
+)
+BUILTIN_RECIPES["prune+int8"] = ",".join(
+    [
+        BUILTIN_RECIPES["prune"],
+        "quantize",  # last: calibrated on the pruned, refit model
     ]
 )
 

@@ -173,6 +173,9 @@ LOSSY_RECIPES = [
     "prune-magnitude:pattern=1:2",
     "prune-channels:ratio=0.5",
     "prune-channels:ratio=0.3;importance=bn;multiple=2",
+    "quantize",
+    "quantize:activations=int8;calibration=percentile",
+    "prune-channels:ratio=0.5,reconstruct:layers=all",
 ]
 
 

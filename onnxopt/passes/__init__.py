@@ -15,6 +15,7 @@ from onnxopt.passes.fold_channel_affine import FoldChannelAffinePass
 from onnxopt.passes.fold_constants import FoldConstantsPass
 from onnxopt.passes.prune_channels import PruneChannelsPass
 from onnxopt.passes.prune_magnitude import PruneMagnitudePass
+from onnxopt.passes.quantize_qdq import QuantizeQDQPass
 from onnxopt.passes.reconstruct import ReconstructPass
 from onnxopt.passes.remove_initializer_inputs import RemoveInitializerInputsPass
 from onnxopt.passes.remove_unused import RemoveUnusedPass
@@ -35,6 +36,7 @@ REGISTRY: dict[str, type[OptPass]] = {
         PruneMagnitudePass,
         PruneChannelsPass,
         ReconstructPass,
+        QuantizeQDQPass,
     )
 }
 
@@ -50,6 +52,7 @@ __all__ = [
     "PassOutcome",
     "PruneChannelsPass",
     "PruneMagnitudePass",
+    "QuantizeQDQPass",
     "ReconstructPass",
     "RemoveInitializerInputsPass",
     "RemoveUnusedPass",

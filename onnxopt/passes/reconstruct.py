@@ -34,7 +34,7 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
-from onnxopt.calibration import activations
+from onnxopt.calibration import activations, input_specs
 from onnxopt.passes._graph_edit import NameSource, attribute, constant_array, set_constant_input
 from onnxopt.passes.base import OptPass
 from onnxopt.passes.prune_channels import KEPT_OUTPUTS
@@ -99,7 +99,7 @@ class ReconstructPass(OptPass):
     def _refit(self, model: ir.Model, original: ir.Model, node: ir.Node, names: NameSource) -> None:
         cfg = self.context
         x_name, y_name = node.inputs[0].name, node.outputs[0].name
-        dataset_inputs = _inputs(model)
+        dataset_inputs = input_specs(model)
         dataset = cfg.calibration_data(dataset_inputs)
         rng = np.random.default_rng(cfg.seed)
         weight = constant_array(node.inputs[1])
@@ -221,16 +221,3 @@ def _write(node: ir.Node, solution: np.ndarray, weight: np.ndarray, with_bias: b
     set_constant_input(node, 1, new_weight.astype(weight.dtype), names, "refit")
     if with_bias:
         set_constant_input(node, 2, solution[-1].astype(weight.dtype), names, "refit")
-
-
-def _inputs(model: ir.Model) -> list:
-    from onnxopt.runtime import TensorSpec
-
-    specs = []
-    for value in model.graph.inputs:
-        if value.name in model.graph.initializers:
-            continue
-        dims = tuple(d if isinstance(d, int) else str(d) for d in value.shape) if value.shape is not None else None
-        dtype = value.dtype.numpy() if value.dtype is not None else np.dtype(np.float32)
-        specs.append(TensorSpec(value.name, np.dtype(dtype), dims))
-    return specs

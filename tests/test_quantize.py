@@ -1,0 +1,100 @@
+"""quantize: QDQ int8 that onnxruntime fuses into integer kernels, with small accuracy cost."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from helpers import BUNDLED, parse
+
+from onnxopt.api import optimize
+
+MODEL, EVAL = BUNDLED / "model.onnx", BUNDLED / "eval.npz"
+
+
+def _fused_ops(path, tmp_path) -> collections.Counter:
+    """The op histogram of onnxruntime's own optimized graph (what actually runs)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "ort_optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "ort_optimized.onnx")).graph.node)
+
+
+@pytest.fixture(scope="module")
+def int8(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("int8")
+    result = optimize(MODEL, folder / "int8.onnx", recipe="int8", data=str(EVAL))
+    return result, folder / "int8.onnx"
+
+
+def test_int8_recipe_on_the_bundled_model(int8) -> None:
+    result, _ = int8
+    cmp = result.comparison
+    assert cmp.reference_accuracy - cmp.candidate_accuracy <= 0.005
+    assert result.output_file_bytes <= 0.30 * result.input_file_bytes
+    record = result.pipeline.records[-1]
+    assert record.name == "quantize" and record.status == "applied"
+    assert record.counts["weights quantized"] == 4 and record.counts["biases quantized"] >= 2
+
+
+def test_onnxruntime_runs_integer_kernels(int8, tmp_path) -> None:
+    ops = _fused_ops(int8[1], tmp_path)
+    assert ops["QLinearConv"] == 2 and ops["QLinearMatMul"] == 2
+    assert "Conv" not in ops and "MatMul" not in ops  # nothing fell back to float
+
+
+def test_weights_are_int8_per_channel_and_biases_int32(int8) -> None:
+    model = onnx.load(str(int8[1]))
+    inits = {t.name: t for t in model.graph.initializer}
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) is not None]
+    types = collections.Counter(inits[n.input[0]].data_type for n in dq)
+    assert types[onnx.TensorProto.INT8] >= 4 and types[onnx.TensorProto.INT32] >= 2
+    conv_weight_dq = [
+        n for n in dq if inits[n.input[0]].data_type == onnx.TensorProto.INT8 and len(inits[n.input[0]].dims) == 4
+    ]
+    assert all(onnx.numpy_helper.to_array(inits[n.input[1]]).size > 1 for n in conv_weight_dq)  # per-channel scales
+
+
+def test_old_opset_is_upgraded_never_written_invalid(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    model = parse(
+        """<ir_version: 6, opset_import: ["": 11]>
+        m (float[N, 3, 6, 6] x) => (float[N, 4, 6, 6] y) {
+            c = Conv<pads=[1,1,1,1]>(x, w, b)
+            y = Relu(c)
+        }""",
+        w=rng.normal(0, 0.5, (4, 3, 3, 3)).astype(np.float32),
+        b=rng.normal(0, 0.1, 4).astype(np.float32),
+    )
+    src = tmp_path / "old.onnx"
+    onnx.save(model, str(src))
+    result = optimize(src, tmp_path / "q.onnx", passes="quantize:activations=int8", data="random:16")
+    record = result.pipeline.records[0]
+    assert record.status == "applied" and "opset upgraded 11 -> 13" in record.notes
+    out = onnx.load(str(tmp_path / "q.onnx"))
+    assert out.opset_import[0].version == 13
+    onnx.checker.check_model(out, full_check=True)
+
+
+@pytest.mark.parametrize("spec", ["quantize:calibration=kl", "quantize:activations=int4", "quantize:percentile=10"])
+def test_impossible_parameters(spec: str) -> None:
+    from onnxopt.errors import RecipeError
+    from onnxopt.recipe import build_passes, parse_spec
+
+    with pytest.raises(RecipeError):
+        build_passes(parse_spec(spec))
+
+
+def test_prune_int8_end_to_end_with_a_report(tmp_path) -> None:
+    report = tmp_path / "r.md"
+    from onnxopt.cli import main
+
+    args = ["optimize", str(MODEL), "-o", str(tmp_path / "p8.onnx"), "--recipe", "prune+int8", "--data", str(EVAL)]
+    assert main([*args, "--report", str(report), "--bench-seconds", "0.2"]) == 0
+    text = report.read_text()
+    assert "| prune-channels | applied |" in text and "| reconstruct | applied |" in text
+    assert "| quantize | applied |" in text
