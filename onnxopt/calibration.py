@@ -60,14 +60,14 @@ def activations(
 
 
 class RangeCollector:
-    """Streaming activation ranges per tensor: running min/max, and a bounded sample for percentiles.
+    """Streaming activation ranges per tensor: running min/max, and (for percentiles) a uniform sample.
 
-    Memory does not grow with the number of batches: each tensor keeps at
-    most ``sample_size`` values (a uniform random subsample of everything
-    seen, by reservoir sampling in blocks).
+    Memory does not grow with the number of batches: with ``sample_size`` set,
+    each tensor keeps a uniform random sample of at most that many values of
+    everything seen (reservoir sampling, Algorithm R, vectorized per batch).
     """
 
-    def __init__(self, names: Sequence[str], *, sample_size: int = 65536, seed: int = 0) -> None:
+    def __init__(self, names: Sequence[str], *, sample_size: int = 0, seed: int = 0) -> None:
         self.low = dict.fromkeys(names, np.inf)
         self.high = dict.fromkeys(names, -np.inf)
         self.samples: dict[str, np.ndarray] = {}
@@ -82,20 +82,24 @@ class RangeCollector:
             return
         self.low[name] = min(self.low[name], float(flat.min()))
         self.high[name] = max(self.high[name], float(flat.max()))
+        if self.sample_size:
+            self._reservoir(name, flat)
         self.seen[name] += flat.size
-        keep = min(flat.size, self.sample_size)
-        picked = flat if keep == flat.size else self.rng.choice(flat, keep, replace=False)
-        current = self.samples.get(name)
-        if current is None:
-            self.samples[name] = picked
-            return
-        # Keep each value with probability proportional to how much of the stream it stands for.
-        pool = np.concatenate([current, picked])
-        earlier = (self.seen[name] - flat.size) / current.size
-        weights = np.concatenate([np.full(current.size, earlier), np.full(picked.size, flat.size / keep)])
-        if pool.size > self.sample_size:
-            pool = self.rng.choice(pool, self.sample_size, replace=False, p=weights / weights.sum())
-        self.samples[name] = pool
+
+    def _reservoir(self, name: str, flat: np.ndarray) -> None:
+        reservoir = self.samples.get(name, np.empty(0, np.float32))
+        room = self.sample_size - reservoir.size
+        if room > 0:  # still filling: take values as they come
+            reservoir = np.concatenate([reservoir, flat[:room]])
+            flat, start = flat[room:], self.seen[name] + room
+        else:
+            start = self.seen[name]
+        if flat.size:
+            # Value number i (1-based over the stream) replaces a random slot with probability k / i.
+            slots = (self.rng.random(flat.size) * (start + 1 + np.arange(flat.size))).astype(np.int64)
+            hit = slots < self.sample_size
+            reservoir[slots[hit]] = flat[hit]  # later values win ties, as in the sequential algorithm
+        self.samples[name] = reservoir
 
     def range(self, name: str, percentile: float | None = None) -> tuple[float, float]:
         """(low, high): the observed extremes, or the ``percentile`` / ``100 - percentile`` quantiles."""

@@ -20,7 +20,8 @@ a multiple of k) with the lowest importance are removed:
 Sources matching ``exclude`` (a regex on node names) keep their groups whole.
 Graph outputs never change shape. Lossy (the accuracy cost is measured by the
 pipeline; ``reconstruct`` recovers much of it); the record lists each group
-with its sources, channels before and after, or why it was kept.
+with its sources, channels before and after, or why it was kept, and counts
+the model's multiply-accumulates per sample before and after.
 """
 
 from __future__ import annotations
@@ -76,6 +77,9 @@ class PruneChannelsPass(OptPass):
         kept = self._decide(groups)
         if not kept:
             return
+        from onnxopt.inspection import estimate_macs  # here: inspection imports the pipeline, which imports passes
+
+        macs_before, _ = estimate_macs(model)
         names = NameSource(model)
         touched: set[int] = set()
         for edit in groups.edits:
@@ -93,6 +97,9 @@ class PruneChannelsPass(OptPass):
                     out.shape = None
         ir.passes.common.RemoveUnusedNodesPass()(model)  # e.g. the shape arithmetic of a replaced Reshape target
         annotate_shapes(model)
+        macs_after, _ = estimate_macs(model)
+        self.count("MACs per sample before", macs_before)
+        self.count("MACs per sample after", macs_after)
 
     def _decide(self, groups: ChannelGroups) -> dict[int, np.ndarray]:
         cfg = self.config

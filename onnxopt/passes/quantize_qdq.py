@@ -128,7 +128,8 @@ class QuantizeQDQPass(OptPass):
 
     def _calibrate(self, model: ir.Model, tensors: list[ir.Value]) -> dict[int, tuple[float, float]]:
         names = [v.name for v in tensors if v.name]
-        collector = RangeCollector(names, seed=self.context.seed if self.context else 0)
+        sample = 65536 if self.config.calibration == "percentile" else 0  # minmax needs no sample
+        collector = RangeCollector(names, sample_size=sample, seed=self.context.seed if self.context else 0)
         inputs = input_specs(model)
         dataset = self.context.calibration_data(inputs) if self.context else None
         if dataset is None:
