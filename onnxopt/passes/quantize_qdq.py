@@ -82,6 +82,7 @@ class QuantizeQDQPass(OptPass):
 
     def rewrite(self, model: ir.Model) -> None:
         graph = model.graph
+        self._sums_to_adds(graph)
         exclude = re.compile(self.config.exclude) if self.config.exclude else None
         chosen = [
             n for n in graph
@@ -107,6 +108,17 @@ class QuantizeQDQPass(OptPass):
                 self._quantize_weight(graph, node, params, names)
             elif node.op_type in ("Add", "Mul", "Concat"):
                 self._quantize_constants(graph, node, names)
+
+    def _sums_to_adds(self, graph: ir.Graph) -> None:
+        """Two-input Sum is Add, which has an integer kernel (QLinearAdd); Sum has none."""
+        for node in list(graph):
+            if node.op_type == "Sum" and node.domain == "" and len(node.inputs) == 2:
+                add = ir.node("Add", list(node.inputs), name=node.name)
+                graph.insert_before(node, add)
+                out, new = node.outputs[0], add.outputs[0]
+                new.dtype, new.shape = out.dtype, out.shape
+                bypass_node(graph, node, new, out, x_now_equals_y=True)
+                self.count("Sum rewritten as Add")
 
     # ------------------------------------------------------------------ which tensors
 
