@@ -199,3 +199,28 @@ def test_impossible_parameters(spec: str) -> None:
 
     with pytest.raises(RecipeError):
         build_passes(parse_spec(spec))
+
+
+def test_activation_importance_finds_the_dead_channels() -> None:
+    """Dead channels output exactly zero on any data, so activation importance prunes them and nothing changes."""
+    from onnxopt import io
+    from onnxopt.pipeline import Context, Pipeline
+    from onnxopt.recipe import build_passes, parse_spec
+
+    dead = (0, 3)
+    model = parse(
+        """<ir_version: 8, opset_import: ["": 13]>
+        m (float[N, 3, 5, 5] x) => (float[N, 2, 5, 5] y) {
+            a = Conv<pads=[1,1,1,1]>(x, w1, b1)
+            r = Relu(a)
+            y = Conv(r, w2)
+        }""",
+        w1=_conv_weight(6, 3, dead=dead),
+        b1=_bias(6, dead),
+        w2=_conv_weight(2, 6, k=1),
+    )
+    spec = "prune-channels:ratio=0.34;importance=activation;samples=16"
+    result = Pipeline(build_passes(parse_spec(spec))).run(io.from_proto(model), Context())
+    (record,) = result.records
+    assert record.status == "applied" and record.details[0]["channels_after"] == 4
+    assert result.max_drift < 1e-6

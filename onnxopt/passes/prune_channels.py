@@ -15,7 +15,9 @@ a multiple of k) with the lowest importance are removed:
 * ``l1`` / ``l2``: the norm of each channel's filter in every source, each
   source's norms divided by their maximum so coupled sources count alike;
 * ``bn``: ``|gamma| / sqrt(var + eps)`` of the BatchNormalization right after a
-  source (the channel's scale after normalization), falling back to ``l1``.
+  source (the channel's scale after normalization), falling back to ``l1``;
+* ``activation``: the mean ``|output|`` of each channel of every source on the
+  run's data (``samples`` samples, through the pipeline's Context).
 
 Sources matching ``exclude`` (a regex on node names) keep their groups whole.
 Graph outputs never change shape. Lossy (the accuracy cost is measured by the
@@ -37,7 +39,7 @@ from onnxopt.passes._graph_edit import NameSource, attribute, constant_array, se
 from onnxopt.passes.base import OptPass
 from onnxopt.shapes import annotate_shapes
 
-IMPORTANCES = ("l1", "l2", "bn")
+IMPORTANCES = ("l1", "l2", "bn", "activation")
 #: ``node.meta`` key: indices of the original output channels a pruned source (or depthwise Conv) kept.
 KEPT_OUTPUTS = "onnxopt.kept_outputs"
 
@@ -49,14 +51,15 @@ class PruneChannelsConfig:
     min_channels: int = 1
     multiple: int = 1
     exclude: str = ""
+    samples: int = 256  # calibration samples for importance=activation
 
     def __post_init__(self) -> None:
         if not 0 <= self.ratio < 1:
             raise ValueError(f"ratio must be in [0, 1), not {self.ratio}")
         if self.importance not in IMPORTANCES:
             raise ValueError(f"importance must be one of {', '.join(IMPORTANCES)}, not {self.importance!r}")
-        if self.min_channels < 1 or self.multiple < 1:
-            raise ValueError("min_channels and multiple must be at least 1")
+        if self.min_channels < 1 or self.multiple < 1 or self.samples < 1:
+            raise ValueError("min_channels, multiple and samples must be at least 1")
         try:
             re.compile(self.exclude)
         except re.error as e:
@@ -74,6 +77,7 @@ class PruneChannelsPass(OptPass):
         if self.config.ratio == 0:
             return
         groups = ChannelGroups(model.graph)
+        self._activity = self._mean_activity(model, groups) if self.config.importance == "activation" else {}
         kept = self._decide(groups)
         if not kept:
             return
@@ -127,10 +131,30 @@ class PruneChannelsPass(OptPass):
             self.count("channels removed", channels - keep)
         return kept
 
+    def _mean_activity(self, model: ir.Model, groups: ChannelGroups) -> dict[str, np.ndarray]:
+        """Mean |output| per channel of every source, on the calibration data."""
+        from onnxopt.calibration import activations, input_specs
+
+        if self.context is None:
+            raise RuntimeError("importance=activation needs the pipeline's context (data)")
+        sources = [n for root in groups.roots() for n in groups.sources[root] if root not in groups.frozen]
+        names = [n.outputs[0].name for n in sources if n.outputs[0].name]
+        axes = {n.outputs[0].name: groups.layouts[id(n.outputs[0])].axis for n in sources}
+        sums: dict[str, np.ndarray] = {}
+        dataset = self.context.calibration_data(input_specs(model))
+        for arrays in activations(model, names, dataset, limit=self.config.samples):
+            for name, array in arrays.items():
+                axis = axes[name] % array.ndim
+                other = tuple(i for i in range(array.ndim) if i != axis)
+                sums[name] = sums.get(name, 0) + np.abs(array.astype(np.float64)).mean(axis=other)
+        return sums
+
     def _importance(self, sources: list[ir.Node], channels: int) -> np.ndarray:
         total = np.zeros(channels)
         for node in sources:
             scores = self._bn_scores(node) if self.config.importance == "bn" else None
+            if self.config.importance == "activation":
+                scores = self._activity.get(node.outputs[0].name)
             if scores is None:
                 weight = constant_array(node.inputs[1])
                 assert weight is not None
