@@ -42,6 +42,8 @@ from onnxopt.shapes import annotate_shapes
 IMPORTANCES = ("l1", "l2", "bn", "activation")
 #: ``node.meta`` key: indices of the original output channels a pruned source (or depthwise Conv) kept.
 KEPT_OUTPUTS = "onnxopt.kept_outputs"
+#: ``node.meta`` key: set on a layer whose weight lost input slices (``reconstruct`` refits those).
+INPUTS_PRUNED = "onnxopt.inputs_pruned"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,14 +92,9 @@ class PruneChannelsPass(OptPass):
             index = _indices(edit.layout, groups, kept)
             if index is not None and _apply(edit, index, names):
                 touched.add(id(edit.node))
-        for node in model.graph:
-            if id(node) in touched or node.op_type not in ("Conv", "Gemm", "MatMul", "ConvTranspose"):
-                for out in node.outputs:
-                    if not out.is_graph_output():
-                        out.shape = None  # stale channel counts; inferred again below
-        for node in model.graph:
+        for node in model.graph:  # channel counts changed on the traced tensors: infer their shapes again below
             for out in node.outputs:
-                if not out.is_graph_output() and id(out) in groups.layouts:
+                if not out.is_graph_output() and (id(node) in touched or id(out) in groups.layouts):
                     out.shape = None
         ir.passes.common.RemoveUnusedNodesPass()(model)  # e.g. the shape arithmetic of a replaced Reshape target
         annotate_shapes(model)
@@ -215,6 +212,8 @@ def _apply(edit: Edit, index: np.ndarray, names: NameSource) -> bool:
     if array is None:
         return False
     set_constant_input(node, edit.index, np.take(array, index, axis=edit.axis), names, "pruned")
+    if edit.kind == "in":
+        node.meta[INPUTS_PRUNED] = True
     if edit.kind in ("out", "depthwise"):
         _slice_bias(node, index, names)
         # Which of the original output channels remain: later passes (reconstruct) compare with the original.

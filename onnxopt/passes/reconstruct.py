@@ -37,7 +37,7 @@ import onnx_ir as ir
 from onnxopt.calibration import activations, input_specs
 from onnxopt.passes._graph_edit import NameSource, attribute, constant_array, set_constant_input
 from onnxopt.passes.base import OptPass
-from onnxopt.passes.prune_channels import KEPT_OUTPUTS
+from onnxopt.passes.prune_channels import INPUTS_PRUNED, KEPT_OUTPUTS
 
 _LINEAR = ("Conv", "Gemm", "MatMul")
 
@@ -69,7 +69,9 @@ class ReconstructPass(OptPass):
         if self.context is None or self.context.original is None:
             raise RuntimeError("reconstruct needs the pipeline's context (the original model and data)")
         original = self.context.original()
-        targets = {v.name: node for node in original.graph for v in node.outputs if node.op_type in _LINEAR}
+        # Names keep their meaning through onnxopt's passes: the original's tensor of the same name is the target
+        # (after fold-bn a Conv's output carries the name of the BN output it now equals).
+        targets = {v.name: node for node in original.graph for v in node.outputs if v.name}
         names = NameSource(model)
         self._upstream_changed = False
         for node in list(model.graph):
@@ -87,9 +89,12 @@ class ReconstructPass(OptPass):
 
     def _wanted(self, node: ir.Node, targets: dict[str, ir.Node]) -> bool:
         """``all``; or ``changed``: its inputs lost features, or an earlier layer was refit (so its inputs moved)."""
-        if self.config.layers == "all" or self._upstream_changed:
+        if self.config.layers == "all" or self._upstream_changed or node.meta.get(INPUTS_PRUNED):
             return True
-        before = constant_array(targets[node.outputs[0].name].inputs[1])
+        then = targets[node.outputs[0].name]
+        if then.op_type not in _LINEAR:
+            return False
+        before = constant_array(then.inputs[1])
         now = constant_array(node.inputs[1])
         if before is None or now is None:
             return False
