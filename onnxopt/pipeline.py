@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -94,9 +94,15 @@ class Context:
     reference: Runner | None = None  # a session on the input model, if the caller already has one
     original: Callable[[], ir.Model] | None = None  # the input model, as the pipeline received it (set by it)
 
-    def calibration_data(self, inputs: Sequence[Any]) -> Dataset:
-        """The data passes learn from: the run's dataset, or seeded random inputs when none was given."""
-        return self.dataset or default_random(inputs, self.seed)
+    def activations(self, model: ir.Model, names: Sequence[str], limit: int) -> Iterator[dict[str, np.ndarray]]:
+        """Tensors ``names`` of ``model`` on about ``limit`` samples, batch by batch: how passes that learn
+        from data (reconstruct, quantize, prune-channels by activation) reach onnxruntime. The data is the
+        run's dataset, or seeded random inputs when none was given."""
+        from onnxopt.calibration import activations, input_specs
+
+        dataset = self.dataset or default_random(input_specs(model), self.seed)
+        return activations(model, names, dataset, limit=limit)
+
 
 
 @dataclasses.dataclass

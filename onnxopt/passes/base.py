@@ -53,6 +53,12 @@ class OptPass(ir.passes.InPlacePass):
         super().__init__()
         self.config = config if config is not None else self.Config()
         self.context: Any = None  # the pipeline's Context, set before each run (data, the original model)
+
+    def require_context(self) -> Any:
+        """The pipeline's Context, for passes that learn from data; a clear error outside a pipeline."""
+        if self.context is None:
+            raise RuntimeError(f"pass '{self.name}' needs data: run it through a Pipeline (which sets its Context)")
+        return self.context
         self._counts: Counter[str] = Counter()
         self._skipped: list[str] = []
         self._modified = False

@@ -130,16 +130,12 @@ class PruneChannelsPass(OptPass):
 
     def _mean_activity(self, model: ir.Model, groups: ChannelGroups) -> dict[str, np.ndarray]:
         """Mean |output| per channel of every source, on the calibration data."""
-        from onnxopt.calibration import activations, input_specs
-
-        if self.context is None:
-            raise RuntimeError("importance=activation needs the pipeline's context (data)")
+        context = self.require_context()
         sources = [n for root in groups.roots() for n in groups.sources[root] if root not in groups.frozen]
         names = [n.outputs[0].name for n in sources if n.outputs[0].name]
         axes = {n.outputs[0].name: groups.layouts[id(n.outputs[0])].axis for n in sources}
         sums: dict[str, np.ndarray] = {}
-        dataset = self.context.calibration_data(input_specs(model))
-        for arrays in activations(model, names, dataset, limit=self.config.samples):
+        for arrays in context.activations(model, names, self.config.samples):
             for name, array in arrays.items():
                 axis = axes[name] % array.ndim
                 other = tuple(i for i in range(array.ndim) if i != axis)

@@ -36,7 +36,7 @@ import re
 import numpy as np
 import onnx_ir as ir
 
-from onnxopt.calibration import RangeCollector, activations, input_specs
+from onnxopt.activation_ranges import RangeCollector
 from onnxopt.passes._graph_edit import NameSource, attribute, bypass_node, constant_array, drop_unused_initializers
 from onnxopt.passes._weights import weight_axes
 from onnxopt.passes.base import OptPass
@@ -141,12 +141,9 @@ class QuantizeQDQPass(OptPass):
     def _calibrate(self, model: ir.Model, tensors: list[ir.Value]) -> dict[int, tuple[float, float]]:
         names = [v.name for v in tensors if v.name]
         sample = 65536 if self.config.calibration == "percentile" else 0  # minmax needs no sample
-        collector = RangeCollector(names, sample_size=sample, seed=self.context.seed if self.context else 0)
-        inputs = input_specs(model)
-        dataset = self.context.calibration_data(inputs) if self.context else None
-        if dataset is None:
-            raise RuntimeError("quantize needs the pipeline's context for calibration data")
-        for arrays in activations(model, names, dataset, limit=self.config.samples):
+        context = self.require_context()
+        collector = RangeCollector(names, sample_size=sample, seed=context.seed)
+        for arrays in context.activations(model, names, self.config.samples):
             for name, array in arrays.items():
                 collector.add(name, array)
         pct = self.config.percentile if self.config.calibration == "percentile" else None

@@ -34,7 +34,6 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
-from onnxopt.calibration import activations, input_specs
 from onnxopt.passes._graph_edit import NameSource, attribute, constant_array, set_constant_input
 from onnxopt.passes.base import OptPass
 from onnxopt.passes.prune_channels import INPUTS_PRUNED, KEPT_OUTPUTS
@@ -66,9 +65,10 @@ class ReconstructPass(OptPass):
     lossless = False
 
     def rewrite(self, model: ir.Model) -> None:
-        if self.context is None or self.context.original is None:
-            raise RuntimeError("reconstruct needs the pipeline's context (the original model and data)")
-        original = self.context.original()
+        context = self.require_context()
+        if context.original is None:
+            raise RuntimeError("reconstruct needs the pipeline's original model")
+        original = context.original()
         # Names keep their meaning through onnxopt's passes: the original's tensor of the same name is the target
         # (after fold-bn a Conv's output carries the name of the BN output it now equals).
         targets = {v.name: node for node in original.graph for v in node.outputs if v.name}
@@ -102,15 +102,13 @@ class ReconstructPass(OptPass):
         return before.shape[in_axis] != now.shape[in_axis]
 
     def _refit(self, model: ir.Model, original: ir.Model, node: ir.Node, names: NameSource) -> None:
-        cfg = self.context
+        context = self.require_context()
         x_name, y_name = node.inputs[0].name, node.outputs[0].name
-        dataset_inputs = input_specs(model)
-        dataset = cfg.calibration_data(dataset_inputs)
-        rng = np.random.default_rng(cfg.seed)
+        rng = np.random.default_rng(context.seed)
         weight = constant_array(node.inputs[1])
         assert weight is not None
-        current = activations(model, [x_name], dataset, limit=self.config.samples)
-        reference = activations(original, [y_name], dataset, limit=self.config.samples)
+        current = context.activations(model, [x_name], self.config.samples)
+        reference = context.activations(original, [y_name], self.config.samples)
         kept = node.meta.get(KEPT_OUTPUTS)  # this layer lost output channels too: compare only the kept ones
         gram = cross = None
         y_square = 0.0

@@ -1,0 +1,57 @@
+"""Activation ranges, streamed: what quantization calibrates from (numpy only; the data comes through the Context)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+class RangeCollector:
+    """Streaming activation ranges per tensor: running min/max, and (for percentiles) a uniform sample.
+
+    Memory does not grow with the number of batches: with ``sample_size`` set,
+    each tensor keeps a uniform random sample of at most that many values of
+    everything seen (reservoir sampling, Algorithm R, vectorized per batch).
+    """
+
+    def __init__(self, names: Sequence[str], *, sample_size: int = 0, seed: int = 0) -> None:
+        self.low = dict.fromkeys(names, np.inf)
+        self.high = dict.fromkeys(names, -np.inf)
+        self.samples: dict[str, np.ndarray] = {}
+        self.seen = dict.fromkeys(names, 0)
+        self.sample_size = sample_size
+        self.rng = np.random.default_rng(seed)
+
+    def add(self, name: str, array: np.ndarray) -> None:
+        flat = np.asarray(array, dtype=np.float32).reshape(-1)
+        flat = flat[np.isfinite(flat)]
+        if not flat.size:
+            return
+        self.low[name] = min(self.low[name], float(flat.min()))
+        self.high[name] = max(self.high[name], float(flat.max()))
+        if self.sample_size:
+            self._reservoir(name, flat)
+        self.seen[name] += flat.size
+
+    def _reservoir(self, name: str, flat: np.ndarray) -> None:
+        reservoir = self.samples.get(name, np.empty(0, np.float32))
+        room = self.sample_size - reservoir.size
+        if room > 0:  # still filling: take values as they come
+            reservoir = np.concatenate([reservoir, flat[:room]])
+            flat, start = flat[room:], self.seen[name] + room
+        else:
+            start = self.seen[name]
+        if flat.size:
+            # Value number i (1-based over the stream) replaces a random slot with probability k / i.
+            slots = (self.rng.random(flat.size) * (start + 1 + np.arange(flat.size))).astype(np.int64)
+            hit = slots < self.sample_size
+            reservoir[slots[hit]] = flat[hit]  # later values win ties, as in the sequential algorithm
+        self.samples[name] = reservoir
+
+    def range(self, name: str, percentile: float | None = None) -> tuple[float, float]:
+        """(low, high): the observed extremes, or the ``percentile`` / ``100 - percentile`` quantiles."""
+        if percentile is None or name not in self.samples:
+            return self.low[name], self.high[name]
+        values = self.samples[name]
+        return float(np.percentile(values, 100 - percentile)), float(np.percentile(values, percentile))
