@@ -15,6 +15,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 from onnxopt import io
 from onnxopt.api import bench_files, compare_files, optimize
@@ -78,6 +79,15 @@ def _stop_on_sigterm() -> object:
     return signal.signal(signal.SIGTERM, stop)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line and exit 2, like every other error (not argparse's usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("onnxopt").strip()
+        where = f"{command}: " if command else ""
+        self.exit(2, f"onnxopt: error: {where}{message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="print tracebacks on errors")
@@ -90,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--std", help="image folder: per-channel std after scaling, e.g. 0.229,0.224,0.225")
     group.add_argument("--scale", help="image folder: pixel multiplier before mean/std (default 1/255)")
     group.add_argument("--channels", choices=["rgb", "bgr", "gray"], help="image folder: channel order")
-    parser = argparse.ArgumentParser(prog="onnxopt", description="Verified ONNX graph optimization.")
+    parser = _OneLineParser(prog="onnxopt", description="Verified ONNX graph optimization.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     opt = sub.add_parser("optimize", parents=[common, data], help="rewrite a model through a recipe of verified passes")

@@ -184,3 +184,21 @@ def test_other_commands_reject_bad_files(command: list[str], tmp_path: Path) -> 
     proc = run_cli(*args)
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["optimize", str(MODEL), "-o", "x.onnx", "--storage", "zip"],
+        ["bench", str(MODEL), "--runs", "abc"],
+        ["compare", str(MODEL)],
+        ["frobnicate"],
+        [],
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("onnxopt: error: ") and "--help" in lines[0]

@@ -4,7 +4,8 @@ A pass subclasses :class:`OptPass`, names itself in ``name`` (the recipe
 key, e.g. ``fold-bn``), states its contract in its docstring, is configured
 by a frozen dataclass ``Config`` validated on construction, and returns a
 :class:`PassOutcome` carrying counts of what it rewrote and the reasons for
-what it declined. Passes never run onnxruntime: the pipeline verifies them.
+what it declined. Passes never run onnxruntime: the pipeline verifies them, and
+passes that learn from data ask the Context (``Context.activations``).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ What it quantizes:
 
 Ranges come from calibration through onnxruntime on the run's data
 (``calibration=minmax``, or ``percentile`` with ``percentile=99.99``), over
-``samples`` samples, streamed (:class:`onnxopt.calibration.RangeCollector`).
+``samples`` samples, streamed (:class:`onnxopt.activation_ranges.RangeCollector`).
 Needs opset 13 (per-channel ``axis`` on DequantizeLinear): older models are
 upgraded first, never written invalid. Declined with a reason: non-float or
 shared-with-unquantized weights, tensors whose range is not finite.
