@@ -192,7 +192,10 @@ def test_bundled_model_half_the_channels(tmp_path) -> None:
     assert result.pipeline.final.parameters < 0.3 * result.pipeline.original.parameters
 
 
-@pytest.mark.parametrize("spec", ["prune-channels:ratio=1", "prune-channels:importance=x", "prune-channels:multiple=0"])
+@pytest.mark.parametrize(
+    "spec",
+    ["prune-channels:ratio=1", "prune-channels:importance=x", "prune-channels:multiple=0", "prune-channels:exclude=("],
+)
 def test_impossible_parameters(spec: str) -> None:
     from onnxopt.errors import RecipeError
     from onnxopt.recipe import build_passes, parse_spec

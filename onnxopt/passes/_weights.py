@@ -64,10 +64,15 @@ def check_filters(ops: str, include: str, exclude: str) -> None:
     if unknown:
         raise ValueError(f"ops {sorted(unknown)} carry no weight this pass edits (choose from {', '.join(WEIGHT_OPS)})")
     for pattern in (include, exclude):
-        try:
-            re.compile(pattern)
-        except re.error as e:
-            raise ValueError(f"bad name pattern {pattern!r}: {e}") from None
+        check_pattern(pattern)
+
+
+def check_pattern(pattern: str) -> None:
+    """Refuse a malformed node-name regular expression (ValueError, which recipes report)."""
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"bad name pattern {pattern!r}: {e}") from None
 
 
 def select_layers(

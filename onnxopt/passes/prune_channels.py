@@ -36,6 +36,7 @@ import onnx_ir as ir
 
 from onnxopt.passes._channel_groups import ChannelGroups, Edit, Layout
 from onnxopt.passes._graph_edit import NameSource, attribute, constant_array, set_constant_input
+from onnxopt.passes._weights import check_pattern
 from onnxopt.passes.base import OptPass
 from onnxopt.shapes import annotate_shapes
 
@@ -62,10 +63,7 @@ class PruneChannelsConfig:
             raise ValueError(f"importance must be one of {', '.join(IMPORTANCES)}, not {self.importance!r}")
         if self.min_channels < 1 or self.multiple < 1 or self.samples < 1:
             raise ValueError("min_channels, multiple and samples must be at least 1")
-        try:
-            re.compile(self.exclude)
-        except re.error as e:
-            raise ValueError(f"bad exclude pattern {self.exclude!r}: {e}") from None
+        check_pattern(self.exclude)
 
 
 class PruneChannelsPass(OptPass):

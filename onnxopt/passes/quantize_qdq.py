@@ -38,7 +38,7 @@ import onnx_ir as ir
 
 from onnxopt.activation_ranges import RangeCollector
 from onnxopt.passes._graph_edit import NameSource, attribute, bypass_node, constant_array, drop_unused_initializers
-from onnxopt.passes._weights import weight_axes
+from onnxopt.passes._weights import check_pattern, weight_axes
 from onnxopt.passes.base import OptPass
 
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
@@ -66,10 +66,7 @@ class QuantizeConfig:
             raise ValueError(f"activations must be uint8 or int8, not {self.activations!r}")
         if self.samples < 1:
             raise ValueError("samples must be positive")
-        try:
-            re.compile(self.exclude)
-        except re.error as e:
-            raise ValueError(f"bad exclude pattern: {e}") from None
+        check_pattern(self.exclude)
 
 
 class QuantizeQDQPass(OptPass):
