@@ -30,8 +30,11 @@ from onnxopt import io
 from onnxopt.data import Dataset, batch_size_for, default_random, fixed_batch
 from onnxopt.errors import OnnxoptError
 from onnxopt.evaluate import OutputAgreement, agreement
+from onnxopt.layer_error import LayerReport
+from onnxopt.node_profile import NodeProfile, profile_nodes
 from onnxopt.passes.base import OptPass, PassOutcome, graph_size
 from onnxopt.progress import NullProgress, Progress
+from onnxopt.quality import QualityProbe
 from onnxopt.runtime import Runner
 from onnxopt.shapes import annotate_shapes
 from onnxopt.shared_weights import SharedWeightsModel
@@ -93,6 +96,7 @@ class Context:
     providers: Sequence[str] = ("CPUExecutionProvider",)
     reference: Runner | None = None  # a session on the input model, if the caller already has one
     original: Callable[[], ir.Model] | None = None  # the input model, as the pipeline received it (set by it)
+    _probes: dict[int, QualityProbe] = dataclasses.field(default_factory=dict, repr=False)
 
     def activations(self, model: ir.Model, names: Sequence[str], limit: int) -> Iterator[dict[str, np.ndarray]]:
         """Tensors ``names`` of ``model`` on about ``limit`` samples, batch by batch: how passes that learn
@@ -103,6 +107,38 @@ class Context:
         dataset = self.dataset or default_random(input_specs(model), self.seed)
         return activations(model, names, dataset, limit=limit)
 
+    def quality_probe(self, limit: int) -> QualityProbe:
+        """The original model's outputs on about ``limit`` samples, to score candidates against (accuracy
+        budgets: ``max_drop``). Built once per run and limit."""
+        from onnxopt.calibration import input_specs
+
+        if self.original is None:
+            raise RuntimeError("the Context has no original model (it is set by Pipeline.run)")
+        probe = self._probes.get(limit)
+        if probe is None:
+            original = self.original()
+            dataset = self.dataset or default_random(input_specs(original), self.seed)
+            probe = self._probes[limit] = QualityProbe(original, dataset, limit=limit, providers=self.providers)
+        return probe
+
+    def profile(self, model: ir.Model, *, runs: int = 20) -> NodeProfile:
+        """Per-node latency of ``model`` at batch 1 (or its fixed batch) on the run's providers, with every
+        onnxruntime optimization on (how it will be deployed)."""
+        from onnxopt.calibration import input_specs
+
+        specs = input_specs(model)
+        dataset = self.dataset or default_random(specs, self.seed)
+        size = batch_size_for(specs, 1)  # the model's fixed batch, else 1
+        batch = next(iter(dataset.batches(size, size, exact=fixed_batch(specs) is not None)))
+        return profile_nodes(model, batch.feeds, providers=self.providers, runs=runs)
+
+    def layer_errors(self, reference: ir.Model, candidate: ir.Model, limit: int = 32) -> LayerReport:
+        """Per-layer agreement of ``candidate`` with ``reference`` on about ``limit`` samples of the run's data."""
+        from onnxopt.calibration import input_specs
+        from onnxopt.layer_error import layer_errors
+
+        dataset = self.dataset or default_random(input_specs(reference), self.seed)
+        return layer_errors(io.to_proto(reference), io.to_proto(candidate), dataset, limit=limit)
 
 
 @dataclasses.dataclass
@@ -210,10 +246,11 @@ class Pipeline:
                 outcome.details if outcome and status != "rolled back" else [],
             )
 
-        if opt_pass.min_opset and io.opset_version(state.model) < opt_pass.min_opset:
+        needed = opt_pass.required_opset()
+        if needed and io.opset_version(state.model) < needed:
             old = io.opset_version(state.model)
-            state.model = io.upgrade_opset(state.model, opt_pass.min_opset)
-            notes.append(f"opset upgraded {old} -> {opt_pass.min_opset}")
+            state.model = io.upgrade_opset(state.model, needed)
+            notes.append(f"opset upgraded {old} -> {needed}")
         opt_pass.context = context  # passes that learn from data reach onnxruntime through it
         try:
             outcome: PassOutcome = opt_pass(state.model)
@@ -221,7 +258,9 @@ class Pipeline:
             state.model = state.good.restore()
             notes.append(f"pass raised {type(e).__name__}: {_line(e)}")
             return record("rolled back")
-        if not outcome.modified and not notes:
+        upgraded = bool(notes)
+        notes.extend(outcome.notes)
+        if not outcome.modified and not upgraded:
             return record("unchanged", outcome)
         try:
             candidate, outputs, drift = self._guard(opt_pass, state.model, state.outputs, feeds, names, context)

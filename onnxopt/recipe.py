@@ -3,7 +3,8 @@
 A recipe is an ordered list of ``(pass name, parameters)``. It comes from:
 
 * a CLI string: ``fold-bn,clip-weights:percentile=99.9,quantize:calibration=entropy``
-  (entries separated by ``,``; parameters after ``:`` separated by ``;`` or ``:``);
+  (entries separated by ``,``; parameters after ``:`` separated by ``;`` or ``:``); a built-in
+  recipe's name in the list stands for its passes (``lossless,quantize:max_drop=0.01``);
 * a YAML or JSON file: ``{"passes": ["fold-bn", {"name": "fold-constants", "max_output": 1000}]}``
   or the bare list;
 * a built-in name from :data:`BUILTIN_RECIPES`.
@@ -70,6 +71,9 @@ def parse_spec(spec: str) -> list[RecipeEntry]:
         if not raw:
             continue
         name, _, rest = raw.partition(":")
+        if name.strip() in BUILTIN_RECIPES and not rest.strip():  # a built-in recipe inside a list expands
+            entries.extend(parse_spec(BUILTIN_RECIPES[name.strip()]))
+            continue
         params: dict[str, Any] = {}
         # ';' or ':' separate parameters, but only before another key=, so values may hold ':' (pattern=2:4)
         for item in filter(None, (p.strip() for p in re.split(r"[;:](?=\s*[A-Za-z_][\w-]*\s*=)", rest))):

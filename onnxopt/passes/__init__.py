@@ -10,6 +10,7 @@ from onnxopt.passes.base import OptPass, PassOutcome
 from onnxopt.passes.clip_weights import ClipWeightsPass
 from onnxopt.passes.dedup_initializers import DeduplicateInitializersPass
 from onnxopt.passes.eliminate_identity import EliminateIdentityPass
+from onnxopt.passes.equalize import EqualizeLayersPass
 from onnxopt.passes.fold_batchnorm import FoldBatchNormPass
 from onnxopt.passes.fold_channel_affine import FoldChannelAffinePass
 from onnxopt.passes.fold_constants import FoldConstantsPass
@@ -32,6 +33,7 @@ REGISTRY: dict[str, type[OptPass]] = {
         DeduplicateInitializersPass,
         RemoveUnusedPass,
         TopologicalSortPass,
+        EqualizeLayersPass,
         ClipWeightsPass,
         PruneMagnitudePass,
         PruneChannelsPass,
@@ -45,6 +47,7 @@ __all__ = [
     "ClipWeightsPass",
     "DeduplicateInitializersPass",
     "EliminateIdentityPass",
+    "EqualizeLayersPass",
     "FoldBatchNormPass",
     "FoldChannelAffinePass",
     "FoldConstantsPass",

@@ -29,6 +29,7 @@ class PassOutcome(ir.passes.PassResult):
     counts: dict[str, int] = dataclasses.field(default_factory=dict)
     skipped: list[str] = dataclasses.field(default_factory=list)
     details: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # per-layer rows, for the report
+    notes: list[str] = dataclasses.field(default_factory=list)  # facts about the run (a detected target, a budget)
 
 
 class OptPass(ir.passes.InPlacePass):
@@ -60,9 +61,10 @@ class OptPass(ir.passes.InPlacePass):
         if self.context is None:
             raise RuntimeError(f"pass '{self.name}' needs data: run it through a Pipeline (which sets its Context)")
         return self.context
-        self._counts: Counter[str] = Counter()
-        self._skipped: list[str] = []
-        self._modified = False
+
+    def required_opset(self) -> int | None:
+        """The default-domain opset this configuration needs (``min_opset`` unless a parameter raises it)."""
+        return self.min_opset
 
     @classmethod
     def summary(cls) -> str:
@@ -73,10 +75,13 @@ class OptPass(ir.passes.InPlacePass):
         self._counts = Counter()
         self._skipped = []
         self._details: list[dict[str, Any]] = []
+        self._notes: list[str] = []
         self._modified = False
         self.rewrite(model)
         modified = self._modified or any(self._counts.values())
-        return PassOutcome(model, modified, dict(self._counts), list(self._skipped), list(self._details))
+        return PassOutcome(
+            model, modified, dict(self._counts), list(self._skipped), list(self._details), list(self._notes)
+        )
 
     def rewrite(self, model: ir.Model) -> None:
         """Rewrite ``model`` in place, calling :meth:`count` and :meth:`skip`."""
@@ -93,6 +98,10 @@ class OptPass(ir.passes.InPlacePass):
     def detail(self, **row: Any) -> None:
         """Record one row of per-layer detail (e.g. ``layer=..., clipped=0.01``) for the report."""
         self._details.append(row)
+
+    def note(self, text: str) -> None:
+        """Record a fact about this run for the report (a detected target, a budget's outcome)."""
+        self._notes.append(text)
 
     def skip(self, where: str, reason: str) -> None:
         """Record that ``where`` was declined and why."""

@@ -2,27 +2,49 @@
 
 What it quantizes:
 
-* **weights** of Conv, Gemm and MatMul (constant, float): per output channel,
-  symmetric int8 (``scale_c = max|w_c| / 127``), stored as int8 with a
-  ``DequantizeLinear`` on the right ``axis`` (Conv 0; Gemm 0 with transB=1,
-  else 1; MatMul the last axis);
-* **biases** of Conv/Gemm whose input is quantized: int32 with
+* **weights** of Conv, ConvTranspose, Gemm and MatMul (constant, float): per
+  output channel, symmetric int8 (``scale_c = max|w_c| / 127``; ``/ 63`` when
+  the target CPU lacks VNNI, see :mod:`onnxopt.cpu_target`), stored as int8
+  with a ``DequantizeLinear`` on the right ``axis`` (Conv 0; ConvTranspose 1;
+  Gemm 0 with transB=1, else 1; MatMul the last axis);
+* **biases** of Conv/ConvTranspose/Gemm whose input is quantized: int32 with
   ``scale = s_x * s_w`` (zero point 0), as onnxruntime's integer kernels expect;
 * **activations**: every float tensor entering or leaving a quantized op --
   the weight ops above and Add, Mul, Concat, MaxPool, AveragePool,
-  GlobalAveragePool, Relu, Clip, Sigmoid, Resize, Reshape, Transpose,
-  Flatten, Squeeze, Unsqueeze -- gets one Q/DQ pair shared by all its
-  readers, per tensor: ``uint8`` asymmetric (default) or ``int8`` symmetric.
-  Float constants read by Add/Mul/Concat are quantized per tensor too.
+  GlobalAveragePool, Relu, Clip, LeakyRelu, Sigmoid, HardSigmoid, HardSwish,
+  Resize, Reshape, Transpose, Flatten, Squeeze, Unsqueeze -- gets one Q/DQ
+  pair shared by all its readers, per tensor: ``uint8`` asymmetric (default),
+  ``int8`` symmetric, or ``int16`` symmetric (A16W8; needs opset 21, upgraded
+  to). Float constants read by Add/Mul/Concat are quantized per tensor too.
   Graph inputs stay float at the interface; graph outputs and Softmax stay
-  float.
+  float. ``weights_only=true`` quantizes the weights alone (a 4x smaller file,
+  float compute).
 * **Relu after a weight op** (uint8 activations): the Relu is removed and the
   op's output is quantized with the Relu's range -- zero point 0, so the
   quantizer's clamp *is* the Relu.
 
-Ranges come from calibration through onnxruntime on the run's data
-(``calibration=minmax``, or ``percentile`` with ``percentile=99.99``), over
-``samples`` samples, streamed (:class:`onnxopt.activation_ranges.RangeCollector`).
+Ranges come from calibration through onnxruntime on the run's data, over
+``samples`` samples, streamed (:class:`onnxopt.activation_ranges.RangeCollector`):
+``minmax``, ``percentile`` (``percentile=99.99``), ``entropy`` (KL) or ``mse``
+(:mod:`onnxopt.range_search`).
+
+Two searches decide which nodes stay float (besides ``exclude``):
+
+* ``fallback=profile`` (the ``int8`` recipe's default): onnxruntime's per-node
+  profiler times the float model and the quantized one on the run's provider
+  (:mod:`onnxopt.node_profile`); nodes whose int8 kernel is slower than their
+  float kernel are kept float, a round is kept only if the whole model got
+  faster, and when the int8 model is still not faster than the float one the
+  pass declines altogether -- quantization never makes a model slower. The
+  record has each node's float and int8 microseconds.
+* ``max_drop=d``: the quantized model is scored against the original
+  (:mod:`onnxopt.quality`: accuracy with labels, else top-1 agreement, else
+  output agreement) on ``eval_samples`` samples; while the drop exceeds ``d``,
+  the layers that add the most error (per-layer SNR, :mod:`onnxopt.layer_error`)
+  are kept float -- the fewest that fit, found by doubling then bisection. The
+  record lists them with the dB each added. A budget no float fallback meets
+  declines the pass.
+
 Needs opset 13 (per-channel ``axis`` on DequantizeLinear): older models are
 upgraded first, never written invalid. Declined with a reason: non-float or
 shared-with-unquantized weights, tensors whose range is not finite.
@@ -32,40 +54,64 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
 
+from onnxopt import cpu_target
 from onnxopt.activation_ranges import RangeCollector
-from onnxopt.passes._graph_edit import NameSource, attribute, bypass_node, constant_array, drop_unused_initializers
+from onnxopt.passes._graph_edit import (
+    NameSource,
+    attribute,
+    bypass_node,
+    constant_array,
+    drop_unused_initializers,
+    remove_node_and_orphans,
+)
 from onnxopt.passes._weights import check_pattern, weight_axes
 from onnxopt.passes.base import OptPass
+from onnxopt.range_search import entropy_range, mse_range
 
-WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
+WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 DATA_OPS = (
-    "Add", "Mul", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "Relu", "Clip", "Sigmoid", "Resize",
-    "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze",
+    "Add", "Mul", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "Relu", "Clip", "LeakyRelu", "Sigmoid",
+    "HardSigmoid", "HardSwish", "Resize", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Gather",
 )  # fmt: skip
 _FLOAT = (ir.DataType.FLOAT, ir.DataType.FLOAT16)
+_ZERO_DTYPE = {"uint8": np.uint8, "int8": np.int8, "int16": np.int16}
+
+Ranges = dict[str, tuple[float, float]]  # tensor name -> calibrated (low, high)
 
 
 @dataclasses.dataclass(frozen=True)
 class QuantizeConfig:
-    calibration: str = "minmax"  # or "percentile"
+    calibration: str = "minmax"  # minmax | percentile | entropy | mse
     percentile: float = 99.99
-    activations: str = "uint8"  # or "int8" (symmetric)
+    activations: str = "uint8"  # uint8 (asymmetric) | int8 (symmetric) | int16 (A16W8)
+    weights_only: bool = False
+    target: str = "auto"  # auto | vnni | avx2 | arm | gpu (onnxopt.cpu_target)
     samples: int = 256
     exclude: str = ""  # regex on node names kept in float
+    fallback: str = "none"  # none | profile: keep float what runs slower in int8
+    max_drop: float | None = None  # accuracy budget (onnxopt.quality)
+    eval_samples: int = 256
 
     def __post_init__(self) -> None:
-        if self.calibration not in ("minmax", "percentile"):
-            raise ValueError(f"calibration must be minmax or percentile, not {self.calibration!r}")
+        if self.calibration not in ("minmax", "percentile", "entropy", "mse"):
+            raise ValueError(f"calibration must be minmax, percentile, entropy or mse, not {self.calibration!r}")
         if not 50 < self.percentile <= 100:
             raise ValueError("percentile must be in (50, 100]")
-        if self.activations not in ("uint8", "int8"):
-            raise ValueError(f"activations must be uint8 or int8, not {self.activations!r}")
-        if self.samples < 1:
-            raise ValueError("samples must be positive")
+        if self.activations not in _ZERO_DTYPE:
+            raise ValueError(f"activations must be uint8, int8 or int16, not {self.activations!r}")
+        if self.target not in cpu_target.TARGETS:
+            raise ValueError(f"target must be one of {', '.join(cpu_target.TARGETS)}, not {self.target!r}")
+        if self.fallback not in ("none", "profile"):
+            raise ValueError(f"fallback must be none or profile, not {self.fallback!r}")
+        if self.max_drop is not None and not 0 <= self.max_drop < 1:
+            raise ValueError("max_drop must be in [0, 1)")
+        if self.samples < 1 or self.eval_samples < 1:
+            raise ValueError("samples and eval_samples must be positive")
         check_pattern(self.exclude)
 
 
@@ -77,34 +123,34 @@ class QuantizeQDQPass(OptPass):
     lossless = False
     min_opset = 13
 
+    def required_opset(self) -> int | None:
+        return 21 if self.config.activations == "int16" and not self.config.weights_only else self.min_opset
+
     def rewrite(self, model: ir.Model) -> None:
         graph = model.graph
         self._sums_to_adds(graph)
-        exclude = re.compile(self.config.exclude) if self.config.exclude else None
-        chosen = [
-            n for n in graph
-            if n.domain == "" and (n.op_type in WEIGHT_OPS or n.op_type in DATA_OPS)
-            and not (exclude and exclude.search(n.name or ""))
-        ]  # fmt: skip
-        tensors = self._activation_tensors(graph, chosen)
-        if not tensors:
-            return
-        ranges = self._calibrate(model, tensors)
         names = NameSource(model)
-        folded = self._fold_relus(graph, chosen, ranges) if self.config.activations == "uint8" else set()
-        chosen = [n for n in chosen if id(n) not in folded]
-        params: dict[int, tuple[float, int]] = {}
-        for value in self._activation_tensors(graph, chosen):
-            low, high = ranges.get(id(value), (np.inf, -np.inf))
-            if not (np.isfinite(low) and np.isfinite(high)):
-                self.skip(value.name or "?", "no finite calibration range")
-                continue
-            params[id(value)] = self._insert_pair(graph, value, low, high, names)
-        for node in chosen:
-            if node.op_type in WEIGHT_OPS:
-                self._quantize_weight(graph, node, params, names)
-            elif node.op_type in ("Add", "Mul", "Concat"):
-                self._quantize_constants(graph, node, names)
+        self._shuffles_to_gathers(graph, names)
+        for node in graph:  # exclusions and the report name nodes
+            if not node.name:
+                node.name = names.fresh(node.op_type)
+        providers = tuple(self.context.providers) if self.context is not None else ("CPUExecutionProvider",)
+        target = cpu_target.resolve(self.config.target, providers)
+        self.note(f"target {target.name}: {target.reason}")
+        pattern = re.compile(self.config.exclude) if self.config.exclude else None
+        excluded = {n.name for n in graph if pattern and pattern.search(n.name or "")}
+        ranges: Ranges = {}
+        if not self.config.weights_only:
+            tensors = self._activation_tensors(graph, self._chosen(graph, excluded))
+            if not tensors:
+                return
+            ranges = self._calibrate(model, tensors)
+        if self.config.fallback == "profile" or self.config.max_drop is not None:
+            decided = self._search(model, ranges, excluded, target)
+            if decided is None:
+                return
+            excluded = decided
+        self._apply(model, ranges, excluded, target)
 
     def _sums_to_adds(self, graph: ir.Graph) -> None:
         """Two-input Sum is Add, which has an integer kernel (QLinearAdd); Sum has none."""
@@ -117,7 +163,50 @@ class QuantizeQDQPass(OptPass):
                 bypass_node(graph, node, new, out, x_now_equals_y=True)
                 self.count("Sum rewritten as Add")
 
-    # ------------------------------------------------------------------ which tensors
+    def _shuffles_to_gathers(self, graph: ir.Graph, names: NameSource) -> None:
+        """A channel shuffle -- Reshape [N,g,C/g,H,W], Transpose [0,2,1,3,4], Reshape [N,C,H,W] -- becomes one
+        Gather of the permuted channels: the same values, but onnxruntime's uint8 5-D Transpose is 15-40x
+        slower than its float one (it made int8 ShuffleNet slower than float), while Gather copies whole planes."""
+        for node in list(graph):
+            transpose = node.inputs[0].producer() if node.op_type == "Reshape" and node.inputs[0] else None
+            if transpose is None or transpose.op_type != "Transpose":
+                continue
+            first = transpose.inputs[0].producer() if transpose.inputs[0] is not None else None
+            if first is None or first.op_type != "Reshape" or first.domain or transpose.domain or node.domain:
+                continue
+            x, out = first.inputs[0], node.outputs[0]
+            split = constant_array(first.inputs[1]) if len(first.inputs) > 1 else None
+            if (
+                x is None or split is None or split.shape != (5,)
+                or list(attribute(transpose, "perm", [])) != [0, 2, 1, 3, 4]
+                or len(first.outputs[0].uses()) != 1 or len(transpose.outputs[0].uses()) != 1
+                or x.shape is None or out.shape is None or len(x.shape) != 4 or len(out.shape) != 4
+            ):  # fmt: skip
+                continue
+            dims = [x.shape[i] for i in range(1, 4)]
+            if not all(isinstance(d, int) for d in dims) or dims != [out.shape[i] for i in range(1, 4)]:
+                continue
+            channels, groups, per_group = dims[0], int(split[1]), int(split[2])
+            if groups * per_group != channels or groups < 1:
+                continue
+            order = np.arange(channels).reshape(groups, per_group).T.reshape(-1)
+            index = _constant(graph, names.fresh(f"{out.name or 'shuffle'}_channel_order"), order.astype(np.int64))
+            gather = ir.node("Gather", [x, index], attributes={"axis": 1}, name=node.name)
+            graph.insert_before(node, gather)
+            gather.outputs[0].dtype, gather.outputs[0].shape = out.dtype, out.shape
+            bypass_node(graph, node, gather.outputs[0], out, x_now_equals_y=True)
+            remove_node_and_orphans(graph, transpose)
+            remove_node_and_orphans(graph, first)
+            self.count("channel shuffles rewritten as Gather")
+
+    # ------------------------------------------------------------------ which nodes and tensors
+
+    @staticmethod
+    def _chosen(graph: ir.Graph, excluded: set[str]) -> list[ir.Node]:
+        return [
+            n for n in graph
+            if n.domain == "" and (n.op_type in WEIGHT_OPS or n.op_type in DATA_OPS) and n.name not in excluded
+        ]  # fmt: skip
 
     @staticmethod
     def _activation_tensors(graph: ir.Graph, chosen: list[ir.Node]) -> list[ir.Value]:
@@ -125,7 +214,7 @@ class QuantizeQDQPass(OptPass):
         seen: dict[int, ir.Value] = {}
         for node in chosen:
             data_inputs = node.inputs[:1] if node.op_type in WEIGHT_OPS else node.inputs
-            if node.op_type in ("Reshape", "Resize", "Clip", "Squeeze", "Unsqueeze"):
+            if node.op_type in ("Reshape", "Resize", "Clip", "Squeeze", "Unsqueeze", "Gather"):
                 data_inputs = node.inputs[:1]
             for value in [*data_inputs, *node.outputs[:1]]:
                 if value is None or id(value) in outputs or value.is_initializer() or value.dtype not in _FLOAT:
@@ -135,21 +224,184 @@ class QuantizeQDQPass(OptPass):
                 seen.setdefault(id(value), value)
         return list(seen.values())
 
-    def _calibrate(self, model: ir.Model, tensors: list[ir.Value]) -> dict[int, tuple[float, float]]:
+    def _calibrate(self, model: ir.Model, tensors: list[ir.Value]) -> Ranges:
         names = [v.name for v in tensors if v.name]
-        sample = 65536 if self.config.calibration == "percentile" else 0  # minmax needs no sample
+        method = self.config.calibration
+        sample = 0 if method == "minmax" else 65536  # the searches work on a uniform sample of each tensor
         context = self.require_context()
         collector = RangeCollector(names, sample_size=sample, seed=context.seed)
         for arrays in context.activations(model, names, self.config.samples):
             for name, array in arrays.items():
                 collector.add(name, array)
-        pct = self.config.percentile if self.config.calibration == "percentile" else None
-        by_name = {name: collector.range(name, pct) for name in names}
-        return {id(v): by_name[v.name] for v in tensors if v.name in by_name}
+        ranges: Ranges = {}
+        for name in names:
+            low, high = collector.range(name, self.config.percentile if method == "percentile" else None)
+            values = collector.samples.get(name)
+            if method == "mse" and values is not None:
+                low, high = mse_range(values, low, high, self.config.activations)
+            elif method == "entropy" and values is not None:
+                low, high = entropy_range(values, low, high, self.config.activations)
+            ranges[name] = (low, high)
+        return ranges
 
-    def _fold_relus(self, graph: ir.Graph, chosen: list[ir.Node], ranges: dict) -> set[int]:
-        """Remove Relus right after a weight op; the op's output takes the Relu's range (and name)."""
+    # ------------------------------------------------------------------ which nodes stay float
+
+    def _trial(self, model: ir.Model, ranges: Ranges, excluded: set[str], target) -> ir.Model:
+        """A quantized copy of ``model`` with ``excluded`` kept float (this pass's record untouched)."""
+        saved = (self._counts.copy(), list(self._skipped))
+        clone = model.clone()
+        self._apply(clone, ranges, excluded, target)
+        self._counts, self._skipped = saved
+        return clone
+
+    def _search(self, model: ir.Model, ranges: Ranges, excluded: set[str], target) -> set[str] | None:
+        """The nodes to keep float so the result is faster than float and within the budget; None: decline."""
+        context = self.require_context()
+        trial: Callable[[set[str]], ir.Model] = lambda keep: self._trial(model, ranges, keep, target)  # noqa: E731
+        float_profile = None
+        if self.config.fallback == "profile":
+            float_profile = context.profile(model)
+            decided = self._keep_slow_nodes_float(model, trial, excluded, float_profile)
+            if decided is None:
+                return None
+            excluded = decided
+        if self.config.max_drop is not None:
+            decided = self._fit_budget(model, trial, excluded)
+            if decided is None:
+                return None
+            if float_profile is not None and decided != excluded:
+                final = context.profile(trial(decided))
+                if final.total >= float_profile.total:
+                    self.skip(
+                        "model",
+                        f"within the budget int8 is not faster than float "
+                        f"({final.total:.0f} vs {float_profile.total:.0f} µs per run): left float",
+                    )
+                    return None
+            excluded = decided
+        return excluded
+
+    def _keep_slow_nodes_float(self, model, trial, excluded: set[str], float_profile) -> set[str] | None:
+        """Keep float the op types whose int8 kernels run slower than their float ones, one type at a time,
+        most time lost first; a type stays float only if the whole model then runs faster."""
+        context = self.require_context()
+        ops = {n.name: n.op_type for n in self._chosen(model.graph, excluded)}
+        profile = context.profile(trial(excluded))
+        first_total = profile.total
+        lost: dict[str, dict[str, tuple[float, float]]] = {}  # op type -> node -> (float µs, int8 µs)
+        for name, op_type in ops.items():
+            float_us, int8_us = float_profile.times.get(name, 0.0), profile.times.get(name, 0.0)
+            if int8_us > float_us + 1.0:
+                lost.setdefault(op_type, {})[name] = (float_us, int8_us)
+        order = sorted(lost, key=lambda op: -sum(i - f for f, i in lost[op].values()))
+        kept_float: dict[str, tuple[float, float]] = {}
+        for op_type in order:
+            candidate = context.profile(trial(excluded | set(lost[op_type])))
+            if candidate.total < profile.total:  # otherwise the float island's Q/DQ cost more than it saved
+                excluded, profile = excluded | set(lost[op_type]), candidate
+                kept_float.update(lost[op_type])
+        for name, (float_us, int8_us) in sorted(kept_float.items()):
+            kept = "float (slower in int8)"
+            self.detail(node=name, op=ops[name], float_us=round(float_us, 1), int8_us=round(int8_us, 1), kept=kept)
+        self.note(
+            f"per-node profile (batch 1): float {float_profile.total:.0f} µs, int8 {first_total:.0f} µs, "
+            f"{profile.total:.0f} µs with {len(kept_float)} slower node(s) kept float"
+        )
+        if profile.total >= float_profile.total:
+            self.skip(
+                "model",
+                f"int8 is not faster than float on this target ({profile.total:.0f} vs "
+                f"{float_profile.total:.0f} µs per run): left float",
+            )
+            return None
+        return excluded
+
+    def _fit_budget(self, model, trial, excluded: set[str]) -> set[str] | None:
+        """The fewest most error-adding layers to keep float so the drop stays within ``max_drop``."""
+        context = self.require_context()
+        budget = float(self.config.max_drop)  # type: ignore[arg-type]
+        probe = context.quality_probe(self.config.eval_samples)
+        quantized = trial(excluded)
+        drop = probe.drop(quantized)
+        self.note(
+            f"{probe.metric}: float {probe.baseline:.4f}, all int8 {probe.baseline - drop:.4f} "
+            f"(drop {drop:.4f}, budget {budget})"
+        )
+        if drop <= budget:
+            return excluded
+        ranked = self._sensitivity(model, quantized, excluded)
+        cache: dict[int, float] = {0: drop}
+
+        def drop_with(k: int) -> float:
+            if k not in cache:
+                cache[k] = probe.drop(trial(excluded | {name for name, _ in ranked[:k]}))
+            return cache[k]
+
+        k = 1
+        while k < len(ranked) and drop_with(k) > budget:
+            k *= 2
+        k = min(k, len(ranked))
+        if not ranked or drop_with(k) > budget:
+            self.skip(
+                "model",
+                f"no float fallback of the {len(ranked)} most sensitive layers meets "
+                f"max_drop={budget} ({probe.metric} drop {min(cache.values()):.4f}): left float",
+            )
+            return None
+        low, high = k // 2 + 1, k  # drop_with(k // 2) was over budget, drop_with(k) is within
+        while low < high:
+            mid = (low + high) // 2
+            if drop_with(mid) <= budget:
+                high = mid
+            else:
+                low = mid + 1
+        for name, added in ranked[:high]:
+            self.detail(node=name, added_db=round(added, 2), kept="float (accuracy budget)")
+        self.note(f"kept {high} layer(s) float for the budget: {probe.metric} drop {drop_with(high):.4f}")
+        return excluded | {name for name, _ in ranked[:high]}
+
+    def _sensitivity(self, model: ir.Model, quantized: ir.Model, excluded: set[str]) -> list[tuple[str, float]]:
+        """Quantized nodes, most error added first (a folded Relu's error is its weight op's)."""
+        report = self.require_context().layer_errors(model, quantized)
+        quantizable = {n.name for n in self._chosen(model.graph, excluded)}
+        producers = {v.name: n for n in model.graph for v in n.outputs if v.name}
+        added: dict[str, float] = {}
+        for layer in report.layers:
+            node = producers.get(layer.tensor)
+            if node is None or layer.added_db is None:
+                continue
+            source = node.inputs[0].producer() if node.op_type == "Relu" and node.inputs else None
+            if source is not None and source.op_type in WEIGHT_OPS and source.name in quantizable:
+                node = source
+            if node.name in quantizable:
+                added[node.name] = max(added.get(node.name, -np.inf), layer.added_db)
+        return sorted(added.items(), key=lambda item: -item[1])
+
+    # ------------------------------------------------------------------ applying
+
+    def _apply(self, model: ir.Model, ranges: Ranges, excluded: set[str], target) -> None:
+        graph = model.graph
+        chosen = self._chosen(graph, excluded)
+        names = NameSource(model)
+        if not self.config.weights_only:
+            folded = self._fold_relus(graph, chosen, ranges) if self.config.activations == "uint8" else set()
+            chosen = [n for n in chosen if id(n) not in folded]
+            for value in self._activation_tensors(graph, chosen):
+                low, high = ranges.get(value.name or "", (np.inf, -np.inf))
+                if not (np.isfinite(low) and np.isfinite(high)):
+                    self.skip(value.name or "?", "no finite calibration range")
+                    continue
+                self._insert_pair(graph, value, low, high, names)
+        for node in chosen:
+            if node.op_type in WEIGHT_OPS:
+                self._quantize_weight(graph, node, names, target.weight_max)
+            elif node.op_type in ("Add", "Mul", "Concat") and not self.config.weights_only:
+                self._quantize_constants(graph, node, names)
+
+    def _fold_relus(self, graph: ir.Graph, chosen: list[ir.Node], ranges: Ranges) -> set[int]:
+        """Remove Relus right after a weight op; the op's output takes the Relu's name, so its range."""
         folded = set()
+        chosen_ids = {id(n) for n in chosen}
         for node in chosen:
             if node.op_type not in WEIGHT_OPS:
                 continue
@@ -158,9 +410,8 @@ class QuantizeQDQPass(OptPass):
             if out.is_graph_output() or len(uses) != 1 or uses[0].node.op_type != "Relu":
                 continue
             relu = uses[0].node
-            if relu.outputs[0].is_graph_output() or id(relu.outputs[0]) not in ranges:
+            if id(relu) not in chosen_ids or relu.outputs[0].is_graph_output() or relu.outputs[0].name not in ranges:
                 continue
-            ranges[id(out)] = (0.0, ranges[id(relu.outputs[0])][1])
             bypass_node(graph, relu, out, relu.outputs[0], x_now_equals_y=True)
             folded.add(id(relu))
             self.count("Relu folded into the quantizer")
@@ -173,8 +424,7 @@ class QuantizeQDQPass(OptPass):
         readers = [(u.node, u.idx) for u in value.uses()]  # before the Q node becomes a reader too
         base = value.name or "t"
         s = _constant(graph, names.fresh(f"{base}_scale"), np.array(scale, np.float32))
-        zp_dtype = np.uint8 if self.config.activations == "uint8" else np.int8
-        z = _constant(graph, names.fresh(f"{base}_zero_point"), np.array(zero, zp_dtype))
+        z = _constant(graph, names.fresh(f"{base}_zero_point"), np.array(zero, _ZERO_DTYPE[self.config.activations]))
         q = ir.node("QuantizeLinear", [value, s, z], name=names.fresh(f"{base}_Q"))
         q.outputs[0].name = names.fresh(f"{base}_quantized")
         dq = ir.node("DequantizeLinear", [q.outputs[0], s, z], name=names.fresh(f"{base}_DQ"))
@@ -190,7 +440,7 @@ class QuantizeQDQPass(OptPass):
         self.count("tensors quantized")
         return scale, zero
 
-    def _quantize_weight(self, graph: ir.Graph, node: ir.Node, params: dict, names: NameSource) -> None:
+    def _quantize_weight(self, graph: ir.Graph, node: ir.Node, names: NameSource, weight_max: int) -> None:
         weight_value = node.inputs[1] if len(node.inputs) > 1 else None
         weight = constant_array(weight_value)
         where = node.name or node.op_type
@@ -201,11 +451,7 @@ class QuantizeQDQPass(OptPass):
             self.skip(where, "Gemm with transA or alpha != 1 stays float")
             return
         axis, _ = weight_axes(node, weight.ndim)
-        peak = np.moveaxis(np.abs(weight.astype(np.float64)), axis, 0).reshape(weight.shape[axis], -1).max(axis=1)
-        w_scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
-        shape = [1] * weight.ndim
-        shape[axis] = -1
-        w_q = np.clip(np.round(weight / w_scale.reshape(shape)), -127, 127).astype(np.int8)
+        w_q, w_scale = quantize_weight(weight, axis, weight_max)
         base = weight_value.name or f"{where}_weight"
         dq = self._dequantize(graph, names, base, w_q, w_scale, np.zeros_like(w_scale, dtype=np.int8), axis)
         node.replace_input_with(1, dq)
@@ -213,7 +459,7 @@ class QuantizeQDQPass(OptPass):
         self.count("weights quantized")
         x = node.inputs[0]
         bias = constant_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
-        x_params = self._input_params(x, params)
+        x_params = self._input_params(x)
         if bias is None or x_params is None or node.op_type == "MatMul" or bias.ndim != 1 or bias.size != w_scale.size:
             return
         b_scale = (x_params[0] * w_scale.astype(np.float64)).astype(np.float32)
@@ -226,7 +472,7 @@ class QuantizeQDQPass(OptPass):
         self.count("biases quantized")
 
     @staticmethod
-    def _input_params(x: ir.Value | None, params: dict) -> tuple[float, int] | None:
+    def _input_params(x: ir.Value | None) -> tuple[float, int] | None:
         """The scale of the quantized tensor a node reads (through its DequantizeLinear)."""
         producer = x.producer() if x is not None else None
         if producer is None or producer.op_type != "DequantizeLinear":
@@ -241,7 +487,7 @@ class QuantizeQDQPass(OptPass):
                 continue
             low, high = float(min(array.min(), 0.0)), float(max(array.max(), 0.0))
             scale, zero = _activation_params(low, high, self.config.activations)
-            dtype = np.uint8 if self.config.activations == "uint8" else np.int8
+            dtype = _ZERO_DTYPE[self.config.activations]
             info = np.iinfo(dtype)
             q = np.clip(np.round(array / scale) + zero, info.min, info.max).astype(dtype)
             base = value.name or f"{node.name}_const{index}"
@@ -261,11 +507,23 @@ class QuantizeQDQPass(OptPass):
         return dq.outputs[0]
 
 
+def quantize_weight(weight: np.ndarray, axis: int, weight_max: int = 127) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel symmetric int8 along ``axis``: (int8 weights, float32 scales); ``weight_max`` 127 or 63
+    (7 bits, for CPUs without VNNI). Bias correction simulates exactly this."""
+    peak = np.moveaxis(np.abs(weight.astype(np.float64)), axis, 0).reshape(weight.shape[axis], -1).max(axis=1)
+    scale = np.where(peak > 0, peak / weight_max, 1.0).astype(np.float32)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    q = np.clip(np.round(weight / scale.reshape(shape)), -weight_max, weight_max).astype(np.int8)
+    return q, scale
+
+
 def _activation_params(low: float, high: float, kind: str) -> tuple[float, int]:
     low, high = min(low, 0.0), max(high, 0.0)  # zero must be exactly representable
-    if kind == "int8":
+    if kind in ("int8", "int16"):
         peak = max(abs(low), abs(high))
-        return (peak / 127.0 if peak > 0 else 1.0), 0
+        top = 127.0 if kind == "int8" else 32767.0
+        return (peak / top if peak > 0 else 1.0), 0
     span = high - low
     if span <= 0:
         return 1.0, 0

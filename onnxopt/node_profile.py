@@ -1,0 +1,122 @@
+"""Per-node latency from onnxruntime's profiler, attributed back to the model's own nodes.
+
+onnxruntime optimizes a graph before it runs it: it fuses Q/DQ pairs into
+integer kernels, converts layouts (NHWC for int8, NCHWc for float) and fuses
+activations into Convs. Its profiler reports the *optimized* nodes; this
+module maps them back to the node of the input model they came from:
+
+* a fused or layout-converted node keeps its target's name, sometimes with
+  ``_token_<n>`` suffixes (``conv1_token_3`` is ``conv1``);
+* an NCHWc node is named after its output (``r2_nchwc`` is the node whose
+  output is ``r2``);
+* what is left (layout Transposes and Reorders, Q/DQ the optimizer added) is
+  counted under :data:`UNATTRIBUTED`.
+
+The timings are means over ``runs`` runs after ``warmup`` runs, in
+microseconds, on the given execution providers with every graph
+optimization on -- how the model will be deployed.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+
+from onnxopt.errors import UnsupportedModelError
+
+UNATTRIBUTED = "(layout and conversions)"
+_TOKEN = re.compile(r"(_token_\d+)+$")
+_FUSABLE = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Add", "Sum")
+
+
+@dataclasses.dataclass
+class NodeProfile:
+    """Mean microseconds per run of each node of a model (by the model's node names)."""
+
+    times: dict[str, float]
+    ops: dict[str, str]  # node name -> the kernel onnxruntime ran for it (QLinearConv, FusedConv, ...)
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.times.values()))
+
+
+def profile_nodes(
+    model: ir.Model,
+    feeds: Mapping[str, np.ndarray],
+    *,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    threads: int = 0,
+    warmup: int = 3,
+    runs: int = 20,
+) -> NodeProfile:
+    """Profile ``model`` on ``feeds`` and attribute each kernel's time to one of ``model``'s nodes."""
+    by_output = {v.name: n for n in model.graph for v in n.outputs if v.name}
+    names = {n.name for n in model.graph if n.name}
+    data = ir.serde.serialize_model(model).SerializeToString()
+    with tempfile.TemporaryDirectory(prefix="onnxopt-profile-") as folder:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 4
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(folder, "profile")
+        try:
+            session = ort.InferenceSession(data, options, providers=list(providers))
+            for _ in range(warmup + runs):
+                session.run(None, dict(feeds))
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise UnsupportedModelError(
+                f"onnxruntime cannot profile the model: {' '.join(str(e).split())[:200]}"
+            ) from e
+        path = session.end_profiling()
+        with open(path, encoding="utf-8") as f:
+            events = json.load(f)
+    times: dict[str, float] = collections.defaultdict(float)
+    ops: dict[str, str] = {}
+    # the warm-up runs are profiled too: count only the last `runs` occurrences of every kernel
+    per_kernel: dict[str, list[float]] = collections.defaultdict(list)
+    kernel_op: dict[str, str] = {}
+    for event in events:
+        name = event.get("name", "")
+        if event.get("cat") != "Node" or not name.endswith("_kernel_time"):
+            continue
+        kernel = name[: -len("_kernel_time")]
+        per_kernel[kernel].append(float(event.get("dur", 0)))
+        kernel_op[kernel] = str(event.get("args", {}).get("op_name", ""))
+    for kernel, durations in per_kernel.items():
+        node = _attribute(kernel, names, by_output)
+        times[node] += float(np.mean(durations[-runs:])) if durations else 0.0
+        if node != UNATTRIBUTED:
+            ops.setdefault(node, kernel_op[kernel])
+    return NodeProfile(dict(times), ops)
+
+
+def _attribute(kernel: str, names: set[str], by_output: dict[str, ir.Node]) -> str:
+    base = _TOKEN.sub("", kernel)
+    if base in names:
+        return base
+    if base.endswith("_nchwc") and base[: -len("_nchwc")] in by_output:
+        return _fused_root(by_output[base[: -len("_nchwc")]]).name or UNATTRIBUTED
+    return UNATTRIBUTED
+
+
+def _fused_root(node: ir.Node) -> ir.Node:
+    """The Conv an NCHWc kernel computes when it is named after a fused activation or Sum's output."""
+    while node.op_type in _FUSABLE:
+        sources = [v.producer() for v in node.inputs if v is not None and v.producer() is not None]
+        convs = [p for p in sources if p.op_type in ("Conv", *_FUSABLE)]
+        if not convs:
+            break
+        node = convs[0]
+    return node

@@ -1,0 +1,106 @@
+"""How good a candidate model still is against the original, as one number: what accuracy budgets spend.
+
+A lossy pass given ``max_drop`` (the quantizer, structured pruning) keeps its
+result only while ``probe.drop(candidate) <= max_drop``. The number is, in
+order of preference:
+
+* ``accuracy`` -- top-1 accuracy against the data's labels, when the data has
+  labels and the model a classifier-shaped output; the drop is in accuracy
+  (0.01 = one point);
+* ``top-1 agreement`` -- the fraction of samples whose arg-max matches the
+  original's, for a classifier-shaped output without labels (the original
+  scores 1.0);
+* ``output agreement`` -- ``1 - ||y - y0|| / ||y0||`` over every output (the
+  original scores 1.0), for models that are not classifiers.
+
+The original's outputs are computed once and kept (the probe is for budgets
+on a few hundred samples, not for whole datasets).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxopt.data import Dataset, batch_size_for, fixed_batch
+from onnxopt.evaluate import is_classifier_shape
+from onnxopt.runtime import Runner
+
+
+@dataclasses.dataclass(frozen=True)
+class Quality:
+    metric: str  # "accuracy", "top-1 agreement" or "output agreement"
+    value: float
+
+
+class QualityProbe:
+    """The original model's outputs on ``limit`` samples of ``dataset``, and :meth:`score` for candidates."""
+
+    def __init__(self, original: ir.Model, dataset: Dataset, *, limit: int = 256, providers=("CPUExecutionProvider",)):
+        self.providers = tuple(providers)
+        runner = _runner(original, self.providers)
+        fixed = fixed_batch(runner.inputs)
+        batch = batch_size_for(runner.inputs)
+        self.names = runner.output_names
+        self.feeds: list[dict[str, np.ndarray]] = []
+        self.labels: list[np.ndarray] = []
+        self.reference: list[list[np.ndarray]] = []
+        for item in dataset.batches(batch, limit, exact=fixed is not None):
+            self.feeds.append(item.feeds)
+            self.reference.append(runner.run(item.feeds))
+            if item.labels is not None:
+                self.labels.append(item.labels)
+        self.classifier = next(
+            (i for i, spec in enumerate(runner.outputs) if spec.shape is not None and is_classifier_shape(spec.shape)),
+            None,
+        )
+        has_labels = len(self.labels) == len(self.feeds) and bool(self.labels)
+        if self.classifier is not None and has_labels:
+            self.metric = "accuracy"
+        elif self.classifier is not None:
+            self.metric = "top-1 agreement"
+        else:
+            self.metric = "output agreement"
+        self.baseline = self._value(self.reference)
+
+    def score(self, candidate: ir.Model) -> Quality:
+        runner = _runner(candidate, self.providers)
+        outputs = [runner.run(f, self.names) for f in self.feeds]
+        return Quality(self.metric, self._value(outputs))
+
+    def drop(self, candidate: ir.Model) -> float:
+        """How much worse ``candidate`` is than the original (0 = as good; same unit as the metric)."""
+        return self.baseline - self.score(candidate).value
+
+    def _value(self, outputs: list[list[np.ndarray]]) -> float:
+        if self.metric == "accuracy":
+            assert self.classifier is not None
+            hits = sum(
+                int((_top1(o[self.classifier]) == labels.reshape(-1)).sum())
+                for o, labels in zip(outputs, self.labels, strict=True)
+            )
+            return hits / max(sum(labels.size for labels in self.labels), 1)
+        if self.metric == "top-1 agreement":
+            assert self.classifier is not None
+            same = sum(
+                int((_top1(o[self.classifier]) == _top1(r[self.classifier])).sum())
+                for o, r in zip(outputs, self.reference, strict=True)
+            )
+            return same / max(sum(r[self.classifier].shape[0] for r in self.reference), 1)
+        error = norm = 0.0
+        for out, ref in zip(outputs, self.reference, strict=True):
+            for o, r in zip(out, ref, strict=True):
+                r64 = np.asarray(r, np.float64)
+                error += float(np.sum((np.asarray(o, np.float64) - r64) ** 2))
+                norm += float(np.sum(r64**2))
+        return 1.0 - float(np.sqrt(error / norm)) if norm > 0 else (1.0 if error == 0 else 0.0)
+
+
+def _top1(scores: np.ndarray) -> np.ndarray:
+    return scores.reshape(scores.shape[0], -1).argmax(axis=1)
+
+
+def _runner(model: ir.Model, providers: tuple[str, ...]) -> Runner:
+    return Runner(ir.serde.serialize_model(model).SerializeToString(), providers=providers, optimize=True)
