@@ -33,6 +33,7 @@ def optimize(
     target_opset: int | None = None,
     bench: BenchConfig | None = None,
     per_layer: bool = False,
+    batch: int | None = None,
     progress: Progress | None = None,
 ) -> OptimizeResult:
     """Optimize the model file ``model`` into ``output`` with a recipe (name or file) or a pass list."""
@@ -53,6 +54,7 @@ def optimize(
         target_opset=target_opset,
         bench=bench,
         per_layer=per_layer,
+        batch=batch,
         progress=progress,
     )
 

@@ -117,6 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     latency.add_argument("--bench", action="store_true", help="benchmark input and output (default with --report)")
     latency.add_argument("--no-bench", action="store_true", help="do not benchmark, even with --report")
     opt.add_argument("--bench-seconds", type=float, default=1.0, help="latency budget per model (default 1)")
+    opt.add_argument(
+        "--batch", type=int, help="deployment batch size: latency decisions and the benchmark use it (default 1)"
+    )
     opt.add_argument("--seed", type=int, default=0)
     opt.add_argument("--guard-samples", type=int, help="samples the per-pass guard runs (default 64)")
     opt.add_argument("--target-opset", type=int, help="convert the model to this opset first (needed below 9)")
@@ -203,6 +206,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         target_opset=args.target_opset,
         bench=bench,
         per_layer=args.per_layer,
+        batch=args.batch,
         progress=RichProgress(),
     )
     report = optimize_report(result)
@@ -384,6 +388,7 @@ def format_optimize_summary(result: OptimizeResult) -> str:
     for out in cmp.outputs:
         if out.top1_agreement is not None:
             lines.append(f"  {'top-1 agree':<14}{'':>14}{out.top1_agreement:>14.4f}  ({out.name})")
+    lines.extend(f"  {note}" for note in pipe.notes)
     return "\n".join(lines)
 
 

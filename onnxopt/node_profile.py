@@ -12,7 +12,7 @@ module maps them back to the node of the input model they came from:
 * what is left (layout Transposes and Reorders, Q/DQ the optimizer added) is
   counted under :data:`UNATTRIBUTED`.
 
-The timings are means over ``runs`` runs after ``warmup`` runs, in
+The timings are medians over the runs after ``warmup`` runs, in
 microseconds, on the given execution providers with every graph
 optimization on -- how the model will be deployed.
 """
@@ -25,6 +25,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -57,9 +58,14 @@ def profile_nodes(
     providers: Sequence[str] = ("CPUExecutionProvider",),
     threads: int = 0,
     warmup: int = 3,
-    runs: int = 20,
+    runs: int = 10,
+    seconds: float = 0.5,
+    max_runs: int = 2000,
 ) -> NodeProfile:
-    """Profile ``model`` on ``feeds`` and attribute each kernel's time to one of ``model``'s nodes."""
+    """Profile ``model`` on ``feeds`` and attribute each kernel's time to one of ``model``'s nodes.
+
+    Runs at least ``runs`` times and for at least ``seconds`` (at most ``max_runs``); each kernel's time is
+    its median over the runs after the warm-up (robust to the spikes of a shared machine)."""
     by_output = {v.name: n for n in model.graph for v in n.outputs if v.name}
     names = {n.name for n in model.graph if n.name}
     data = ir.serde.serialize_model(model).SerializeToString()
@@ -73,8 +79,12 @@ def profile_nodes(
         options.profile_file_prefix = os.path.join(folder, "profile")
         try:
             session = ort.InferenceSession(data, options, providers=list(providers))
-            for _ in range(warmup + runs):
+            for _ in range(warmup):
                 session.run(None, dict(feeds))
+            count, start = 0, time.perf_counter()
+            while count < max_runs and (count < runs or time.perf_counter() - start < seconds):
+                session.run(None, dict(feeds))
+                count += 1
         except Exception as e:  # onnxruntime raises its own exception types
             raise UnsupportedModelError(
                 f"onnxruntime cannot profile the model: {' '.join(str(e).split())[:200]}"
@@ -84,7 +94,7 @@ def profile_nodes(
             events = json.load(f)
     times: dict[str, float] = collections.defaultdict(float)
     ops: dict[str, str] = {}
-    # the warm-up runs are profiled too: count only the last `runs` occurrences of every kernel
+    # the warm-up runs are profiled too: each kernel's first `warmup` occurrences are skipped
     per_kernel: dict[str, list[float]] = collections.defaultdict(list)
     kernel_op: dict[str, str] = {}
     for event in events:
@@ -96,7 +106,7 @@ def profile_nodes(
         kernel_op[kernel] = str(event.get("args", {}).get("op_name", ""))
     for kernel, durations in per_kernel.items():
         node = _attribute(kernel, names, by_output)
-        times[node] += float(np.mean(durations[-runs:])) if durations else 0.0
+        times[node] += float(np.median(durations[warmup:])) if len(durations) > warmup else 0.0
         if node != UNATTRIBUTED:
             ops.setdefault(node, kernel_op[kernel])
     return NodeProfile(dict(times), ops)

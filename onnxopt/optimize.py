@@ -14,7 +14,7 @@ from pathlib import Path
 from onnxopt import io
 from onnxopt.bench import BenchConfig, BenchResult, benchmark
 from onnxopt.data import Dataset, ImageOptions, open_dataset
-from onnxopt.errors import OutputError
+from onnxopt.errors import DataError, OutputError
 from onnxopt.evaluate import Comparison, compare
 from onnxopt.layer_error import layer_errors
 from onnxopt.output_lock import exclusive_output
@@ -23,6 +23,9 @@ from onnxopt.progress import NullProgress, Progress
 from onnxopt.recipe import RecipeEntry, build_passes
 from onnxopt.runtime import Runner
 from onnxopt.writing import check_writable
+
+#: Passes whose result depends on the data they calibrate on (random data makes them guess).
+DATA_LEARNING_PASSES = ("quantize", "bias-correct", "reconstruct", "prune-channels")
 
 
 @dataclasses.dataclass
@@ -56,6 +59,7 @@ def optimize_file(
     target_opset: int | None = None,
     bench: BenchConfig | None = None,
     per_layer: bool = False,
+    batch: int | None = None,
     progress: Progress | None = None,
 ) -> OptimizeResult:
     """Optimize ``model_path`` with ``recipe`` and write the result to ``output_path``.
@@ -66,6 +70,8 @@ def optimize_file(
     (model, recipe, data) before any pass runs; on any error nothing is written.
     ``bench`` benchmarks input and output interleaved once the output is written;
     ``per_layer`` adds per-layer error localization to the comparison.
+    ``batch`` is the deployment batch size: passes that decide by latency (``quantize:fallback=profile``)
+    and the benchmark measure at it (default: 1, or the model's fixed batch).
     """
     model_path = Path(model_path)
     target = _resolve_output(model_path, output_path, in_place)
@@ -84,6 +90,7 @@ def optimize_file(
             target_opset=target_opset,
             bench=bench,
             per_layer=per_layer,
+            batch=batch,
             progress=progress or NullProgress(),
         )
 
@@ -103,6 +110,7 @@ def _optimize(
     target_opset: int | None,
     bench: BenchConfig | None,
     per_layer: bool,
+    batch: int | None,
     progress: Progress,
 ) -> OptimizeResult:
     passes = build_passes(recipe)
@@ -111,12 +119,19 @@ def _optimize(
     converted = io.opset_version(model) != source.opset
     reference = Runner(source.source)
     dataset = open_dataset(data, reference.inputs, seed=seed, images=images) if data else None
-    context = Context(dataset=dataset, seed=seed, progress=progress, reference=reference)
+    if batch is not None and batch < 1:
+        raise DataError("--batch must be positive")
+    context = Context(dataset=dataset, seed=seed, progress=progress, reference=reference, batch=batch or 1)
     if guard_samples is not None:
         context.guard_samples = guard_samples
     result = Pipeline(passes).run(model, context, source=None if converted else source)
     if converted:
         result.notes.insert(0, f"opset converted {source.opset} -> {target_opset} before the passes")
+    learners = [r.name for r in result.records if r.name in DATA_LEARNING_PASSES and r.status == "applied"]
+    if dataset is None and learners:
+        result.notes.append(
+            f"WARNING: no --data given: {', '.join(learners)} learned from random inputs; accuracy is unmeasured"
+        )
     eval_data = dataset or _guard_dataset(reference, seed)
     comparison = _evaluate(reference, result.runner, eval_data, progress)
     if per_layer:
@@ -136,6 +151,8 @@ def _optimize(
         )
     latency = None
     if bench is not None and written is not None:
+        if batch is not None:
+            bench = dataclasses.replace(bench, batches=(batch,))
         latency = benchmark([model_path, written], bench, dataset=dataset, progress=progress)
     return OptimizeResult(
         latency=latency,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,8 @@ import onnx
 import onnx_ir as ir
 
 from onnxopt import io
-from onnxopt.data import Dataset, batch_size_for, default_random, fixed_batch
+from onnxopt.bench.stats import Ratio
+from onnxopt.data import Dataset, RandomDataset, batch_size_for, default_random, fixed_batch
 from onnxopt.errors import OnnxoptError
 from onnxopt.evaluate import OutputAgreement, agreement
 from onnxopt.layer_error import LayerReport
@@ -96,6 +98,7 @@ class Context:
     providers: Sequence[str] = ("CPUExecutionProvider",)
     reference: Runner | None = None  # a session on the input model, if the caller already has one
     original: Callable[[], ir.Model] | None = None  # the input model, as the pipeline received it (set by it)
+    batch: int = 1  # the deployment batch size latency decisions are measured at
     _probes: dict[int, QualityProbe] = dataclasses.field(default_factory=dict, repr=False)
 
     def activations(self, model: ir.Model, names: Sequence[str], limit: int) -> Iterator[dict[str, np.ndarray]]:
@@ -121,16 +124,36 @@ class Context:
             probe = self._probes[limit] = QualityProbe(original, dataset, limit=limit, providers=self.providers)
         return probe
 
-    def profile(self, model: ir.Model, *, runs: int = 20) -> NodeProfile:
-        """Per-node latency of ``model`` at batch 1 (or its fixed batch) on the run's providers, with every
+    def profile(self, model: ir.Model, *, batch: int = 1) -> NodeProfile:
+        """Per-node latency of ``model`` at ``batch`` (or its fixed batch) on the run's providers, with every
         onnxruntime optimization on (how it will be deployed)."""
+
+        return profile_nodes(model, self._timing_feeds(model, batch), providers=self.providers)
+
+    def latency_ratio(self, baseline: ir.Model, candidate: ir.Model, *, batch: int = 1, seconds: float = 1.0) -> Ratio:
+        """``candidate``'s latency over ``baseline``'s at ``batch`` on the run's first provider, interleaved
+        (:func:`onnxopt.bench.run.paired_ratio`), every onnxruntime optimization on."""
+        import tempfile
+
+        from onnxopt.bench.run import paired_ratio
+
+        feeds = self._timing_feeds(baseline, batch)
+        with tempfile.TemporaryDirectory(prefix="onnxopt-latency-") as folder:
+            paths = [Path(folder) / "baseline.onnx", Path(folder) / "candidate.onnx"]
+            for model, path in zip((baseline, candidate), paths, strict=True):
+                path.write_bytes(ir.serde.serialize_model(model).SerializeToString())
+            return paired_ratio(paths[0], paths[1], self.providers[0], feeds, seconds=seconds)
+
+    def _timing_feeds(self, model: ir.Model, batch: int) -> dict[str, np.ndarray]:
+        """One batch of exactly ``batch`` samples (or the model's fixed batch) to time with: the run's data when
+        it has that many, else seeded random inputs (latency does not depend on the values)."""
         from onnxopt.calibration import input_specs
 
         specs = input_specs(model)
-        dataset = self.dataset or default_random(specs, self.seed)
-        size = batch_size_for(specs, 1)  # the model's fixed batch, else 1
-        batch = next(iter(dataset.batches(size, size, exact=fixed_batch(specs) is not None)))
-        return profile_nodes(model, batch.feeds, providers=self.providers, runs=runs)
+        size = batch_size_for(specs, batch)
+        dataset = self.dataset if self.dataset is not None and self.dataset.num_samples >= size else None
+        dataset = dataset or RandomDataset(specs, size, dims={}, seed=self.seed)
+        return next(iter(dataset.batches(size, size, exact=True))).feeds
 
     def layer_errors(self, reference: ir.Model, candidate: ir.Model, limit: int = 32) -> LayerReport:
         """Per-layer agreement of ``candidate`` with ``reference`` on about ``limit`` samples of the run's data."""

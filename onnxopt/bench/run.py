@@ -178,6 +178,23 @@ def _measure_cell(
     return out
 
 
+def paired_ratio(
+    baseline: Path, candidate: Path, provider: str, feeds: dict[str, np.ndarray], *, seconds: float = 1.0
+) -> Ratio:
+    """``candidate``'s median latency over ``baseline``'s on ``feeds``, interleaved round by round, with its 95 %
+    bootstrap interval: how a pass decides whether a rewrite is faster on this machine."""
+    sessions = []
+    for path in (baseline, candidate):
+        session = TimedSession(path, provider)
+        session.bind(feeds)
+        sessions.append(session)
+    for _ in range(3):
+        for session in sessions:
+            session.run()
+    times = _rounds(sessions, BenchConfig(seconds=seconds / 2, memory=False), NullProgress(), "")
+    return median_ratio(times[0], times[1])
+
+
 def _rounds(sessions: list[TimedSession], config: BenchConfig, progress: Progress, what: str) -> list[list[float]]:
     """Timed rounds, each running every session once in a rotated order."""
     n = len(sessions)

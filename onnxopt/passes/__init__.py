@@ -7,6 +7,7 @@ subclass of :class:`~onnxopt.passes.base.OptPass` and list it here.
 from __future__ import annotations
 
 from onnxopt.passes.base import OptPass, PassOutcome
+from onnxopt.passes.bias_correct import BiasCorrectPass
 from onnxopt.passes.clip_weights import ClipWeightsPass
 from onnxopt.passes.dedup_initializers import DeduplicateInitializersPass
 from onnxopt.passes.eliminate_identity import EliminateIdentityPass
@@ -38,12 +39,14 @@ REGISTRY: dict[str, type[OptPass]] = {
         PruneMagnitudePass,
         PruneChannelsPass,
         ReconstructPass,
+        BiasCorrectPass,
         QuantizeQDQPass,
     )
 }
 
 __all__ = [
     "REGISTRY",
+    "BiasCorrectPass",
     "ClipWeightsPass",
     "DeduplicateInitializersPass",
     "EliminateIdentityPass",

@@ -69,6 +69,7 @@ from onnxopt.passes._graph_edit import (
     drop_unused_initializers,
     remove_node_and_orphans,
 )
+from onnxopt.passes._weight_rounding import apply_shift, channel_means, quantize_weight, rounding_shift
 from onnxopt.passes._weights import check_pattern, weight_axes
 from onnxopt.passes.base import OptPass
 from onnxopt.range_search import entropy_range, mse_range
@@ -96,6 +97,9 @@ class QuantizeConfig:
     fallback: str = "none"  # none | profile: keep float what runs slower in int8
     max_drop: float | None = None  # accuracy budget (onnxopt.quality)
     eval_samples: int = 256
+    bias_correct: bool = False  # fold each layer's mean weight-rounding error into its bias
+    profile_batch: int | None = None  # the batch fallback=profile times (default: the run's --batch, else 1)
+    slower_tolerance: float = 0.05  # fallback=profile declines only when int8 is slower than float by more
 
     def __post_init__(self) -> None:
         if self.calibration not in ("minmax", "percentile", "entropy", "mse"):
@@ -110,8 +114,10 @@ class QuantizeConfig:
             raise ValueError(f"fallback must be none or profile, not {self.fallback!r}")
         if self.max_drop is not None and not 0 <= self.max_drop < 1:
             raise ValueError("max_drop must be in [0, 1)")
-        if self.samples < 1 or self.eval_samples < 1:
-            raise ValueError("samples and eval_samples must be positive")
+        if self.samples < 1 or self.eval_samples < 1 or (self.profile_batch is not None and self.profile_batch < 1):
+            raise ValueError("samples, eval_samples and profile_batch must be positive")
+        if not 0 <= self.slower_tolerance < 1:
+            raise ValueError("slower_tolerance must be in [0, 1)")
         check_pattern(self.exclude)
 
 
@@ -140,6 +146,9 @@ class QuantizeQDQPass(OptPass):
         pattern = re.compile(self.config.exclude) if self.config.exclude else None
         excluded = {n.name for n in graph if pattern and pattern.search(n.name or "")}
         ranges: Ranges = {}
+        self._means: dict[str, np.ndarray] = {}
+        if self.config.weights_only and self.config.bias_correct:
+            self._means = self._input_means(model, self._chosen(graph, excluded))
         if not self.config.weights_only:
             tensors = self._activation_tensors(graph, self._chosen(graph, excluded))
             if not tensors:
@@ -230,9 +239,16 @@ class QuantizeQDQPass(OptPass):
         sample = 0 if method == "minmax" else 65536  # the searches work on a uniform sample of each tensor
         context = self.require_context()
         collector = RangeCollector(names, sample_size=sample, seed=context.seed)
+        weight_inputs = self._weight_inputs(tensors) if self.config.bias_correct else set()
+        sums: dict[str, tuple[np.ndarray, int]] = {}
         for arrays in context.activations(model, names, self.config.samples):
             for name, array in arrays.items():
                 collector.add(name, array)
+                if name in weight_inputs and array.ndim >= 2:
+                    total, n = channel_means(array)
+                    old_total, old_n = sums.get(name, (0.0, 0))
+                    sums[name] = (old_total + total, old_n + n)
+        self._means = {name: total / n for name, (total, n) in sums.items() if n}
         ranges: Ranges = {}
         for name in names:
             low, high = collector.range(name, self.config.percentile if method == "percentile" else None)
@@ -243,6 +259,25 @@ class QuantizeQDQPass(OptPass):
                 low, high = entropy_range(values, low, high, self.config.activations)
             ranges[name] = (low, high)
         return ranges
+
+    @staticmethod
+    def _weight_inputs(tensors: list[ir.Value]) -> set[str]:
+        return {
+            v.name for v in tensors
+            if v.name and any(u.node.op_type in ("Conv", "Gemm") and u.idx == 0 for u in v.uses())
+        }  # fmt: skip
+
+    def _input_means(self, model: ir.Model, chosen: list[ir.Node]) -> dict[str, np.ndarray]:
+        """Per-channel means of the weight ops' inputs (weights-only quantization with bias correction)."""
+        names = sorted({n.inputs[0].name for n in chosen if n.op_type in ("Conv", "Gemm") and n.inputs[0].name})
+        sums: dict[str, tuple[np.ndarray, int]] = {}
+        for arrays in self.require_context().activations(model, names, self.config.samples):
+            for name, array in arrays.items():
+                if array.ndim >= 2:
+                    total, n = channel_means(array)
+                    old_total, old_n = sums.get(name, (0.0, 0))
+                    sums[name] = (old_total + total, old_n + n)
+        return {name: total / n for name, (total, n) in sums.items() if n}
 
     # ------------------------------------------------------------------ which nodes stay float
 
@@ -256,38 +291,33 @@ class QuantizeQDQPass(OptPass):
 
     def _search(self, model: ir.Model, ranges: Ranges, excluded: set[str], target) -> set[str] | None:
         """The nodes to keep float so the result is faster than float and within the budget; None: decline."""
-        context = self.require_context()
         trial: Callable[[set[str]], ir.Model] = lambda keep: self._trial(model, ranges, keep, target)  # noqa: E731
-        float_profile = None
         if self.config.fallback == "profile":
-            float_profile = context.profile(model)
-            decided = self._keep_slow_nodes_float(model, trial, excluded, float_profile)
-            if decided is None:
-                return None
-            excluded = decided
+            excluded = self._keep_slow_nodes_float(model, trial, excluded)
         if self.config.max_drop is not None:
             decided = self._fit_budget(model, trial, excluded)
             if decided is None:
                 return None
-            if float_profile is not None and decided != excluded:
-                final = context.profile(trial(decided))
-                if final.total >= float_profile.total:
-                    self.skip(
-                        "model",
-                        f"within the budget int8 is not faster than float "
-                        f"({final.total:.0f} vs {float_profile.total:.0f} µs per run): left float",
-                    )
-                    return None
             excluded = decided
+        if self.config.fallback == "profile" and not self._faster_than_float(model, trial(excluded)):
+            return None
         return excluded
 
-    def _keep_slow_nodes_float(self, model, trial, excluded: set[str], float_profile) -> set[str] | None:
-        """Keep float the op types whose int8 kernels run slower than their float ones, one type at a time,
-        most time lost first; a type stays float only if the whole model then runs faster."""
+    def _batch(self) -> int:
+        return self.config.profile_batch or self.require_context().batch
+
+    def _profile(self, model: ir.Model):
+        return self.require_context().profile(model, batch=self._batch())
+
+    def _keep_slow_nodes_float(self, model, trial, excluded: set[str]) -> set[str]:
+        """Keep float the op types whose int8 kernels the profiler finds slower than their float ones, one type at
+        a time, most time lost first; a type stays float only if the whole model then runs measurably faster
+        (interleaved timing: the islands' extra Q/DQ may cost more than the kernels save)."""
         context = self.require_context()
         ops = {n.name: n.op_type for n in self._chosen(model.graph, excluded)}
-        profile = context.profile(trial(excluded))
-        first_total = profile.total
+        float_profile = self._profile(model)
+        current = trial(excluded)
+        profile = self._profile(current)
         lost: dict[str, dict[str, tuple[float, float]]] = {}  # op type -> node -> (float µs, int8 µs)
         for name, op_type in ops.items():
             float_us, int8_us = float_profile.times.get(name, 0.0), profile.times.get(name, 0.0)
@@ -296,25 +326,33 @@ class QuantizeQDQPass(OptPass):
         order = sorted(lost, key=lambda op: -sum(i - f for f, i in lost[op].values()))
         kept_float: dict[str, tuple[float, float]] = {}
         for op_type in order:
-            candidate = context.profile(trial(excluded | set(lost[op_type])))
-            if candidate.total < profile.total:  # otherwise the float island's Q/DQ cost more than it saved
-                excluded, profile = excluded | set(lost[op_type]), candidate
+            candidate = trial(excluded | set(lost[op_type]))
+            ratio = context.latency_ratio(current, candidate, batch=self._batch())
+            if ratio.median < 0.99:
+                excluded, current = excluded | set(lost[op_type]), candidate
                 kept_float.update(lost[op_type])
         for name, (float_us, int8_us) in sorted(kept_float.items()):
             kept = "float (slower in int8)"
             self.detail(node=name, op=ops[name], float_us=round(float_us, 1), int8_us=round(int8_us, 1), kept=kept)
         self.note(
-            f"per-node profile (batch 1): float {float_profile.total:.0f} µs, int8 {first_total:.0f} µs, "
-            f"{profile.total:.0f} µs with {len(kept_float)} slower node(s) kept float"
+            f"per-node profile (batch {self._batch()}): float {float_profile.total:.0f} µs, "
+            f"int8 {profile.total:.0f} µs; {len(kept_float)} slower node(s) of {len(lost)} op type(s) tried kept float"
         )
-        if profile.total >= float_profile.total:
-            self.skip(
-                "model",
-                f"int8 is not faster than float on this target ({profile.total:.0f} vs "
-                f"{float_profile.total:.0f} µs per run): left float",
-            )
-            return None
         return excluded
+
+    def _faster_than_float(self, model: ir.Model, quantized: ir.Model) -> bool:
+        """Whether ``quantized`` is not slower than ``model`` beyond ``slower_tolerance`` (interleaved timing)."""
+        batch, context = self._batch(), self.require_context()
+        ratios = [context.latency_ratio(model, quantized, batch=batch, seconds=2.0).median]
+        if ratios[0] > 1.0 + self.config.slower_tolerance:  # a burst of load on a shared machine? measure twice more
+            ratios += [context.latency_ratio(model, quantized, batch=batch, seconds=2.0).median for _ in range(2)]
+        ratio = float(np.median(ratios))
+        shown = ", ".join(f"{r:.2f}" for r in ratios)
+        self.note(f"int8 latency {ratio:.2f}x float at batch {batch} (interleaved; measured {shown})")
+        if ratio > 1.0 + self.config.slower_tolerance:
+            self.skip("model", f"int8 runs {ratio:.2f}x the float latency at batch {batch} on this target: left float")
+            return False
+        return True
 
     def _fit_budget(self, model, trial, excluded: set[str]) -> set[str] | None:
         """The fewest most error-adding layers to keep float so the drop stays within ``max_drop``."""
@@ -383,6 +421,8 @@ class QuantizeQDQPass(OptPass):
         graph = model.graph
         chosen = self._chosen(graph, excluded)
         names = NameSource(model)
+        if self._means:
+            self._correct_biases(chosen, target.weight_max, names)
         if not self.config.weights_only:
             folded = self._fold_relus(graph, chosen, ranges) if self.config.activations == "uint8" else set()
             chosen = [n for n in chosen if id(n) not in folded]
@@ -397,6 +437,22 @@ class QuantizeQDQPass(OptPass):
                 self._quantize_weight(graph, node, names, target.weight_max)
             elif node.op_type in ("Add", "Mul", "Concat") and not self.config.weights_only:
                 self._quantize_constants(graph, node, names)
+
+    def _correct_biases(self, chosen: list[ir.Node], weight_max: int, names: NameSource) -> None:
+        """Before rounding: each Conv/Gemm bias absorbs the mean output error its weight's rounding will cause."""
+        for node in chosen:
+            x = node.inputs[0] if node.inputs else None
+            if node.op_type not in ("Conv", "Gemm") or x is None or x.name not in self._means:
+                continue
+            gemm_scaled = attribute(node, "transA", 0) or attribute(node, "alpha", 1.0) != 1.0
+            if node.op_type == "Gemm" and (gemm_scaled or attribute(node, "beta", 1.0) != 1.0):
+                continue
+            weight = node.inputs[1] if len(node.inputs) > 1 else None
+            if weight is None or len(weight.uses()) != 1:
+                continue
+            shift = rounding_shift(node, self._means[x.name], weight_max)
+            if shift is not None and apply_shift(node, shift, names):
+                self.count("biases corrected for weight rounding")
 
     def _fold_relus(self, graph: ir.Graph, chosen: list[ir.Node], ranges: Ranges) -> set[int]:
         """Remove Relus right after a weight op; the op's output takes the Relu's name, so its range."""
@@ -505,17 +561,6 @@ class QuantizeQDQPass(OptPass):
         dq.outputs[0].name = names.fresh(f"{base}_dequantized")
         graph.insert_before(next(iter(graph)), dq)
         return dq.outputs[0]
-
-
-def quantize_weight(weight: np.ndarray, axis: int, weight_max: int = 127) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel symmetric int8 along ``axis``: (int8 weights, float32 scales); ``weight_max`` 127 or 63
-    (7 bits, for CPUs without VNNI). Bias correction simulates exactly this."""
-    peak = np.moveaxis(np.abs(weight.astype(np.float64)), axis, 0).reshape(weight.shape[axis], -1).max(axis=1)
-    scale = np.where(peak > 0, peak / weight_max, 1.0).astype(np.float32)
-    shape = [1] * weight.ndim
-    shape[axis] = -1
-    q = np.clip(np.round(weight / scale.reshape(shape)), -weight_max, weight_max).astype(np.int8)
-    return q, scale
 
 
 def _activation_params(low: float, high: float, kind: str) -> tuple[float, int]:
