@@ -9,7 +9,9 @@ the two here trade clipping error for resolution:
 * :func:`entropy_range` -- the range whose quantized histogram is closest to the
   observed one in KL divergence (the TensorRT calibrator's method, Migacz 2017):
   2048-bin histogram of the magnitudes, thresholds from 128 bins upward, each
-  candidate's distribution merged into 128 levels and expanded back.
+  candidate's distribution merged into 128 levels and expanded back. Exact
+  zeros are left out of the histogram: half of a Relu's output is zero, which
+  quantizes exactly, and that spike would otherwise favour clipping hard.
 
 Both keep zero inside the range (an exact zero point) and take the sample that
 :class:`RangeCollector` kept (a uniform reservoir over every batch).
@@ -61,13 +63,16 @@ def entropy_range(
     if values.size == 0 or not (np.isfinite(low) and np.isfinite(high)) or high <= low:
         return low, high
     peak = max(abs(low), abs(high))
-    hist, _ = np.histogram(np.abs(values), bins=bins, range=(0.0, peak))
+    magnitudes = np.abs(values[values != 0])  # exact zeros (half of a Relu's output) are represented exactly
+    if magnitudes.size == 0:
+        return low, high
+    hist, _ = np.histogram(magnitudes, bins=bins, range=(0.0, peak))
     hist = hist.astype(np.float64)
     best_i, best_kl = bins, np.inf
     for i in range(levels, bins + 1, 16):
         reference = hist[:i].copy()
         reference[-1] += hist[i:].sum()  # what the threshold clips lands in its last bin
-        kl = _kl_after_merging(reference, levels)
+        kl = _kl_after_merging(reference, hist[:i], levels)
         if kl < best_kl:
             best_i, best_kl = i, kl
     threshold = peak * best_i / bins
@@ -76,13 +81,14 @@ def entropy_range(
     return max(-threshold, low), min(threshold, high)
 
 
-def _kl_after_merging(reference: np.ndarray, levels: int) -> float:
-    """KL(P || Q) where Q is P merged into ``levels`` groups of bins, each spread over its non-empty bins."""
+def _kl_after_merging(reference: np.ndarray, kept: np.ndarray, levels: int) -> float:
+    """KL(P || Q): P is ``reference`` (the clipped mass folded into its last bin), Q is ``kept`` (the same bins
+    without the clipped mass) merged into ``levels`` groups, each spread evenly over its non-empty bins."""
     n = reference.size
     edges = np.linspace(0, n, levels + 1).astype(np.int64)
     expanded = np.zeros(n, np.float64)
     for start, stop in itertools.pairwise(edges):
-        chunk = reference[start:stop]
+        chunk = kept[start:stop]
         nonzero = chunk > 0
         if nonzero.any():
             expanded[start:stop][nonzero] = chunk.sum() / nonzero.sum()
@@ -91,4 +97,4 @@ def _kl_after_merging(reference: np.ndarray, levels: int) -> float:
         return np.inf
     p, q = reference / p_total, expanded / q_total
     mask = p > 0
-    return float(np.sum(p[mask] * np.log(p[mask] / np.maximum(q[mask], 1e-12))))
+    return float(np.sum(p[mask] * np.log(p[mask] / np.maximum(q[mask], 1e-12))))  # Q = 0 where P > 0: a large KL

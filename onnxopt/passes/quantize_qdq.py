@@ -28,6 +28,12 @@ Ranges come from calibration through onnxruntime on the run's data, over
 ``minmax``, ``percentile`` (``percentile=99.99``), ``entropy`` (KL) or ``mse``
 (:mod:`onnxopt.range_search`).
 
+A node kept float (``exclude``, or either search below) keeps the tensors it
+reads and writes float too: with a Q/DQ pair on both sides onnxruntime would
+fuse it back into an integer kernel. Its neighbours then read or write float
+tensors and run in float as well -- a float island, whose cost the speed
+search measures.
+
 Two searches decide which nodes stay float (besides ``exclude``):
 
 * ``fallback=profile`` (the ``int8`` recipe's default): onnxruntime's per-node
@@ -61,6 +67,7 @@ import onnx_ir as ir
 
 from onnxopt import cpu_target
 from onnxopt.activation_ranges import RangeCollector
+from onnxopt.layer_error import SNR_CAP_DB
 from onnxopt.passes._graph_edit import (
     NameSource,
     attribute,
@@ -218,8 +225,10 @@ class QuantizeQDQPass(OptPass):
         ]  # fmt: skip
 
     @staticmethod
-    def _activation_tensors(graph: ir.Graph, chosen: list[ir.Node]) -> list[ir.Value]:
-        outputs = {id(v) for v in graph.outputs}
+    def _activation_tensors(
+        graph: ir.Graph, chosen: list[ir.Node], keep_float: set[int] = frozenset()
+    ) -> list[ir.Value]:
+        outputs = {id(v) for v in graph.outputs} | set(keep_float)
         seen: dict[int, ir.Value] = {}
         for node in chosen:
             data_inputs = node.inputs[:1] if node.op_type in WEIGHT_OPS else node.inputs
@@ -379,11 +388,11 @@ class QuantizeQDQPass(OptPass):
         while k < len(ranked) and drop_with(k) > budget:
             k *= 2
         k = min(k, len(ranked))
-        if not ranked or drop_with(k) > budget:
+        if not ranked or drop_with(k) > budget or (k == len(ranked) and drop_with(k - 1) > budget):
             self.skip(
                 "model",
-                f"no float fallback of the {len(ranked)} most sensitive layers meets "
-                f"max_drop={budget} ({probe.metric} drop {min(cache.values()):.4f}): left float",
+                f"max_drop={budget} is met by no float fallback short of all {len(ranked)} quantized layers "
+                f"({probe.metric} drop with everything int8: {drop:.4f}): left float",
             )
             return None
         low, high = k // 2 + 1, k  # drop_with(k // 2) was over budget, drop_with(k) is within
@@ -393,26 +402,37 @@ class QuantizeQDQPass(OptPass):
                 high = mid
             else:
                 low = mid + 1
+        kept_float = excluded | {name for name, _ in ranked[:high]}
+        if not any(n.op_type == "DequantizeLinear" for n in trial(kept_float).graph):
+            self.skip("model", f"max_drop={budget} is met only with nothing quantized: left float")
+            return None
         for name, added in ranked[:high]:
             self.detail(node=name, added_db=round(added, 2), kept="float (accuracy budget)")
         self.note(f"kept {high} layer(s) float for the budget: {probe.metric} drop {drop_with(high):.4f}")
-        return excluded | {name for name, _ in ranked[:high]}
+        return kept_float
 
     def _sensitivity(self, model: ir.Model, quantized: ir.Model, excluded: set[str]) -> list[tuple[str, float]]:
-        """Quantized nodes, most error added first (a folded Relu's error is its weight op's)."""
+        """Quantized nodes, most error added first: the SNR lost between a matched tensor and the nearest matched
+        tensor upstream on its data path (a graph input counts as exact), charged to every quantized node
+        in between -- so a Conv whose output only its folded Relu's name carries is charged too."""
         report = self.require_context().layer_errors(model, quantized)
         quantizable = {n.name for n in self._chosen(model.graph, excluded)}
+        snr = {layer.tensor: layer.snr_db for layer in report.layers}
         producers = {v.name: n for n in model.graph for v in n.outputs if v.name}
         added: dict[str, float] = {}
         for layer in report.layers:
-            node = producers.get(layer.tensor)
-            if node is None or layer.added_db is None:
-                continue
-            source = node.inputs[0].producer() if node.op_type == "Relu" and node.inputs else None
-            if source is not None and source.op_type in WEIGHT_OPS and source.name in quantizable:
-                node = source
-            if node.name in quantizable:
-                added[node.name] = max(added.get(node.name, -np.inf), layer.added_db)
+            node, between = producers.get(layer.tensor), []
+            upstream = SNR_CAP_DB
+            while node is not None:
+                between.append(node)
+                source = node.inputs[0] if node.inputs else None
+                if source is None or source.name in snr or source.producer() is None:
+                    upstream = snr.get(source.name, SNR_CAP_DB) if source is not None else SNR_CAP_DB
+                    break
+                node = source.producer()
+            for node in between:
+                if node.name in quantizable:
+                    added[node.name] = max(added.get(node.name, -np.inf), upstream - layer.snr_db)
         return sorted(added.items(), key=lambda item: -item[1])
 
     # ------------------------------------------------------------------ applying
@@ -424,9 +444,12 @@ class QuantizeQDQPass(OptPass):
         if self._means:
             self._correct_biases(chosen, target.weight_max, names)
         if not self.config.weights_only:
-            folded = self._fold_relus(graph, chosen, ranges) if self.config.activations == "uint8" else set()
+            float_tensors = _touching(graph, excluded)
+            folded = set()
+            if self.config.activations == "uint8":
+                folded = self._fold_relus(graph, chosen, ranges, float_tensors)
             chosen = [n for n in chosen if id(n) not in folded]
-            for value in self._activation_tensors(graph, chosen):
+            for value in self._activation_tensors(graph, chosen, _touching(graph, excluded)):
                 low, high = ranges.get(value.name or "", (np.inf, -np.inf))
                 if not (np.isfinite(low) and np.isfinite(high)):
                     self.skip(value.name or "?", "no finite calibration range")
@@ -454,7 +477,7 @@ class QuantizeQDQPass(OptPass):
             if shift is not None and apply_shift(node, shift, names):
                 self.count("biases corrected for weight rounding")
 
-    def _fold_relus(self, graph: ir.Graph, chosen: list[ir.Node], ranges: Ranges) -> set[int]:
+    def _fold_relus(self, graph: ir.Graph, chosen: list[ir.Node], ranges: Ranges, float_tensors: set[int]) -> set[int]:
         """Remove Relus right after a weight op; the op's output takes the Relu's name, so its range."""
         folded = set()
         chosen_ids = {id(n) for n in chosen}
@@ -467,6 +490,8 @@ class QuantizeQDQPass(OptPass):
                 continue
             relu = uses[0].node
             if id(relu) not in chosen_ids or relu.outputs[0].is_graph_output() or relu.outputs[0].name not in ranges:
+                continue
+            if id(relu.outputs[0]) in float_tensors:  # stays float: nothing would clamp it in the Relu's place
                 continue
             bypass_node(graph, relu, out, relu.outputs[0], x_now_equals_y=True)
             folded.add(id(relu))
@@ -561,6 +586,12 @@ class QuantizeQDQPass(OptPass):
         dq.outputs[0].name = names.fresh(f"{base}_dequantized")
         graph.insert_before(next(iter(graph)), dq)
         return dq.outputs[0]
+
+
+def _touching(graph: ir.Graph, excluded: set[str]) -> set[int]:
+    """The tensors read or written by nodes kept float: they stay float, so onnxruntime cannot fuse those nodes
+    back into integer kernels (a Q/DQ pair on either side would let it); readers of them run float too."""
+    return {id(v) for n in graph if n.name in excluded for v in (*n.inputs, *n.outputs) if v is not None}
 
 
 def _activation_params(low: float, high: float, kind: str) -> tuple[float, int]:

@@ -1,0 +1,193 @@
+"""quantize's options: calibration methods, A16W8, weights-only, ConvTranspose and activation ops, CPU targets,
+channel shuffles; and the numpy pieces behind them (range search, CPU detection)."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from helpers import parse, run
+
+from onnxopt import cpu_target
+from onnxopt.api import optimize
+from onnxopt.range_search import entropy_range, mse_range, quantize_roundtrip
+
+RNG = np.random.default_rng(0)
+CONV_NET = """<ir_version: 8, opset_import: ["": 14]>
+g (float[N, 3, 8, 8] x) => (float[N, 10] y) {
+    c1 = Conv<pads=[1,1,1,1]>(x, w1, b1)
+    r1 = Relu(c1)
+    c2 = Conv<pads=[1,1,1,1], group=8>(r1, w2, b2)
+    h = HardSwish(c2)
+    s = HardSigmoid(h)
+    p = GlobalAveragePool(s)
+    f = Flatten(p)
+    y = Gemm<transB=1>(f, w3, b3)
+}"""
+WEIGHTS = {
+    "w1": RNG.normal(0, 0.4, (8, 3, 3, 3)).astype(np.float32),
+    "b1": RNG.normal(0, 0.1, 8).astype(np.float32),
+    "w2": RNG.normal(0, 0.4, (8, 1, 3, 3)).astype(np.float32),
+    "b2": RNG.normal(0, 0.1, 8).astype(np.float32),
+    "w3": RNG.normal(0, 0.4, (10, 8)).astype(np.float32),
+    "b3": RNG.normal(0, 0.1, 10).astype(np.float32),
+}
+
+
+@pytest.fixture(scope="module")
+def conv_net(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("qopts")
+    path = folder / "net.onnx"
+    onnx.save(parse(CONV_NET, **WEIGHTS), str(path))
+    data = folder / "data.npz"
+    np.savez(data, x=RNG.normal(0, 1, (64, 3, 8, 8)).astype(np.float32))
+    return path, data
+
+
+def _quantize(conv_net, tmp_path, spec: str):
+    path, data = conv_net
+    out = tmp_path / "q.onnx"
+    result = optimize(path, out, passes=spec, data=str(data))
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model, full_check=True)
+    return result, model
+
+
+def _snr(result) -> float:
+    return result.comparison.outputs[0].snr_db
+
+
+def _fused(model: onnx.ModelProto, tmp_path) -> collections.Counter:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "ort.onnx")
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "ort.onnx")).graph.node)
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy", "mse"])
+def test_every_calibration_method_gives_a_valid_int8_model(conv_net, tmp_path, method) -> None:
+    result, model = _quantize(conv_net, tmp_path, f"quantize:calibration={method}")
+    assert result.pipeline.records[0].status == "applied"
+    assert _snr(result) > 15
+    ops = _fused(model, tmp_path)
+    assert ops["QLinearConv"] == 2  # both convs run as integer kernels
+
+
+def test_int16_activations_need_opset_21_and_are_more_accurate(conv_net, tmp_path) -> None:
+    u8, _ = _quantize(conv_net, tmp_path, "quantize")
+    a16, model = _quantize(conv_net, tmp_path, "quantize:activations=int16")
+    assert "opset upgraded 14 -> 21" in a16.pipeline.records[0].notes
+    zero_points = {
+        t.data_type
+        for t in model.graph.initializer
+        if t.name.endswith("_zero_point") and not t.dims and t.data_type != onnx.TensorProto.INT8
+    }
+    assert zero_points == {onnx.TensorProto.INT16}
+    weights_only, _ = _quantize(conv_net, tmp_path, "quantize:weights_only=true")
+    # 16-bit activations add almost no error: A16W8 is as accurate as rounding the weights alone
+    assert _snr(a16) > _snr(u8) and abs(_snr(a16) - _snr(weights_only)) < 0.5
+
+
+def test_weights_only_keeps_activations_float(conv_net, tmp_path) -> None:
+    result, model = _quantize(conv_net, tmp_path, "quantize:weights_only=true")
+    ops = collections.Counter(n.op_type for n in model.graph.node)
+    assert ops["QuantizeLinear"] == 0 and ops["DequantizeLinear"] == 3
+    assert result.pipeline.records[0].counts["weights quantized"] == 3
+    assert _snr(result) > 30  # weight rounding alone
+
+
+def test_target_without_vnni_limits_weights_to_7_bits(conv_net, tmp_path) -> None:
+    result, model = _quantize(conv_net, tmp_path, "quantize:target=avx2")
+    weights = [onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    weights = [w for w in weights if w.ndim >= 2]
+    assert weights and max(int(np.abs(w).max()) for w in weights) == 63
+    assert any("x86 without VNNI" in note for note in result.pipeline.records[0].notes)
+    _, vnni = _quantize(conv_net, tmp_path, "quantize:target=vnni")
+    peak = max(int(np.abs(onnx.numpy_helper.to_array(t)).max()) for t in vnni.graph.initializer if t.dims)
+    assert peak >= 127
+
+
+def test_cpu_detection_reads_the_flags() -> None:
+    assert cpu_target.detect("flags\t: fpu sse avx2 fma\n", "x86_64") == "avx2"
+    assert cpu_target.detect("flags\t: fpu avx2 avx512f avx512_vnni\n", "x86_64") == "vnni"
+    assert cpu_target.detect("flags\t: fpu avx2 avx_vnni\n", "x86_64") == "vnni"
+    assert cpu_target.detect("", "aarch64") == "arm"
+    assert cpu_target.resolve("auto", ("CUDAExecutionProvider",)).name == "gpu"
+    assert cpu_target.resolve("avx2").weight_bits == 7 and cpu_target.resolve("arm").weight_bits == 8
+    with pytest.raises(ValueError):
+        cpu_target.resolve("sse2")
+
+
+def test_conv_transpose_weights_are_per_output_channel_on_axis_1(tmp_path) -> None:
+    rng = np.random.default_rng(1)
+    model = parse(
+        """<ir_version: 8, opset_import: ["": 13]>
+        g (float[N, 4, 5, 5] x) => (float[N, 6, 10, 10] y) {
+            t = ConvTranspose<strides=[2,2], pads=[0,0,1,1], kernel_shape=[3,3]>(x, w, b)
+            y = Relu(t)
+        }""",
+        w=rng.normal(0, 0.3, (4, 6, 3, 3)).astype(np.float32),
+        b=rng.normal(0, 0.1, 6).astype(np.float32),
+    )
+    path = tmp_path / "ct.onnx"
+    onnx.save(model, str(path))
+    result = optimize(path, tmp_path / "q.onnx", passes="quantize", data="random:32")
+    out = onnx.load(str(tmp_path / "q.onnx"))
+    weight_dq = [n for n in out.graph.node if n.op_type == "DequantizeLinear" and "w_quantized" in n.input[0]]
+    assert len(weight_dq) == 1 and onnx.helper.get_attribute_value(weight_dq[0].attribute[0]) == 1
+    assert result.comparison.outputs[0].snr_db > 25
+
+
+def test_channel_shuffle_becomes_a_gather_with_the_same_values(tmp_path) -> None:
+    rng = np.random.default_rng(2)
+    model = parse(
+        """<ir_version: 8, opset_import: ["": 13]>
+        g (float[1, 6, 4, 4] x) => (float[1, 6, 4, 4] y) {
+            c = Conv(x, w)
+            r1 = Reshape(c, split)
+            t = Transpose<perm=[0,2,1,3,4]>(r1)
+            s = Reshape(t, back)
+            y = Conv(s, w2)
+        }""",
+        w=rng.normal(0, 0.5, (6, 6, 1, 1)).astype(np.float32),
+        w2=rng.normal(0, 0.5, (6, 6, 1, 1)).astype(np.float32),
+        split=np.array([1, 2, 3, 4, 4], np.int64),
+        back=np.array([1, 6, 4, 4], np.int64),
+    )
+    path = tmp_path / "shuffle.onnx"
+    onnx.save(model, str(path))
+    result = optimize(path, tmp_path / "q.onnx", passes="quantize", data="random:16")
+    out = onnx.load(str(tmp_path / "q.onnx"))
+    ops = collections.Counter(n.op_type for n in out.graph.node)
+    assert ops["Gather"] == 1 and ops["Transpose"] == 0
+    assert result.pipeline.records[0].counts["channel shuffles rewritten as Gather"] == 1
+    assert result.comparison.outputs[0].snr_db > 25
+    order = next(onnx.numpy_helper.to_array(t) for t in out.graph.initializer if "channel_order" in t.name)
+    assert order.tolist() == [0, 3, 1, 4, 2, 5]  # 2 groups of 3, interleaved
+
+
+def test_range_searches_clip_outliers_and_keep_zero() -> None:
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.laplace(0, 1, 60000), [80.0, -75.0]]).astype(np.float32)
+    low, high = float(values.min()), float(values.max())
+    for search in (mse_range, entropy_range):
+        lo, hi = search(values, low, high, "int8")
+        assert low < lo <= 0 <= hi < high  # zero stays inside, and the outliers no longer set the scale
+    base = np.mean((quantize_roundtrip(values, low, high, "int8") - values) ** 2)
+    lo, hi = mse_range(values, low, high, "int8")
+    assert np.mean((quantize_roundtrip(values, lo, hi, "int8") - values) ** 2) < base
+    relu = np.abs(values)
+    lo, hi = entropy_range(relu, 0.0, float(relu.max()), "uint8")
+    assert lo == 0.0 and 0 < hi < float(relu.max())
+
+
+def test_quantized_outputs_stay_close_with_unknown_batch(conv_net, tmp_path) -> None:
+    _, model = _quantize(conv_net, tmp_path, "quantize")
+    x = RNG.normal(0, 1, (3, 3, 8, 8)).astype(np.float32)
+    (y,) = run(model, {"x": x})
+    (ref,) = run(onnx.load(str(conv_net[0])), {"x": x})
+    assert y.shape == (3, 10) and np.abs(y - ref).max() < 0.2 * np.abs(ref).max()

@@ -1,0 +1,155 @@
+"""quantize's two searches: float fallback by measured speed (fallback=profile) and the accuracy budget (max_drop).
+
+The speed search is tested with a Context whose measurements are scripted (timing on a shared CI machine cannot
+be asserted); the budget search runs for real on a model whose int8 version misses the budget.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from helpers import parse
+
+from onnxopt import io
+from onnxopt.bench.stats import Ratio
+from onnxopt.data import RandomDataset, open_dataset
+from onnxopt.node_profile import NodeProfile
+from onnxopt.pipeline import Context, Pipeline
+from onnxopt.recipe import build_passes, parse_spec
+from onnxopt.runtime import Runner
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from mobilenet_like import INPUT_SHAPE, mobilenet_like
+
+NET = """<ir_version: 8, opset_import: ["": 13]>
+g (float[N, 3, 8, 8] x) => (float[N, 4] y) {
+    c1 = Conv<pads=[1,1,1,1]>(x, w1)
+    r1 = Relu(c1)
+    a = AveragePool<kernel_shape=[2,2], strides=[2,2]>(r1)
+    c2 = Conv(a, w2)
+    p = GlobalAveragePool(c2)
+    y = Flatten(p)
+}"""
+
+
+class ScriptedContext(Context):
+    """Timing from a script: a node costs 10 µs in float, 6 µs in int8 plus ``slow_int8[op_type]``.
+
+    A node runs in int8 when onnxruntime would fuse it: its data input comes from a DequantizeLinear and its
+    output goes to a QuantizeLinear."""
+
+    def __init__(self, slow_int8: dict[str, float], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.slow_int8 = slow_int8
+
+    def _times(self, model) -> dict[str, float]:
+        times = {}
+        for node in model.graph:
+            if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+                continue
+            source = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
+            to_q = any(u.node.op_type == "QuantizeLinear" for u in node.outputs[0].uses())
+            int8 = source is not None and source.op_type == "DequantizeLinear" and to_q
+            times[node.name] = 6.0 + self.slow_int8.get(node.op_type, 0.0) if int8 else 10.0
+        return times
+
+    def profile(self, model, *, batch: int = 1) -> NodeProfile:
+        return NodeProfile(self._times(model), {n.name: n.op_type for n in model.graph})
+
+    def latency_ratio(self, baseline, candidate, *, batch: int = 1, seconds: float = 1.0) -> Ratio:
+        ratio = sum(self._times(candidate).values()) / sum(self._times(baseline).values())
+        return Ratio(ratio, ratio, ratio)
+
+
+def _run(spec: str, context: Context, model: onnx.ModelProto | None = None):
+    ir_model = io.from_proto(model or parse(NET, w1=_W1, w2=_W2))
+    result = Pipeline(build_passes(parse_spec(spec))).run(ir_model, context)
+    return result.records[-1], result
+
+
+_RNG = np.random.default_rng(0)
+_W1 = _RNG.normal(0, 0.5, (8, 3, 3, 3)).astype(np.float32)
+_W2 = _RNG.normal(0, 0.5, (4, 8, 1, 1)).astype(np.float32)
+
+
+def test_op_types_slower_in_int8_stay_float() -> None:
+    record, result = _run("quantize:fallback=profile", ScriptedContext({"AveragePool": 300.0}))
+    assert record.status == "applied"
+    pool = next(n for n in result.model.graph if n.op_type == "AveragePool")
+    assert [row["node"] for row in record.details] == [pool.name]
+    assert record.details[0]["kept"] == "float (slower in int8)" and record.details[0]["int8_us"] == 306.0
+    # a float island: no Q/DQ on either side, so onnxruntime cannot fuse it back into QLinearAveragePool
+    assert pool.inputs[0].producer().op_type != "DequantizeLinear"
+    assert all(u.node.op_type != "QuantizeLinear" for u in pool.outputs[0].uses())
+    assert any(n.op_type == "QuantizeLinear" for n in result.model.graph)  # the rest is still int8
+
+
+def test_int8_slower_than_float_leaves_the_model_float() -> None:
+    # every int8 kernel slower than float, and float islands never pay (their scripted cost says so)
+    class NoGain(ScriptedContext):
+        def latency_ratio(self, baseline, candidate, *, batch: int = 1, seconds: float = 1.0) -> Ratio:
+            if baseline.graph.num_nodes() != candidate.graph.num_nodes() and any(
+                n.op_type == "QuantizeLinear" for n in baseline.graph
+            ):
+                return Ratio(1.05, 1.04, 1.06)  # a fallback candidate: not faster
+            return super().latency_ratio(baseline, candidate, batch=batch, seconds=seconds)
+
+    slow = dict.fromkeys(["Conv", "AveragePool", "GlobalAveragePool", "Flatten"], 20.0)
+    record, result = _run("quantize:fallback=profile", NoGain(slow))
+    assert record.status == "unchanged"
+    assert any("left float" in s for s in record.skipped)
+    assert not any(n.op_type == "QuantizeLinear" for n in result.model.graph)
+    assert any("int8 latency" in n and "x float at batch 1" in n for n in record.notes)
+
+
+@pytest.fixture(scope="module")
+def mobilenet(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    model = mobilenet_like(rng.standard_normal((64, *INPUT_SHAPE), dtype=np.float32))
+    folder = tmp_path_factory.mktemp("mbq")
+    data = folder / "data.npz"
+    np.savez(data, input=rng.standard_normal((128, *INPUT_SHAPE), dtype=np.float32))
+    return model, data
+
+
+def test_accuracy_budget_keeps_the_most_sensitive_layers_float(mobilenet) -> None:
+    model, data = mobilenet
+    dataset = open_dataset(str(data), Runner(model.SerializeToString()).inputs, seed=0)
+    plain, _ = _run("lossless,quantize:eval_samples=128", Context(dataset=dataset), model)
+    budget, result = _run("lossless,quantize:max_drop=0.05;eval_samples=128", Context(dataset=dataset), model)
+    assert plain.status == budget.status == "applied"
+    notes = " ".join(budget.notes)
+    all_int8 = float(notes.split("all int8 ")[1].split(" ")[0])
+    assert 1 - all_int8 > 0.05  # plain int8 misses this budget (top-1 agreement)
+    kept = [row for row in budget.details if row["kept"] == "float (accuracy budget)"]
+    assert kept and all(row["added_db"] is not None for row in kept)
+    assert "kept" in notes and "drop" in notes
+    final_drop = float(notes.split("for the budget: top-1 agreement drop ")[1].split()[0])
+    assert final_drop <= 0.05
+    floats = {n.name for n in result.model.graph if n.op_type == "Conv"} & {row["node"] for row in kept}
+    assert floats  # the kept layers are real Convs of the model
+    for node in result.model.graph:
+        if node.name in floats:
+            weight = node.inputs[1]
+            assert weight.const_value is not None and weight.const_value.dtype.name == "FLOAT"
+
+
+def test_a_budget_only_all_float_meets_declines() -> None:
+    # a feature-map output: the metric is output agreement, which any quantized tensor lowers
+    model = parse(
+        NET.replace("float[N, 4] y", "float[N, 4, 4, 4] y").replace(
+            "    p = GlobalAveragePool(c2)\n    y = Flatten(p)", "    y = Relu(c2)"
+        ),
+        w1=_W1,
+        w2=_W2,
+    )
+    context = Context(dataset=RandomDataset(Runner(model.SerializeToString()).inputs, 32, dims={}, seed=0))
+    record, result = _run("quantize:max_drop=0.0;eval_samples=32", context, model)
+    assert record.status == "unchanged"
+    assert any("max_drop=0.0" in s for s in record.skipped)
+    assert "output agreement" in " ".join(record.notes)
+    assert not any(n.op_type == "QuantizeLinear" for n in result.model.graph)
