@@ -127,7 +127,7 @@ def _optimize(
     result = Pipeline(passes).run(model, context, source=None if converted else source)
     if converted:
         result.notes.insert(0, f"opset converted {source.opset} -> {target_opset} before the passes")
-    learners = [r.name for r in result.records if r.name in DATA_LEARNING_PASSES and r.status == "applied"]
+    learners = sorted({r.name for r in result.records if r.name in DATA_LEARNING_PASSES})
     if dataset is None and learners:
         result.notes.append(
             f"WARNING: no --data given: {', '.join(learners)} learned from random inputs; accuracy is unmeasured"
