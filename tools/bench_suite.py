@@ -10,7 +10,11 @@ variants are:
   after ``quant_pre_process`` where that works (its failure is recorded and the
   quantizer then runs on the model as is);
 * ``onnxsim`` -- onnxsim's output;
-* ``onnxopt:<recipe>`` -- every built-in onnxopt recipe.
+* ``onnxopt:<recipe>`` -- every built-in onnxopt recipe, at the subject's batch
+  (``--batch``: the int8 recipe's speed decision is measured there).
+
+A MobileNet-style model (``tools/mobilenet_like.py``: depthwise-separable
+blocks, BN with unbalanced channel scales) is included to show equalization.
 
 Each variant's tool wall time is recorded; latency of all variants is
 measured by ``onnxopt.bench`` interleaved (round-robin, same inputs) so drift
@@ -41,6 +45,8 @@ import numpy as np
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mobilenet_like import INPUT_SHAPE as MOBILENET_INPUT
+from mobilenet_like import mobilenet_like
 from zoo_models import ALL_LIGHT, DEFAULT_MODELS, input_shape, light_model
 
 from onnxopt.api import bench_files, compare_files, optimize
@@ -78,6 +84,7 @@ def main() -> None:
     parser.add_argument("--model", action="append", default=[], help="another .onnx to include")
     parser.add_argument("--data", action="append", default=[], help=".npz for each --model, in order")
     parser.add_argument("--no-digits", action="store_true", help="leave the bundled digits CNN out")
+    parser.add_argument("--no-mobilenet", action="store_true", help="leave the MobileNet-style model out")
     parser.add_argument("--seconds", type=float, default=8.0, help="latency budget per variant (default 8)")
     parser.add_argument("--out", type=Path, default=ROOT / "tools" / "bench_suite_results")
     args = parser.parse_args()
@@ -104,6 +111,14 @@ def _subjects(args: argparse.Namespace, work: Path) -> list[Subject]:
     if not args.no_digits:
         digits = ROOT / "models" / "digits_cnn"
         subjects.append(Subject("digits_cnn", digits / "model.onnx", digits / "eval.npz", 32))
+    if not args.no_mobilenet:
+        folder = work / "mobilenet_like"
+        folder.mkdir(parents=True)
+        rng = np.random.default_rng(0)
+        model = mobilenet_like(rng.standard_normal((64, *MOBILENET_INPUT), dtype=np.float32))
+        onnx.save(model, str(folder / "fp32.onnx"))
+        np.savez(folder / "data.npz", input=rng.standard_normal((256, *MOBILENET_INPUT), dtype=np.float32))
+        subjects.append(Subject("mobilenet_like", folder / "fp32.onnx", folder / "data.npz", 1))
     names = ALL_LIGHT if args.light == "all" else [n.strip() for n in args.light.split(",") if n.strip()]
     for name in names:
         folder = work / name
@@ -138,7 +153,9 @@ def run_subject(subject: Subject, folder: Path, seconds: float) -> list[Variant]
             _timed(
                 f"onnxopt:{recipe}",
                 out,
-                lambda o, r=recipe: optimize(subject.path, o, recipe=r, data=str(subject.data)) and [],
+                lambda o, r=recipe: _onnxopt_notes(
+                    optimize(subject.path, o, recipe=r, data=str(subject.data), batch=subject.batch)
+                ),
             )
         )
     ok = [v for v in variants if v.failed is None and v.path is not None]
@@ -162,6 +179,15 @@ def run_subject(subject: Subject, folder: Path, seconds: float) -> list[Variant]
             "accuracy": cmp.candidate_accuracy,
         }
     return variants
+
+
+def _onnxopt_notes(result) -> list[str]:
+    """What the run decided that the table should show: passes declined as a whole, and the speed decision."""
+    notes = []
+    for record in result.pipeline.records:
+        notes += [f"{record.name}: {s}" for s in record.skipped if s.startswith("model:")]
+        notes += [f"{record.name}: {n}" for n in record.notes if "x float at batch" in n or "kept float" in n]
+    return notes
 
 
 def _timed(name: str, out: Path, make: Callable[[Path], list[str] | None]) -> Variant:
