@@ -127,9 +127,10 @@ def _parser() -> argparse.ArgumentParser:
     opt.add_argument("--external-data", action="store_true", default=None, help="store tensors in OUT.data")
     opt.add_argument(
         "--storage",
-        choices=["dense", "sparse"],
+        choices=["dense", "sparse", "packed"],
         default="dense",
-        help="sparse: store mostly-zero weights as SparseTensorProto where smaller (default dense)",
+        help="mostly-zero weights: sparse = SparseTensorProto, packed = bitmask + values unpacked by a constant "
+        "subgraph onnxruntime folds at load; each only where smaller (default dense)",
     )
     opt.add_argument("--json", action="store_true", help="print the report as JSON")
     opt.set_defaults(func=_cmd_optimize)

@@ -17,6 +17,7 @@ from google.protobuf.message import DecodeError
 
 from onnxopt.errors import ModelLoadError, OutputError, UnsupportedModelError
 from onnxopt.model_checks import structural_problem
+from onnxopt.packed_storage import pack
 from onnxopt.sparse_storage import densify, sparsify
 from onnxopt.writing import check_writable, write_bytes, write_model_with_data
 
@@ -24,8 +25,8 @@ from onnxopt.writing import check_writable, write_bytes, write_model_with_data
 MIN_OPSET = 9
 #: Newest default-domain opset the installed onnx knows.
 MAX_OPSET = onnx.defs.onnx_opset_version()
-#: How initializers can be stored (see :mod:`onnxopt.sparse_storage`).
-STORAGES = ("dense", "sparse")
+#: How initializers can be stored (see :mod:`onnxopt.sparse_storage` and :mod:`onnxopt.packed_storage`).
+STORAGES = ("dense", "sparse", "packed")
 #: Above this many tensor bytes, :func:`save` writes external data by default.
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2
 
@@ -192,7 +193,9 @@ def save(
     protobuf limit.
     ``protect`` lists paths (the inputs) that must never be written over.
     ``storage="sparse"`` stores mostly-zero float initializers as
-    ``SparseTensorProto`` where smaller (:mod:`onnxopt.sparse_storage`).
+    ``SparseTensorProto`` where smaller (:mod:`onnxopt.sparse_storage`);
+    ``storage="packed"`` as a bitmask plus values that a constant subgraph
+    expands, which onnxruntime folds at load (:mod:`onnxopt.packed_storage`).
     """
     path = Path(path)
     for kept in protect:
@@ -206,9 +209,15 @@ def save(
     if isinstance(model, bytes):
         model = onnx.ModelProto.FromString(model)
     proto = model if isinstance(model, onnx.ModelProto) else to_proto(model)
-    if storage == "sparse":
+    if storage in ("sparse", "packed"):
         proto = onnx.ModelProto.FromString(proto.SerializeToString())  # leave the caller's proto alone
-        sparsify(proto)
+        try:
+            if storage == "sparse":
+                sparsify(proto)
+            else:
+                pack(proto)
+        except ValueError as e:
+            raise OutputError(f"--storage {storage}: {e}") from e
     if external_data is None:
         external_data = _tensor_bytes(proto) > EXTERNAL_DATA_THRESHOLD
     if external_data:
