@@ -227,3 +227,60 @@ def test_activation_importance_finds_the_dead_channels() -> None:
     (record,) = result.records
     assert record.status == "applied" and record.details[0]["channels_after"] == 4
     assert result.max_drift < 1e-6
+
+
+def test_thinet_removes_the_channels_the_next_layer_ignores() -> None:
+    """Channels 1 and 4 are as strong as any (l1 and activation keep them) but the next Conv reads them with zero
+    weights: ThiNet's reconstruction error finds that removing them changes nothing."""
+    from onnxopt import io
+    from onnxopt.pipeline import Context, Pipeline
+    from onnxopt.recipe import build_passes, parse_spec
+
+    ignored = (1, 4)
+    w1 = _conv_weight(6, 3)
+    w1[list(ignored)] *= 3  # the strongest filters
+    w2 = _conv_weight(2, 6, k=1)
+    w2[:, list(ignored)] = 0
+    model = parse(
+        """<ir_version: 8, opset_import: ["": 13]>
+        m (float[N, 3, 5, 5] x) => (float[N, 2, 5, 5] y) {
+            a = Conv<pads=[1,1,1,1]>(x, w1, b1)
+            r = Relu(a)
+            y = Conv(r, w2)
+        }""",
+        w1=w1,
+        b1=_bias(6),
+        w2=w2,
+    )
+    drift = {}
+    for importance in ("thinet", "l1"):
+        spec = f"prune-channels:ratio=0.34;importance={importance};samples=16;positions=4"
+        result = Pipeline(build_passes(parse_spec(spec))).run(io.from_proto(model), Context())
+        (record,) = result.records
+        assert record.status == "applied" and record.details[0]["channels_after"] == 4
+        drift[importance] = result.max_drift
+    assert drift["thinet"] < 1e-6 < drift["l1"]
+
+
+def test_max_drop_picks_the_largest_ratio_within_the_budget(tmp_path) -> None:
+    from onnxopt.api import optimize
+
+    spec = "lossless,prune-channels:ratio=0.9;exclude=dense;max_drop=0.02;eval_samples=256,reconstruct"
+    result = optimize(BUNDLED / "model.onnx", tmp_path / "p.onnx", passes=spec, data=str(BUNDLED / "eval.npz"))
+    record = next(r for r in result.pipeline.records if r.name == "prune-channels")
+    assert record.status == "applied"
+    (note,) = [n for n in record.notes if n.startswith("max_drop=0.02")]
+    chosen = float(note.split("ratio ")[1].split()[0])
+    trials = {row["trial_ratio"]: row["drop"] for row in record.details if "trial_ratio" in row}
+    assert 0 < chosen < 0.9 and len(trials) == 5 and trials[0.9] > 0.02
+    assert trials[round(chosen, 4)] <= 0.02  # the chosen ratio's trial (pruned, then reconstructed) met the budget
+    assert all(drop > 0.02 for ratio, drop in trials.items() if ratio > chosen)
+
+
+def test_an_unreachable_pruning_budget_declines(tmp_path) -> None:
+    from onnxopt.api import optimize
+
+    spec = "lossless,prune-channels:ratio=0.5;max_drop=0.0;refit=false;budget_steps=2"
+    result = optimize(BUNDLED / "model.onnx", tmp_path / "p.onnx", passes=spec, data=str(BUNDLED / "eval.npz"))
+    record = next(r for r in result.pipeline.records if r.name == "prune-channels")
+    assert record.status == "unchanged" and any("keeps the accuracy drop within 0.0" in s for s in record.skipped)

@@ -17,9 +17,25 @@ a multiple of k) with the lowest importance are removed:
 * ``bn``: ``|gamma| / sqrt(var + eps)`` of the BatchNormalization right after a
   source (the channel's scale after normalization), falling back to ``l1``;
 * ``activation``: the mean ``|output|`` of each channel of every source on the
-  run's data (``samples`` samples, through the pipeline's Context).
+  run's data (``samples`` samples, through the pipeline's Context);
+* ``thinet``: greedy next-layer reconstruction error (ThiNet, Luo et al. 2017):
+  channels are removed one at a time, each time the one whose removal changes
+  the consumers' outputs least together with those already removed, measured
+  on the run's data at ``positions`` sampled output positions per image. The
+  error of a removed set ``R`` is ``sum_{c,d in R} G[c, d]`` with ``G`` the Gram
+  matrix of the channels' contributions to the consumers' outputs, exact
+  without materializing them: ``G = sum_{k,l} (X^T X)[ck, dl] (W^T W)[ck, dl]``
+  over kernel offsets. Consumers are ungrouped Convs and Gemm/MatMul reading
+  the channels directly; a group with none falls back to ``l1``.
 
 Sources matching ``exclude`` (a regex on node names) keep their groups whole.
+
+``max_drop=d``: ``ratio`` becomes the most the pass may remove; the ratio used
+is the largest (bisection over ``budget_steps`` trials on copies) whose pruned
+model -- refit by ``reconstruct`` first, with ``refit=true``, as the ``prune``
+recipe will -- stays within ``d`` of the original on ``eval_samples`` samples
+(:mod:`onnxopt.quality`: accuracy with labels, else top-1 or output agreement).
+The record lists every trial; no ratio within the budget declines the pass.
 Graph outputs never change shape. Lossy (the accuracy cost is measured by the
 pipeline; ``reconstruct`` recovers much of it); the record lists each group
 with its sources, channels before and after, or why it was kept, and counts
@@ -36,11 +52,12 @@ import onnx_ir as ir
 
 from onnxopt.passes._channel_groups import ChannelGroups, Edit, Layout
 from onnxopt.passes._graph_edit import NameSource, attribute, constant_array, set_constant_input
+from onnxopt.passes._im2col import sampled_patches
 from onnxopt.passes._weights import check_pattern
 from onnxopt.passes.base import OptPass
 from onnxopt.shapes import annotate_shapes
 
-IMPORTANCES = ("l1", "l2", "bn", "activation")
+IMPORTANCES = ("l1", "l2", "bn", "activation", "thinet")
 #: ``node.meta`` key: indices of the original output channels a pruned source (or depthwise Conv) kept.
 KEPT_OUTPUTS = "onnxopt.kept_outputs"
 #: ``node.meta`` key: set on a layer whose weight lost input slices (``reconstruct`` refits those).
@@ -54,15 +71,24 @@ class PruneChannelsConfig:
     min_channels: int = 1
     multiple: int = 1
     exclude: str = ""
-    samples: int = 256  # calibration samples for importance=activation
+    samples: int = 256  # calibration samples for importance=activation/thinet
+    positions: int = 8  # sampled output positions per image for importance=thinet
+    max_drop: float | None = None  # accuracy budget: the largest ratio up to `ratio` within it (onnxopt.quality)
+    refit: bool = True  # the budget judges each trial after reconstruct (as the prune recipe runs it)
+    budget_steps: int = 5  # trials of the bisection over the ratio
+    eval_samples: int = 256
 
     def __post_init__(self) -> None:
         if not 0 <= self.ratio < 1:
             raise ValueError(f"ratio must be in [0, 1), not {self.ratio}")
         if self.importance not in IMPORTANCES:
             raise ValueError(f"importance must be one of {', '.join(IMPORTANCES)}, not {self.importance!r}")
-        if self.min_channels < 1 or self.multiple < 1 or self.samples < 1:
-            raise ValueError("min_channels, multiple and samples must be at least 1")
+        if self.min_channels < 1 or self.multiple < 1 or self.samples < 1 or self.positions < 1:
+            raise ValueError("min_channels, multiple, samples and positions must be at least 1")
+        if self.max_drop is not None and not 0 <= self.max_drop < 1:
+            raise ValueError("max_drop must be in [0, 1)")
+        if self.budget_steps < 1 or self.eval_samples < 1:
+            raise ValueError("budget_steps and eval_samples must be at least 1")
         check_pattern(self.exclude)
 
 
@@ -76,9 +102,30 @@ class PruneChannelsPass(OptPass):
     def rewrite(self, model: ir.Model) -> None:
         if self.config.ratio == 0:
             return
+        names = NameSource(model)
+        for node in model.graph:  # groups are labelled by their sources' names
+            if not node.name:
+                node.name = names.fresh(node.op_type)
         groups = ChannelGroups(model.graph)
         self._activity = self._mean_activity(model, groups) if self.config.importance == "activation" else {}
-        kept = self._decide(groups)
+        thinet = self._thinet_order(model, groups) if self.config.importance == "thinet" else {}
+        scores = {  # by group label: the same groups are found again in the copies the budget search prunes
+            _label(groups.sources[root]): thinet.get(root)
+            if root in thinet
+            else self._importance(groups.sources[root], groups.channels[root])
+            for root in groups.roots()
+            if root not in groups.frozen
+        }
+        ratio = self.config.ratio
+        if self.config.max_drop is not None:
+            ratio = self._fit_budget(model, scores)
+            if ratio is None:
+                return
+        self._prune(model, ratio, scores)
+
+    def _prune(self, model: ir.Model, ratio: float, scores: dict[str, np.ndarray]) -> None:
+        groups = ChannelGroups(model.graph)
+        kept = self._decide(groups, ratio, scores)
         if not kept:
             return
         from onnxopt.inspection import estimate_macs  # here: inspection imports the pipeline, which imports passes
@@ -100,27 +147,68 @@ class PruneChannelsPass(OptPass):
         self.count("MACs per sample before", macs_before)
         self.count("MACs per sample after", macs_after)
 
-    def _decide(self, groups: ChannelGroups) -> dict[int, np.ndarray]:
+    def _fit_budget(self, model: ir.Model, scores: dict[str, np.ndarray]) -> float | None:
+        """The largest ratio up to ``ratio`` (bisection, ``budget_steps`` trials) whose pruned -- and, with
+        ``refit``, reconstructed -- copy stays within ``max_drop`` of the original (onnxopt.quality)."""
+        from onnxopt.passes.reconstruct import ReconstructPass  # here: reconstruct imports this module
+
+        context = self.require_context()
+        budget = float(self.config.max_drop)  # type: ignore[arg-type]
+        probe = context.quality_probe(self.config.eval_samples)
+
+        def drop_at(ratio: float) -> float:
+            saved = (self._counts.copy(), list(self._skipped), list(self._details))
+            trial = model.clone()
+            self._prune(trial, ratio, scores)
+            self._counts, self._skipped, self._details = saved
+            if self.config.refit:
+                refit = ReconstructPass()
+                refit.context = context
+                refit(trial)
+            drop = probe.drop(trial)
+            self.detail(trial_ratio=round(ratio, 4), metric=probe.metric, drop=round(drop, 4))
+            return drop
+
+        low, high = 0.0, self.config.ratio
+        if drop_at(high) <= budget:
+            best = high
+        else:
+            best = None
+            for _ in range(self.config.budget_steps - 1):
+                mid = (low + high) / 2
+                if drop_at(mid) <= budget:
+                    low, best = mid, mid
+                else:
+                    high = mid
+        if best is None:
+            self.skip("model", f"no ratio down to {high:.3g} keeps the {probe.metric} drop within {budget}")
+            return None
+        how = " after reconstruct" if self.config.refit else ""
+        self.note(f"max_drop={budget}: ratio {best:.3g} ({probe.metric}{how}, {probe.baseline:.4f} originally)")
+        return best
+
+    def _decide(self, groups: ChannelGroups, ratio: float, scores: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
         cfg = self.config
         exclude = re.compile(cfg.exclude) if cfg.exclude else None
         kept: dict[int, np.ndarray] = {}
         for root in groups.roots():
             sources = groups.sources[root]
-            label = ", ".join(n.name or n.op_type for n in sources)
+            label = _label(sources)
             channels = groups.channels[root]
             reason = groups.frozen.get(root)
             if reason is None and exclude and any(exclude.search(n.name or "") for n in sources):
                 reason = "excluded by name"
-            keep = max(channels - int(np.floor(cfg.ratio * channels)), min(cfg.min_channels, channels))
+            keep = max(channels - int(np.floor(ratio * channels)), min(cfg.min_channels, channels))
             keep = min(channels, -(-keep // cfg.multiple) * cfg.multiple)
             if reason is None and keep == channels:
-                reason = f"ratio {cfg.ratio} removes no channel of {channels}"
+                reason = f"ratio {ratio:.3g} removes no channel of {channels}"
+            if reason is None and (label not in scores or scores[label].shape != (channels,)):
+                reason = "no importance scores (the group changed)"
             if reason is not None:
                 self.skip(label, reason)
                 self.detail(group=label, channels_before=channels, channels_after=channels, status=reason)
                 continue
-            scores = self._importance(sources, channels)
-            kept[root] = np.sort(np.argsort(-scores, kind="stable")[:keep])
+            kept[root] = np.sort(np.argsort(-scores[label], kind="stable")[:keep])
             self.detail(group=label, channels_before=channels, channels_after=keep, status="pruned")
             self.count("groups pruned")
             self.count("channels removed", channels - keep)
@@ -139,6 +227,68 @@ class PruneChannelsPass(OptPass):
                 other = tuple(i for i in range(array.ndim) if i != axis)
                 sums[name] = sums.get(name, 0) + np.abs(array.astype(np.float64)).mean(axis=other)
         return sums
+
+    def _thinet_order(self, model: ir.Model, groups: ChannelGroups) -> dict[int, np.ndarray]:
+        """Per prunable group: ThiNet's greedy removal order as scores (the first channel removed scores 0)."""
+        consumers: dict[int, list[tuple[ir.Node, int, int]]] = {}  # root -> (consumer, offset, size)
+        for edit in groups.edits:
+            node = edit.node
+            if edit.kind != "in" or edit.layout.spread is not None or not _thinet_consumer(node):
+                continue
+            offset = 0
+            for group, size in edit.layout.segments:
+                root = groups.find(group) if group is not None else None
+                if root is not None and root not in groups.frozen:
+                    consumers.setdefault(root, []).append((node, offset, size))
+                offset += size
+        nodes = {id(n): n for parts in consumers.values() for n, _, _ in parts}
+        grams = self._contribution_grams(model, list(nodes.values()))
+        order: dict[int, np.ndarray] = {}
+        for root, parts in consumers.items():
+            total = None
+            for node, offset, size in parts:
+                gram = grams.get(id(node))
+                if gram is None:
+                    continue
+                block = gram[offset : offset + size, offset : offset + size]
+                total = block if total is None else total + block
+            if total is not None and total.shape[0] == groups.channels[root]:
+                order[root] = _greedy_scores(total)
+        return order
+
+    def _contribution_grams(self, model: ir.Model, consumers: list[ir.Node]) -> dict[int, np.ndarray]:
+        """For each consumer, G[c, d] = <contribution of input channel c, of d> to its outputs, on the data."""
+        context = self.require_context()
+        rng = np.random.default_rng(context.seed)
+        x_grams: dict[int, np.ndarray] = {}
+        for start in range(0, len(consumers), 4):  # a few input tensors per pass over the data bounds memory
+            chunk = consumers[start : start + 4]
+            names = sorted({n.inputs[0].name for n in chunk if n.inputs[0].name})
+            for arrays in context.activations(model, names, self.config.samples):
+                for node in chunk:
+                    x = arrays[node.inputs[0].name]
+                    if node.op_type == "Conv":
+                        rows, _ = sampled_patches(node, x, self.config.positions, rng)
+                    else:
+                        rows = x.reshape(-1, x.shape[-1]).astype(np.float64)
+                    gram = rows.T @ rows
+                    x_grams[id(node)] = x_grams[id(node)] + gram if id(node) in x_grams else gram
+        grams = {}
+        for node in consumers:
+            if id(node) not in x_grams:
+                continue
+            weight = constant_array(node.inputs[1])
+            assert weight is not None
+            if node.op_type == "Conv":
+                w = weight.reshape(weight.shape[0], -1).astype(np.float64)  # [O, C*K]
+                channels, k = weight.shape[1], int(np.prod(weight.shape[2:]))
+            else:
+                w = (weight.T if node.op_type == "Gemm" and attribute(node, "transB", 0) else weight).T  # [O, C]
+                w = w.astype(np.float64)
+                channels, k = w.shape[1], 1
+            both = x_grams[id(node)] * (w.T @ w)  # [C*K, C*K], elementwise
+            grams[id(node)] = both.reshape(channels, k, channels, k).sum(axis=(1, 3))
+        return grams
 
     def _importance(self, sources: list[ir.Node], channels: int) -> np.ndarray:
         total = np.zeros(channels)
@@ -166,6 +316,39 @@ class PruneChannelsPass(OptPass):
             return None
         eps = float(attribute(bn, "epsilon", 1e-5))  # type: ignore[arg-type]
         return np.abs(gamma.astype(np.float64)) / np.sqrt(var.astype(np.float64) + eps)
+
+
+def _label(sources: list[ir.Node]) -> str:
+    return ", ".join(n.name or n.op_type for n in sources)
+
+
+def _thinet_consumer(node: ir.Node) -> bool:
+    weight = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
+    if weight is None or node.inputs[0] is None:
+        return False
+    if node.op_type == "Conv":
+        pads_explicit = attribute(node, "auto_pad", "NOTSET") in ("NOTSET", b"NOTSET")
+        return weight.ndim == 4 and attribute(node, "group", 1) == 1 and pads_explicit
+    if node.op_type == "Gemm":
+        return weight.ndim == 2 and not attribute(node, "transA", 0)
+    return node.op_type == "MatMul" and weight.ndim == 2
+
+
+def _greedy_scores(gram: np.ndarray) -> np.ndarray:
+    """ThiNet's greedy order on the contribution Gram matrix: repeatedly remove the channel whose removal, with
+    those already removed, changes the outputs least. Scores: 0 for the first removed, then 1, 2, ..."""
+    channels = gram.shape[0]
+    scores = np.zeros(channels)
+    removed = np.zeros(channels, dtype=bool)
+    cross = np.zeros(channels)  # sum over removed r of G[c, r]
+    diagonal = np.diag(gram).copy()
+    for step in range(channels):
+        cost = np.where(removed, np.inf, diagonal + 2 * cross)
+        pick = int(np.argmin(cost))
+        removed[pick] = True
+        scores[pick] = step
+        cross += gram[:, pick]
+    return scores
 
 
 def _out_axis(node: ir.Node, ndim: int) -> int:

@@ -35,6 +35,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt.passes._graph_edit import NameSource, attribute, constant_array, set_constant_input
+from onnxopt.passes._im2col import sampled_patches
 from onnxopt.passes.base import OptPass
 from onnxopt.passes.prune_channels import INPUTS_PRUNED, KEPT_OUTPUTS
 
@@ -174,24 +175,8 @@ def _rows(node: ir.Node, x: np.ndarray, y: np.ndarray, positions: int, rng: np.r
     """Least-squares rows: (inputs [P, D], targets [P, C_out])."""
     if node.op_type != "Conv":
         return x.reshape(-1, x.shape[-1]).astype(np.float64), y.reshape(-1, y.shape[-1]).astype(np.float64)
-    weight = constant_array(node.inputs[1])
-    assert weight is not None
-    kh, kw = weight.shape[2:]
-    sh, sw = attribute(node, "strides", [1, 1])  # type: ignore[misc]
-    dh, dw = attribute(node, "dilations", [1, 1])  # type: ignore[misc]
-    top, left, bottom, right = attribute(node, "pads", [0, 0, 0, 0])  # type: ignore[misc]
-    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
-    n, _, oh, ow = y.shape
-    count = min(positions, oh * ow)
-    picks = np.stack([rng.choice(oh * ow, count, replace=False) for _ in range(n)])  # [n, count]
-    images = np.repeat(np.arange(n), count)
-    rows_h, rows_w = np.divmod(picks.reshape(-1), ow)
-    hh = rows_h[:, None] * sh + np.arange(kh)[None, :] * dh  # [P, kh]
-    ww = rows_w[:, None] * sw + np.arange(kw)[None, :] * dw  # [P, kw]
-    patches = padded[images[:, None, None, None], np.arange(x.shape[1])[None, :, None, None],
-                     hh[:, None, :, None], ww[:, None, None, :]]  # fmt: skip
-    targets = y[images, :, rows_h, rows_w]
-    return patches.reshape(patches.shape[0], -1).astype(np.float64), targets.astype(np.float64)
+    patches, (images, rows_h, rows_w) = sampled_patches(node, x, positions, rng)
+    return patches, y[images, :, rows_h, rows_w].astype(np.float64)
 
 
 def _bias(node: ir.Node, weight: np.ndarray) -> np.ndarray | None:

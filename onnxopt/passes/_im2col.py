@@ -1,0 +1,49 @@
+"""Sampled im2col: the input patches a 2-D Conv multiplies at a few output positions per image.
+
+Shared by ``reconstruct`` (least-squares refits) and ``prune-channels``
+(ThiNet importance), which both need a Conv's inputs as rows of a matrix
+without materializing every output position.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxopt.passes._graph_edit import attribute, constant_array
+
+
+def output_size(node: ir.Node, height: int, width: int) -> tuple[int, int]:
+    """The output height and width of the 2-D Conv ``node`` on an input of that size (explicit pads)."""
+    weight = constant_array(node.inputs[1])
+    assert weight is not None
+    kh, kw = weight.shape[2:]
+    sh, sw = attribute(node, "strides", [1, 1])  # type: ignore[misc]
+    dh, dw = attribute(node, "dilations", [1, 1])  # type: ignore[misc]
+    top, left, bottom, right = attribute(node, "pads", [0, 0, 0, 0])  # type: ignore[misc]
+    return (height + top + bottom - dh * (kh - 1) - 1) // sh + 1, (width + left + right - dw * (kw - 1) - 1) // sw + 1
+
+
+def sampled_patches(
+    node: ir.Node, x: np.ndarray, positions: int, rng: np.random.Generator
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Patches ``[P, C_in * kh * kw]`` at up to ``positions`` random output positions of each image of ``x``,
+    and where they are: (image, row, column) of each patch."""
+    weight = constant_array(node.inputs[1])
+    assert weight is not None
+    kh, kw = weight.shape[2:]
+    sh, sw = attribute(node, "strides", [1, 1])  # type: ignore[misc]
+    dh, dw = attribute(node, "dilations", [1, 1])  # type: ignore[misc]
+    top, left, bottom, right = attribute(node, "pads", [0, 0, 0, 0])  # type: ignore[misc]
+    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    n = x.shape[0]
+    oh, ow = output_size(node, x.shape[2], x.shape[3])
+    count = min(positions, oh * ow)
+    picks = np.stack([rng.choice(oh * ow, count, replace=False) for _ in range(n)])  # [n, count]
+    images = np.repeat(np.arange(n), count)
+    rows_h, rows_w = np.divmod(picks.reshape(-1), ow)
+    hh = rows_h[:, None] * sh + np.arange(kh)[None, :] * dh  # [P, kh]
+    ww = rows_w[:, None] * sw + np.arange(kw)[None, :] * dw  # [P, kw]
+    patches = padded[images[:, None, None, None], np.arange(x.shape[1])[None, :, None, None],
+                     hh[:, None, :, None], ww[:, None, None, :]]  # fmt: skip
+    return patches.reshape(patches.shape[0], -1).astype(np.float64), (images, rows_h, rows_w)
