@@ -1,4 +1,4 @@
-"""The ``onnxopt`` command: optimize, compare, bench, inspect, passes, report.
+"""The ``onnxopt`` command: optimize, compare, bench, convert, distill, inspect, passes, report.
 
 Exit status: 0 on success; 2 with a one-line ``onnxopt: error: ...`` on bad
 usage or bad input (a traceback only with ``--debug``); 1 for an internal
@@ -178,6 +178,33 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("-o", "--output", help="FILE.md, FILE.html or FILE.json (default: Markdown on stdout)")
     rep.set_defaults(func=_cmd_report)
 
+    conv = sub.add_parser(
+        "convert", parents=[common], help="convert Keras/SavedModel/TFLite to ONNX, verified against the source"
+    )
+    conv.add_argument("source", help="a .keras/.h5 file, a SavedModel folder, or a .tflite file")
+    conv.add_argument("-o", "--output", required=True)
+    conv.add_argument("--opset", type=int, default=17, help="ONNX opset to convert to (default 17)")
+    conv.add_argument("--nchw", action="store_true", help="make image inputs NCHW (removing the Transposes left)")
+    conv.add_argument("--data", help="inputs to verify on (.npz/.npy in the ONNX model's layout); default random")
+    conv.add_argument("--seed", type=int, default=0)
+    conv.set_defaults(func=_cmd_convert)
+
+    dis = sub.add_parser("distill", parents=[common], help="train a smaller Keras student on an ONNX teacher's outputs")
+    dis.add_argument("--teacher", required=True, help="the teacher: .onnx (or .keras, converted first)")
+    dis.add_argument("--student", required=True, help="a .keras student, or width=F: the Keras teacher F times as wide")
+    dis.add_argument("--data", required=True, help=".npz with the inputs (and labels, if any)")
+    dis.add_argument("-o", "--output", required=True, help="the student as ONNX")
+    dis.add_argument("--temperature", type=float, default=4.0)
+    dis.add_argument("--alpha", type=float, default=0.7, help="weight of the soft-target loss (1-alpha: labels)")
+    dis.add_argument("--epochs", type=int, default=10)
+    dis.add_argument("--batch", type=int, default=64)
+    dis.add_argument("--learning-rate", type=float, default=1e-3)
+    dis.add_argument("--holdout", type=float, default=0.2, help="fraction of the data kept for evaluation")
+    dis.add_argument("--eval-data", help="evaluate on this data instead of a --holdout split (all of --data trains)")
+    dis.add_argument("--seed", type=int, default=0)
+    dis.add_argument("--save-keras", help="also save the trained student as .keras")
+    dis.set_defaults(func=_cmd_distill)
+
     lst = sub.add_parser("passes", parents=[common], help="list every pass with its parameters")
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(func=_cmd_passes)
@@ -322,6 +349,44 @@ def format_bench(result: BenchResult) -> str:
                 f"{m.file_bytes / 1e6:>9.2f}  {ratio}"
             )
     return "\n".join(lines)
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from onnxopt.convert import convert_file
+
+    result = convert_file(args.source, args.output, opset=args.opset, nchw=args.nchw, data=args.data, seed=args.seed)
+    print(f"onnxopt convert {result.source} ({result.kind}) -> {result.output} (opset {result.opset})")
+    print(f"  verified on {result.data}: {result.samples} samples against the source framework")
+    for check in result.checks:
+        print(f"  {check.name:<30} max |onnx - source| {check.max_abs:.3g}  (allowed {check.allowed:.3g})")
+    print(f"  Transpose nodes left: {result.transposes}")
+    return 0
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from onnxopt.distill import DistillConfig, distill
+
+    config = DistillConfig(
+        temperature=args.temperature,
+        alpha=args.alpha,
+        epochs=args.epochs,
+        batch=args.batch,
+        learning_rate=args.learning_rate,
+        holdout=args.holdout,
+        seed=args.seed,
+    )
+    result = distill(
+        args.teacher,
+        args.student,
+        args.data,
+        args.output,
+        config,
+        keras_output=args.save_keras,
+        eval_data=args.eval_data,
+        on_epoch=lambda line: print(line, flush=True),
+    )
+    print(result.summary())
+    return 0
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:

@@ -189,9 +189,11 @@ def main() -> None:
     eval_path = args.out / "eval.npz"
     _export_onnx(model, model_path)
     np.savez_compressed(eval_path, **{INPUT_NAME: images[eval_idx], "labels": labels[eval_idx]})
+    train_path = args.out / "train.npz"  # what distillation and the seed example train on
+    np.savez_compressed(train_path, **{INPUT_NAME: images[train_idx], "labels": labels[train_idx]})
     print(f"keras eval accuracy: {keras_acc:.4f}")
     print(f"onnx eval accuracy:  {_onnx_accuracy(model_path, images[eval_idx], labels[eval_idx]):.4f}")
-    for path in (model_path, eval_path):
+    for path in (model_path, eval_path, train_path):
         print(f"{_sha256(path)}  {path.name}")
 
 
