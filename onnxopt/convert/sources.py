@@ -132,7 +132,10 @@ def from_saved_model(path: Path, opset: int, nchw: bool) -> Converted:
 def from_tflite(path: Path, opset: int, nchw: bool) -> Converted:
     tf = tf_import.tensorflow()
     try:
-        interpreter = tf.lite.Interpreter(model_path=str(path))
+        # the builtin kernels alone: the XNNPACK delegate would make the reference differ from TFLite's own
+        # kernels (and announce itself on stderr)
+        resolver = tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        interpreter = tf.lite.Interpreter(model_path=str(path), experimental_op_resolver_type=resolver)
         interpreter.allocate_tensors()
     except Exception as e:  # corrupt flatbuffers, unresolved custom ops
         message = _line(e)
@@ -183,7 +186,12 @@ def _tf2onnx(run: Callable) -> onnx.ModelProto:
 
 
 def _rename(proto: onnx.ModelProto, inputs: Sequence[str] | None, outputs: Sequence[str] | None) -> None:
-    """Give graph inputs/outputs the source's names (in order), everywhere they are used."""
+    """Give graph inputs/outputs the source's names (in order), everywhere they are used, and call tf2onnx's
+    anonymous batch dimension (``unk__12``) ``batch``."""
+    for value in (*proto.graph.input, *proto.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if dims and dims[0].dim_param.startswith("unk__"):
+            dims[0].dim_param = "batch"
     mapping: dict[str, str] = {}
     for values, names in ((proto.graph.input, inputs), (proto.graph.output, outputs)):
         if names is None or len(names) != len(values):

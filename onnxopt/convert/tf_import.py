@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from types import ModuleType
 
 from onnxopt.errors import OnnxoptError
@@ -25,6 +26,8 @@ def tensorflow() -> ModuleType:
     except ImportError as e:
         raise OnnxoptError(MISSING) from e
     tf.get_logger().setLevel(logging.ERROR)
+    # TF 2.20+ warns on every tf.lite.Interpreter; it is still TFLite's reference interpreter here
+    warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated.*")
     logging.getLogger("absl").setLevel(logging.ERROR)
     return tf
 
