@@ -54,7 +54,10 @@ BUILTIN_RECIPES["int8"] = ",".join(
 BUILTIN_RECIPES["prune"] = ",".join(
     [
         BUILTIN_RECIPES["lossless"],  # BN folded first: its scales then live in the weights that are ranked
-        "prune-channels:ratio=0.3",  # 30 % of every prunable group's channels, lowest filter L1 norm first
+        # 30 % of every prunable group's channels, lowest filter L1 norm first; kept counts rounded up to a
+        # multiple of 8: onnxruntime's CPU convolutions work in blocks of 8/16 channels, and odd counts made a
+        # pruned MobileNet-style model 1.78x slower than the original (multiple=8: 0.90x)
+        "prune-channels:ratio=0.3;multiple=8",
         "reconstruct",  # refit the layers whose inputs lost channels, on --data (give held-out data)
         "remove-unused",  # slicing can leave a shape computation (a replaced Reshape target) dead
     ]
