@@ -169,8 +169,9 @@ def test_declines_keep_groups_whole() -> None:
     )
     _, outcome = apply(model, PruneChannelsPass(PruneChannelsConfig(ratio=0.5)))
     reasons = " | ".join(outcome.skipped)
-    assert "graph output" in reasons and "grouped convolution" in reasons and "Split" in reasons
-    assert not outcome.modified
+    assert "graph output" in reasons and "Split" in reasons
+    # b feeds a grouped Conv: pruned too, one channel from each of its two group blocks (4 -> 2)
+    assert _channels_after(outcome) == [2]
 
 
 def test_ratio_zero_is_the_identity() -> None:
@@ -284,3 +285,48 @@ def test_an_unreachable_pruning_budget_declines(tmp_path) -> None:
     result = optimize(BUNDLED / "model.onnx", tmp_path / "p.onnx", passes=spec, data=str(BUNDLED / "eval.npz"))
     record = next(r for r in result.pipeline.records if r.name == "prune-channels")
     assert record.status == "unchanged" and any("keeps the accuracy drop within 0.0" in s for s in record.skipped)
+
+
+def test_grouped_convolutions_lose_the_same_count_in_every_group() -> None:
+    """A feeds a grouped Conv B (group 2) that is itself a source feeding a grouped Conv C: one dead channel per
+    group block in A and in B is removed, every group keeps an equal share, and nothing changes."""
+    a_dead, b_dead = (1, 6), (0, 4)  # A's blocks: 0-3, 4-7; B's blocks: 0-2, 3-5
+    model = parse(
+        """<ir_version: 8, opset_import: ["": 13]>
+        m (float[N, 4, 6, 6] x) => (float[N, 4, 6, 6] y) {
+            a = Conv<pads=[1,1,1,1]>(x, wa, ba)
+            ra = Relu(a)
+            b = Conv<pads=[1,1,1,1], group=2>(ra, wb, bb)
+            rb = Relu(b)
+            y = Conv<group=2>(rb, wc)
+        }""",
+        wa=_conv_weight(8, 4, dead=a_dead),
+        ba=_bias(8, a_dead),
+        wb=_conv_weight(6, 4, dead=b_dead),
+        bb=_bias(6, b_dead),
+        wc=_conv_weight(4, 3, k=1),
+    )
+    out, outcome = apply(model, PruneChannelsPass(PruneChannelsConfig(ratio=0.34)))
+    assert _channels_after(outcome) == [6, 4]
+    shapes = {t.name: list(t.dims) for t in out.graph.initializer}
+    weights = {n.op_type + str(i): shapes[n.input[1]] for i, n in enumerate(out.graph.node) if n.op_type == "Conv"}
+    assert list(weights.values()) == [[6, 4, 3, 3], [4, 3, 3, 3], [4, 2, 1, 1]]
+    assert_same_outputs(model, out, _feeds((2, 4, 6, 6)), rtol=1e-6)
+
+
+def test_grouped_convolution_over_concatenated_channels_is_declined() -> None:
+    model = parse(
+        """<ir_version: 8, opset_import: ["": 13]>
+        m (float[N, 4, 6, 6] x) => (float[N, 4, 6, 6] y) {
+            a = Conv(x, wa)
+            b = Conv(x, wb)
+            c = Concat<axis=1>(a, b)
+            y = Conv<group=2>(c, wc)
+        }""",
+        wa=_conv_weight(4, 4, k=1),
+        wb=_conv_weight(4, 4, k=1),
+        wc=_conv_weight(4, 4, k=1),
+    )
+    _, outcome = apply(model, PruneChannelsPass(PruneChannelsConfig(ratio=0.5)))
+    assert not outcome.modified
+    assert any("grouped convolution (group 2) over mixed channels" in s for s in outcome.skipped)

@@ -1,7 +1,7 @@
 """Channel dependency analysis for structured pruning: which output channels can be removed together.
 
-A *source* is a Conv or ConvTranspose (group 1), Gemm, or MatMul with a
-constant 2-D weight: its output channels can be removed by deleting weight
+A *source* is a Conv (any group), ConvTranspose (group 1), Gemm, or MatMul
+with a constant weight: its output channels can be removed by deleting weight
 rows. From each source the channels are followed forward. Every tensor they
 reach gets a *layout*: its channel axis and a list of segments, each
 ``[group, size]`` (a prunable group's channels) or ``[None, size]`` (fixed
@@ -27,8 +27,14 @@ How each consumer of a channel tensor is handled:
   becomes ``[0, -1]``;
 * Conv/ConvTranspose (group 1), Gemm and MatMul reading the channels on their
   input axis *absorb* them: their weight loses the matching input slices;
+* a grouped Conv (``group`` G, not depthwise) reading one group's channels
+  absorbs them too, each of its G row blocks keeping its own input columns --
+  which needs the same number of channels removed from each of the G blocks;
+  a grouped Conv source needs the same of its output channels. Such groups
+  carry a *block* count (``blocks``) that the pruning decision honours;
 * Shape is harmless (a runtime shape follows the pruned tensor);
-* anything else -- a graph output, Split/Slice/Gather, a grouped Conv, an op
+* anything else -- a graph output, Split/Slice/Gather, a grouped Conv reading
+  concatenated channels, coupled groups whose block counts disagree, an op
   this list does not know, a shape that is not static where one is
   needed -- freezes every group in the tensor's layout, with the reason.
 """
@@ -76,7 +82,7 @@ class Layout:
 
 @dataclasses.dataclass
 class Edit:
-    """A change removing channels will need: ``kind`` is out/param/depthwise/in/reshape."""
+    """A change removing channels will need: ``kind`` is out/param/depthwise/in/grouped_in/reshape."""
 
     kind: str
     node: ir.Node
@@ -97,6 +103,7 @@ class ChannelGroups:
         self.frozen: dict[int, str] = {}
         self.edits: list[Edit] = []
         self.layouts: dict[int, Layout] = {}  # id(value) -> layout
+        self.blocks: dict[int, int] = {}  # group -> equal-count blocks its pruning must respect (grouped convs)
         self._analyze()
 
     # ---------------------------------------------------------------- union-find
@@ -114,6 +121,19 @@ class ChannelGroups:
             self.sources[ra] += self.sources.pop(rb)
             if rb in self.frozen:
                 self.frozen.setdefault(ra, self.frozen.pop(rb))
+            if rb in self.blocks:
+                self._require_blocks(ra, self.blocks.pop(rb))
+
+    def _require_blocks(self, group: int, blocks: int) -> None:
+        """Group ``group`` must lose the same number of channels in each of ``blocks`` equal blocks."""
+        root = self.find(group)
+        current = self.blocks.get(root, 1)
+        if blocks == 1 or current == blocks:
+            self.blocks[root] = max(current, blocks)
+        elif current == 1:
+            self.blocks[root] = blocks
+        else:
+            self.frozen.setdefault(root, f"grouped convolutions with {current} and {blocks} groups share channels")
 
     def _freeze(self, layout: Layout | None, reason: str) -> None:
         if layout is None:
@@ -150,6 +170,9 @@ class ChannelGroups:
             self.channels[group] = source[1]
             self.layouts[id(node.outputs[0])] = Layout(source[0], [[group, source[1]]])
             self.edits.append(Edit("out", node, self.layouts[id(node.outputs[0])], 1, source[2]))
+            groups = attribute(node, "group", 1) if node.op_type == "Conv" else 1
+            if groups > 1:
+                self._require_blocks(group, int(groups))
 
     def _freeze_all(self, inputs: Sequence[Layout | None], reason: str) -> None:
         for layout in inputs:
@@ -160,7 +183,9 @@ class ChannelGroups:
         weight = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
         if weight is None or weight.dtype.kind != "f" or not _private(node.inputs[1]):
             return None
-        if node.op_type == "Conv" and attribute(node, "group", 1) == 1 and weight.ndim >= 3:
+        if node.op_type == "Conv" and weight.ndim >= 3 and weight.shape[0] % attribute(node, "group", 1) == 0:
+            if _depthwise(node, weight):
+                return None  # a depthwise Conv passes its input's channels through (or keeps them)
             return 1, weight.shape[0], 0
         if node.op_type == "ConvTranspose" and attribute(node, "group", 1) == 1 and weight.ndim >= 3:
             return 1, weight.shape[1], 1
@@ -280,8 +305,11 @@ class ChannelGroups:
         elif group == layout.channels and weight.shape[0] == group and weight.shape[1] == 1:
             self.edits.append(Edit("depthwise", node, layout, 1, 0))
             self._set(node.outputs[0], layout)
+        elif len(layout.segments) != 1 or layout.segments[0][0] is None or weight.shape[1] * group != layout.width:
+            self._freeze(layout, f"{where} is a grouped convolution (group {group}) over mixed channels")
         else:
-            self._freeze(layout, f"{where} is a grouped convolution (group {group})")
+            self._require_blocks(layout.segments[0][0], int(group))
+            self.edits.append(Edit("grouped_in", node, layout, 1, 1))
 
     def _absorb(self, node: ir.Node, layout: Layout, weight_axis: int, where: str) -> None:
         weight = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
@@ -341,7 +369,10 @@ class ChannelGroups:
             self._freeze(layout, f"{where}: the flattened shape is not static")
             return
         if node.op_type == "Reshape" and not _flattens_batch_first(node, int(np.prod(dims)), out_rank):
-            self._freeze(layout, f"{where} is not a flatten to [batch, features]")
+            splits = out_rank is not None and out_rank > len(dims) + 1
+            what = "splits the channel axis (a channel shuffle regroups channels across groups)" if splits else (
+                "is not a flatten to [batch, features]")  # fmt: skip
+            self._freeze(layout, f"{where} {what}")
             return
         axis = _norm(layout.axis, len(dims) + 1) - 1
         positions = np.moveaxis(np.arange(int(np.prod(dims))).reshape(dims), axis, 0).reshape(dims[axis], -1)
@@ -365,6 +396,11 @@ def _flattens_batch_first(node: ir.Node, features: int, out_rank: int | None) ->
         tail = constant_array(producer.inputs[1])  # [batch from Shape, features] -- what converters emit
         return tail is not None and tail.tolist() == [features]
     return False
+
+
+def _depthwise(node: ir.Node, weight: np.ndarray) -> bool:
+    group = attribute(node, "group", 1)
+    return group > 1 and weight.shape[1] == 1 and weight.shape[0] == group
 
 
 def _private(value: ir.Value | None) -> bool:

@@ -6,7 +6,9 @@ them), every edit removing channels needs (sources' weight rows and biases,
 BatchNormalization and per-channel constants, depthwise filters and their
 ``group``, consumers' input slices -- through Concat offsets, Transpose and
 flattening into Gemm/MatMul), and the groups that must stay whole, with the
-reason (graph outputs, Split/Slice, grouped convolutions, unknown ops).
+reason (graph outputs, Split/Slice, grouped convolutions over concatenated
+channels, unknown ops). Groups read or written by grouped convolutions lose the
+same number of channels in each of their G blocks.
 
 For every prunable group, ``ratio`` of its channels (rounded down; at least
 ``min_channels`` stay, and with ``multiple=k`` the kept count is rounded up to
@@ -45,6 +47,7 @@ the model's multiply-accumulates per sample before and after.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 import numpy as np
@@ -198,8 +201,14 @@ class PruneChannelsPass(OptPass):
             reason = groups.frozen.get(root)
             if reason is None and exclude and any(exclude.search(n.name or "") for n in sources):
                 reason = "excluded by name"
-            keep = max(channels - int(np.floor(ratio * channels)), min(cfg.min_channels, channels))
-            keep = min(channels, -(-keep // cfg.multiple) * cfg.multiple)
+            blocks = groups.blocks.get(root, 1)
+            if reason is None and channels % blocks:
+                reason = f"{channels} channels do not split into the {blocks} groups of its grouped convolutions"
+            per = channels // blocks if not channels % blocks else channels
+            keep_block = max(per - int(np.floor(ratio * per)), min(-(-cfg.min_channels // blocks), per))
+            step = cfg.multiple // math.gcd(cfg.multiple, blocks)  # the total must stay a multiple of `multiple`
+            keep_block = min(per, -(-keep_block // step) * step)
+            keep = keep_block * blocks if not channels % blocks else channels
             if reason is None and keep == channels:
                 reason = f"ratio {ratio:.3g} removes no channel of {channels}"
             if reason is None and (label not in scores or scores[label].shape != (channels,)):
@@ -208,7 +217,11 @@ class PruneChannelsPass(OptPass):
                 self.skip(label, reason)
                 self.detail(group=label, channels_before=channels, channels_after=channels, status=reason)
                 continue
-            kept[root] = np.sort(np.argsort(-scores[label], kind="stable")[:keep])
+            score = scores[label]
+            kept[root] = np.concatenate(  # the best keep_block channels of every block (one block unless grouped)
+                [b * per + np.sort(np.argsort(-score[b * per : (b + 1) * per], kind="stable")[:keep_block])
+                 for b in range(blocks)]
+            )  # fmt: skip
             self.detail(group=label, channels_before=channels, channels_after=keep, status="pruned")
             self.count("groups pruned")
             self.count("channels removed", channels - keep)
@@ -388,6 +401,8 @@ def _apply(edit: Edit, index: np.ndarray, names: NameSource) -> bool:
     array = constant_array(node.inputs[edit.index])
     if array is None:
         return False
+    if edit.kind == "grouped_in":
+        return _slice_grouped_inputs(node, array, index, names)
     set_constant_input(node, edit.index, np.take(array, index, axis=edit.axis), names, "pruned")
     if edit.kind == "in":
         node.meta[INPUTS_PRUNED] = True
@@ -398,6 +413,20 @@ def _apply(edit: Edit, index: np.ndarray, names: NameSource) -> bool:
         node.meta[KEPT_OUTPUTS] = index if earlier is None else earlier[index]
     if edit.kind == "depthwise":
         node.attributes["group"] = ir.AttrInt64("group", int(index.size))
+    return True
+
+
+def _slice_grouped_inputs(node: ir.Node, weight: np.ndarray, index: np.ndarray, names: NameSource) -> bool:
+    """A grouped Conv's weight ``[C_out, C_in / G, ...]`` after its input channels ``index`` (global, sorted) are
+    kept: each block of ``C_out / G`` rows keeps the columns of its own group's surviving channels."""
+    groups = int(attribute(node, "group", 1))
+    columns, rows = weight.shape[1], weight.shape[0] // groups
+    per_group = [index[(index >= g * columns) & (index < (g + 1) * columns)] - g * columns for g in range(groups)]
+    if len({p.size for p in per_group}) != 1:
+        return False  # unequal counts cannot be expressed with one `group` (the decision never makes them)
+    blocks = [weight[g * rows : (g + 1) * rows][:, per_group[g]] for g in range(groups)]
+    set_constant_input(node, 1, np.concatenate(blocks, axis=0), names, "pruned")
+    node.meta[INPUTS_PRUNED] = True
     return True
 
 
