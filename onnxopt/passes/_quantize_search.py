@@ -1,0 +1,175 @@
+"""Which nodes a quantization keeps float: by measured speed (``fallback=profile``) and by an accuracy budget
+(``max_drop``). Used by the ``quantize`` pass (:mod:`onnxopt.passes.quantize_qdq`), whose docstring states the
+contract; this module holds the two searches.
+
+Both work on *trials*: quantized copies of the float model with a given set of nodes kept float, made by
+the pass. Every measurement goes through the pipeline's Context (onnxruntime's per-node profiler, interleaved
+latency ratios, the quality probe, per-layer errors), never onnxruntime directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxopt.layer_error import SNR_CAP_DB
+
+
+class FloatFallbackSearch:
+    """One search over one model: ``run(excluded)`` returns the nodes to keep float, or None to decline."""
+
+    def __init__(
+        self,
+        owner: Any,  # the quantize pass: its config, Context and record (note, detail, skip)
+        model: ir.Model,
+        *,
+        trial: Callable[[set[str]], ir.Model],
+        quantizable: Callable[[set[str]], dict[str, str]],  # kept float -> {node name: op type} still quantized
+        batch: int,
+    ) -> None:
+        self.owner = owner
+        self.config = owner.config
+        self.context = owner.require_context()
+        self.model = model
+        self.trial = trial
+        self.quantizable = quantizable
+        self.batch = batch
+
+    def run(self, excluded: set[str]) -> set[str] | None:
+        if self.config.fallback == "profile":
+            excluded = self._keep_slow_nodes_float(excluded)
+        if self.config.max_drop is not None:
+            decided = self._fit_budget(excluded)
+            if decided is None:
+                return None
+            excluded = decided
+        if self.config.fallback == "profile" and not self._faster_than_float(self.trial(excluded)):
+            return None
+        return excluded
+
+    def _profile(self, model: ir.Model):
+        return self.context.profile(model, batch=self.batch)
+
+    def _keep_slow_nodes_float(self, excluded: set[str]) -> set[str]:
+        """Keep float the op types whose int8 kernels the profiler finds slower than their float ones, one type at
+        a time, most time lost first; a type stays float only if the whole model then runs measurably faster
+        (interleaved timing: the islands' extra Q/DQ may cost more than the kernels save)."""
+        context = self.context
+        ops = self.quantizable(excluded)
+        float_profile = self._profile(self.model)
+        current = self.trial(excluded)
+        profile = self._profile(current)
+        lost: dict[str, dict[str, tuple[float, float]]] = {}  # op type -> node -> (float µs, int8 µs)
+        for name, op_type in ops.items():
+            float_us, int8_us = float_profile.times.get(name, 0.0), profile.times.get(name, 0.0)
+            if int8_us > float_us + 1.0:
+                lost.setdefault(op_type, {})[name] = (float_us, int8_us)
+        order = sorted(lost, key=lambda op: -sum(i - f for f, i in lost[op].values()))
+        kept_float: dict[str, tuple[float, float]] = {}
+        for op_type in order:
+            candidate = self.trial(excluded | set(lost[op_type]))
+            ratio = context.latency_ratio(current, candidate, batch=self.batch)
+            if ratio.median < 0.99:
+                excluded, current = excluded | set(lost[op_type]), candidate
+                kept_float.update(lost[op_type])
+        for name, (float_us, int8_us) in sorted(kept_float.items()):
+            kept = "float (slower in int8)"
+            self.owner.detail(
+                node=name, op=ops[name], float_us=round(float_us, 1), int8_us=round(int8_us, 1), kept=kept
+            )
+        self.owner.note(
+            f"per-node profile (batch {self.batch}): float {float_profile.total:.0f} µs, "
+            f"int8 {profile.total:.0f} µs; {len(kept_float)} slower node(s) of {len(lost)} op type(s) tried kept float"
+        )
+        return excluded
+
+    def _faster_than_float(self, quantized: ir.Model) -> bool:
+        """Whether ``quantized`` is not slower than ``model`` beyond ``slower_tolerance`` (interleaved timing)."""
+        batch, context = self.batch, self.context
+        ratios = [context.latency_ratio(self.model, quantized, batch=batch, seconds=2.0).median]
+        if ratios[0] > 1.0 + self.config.slower_tolerance:  # a burst of load on a shared machine? measure twice more
+            ratios += [context.latency_ratio(self.model, quantized, batch=batch, seconds=2.0).median for _ in range(2)]
+        ratio = float(np.median(ratios))
+        shown = ", ".join(f"{r:.2f}" for r in ratios)
+        self.owner.note(f"int8 latency {ratio:.2f}x float at batch {batch} (interleaved; measured {shown})")
+        if ratio > 1.0 + self.config.slower_tolerance:
+            self.owner.skip(
+                "model", f"int8 runs {ratio:.2f}x the float latency at batch {batch} on this target: left float"
+            )
+            return False
+        return True
+
+    def _fit_budget(self, excluded: set[str]) -> set[str] | None:
+        """The fewest most error-adding layers to keep float so the drop stays within ``max_drop``."""
+        context = self.context
+        budget = float(self.config.max_drop)  # type: ignore[arg-type]
+        probe = context.quality_probe(self.config.eval_samples)
+        quantized = self.trial(excluded)
+        drop = probe.drop(quantized)
+        self.owner.note(
+            f"{probe.metric}: float {probe.baseline:.4f}, all int8 {probe.baseline - drop:.4f} "
+            f"(drop {drop:.4f}, budget {budget})"
+        )
+        if drop <= budget:
+            return excluded
+        ranked = self._sensitivity(quantized, excluded)
+        cache: dict[int, float] = {0: drop}
+
+        def drop_with(k: int) -> float:
+            if k not in cache:
+                cache[k] = probe.drop(self.trial(excluded | {name for name, _ in ranked[:k]}))
+            return cache[k]
+
+        k = 1
+        while k < len(ranked) and drop_with(k) > budget:
+            k *= 2
+        k = min(k, len(ranked))
+        if not ranked or drop_with(k) > budget or (k == len(ranked) and drop_with(k - 1) > budget):
+            self.owner.skip(
+                "model",
+                f"max_drop={budget} is met by no float fallback short of all {len(ranked)} quantized layers "
+                f"({probe.metric} drop with everything int8: {drop:.4f}): left float",
+            )
+            return None
+        low, high = k // 2 + 1, k  # drop_with(k // 2) was over budget, drop_with(k) is within
+        while low < high:
+            mid = (low + high) // 2
+            if drop_with(mid) <= budget:
+                high = mid
+            else:
+                low = mid + 1
+        kept_float = excluded | {name for name, _ in ranked[:high]}
+        if not any(n.op_type == "DequantizeLinear" for n in self.trial(kept_float).graph):
+            self.owner.skip("model", f"max_drop={budget} is met only with nothing quantized: left float")
+            return None
+        for name, added in ranked[:high]:
+            self.owner.detail(node=name, added_db=round(added, 2), kept="float (accuracy budget)")
+        self.owner.note(f"kept {high} layer(s) float for the budget: {probe.metric} drop {drop_with(high):.4f}")
+        return kept_float
+
+    def _sensitivity(self, quantized: ir.Model, excluded: set[str]) -> list[tuple[str, float]]:
+        """Quantized nodes, most error added first: the SNR lost between a matched tensor and the nearest matched
+        tensor upstream on its data path (a graph input counts as exact), charged to every quantized node
+        in between -- so a Conv whose output only its folded Relu's name carries is charged too."""
+        report = self.context.layer_errors(self.model, quantized)
+        quantizable = set(self.quantizable(excluded))
+        snr = {layer.tensor: layer.snr_db for layer in report.layers}
+        producers = {v.name: n for n in self.model.graph for v in n.outputs if v.name}
+        added: dict[str, float] = {}
+        for layer in report.layers:
+            node, between = producers.get(layer.tensor), []
+            upstream = SNR_CAP_DB
+            while node is not None:
+                between.append(node)
+                source = node.inputs[0] if node.inputs else None
+                if source is None or source.name in snr or source.producer() is None:
+                    upstream = snr.get(source.name, SNR_CAP_DB) if source is not None else SNR_CAP_DB
+                    break
+                node = source.producer()
+            for node in between:
+                if node.name in quantizable:
+                    added[node.name] = max(added.get(node.name, -np.inf), upstream - layer.snr_db)
+        return sorted(added.items(), key=lambda item: -item[1])
