@@ -184,3 +184,10 @@ def test_not_a_source(tmp_path, capsys) -> None:
     other = tmp_path / "model.pt"
     other.write_bytes(b"not a model")
     assert "not a Keras" in _one_line_error(["convert", str(other), "-o", str(tmp_path / "x.onnx")], capsys)
+
+
+def test_legacy_h5(keras_file, tmp_path) -> None:
+    model, _ = keras_file
+    model.save(str(tmp_path / "legacy.h5"))
+    result = convert_file(tmp_path / "legacy.h5", tmp_path / "h5.onnx")
+    assert result.kind == "keras" and result.checks[0].max_abs <= result.checks[0].allowed
