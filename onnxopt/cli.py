@@ -178,32 +178,7 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("-o", "--output", help="FILE.md, FILE.html or FILE.json (default: Markdown on stdout)")
     rep.set_defaults(func=_cmd_report)
 
-    conv = sub.add_parser(
-        "convert", parents=[common], help="convert Keras/SavedModel/TFLite to ONNX, verified against the source"
-    )
-    conv.add_argument("source", help="a .keras/.h5 file, a SavedModel folder, or a .tflite file")
-    conv.add_argument("-o", "--output", required=True)
-    conv.add_argument("--opset", type=int, default=17, help="ONNX opset to convert to (default 17)")
-    conv.add_argument("--nchw", action="store_true", help="make image inputs NCHW (removing the Transposes left)")
-    conv.add_argument("--data", help="inputs to verify on (.npz/.npy in the ONNX model's layout); default random")
-    conv.add_argument("--seed", type=int, default=0)
-    conv.set_defaults(func=_cmd_convert)
-
-    dis = sub.add_parser("distill", parents=[common], help="train a smaller Keras student on an ONNX teacher's outputs")
-    dis.add_argument("--teacher", required=True, help="the teacher: .onnx (or .keras, converted first)")
-    dis.add_argument("--student", required=True, help="a .keras student, or width=F: the Keras teacher F times as wide")
-    dis.add_argument("--data", required=True, help=".npz with the inputs (and labels, if any)")
-    dis.add_argument("-o", "--output", required=True, help="the student as ONNX")
-    dis.add_argument("--temperature", type=float, default=4.0)
-    dis.add_argument("--alpha", type=float, default=0.7, help="weight of the soft-target loss (1-alpha: labels)")
-    dis.add_argument("--epochs", type=int, default=10)
-    dis.add_argument("--batch", type=int, default=64)
-    dis.add_argument("--learning-rate", type=float, default=1e-3)
-    dis.add_argument("--holdout", type=float, default=0.2, help="fraction of the data kept for evaluation")
-    dis.add_argument("--eval-data", help="evaluate on this data instead of a --holdout split (all of --data trains)")
-    dis.add_argument("--seed", type=int, default=0)
-    dis.add_argument("--save-keras", help="also save the trained student as .keras")
-    dis.set_defaults(func=_cmd_distill)
+    _add_tf_commands(sub, common)
 
     lst = sub.add_parser("passes", parents=[common], help="list every pass with its parameters")
     lst.add_argument("--json", action="store_true")
@@ -349,6 +324,36 @@ def format_bench(result: BenchResult) -> str:
                 f"{m.file_bytes / 1e6:>9.2f}  {ratio}"
             )
     return "\n".join(lines)
+
+
+def _add_tf_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """``convert`` and ``distill``: the commands that need the ``tf`` extra."""
+    conv = sub.add_parser(
+        "convert", parents=[common], help="convert Keras/SavedModel/TFLite to ONNX, verified against the source"
+    )
+    conv.add_argument("source", help="a .keras/.h5 file, a SavedModel folder, or a .tflite file")
+    conv.add_argument("-o", "--output", required=True)
+    conv.add_argument("--opset", type=int, default=17, help="ONNX opset to convert to (default 17)")
+    conv.add_argument("--nchw", action="store_true", help="make image inputs NCHW (removing the Transposes left)")
+    conv.add_argument("--data", help="inputs to verify on (.npz/.npy in the ONNX model's layout); default random")
+    conv.add_argument("--seed", type=int, default=0)
+    conv.set_defaults(func=_cmd_convert)
+
+    dis = sub.add_parser("distill", parents=[common], help="train a smaller Keras student on an ONNX teacher's outputs")
+    dis.add_argument("--teacher", required=True, help="the teacher: .onnx (or .keras, converted first)")
+    dis.add_argument("--student", required=True, help="a .keras student, or width=F: the Keras teacher F times as wide")
+    dis.add_argument("--data", required=True, help=".npz with the inputs (and labels, if any)")
+    dis.add_argument("-o", "--output", required=True, help="the student as ONNX")
+    dis.add_argument("--temperature", type=float, default=4.0)
+    dis.add_argument("--alpha", type=float, default=0.7, help="weight of the soft-target loss (1-alpha: labels)")
+    dis.add_argument("--epochs", type=int, default=10)
+    dis.add_argument("--batch", type=int, default=64)
+    dis.add_argument("--learning-rate", type=float, default=1e-3)
+    dis.add_argument("--holdout", type=float, default=0.2, help="fraction of the data kept for evaluation")
+    dis.add_argument("--eval-data", help="evaluate on this data instead of a --holdout split (all of --data trains)")
+    dis.add_argument("--seed", type=int, default=0)
+    dis.add_argument("--save-keras", help="also save the trained student as .keras")
+    dis.set_defaults(func=_cmd_distill)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:

@@ -116,21 +116,7 @@ def distill(
     head = classifier_output_index(teacher_runner)
     if head is None:
         raise DataError(f"{teacher_path}: the teacher has no classifier-shaped output [N, classes] to distill")
-    inputs, labels = _load(data, teacher_runner)
-    if eval_data is not None:
-        extra, extra_labels = _load(eval_data, teacher_runner)
-        if (labels is None) != (extra_labels is None):
-            raise DataError("--data and --eval-data must both have labels or both have none")
-        train_idx = np.arange(len(inputs))
-        eval_idx = np.arange(len(inputs), len(inputs) + len(extra))
-        inputs = np.concatenate([inputs, extra])
-        labels = np.concatenate([labels, extra_labels]) if labels is not None else None
-    else:
-        order = np.random.default_rng(config.seed).permutation(len(inputs))
-        held = max(1, round(config.holdout * len(inputs)))
-        if len(inputs) - held < 1:
-            raise DataError(f"{data}: {len(inputs)} samples leave nothing to train with --holdout {config.holdout}")
-        train_idx, eval_idx = order[held:], order[:held]
+    inputs, labels, train_idx, eval_idx = _split(data, eval_data, teacher_runner, config)
     teacher_logits = _teacher_logits(teacher_runner, inputs, head, config.batch)
     classes = teacher_logits.shape[1]
 
@@ -138,25 +124,16 @@ def distill(
     trainable = _with_linear_head(model, keras)
     if int(np.prod(trainable.outputs[0].shape[1:])) != classes:
         raise DataError(f"the student outputs {trainable.outputs[0].shape[1:]}, the teacher {classes} classes")
-    alpha = config.alpha if labels is not None else 1.0
-    temperature = config.temperature
-    ops = keras.ops
-
-    def loss(y_true, logits):  # y_true packs [teacher logits | one-hot labels]
-        soft_t = ops.softmax(y_true[:, :classes] / temperature, axis=-1)
-        log_s = ops.log_softmax(logits / temperature, axis=-1)
-        kd = ops.sum(soft_t * (ops.log(ops.maximum(soft_t, 1e-12)) - log_s), axis=-1) * temperature**2
-        if alpha >= 1:
-            return kd
-        ce = -ops.sum(y_true[:, classes:] * ops.log_softmax(logits, axis=-1), axis=-1)
-        return alpha * kd + (1 - alpha) * ce
-
-    onehot = np.eye(classes, dtype=np.float32)[labels] if labels is not None else np.zeros_like(teacher_logits)
-    targets = np.concatenate([teacher_logits, onehot], axis=1).astype(np.float32)
-    trainable.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss)
-    history: list[dict[str, float]] = []
     metric = "accuracy" if labels is not None else "top-1 agreement with the teacher"
     reference = labels[eval_idx] if labels is not None else teacher_logits[eval_idx].argmax(axis=1)
+    onehot = np.eye(classes, dtype=np.float32)[labels] if labels is not None else np.zeros_like(teacher_logits)
+    targets = np.concatenate([teacher_logits, onehot], axis=1).astype(np.float32)
+    alpha = config.alpha if labels is not None else 1.0  # without labels: the soft targets alone
+    trainable.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss=_hinton_loss(keras, classes, config.temperature, alpha),
+    )
+    history: list[dict[str, float]] = []
 
     def report(epoch: int, logs: dict | None) -> None:
         _exact_batchnorm_statistics(trainable, inputs[train_idx], keras)
@@ -209,6 +186,43 @@ def distill(
 
 
 # ---------------------------------------------------------------------- pieces
+
+
+def _split(data: str, eval_data: str | None, runner: Runner, config: DistillConfig):
+    """(inputs, labels or None, training indices, evaluation indices): ``eval_data`` appended and used for
+    evaluation, or a seeded ``holdout`` split of ``data``."""
+    inputs, labels = _load(data, runner)
+    if eval_data is not None:
+        extra, extra_labels = _load(eval_data, runner)
+        if (labels is None) != (extra_labels is None):
+            raise DataError("--data and --eval-data must both have labels or both have none")
+        train_idx = np.arange(len(inputs))
+        eval_idx = np.arange(len(inputs), len(inputs) + len(extra))
+        inputs = np.concatenate([inputs, extra])
+        labels = np.concatenate([labels, extra_labels]) if labels is not None else None
+        return inputs, labels, train_idx, eval_idx
+    order = np.random.default_rng(config.seed).permutation(len(inputs))
+    held = max(1, round(config.holdout * len(inputs)))
+    if len(inputs) - held < 1:
+        raise DataError(f"{data}: {len(inputs)} samples leave nothing to train with --holdout {config.holdout}")
+    return inputs, labels, order[held:], order[:held]
+
+
+def _hinton_loss(keras, classes: int, temperature: float, alpha: float):
+    """``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(y, s)`` on logits ``s``; ``y_true`` packs
+    ``[teacher logits | one-hot labels]``."""
+    ops = keras.ops
+
+    def loss(y_true, logits):
+        soft_t = ops.softmax(y_true[:, :classes] / temperature, axis=-1)
+        log_s = ops.log_softmax(logits / temperature, axis=-1)
+        kd = ops.sum(soft_t * (ops.log(ops.maximum(soft_t, 1e-12)) - log_s), axis=-1) * temperature**2
+        if alpha >= 1:
+            return kd
+        ce = -ops.sum(y_true[:, classes:] * ops.log_softmax(logits, axis=-1), axis=-1)
+        return alpha * kd + (1 - alpha) * ce
+
+    return loss
 
 
 def _teacher(path: Path):
