@@ -65,7 +65,8 @@ BUILTIN_RECIPES["prune"] = ",".join(
 BUILTIN_RECIPES["prune+int8"] = ",".join(
     [
         BUILTIN_RECIPES["prune"],
-        "quantize",  # last: calibrated on the pruned, refit model
+        "equalize",  # as in int8: the refit weights are balanced before they are rounded
+        "quantize:fallback=profile;bias_correct=true",  # last, as in int8: calibrated on the pruned, refit model
     ]
 )
 

@@ -128,4 +128,6 @@ def test_prune_int8_end_to_end_with_a_report(tmp_path) -> None:
     assert main([*args, "--report", str(report), "--bench-seconds", "0.2"]) == 0
     text = report.read_text()
     assert "| prune-channels | applied |" in text and "| reconstruct | applied |" in text
-    assert "| quantize | applied |" in text
+    # the recipe's speed decision depends on this machine's timing: int8 applied, or left float and said why
+    assert "| quantize | applied |" in text or ("| quantize | unchanged |" in text and "left float" in text)
+    assert "x float at batch" in text  # the decision was measured and reported either way
