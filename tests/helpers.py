@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,16 @@ def apply(model: onnx.ModelProto, opt_pass: OptPass) -> tuple[onnx.ModelProto, P
     result = io.to_proto(ir_model)
     onnx.checker.check_model(result, full_check=True)
     return result, outcome
+
+
+def fused_ops(model: onnx.ModelProto | Path, folder: Path) -> collections.Counter:
+    """The op histogram of onnxruntime's own optimized graph (what actually runs), written under ``folder``."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(folder / "ort_optimized.onnx")
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return collections.Counter(n.op_type for n in onnx.load(str(folder / "ort_optimized.onnx")).graph.node)
 
 
 def ops(model: onnx.ModelProto) -> list[str]:

@@ -6,22 +6,12 @@ import collections
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from helpers import BUNDLED, parse
+from helpers import BUNDLED, fused_ops, parse
 
 from onnxopt.api import optimize
 
 MODEL, EVAL = BUNDLED / "model.onnx", BUNDLED / "eval.npz"
-
-
-def _fused_ops(path, tmp_path) -> collections.Counter:
-    """The op histogram of onnxruntime's own optimized graph (what actually runs)."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.optimized_model_filepath = str(tmp_path / "ort_optimized.onnx")
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "ort_optimized.onnx")).graph.node)
 
 
 # The int8 recipe without its timing decision (fallback=profile measures this machine's latency, which a test
@@ -71,7 +61,7 @@ def test_int8_recipe_on_the_bundled_model(int8) -> None:
 
 
 def test_onnxruntime_runs_integer_kernels(int8, tmp_path) -> None:
-    ops = _fused_ops(int8[1], tmp_path)
+    ops = fused_ops(int8[1], tmp_path)
     assert ops["QLinearConv"] == 2 and ops["QLinearMatMul"] == 2
     assert "Conv" not in ops and "MatMul" not in ops  # nothing fell back to float
 

@@ -7,9 +7,8 @@ import collections
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from helpers import parse, run
+from helpers import fused_ops, parse, run
 
 from onnxopt import cpu_target
 from onnxopt.api import optimize
@@ -60,20 +59,12 @@ def _snr(result) -> float:
     return result.comparison.outputs[0].snr_db
 
 
-def _fused(model: onnx.ModelProto, tmp_path) -> collections.Counter:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.optimized_model_filepath = str(tmp_path / "ort.onnx")
-    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "ort.onnx")).graph.node)
-
-
 @pytest.mark.parametrize("method", ["minmax", "percentile", "entropy", "mse"])
 def test_every_calibration_method_gives_a_valid_int8_model(conv_net, tmp_path, method) -> None:
     result, model = _quantize(conv_net, tmp_path, f"quantize:calibration={method}")
     assert result.pipeline.records[0].status == "applied"
     assert _snr(result) > 15
-    ops = _fused(model, tmp_path)
+    ops = fused_ops(model, tmp_path)
     assert ops["QLinearConv"] == 2  # both convs run as integer kernels
 
 

@@ -40,6 +40,13 @@ class NameSource:
         raise AssertionError("unreachable")
 
 
+def name_unnamed_nodes(model: ir.Model, names: NameSource) -> None:
+    """Give every unnamed main-graph node a fresh name (passes that record or exclude nodes by name need one)."""
+    for node in model.graph:
+        if not node.name:
+            node.name = names.fresh(node.op_type)
+
+
 def set_constant_input(node: ir.Node, index: int, array: np.ndarray, names: NameSource, suffix: str) -> None:
     """Make input ``index`` of ``node`` the constant ``array``.
 

@@ -13,14 +13,20 @@ import onnx_ir as ir
 from onnxopt.passes._graph_edit import attribute, constant_array
 
 
-def output_size(node: ir.Node, height: int, width: int) -> tuple[int, int]:
-    """The output height and width of the 2-D Conv ``node`` on an input of that size (explicit pads)."""
+def _geometry(node: ir.Node) -> tuple[int, int, list[int], list[int], list[int]]:
+    """(kh, kw, strides, dilations, pads [top, left, bottom, right]) of the 2-D Conv ``node``."""
     weight = constant_array(node.inputs[1])
     assert weight is not None
     kh, kw = weight.shape[2:]
-    sh, sw = attribute(node, "strides", [1, 1])  # type: ignore[misc]
-    dh, dw = attribute(node, "dilations", [1, 1])  # type: ignore[misc]
-    top, left, bottom, right = attribute(node, "pads", [0, 0, 0, 0])  # type: ignore[misc]
+    strides = list(attribute(node, "strides", [1, 1]))  # type: ignore[arg-type]
+    dilations = list(attribute(node, "dilations", [1, 1]))  # type: ignore[arg-type]
+    pads = list(attribute(node, "pads", [0, 0, 0, 0]))  # type: ignore[arg-type]
+    return kh, kw, strides, dilations, pads
+
+
+def output_size(node: ir.Node, height: int, width: int) -> tuple[int, int]:
+    """The output height and width of the 2-D Conv ``node`` on an input of that size (explicit pads)."""
+    kh, kw, (sh, sw), (dh, dw), (top, left, bottom, right) = _geometry(node)
     return (height + top + bottom - dh * (kh - 1) - 1) // sh + 1, (width + left + right - dw * (kw - 1) - 1) // sw + 1
 
 
@@ -29,12 +35,7 @@ def sampled_patches(
 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Patches ``[P, C_in * kh * kw]`` at up to ``positions`` random output positions of each image of ``x``,
     and where they are: (image, row, column) of each patch."""
-    weight = constant_array(node.inputs[1])
-    assert weight is not None
-    kh, kw = weight.shape[2:]
-    sh, sw = attribute(node, "strides", [1, 1])  # type: ignore[misc]
-    dh, dw = attribute(node, "dilations", [1, 1])  # type: ignore[misc]
-    top, left, bottom, right = attribute(node, "pads", [0, 0, 0, 0])  # type: ignore[misc]
+    kh, kw, (sh, sw), (dh, dw), (top, left, bottom, right) = _geometry(node)
     padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
     n = x.shape[0]
     oh, ow = output_size(node, x.shape[2], x.shape[3])

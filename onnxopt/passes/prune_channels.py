@@ -54,7 +54,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt.passes._channel_groups import ChannelGroups, Edit, Layout
-from onnxopt.passes._graph_edit import NameSource, attribute, constant_array, set_constant_input
+from onnxopt.passes._graph_edit import NameSource, attribute, constant_array, name_unnamed_nodes, set_constant_input
 from onnxopt.passes._im2col import sampled_patches
 from onnxopt.passes._weights import check_pattern
 from onnxopt.passes.base import OptPass
@@ -105,10 +105,7 @@ class PruneChannelsPass(OptPass):
     def rewrite(self, model: ir.Model) -> None:
         if self.config.ratio == 0:
             return
-        names = NameSource(model)
-        for node in model.graph:  # groups are labelled by their sources' names
-            if not node.name:
-                node.name = names.fresh(node.op_type)
+        name_unnamed_nodes(model, NameSource(model))  # groups are labelled by their sources' names
         groups = ChannelGroups(model.graph)
         self._activity = self._mean_activity(model, groups) if self.config.importance == "activation" else {}
         thinet = self._thinet_order(model, groups) if self.config.importance == "thinet" else {}

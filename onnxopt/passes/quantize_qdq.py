@@ -72,6 +72,7 @@ from onnxopt.passes._graph_edit import (
     bypass_node,
     constant_array,
     drop_unused_initializers,
+    name_unnamed_nodes,
     remove_node_and_orphans,
 )
 from onnxopt.passes._quantize_search import FloatFallbackSearch
@@ -143,9 +144,7 @@ class QuantizeQDQPass(OptPass):
         self._sums_to_adds(graph)
         names = NameSource(model)
         self._shuffles_to_gathers(graph, names)
-        for node in graph:  # exclusions and the report name nodes
-            if not node.name:
-                node.name = names.fresh(node.op_type)
+        name_unnamed_nodes(model, names)  # exclusions and the report name nodes
         providers = tuple(self.context.providers) if self.context is not None else ("CPUExecutionProvider",)
         target = cpu_target.resolve(self.config.target, providers)
         self.note(f"target {target.name}: {target.reason}")
