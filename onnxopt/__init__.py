@@ -18,8 +18,8 @@ from onnxopt.errors import DataError, ModelLoadError, OnnxoptError, OutputError,
 from onnxopt.evaluate import Comparison, OutputAgreement
 from onnxopt.inspection import ModelSummary, inspect_model
 from onnxopt.io import load, save
-from onnxopt.pipeline import Context, PassRecord, Pipeline
-from onnxopt.recipe import BUILTIN_RECIPES, build_passes, load_recipe, parse_spec
+from onnxopt.optimizer import Context, PassRecord, Pipeline
+from onnxopt.optimizer.recipe import BUILTIN_RECIPES, build_passes, load_recipe, parse_spec
 
 __all__ = [
     "BUILTIN_RECIPES",

@@ -9,11 +9,11 @@ from onnxopt import io
 from onnxopt.bench import BenchConfig, BenchResult, benchmark
 from onnxopt.data import ImageOptions, default_random, open_dataset
 from onnxopt.errors import RecipeError
-from onnxopt.evaluate import Comparison, compare
-from onnxopt.layer_error import DEFAULT_THRESHOLD_DB, layer_errors
-from onnxopt.optimize import OptimizeResult, optimize_file
+from onnxopt.evaluate.compare import Comparison, compare
+from onnxopt.evaluate.layers import DEFAULT_THRESHOLD_DB, layer_errors
+from onnxopt.optimizer.recipe import BUILTIN_RECIPES, load_recipe, parse_spec
+from onnxopt.optimizer.run import OptimizeResult, optimize_file
 from onnxopt.progress import NullProgress, Progress
-from onnxopt.recipe import BUILTIN_RECIPES, load_recipe, parse_spec
 from onnxopt.runtime import Runner
 
 

@@ -22,12 +22,12 @@ from onnxopt.api import bench_files, compare_files, optimize
 from onnxopt.bench import BenchConfig, BenchResult, Measurement
 from onnxopt.data import ImageOptions
 from onnxopt.errors import OnnxoptError
-from onnxopt.evaluate import Comparison
+from onnxopt.evaluate.compare import Comparison
+from onnxopt.evaluate.layers import DEFAULT_THRESHOLD_DB, LayerReport
 from onnxopt.inspection import inspect_model
-from onnxopt.layer_error import DEFAULT_THRESHOLD_DB, LayerReport
-from onnxopt.optimize import OptimizeResult
+from onnxopt.optimizer.recipe import BUILTIN_RECIPES, describe_passes
+from onnxopt.optimizer.run import OptimizeResult
 from onnxopt.progress import RichProgress
-from onnxopt.recipe import BUILTIN_RECIPES, describe_passes
 from onnxopt.report import (
     bench_report,
     check_report_path,

@@ -33,7 +33,7 @@ from onnxopt.convert import tf_import
 from onnxopt.convert.sources import ConversionError, from_keras_model
 from onnxopt.data import open_dataset
 from onnxopt.errors import DataError, ModelLoadError, OnnxoptError
-from onnxopt.evaluate import classifier_output_index
+from onnxopt.evaluate.compare import classifier_output_index
 from onnxopt.runtime import Runner
 
 

@@ -30,3 +30,7 @@ class RecipeError(OnnxoptError):
 
 class OutputError(OnnxoptError):
     """The output cannot be written where asked."""
+
+
+class PassPreconditionError(OnnxoptError):
+    """A pass was run without what it needs (data, the original model): run it through a Pipeline."""

@@ -1,24 +1,17 @@
 """Model inspection: opset, IR version, signature, op histogram, size and MACs.
 
-MACs (multiply-accumulates) are estimated for one sample -- symbolic
-dimensions set to 1 -- for Conv, ConvTranspose, Gemm and MatMul, from shapes
-that onnx shape inference finds; nodes whose shapes stay unknown are listed
-as not counted.
+Sizes and MACs come from :mod:`onnxopt.model_stats`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections import Counter
 from typing import Any
 
-import numpy as np
-import onnx
 import onnx_ir as ir
 
-from onnxopt import io
-from onnxopt.pipeline import ModelStats
+from onnxopt.model_stats import ModelStats, estimate_macs
 
 
 @dataclasses.dataclass
@@ -65,72 +58,3 @@ def inspect_model(model: ir.Model) -> ModelSummary:
 def _describe(value: ir.Value) -> dict[str, Any]:
     shape = None if value.shape is None else [d if isinstance(d, int) else str(d.value or "?") for d in value.shape]
     return {"name": value.name, "dtype": value.dtype.name if value.dtype else None, "shape": shape}
-
-
-def estimate_macs(model: ir.Model) -> tuple[int, list[str]]:
-    """MACs per sample of the main graph's Conv/ConvTranspose/Gemm/MatMul, and nodes not counted."""
-    proto = io.to_proto(model)
-    for value in proto.graph.input:
-        for dim in value.type.tensor_type.shape.dim:
-            if not dim.HasField("dim_value"):
-                dim.dim_value = 1
-    del proto.graph.value_info[:]
-    with contextlib.suppress(Exception):  # best-effort: nodes left without shapes are reported
-        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
-    shapes = {
-        v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
-        for v in [*proto.graph.input, *proto.graph.value_info, *proto.graph.output]
-        if v.type.tensor_type.HasField("shape")
-    }
-    shapes.update({t.name: list(t.dims) for t in proto.graph.initializer})
-    total, unknown = 0, []
-    for node in proto.graph.node:
-        if node.domain not in ("", "ai.onnx") or node.op_type not in _COUNTERS:
-            continue
-        ins = [shapes.get(name) for name in node.input]
-        out = shapes.get(node.output[0])
-        macs = _COUNTERS[node.op_type](node, ins, out)
-        if macs is None:
-            unknown.append(node.name or node.output[0])
-        else:
-            total += macs
-    return total, unknown
-
-
-def _known(*shapes: list[int | None] | None) -> bool:
-    return all(s is not None and all(isinstance(d, int) and d > 0 for d in s) for s in shapes)
-
-
-def _conv(node: onnx.NodeProto, ins: list, out: list | None) -> int | None:
-    weight = ins[1] if len(ins) > 1 else None
-    if not _known(weight, out):
-        return None
-    # out: [N, C_out, *spatial]; weight: [C_out, C_in/g, *k]
-    return int(np.prod(out, dtype=np.int64) * np.prod(weight[1:], dtype=np.int64))
-
-
-def _conv_transpose(node: onnx.NodeProto, ins: list, out: list | None) -> int | None:
-    x, weight = ins[0], ins[1] if len(ins) > 1 else None
-    if not _known(x, weight):
-        return None
-    # every input element is multiplied into C_out/g * prod(k) outputs
-    return int(np.prod(x, dtype=np.int64) * np.prod(weight[1:], dtype=np.int64))
-
-
-def _gemm(node: onnx.NodeProto, ins: list, out: list | None) -> int | None:
-    a = ins[0]
-    if not _known(a, out):
-        return None
-    trans_a = next((attr.i for attr in node.attribute if attr.name == "transA"), 0)
-    k = a[0] if trans_a else a[1]
-    return int(np.prod(out, dtype=np.int64) * k)
-
-
-def _matmul(node: onnx.NodeProto, ins: list, out: list | None) -> int | None:
-    a = ins[0]
-    if not _known(a, out) or not a:
-        return None
-    return int(np.prod(out, dtype=np.int64) * a[-1])
-
-
-_COUNTERS = {"Conv": _conv, "ConvTranspose": _conv_transpose, "Gemm": _gemm, "MatMul": _matmul}

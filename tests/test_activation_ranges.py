@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxopt.activation_ranges import RangeCollector
+from onnxopt.passes.quantize.activation_ranges import RangeCollector
 
 
 def test_minmax_is_exact_and_keeps_no_sample() -> None:

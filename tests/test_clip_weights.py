@@ -8,8 +8,8 @@ from helpers import BUNDLED, apply, parse, run
 from onnx import numpy_helper
 
 from onnxopt.errors import RecipeError
+from onnxopt.optimizer.recipe import build_passes, parse_spec
 from onnxopt.passes.clip_weights import ClipWeightsConfig, ClipWeightsPass, _mse_bounds
-from onnxopt.recipe import build_passes, parse_spec
 
 
 def _weights(model) -> dict[str, np.ndarray]:

@@ -17,8 +17,9 @@ import pytest
 from helpers import BUNDLED
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxopt import io, writing
+from onnxopt import io
 from onnxopt.cli import main
+from onnxopt.io import writing
 
 MODEL = BUNDLED / "model.onnx"
 ENV = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}

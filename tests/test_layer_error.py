@@ -13,7 +13,7 @@ from onnx import numpy_helper
 from onnxopt.api import optimize
 from onnxopt.cli import main
 from onnxopt.data import open_dataset
-from onnxopt.layer_error import layer_errors
+from onnxopt.evaluate.layers import layer_errors
 from onnxopt.runtime import Runner
 
 MODEL, EVAL = BUNDLED / "model.onnx", BUNDLED / "eval.npz"

@@ -9,9 +9,9 @@ import onnx_ir as ir
 from helpers import BUNDLED, parse
 
 from onnxopt import io
+from onnxopt.optimizer import Context, Pipeline
 from onnxopt.passes import FoldBatchNormPass, RemoveUnusedPass
 from onnxopt.passes.base import OptPass
-from onnxopt.pipeline import Context, Pipeline
 
 
 class ScaleFirstWeightPass(OptPass):

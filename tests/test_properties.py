@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt import io
+from onnxopt.optimizer import Context, Pipeline
+from onnxopt.optimizer.recipe import build_passes, load_recipe
 from onnxopt.passes import REGISTRY
-from onnxopt.pipeline import Context, Pipeline
-from onnxopt.recipe import build_passes, load_recipe
 from onnxopt.runtime import Runner
 
 settings.register_profile("ci", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -184,7 +184,7 @@ LOSSY_RECIPES = [
 @given(model=cnn_models())
 def test_lossy_passes_keep_the_model_valid(spec: str, model: onnx.ModelProto) -> None:
     """A lossy pass may change outputs, never validity or the outputs' shapes."""
-    from onnxopt.recipe import parse_spec
+    from onnxopt.optimizer.recipe import parse_spec
 
     onnx.checker.check_model(model, full_check=True)
     result = Pipeline(build_passes(parse_spec(spec))).run(io.from_proto(model), Context(guard_samples=4))
@@ -198,7 +198,7 @@ def test_lossy_passes_keep_the_model_valid(spec: str, model: onnx.ModelProto) ->
 @settings(max_examples=max(10, settings().max_examples // 5))
 @given(model=cnn_models())
 def test_prune_channels_at_ratio_zero_is_the_identity(model: onnx.ModelProto) -> None:
-    from onnxopt.recipe import parse_spec
+    from onnxopt.optimizer.recipe import parse_spec
 
     result = Pipeline(build_passes(parse_spec("prune-channels:ratio=0"))).run(io.from_proto(model), Context())
     assert [r.status for r in result.records] == ["unchanged"]

@@ -199,7 +199,7 @@ def test_bundled_model_half_the_channels(tmp_path) -> None:
 )
 def test_impossible_parameters(spec: str) -> None:
     from onnxopt.errors import RecipeError
-    from onnxopt.recipe import build_passes, parse_spec
+    from onnxopt.optimizer.recipe import build_passes, parse_spec
 
     with pytest.raises(RecipeError):
         build_passes(parse_spec(spec))
@@ -208,8 +208,8 @@ def test_impossible_parameters(spec: str) -> None:
 def test_activation_importance_finds_the_dead_channels() -> None:
     """Dead channels output exactly zero on any data, so activation importance prunes them and nothing changes."""
     from onnxopt import io
-    from onnxopt.pipeline import Context, Pipeline
-    from onnxopt.recipe import build_passes, parse_spec
+    from onnxopt.optimizer import Context, Pipeline
+    from onnxopt.optimizer.recipe import build_passes, parse_spec
 
     dead = (0, 3)
     model = parse(
@@ -234,8 +234,8 @@ def test_thinet_removes_the_channels_the_next_layer_ignores() -> None:
     """Channels 1 and 4 are as strong as any (l1 and activation keep them) but the next Conv reads them with zero
     weights: ThiNet's reconstruction error finds that removing them changes nothing."""
     from onnxopt import io
-    from onnxopt.pipeline import Context, Pipeline
-    from onnxopt.recipe import build_passes, parse_spec
+    from onnxopt.optimizer import Context, Pipeline
+    from onnxopt.optimizer.recipe import build_passes, parse_spec
 
     ignored = (1, 4)
     w1 = _conv_weight(6, 3)

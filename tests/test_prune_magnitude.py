@@ -8,8 +8,8 @@ from helpers import BUNDLED, apply, parse
 from onnx import numpy_helper
 
 from onnxopt.errors import RecipeError
+from onnxopt.optimizer.recipe import build_passes, parse_spec
 from onnxopt.passes.prune_magnitude import PruneMagnitudeConfig, PruneMagnitudePass
-from onnxopt.recipe import build_passes, parse_spec
 
 
 def _weights(model) -> dict[str, np.ndarray]:

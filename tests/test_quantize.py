@@ -27,7 +27,7 @@ def int8(tmp_path_factory):
 
 
 def test_the_int8_recipe_is_the_untimed_one_plus_the_speed_decision() -> None:
-    from onnxopt.recipe import BUILTIN_RECIPES
+    from onnxopt.optimizer.recipe import BUILTIN_RECIPES
 
     assert BUILTIN_RECIPES["int8"] == INT8_UNTIMED.replace("lossless", BUILTIN_RECIPES["lossless"]).replace(
         "quantize:bias_correct=true", "quantize:fallback=profile;bias_correct=true"
@@ -104,7 +104,7 @@ def test_old_opset_is_upgraded_never_written_invalid(tmp_path) -> None:
 )
 def test_impossible_parameters(spec: str) -> None:
     from onnxopt.errors import RecipeError
-    from onnxopt.recipe import build_passes, parse_spec
+    from onnxopt.optimizer.recipe import build_passes, parse_spec
 
     with pytest.raises(RecipeError):
         build_passes(parse_spec(spec))

@@ -10,9 +10,9 @@ import onnx
 import pytest
 from helpers import fused_ops, parse, run
 
-from onnxopt import cpu_target
 from onnxopt.api import optimize
-from onnxopt.range_search import entropy_range, mse_range, quantize_roundtrip
+from onnxopt.passes.quantize import cpu_target
+from onnxopt.passes.quantize.range_search import entropy_range, mse_range, quantize_roundtrip
 
 RNG = np.random.default_rng(0)
 CONV_NET = """<ir_version: 8, opset_import: ["": 14]>

@@ -17,9 +17,9 @@ from helpers import parse
 from onnxopt import io
 from onnxopt.bench.stats import Ratio
 from onnxopt.data import RandomDataset, open_dataset
-from onnxopt.node_profile import NodeProfile
-from onnxopt.pipeline import Context, Pipeline
-from onnxopt.recipe import build_passes, parse_spec
+from onnxopt.optimizer import Context, Pipeline
+from onnxopt.optimizer.node_profile import NodeProfile
+from onnxopt.optimizer.recipe import build_passes, parse_spec
 from onnxopt.runtime import Runner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from onnxopt.errors import RecipeError
+from onnxopt.optimizer.recipe import BUILTIN_RECIPES, build_passes, load_recipe, parse_spec
 from onnxopt.passes import REGISTRY
-from onnxopt.recipe import BUILTIN_RECIPES, build_passes, load_recipe, parse_spec
 
 
 def test_parse_spec_with_parameters() -> None:

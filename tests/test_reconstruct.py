@@ -10,8 +10,8 @@ from onnx import numpy_helper
 
 from onnxopt import io
 from onnxopt.data import NpzDataset
-from onnxopt.pipeline import Context, Pipeline
-from onnxopt.recipe import build_passes, parse_spec
+from onnxopt.optimizer import Context, Pipeline
+from onnxopt.optimizer.recipe import build_passes, parse_spec
 from onnxopt.runtime import Runner
 
 RNG = np.random.default_rng(0)

@@ -8,7 +8,7 @@ from helpers import BUNDLED, run
 
 from onnxopt import io
 from onnxopt.api import optimize
-from onnxopt.sparse_storage import densify, sparsify
+from onnxopt.io.sparse_storage import densify, sparsify
 
 MODEL, EVAL = BUNDLED / "model.onnx", BUNDLED / "eval.npz"
 
@@ -108,7 +108,7 @@ def test_packed_storage_meets_a_third_of_the_file_with_identical_outputs(tmp_pat
 def test_packed_storage_refuses_old_opsets() -> None:
     import pytest
 
-    from onnxopt.packed_storage import pack
+    from onnxopt.io.packed_storage import pack
 
     proto = onnx.load(str(MODEL))
     proto.opset_import[0].version = 10

@@ -51,7 +51,7 @@ from zoo_models import ALL_LIGHT, DEFAULT_MODELS, input_shape, light_model
 
 from onnxopt.api import bench_files, compare_files, optimize
 from onnxopt.bench import BenchConfig, machine_description
-from onnxopt.recipe import BUILTIN_RECIPES
+from onnxopt.optimizer.recipe import BUILTIN_RECIPES
 
 ROOT = Path(__file__).resolve().parent.parent
 CALIBRATION_SAMPLES = 64  # at most; fewer when the data has fewer

@@ -7,7 +7,6 @@ subclass of :class:`~onnxopt.passes.base.OptPass` and list it here.
 from __future__ import annotations
 
 from onnxopt.passes.base import OptPass, PassOutcome
-from onnxopt.passes.bias_correct import BiasCorrectPass
 from onnxopt.passes.clip_weights import ClipWeightsPass
 from onnxopt.passes.dedup_initializers import DeduplicateInitializersPass
 from onnxopt.passes.eliminate_identity import EliminateIdentityPass
@@ -17,7 +16,8 @@ from onnxopt.passes.fold_channel_affine import FoldChannelAffinePass
 from onnxopt.passes.fold_constants import FoldConstantsPass
 from onnxopt.passes.prune_channels import PruneChannelsPass
 from onnxopt.passes.prune_magnitude import PruneMagnitudePass
-from onnxopt.passes.quantize_qdq import QuantizeQDQPass
+from onnxopt.passes.quantize.bias_correct import BiasCorrectPass
+from onnxopt.passes.quantize.quantize_qdq import QuantizeQDQPass
 from onnxopt.passes.reconstruct import ReconstructPass
 from onnxopt.passes.remove_initializer_inputs import RemoveInitializerInputsPass
 from onnxopt.passes.remove_unused import RemoveUnusedPass

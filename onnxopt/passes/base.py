@@ -16,6 +16,11 @@ from typing import Any, ClassVar
 
 import onnx_ir as ir
 
+#: ``node.meta`` key: indices of the original output channels a pruned source (or depthwise Conv) kept.
+KEPT_OUTPUTS = "onnxopt.kept_outputs"
+#: ``node.meta`` key: set on a layer whose weight lost input slices (``reconstruct`` refits those).
+INPUTS_PRUNED = "onnxopt.inputs_pruned"
+
 
 @dataclasses.dataclass(frozen=True)
 class NoConfig:
@@ -109,9 +114,3 @@ class OptPass(ir.passes.InPlacePass):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"
-
-
-def graph_size(model: ir.Model) -> tuple[int, int]:
-    """Number of nodes (all graphs) and initializers (main graph) of ``model``."""
-    nodes = sum(1 for _ in ir.traversal.RecursiveGraphIterator(model.graph))
-    return nodes, len(model.graph.initializers)

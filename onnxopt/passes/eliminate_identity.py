@@ -18,8 +18,9 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
+from onnxopt.model_stats import graph_size
 from onnxopt.passes._graph_edit import replace_value
-from onnxopt.passes.base import OptPass, graph_size
+from onnxopt.passes.base import OptPass
 
 
 class EliminateIdentityPass(OptPass):

@@ -24,7 +24,8 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 from onnxscript.optimizer._constant_folding import FoldConstantsPass as _OnnxscriptFold
 
-from onnxopt.passes.base import OptPass, graph_size
+from onnxopt.model_stats import graph_size
+from onnxopt.passes.base import OptPass
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,7 +36,7 @@ Sources matching ``exclude`` (a regex on node names) keep their groups whole.
 is the largest (bisection over ``budget_steps`` trials on copies) whose pruned
 model -- refit by ``reconstruct`` first, with ``refit=true``, as the ``prune``
 recipe will -- stays within ``d`` of the original on ``eval_samples`` samples
-(:mod:`onnxopt.quality`: accuracy with labels, else top-1 or output agreement).
+(:mod:`onnxopt.optimizer.quality`: accuracy with labels, else top-1 or output agreement).
 The record lists every trial; no ratio within the budget declines the pass.
 Graph outputs never change shape. Lossy (the accuracy cost is measured by the
 pipeline; ``reconstruct`` recovers much of it); the record lists each group
@@ -53,18 +53,15 @@ import re
 import numpy as np
 import onnx_ir as ir
 
+from onnxopt.model_stats import estimate_macs
 from onnxopt.passes._channel_groups import ChannelGroups, Edit, Layout
 from onnxopt.passes._graph_edit import NameSource, attribute, constant_array, name_unnamed_nodes, set_constant_input
 from onnxopt.passes._im2col import sampled_patches
 from onnxopt.passes._weights import check_pattern
-from onnxopt.passes.base import OptPass
+from onnxopt.passes.base import INPUTS_PRUNED, KEPT_OUTPUTS, OptPass
 from onnxopt.shapes import annotate_shapes
 
 IMPORTANCES = ("l1", "l2", "bn", "activation", "thinet")
-#: ``node.meta`` key: indices of the original output channels a pruned source (or depthwise Conv) kept.
-KEPT_OUTPUTS = "onnxopt.kept_outputs"
-#: ``node.meta`` key: set on a layer whose weight lost input slices (``reconstruct`` refits those).
-INPUTS_PRUNED = "onnxopt.inputs_pruned"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +73,7 @@ class PruneChannelsConfig:
     exclude: str = ""
     samples: int = 256  # calibration samples for importance=activation/thinet
     positions: int = 8  # sampled output positions per image for importance=thinet
-    max_drop: float | None = None  # accuracy budget: the largest ratio up to `ratio` within it (onnxopt.quality)
+    max_drop: float | None = None  # accuracy budget: the largest ratio up to `ratio` within it
     refit: bool = True  # the budget judges each trial after reconstruct (as the prune recipe runs it)
     budget_steps: int = 5  # trials of the bisection over the ratio
     eval_samples: int = 256
@@ -128,8 +125,6 @@ class PruneChannelsPass(OptPass):
         kept = self._decide(groups, ratio, scores)
         if not kept:
             return
-        from onnxopt.inspection import estimate_macs  # here: inspection imports the pipeline, which imports passes
-
         macs_before, _ = estimate_macs(model)
         names = NameSource(model)
         touched: set[int] = set()
@@ -149,7 +144,7 @@ class PruneChannelsPass(OptPass):
 
     def _fit_budget(self, model: ir.Model, scores: dict[str, np.ndarray]) -> float | None:
         """The largest ratio up to ``ratio`` (bisection, ``budget_steps`` trials) whose pruned -- and, with
-        ``refit``, reconstructed -- copy stays within ``max_drop`` of the original (onnxopt.quality)."""
+        ``refit``, reconstructed -- copy stays within ``max_drop`` of the original (onnxopt.optimizer.quality)."""
         from onnxopt.passes.reconstruct import ReconstructPass  # here: reconstruct imports this module
 
         context = self.require_context()

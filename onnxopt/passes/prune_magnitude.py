@@ -18,7 +18,7 @@ protected by default (they are the most sensitive and the smallest).
   is not a multiple of M is declined.
 
 Zeros alone make nothing faster on CPUs; they make the file compress well and,
-written with ``--storage sparse``, smaller (:mod:`onnxopt.sparse_storage`).
+written with ``--storage sparse``, smaller (:mod:`onnxopt.io.sparse_storage`).
 Lossy: each layer's sparsity before and after is in the record's details.
 """
 

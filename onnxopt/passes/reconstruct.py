@@ -36,8 +36,7 @@ import onnx_ir as ir
 
 from onnxopt.passes._graph_edit import NameSource, attribute, constant_array, set_constant_input
 from onnxopt.passes._im2col import sampled_patches
-from onnxopt.passes.base import OptPass
-from onnxopt.passes.prune_channels import INPUTS_PRUNED, KEPT_OUTPUTS
+from onnxopt.passes.base import INPUTS_PRUNED, KEPT_OUTPUTS, OptPass
 
 _LINEAR = ("Conv", "Gemm", "MatMul")
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from onnxopt.passes.base import OptPass, graph_size
+from onnxopt.model_stats import graph_size
+from onnxopt.passes.base import OptPass
 
 
 class RemoveUnusedPass(OptPass):

@@ -44,14 +44,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onnxopt.errors import OutputError, RecipeError
+from onnxopt.io.writing import write_bytes
 from onnxopt.report.document import to_html, to_markdown
 from onnxopt.report.render import render
-from onnxopt.writing import write_bytes
 
 if TYPE_CHECKING:
     from onnxopt.bench import BenchResult
-    from onnxopt.evaluate import Comparison
-    from onnxopt.optimize import OptimizeResult
+    from onnxopt.evaluate.compare import Comparison
+    from onnxopt.optimizer.run import OptimizeResult
 
 SCHEMA = "onnxopt.report/2"
 KINDS = ("optimize", "compare", "bench")

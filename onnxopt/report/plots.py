@@ -10,7 +10,7 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from onnxopt.layer_error import SNR_CAP_DB
+from onnxopt.evaluate.agreement import SNR_CAP_DB
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Both models get their intermediate tensors exposed as extra outputs, run on
 the same data in onnxruntime (optimizations disabled, so the tensors are the
 graph's own), and every matched pair is compared with the same streaming
-statistics as the outputs (:class:`~onnxopt.evaluate.AgreementAccumulator`).
+statistics as the outputs (:class:`~onnxopt.evaluate.agreement.AgreementAccumulator`).
 
 Matching a reference tensor ``T`` to the candidate, in order of preference:
 
@@ -38,7 +38,7 @@ import onnx
 
 from onnxopt.data import Dataset, fixed_batch
 from onnxopt.errors import UnsupportedModelError
-from onnxopt.evaluate import AgreementAccumulator
+from onnxopt.evaluate.agreement import AgreementAccumulator, finite_db
 from onnxopt.runtime import Runner
 
 #: Default SNR (dB) below which a layer counts as broken.
@@ -217,22 +217,12 @@ def _report(
         node = producers[ref]
         r = results[ref]
         inputs = [results[i].snr_db if i in results else math.inf for i in node.input if i in results or i in exact]
-        added = None if not inputs else _finite(min(inputs)) - _finite(r.snr_db)
+        added = None if not inputs else finite_db(min(inputs)) - finite_db(r.snr_db)
         layers.append(LayerError(ref, cand, node.op_type, node.name, r.snr_db, r.cosine, r.max_rel, added))
     first_bad = next((layer.tensor for layer in layers if layer.snr_db < threshold_db), None)
     scored = [layer for layer in layers if layer.added_db is not None]
     largest = max(scored, key=lambda layer: layer.added_db or 0.0).tensor if scored else None
     return LayerReport(threshold_db, samples, layers, unmatched, first_bad, largest)
-
-
-#: SNRs are capped here before differences are taken: float32 rounding alone stays below it,
-#: so an exact tensor (infinite SNR) and a merely rounded one count alike.
-SNR_CAP_DB = 150.0
-
-
-def _finite(db: float) -> float:
-    """An identical tensor's infinite SNR, capped so differences stay numbers."""
-    return min(db, SNR_CAP_DB) if not math.isnan(db) else -SNR_CAP_DB
 
 
 __all__ = ["DEFAULT_THRESHOLD_DB", "LayerError", "LayerReport", "layer_errors"]

@@ -1,4 +1,4 @@
-"""Pipeline (pass manager), Context, PassRecord and the per-pass guard.
+"""Pipeline (pass manager), PassRecord and the per-pass guard.
 
 The pipeline runs configured passes in order over one :class:`onnx_ir.Model`.
 After each pass that changed the model, the guard:
@@ -6,7 +6,7 @@ After each pass that changed the model, the guard:
 1. serializes the graph and runs ``onnx.checker`` with ``full_check``;
 2. opens an onnxruntime session (graph optimizations DISABLED) over that
    graph and the model's own weight arrays, shared without copying
-   (:mod:`onnxopt.shared_weights`);
+   (:mod:`onnxopt.optimizer.shared_weights`);
 3. runs the guard batches and compares with the outputs of the model as it
    was before the pass; a lossless pass must stay within its relative
    tolerance (``max|after - before| <= tol * max|before|`` per output).
@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,41 +27,15 @@ import onnx
 import onnx_ir as ir
 
 from onnxopt import io
-from onnxopt.bench.stats import Ratio
-from onnxopt.data import Dataset, RandomDataset, batch_size_for, default_random, fixed_batch
+from onnxopt.data import batch_size_for, fixed_batch
 from onnxopt.errors import OnnxoptError
-from onnxopt.evaluate import OutputAgreement, agreement
-from onnxopt.layer_error import LayerReport
-from onnxopt.node_profile import NodeProfile, profile_nodes
-from onnxopt.passes.base import OptPass, PassOutcome, graph_size
-from onnxopt.progress import NullProgress, Progress
-from onnxopt.quality import QualityProbe
+from onnxopt.evaluate.agreement import OutputAgreement, agreement
+from onnxopt.model_stats import ModelStats
+from onnxopt.optimizer.context import Context
+from onnxopt.optimizer.shared_weights import SharedWeightsModel
+from onnxopt.passes.base import OptPass, PassOutcome
 from onnxopt.runtime import Runner
 from onnxopt.shapes import annotate_shapes
-from onnxopt.shared_weights import SharedWeightsModel
-
-DEFAULT_GUARD_SAMPLES = 64
-
-
-@dataclasses.dataclass
-class ModelStats:
-    """Size of a model: nodes (all graphs), parameters (initializer elements), tensor bytes."""
-
-    nodes: int
-    parameters: int
-    bytes: int
-
-    @classmethod
-    def of(cls, model: ir.Model) -> ModelStats:
-        nodes, _ = graph_size(model)
-        params = nbytes = 0
-        for graph in model.graphs():
-            for value in graph.initializers.values():
-                tensor = value.const_value
-                if tensor is not None:
-                    params += tensor.size
-                    nbytes += tensor.nbytes
-        return cls(nodes, params, nbytes)
 
 
 @dataclasses.dataclass
@@ -85,83 +58,6 @@ class PassRecord:
     skipped: list[str] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
     details: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # per-layer rows of the pass
-
-
-@dataclasses.dataclass
-class Context:
-    """What the passes of one run share: data, seed, progress, guard settings."""
-
-    dataset: Dataset | None = None
-    seed: int = 0
-    guard_samples: int = DEFAULT_GUARD_SAMPLES
-    progress: Progress = dataclasses.field(default_factory=NullProgress)
-    providers: Sequence[str] = ("CPUExecutionProvider",)
-    reference: Runner | None = None  # a session on the input model, if the caller already has one
-    original: Callable[[], ir.Model] | None = None  # the input model, as the pipeline received it (set by it)
-    batch: int = 1  # the deployment batch size latency decisions are measured at
-    _probes: dict[int, QualityProbe] = dataclasses.field(default_factory=dict, repr=False)
-
-    def activations(self, model: ir.Model, names: Sequence[str], limit: int) -> Iterator[dict[str, np.ndarray]]:
-        """Tensors ``names`` of ``model`` on about ``limit`` samples, batch by batch: how passes that learn
-        from data (reconstruct, quantize, prune-channels by activation) reach onnxruntime. The data is the
-        run's dataset, or seeded random inputs when none was given."""
-        from onnxopt.calibration import activations, input_specs
-
-        dataset = self.dataset or default_random(input_specs(model), self.seed)
-        return activations(model, names, dataset, limit=limit)
-
-    def quality_probe(self, limit: int) -> QualityProbe:
-        """The original model's outputs on about ``limit`` samples, to score candidates against (accuracy
-        budgets: ``max_drop``). Built once per run and limit."""
-        from onnxopt.calibration import input_specs
-
-        if self.original is None:
-            raise RuntimeError("the Context has no original model (it is set by Pipeline.run)")
-        probe = self._probes.get(limit)
-        if probe is None:
-            original = self.original()
-            dataset = self.dataset or default_random(input_specs(original), self.seed)
-            probe = self._probes[limit] = QualityProbe(original, dataset, limit=limit, providers=self.providers)
-        return probe
-
-    def profile(self, model: ir.Model, *, batch: int = 1) -> NodeProfile:
-        """Per-node latency of ``model`` at ``batch`` (or its fixed batch) on the run's providers, with every
-        onnxruntime optimization on (how it will be deployed)."""
-
-        return profile_nodes(model, self._timing_feeds(model, batch), providers=self.providers)
-
-    def latency_ratio(self, baseline: ir.Model, candidate: ir.Model, *, batch: int = 1, seconds: float = 1.0) -> Ratio:
-        """``candidate``'s latency over ``baseline``'s at ``batch`` on the run's first provider, interleaved
-        (:func:`onnxopt.bench.run.paired_ratio`), every onnxruntime optimization on."""
-        import tempfile
-
-        from onnxopt.bench.run import paired_ratio
-
-        feeds = self._timing_feeds(baseline, batch)
-        with tempfile.TemporaryDirectory(prefix="onnxopt-latency-") as folder:
-            paths = [Path(folder) / "baseline.onnx", Path(folder) / "candidate.onnx"]
-            for model, path in zip((baseline, candidate), paths, strict=True):
-                path.write_bytes(ir.serde.serialize_model(model).SerializeToString())
-            return paired_ratio(paths[0], paths[1], self.providers[0], feeds, seconds=seconds)
-
-    def _timing_feeds(self, model: ir.Model, batch: int) -> dict[str, np.ndarray]:
-        """One batch of exactly ``batch`` samples (or the model's fixed batch) to time with: the run's data when
-        it has that many, else seeded random inputs (latency does not depend on the values)."""
-        from onnxopt.calibration import input_specs
-
-        specs = input_specs(model)
-        size = batch_size_for(specs, batch)
-        dataset = self.dataset if self.dataset is not None and self.dataset.num_samples >= size else None
-        dataset = dataset or RandomDataset(specs, size, dims={}, seed=self.seed)
-        return next(iter(dataset.batches(size, size, exact=True))).feeds
-
-    def layer_errors(self, reference: ir.Model, candidate: ir.Model, limit: int = 32) -> LayerReport:
-        """Per-layer agreement of ``candidate`` with ``reference`` on about ``limit`` samples of the run's data."""
-        from onnxopt.calibration import input_specs
-        from onnxopt.layer_error import layer_errors
-
-        dataset = self.dataset or default_random(input_specs(reference), self.seed)
-        return layer_errors(io.to_proto(reference), io.to_proto(candidate), dataset, limit=limit)
 
 
 @dataclasses.dataclass
@@ -216,7 +112,7 @@ class Pipeline:
         runner = snapshot.runner
         if context.original is None:
             context.original = snapshot.restore
-        dataset = context.dataset or default_random(runner.inputs, context.seed)
+        dataset = context.resolve_dataset(runner.inputs)
         batch = batch_size_for(runner.inputs)
         exact = fixed_batch(runner.inputs) is not None
         feeds = [b.feeds for b in dataset.batches(batch, context.guard_samples, exact=exact)]

@@ -1,4 +1,4 @@
-"""Model I/O: validated loading, atomic saving, opset upgrade.
+"""Reading a model: validated loading, conversion to onnx_ir, opset checks and upgrade.
 
 Raw ``onnx`` protobuf is used only here and at the other edges (checker,
 onnxruntime); everything in between works on :class:`onnx_ir.Model`.
@@ -15,20 +15,15 @@ import onnx.version_converter
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from onnxopt.errors import ModelLoadError, OutputError, UnsupportedModelError
-from onnxopt.model_checks import structural_problem
-from onnxopt.packed_storage import pack
-from onnxopt.sparse_storage import densify, sparsify
-from onnxopt.writing import check_writable, write_bytes, write_model_with_data
+from onnxopt.errors import ModelLoadError, UnsupportedModelError
+from onnxopt.io.external_data import is_self_contained
+from onnxopt.io.model_checks import structural_problem
+from onnxopt.io.sparse_storage import densify
 
 #: Oldest default-domain opset onnxopt accepts.
 MIN_OPSET = 9
 #: Newest default-domain opset the installed onnx knows.
 MAX_OPSET = onnx.defs.onnx_opset_version()
-#: How initializers can be stored (see :mod:`onnxopt.sparse_storage` and :mod:`onnxopt.packed_storage`).
-STORAGES = ("dense", "sparse", "packed")
-#: Above this many tensor bytes, :func:`save` writes external data by default.
-EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,9 +115,7 @@ def read_model(path: Path) -> ModelFile:
         raise ModelLoadError(f"{path}: not an ONNX model or truncated ({_first_line(e)})") from e
     if not proto.graph.node and not proto.graph.output:
         raise ModelLoadError(f"{path}: not an ONNX model (no graph found in {len(raw)} bytes)")
-    self_contained = not any(
-        t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.external_data_helper._get_all_tensors(proto)
-    )
+    self_contained = is_self_contained(proto)
     if not self_contained:
         proto = onnx.ModelProto.FromString(raw)  # keep ``raw``'s message intact; load data into a copy
         try:
@@ -174,74 +167,6 @@ def to_proto(model: ir.Model) -> onnx.ModelProto:
 def from_proto(proto: onnx.ModelProto) -> ir.Model:
     """Deserialize a ModelProto to an IR model (tensors are wrapped, not copied)."""
     return ir.serde.deserialize_model(proto)
-
-
-def save(
-    model: ir.Model | onnx.ModelProto | bytes,
-    path: str | os.PathLike[str],
-    *,
-    external_data: bool | None = None,
-    protect: tuple[str | os.PathLike[str], ...] = (),
-    storage: str = "dense",
-) -> Path:
-    """Write ``model`` (IR, proto, or serialized bytes) to ``path`` atomically and return the path.
-
-    The model goes to a temporary file in the target folder, which is then
-    renamed over ``path``, so readers never see a partial file and a failure
-    leaves nothing behind (:mod:`onnxopt.writing`). ``external_data=None`` stores
-    tensors in a side file ``<name>.data`` only when the model would exceed the
-    protobuf limit.
-    ``protect`` lists paths (the inputs) that must never be written over.
-    ``storage="sparse"`` stores mostly-zero float initializers as
-    ``SparseTensorProto`` where smaller (:mod:`onnxopt.sparse_storage`);
-    ``storage="packed"`` as a bitmask plus values that a constant subgraph
-    expands, which onnxruntime folds at load (:mod:`onnxopt.packed_storage`).
-    """
-    path = Path(path)
-    for kept in protect:
-        if path.exists() and Path(kept).exists() and path.resolve() == Path(kept).resolve():
-            raise OutputError(f"{path}: refusing to write over the input model (use --in-place)")
-    check_writable(path.parent if str(path.parent) else Path("."))
-    if storage not in STORAGES:
-        raise OutputError(f"storage must be one of {', '.join(STORAGES)}, not {storage!r}")
-    if isinstance(model, bytes) and not external_data and storage == "dense":
-        return write_bytes(path, model)
-    if isinstance(model, bytes):
-        model = onnx.ModelProto.FromString(model)
-    proto = model if isinstance(model, onnx.ModelProto) else to_proto(model)
-    if storage in ("sparse", "packed"):
-        proto = onnx.ModelProto.FromString(proto.SerializeToString())  # leave the caller's proto alone
-        try:
-            if storage == "sparse":
-                sparsify(proto)
-            else:
-                pack(proto)
-        except ValueError as e:
-            raise OutputError(f"--storage {storage}: {e}") from e
-    if external_data is None:
-        external_data = _tensor_bytes(proto) > EXTERNAL_DATA_THRESHOLD
-    if external_data:
-        return write_model_with_data(proto, path)
-    return write_bytes(path, proto.SerializeToString())
-
-
-def file_bytes(path: str | os.PathLike[str]) -> int:
-    """Bytes of a model on disk: the ``.onnx`` file plus every external data file it references."""
-    path = Path(path)
-    total = path.stat().st_size
-    proto = onnx.load(str(path), load_external_data=False)
-    locations = {
-        entry.value
-        for tensor in onnx.external_data_helper._get_all_tensors(proto)
-        if tensor.data_location == onnx.TensorProto.EXTERNAL
-        for entry in tensor.external_data
-        if entry.key == "location"
-    }
-    return total + sum((path.parent / name).stat().st_size for name in locations if (path.parent / name).exists())
-
-
-def _tensor_bytes(proto: onnx.ModelProto) -> int:
-    return sum(len(t.raw_data) for t in onnx.external_data_helper._get_all_tensors(proto))
 
 
 def opset_version(model: ir.Model) -> int:

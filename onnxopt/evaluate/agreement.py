@@ -1,28 +1,24 @@
-"""Evaluator: how closely a candidate model agrees with a reference.
+"""Agreement statistics, streamed: how closely one set of outputs follows another.
 
-Per output, streamed over batches (memory does not grow with the data):
-max and mean absolute error, error relative to the reference's magnitude,
-cosine similarity, SNR in dB, and top-1 agreement for classifier-shaped
-outputs (``[N, C]``, or ``[N, C, 1, ...]`` as convolutional classifiers emit);
-accuracy of both models when the data carries labels.
-The pipeline's guard uses the same accumulator.
+Per output, over batches (memory does not grow with the data): max and mean
+absolute error, error relative to the reference's magnitude, cosine
+similarity, SNR in dB, and top-1 agreement for classifier-shaped outputs
+(``[N, C]``, or ``[N, C, 1, ...]`` as convolutional classifiers emit); top-1
+accuracy against labels. A leaf: the pipeline's guard, :mod:`.compare` and
+:mod:`.layers` all count with these accumulators.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from onnxopt.data import Dataset, batch_size_for, fixed_batch
-from onnxopt.errors import UnsupportedModelError
-from onnxopt.runtime import Runner
-
-if TYPE_CHECKING:
-    from onnxopt.layer_error import LayerReport
+#: SNRs are capped here before differences are taken: float32 rounding alone stays below it,
+#: so an exact tensor (infinite SNR) and a merely rounded one count alike.
+SNR_CAP_DB = 150.0
 
 
 @dataclass(frozen=True)
@@ -36,24 +32,6 @@ class OutputAgreement:
     cosine: float
     snr_db: float  # inf when the outputs are identical
     top1_agreement: float | None  # only for classifier-shaped outputs
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """Everything :func:`compare` measured."""
-
-    samples: int
-    outputs: list[OutputAgreement]
-    reference_accuracy: float | None = None
-    candidate_accuracy: float | None = None
-    layers: LayerReport | None = None  # per-layer error, when asked for
-
-    @property
-    def max_rel(self) -> float:
-        return max((o.max_rel for o in self.outputs), default=0.0)
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 class AgreementAccumulator:
@@ -136,52 +114,6 @@ def is_classifier_shape(shape: tuple[int | str | None, ...]) -> bool:
     return len(shape) >= 2 and shape[1] != 1 and all(d == 1 for d in shape[2:])
 
 
-def classifier_output_index(runner: Runner) -> int | None:
-    """Index of the first classifier-shaped output, if any."""
-    for i, spec in enumerate(runner.outputs):
-        if spec.shape is not None and is_classifier_shape(spec.shape):
-            return i
-    return None
-
-
-def compare(
-    reference: Runner,
-    candidate: Runner,
-    dataset: Dataset,
-    *,
-    batch_size: int | None = None,
-    limit: int | None = None,
-    on_batch: Callable[[int], None] | None = None,
-) -> Comparison:
-    """Run both models on ``dataset`` and measure their agreement (and accuracy, with labels)."""
-    names = reference.output_names
-    missing = [n for n in names if n not in candidate.output_names]
-    if missing:
-        raise UnsupportedModelError(f"the candidate lacks output(s) {missing} of the reference")
-    fixed = fixed_batch(reference.inputs)
-    batch = fixed or batch_size or batch_size_for(reference.inputs)
-    accumulators = [AgreementAccumulator(n) for n in names]
-    cls_index = classifier_output_index(reference)
-    ref_acc, cand_acc = AccuracyCounter(), AccuracyCounter()
-    samples = 0
-    for item in dataset.batches(batch, limit, exact=fixed is not None):
-        ref_out = reference.run(item.feeds)
-        cand_out = candidate.run(item.feeds, names)
-        try:
-            for acc, r, c in zip(accumulators, ref_out, cand_out, strict=True):
-                acc.add(r, c)
-        except ValueError as e:
-            raise UnsupportedModelError(f"the models are not comparable: {e}") from e
-        if item.labels is not None and cls_index is not None:
-            ref_acc.add(ref_out[cls_index], item.labels)
-            cand_acc.add(cand_out[cls_index], item.labels)
-        n = next(iter(item.feeds.values())).shape[0] if item.feeds else 0
-        samples += n
-        if on_batch:
-            on_batch(n)
-    return Comparison(samples, [a.result() for a in accumulators], ref_acc.result(), cand_acc.result())
-
-
 def agreement(
     reference: Sequence[Sequence[np.ndarray]], candidate: Sequence[Sequence[np.ndarray]], names: Sequence[str]
 ) -> list[OutputAgreement]:
@@ -191,3 +123,8 @@ def agreement(
         for acc, r, c in zip(accumulators, ref_batch, cand_batch, strict=True):
             acc.add(r, c)
     return [a.result() for a in accumulators]
+
+
+def finite_db(db: float) -> float:
+    """An identical tensor's infinite SNR, capped at :data:`SNR_CAP_DB` so differences stay numbers."""
+    return min(db, SNR_CAP_DB) if not math.isnan(db) else -SNR_CAP_DB

@@ -24,6 +24,7 @@ from pathlib import Path
 import onnx
 
 from onnxopt.errors import OutputError
+from onnxopt.io.external_data import data_files
 
 
 def check_writable(folder: Path) -> None:
@@ -112,13 +113,7 @@ def _data_files(path: Path) -> set[str]:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception:  # an unreadable old file has no data files worth keeping track of
         return set()
-    return {
-        entry.value
-        for tensor in onnx.external_data_helper._get_all_tensors(proto)
-        if tensor.data_location == onnx.TensorProto.EXTERNAL
-        for entry in tensor.external_data
-        if entry.key == "location" and "/" not in entry.value and "\\" not in entry.value
-    }
+    return {name for name in data_files(proto) if "/" not in name and "\\" not in name}
 
 
 def _refers_to(path: Path, data_name: str) -> bool:

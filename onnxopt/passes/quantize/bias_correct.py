@@ -2,7 +2,7 @@
 
 Run it just before ``quantize``. For every Conv (any group) and Gemm with a
 float constant weight, the pass rounds the weight exactly as ``quantize``
-will (:func:`onnxopt.passes.quantize_qdq.quantize_weight`: per output channel,
+will (:func:`onnxopt.passes.quantize.quantize_qdq.quantize_weight`: per output channel,
 symmetric, 8 or 7 bits for the same ``target``), takes the error
 ``dW = Q(W) - W`` and the per-channel mean ``E[x]`` of the layer's input on
 the run's data (one pass through onnxruntime, streamed), and subtracts the
@@ -23,15 +23,15 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
-from onnxopt import cpu_target
 from onnxopt.passes._graph_edit import NameSource, attribute, constant_array
-from onnxopt.passes._weight_rounding import apply_shift, channel_means, rounding_shift
 from onnxopt.passes.base import OptPass
+from onnxopt.passes.quantize import cpu_target
+from onnxopt.passes.quantize.weight_rounding import apply_shift, channel_means, rounding_shift
 
 
 @dataclasses.dataclass(frozen=True)
 class BiasCorrectConfig:
-    target: str = "auto"  # the quantizer's target: the same rounding (onnxopt.cpu_target)
+    target: str = "auto"  # the quantizer's target: the same rounding (onnxopt.passes.quantize.cpu_target)
     samples: int = 256
 
     def __post_init__(self) -> None:

@@ -4,7 +4,7 @@ What it quantizes:
 
 * **weights** of Conv, ConvTranspose, Gemm and MatMul (constant, float): per
   output channel, symmetric int8 (``scale_c = max|w_c| / 127``; ``/ 63`` when
-  the target CPU lacks VNNI, see :mod:`onnxopt.cpu_target`), stored as int8
+  the target CPU lacks VNNI, see :mod:`onnxopt.passes.quantize.cpu_target`), stored as int8
   with a ``DequantizeLinear`` on the right ``axis`` (Conv 0; ConvTranspose 1;
   Gemm 0 with transB=1, else 1; MatMul the last axis);
 * **biases** of Conv/ConvTranspose/Gemm whose input is quantized: int32 with
@@ -24,9 +24,9 @@ What it quantizes:
   quantizer's clamp *is* the Relu.
 
 Ranges come from calibration through onnxruntime on the run's data, over
-``samples`` samples, streamed (:class:`onnxopt.activation_ranges.RangeCollector`):
+``samples`` samples, streamed (:class:`onnxopt.passes.quantize.activation_ranges.RangeCollector`):
 ``minmax``, ``percentile`` (``percentile=99.99``), ``entropy`` (KL) or ``mse``
-(:mod:`onnxopt.range_search`).
+(:mod:`onnxopt.passes.quantize.range_search`).
 
 A node kept float (``exclude``, or either search below) keeps the tensors it
 reads and writes float too: with a Q/DQ pair on both sides onnxruntime would
@@ -38,15 +38,15 @@ Two searches decide which nodes stay float (besides ``exclude``):
 
 * ``fallback=profile`` (the ``int8`` recipe's default): onnxruntime's per-node
   profiler times the float model and the quantized one on the run's provider
-  (:mod:`onnxopt.node_profile`); nodes whose int8 kernel is slower than their
+  (:mod:`onnxopt.optimizer.node_profile`); nodes whose int8 kernel is slower than their
   float kernel are kept float, a round is kept only if the whole model got
   faster, and when the int8 model is still not faster than the float one the
   pass declines altogether -- quantization never makes a model slower. The
   record has each node's float and int8 microseconds.
 * ``max_drop=d``: the quantized model is scored against the original
-  (:mod:`onnxopt.quality`: accuracy with labels, else top-1 agreement, else
+  (:mod:`onnxopt.optimizer.quality`: accuracy with labels, else top-1 agreement, else
   output agreement) on ``eval_samples`` samples; while the drop exceeds ``d``,
-  the layers that add the most error (per-layer SNR, :mod:`onnxopt.layer_error`)
+  the layers that add the most error (per-layer SNR, :mod:`onnxopt.evaluate.layers`)
   are kept float -- the fewest that fit, found by doubling then bisection. The
   record lists them with the dB each added. A budget no float fallback meets
   declines the pass.
@@ -64,8 +64,6 @@ import re
 import numpy as np
 import onnx_ir as ir
 
-from onnxopt import cpu_target
-from onnxopt.activation_ranges import RangeCollector
 from onnxopt.passes._graph_edit import (
     NameSource,
     attribute,
@@ -75,11 +73,13 @@ from onnxopt.passes._graph_edit import (
     name_unnamed_nodes,
     remove_node_and_orphans,
 )
-from onnxopt.passes._quantize_search import FloatFallbackSearch
-from onnxopt.passes._weight_rounding import apply_shift, channel_means, quantize_weight, rounding_shift
 from onnxopt.passes._weights import check_pattern, weight_axes
 from onnxopt.passes.base import OptPass
-from onnxopt.range_search import entropy_range, mse_range
+from onnxopt.passes.quantize import cpu_target
+from onnxopt.passes.quantize.activation_ranges import RangeCollector
+from onnxopt.passes.quantize.range_search import entropy_range, mse_range
+from onnxopt.passes.quantize.search import FloatFallbackSearch
+from onnxopt.passes.quantize.weight_rounding import apply_shift, channel_means, quantize_weight, rounding_shift
 
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 DATA_OPS = (
@@ -98,11 +98,11 @@ class QuantizeConfig:
     percentile: float = 99.99
     activations: str = "uint8"  # uint8 (asymmetric) | int8 (symmetric) | int16 (A16W8)
     weights_only: bool = False
-    target: str = "auto"  # auto | vnni | avx2 | arm | gpu (onnxopt.cpu_target)
+    target: str = "auto"  # auto | vnni | avx2 | arm | gpu (onnxopt.passes.quantize.cpu_target)
     samples: int = 256
     exclude: str = ""  # regex on node names kept in float
     fallback: str = "none"  # none | profile: keep float what runs slower in int8
-    max_drop: float | None = None  # accuracy budget (onnxopt.quality)
+    max_drop: float | None = None  # accuracy budget (onnxopt.optimizer.quality)
     eval_samples: int = 256
     bias_correct: bool = False  # fold each layer's mean weight-rounding error into its bias
     profile_batch: int | None = None  # the batch fallback=profile times (default: the run's --batch, else 1)

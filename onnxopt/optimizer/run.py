@@ -15,14 +15,15 @@ from onnxopt import io
 from onnxopt.bench import BenchConfig, BenchResult, benchmark
 from onnxopt.data import Dataset, ImageOptions, open_dataset
 from onnxopt.errors import DataError, OutputError
-from onnxopt.evaluate import Comparison, compare
-from onnxopt.layer_error import layer_errors
-from onnxopt.output_lock import exclusive_output
-from onnxopt.pipeline import Context, Pipeline, PipelineResult
+from onnxopt.evaluate.compare import Comparison, compare
+from onnxopt.evaluate.layers import layer_errors
+from onnxopt.io.output_lock import exclusive_output
+from onnxopt.io.writing import check_writable
+from onnxopt.optimizer.context import Context
+from onnxopt.optimizer.pipeline import Pipeline, PipelineResult
+from onnxopt.optimizer.recipe import RecipeEntry, build_passes
 from onnxopt.progress import NullProgress, Progress
-from onnxopt.recipe import RecipeEntry, build_passes
 from onnxopt.runtime import Runner
-from onnxopt.writing import check_writable
 
 #: Passes whose result depends on the data they calibrate on (random data makes them guess).
 DATA_LEARNING_PASSES = ("quantize", "bias-correct", "reconstruct", "prune-channels")

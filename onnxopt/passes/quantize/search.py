@@ -1,5 +1,5 @@
 """Which nodes a quantization keeps float: by measured speed (``fallback=profile``) and by an accuracy budget
-(``max_drop``). Used by the ``quantize`` pass (:mod:`onnxopt.passes.quantize_qdq`), whose docstring states the
+(``max_drop``). Used by the ``quantize`` pass (:mod:`onnxopt.passes.quantize.quantize_qdq`), whose docstring states the
 contract; this module holds the two searches.
 
 Both work on *trials*: quantized copies of the float model with a given set of nodes kept float, made by
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from onnxopt.layer_error import SNR_CAP_DB
+from onnxopt.evaluate.agreement import SNR_CAP_DB
 
 
 class FloatFallbackSearch:

@@ -2,7 +2,7 @@
 
 ``SparseTensorProto`` needs INT64 indices (the ONNX checker accepts nothing
 else), so a stored non-zero costs 4 + 8 bytes and an 80 %-sparse float32
-tensor only shrinks to 60 % (:mod:`onnxopt.sparse_storage`). Packed storage
+tensor only shrinks to 60 % (:mod:`onnxopt.io.sparse_storage`). Packed storage
 keeps one *bit* per element and the non-zero values:
 
     mask    uint8[ceil(n / 8)]   bit i of byte j: element 8j + i is non-zero

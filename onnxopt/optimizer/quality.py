@@ -25,7 +25,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt.data import Dataset, batch_size_for, fixed_batch
-from onnxopt.evaluate import is_classifier_shape
+from onnxopt.evaluate.agreement import is_classifier_shape
 from onnxopt.runtime import Runner
 
 

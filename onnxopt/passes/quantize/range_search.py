@@ -1,6 +1,6 @@
 """Clipping ranges for activation quantization chosen from a sample of values (numpy only).
 
-``minmax`` and ``percentile`` need no search (:class:`onnxopt.activation_ranges.RangeCollector`);
+``minmax`` and ``percentile`` need no search (:class:`onnxopt.passes.quantize.activation_ranges.RangeCollector`);
 the two here trade clipping error for resolution:
 
 * :func:`mse_range` -- the range whose quantize-dequantize round trip has the

@@ -1,0 +1,81 @@
+"""Evaluator: run a reference and a candidate model on the same data and measure their agreement.
+
+What is measured per output is :class:`~onnxopt.evaluate.agreement.OutputAgreement`;
+with labels, the accuracy of both models too. ``layers`` holds per-layer error
+localization (:mod:`.layers`) when it was asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from onnxopt.data import Dataset, batch_size_for, fixed_batch
+from onnxopt.errors import UnsupportedModelError
+from onnxopt.evaluate.agreement import AccuracyCounter, AgreementAccumulator, OutputAgreement, is_classifier_shape
+from onnxopt.evaluate.layers import LayerReport
+from onnxopt.runtime import Runner
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Everything :func:`compare` measured."""
+
+    samples: int
+    outputs: list[OutputAgreement]
+    reference_accuracy: float | None = None
+    candidate_accuracy: float | None = None
+    layers: LayerReport | None = None  # per-layer error, when asked for
+
+    @property
+    def max_rel(self) -> float:
+        return max((o.max_rel for o in self.outputs), default=0.0)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def classifier_output_index(runner: Runner) -> int | None:
+    """Index of the first classifier-shaped output, if any."""
+    for i, spec in enumerate(runner.outputs):
+        if spec.shape is not None and is_classifier_shape(spec.shape):
+            return i
+    return None
+
+
+def compare(
+    reference: Runner,
+    candidate: Runner,
+    dataset: Dataset,
+    *,
+    batch_size: int | None = None,
+    limit: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> Comparison:
+    """Run both models on ``dataset`` and measure their agreement (and accuracy, with labels)."""
+    names = reference.output_names
+    missing = [n for n in names if n not in candidate.output_names]
+    if missing:
+        raise UnsupportedModelError(f"the candidate lacks output(s) {missing} of the reference")
+    fixed = fixed_batch(reference.inputs)
+    batch = fixed or batch_size or batch_size_for(reference.inputs)
+    accumulators = [AgreementAccumulator(n) for n in names]
+    cls_index = classifier_output_index(reference)
+    ref_acc, cand_acc = AccuracyCounter(), AccuracyCounter()
+    samples = 0
+    for item in dataset.batches(batch, limit, exact=fixed is not None):
+        ref_out = reference.run(item.feeds)
+        cand_out = candidate.run(item.feeds, names)
+        try:
+            for acc, r, c in zip(accumulators, ref_out, cand_out, strict=True):
+                acc.add(r, c)
+        except ValueError as e:
+            raise UnsupportedModelError(f"the models are not comparable: {e}") from e
+        if item.labels is not None and cls_index is not None:
+            ref_acc.add(ref_out[cls_index], item.labels)
+            cand_acc.add(cand_out[cls_index], item.labels)
+        n = next(iter(item.feeds.values())).shape[0] if item.feeds else 0
+        samples += n
+        if on_batch:
+            on_batch(n)
+    return Comparison(samples, [a.result() for a in accumulators], ref_acc.result(), cand_acc.result())

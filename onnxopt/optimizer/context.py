@@ -1,0 +1,113 @@
+"""The Context: what the passes of one run share, and the only way they reach onnxruntime.
+
+It holds the run's Dataset (the user's data, or seeded random inputs decided
+once by :meth:`Context.resolve_dataset`, flagged ``is_random``), the seed,
+progress, the execution providers, the deployment batch, and the original
+model. Passes see it through :class:`onnxopt.passes.base.PassContext`; every
+measurement they need -- activations, the quality probe, per-node profiles,
+interleaved latency ratios, per-layer errors -- is a method here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxopt import io
+from onnxopt.bench.run import paired_ratio
+from onnxopt.bench.stats import Ratio
+from onnxopt.data import Dataset, RandomDataset, batch_size_for, default_random
+from onnxopt.errors import PassPreconditionError
+from onnxopt.evaluate.layers import LayerReport, layer_errors
+from onnxopt.optimizer.calibration import activations, input_specs
+from onnxopt.optimizer.node_profile import NodeProfile, profile_nodes
+from onnxopt.optimizer.quality import QualityProbe
+from onnxopt.progress import NullProgress, Progress
+from onnxopt.runtime import Runner, TensorSpec
+
+DEFAULT_GUARD_SAMPLES = 64
+
+
+@dataclasses.dataclass
+class Context:
+    """What the passes of one run share: data, seed, progress, guard settings, the original model.
+
+    ``dataset`` is the user's data, or ``None`` until :meth:`resolve_dataset` (called by the pipeline
+    before any pass) puts seeded random inputs there; ``is_random`` says which.
+    """
+
+    dataset: Dataset | None = None
+    seed: int = 0
+    guard_samples: int = DEFAULT_GUARD_SAMPLES
+    progress: Progress = dataclasses.field(default_factory=NullProgress)
+    providers: Sequence[str] = ("CPUExecutionProvider",)
+    reference: Runner | None = None  # a session on the input model, if the caller already has one
+    original: Callable[[], ir.Model] | None = None  # the input model, as the pipeline received it (set by it)
+    batch: int = 1  # the deployment batch size latency decisions are measured at
+    is_random: bool = False  # the dataset is seeded random inputs, not the user's data
+    _probes: dict[int, QualityProbe] = dataclasses.field(default_factory=dict, repr=False)
+
+    def resolve_dataset(self, inputs: Sequence[TensorSpec]) -> Dataset:
+        """The run's data: the user's, or -- decided here, once -- seeded random inputs shaped by ``inputs``."""
+        if self.dataset is None:
+            self.dataset = default_random(list(inputs), self.seed)
+            self.is_random = True
+        return self.dataset
+
+    def data(self, model: ir.Model) -> Dataset:
+        """The run's dataset (resolved from ``model``'s inputs if no pipeline did it yet)."""
+        return self.dataset if self.dataset is not None else self.resolve_dataset(input_specs(model))
+
+    def activations(self, model: ir.Model, names: Sequence[str], limit: int) -> Iterator[dict[str, np.ndarray]]:
+        """Tensors ``names`` of ``model`` on about ``limit`` samples, batch by batch: how passes that learn
+        from data (reconstruct, quantize, prune-channels by activation) reach onnxruntime."""
+        return activations(model, names, self.data(model), limit=limit)
+
+    def original_model(self) -> ir.Model:
+        """A fresh copy of the input model, as the pipeline received it."""
+        if self.original is None:
+            raise PassPreconditionError("the Context has no original model (Pipeline.run sets it)")
+        return self.original()
+
+    def quality_probe(self, limit: int) -> QualityProbe:
+        """The original model's outputs on about ``limit`` samples, to score candidates against (accuracy
+        budgets: ``max_drop``). Built once per run and limit."""
+        probe = self._probes.get(limit)
+        if probe is None:
+            original = self.original_model()
+            probe = QualityProbe(original, self.data(original), limit=limit, providers=self.providers)
+            self._probes[limit] = probe
+        return probe
+
+    def profile(self, model: ir.Model, *, batch: int = 1) -> NodeProfile:
+        """Per-node latency of ``model`` at ``batch`` (or its fixed batch) on the run's providers, with every
+        onnxruntime optimization on (how it will be deployed)."""
+        return profile_nodes(model, self._timing_feeds(model, batch), providers=self.providers)
+
+    def latency_ratio(self, baseline: ir.Model, candidate: ir.Model, *, batch: int = 1, seconds: float = 1.0) -> Ratio:
+        """``candidate``'s latency over ``baseline``'s at ``batch`` on the run's first provider, interleaved
+        (:func:`onnxopt.bench.run.paired_ratio`), every onnxruntime optimization on."""
+        feeds = self._timing_feeds(baseline, batch)
+        with tempfile.TemporaryDirectory(prefix="onnxopt-latency-") as folder:
+            paths = [Path(folder) / "baseline.onnx", Path(folder) / "candidate.onnx"]
+            for model, path in zip((baseline, candidate), paths, strict=True):
+                path.write_bytes(ir.serde.serialize_model(model).SerializeToString())
+            return paired_ratio(paths[0], paths[1], self.providers[0], feeds, seconds=seconds)
+
+    def layer_errors(self, reference: ir.Model, candidate: ir.Model, limit: int = 32) -> LayerReport:
+        """Per-layer agreement of ``candidate`` with ``reference`` on about ``limit`` samples of the run's data."""
+        return layer_errors(io.to_proto(reference), io.to_proto(candidate), self.data(reference), limit=limit)
+
+    def _timing_feeds(self, model: ir.Model, batch: int) -> dict[str, np.ndarray]:
+        """One batch of exactly ``batch`` samples (or the model's fixed batch) to time with: the run's data when
+        it has that many, else seeded random inputs (latency does not depend on the values)."""
+        specs = input_specs(model)
+        size = batch_size_for(specs, batch)
+        dataset = self.dataset if self.dataset is not None and self.dataset.num_samples >= size else None
+        dataset = dataset or RandomDataset(specs, size, dims={}, seed=self.seed)
+        return next(iter(dataset.batches(size, size, exact=True))).feeds
