@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any
 
 from onnxopt import io
 from onnxopt.bench import BenchConfig, BenchResult, benchmark
@@ -11,52 +12,33 @@ from onnxopt.data import ImageOptions, default_random, open_dataset
 from onnxopt.errors import RecipeError
 from onnxopt.evaluate.compare import Comparison, compare
 from onnxopt.evaluate.layers import DEFAULT_THRESHOLD_DB, layer_errors
-from onnxopt.optimizer.recipe import BUILTIN_RECIPES, load_recipe, parse_spec
-from onnxopt.optimizer.run import OptimizeResult, optimize_file
+from onnxopt.optimizer.recipe import BUILTIN_RECIPES
+from onnxopt.optimizer.run import OptimizeOptions, OptimizeResult, optimize_file
 from onnxopt.progress import NullProgress, Progress
 from onnxopt.runtime import Runner
 
 
 def optimize(
     model: str | os.PathLike[str],
-    output: str | os.PathLike[str] | None,
+    output: str | os.PathLike[str] | None = None,
+    options: OptimizeOptions | None = None,
     *,
-    recipe: str | None = None,
-    passes: str | None = None,
-    data: str | None = None,
-    images: ImageOptions | None = None,
-    seed: int = 0,
-    in_place: bool = False,
-    external_data: bool | None = None,
-    storage: str = "dense",
-    guard_samples: int | None = None,
-    target_opset: int | None = None,
-    bench: BenchConfig | None = None,
-    per_layer: bool = False,
-    batch: int | None = None,
     progress: Progress | None = None,
+    **fields: Any,
 ) -> OptimizeResult:
-    """Optimize the model file ``model`` into ``output`` with a recipe (name or file) or a pass list."""
-    if recipe and passes:
-        raise RecipeError("give either a recipe or a pass list, not both")
-    entries = parse_spec(passes) if passes else load_recipe(recipe or "lossless")
-    return optimize_file(
-        model,
-        output,
-        entries,
-        data=data,
-        images=images,
-        seed=seed,
-        in_place=in_place,
-        external_data=external_data,
-        storage=storage,
-        guard_samples=guard_samples,
-        target_opset=target_opset,
-        bench=bench,
-        per_layer=per_layer,
-        batch=batch,
-        progress=progress,
-    )
+    """Optimize the model file ``model`` into ``output``.
+
+    What to do is one :class:`OptimizeOptions` -- given whole, or as its fields by keyword
+    (``recipe="int8"``, ``passes="fold-bn,quantize"``, ``data="eval.npz"``, ``seed=0``, ...), which
+    override ``options`` when both are given.
+    """
+    options = options or OptimizeOptions()
+    if fields:
+        try:
+            options = dataclasses.replace(options, **fields)
+        except TypeError as e:
+            raise RecipeError(f"optimize: {e}") from e
+    return optimize_file(model, output, options, progress=progress)
 
 
 def compare_files(
@@ -110,4 +92,4 @@ def bench_files(
     return benchmark(models, config, dataset=dataset, progress=progress)
 
 
-__all__ = ["BUILTIN_RECIPES", "bench_files", "compare_files", "optimize"]
+__all__ = ["BUILTIN_RECIPES", "OptimizeOptions", "bench_files", "compare_files", "optimize"]

@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from onnxopt import io
-from onnxopt.api import bench_files, compare_files, optimize
+from onnxopt.api import OptimizeOptions, bench_files, compare_files, optimize
 from onnxopt.bench import BenchConfig, BenchResult, Measurement
-from onnxopt.data import ImageOptions
+from onnxopt.data import DataSpec, ImageOptions
 from onnxopt.errors import OnnxoptError
 from onnxopt.evaluate.compare import Comparison
 from onnxopt.evaluate.layers import DEFAULT_THRESHOLD_DB, LayerReport
@@ -187,20 +187,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
-    if args.guard_samples is not None and args.guard_samples <= 0:
-        raise OnnxoptError("--guard-samples must be positive")
     if args.report:
         check_report_path(args.report)  # before any work: a bad report path must not leave a model behind
     bench = None
     if (args.report or args.bench) and not args.no_bench:
         bench = BenchConfig(seconds=args.bench_seconds, memory=True, seed=args.seed)
-    result = optimize(
-        args.model,
-        args.output,
+    options = OptimizeOptions(
         recipe=args.recipe,
         passes=args.passes,
-        data=args.data,
-        images=_image_options(args),
+        data=DataSpec(args.data, _image_options(args)) if args.data else None,
         seed=args.seed,
         in_place=args.in_place,
         external_data=args.external_data,
@@ -210,8 +205,8 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         bench=bench,
         per_layer=args.per_layer,
         batch=args.batch,
-        progress=RichProgress(),
     )
+    result = optimize(args.model, args.output, options, progress=RichProgress())
     report = optimize_report(result)
     if args.report:
         write_report(report, args.report)

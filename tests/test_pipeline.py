@@ -11,7 +11,7 @@ from helpers import BUNDLED, parse
 from onnxopt import io
 from onnxopt.optimizer import Context, Pipeline
 from onnxopt.passes import FoldBatchNormPass, RemoveUnusedPass
-from onnxopt.passes.base import OptPass
+from onnxopt.passes.base import OptPass, PassLog
 
 
 class ScaleFirstWeightPass(OptPass):
@@ -19,11 +19,11 @@ class ScaleFirstWeightPass(OptPass):
 
     name = "test-scale-weight"
 
-    def rewrite(self, model: ir.Model) -> None:
+    def rewrite(self, model: ir.Model, log: PassLog) -> None:
         conv = next(n for n in model.graph if n.op_type == "Conv")
         weight = conv.inputs[1]
         weight.const_value = ir.tensor(weight.const_value.numpy() * 2, name=weight.name)
-        self.count("weights scaled")
+        log.count("weights scaled")
 
 
 class CrashingPass(OptPass):
@@ -31,7 +31,7 @@ class CrashingPass(OptPass):
 
     name = "test-crash"
 
-    def rewrite(self, model: ir.Model) -> None:
+    def rewrite(self, model: ir.Model, log: PassLog) -> None:
         model.graph.remove(next(n for n in model.graph if n.op_type == "Relu"), safe=False)
         raise RuntimeError("boom")
 
@@ -42,7 +42,7 @@ class NeedsOpset13Pass(OptPass):
     name = "test-needs-13"
     min_opset: ClassVar[int | None] = 13
 
-    def rewrite(self, model: ir.Model) -> None:
+    def rewrite(self, model: ir.Model, log: PassLog) -> None:
         pass
 
 

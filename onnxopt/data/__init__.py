@@ -16,6 +16,7 @@ No source holds more than one batch in memory.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -34,6 +35,18 @@ from onnxopt.data.npz import NpzDataset
 from onnxopt.data.random_data import DEFAULT_RANDOM_SAMPLES, RandomDataset, default_random
 from onnxopt.errors import DataError
 from onnxopt.runtime import TensorSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """Where a command's data comes from: the ``--data`` source and, for an image folder, its preprocessing."""
+
+    source: str
+    images: ImageOptions | None = None
+
+    def open(self, inputs: Sequence[TensorSpec], *, seed: int = 0) -> Dataset:
+        """The Dataset for a model with ``inputs`` (see :func:`open_dataset`)."""
+        return open_dataset(self.source, inputs, seed=seed, images=self.images)
 
 
 def open_dataset(
@@ -74,6 +87,7 @@ __all__ = [
     "DEFAULT_RANDOM_SAMPLES",
     "LABELS_KEY",
     "Batch",
+    "DataSpec",
     "Dataset",
     "ImageFolderDataset",
     "ImageOptions",

@@ -95,6 +95,14 @@ def parse_spec(spec: str) -> list[RecipeEntry]:
     return entries
 
 
+def resolve_recipe(recipe: str | None = None, passes: str | None = None) -> list[RecipeEntry]:
+    """The one place a run's recipe is decided: a recipe (built-in name or file), or a pass list
+    (``--passes``), never both; ``lossless`` when neither is given."""
+    if recipe and passes:
+        raise RecipeError("give either a recipe or a pass list, not both")
+    return parse_spec(passes) if passes else load_recipe(recipe or "lossless")
+
+
 def load_recipe(name_or_path: str) -> list[RecipeEntry]:
     """A built-in recipe by name, or a recipe read from a YAML/JSON file."""
     if name_or_path in BUILTIN_RECIPES:

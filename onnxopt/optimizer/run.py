@@ -13,7 +13,7 @@ from pathlib import Path
 
 from onnxopt import io
 from onnxopt.bench import BenchConfig, BenchResult, benchmark
-from onnxopt.data import Dataset, ImageOptions, open_dataset
+from onnxopt.data import Dataset, DataSpec
 from onnxopt.errors import DataError, OutputError
 from onnxopt.evaluate.compare import Comparison, compare
 from onnxopt.evaluate.layers import layer_errors
@@ -21,12 +21,51 @@ from onnxopt.io.output_lock import exclusive_output
 from onnxopt.io.writing import check_writable
 from onnxopt.optimizer.context import Context
 from onnxopt.optimizer.pipeline import Pipeline, PipelineResult
-from onnxopt.optimizer.recipe import RecipeEntry, build_passes
+from onnxopt.optimizer.recipe import RecipeEntry, build_passes, resolve_recipe
 from onnxopt.progress import NullProgress, Progress
 from onnxopt.runtime import Runner
 
-#: Passes whose result depends on the data they calibrate on (random data makes them guess).
-DATA_LEARNING_PASSES = ("quantize", "bias-correct", "reconstruct", "prune-channels")
+
+@dataclasses.dataclass(frozen=True)
+class OptimizeOptions:
+    """Everything a run is asked to do besides the model and the output, validated once.
+
+    ``recipe`` (a built-in name or a YAML/JSON file) or ``passes`` (a pass list, ``fold-bn,quantize:...``);
+    ``data`` (a source such as ``eval.npz``, ``random:32`` or an image folder, with its image options;
+    ``None``: seeded random inputs, good for agreement and speed only); ``in_place`` replaces the input
+    atomically; ``external_data=None`` writes a side file only past the protobuf limit; ``storage``:
+    ``dense``, ``sparse`` or ``packed``; ``guard_samples`` per pass (default 64); ``target_opset``
+    converts the model first; ``bench`` benchmarks input and output interleaved once the output is
+    written; ``per_layer`` adds per-layer error localization; ``batch`` is the deployment batch size:
+    passes that decide by latency and the benchmark measure at it (default 1, or the model's fixed batch).
+    """
+
+    recipe: str | None = None
+    passes: str | None = None
+    data: DataSpec | None = None
+    seed: int = 0
+    in_place: bool = False
+    external_data: bool | None = None
+    storage: str = "dense"
+    guard_samples: int | None = None
+    target_opset: int | None = None
+    bench: BenchConfig | None = None
+    per_layer: bool = False
+    batch: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, str):  # a plain source is the common case: accept it as one
+            object.__setattr__(self, "data", DataSpec(self.data))
+        if self.batch is not None and self.batch < 1:
+            raise DataError("--batch must be positive")
+        if self.guard_samples is not None and self.guard_samples <= 0:
+            raise DataError("--guard-samples must be positive")
+        if self.storage not in io.STORAGES:
+            raise OutputError(f"storage must be one of {', '.join(io.STORAGES)}, not {self.storage!r}")
+
+    def recipe_entries(self) -> list[RecipeEntry]:
+        """The recipe this run follows (:func:`~onnxopt.optimizer.recipe.resolve_recipe`)."""
+        return resolve_recipe(self.recipe, self.passes)
 
 
 @dataclasses.dataclass
@@ -48,94 +87,48 @@ class OptimizeResult:
 def optimize_file(
     model_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str] | None,
-    recipe: list[RecipeEntry],
+    options: OptimizeOptions | None = None,
     *,
-    data: str | None = None,
-    images: ImageOptions | None = None,
-    seed: int = 0,
-    in_place: bool = False,
-    external_data: bool | None = None,
-    storage: str = "dense",
-    guard_samples: int | None = None,
-    target_opset: int | None = None,
-    bench: BenchConfig | None = None,
-    per_layer: bool = False,
-    batch: int | None = None,
     progress: Progress | None = None,
 ) -> OptimizeResult:
-    """Optimize ``model_path`` with ``recipe`` and write the result to ``output_path``.
+    """Optimize ``model_path`` as ``options`` say and write the result to ``output_path``.
 
-    ``output_path=None`` with ``in_place=True`` replaces the input (atomically);
-    otherwise writing over the input is refused. ``target_opset`` converts an
-    older model (including one below the supported range) first. Everything is validated
-    (model, recipe, data) before any pass runs; on any error nothing is written.
-    ``bench`` benchmarks input and output interleaved once the output is written;
-    ``per_layer`` adds per-layer error localization to the comparison.
-    ``batch`` is the deployment batch size: passes that decide by latency (``quantize:fallback=profile``)
-    and the benchmark measure at it (default: 1, or the model's fixed batch).
+    ``output_path=None`` with ``options.in_place`` replaces the input (atomically); otherwise writing
+    over the input is refused. Everything is validated (model, recipe, data) before any pass runs; on
+    any error nothing is written.
     """
+    options = options or OptimizeOptions()
     model_path = Path(model_path)
-    target = _resolve_output(model_path, output_path, in_place)
+    recipe = options.recipe_entries()
+    target = _resolve_output(model_path, output_path, options.in_place)
     with exclusive_output(target) if target is not None else contextlib.nullcontext():
-        return _optimize(
-            model_path,
-            target,
-            recipe,
-            data=data,
-            images=images,
-            seed=seed,
-            in_place=in_place,
-            external_data=external_data,
-            storage=storage,
-            guard_samples=guard_samples,
-            target_opset=target_opset,
-            bench=bench,
-            per_layer=per_layer,
-            batch=batch,
-            progress=progress or NullProgress(),
-        )
+        return _optimize(model_path, target, recipe, options, progress or NullProgress())
 
 
 def _optimize(
-    model_path: Path,
-    target: Path | None,
-    recipe: list[RecipeEntry],
-    *,
-    data: str | None,
-    images: ImageOptions | None,
-    seed: int,
-    in_place: bool,
-    external_data: bool | None,
-    storage: str,
-    guard_samples: int | None,
-    target_opset: int | None,
-    bench: BenchConfig | None,
-    per_layer: bool,
-    batch: int | None,
-    progress: Progress,
+    model_path: Path, target: Path | None, recipe: list[RecipeEntry], options: OptimizeOptions, progress: Progress
 ) -> OptimizeResult:
     passes = build_passes(recipe)
     source = io.read_model(model_path)
-    model = io.to_model(source, target_opset=target_opset)
+    model = io.to_model(source, target_opset=options.target_opset)
     converted = io.opset_version(model) != source.opset
     reference = Runner(source.source)
-    dataset = open_dataset(data, reference.inputs, seed=seed, images=images) if data else None
-    if batch is not None and batch < 1:
-        raise DataError("--batch must be positive")
-    context = Context(dataset=dataset, seed=seed, progress=progress, reference=reference, batch=batch or 1)
-    if guard_samples is not None:
-        context.guard_samples = guard_samples
+    seed = options.seed
+    dataset = options.data.open(reference.inputs, seed=seed) if options.data else None
+    context = Context(dataset=dataset, seed=seed, progress=progress, reference=reference, batch=options.batch or 1)
+    if options.guard_samples is not None:
+        context.guard_samples = options.guard_samples
     result = Pipeline(passes).run(model, context, source=None if converted else source)
     if converted:
-        result.notes.insert(0, f"opset converted {source.opset} -> {target_opset} before the passes")
-    learners = sorted({r.name for r in result.records if r.name in DATA_LEARNING_PASSES})
-    if dataset is None and learners:
+        result.notes.insert(0, f"opset converted {source.opset} -> {options.target_opset} before the passes")
+    learners = sorted({p.name for p in passes if p.learns_from_data})
+    if context.is_random and learners:
         result.notes.append(
             f"WARNING: no --data given: {', '.join(learners)} learned from random inputs; accuracy is unmeasured"
         )
-    eval_data = dataset or _guard_dataset(reference, seed)
+    eval_data = context.resolve_dataset(reference.inputs)
     comparison = _evaluate(reference, result.runner, eval_data, progress)
-    if per_layer:
+    if options.per_layer:
         progress.start("comparing layers", None)
         try:
             layers = layer_errors(source.proto, io.to_proto(result.model), eval_data, on_batch=progress.advance)
@@ -145,15 +138,16 @@ def _optimize(
     written = None
     if target is not None:
         # When no pass changed anything, the input's own bytes are written unchanged.
+        storage, external_data = options.storage, options.external_data
         keep_bytes = result.unchanged_input is not None and not external_data and storage == "dense"
         final = result.unchanged_input if keep_bytes else result.model
-        written = io.save(
-            final, target, external_data=external_data, storage=storage, protect=() if in_place else (model_path,)
-        )
+        protect = () if options.in_place else (model_path,)
+        written = io.save(final, target, external_data=external_data, storage=storage, protect=protect)
     latency = None
+    bench = options.bench
     if bench is not None and written is not None:
-        if batch is not None:
-            bench = dataclasses.replace(bench, batches=(batch,))
+        if options.batch is not None:
+            bench = dataclasses.replace(bench, batches=(options.batch,))
         latency = benchmark([model_path, written], bench, dataset=dataset, progress=progress)
     return OptimizeResult(
         latency=latency,
@@ -162,7 +156,7 @@ def _optimize(
         recipe=recipe,
         pipeline=result,
         comparison=comparison,
-        data=result.guard_data if dataset is None else dataset.description,
+        data=eval_data.description,
         seed=seed,
         input_file_bytes=model_path.stat().st_size,
         output_file_bytes=io.file_bytes(written) if written else None,
@@ -183,12 +177,6 @@ def _resolve_output(model_path: Path, output_path: str | os.PathLike[str] | None
         raise OutputError(f"{target}: is a directory; give a file name")
     check_writable(target.parent if str(target.parent) else Path("."))  # fail before the work, not after
     return target
-
-
-def _guard_dataset(reference: Runner, seed: int) -> Dataset:
-    from onnxopt.data import default_random
-
-    return default_random(reference.inputs, seed)
 
 
 def _evaluate(reference: Runner, candidate: Runner, dataset: Dataset, progress: Progress) -> Comparison:

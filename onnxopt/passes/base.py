@@ -1,20 +1,32 @@
-"""What every onnxopt pass is: an onnx_ir in-place pass with a config and a result.
+"""What every onnxopt pass is: an onnx_ir in-place pass with a config, a log, and a typed view of the run.
 
 A pass subclasses :class:`OptPass`, names itself in ``name`` (the recipe
 key, e.g. ``fold-bn``), states its contract in its docstring, is configured
-by a frozen dataclass ``Config`` validated on construction, and returns a
-:class:`PassOutcome` carrying counts of what it rewrote and the reasons for
-what it declined. Passes never run onnxruntime: the pipeline verifies them, and
-passes that learn from data ask the Context (``Context.activations``).
+by a frozen dataclass ``Config`` validated on construction, and writes what it
+rewrote and what it declined (with reasons) to the :class:`PassLog` that
+:meth:`OptPass.rewrite` receives; the log becomes its :class:`PassOutcome`.
+Passes never run onnxruntime: the pipeline verifies them, and passes that
+learn from data ask the run's Context through the :class:`PassContext`
+protocol (activations, the quality probe, timing).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from typing import Any, ClassVar
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+import numpy as np
 import onnx_ir as ir
+
+from onnxopt.errors import PassPreconditionError
+
+if TYPE_CHECKING:
+    from onnxopt.bench.stats import Ratio
+    from onnxopt.evaluate.layers import LayerReport
+    from onnxopt.optimizer.node_profile import NodeProfile
+    from onnxopt.optimizer.quality import QualityProbe
 
 #: ``node.meta`` key: indices of the original output channels a pruned source (or depthwise Conv) kept.
 KEPT_OUTPUTS = "onnxopt.kept_outputs"
@@ -37,6 +49,78 @@ class PassOutcome(ir.passes.PassResult):
     notes: list[str] = dataclasses.field(default_factory=list)  # facts about the run (a detected target, a budget)
 
 
+@dataclasses.dataclass
+class PassLog:
+    """What one run of a pass did: counts of rewrites, declines with reasons, per-layer rows, notes.
+
+    A budget search prunes or quantizes trial copies with a throwaway log, so nothing a trial
+    records reaches the pass's result.
+    """
+
+    counts: Counter[str] = dataclasses.field(default_factory=Counter)
+    skipped: list[str] = dataclasses.field(default_factory=list)
+    details: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    modified: bool = False
+
+    def count(self, what: str, n: int = 1) -> None:
+        """Record ``n`` rewrites of kind ``what`` (any non-zero count marks the model modified)."""
+        self.counts[what] += n
+
+    def mark_modified(self) -> None:
+        """Say the model changed even if no count says so (the guard then verifies it)."""
+        self.modified = True
+
+    def detail(self, **row: Any) -> None:
+        """Record one row of per-layer detail (e.g. ``layer=..., clipped=0.01``) for the report."""
+        self.details.append(row)
+
+    def note(self, text: str) -> None:
+        """Record a fact about this run for the report (a detected target, a budget's outcome)."""
+        self.notes.append(text)
+
+    def skip(self, where: str, reason: str) -> None:
+        """Record that ``where`` was declined and why."""
+        self.skipped.append(f"{where}: {reason}")
+
+    def outcome(self, model: ir.Model) -> PassOutcome:
+        modified = self.modified or any(self.counts.values())
+        return PassOutcome(model, modified, dict(self.counts), list(self.skipped), list(self.details), list(self.notes))
+
+
+class PassContext(Protocol):
+    """What a pass may use of the run (implemented by :class:`onnxopt.optimizer.context.Context`)."""
+
+    seed: int
+    batch: int  # the deployment batch size latency decisions are measured at
+    providers: Sequence[str]
+    is_random: bool  # the run's data is seeded random inputs, not the user's
+
+    def activations(self, model: ir.Model, names: Sequence[str], limit: int) -> Iterator[dict[str, np.ndarray]]:
+        """Tensors ``names`` of ``model`` on about ``limit`` samples of the run's data, batch by batch."""
+        ...
+
+    def original_model(self) -> ir.Model:
+        """A fresh copy of the model the pipeline received."""
+        ...
+
+    def quality_probe(self, limit: int) -> QualityProbe:
+        """The original's outputs on about ``limit`` samples, to score candidates (accuracy budgets)."""
+        ...
+
+    def profile(self, model: ir.Model, *, batch: int = 1) -> NodeProfile:
+        """Per-node latency of ``model`` at ``batch``, every onnxruntime optimization on."""
+        ...
+
+    def latency_ratio(self, baseline: ir.Model, candidate: ir.Model, *, batch: int = 1, seconds: float = 1.0) -> Ratio:
+        """``candidate``'s latency over ``baseline``'s, interleaved."""
+        ...
+
+    def layer_errors(self, reference: ir.Model, candidate: ir.Model, limit: int = 32) -> LayerReport:
+        """Per-layer agreement of ``candidate`` with ``reference`` on the run's data."""
+        ...
+
+
 class OptPass(ir.passes.InPlacePass):
     """Base class of onnxopt passes.
 
@@ -46,6 +130,8 @@ class OptPass(ir.passes.InPlacePass):
       * ``lossless``: True when outputs must be preserved up to float rounding;
         the pipeline then holds the pass to ``tolerance`` (relative to the
         output's magnitude).
+      * ``learns_from_data``: True when the result depends on the data it sees (calibration,
+        refitting, data-driven importance); on random inputs the run then warns.
       * ``min_opset``: the default-domain opset the pass needs; the pipeline
         upgrades older models first and records it.
     """
@@ -53,18 +139,21 @@ class OptPass(ir.passes.InPlacePass):
     name: ClassVar[str]
     Config: ClassVar[type] = NoConfig
     lossless: ClassVar[bool] = True
+    learns_from_data: ClassVar[bool] = False
     tolerance: ClassVar[float] = 1e-4
     min_opset: ClassVar[int | None] = None
 
     def __init__(self, config: Any = None) -> None:
         super().__init__()
         self.config = config if config is not None else self.Config()
-        self.context: Any = None  # the pipeline's Context, set before each run (data, the original model)
+        self.context: PassContext | None = None  # the run's Context, set by the pipeline before each run
 
-    def require_context(self) -> Any:
-        """The pipeline's Context, for passes that learn from data; a clear error outside a pipeline."""
+    def require_context(self) -> PassContext:
+        """The run's Context, for passes that learn from data; a typed error outside a pipeline."""
         if self.context is None:
-            raise RuntimeError(f"pass '{self.name}' needs data: run it through a Pipeline (which sets its Context)")
+            raise PassPreconditionError(
+                f"pass '{self.name}' needs data: run it through a Pipeline (which sets its Context)"
+            )
         return self.context
 
     def required_opset(self) -> int | None:
@@ -77,40 +166,13 @@ class OptPass(ir.passes.InPlacePass):
         return (cls.__doc__ or "").strip().splitlines()[0]
 
     def call(self, model: ir.Model) -> PassOutcome:
-        self._counts = Counter()
-        self._skipped = []
-        self._details: list[dict[str, Any]] = []
-        self._notes: list[str] = []
-        self._modified = False
-        self.rewrite(model)
-        modified = self._modified or any(self._counts.values())
-        return PassOutcome(
-            model, modified, dict(self._counts), list(self._skipped), list(self._details), list(self._notes)
-        )
+        log = PassLog()
+        self.rewrite(model, log)
+        return log.outcome(model)
 
-    def rewrite(self, model: ir.Model) -> None:
-        """Rewrite ``model`` in place, calling :meth:`count` and :meth:`skip`."""
+    def rewrite(self, model: ir.Model, log: PassLog) -> None:
+        """Rewrite ``model`` in place, recording what was done and declined in ``log``."""
         raise NotImplementedError
-
-    def count(self, what: str, n: int = 1) -> None:
-        """Record ``n`` rewrites of kind ``what`` (any non-zero count marks the model modified)."""
-        self._counts[what] += n
-
-    def mark_modified(self) -> None:
-        """Say the model changed even if no count says so (the guard then verifies it)."""
-        self._modified = True
-
-    def detail(self, **row: Any) -> None:
-        """Record one row of per-layer detail (e.g. ``layer=..., clipped=0.01``) for the report."""
-        self._details.append(row)
-
-    def note(self, text: str) -> None:
-        """Record a fact about this run for the report (a detected target, a budget's outcome)."""
-        self._notes.append(text)
-
-    def skip(self, where: str, reason: str) -> None:
-        """Record that ``where`` was declined and why."""
-        self._skipped.append(f"{where}: {reason}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"

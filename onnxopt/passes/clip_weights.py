@@ -33,7 +33,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt.passes._weights import WEIGHT_OPS, Layer, check_filters, replace_weight, select_layers
-from onnxopt.passes.base import OptPass
+from onnxopt.passes.base import OptPass, PassLog
 
 MODES = ("threshold", "percentile", "sigma", "mse")
 _DEFAULT_VALUE = {"threshold": None, "percentile": 99.99, "sigma": 3.0, "mse": 8.0}
@@ -78,15 +78,15 @@ class ClipWeightsPass(OptPass):
     Config = ClipWeightsConfig
     lossless = False
 
-    def rewrite(self, model: ir.Model) -> None:
+    def rewrite(self, model: ir.Model, log: PassLog) -> None:
         cfg = self.config
-        for layer in select_layers(model, cfg.ops, cfg.include, cfg.exclude, self.skip):
+        for layer in select_layers(model, cfg.ops, cfg.include, cfg.exclude, log.skip):
             w = layer.array.astype(np.float64)
             h = self._bounds(w, layer)
             clipped = np.clip(w, -h, h)
             changed = int(np.count_nonzero(clipped != w))
             norm = float(np.linalg.norm(w))
-            self.detail(
+            log.detail(
                 layer=layer.label,
                 weights=int(w.size),
                 clipped_fraction=changed / w.size if w.size else 0.0,
@@ -96,8 +96,8 @@ class ClipWeightsPass(OptPass):
             )
             if changed:
                 replace_weight(layer, clipped)
-                self.count("weights clipped", changed)
-                self.count("layers clipped")
+                log.count("weights clipped", changed)
+                log.count("layers clipped")
 
     def _bounds(self, w: np.ndarray, layer: Layer) -> np.ndarray:
         """``h`` broadcastable against ``w``: one value, or one per output channel."""

@@ -21,7 +21,7 @@ import hashlib
 import numpy as np
 import onnx_ir as ir
 
-from onnxopt.passes.base import OptPass
+from onnxopt.passes.base import OptPass, PassLog
 
 
 class DeduplicateInitializersPass(OptPass):
@@ -29,7 +29,7 @@ class DeduplicateInitializersPass(OptPass):
 
     name = "dedup-initializers"
 
-    def rewrite(self, model: ir.Model) -> None:
+    def rewrite(self, model: ir.Model, log: PassLog) -> None:
         for graph in model.graphs():
             seen: dict[tuple[object, tuple[int, ...], str], ir.Value] = {}
             for value in list(graph.initializers.values()):
@@ -47,7 +47,7 @@ class DeduplicateInitializersPass(OptPass):
                 value.replace_all_uses_with(kept)
                 assert value.name is not None
                 graph.initializers.pop(value.name)
-                self.count("initializers merged")
+                log.count("initializers merged")
 
 
 def _buffer(tensor: ir.TensorProtocol) -> bytes | memoryview:

@@ -20,7 +20,7 @@ import onnx_ir.passes.common as common
 
 from onnxopt.model_stats import graph_size
 from onnxopt.passes._graph_edit import replace_value
-from onnxopt.passes.base import OptPass
+from onnxopt.passes.base import OptPass, PassLog
 
 
 class EliminateIdentityPass(OptPass):
@@ -28,19 +28,19 @@ class EliminateIdentityPass(OptPass):
 
     name = "eliminate-identity"
 
-    def rewrite(self, model: ir.Model) -> None:
+    def rewrite(self, model: ir.Model, log: PassLog) -> None:
         for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
             if node.op_type == "Dropout" and node.domain in ("", "ai.onnx"):
                 reason = _dropout_not_identity(node)
                 if reason:
-                    self.skip(node.name or "Dropout", reason)
+                    log.skip(node.name or "Dropout", reason)
                     continue
                 _turn_into_identity(node)
-                self.count("dropouts removed")
+                log.count("dropouts removed")
         nodes_before, _ = graph_size(model)
         common.IdentityEliminationPass()(model)
         nodes_after, _ = graph_size(model)
-        self.count("identities removed", nodes_before - nodes_after - self._counts["dropouts removed"])
+        log.count("identities removed", nodes_before - nodes_after - log.counts["dropouts removed"])
 
 
 def _dropout_not_identity(node: ir.Node) -> str | None:

@@ -32,7 +32,7 @@ import onnx_ir as ir
 
 from onnxopt.passes._graph_edit import attribute, constant_array
 from onnxopt.passes._weights import weight_axes
-from onnxopt.passes.base import OptPass
+from onnxopt.passes.base import OptPass, PassLog
 
 _LAYERS = ("Conv", "Gemm", "MatMul")
 _SCALE_COMMUTING = ("Relu", "LeakyRelu", "PRelu", "MaxPool", "AveragePool", "Identity")
@@ -63,7 +63,7 @@ class EqualizeLayersPass(OptPass):
     name = "equalize"
     Config = EqualizeConfig
 
-    def rewrite(self, model: ir.Model) -> None:
+    def rewrite(self, model: ir.Model, log: PassLog) -> None:
         pairs = [p for node in model.graph if (p := self._pair_from(node)) is not None]
         if not pairs:
             return
@@ -73,14 +73,14 @@ class EqualizeLayersPass(OptPass):
             if largest < 1e-3:  # every scale within 0.1 % of 1: converged
                 break
         for pair in pairs:
-            self.detail(
+            log.detail(
                 first=pair.first.name,
                 second=pair.second.name,
                 channels=pair.channels,
                 range_ratio_before=round(before[id(pair)], 2),
                 range_ratio_after=round(self._imbalance(pair), 2),
             )
-        self.count("layer pairs equalized", len(pairs))
+        log.count("layer pairs equalized", len(pairs))
 
     # ------------------------------------------------------------------ matching
 

@@ -39,7 +39,7 @@ from onnxopt.passes._graph_edit import (
     constant_array,
     copy_type,
 )
-from onnxopt.passes.base import OptPass
+from onnxopt.passes.base import OptPass, PassLog
 
 
 class FoldBatchNormPass(OptPass):
@@ -47,7 +47,7 @@ class FoldBatchNormPass(OptPass):
 
     name = "fold-bn"
 
-    def rewrite(self, model: ir.Model) -> None:
+    def rewrite(self, model: ir.Model, log: PassLog) -> None:
         names = NameSource(model)
         for node in list(model.graph):
             if node.op_type != "BatchNormalization" or node.domain not in ("", "ai.onnx"):
@@ -55,28 +55,30 @@ class FoldBatchNormPass(OptPass):
             where = node.name or node.outputs[0].name or "BatchNormalization"
             affine = _inference_affine(node)
             if isinstance(affine, str):
-                self.skip(where, affine)
+                log.skip(where, affine)
                 continue
-            self._fold(model.graph, node, affine, names, where)
+            self._fold(log, model.graph, node, affine, names, where)
 
-    def _fold(self, graph: ir.Graph, bn: ir.Node, affine: ChannelAffine, names: NameSource, where: str) -> None:
+    def _fold(
+        self, log: PassLog, graph: ir.Graph, bn: ir.Node, affine: ChannelAffine, names: NameSource, where: str
+    ) -> None:
         x, y = bn.inputs[0], bn.outputs[0]
         assert x is not None
         backward = fold_into_producer(x, affine, names)
         if isinstance(backward, ir.Value):
             producer = x.producer()
             bypass_node(graph, bn, backward, y, x_now_equals_y=True)
-            self.count(f"folded into {producer.op_type if producer else 'producer'}")
+            log.count(f"folded into {producer.op_type if producer else 'producer'}")
             return
         forward = _fold_forward(graph, bn, affine, names)
         if forward is None:
-            self.count("folded into following Conv")
+            log.count("folded into following Conv")
             return
         if x.shape is None:
-            self.skip(where, f"backward: {backward}; forward: {forward}; and x's rank is unknown")
+            log.skip(where, f"backward: {backward}; forward: {forward}; and x's rank is unknown")
             return
         _replace_with_mul_add(graph, bn, affine, len(x.shape), names)
-        self.count("rewritten as Mul+Add")
+        log.count("rewritten as Mul+Add")
 
 
 def _inference_affine(bn: ir.Node) -> ChannelAffine | str:

@@ -26,7 +26,7 @@ import onnx_ir as ir
 
 from onnxopt.passes._channel_affine import ChannelAffine, channel_axis_rank, fold_into_producer, per_channel
 from onnxopt.passes._graph_edit import NameSource, bypass_node, constant_array
-from onnxopt.passes.base import OptPass
+from onnxopt.passes.base import OptPass, PassLog
 
 _OPS = ("Mul", "Div", "Add", "Sub")
 
@@ -36,22 +36,22 @@ class FoldChannelAffinePass(OptPass):
 
     name = "fold-affine"
 
-    def rewrite(self, model: ir.Model) -> None:
+    def rewrite(self, model: ir.Model, log: PassLog) -> None:
         names = NameSource(model)
         for node in list(model.graph):
             if node.op_type not in _OPS or node.domain != "" or len(node.inputs) != 2:
                 continue
-            x, affine = self._operands(node)
+            x, affine = self._operands(log, node)
             if x is None or affine is None:
                 continue
             result = fold_into_producer(x, affine, names, new_bias=False)
             if isinstance(result, str):
-                self.skip(node.name or node.op_type, result)
+                log.skip(node.name or node.op_type, result)
                 continue
             bypass_node(model.graph, node, result, node.outputs[0], x_now_equals_y=True)
-            self.count(f"{node.op_type} folded")
+            log.count(f"{node.op_type} folded")
 
-    def _operands(self, node: ir.Node) -> tuple[ir.Value | None, ChannelAffine | None]:
+    def _operands(self, log: PassLog, node: ir.Node) -> tuple[ir.Value | None, ChannelAffine | None]:
         """The data input and the affine map, when ``node`` has that shape."""
         commutes = node.op_type in ("Mul", "Add")
         for data_index in (0, 1) if commutes else (0,):
@@ -65,11 +65,11 @@ class FoldChannelAffinePass(OptPass):
                 return None, None
             rank = len(x.shape) if x.shape is not None else layout[1]
             if not per_channel(c, axis=layout[0], rank=rank):
-                self.skip(node.name or node.op_type, f"constant of shape {list(c.shape)} is not per-channel")
+                log.skip(node.name or node.op_type, f"constant of shape {list(c.shape)} is not per-channel")
                 return None, None
             vector = c.astype(np.float64).reshape(-1)
             if node.op_type == "Div" and np.any(vector == 0):
-                self.skip(node.name or node.op_type, "divides by a constant containing zero")
+                log.skip(node.name or node.op_type, "divides by a constant containing zero")
                 return None, None
             one, zero = np.ones(1), np.zeros(1)
             scale, shift = {

@@ -25,7 +25,7 @@ import onnx_ir.passes.common as common
 from onnxscript.optimizer._constant_folding import FoldConstantsPass as _OnnxscriptFold
 
 from onnxopt.model_stats import graph_size
-from onnxopt.passes.base import OptPass
+from onnxopt.passes.base import OptPass, PassLog
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,10 +46,10 @@ class FoldConstantsPass(OptPass):
     name = "fold-constants"
     Config = FoldConstantsConfig
 
-    def rewrite(self, model: ir.Model) -> None:
+    def rewrite(self, model: ir.Model, log: PassLog) -> None:
         unsafe = _opset_unsafe_rewrites(model)
         if unsafe:
-            self.skip("model", unsafe)
+            log.skip("model", unsafe)
             return
         nodes_before, inits_before = graph_size(model)
         ir_version = model.ir_version
@@ -64,11 +64,11 @@ class FoldConstantsPass(OptPass):
         lifted = common.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0)(model).modified
         nodes_after, inits_after = graph_size(model)
         if folded or lifted:
-            self.mark_modified()
-            self.count("nodes removed", max(nodes_before - nodes_after, 0))
-            self.count("nodes added", max(nodes_after - nodes_before, 0))
-            self.count("initializers added", max(inits_after - inits_before, 0))
-            self.count("initializers removed", max(inits_before - inits_after, 0))
+            log.mark_modified()
+            log.count("nodes removed", max(nodes_before - nodes_after, 0))
+            log.count("nodes added", max(nodes_after - nodes_before, 0))
+            log.count("initializers added", max(inits_after - inits_before, 0))
+            log.count("initializers removed", max(inits_before - inits_after, 0))
         else:
             model.ir_version = ir_version  # nothing folded: leave the model exactly as it was
 

@@ -58,7 +58,8 @@ from onnxopt.passes._channel_groups import ChannelGroups, Edit, Layout
 from onnxopt.passes._graph_edit import NameSource, attribute, constant_array, name_unnamed_nodes, set_constant_input
 from onnxopt.passes._im2col import sampled_patches
 from onnxopt.passes._weights import check_pattern
-from onnxopt.passes.base import INPUTS_PRUNED, KEPT_OUTPUTS, OptPass
+from onnxopt.passes.base import INPUTS_PRUNED, KEPT_OUTPUTS, OptPass, PassLog
+from onnxopt.passes.reconstruct import ReconstructPass
 from onnxopt.shapes import annotate_shapes
 
 IMPORTANCES = ("l1", "l2", "bn", "activation", "thinet")
@@ -98,8 +99,9 @@ class PruneChannelsPass(OptPass):
     name = "prune-channels"
     Config = PruneChannelsConfig
     lossless = False
+    learns_from_data = True
 
-    def rewrite(self, model: ir.Model) -> None:
+    def rewrite(self, model: ir.Model, log: PassLog) -> None:
         if self.config.ratio == 0:
             return
         name_unnamed_nodes(model, NameSource(model))  # groups are labelled by their sources' names
@@ -115,14 +117,14 @@ class PruneChannelsPass(OptPass):
         }
         ratio = self.config.ratio
         if self.config.max_drop is not None:
-            ratio = self._fit_budget(model, scores)
+            ratio = self._fit_budget(log, model, scores)
             if ratio is None:
                 return
-        self._prune(model, ratio, scores)
+        self._prune(log, model, ratio, scores)
 
-    def _prune(self, model: ir.Model, ratio: float, scores: dict[str, np.ndarray]) -> None:
+    def _prune(self, log: PassLog, model: ir.Model, ratio: float, scores: dict[str, np.ndarray]) -> None:
         groups = ChannelGroups(model.graph)
-        kept = self._decide(groups, ratio, scores)
+        kept = self._decide(log, groups, ratio, scores)
         if not kept:
             return
         macs_before, _ = estimate_macs(model)
@@ -139,29 +141,25 @@ class PruneChannelsPass(OptPass):
         ir.passes.common.RemoveUnusedNodesPass()(model)  # e.g. the shape arithmetic of a replaced Reshape target
         annotate_shapes(model)
         macs_after, _ = estimate_macs(model)
-        self.count("MACs per sample before", macs_before)
-        self.count("MACs per sample after", macs_after)
+        log.count("MACs per sample before", macs_before)
+        log.count("MACs per sample after", macs_after)
 
-    def _fit_budget(self, model: ir.Model, scores: dict[str, np.ndarray]) -> float | None:
+    def _fit_budget(self, log: PassLog, model: ir.Model, scores: dict[str, np.ndarray]) -> float | None:
         """The largest ratio up to ``ratio`` (bisection, ``budget_steps`` trials) whose pruned -- and, with
         ``refit``, reconstructed -- copy stays within ``max_drop`` of the original (onnxopt.optimizer.quality)."""
-        from onnxopt.passes.reconstruct import ReconstructPass  # here: reconstruct imports this module
-
         context = self.require_context()
         budget = float(self.config.max_drop)  # type: ignore[arg-type]
         probe = context.quality_probe(self.config.eval_samples)
 
         def drop_at(ratio: float) -> float:
-            saved = (self._counts.copy(), list(self._skipped), list(self._details))
             trial = model.clone()
-            self._prune(trial, ratio, scores)
-            self._counts, self._skipped, self._details = saved
+            self._prune(PassLog(), trial, ratio, scores)  # a trial's record is thrown away
             if self.config.refit:
                 refit = ReconstructPass()
                 refit.context = context
                 refit(trial)
             drop = probe.drop(trial)
-            self.detail(trial_ratio=round(ratio, 4), metric=probe.metric, drop=round(drop, 4))
+            log.detail(trial_ratio=round(ratio, 4), metric=probe.metric, drop=round(drop, 4))
             return drop
 
         low, high = 0.0, self.config.ratio
@@ -176,13 +174,15 @@ class PruneChannelsPass(OptPass):
                 else:
                     high = mid
         if best is None:
-            self.skip("model", f"no ratio down to {high:.3g} keeps the {probe.metric} drop within {budget}")
+            log.skip("model", f"no ratio down to {high:.3g} keeps the {probe.metric} drop within {budget}")
             return None
         how = " after reconstruct" if self.config.refit else ""
-        self.note(f"max_drop={budget}: ratio {best:.3g} ({probe.metric}{how}, {probe.baseline:.4f} originally)")
+        log.note(f"max_drop={budget}: ratio {best:.3g} ({probe.metric}{how}, {probe.baseline:.4f} originally)")
         return best
 
-    def _decide(self, groups: ChannelGroups, ratio: float, scores: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
+    def _decide(
+        self, log: PassLog, groups: ChannelGroups, ratio: float, scores: dict[str, np.ndarray]
+    ) -> dict[int, np.ndarray]:
         cfg = self.config
         exclude = re.compile(cfg.exclude) if cfg.exclude else None
         kept: dict[int, np.ndarray] = {}
@@ -206,17 +206,17 @@ class PruneChannelsPass(OptPass):
             if reason is None and (label not in scores or scores[label].shape != (channels,)):
                 reason = "no importance scores (the group changed)"
             if reason is not None:
-                self.skip(label, reason)
-                self.detail(group=label, channels_before=channels, channels_after=channels, status=reason)
+                log.skip(label, reason)
+                log.detail(group=label, channels_before=channels, channels_after=channels, status=reason)
                 continue
             score = scores[label]
             kept[root] = np.concatenate(  # the best keep_block channels of every block (one block unless grouped)
                 [b * per + np.sort(np.argsort(-score[b * per : (b + 1) * per], kind="stable")[:keep_block])
                  for b in range(blocks)]
             )  # fmt: skip
-            self.detail(group=label, channels_before=channels, channels_after=keep, status="pruned")
-            self.count("groups pruned")
-            self.count("channels removed", channels - keep)
+            log.detail(group=label, channels_before=channels, channels_after=keep, status="pruned")
+            log.count("groups pruned")
+            log.count("channels removed", channels - keep)
         return kept
 
     def _mean_activity(self, model: ir.Model, groups: ChannelGroups) -> dict[str, np.ndarray]:

@@ -30,7 +30,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt.passes._weights import WEIGHT_OPS, Layer, check_filters, replace_weight, select_layers
-from onnxopt.passes.base import OptPass
+from onnxopt.passes.base import OptPass, PassLog
 
 IMPORTANCES = ("magnitude", "l1", "l2")
 
@@ -76,15 +76,15 @@ class PruneMagnitudePass(OptPass):
     Config = PruneMagnitudeConfig
     lossless = False
 
-    def rewrite(self, model: ir.Model) -> None:
+    def rewrite(self, model: ir.Model, log: PassLog) -> None:
         cfg = self.config
-        layers = select_layers(model, cfg.ops, cfg.include, cfg.exclude, self.skip)
-        layers = self._unprotected(layers)
+        layers = select_layers(model, cfg.ops, cfg.include, cfg.exclude, log.skip)
+        layers = self._unprotected(log, layers)
         if not layers:
             return
         before = {id(layer): _zero_fraction(layer.array) for layer in layers}
         if cfg.pattern:
-            masks = [self._n_m_mask(layer) for layer in layers]
+            masks = [self._n_m_mask(log, layer) for layer in layers]
         elif cfg.scope == "global":
             masks = _global_masks(layers, cfg.sparsity, cfg.importance)
         else:
@@ -94,7 +94,7 @@ class PruneMagnitudePass(OptPass):
                 continue
             zeroed = int(np.count_nonzero(mask & (layer.array != 0)))
             pruned = np.where(mask, 0, layer.array)
-            self.detail(
+            log.detail(
                 layer=layer.label,
                 weights=int(layer.array.size),
                 sparsity_before=before[id(layer)],
@@ -102,24 +102,24 @@ class PruneMagnitudePass(OptPass):
             )
             if zeroed:
                 replace_weight(layer, pruned)
-                self.count("weights zeroed", zeroed)
-                self.count("layers pruned")
+                log.count("weights zeroed", zeroed)
+                log.count("layers pruned")
 
-    def _unprotected(self, layers: list[Layer]) -> list[Layer]:
+    def _unprotected(self, log: PassLog, layers: list[Layer]) -> list[Layer]:
         protected = set()
         if layers and self.config.protect_first:
             protected.add(0)
         if layers and self.config.protect_last:
             protected.add(len(layers) - 1)
         for i in sorted(protected):
-            self.skip(layers[i].label, f"protected ({'first' if i == 0 else 'last'} layer)")
+            log.skip(layers[i].label, f"protected ({'first' if i == 0 else 'last'} layer)")
         return [layer for i, layer in enumerate(layers) if i not in protected]
 
-    def _n_m_mask(self, layer: Layer) -> np.ndarray | None:
+    def _n_m_mask(self, log: PassLog, layer: Layer) -> np.ndarray | None:
         n, m = self.config.n_m
         w = np.moveaxis(layer.array, layer.in_axis, -1)
         if w.shape[-1] % m:
-            self.skip(layer.label, f"{w.shape[-1]} input channels are not a multiple of {m}")
+            log.skip(layer.label, f"{w.shape[-1]} input channels are not a multiple of {m}")
             return None
         groups = np.abs(w).reshape(*w.shape[:-1], w.shape[-1] // m, m)
         order = np.argsort(-groups, axis=-1, kind="stable")

@@ -36,7 +36,7 @@ import onnx_ir as ir
 
 from onnxopt.passes._graph_edit import NameSource, attribute, constant_array, set_constant_input
 from onnxopt.passes._im2col import sampled_patches
-from onnxopt.passes.base import INPUTS_PRUNED, KEPT_OUTPUTS, OptPass
+from onnxopt.passes.base import INPUTS_PRUNED, KEPT_OUTPUTS, OptPass, PassLog
 
 _LINEAR = ("Conv", "Gemm", "MatMul")
 
@@ -63,12 +63,11 @@ class ReconstructPass(OptPass):
     name = "reconstruct"
     Config = ReconstructConfig
     lossless = False
+    learns_from_data = True
 
-    def rewrite(self, model: ir.Model) -> None:
+    def rewrite(self, model: ir.Model, log: PassLog) -> None:
         context = self.require_context()
-        if context.original is None:
-            raise RuntimeError("reconstruct needs the pipeline's original model")
-        original = context.original()
+        original = context.original_model()
         # Names keep their meaning through onnxopt's passes: the original's tensor of the same name is the target
         # (after fold-bn a Conv's output carries the name of the BN output it now equals).
         targets = {v.name: node for node in original.graph for v in node.outputs if v.name}
@@ -81,11 +80,11 @@ class ReconstructPass(OptPass):
             reason = _unsupported(node)
             if reason:
                 if self._wanted(node, targets):
-                    self.skip(where, reason)
+                    log.skip(where, reason)
                 continue
             if not self._wanted(node, targets):
                 continue
-            self._refit(model, original, node, names)
+            self._refit(log, model, original, node, names)
 
     def _wanted(self, node: ir.Node, targets: dict[str, ir.Node]) -> bool:
         """``all``; or ``changed``: its inputs lost features, or an earlier layer was refit (so its inputs moved)."""
@@ -101,7 +100,7 @@ class ReconstructPass(OptPass):
         in_axis = 1 if node.op_type == "Conv" else (1 if node.op_type == "Gemm" and attribute(node, "transB", 0) else 0)
         return before.shape[in_axis] != now.shape[in_axis]
 
-    def _refit(self, model: ir.Model, original: ir.Model, node: ir.Node, names: NameSource) -> None:
+    def _refit(self, log: PassLog, model: ir.Model, original: ir.Model, node: ir.Node, names: NameSource) -> None:
         context = self.require_context()
         x_name, y_name = node.inputs[0].name, node.outputs[0].name
         rng = np.random.default_rng(context.seed)
@@ -124,7 +123,7 @@ class ReconstructPass(OptPass):
             y_square += float((y * y).sum())
             rows += x.shape[0]
         if gram is None or cross is None:
-            self.skip(node.name or node.op_type, "no calibration data")
+            log.skip(node.name or node.op_type, "no calibration data")
             return
         fit_bias = node.op_type != "MatMul"
         if not fit_bias:
@@ -137,7 +136,7 @@ class ReconstructPass(OptPass):
         scale = np.sqrt(y_square) or 1.0
         before, after = error(old) / scale, error(new) / scale
         better = after < before
-        self.detail(
+        log.detail(
             layer=node.name or node.op_type,
             rows=rows,
             error_before=before,
@@ -146,7 +145,7 @@ class ReconstructPass(OptPass):
         )
         if better:
             _write(node, new, weight, fit_bias, names)
-            self.count("layers refit")
+            log.count("layers refit")
             self._upstream_changed = True
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from onnxopt.passes.base import OptPass
+from onnxopt.passes.base import OptPass, PassLog
 
 MIN_IR_VERSION = 4
 
@@ -24,11 +24,11 @@ class RemoveInitializerInputsPass(OptPass):
 
     name = "remove-initializer-inputs"
 
-    def rewrite(self, model: ir.Model) -> None:
+    def rewrite(self, model: ir.Model, log: PassLog) -> None:
         before = sum(len(g.inputs) for g in model.graphs())
         common.RemoveInitializersFromInputsPass()(model)
         removed = before - sum(len(g.inputs) for g in model.graphs())
-        self.count("inputs made constant", removed)
+        log.count("inputs made constant", removed)
         if model.ir_version < MIN_IR_VERSION:
             model.ir_version = MIN_IR_VERSION
-            self.count("IR version raised to 4")
+            log.count("IR version raised to 4")

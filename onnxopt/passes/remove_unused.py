@@ -15,7 +15,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from onnxopt.model_stats import graph_size
-from onnxopt.passes.base import OptPass
+from onnxopt.passes.base import OptPass, PassLog
 
 
 class RemoveUnusedPass(OptPass):
@@ -23,14 +23,14 @@ class RemoveUnusedPass(OptPass):
 
     name = "remove-unused"
 
-    def rewrite(self, model: ir.Model) -> None:
+    def rewrite(self, model: ir.Model, log: PassLog) -> None:
         nodes_before, inits_before = graph_size(model)
         functions_before = len(model.functions)
         common.RemoveUnusedNodesPass()(model)
         common.RemoveUnusedFunctionsPass()(model)
         opsets = common.RemoveUnusedOpsetsPass()(model).modified
         nodes_after, inits_after = graph_size(model)
-        self.count("nodes removed", nodes_before - nodes_after)
-        self.count("initializers removed", inits_before - inits_after)
-        self.count("functions removed", functions_before - len(model.functions))
-        self.count("opset imports removed", int(opsets))
+        log.count("nodes removed", nodes_before - nodes_after)
+        log.count("initializers removed", inits_before - inits_after)
+        log.count("functions removed", functions_before - len(model.functions))
+        log.count("opset imports removed", int(opsets))

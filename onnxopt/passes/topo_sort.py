@@ -11,7 +11,7 @@ from __future__ import annotations
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from onnxopt.passes.base import OptPass
+from onnxopt.passes.base import OptPass, PassLog
 
 
 class TopologicalSortPass(OptPass):
@@ -19,8 +19,8 @@ class TopologicalSortPass(OptPass):
 
     name = "topo-sort"
 
-    def rewrite(self, model: ir.Model) -> None:
+    def rewrite(self, model: ir.Model, log: PassLog) -> None:
         before = [id(n) for n in ir.traversal.RecursiveGraphIterator(model.graph)]
         common.TopologicalSortPass()(model)
         after = [id(n) for n in ir.traversal.RecursiveGraphIterator(model.graph)]
-        self.count("nodes moved", sum(a != b for a, b in zip(before, after, strict=True)))
+        log.count("nodes moved", sum(a != b for a, b in zip(before, after, strict=True)))

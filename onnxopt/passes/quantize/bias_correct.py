@@ -24,7 +24,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt.passes._graph_edit import NameSource, attribute, constant_array
-from onnxopt.passes.base import OptPass
+from onnxopt.passes.base import OptPass, PassLog
 from onnxopt.passes.quantize import cpu_target
 from onnxopt.passes.quantize.weight_rounding import apply_shift, channel_means, rounding_shift
 
@@ -47,11 +47,12 @@ class BiasCorrectPass(OptPass):
     name = "bias-correct"
     Config = BiasCorrectConfig
     lossless = False
+    learns_from_data = True
 
-    def rewrite(self, model: ir.Model) -> None:
+    def rewrite(self, model: ir.Model, log: PassLog) -> None:
         context = self.require_context()
         target = cpu_target.resolve(self.config.target, tuple(context.providers))
-        layers = [n for n in model.graph if self._eligible(n)]
+        layers = [n for n in model.graph if self._eligible(log, n)]
         inputs = sorted({n.inputs[0].name for n in layers if n.inputs[0].name})
         if not inputs:
             return
@@ -67,9 +68,9 @@ class BiasCorrectPass(OptPass):
             name = node.inputs[0].name
             if name not in sums or not counts[name]:
                 continue
-            self._correct(node, sums[name] / counts[name], target.weight_max, names)
+            self._correct(log, node, sums[name] / counts[name], target.weight_max, names)
 
-    def _eligible(self, node: ir.Node) -> bool:
+    def _eligible(self, log: PassLog, node: ir.Node) -> bool:
         if node.op_type not in ("Conv", "Gemm") or node.domain != "" or len(node.inputs) < 2:
             return False
         weight, x = node.inputs[1], node.inputs[0]
@@ -80,25 +81,25 @@ class BiasCorrectPass(OptPass):
         if x.shape is not None and len(x.shape) < 2:
             return False
         if len(weight.uses()) != 1:
-            self.skip(where, "its weight is shared with another node")
+            log.skip(where, "its weight is shared with another node")
             return False
         if node.op_type == "Gemm" and (attribute(node, "transA", 0) or attribute(node, "alpha", 1.0) != 1.0):
-            self.skip(where, "Gemm with transA or alpha != 1")
+            log.skip(where, "Gemm with transA or alpha != 1")
             return False
         if node.op_type == "Gemm" and len(node.inputs) > 2 and node.inputs[2] is not None:
             bias = constant_array(node.inputs[2])
             if bias is None or bias.ndim != 1 or attribute(node, "beta", 1.0) != 1.0:
-                self.skip(where, "its C is not a 1-D constant bias with beta 1")
+                log.skip(where, "its C is not a 1-D constant bias with beta 1")
                 return False
         return True
 
-    def _correct(self, node: ir.Node, mean_x: np.ndarray, weight_max: int, names: NameSource) -> None:
+    def _correct(self, log: PassLog, node: ir.Node, mean_x: np.ndarray, weight_max: int, names: NameSource) -> None:
         shift = rounding_shift(node, mean_x, weight_max)
         if shift is None:
-            self.skip(node.name or node.op_type, "its input's channel count does not match the weight")
+            log.skip(node.name or node.op_type, "its input's channel count does not match the weight")
             return
         if not apply_shift(node, shift, names):
-            self.skip(node.name or node.op_type, "its bias is not a constant per output channel")
+            log.skip(node.name or node.op_type, "its bias is not a constant per output channel")
             return
-        self.detail(layer=node.name, max_shift=float(np.max(np.abs(shift))))
-        self.count("biases corrected")
+        log.detail(layer=node.name, max_shift=float(np.max(np.abs(shift))))
+        log.count("biases corrected")

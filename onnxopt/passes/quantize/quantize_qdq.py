@@ -74,7 +74,7 @@ from onnxopt.passes._graph_edit import (
     remove_node_and_orphans,
 )
 from onnxopt.passes._weights import check_pattern, weight_axes
-from onnxopt.passes.base import OptPass
+from onnxopt.passes.base import OptPass, PassLog
 from onnxopt.passes.quantize import cpu_target
 from onnxopt.passes.quantize.activation_ranges import RangeCollector
 from onnxopt.passes.quantize.range_search import entropy_range, mse_range
@@ -134,20 +134,21 @@ class QuantizeQDQPass(OptPass):
     name = "quantize"
     Config = QuantizeConfig
     lossless = False
+    learns_from_data = True
     min_opset = 13
 
     def required_opset(self) -> int | None:
         return 21 if self.config.activations == "int16" and not self.config.weights_only else self.min_opset
 
-    def rewrite(self, model: ir.Model) -> None:
+    def rewrite(self, model: ir.Model, log: PassLog) -> None:
         graph = model.graph
-        self._sums_to_adds(graph)
+        self._sums_to_adds(log, graph)
         names = NameSource(model)
-        self._shuffles_to_gathers(graph, names)
+        self._shuffles_to_gathers(log, graph, names)
         name_unnamed_nodes(model, names)  # exclusions and the report name nodes
         providers = tuple(self.context.providers) if self.context is not None else ("CPUExecutionProvider",)
         target = cpu_target.resolve(self.config.target, providers)
-        self.note(f"target {target.name}: {target.reason}")
+        log.note(f"target {target.name}: {target.reason}")
         pattern = re.compile(self.config.exclude) if self.config.exclude else None
         excluded = {n.name for n in graph if pattern and pattern.search(n.name or "")}
         ranges: Ranges = {}
@@ -160,13 +161,13 @@ class QuantizeQDQPass(OptPass):
                 return
             ranges = self._calibrate(model, tensors)
         if self.config.fallback == "profile" or self.config.max_drop is not None:
-            decided = self._search(model, ranges, excluded, target)
+            decided = self._search(log, model, ranges, excluded, target)
             if decided is None:
                 return
             excluded = decided
-        self._apply(model, ranges, excluded, target)
+        self._apply(log, model, ranges, excluded, target)
 
-    def _sums_to_adds(self, graph: ir.Graph) -> None:
+    def _sums_to_adds(self, log: PassLog, graph: ir.Graph) -> None:
         """Two-input Sum is Add, which has an integer kernel (QLinearAdd); Sum has none."""
         for node in list(graph):
             if node.op_type == "Sum" and node.domain == "" and len(node.inputs) == 2:
@@ -175,9 +176,9 @@ class QuantizeQDQPass(OptPass):
                 out, new = node.outputs[0], add.outputs[0]
                 new.dtype, new.shape = out.dtype, out.shape
                 bypass_node(graph, node, new, out, x_now_equals_y=True)
-                self.count("Sum rewritten as Add")
+                log.count("Sum rewritten as Add")
 
-    def _shuffles_to_gathers(self, graph: ir.Graph, names: NameSource) -> None:
+    def _shuffles_to_gathers(self, log: PassLog, graph: ir.Graph, names: NameSource) -> None:
         """A channel shuffle -- Reshape [N,g,C/g,H,W], Transpose [0,2,1,3,4], Reshape [N,C,H,W] -- becomes one
         Gather of the permuted channels: the same values, but onnxruntime's uint8 5-D Transpose is 15-40x
         slower than its float one (it made int8 ShuffleNet slower than float), while Gather copies whole planes."""
@@ -211,7 +212,7 @@ class QuantizeQDQPass(OptPass):
             bypass_node(graph, node, gather.outputs[0], out, x_now_equals_y=True)
             remove_node_and_orphans(graph, transpose)
             remove_node_and_orphans(graph, first)
-            self.count("channel shuffles rewritten as Gather")
+            log.count("channel shuffles rewritten as Gather")
 
     # ------------------------------------------------------------------ which nodes and tensors
 
@@ -289,17 +290,17 @@ class QuantizeQDQPass(OptPass):
     # ------------------------------------------------------------------ which nodes stay float
 
     def _trial(self, model: ir.Model, ranges: Ranges, excluded: set[str], target) -> ir.Model:
-        """A quantized copy of ``model`` with ``excluded`` kept float (this pass's record untouched)."""
-        saved = (self._counts.copy(), list(self._skipped))
+        """A quantized copy of ``model`` with ``excluded`` kept float (recorded in a throwaway log)."""
         clone = model.clone()
-        self._apply(clone, ranges, excluded, target)
-        self._counts, self._skipped = saved
+        self._apply(PassLog(), clone, ranges, excluded, target)
         return clone
 
-    def _search(self, model: ir.Model, ranges: Ranges, excluded: set[str], target) -> set[str] | None:
+    def _search(self, log: PassLog, model: ir.Model, ranges: Ranges, excluded: set[str], target) -> set[str] | None:
         """The nodes to keep float so the result is faster than float and within the budget; None: decline."""
         search = FloatFallbackSearch(
-            self,
+            self.config,
+            self.require_context(),
+            log,
             model,
             trial=lambda keep: self._trial(model, ranges, keep, target),
             quantizable=lambda keep: {n.name: n.op_type for n in self._chosen(model.graph, keep)},
@@ -309,31 +310,31 @@ class QuantizeQDQPass(OptPass):
 
     # ------------------------------------------------------------------ applying
 
-    def _apply(self, model: ir.Model, ranges: Ranges, excluded: set[str], target) -> None:
+    def _apply(self, log: PassLog, model: ir.Model, ranges: Ranges, excluded: set[str], target) -> None:
         graph = model.graph
         chosen = self._chosen(graph, excluded)
         names = NameSource(model)
         if self._means:
-            self._correct_biases(chosen, target.weight_max, names)
+            self._correct_biases(log, chosen, target.weight_max, names)
         if not self.config.weights_only:
             float_tensors = _touching(graph, excluded)
             folded = set()
             if self.config.activations == "uint8":
-                folded = self._fold_relus(graph, chosen, ranges, float_tensors)
+                folded = self._fold_relus(log, graph, chosen, ranges, float_tensors)
             chosen = [n for n in chosen if id(n) not in folded]
             for value in self._activation_tensors(graph, chosen, _touching(graph, excluded)):
                 low, high = ranges.get(value.name or "", (np.inf, -np.inf))
                 if not (np.isfinite(low) and np.isfinite(high)):
-                    self.skip(value.name or "?", "no finite calibration range")
+                    log.skip(value.name or "?", "no finite calibration range")
                     continue
-                self._insert_pair(graph, value, low, high, names)
+                self._insert_pair(log, graph, value, low, high, names)
         for node in chosen:
             if node.op_type in WEIGHT_OPS:
-                self._quantize_weight(graph, node, names, target.weight_max)
+                self._quantize_weight(log, graph, node, names, target.weight_max)
             elif node.op_type in ("Add", "Mul", "Concat") and not self.config.weights_only:
                 self._quantize_constants(graph, node, names)
 
-    def _correct_biases(self, chosen: list[ir.Node], weight_max: int, names: NameSource) -> None:
+    def _correct_biases(self, log: PassLog, chosen: list[ir.Node], weight_max: int, names: NameSource) -> None:
         """Before rounding: each Conv/Gemm bias absorbs the mean output error its weight's rounding will cause."""
         for node in chosen:
             x = node.inputs[0] if node.inputs else None
@@ -347,9 +348,11 @@ class QuantizeQDQPass(OptPass):
                 continue
             shift = rounding_shift(node, self._means[x.name], weight_max)
             if shift is not None and apply_shift(node, shift, names):
-                self.count("biases corrected for weight rounding")
+                log.count("biases corrected for weight rounding")
 
-    def _fold_relus(self, graph: ir.Graph, chosen: list[ir.Node], ranges: Ranges, float_tensors: set[int]) -> set[int]:
+    def _fold_relus(
+        self, log: PassLog, graph: ir.Graph, chosen: list[ir.Node], ranges: Ranges, float_tensors: set[int]
+    ) -> set[int]:
         """Remove Relus right after a weight op; the op's output takes the Relu's name, so its range."""
         folded = set()
         chosen_ids = {id(n) for n in chosen}
@@ -367,12 +370,12 @@ class QuantizeQDQPass(OptPass):
                 continue
             bypass_node(graph, relu, out, relu.outputs[0], x_now_equals_y=True)
             folded.add(id(relu))
-            self.count("Relu folded into the quantizer")
+            log.count("Relu folded into the quantizer")
         return folded
 
     # ------------------------------------------------------------------ rewriting
 
-    def _insert_pair(self, graph: ir.Graph, value: ir.Value, low: float, high: float, names: NameSource):
+    def _insert_pair(self, log: PassLog, graph: ir.Graph, value: ir.Value, low: float, high: float, names: NameSource):
         scale, zero = _activation_params(low, high, self.config.activations)
         readers = [(u.node, u.idx) for u in value.uses()]  # before the Q node becomes a reader too
         base = value.name or "t"
@@ -390,18 +393,20 @@ class QuantizeQDQPass(OptPass):
             graph.insert_before(next(iter(graph)), [q, dq])
         for reader, index in readers:
             reader.replace_input_with(index, dq.outputs[0])
-        self.count("tensors quantized")
+        log.count("tensors quantized")
         return scale, zero
 
-    def _quantize_weight(self, graph: ir.Graph, node: ir.Node, names: NameSource, weight_max: int) -> None:
+    def _quantize_weight(
+        self, log: PassLog, graph: ir.Graph, node: ir.Node, names: NameSource, weight_max: int
+    ) -> None:
         weight_value = node.inputs[1] if len(node.inputs) > 1 else None
         weight = constant_array(weight_value)
         where = node.name or node.op_type
         if weight is None or weight.dtype.kind != "f" or weight.ndim < 2 or weight_value is None:
-            self.skip(where, "its weight is not a float constant matrix or kernel")
+            log.skip(where, "its weight is not a float constant matrix or kernel")
             return
         if node.op_type == "Gemm" and (attribute(node, "transA", 0) or attribute(node, "alpha", 1.0) != 1.0):
-            self.skip(where, "Gemm with transA or alpha != 1 stays float")
+            log.skip(where, "Gemm with transA or alpha != 1 stays float")
             return
         axis, _ = weight_axes(node, weight.ndim)
         w_q, w_scale = quantize_weight(weight, axis, weight_max)
@@ -409,7 +414,7 @@ class QuantizeQDQPass(OptPass):
         dq = self._dequantize(graph, names, base, w_q, w_scale, np.zeros_like(w_scale, dtype=np.int8), axis)
         node.replace_input_with(1, dq)
         drop_unused_initializers(graph, [weight_value])
-        self.count("weights quantized")
+        log.count("weights quantized")
         x = node.inputs[0]
         bias = constant_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
         x_params = self._input_params(x)
@@ -422,7 +427,7 @@ class QuantizeQDQPass(OptPass):
         old_bias = node.inputs[2]
         node.replace_input_with(2, self._dequantize(graph, names, bias_name, b_q, b_scale, zeros, 0))
         drop_unused_initializers(graph, [old_bias])
-        self.count("biases quantized")
+        log.count("biases quantized")
 
     @staticmethod
     def _input_params(x: ir.Value | None) -> tuple[float, int] | None:

@@ -10,12 +10,17 @@ latency ratios, the quality probe, per-layer errors), never onnxruntime directly
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
 
 from onnxopt.evaluate.agreement import SNR_CAP_DB
+from onnxopt.passes.base import PassContext, PassLog
+
+if TYPE_CHECKING:
+    from onnxopt.optimizer.node_profile import NodeProfile
+    from onnxopt.passes.quantize.quantize_qdq import QuantizeConfig
 
 
 class FloatFallbackSearch:
@@ -23,16 +28,18 @@ class FloatFallbackSearch:
 
     def __init__(
         self,
-        owner: Any,  # the quantize pass: its config, Context and record (note, detail, skip)
+        config: QuantizeConfig,
+        context: PassContext,
+        log: PassLog,  # the quantize pass's record: notes, details and declines of the search go there
         model: ir.Model,
         *,
         trial: Callable[[set[str]], ir.Model],
         quantizable: Callable[[set[str]], dict[str, str]],  # kept float -> {node name: op type} still quantized
         batch: int,
     ) -> None:
-        self.owner = owner
-        self.config = owner.config
-        self.context = owner.require_context()
+        self.config = config
+        self.context = context
+        self.log = log
         self.model = model
         self.trial = trial
         self.quantizable = quantizable
@@ -50,7 +57,7 @@ class FloatFallbackSearch:
             return None
         return excluded
 
-    def _profile(self, model: ir.Model):
+    def _profile(self, model: ir.Model) -> NodeProfile:
         return self.context.profile(model, batch=self.batch)
 
     def _keep_slow_nodes_float(self, excluded: set[str]) -> set[str]:
@@ -77,10 +84,8 @@ class FloatFallbackSearch:
                 kept_float.update(lost[op_type])
         for name, (float_us, int8_us) in sorted(kept_float.items()):
             kept = "float (slower in int8)"
-            self.owner.detail(
-                node=name, op=ops[name], float_us=round(float_us, 1), int8_us=round(int8_us, 1), kept=kept
-            )
-        self.owner.note(
+            self.log.detail(node=name, op=ops[name], float_us=round(float_us, 1), int8_us=round(int8_us, 1), kept=kept)
+        self.log.note(
             f"per-node profile (batch {self.batch}): float {float_profile.total:.0f} µs, "
             f"int8 {profile.total:.0f} µs; {len(kept_float)} slower node(s) of {len(lost)} op type(s) tried kept float"
         )
@@ -94,9 +99,9 @@ class FloatFallbackSearch:
             ratios += [context.latency_ratio(self.model, quantized, batch=batch, seconds=2.0).median for _ in range(2)]
         ratio = float(np.median(ratios))
         shown = ", ".join(f"{r:.2f}" for r in ratios)
-        self.owner.note(f"int8 latency {ratio:.2f}x float at batch {batch} (interleaved; measured {shown})")
+        self.log.note(f"int8 latency {ratio:.2f}x float at batch {batch} (interleaved; measured {shown})")
         if ratio > 1.0 + self.config.slower_tolerance:
-            self.owner.skip(
+            self.log.skip(
                 "model", f"int8 runs {ratio:.2f}x the float latency at batch {batch} on this target: left float"
             )
             return False
@@ -109,7 +114,7 @@ class FloatFallbackSearch:
         probe = context.quality_probe(self.config.eval_samples)
         quantized = self.trial(excluded)
         drop = probe.drop(quantized)
-        self.owner.note(
+        self.log.note(
             f"{probe.metric}: float {probe.baseline:.4f}, all int8 {probe.baseline - drop:.4f} "
             f"(drop {drop:.4f}, budget {budget})"
         )
@@ -128,7 +133,7 @@ class FloatFallbackSearch:
             k *= 2
         k = min(k, len(ranked))
         if not ranked or drop_with(k) > budget or (k == len(ranked) and drop_with(k - 1) > budget):
-            self.owner.skip(
+            self.log.skip(
                 "model",
                 f"max_drop={budget} is met by no float fallback short of all {len(ranked)} quantized layers "
                 f"({probe.metric} drop with everything int8: {drop:.4f}): left float",
@@ -143,11 +148,11 @@ class FloatFallbackSearch:
                 low = mid + 1
         kept_float = excluded | {name for name, _ in ranked[:high]}
         if not any(n.op_type == "DequantizeLinear" for n in self.trial(kept_float).graph):
-            self.owner.skip("model", f"max_drop={budget} is met only with nothing quantized: left float")
+            self.log.skip("model", f"max_drop={budget} is met only with nothing quantized: left float")
             return None
         for name, added in ranked[:high]:
-            self.owner.detail(node=name, added_db=round(added, 2), kept="float (accuracy budget)")
-        self.owner.note(f"kept {high} layer(s) float for the budget: {probe.metric} drop {drop_with(high):.4f}")
+            self.log.detail(node=name, added_db=round(added, 2), kept="float (accuracy budget)")
+        self.log.note(f"kept {high} layer(s) float for the budget: {probe.metric} drop {drop_with(high):.4f}")
         return kept_float
 
     def _sensitivity(self, quantized: ir.Model, excluded: set[str]) -> list[tuple[str, float]]:
