@@ -19,7 +19,7 @@ import numpy as np
 
 from onnxopt import io
 from onnxopt.convert.sources import ConversionError, Converted, detect
-from onnxopt.data import RandomDataset, open_dataset
+from onnxopt.data import RandomDataset, feed_samples, open_dataset
 from onnxopt.runtime import Runner
 
 DEFAULT_OPSET = 17
@@ -116,7 +116,7 @@ def verify(converted: Converted, *, data: str | None = None, seed: int = 0) -> t
             diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
             worst[i] = max(worst[i], float(diff.max()) if diff.size else 0.0)
             scale[i] = max(scale[i], float(np.abs(b.astype(np.float64)).max()) if b.size else 0.0)
-        samples += next(iter(feeds.values())).shape[0]
+        samples += feed_samples(feeds)
     checks = []
     for i, name in enumerate(names):
         allowed = converted.tolerance[i] * (max(scale[i], 1e-12) if converted.relative else 1.0)

@@ -26,6 +26,7 @@ from onnxopt.data.batching import (
     Batch,
     Dataset,
     batch_size_for,
+    feed_samples,
     fixed_batch,
     sample_ranges,
 )
@@ -96,6 +97,7 @@ __all__ = [
     "RandomDataset",
     "batch_size_for",
     "default_random",
+    "feed_samples",
     "fixed_batch",
     "open_dataset",
     "sample_ranges",

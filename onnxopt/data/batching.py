@@ -22,6 +22,16 @@ class Batch:
     feeds: dict[str, np.ndarray]
     labels: np.ndarray | None = None
 
+    @property
+    def samples(self) -> int:
+        """How many samples the batch holds (its first input's leading dimension; 0 without inputs)."""
+        return feed_samples(self.feeds)
+
+
+def feed_samples(feeds: dict[str, np.ndarray]) -> int:
+    """How many samples a feed holds: its first input's leading dimension (0 without inputs)."""
+    return next(iter(feeds.values())).shape[0] if feeds else 0
+
 
 class Dataset(Protocol):
     """What every source provides."""

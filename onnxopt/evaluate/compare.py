@@ -74,7 +74,7 @@ def compare(
         if item.labels is not None and cls_index is not None:
             ref_acc.add(ref_out[cls_index], item.labels)
             cand_acc.add(cand_out[cls_index], item.labels)
-        n = next(iter(item.feeds.values())).shape[0] if item.feeds else 0
+        n = item.samples
         samples += n
         if on_batch:
             on_batch(n)

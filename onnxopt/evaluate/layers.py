@@ -113,7 +113,7 @@ def layer_errors(
                     accumulators[ref].add(r, c)
                 else:
                     incomparable.add(ref)
-            n = next(iter(item.feeds.values())).shape[0] if item.feeds else 0
+            n = item.samples
             samples += n
             if on_batch:
                 on_batch(n)
@@ -183,7 +183,7 @@ def _bytes_per_sample(
     runner = Runner(_expose(reference, [r for r, _ in pairs], types).SerializeToString())
     batch = fixed_batch(runner.inputs) or 1
     item = next(iter(dataset.batches(batch, batch, exact=exact)))
-    rows = max(next(iter(item.feeds.values())).shape[0] if item.feeds else 1, 1)
+    rows = max(item.samples, 1)
     arrays = runner.run(item.feeds, [r for r, _ in pairs])
     return {ref: max(a.nbytes // rows, 1) for (ref, _), a in zip(pairs, arrays, strict=True)}
 

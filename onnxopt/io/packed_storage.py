@@ -28,6 +28,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxopt.io.initializers import convert_initializers
+
 #: Tensors smaller than this stay dense (the subgraph is not worth it).
 MIN_ELEMENTS = 1024
 MIN_OPSET = 11
@@ -42,23 +44,14 @@ def pack(proto: onnx.ModelProto) -> list[tuple[str, int, int]]:
     if opset < MIN_OPSET:
         raise ValueError(f"packed storage needs opset {MIN_OPSET} or newer (the model has {opset})")
     graph = proto.graph
-    interface = {v.name for v in graph.input} | {v.name for v in graph.output}
-    kept: list[onnx.TensorProto] = []
     decoders: list[onnx.NodeProto] = []
     packed: list[tuple[str, int, int]] = []
-    for tensor in graph.initializer:
-        form = None if tensor.name in interface else _packed_form(tensor)
-        if form is None:
-            kept.append(tensor)
-            continue
-        initializers, nodes, dense_bytes, packed_bytes = form
-        kept.extend(initializers)
+    for tensor, (initializers, nodes, dense_bytes, packed_bytes) in convert_initializers(graph, _packed_form):
+        graph.initializer.extend(initializers)
         decoders.extend(nodes)
         packed.append((tensor.name, dense_bytes, packed_bytes))
     if not packed:
         return []
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
     nodes = list(graph.node)
     del graph.node[:]
     graph.node.extend(decoders + nodes)  # the decoders read only constants: first is topologically sound

@@ -24,6 +24,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxopt.io.initializers import convert_initializers
+
 #: Tensors smaller than this stay dense (the bookkeeping is not worth it).
 MIN_ELEMENTS = 1024
 _INDEX_BYTES = 8
@@ -49,17 +51,10 @@ def densify(proto: onnx.ModelProto) -> int:
 def sparsify(proto: onnx.ModelProto) -> list[tuple[str, int, int]]:
     """Store mostly-zero float initializers sparse, in place; return ``(name, dense bytes, sparse bytes)`` each."""
     graph = proto.graph
-    interface = {v.name for v in graph.input} | {v.name for v in graph.output}
-    kept, converted = [], []
-    for tensor in graph.initializer:
-        sparse = None if tensor.name in interface else _sparse_form(tensor)
-        if sparse is None:
-            kept.append(tensor)
-            continue
-        graph.sparse_initializer.append(sparse[0])
-        converted.append((tensor.name, sparse[1], sparse[2]))
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    converted = []
+    for tensor, (sparse, dense_bytes, sparse_bytes) in convert_initializers(graph, _sparse_form):
+        graph.sparse_initializer.append(sparse)
+        converted.append((tensor.name, dense_bytes, sparse_bytes))
     names = {name for name, _, _ in converted}
     infos = [v for v in graph.value_info if v.name not in names]  # a dense type for them would contradict
     del graph.value_info[:]

@@ -184,7 +184,7 @@ def _set_bias(node: ir.Node, index: int, bias: np.ndarray, names: NameSource) ->
 
 
 def _fold_conv_transpose(node: ir.Node, weight: np.ndarray, affine: ChannelAffine, names: NameSource) -> str | None:
-    group = int(attribute(node, "group", 1))  # type: ignore[call-overload]
+    group = node.attributes.get_int("group", 1)
     per_group = weight.shape[1]
     channels = per_group * group
     bias = _bias(node, 2, channels)
@@ -201,9 +201,9 @@ def _fold_conv_transpose(node: ir.Node, weight: np.ndarray, affine: ChannelAffin
 
 
 def _fold_gemm(node: ir.Node, weight: np.ndarray, affine: ChannelAffine, names: NameSource) -> str | None:
-    trans_b = int(attribute(node, "transB", 0))  # type: ignore[call-overload]
+    trans_b = node.attributes.get_int("transB", 0)
     channels = weight.shape[0] if trans_b else weight.shape[1]
-    beta = float(attribute(node, "beta", 1.0))  # type: ignore[arg-type]
+    beta = node.attributes.get_float("beta", 1.0)
     c = _bias(node, 2, channels)
     reason = _check_channels(affine, channels, "output") or (c if isinstance(c, str) else None)
     if reason:
@@ -329,7 +329,7 @@ def fold_into_consumer_convs(value: ir.Value, affine: ChannelAffine, names: Name
             return reason
         weight = constant_array(conv.inputs[1])
         assert weight is not None
-        group = int(attribute(conv, "group", 1))  # type: ignore[call-overload]
+        group = conv.attributes.get_int("group", 1)
         channels = weight.shape[1] * group
         reason = _check_channels(affine, channels, "Conv input")
         if reason:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from onnxopt.passes._graph_edit import attribute, constant_array
+from onnxopt.passes._graph_edit import constant_array
 
 
 def _geometry(node: ir.Node) -> tuple[int, int, list[int], list[int], list[int]]:
@@ -18,9 +18,9 @@ def _geometry(node: ir.Node) -> tuple[int, int, list[int], list[int], list[int]]
     weight = constant_array(node.inputs[1])
     assert weight is not None
     kh, kw = weight.shape[2:]
-    strides = list(attribute(node, "strides", [1, 1]))  # type: ignore[arg-type]
-    dilations = list(attribute(node, "dilations", [1, 1]))  # type: ignore[arg-type]
-    pads = list(attribute(node, "pads", [0, 0, 0, 0]))  # type: ignore[arg-type]
+    strides = list(node.attributes.get_ints("strides", [1, 1]))
+    dilations = list(node.attributes.get_ints("dilations", [1, 1]))
+    pads = list(node.attributes.get_ints("pads", [0, 0, 0, 0]))
     return kh, kw, strides, dilations, pads
 
 

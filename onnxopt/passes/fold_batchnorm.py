@@ -83,7 +83,7 @@ class FoldBatchNormPass(OptPass):
 
 def _inference_affine(bn: ir.Node) -> ChannelAffine | str:
     """The BN's ``(s, t)``, or why it cannot be treated as a fixed affine map."""
-    if int(attribute(bn, "training_mode", 0)):  # type: ignore[call-overload]
+    if bn.attributes.get_int("training_mode", 0):
         return "training_mode=1 (uses batch statistics)"
     if len(bn.outputs) > 1:
         return "training-mode BN (running-statistics outputs present)"
@@ -95,7 +95,7 @@ def _inference_affine(bn: ir.Node) -> ChannelAffine | str:
     gamma, beta, mean, var = (np.asarray(p, dtype=np.float64).reshape(-1) for p in params)  # type: ignore[arg-type]
     if params[0].dtype.kind != "f":  # type: ignore[union-attr]
         return "parameters are not floating point"
-    eps = float(attribute(bn, "epsilon", 1e-5))  # type: ignore[arg-type]
+    eps = bn.attributes.get_float("epsilon", 1e-5)
     scale = gamma / np.sqrt(var + eps)
     x = bn.inputs[0]
     rank = len(x.shape) if x is not None and x.shape is not None else None

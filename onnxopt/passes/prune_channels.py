@@ -319,7 +319,7 @@ class PruneChannelsPass(OptPass):
         gamma, var = constant_array(bn.inputs[1]), constant_array(bn.inputs[4])
         if gamma is None or var is None:
             return None
-        eps = float(attribute(bn, "epsilon", 1e-5))  # type: ignore[arg-type]
+        eps = bn.attributes.get_float("epsilon", 1e-5)
         return np.abs(gamma.astype(np.float64)) / np.sqrt(var.astype(np.float64) + eps)
 
 

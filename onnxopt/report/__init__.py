@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 from onnxopt.errors import OutputError, RecipeError
 from onnxopt.io.writing import write_bytes
 from onnxopt.report.document import to_html, to_markdown
-from onnxopt.report.render import render
+from onnxopt.report.render import percent_change, render
 
 if TYPE_CHECKING:
     from onnxopt.bench import BenchResult
@@ -132,10 +132,6 @@ def load_report(path: str | Path) -> dict[str, Any]:
         raise RecipeError(f"{path}: not an {SCHEMA} report (schema: {found})")
     data.setdefault("source", str(path))
     return data
-
-
-def percent_change(before: float, after: float) -> str:
-    return f"{100 * (after - before) / before:+.1f}%" if before else "n/a"
 
 
 def json_safe(value: Any) -> Any:

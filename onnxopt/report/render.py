@@ -41,10 +41,10 @@ def _optimize(r: dict[str, Any]) -> list[Block]:
             ]
         ),
     ]
-    rows = [[key, f"{before[key]:,}", f"{after[key]:,}", _change(before[key], after[key])] for key in before]
+    rows = [[key, f"{before[key]:,}", f"{after[key]:,}", percent_change(before[key], after[key])] for key in before]
     fb, fa = r["input"]["file_bytes"], r["output"]["file_bytes"]
     if fa is not None:
-        rows.append(["file bytes", f"{fb:,}", f"{fa:,}", _change(fb, fa)])
+        rows.append(["file bytes", f"{fb:,}", f"{fa:,}", percent_change(fb, fa)])
     if cmp.get("reference_accuracy") is not None:
         ra, ca = cmp["reference_accuracy"], cmp["candidate_accuracy"]
         rows.append(["accuracy", f"{ra:.4f}", f"{ca:.4f}", f"{100 * (ca - ra):+.2f} pts"])
@@ -317,7 +317,8 @@ def _provenance(r: dict[str, Any]) -> str:
     return f"created {r['created']} with " + ", ".join(f"{k} {v}" for k, v in r["versions"].items())
 
 
-def _change(before: float, after: float) -> str:
+def percent_change(before: float, after: float) -> str:
+    """``after`` against ``before`` as a signed percentage (``n/a`` from zero)."""
     return f"{100 * (after - before) / before:+.1f}%" if before else "n/a"
 
 
