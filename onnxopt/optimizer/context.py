@@ -24,6 +24,7 @@ from onnxopt.bench.stats import Ratio
 from onnxopt.data import Dataset, RandomDataset, batch_size_for, default_random
 from onnxopt.errors import PassPreconditionError
 from onnxopt.evaluate.layers import LayerReport, layer_errors
+from onnxopt.optimizer.budget import AccuracyBudget
 from onnxopt.optimizer.calibration import activations, input_specs
 from onnxopt.optimizer.node_profile import NodeProfile, profile_nodes
 from onnxopt.optimizer.quality import QualityProbe
@@ -83,6 +84,10 @@ class Context:
             probe = QualityProbe(original, self.data(original), limit=limit, providers=self.providers)
             self._probes[limit] = probe
         return probe
+
+    def budget(self, max_drop: float, limit: int) -> AccuracyBudget:
+        """An accuracy budget of ``max_drop`` on the quality probe over about ``limit`` samples."""
+        return AccuracyBudget(self.quality_probe(limit), max_drop)
 
     def profile(self, model: ir.Model, *, batch: int = 1) -> NodeProfile:
         """Per-node latency of ``model`` at ``batch`` (or its fixed batch) on the run's providers, with every

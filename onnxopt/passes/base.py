@@ -25,6 +25,7 @@ from onnxopt.errors import PassPreconditionError
 if TYPE_CHECKING:
     from onnxopt.bench.stats import Ratio
     from onnxopt.evaluate.layers import LayerReport
+    from onnxopt.optimizer.budget import AccuracyBudget
     from onnxopt.optimizer.node_profile import NodeProfile
     from onnxopt.optimizer.quality import QualityProbe
 
@@ -106,6 +107,10 @@ class PassContext(Protocol):
 
     def quality_probe(self, limit: int) -> QualityProbe:
         """The original's outputs on about ``limit`` samples, to score candidates (accuracy budgets)."""
+        ...
+
+    def budget(self, max_drop: float, limit: int) -> AccuracyBudget:
+        """An accuracy budget (``max_drop`` of the quality probe's metric) and the searches that spend it."""
         ...
 
     def profile(self, model: ir.Model, *, batch: int = 1) -> NodeProfile:

@@ -148,8 +148,8 @@ class PruneChannelsPass(OptPass):
         """The largest ratio up to ``ratio`` (bisection, ``budget_steps`` trials) whose pruned -- and, with
         ``refit``, reconstructed -- copy stays within ``max_drop`` of the original (onnxopt.optimizer.quality)."""
         context = self.require_context()
-        budget = float(self.config.max_drop)  # type: ignore[arg-type]
-        probe = context.quality_probe(self.config.eval_samples)
+        assert self.config.max_drop is not None
+        budget = context.budget(self.config.max_drop, self.config.eval_samples)
 
         def drop_at(ratio: float) -> float:
             trial = model.clone()
@@ -158,26 +158,21 @@ class PruneChannelsPass(OptPass):
                 refit = ReconstructPass()
                 refit.context = context
                 refit(trial)
-            drop = probe.drop(trial)
-            log.detail(trial_ratio=round(ratio, 4), metric=probe.metric, drop=round(drop, 4))
+            drop = budget.drop(trial)
+            log.detail(trial_ratio=round(ratio, 4), metric=budget.metric, drop=round(drop, 4))
             return drop
 
-        low, high = 0.0, self.config.ratio
-        if drop_at(high) <= budget:
-            best = high
-        else:
-            best = None
-            for _ in range(self.config.budget_steps - 1):
-                mid = (low + high) / 2
-                if drop_at(mid) <= budget:
-                    low, best = mid, mid
-                else:
-                    high = mid
+        best = budget.largest(drop_at, self.config.ratio, self.config.budget_steps)
         if best is None:
-            log.skip("model", f"no ratio down to {high:.3g} keeps the {probe.metric} drop within {budget}")
+            smallest = self.config.ratio / 2 ** (self.config.budget_steps - 1)
+            log.skip(
+                "model", f"no ratio down to {smallest:.3g} keeps the {budget.metric} drop within {budget.max_drop}"
+            )
             return None
         how = " after reconstruct" if self.config.refit else ""
-        log.note(f"max_drop={budget}: ratio {best:.3g} ({probe.metric}{how}, {probe.baseline:.4f} originally)")
+        log.note(
+            f"max_drop={budget.max_drop}: ratio {best:.3g} ({budget.metric}{how}, {budget.baseline:.4f} originally)"
+        )
         return best
 
     def _decide(

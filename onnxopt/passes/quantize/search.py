@@ -109,50 +109,39 @@ class FloatFallbackSearch:
 
     def _fit_budget(self, excluded: set[str]) -> set[str] | None:
         """The fewest most error-adding layers to keep float so the drop stays within ``max_drop``."""
-        context = self.context
-        budget = float(self.config.max_drop)  # type: ignore[arg-type]
-        probe = context.quality_probe(self.config.eval_samples)
+        assert self.config.max_drop is not None
+        budget = self.context.budget(self.config.max_drop, self.config.eval_samples)
         quantized = self.trial(excluded)
-        drop = probe.drop(quantized)
+        drop = budget.drop(quantized)
         self.log.note(
-            f"{probe.metric}: float {probe.baseline:.4f}, all int8 {probe.baseline - drop:.4f} "
-            f"(drop {drop:.4f}, budget {budget})"
+            f"{budget.metric}: float {budget.baseline:.4f}, all int8 {budget.baseline - drop:.4f} "
+            f"(drop {drop:.4f}, budget {budget.max_drop})"
         )
-        if drop <= budget:
+        if drop <= budget.max_drop:
             return excluded
         ranked = self._sensitivity(quantized, excluded)
         cache: dict[int, float] = {0: drop}
 
         def drop_with(k: int) -> float:
             if k not in cache:
-                cache[k] = probe.drop(self.trial(excluded | {name for name, _ in ranked[:k]}))
+                cache[k] = budget.drop(self.trial(excluded | {name for name, _ in ranked[:k]}))
             return cache[k]
 
-        k = 1
-        while k < len(ranked) and drop_with(k) > budget:
-            k *= 2
-        k = min(k, len(ranked))
-        if not ranked or drop_with(k) > budget or (k == len(ranked) and drop_with(k - 1) > budget):
+        high = budget.fewest(drop_with, len(ranked))
+        if high is None:
             self.log.skip(
                 "model",
-                f"max_drop={budget} is met by no float fallback short of all {len(ranked)} quantized layers "
-                f"({probe.metric} drop with everything int8: {drop:.4f}): left float",
+                f"max_drop={budget.max_drop} is met by no float fallback short of all {len(ranked)} quantized layers "
+                f"({budget.metric} drop with everything int8: {drop:.4f}): left float",
             )
             return None
-        low, high = k // 2 + 1, k  # drop_with(k // 2) was over budget, drop_with(k) is within
-        while low < high:
-            mid = (low + high) // 2
-            if drop_with(mid) <= budget:
-                high = mid
-            else:
-                low = mid + 1
         kept_float = excluded | {name for name, _ in ranked[:high]}
         if not any(n.op_type == "DequantizeLinear" for n in self.trial(kept_float).graph):
-            self.log.skip("model", f"max_drop={budget} is met only with nothing quantized: left float")
+            self.log.skip("model", f"max_drop={budget.max_drop} is met only with nothing quantized: left float")
             return None
         for name, added in ranked[:high]:
             self.log.detail(node=name, added_db=round(added, 2), kept="float (accuracy budget)")
-        self.log.note(f"kept {high} layer(s) float for the budget: {probe.metric} drop {drop_with(high):.4f}")
+        self.log.note(f"kept {high} layer(s) float for the budget: {budget.metric} drop {drop_with(high):.4f}")
         return kept_float
 
     def _sensitivity(self, quantized: ir.Model, excluded: set[str]) -> list[tuple[str, float]]:

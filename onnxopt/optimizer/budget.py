@@ -1,0 +1,74 @@
+"""The accuracy budget (``max_drop``): how far a lossy pass may go before the original's quality drops too much.
+
+One search for every pass that spends a budget: ``prune-channels`` looks for the
+largest ratio whose pruned copy stays within it (:meth:`AccuracyBudget.largest`,
+bisection over a continuous knob), ``quantize`` for the fewest layers to keep
+float (:meth:`AccuracyBudget.fewest`, galloping then binary search over a count).
+Both assume the drop grows monotonically with the knob -- true enough for channel
+ratios and float fallbacks, and what makes a handful of trials suffice. The drop
+is measured by the run's :class:`~onnxopt.optimizer.quality.QualityProbe`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import onnx_ir as ir
+
+from onnxopt.optimizer.quality import QualityProbe
+
+
+class AccuracyBudget:
+    """``max_drop`` of the probe's metric, and the searches that spend it."""
+
+    def __init__(self, probe: QualityProbe, max_drop: float) -> None:
+        if not max_drop >= 0:
+            raise ValueError(f"max_drop must be >= 0, not {max_drop}")
+        self.probe = probe
+        self.max_drop = max_drop
+
+    @property
+    def metric(self) -> str:
+        return self.probe.metric
+
+    @property
+    def baseline(self) -> float:
+        return self.probe.baseline
+
+    def drop(self, candidate: ir.Model) -> float:
+        """How much worse ``candidate`` scores than the original."""
+        return self.probe.drop(candidate)
+
+    def largest(self, drop_at: Callable[[float], float], high: float, steps: int) -> float | None:
+        """The largest knob in ``(0, high]`` whose drop stays within the budget: ``high`` itself if it does,
+        else bisection in ``steps - 1`` more trials; None when no trial did."""
+        if drop_at(high) <= self.max_drop:
+            return high
+        low, best = 0.0, None
+        for _ in range(steps - 1):
+            mid = (low + high) / 2
+            if drop_at(mid) <= self.max_drop:
+                low, best = mid, mid
+            else:
+                high = mid
+        return best
+
+    def fewest(self, drop_with: Callable[[int], float], n: int) -> int | None:
+        """The fewest ``k`` in ``0..n`` (0 = nothing given up) with ``drop_with(k)`` within the budget: doubling
+        ``k`` until it holds, then binary search; None when even ``k = n`` (or ``n - 1``) misses it."""
+        if drop_with(0) <= self.max_drop:
+            return 0
+        k = 1
+        while k < n and drop_with(k) > self.max_drop:
+            k *= 2
+        k = min(k, n)
+        if not n or drop_with(k) > self.max_drop or (k == n and drop_with(k - 1) > self.max_drop):
+            return None
+        low, high = k // 2 + 1, k  # drop_with(k // 2) was over budget, drop_with(k) is within
+        while low < high:
+            mid = (low + high) // 2
+            if drop_with(mid) <= self.max_drop:
+                high = mid
+            else:
+                low = mid + 1
+        return high
