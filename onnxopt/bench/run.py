@@ -12,7 +12,6 @@ measured afterwards, one fresh process per model (:mod:`onnxopt.bench.memory`).
 from __future__ import annotations
 
 import os
-import platform
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,6 +21,7 @@ import numpy as np
 
 from onnxopt import io
 from onnxopt.bench import memory
+from onnxopt.bench.machine import machine_description
 from onnxopt.bench.providers import resolve, short_name
 from onnxopt.bench.session import TimedSession
 from onnxopt.bench.stats import LatencyStats, Ratio, median_ratio
@@ -265,25 +265,3 @@ def _feeds(dataset: Dataset | None, inputs: list[TensorSpec], batch: int, seed: 
 def _labels(models: list[Path]) -> list[str]:
     names = [p.name for p in models]
     return [str(p) if names.count(p.name) > 1 else p.name for p in models]
-
-
-def machine_description() -> dict[str, object]:
-    """Where the numbers were measured."""
-    import onnxruntime as ort
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "system": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "onnxruntime": ort.__version__,
-        "providers": ort.get_available_providers(),
-    }

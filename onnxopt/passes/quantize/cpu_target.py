@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import platform
-from pathlib import Path
+
+from onnxopt.bench.machine import cpu_flags
 
 TARGETS = ("auto", "vnni", "avx2", "arm", "gpu")
 _VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8", "avx512vnni", "avxvnni"}
@@ -45,16 +46,7 @@ def detect(cpuinfo: str | None = None, machine: str | None = None) -> str:
     machine = (machine or platform.machine()).lower()
     if machine in ("aarch64", "arm64") or machine.startswith("arm"):
         return "arm"
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            cpuinfo = ""
-    flags: set[str] = set()
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.partition(":")[2].split())
-            break
+    flags = cpu_flags(cpuinfo)
     if not flags:  # not Linux: assume the safe choice
         return "avx2"
     return "vnni" if flags & _VNNI_FLAGS else "avx2"
