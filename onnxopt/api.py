@@ -53,7 +53,12 @@ def compare_files(
     threshold_db: float = DEFAULT_THRESHOLD_DB,
     progress: Progress | None = None,
 ) -> Comparison:
-    """Compare two model files on ``data`` (default: 8 random samples); ``per_layer`` localizes the error too."""
+    """Compare two model files on ``data`` (default: 8 random samples); ``per_layer`` localizes the error too.
+
+    The result's ``random_inputs`` is true when the inputs were seeded random
+    samples -- by default, or ``data="random[:N]"`` -- and its ``data`` then
+    says which (``"no --data, seed 0"``): agreement only, never accuracy.
+    """
     files = [io.read_supported(p) for p in (reference, candidate)]  # one-line errors before onnxruntime
     ref, cand = (Runner(f.source) for f in files)
     dataset = open_dataset(data, ref.inputs, seed=seed, images=images) if data else default_random(ref.inputs, seed)
@@ -63,6 +68,9 @@ def compare_files(
         comparison = compare(ref, cand, dataset, batch_size=batch_size, on_batch=progress.advance)
     finally:
         progress.finish()
+    if comparison.random_inputs:
+        source = f"--data {data}" if data else "no --data"
+        comparison = dataclasses.replace(comparison, data=f"{source}, seed {seed}")
     if not per_layer:
         return comparison
     progress.start("comparing layers", None)

@@ -22,7 +22,7 @@ from onnxopt.api import OptimizeOptions, bench_files, compare_files, optimize
 from onnxopt.bench import BenchConfig, BenchResult, Measurement
 from onnxopt.data import DataSpec, ImageOptions
 from onnxopt.errors import OnnxoptError
-from onnxopt.evaluate.compare import Comparison
+from onnxopt.evaluate.compare import Comparison, random_inputs_warning
 from onnxopt.evaluate.layers import DEFAULT_THRESHOLD_DB, LayerReport
 from onnxopt.inspection import inspect_model
 from onnxopt.optimizer.recipe import BUILTIN_RECIPES, describe_passes
@@ -241,6 +241,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         write_report(compare_report(args.reference, args.candidate, comparison), args.report)
     if args.json:
         print(json.dumps(json_safe(comparison.to_dict()), indent=2))
+        warning = random_inputs_warning(comparison)
+        if warning:
+            print(warning, file=sys.stderr)  # stdout stays JSON; the JSON says it too (random_inputs)
     else:
         print(format_comparison(comparison))
     return 0
@@ -476,6 +479,9 @@ def format_comparison(comparison: Comparison) -> str:
         )
     if comparison.layers is not None:
         lines += ["", *format_layers(comparison.layers)]
+    warning = random_inputs_warning(comparison)
+    if warning:
+        lines += ["", warning]
     return "\n".join(lines)
 
 

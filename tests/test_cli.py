@@ -82,6 +82,30 @@ def test_compare_reports_accuracy(capsys: pytest.CaptureFixture[str]) -> None:
     assert result["samples"] == 1000
     assert result["outputs"][0]["max_abs"] == 0.0
     assert result["reference_accuracy"] == result["candidate_accuracy"]
+    assert result["random_inputs"] is False and result["data"] == str(EVAL)
+
+
+RANDOM_WARNING = "WARNING: inputs: 8 seeded random samples (no --data, seed 0): agreement only, not accuracy"
+
+
+def test_compare_without_data_says_the_inputs_were_random(tmp_path: Path) -> None:
+    report = tmp_path / "compare.md"
+    proc = run_cli("compare", str(MODEL), str(MODEL), "--report", str(report))
+    assert proc.returncode == 0, proc.stderr
+    assert RANDOM_WARNING in proc.stdout and "pass --data to compare on real inputs" in proc.stdout
+    assert "**Random inputs** (no --data, seed 0): agreement only, not accuracy" in report.read_text()
+    as_json = run_cli("compare", str(MODEL), str(MODEL), "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    result = json.loads(as_json.stdout)  # stdout stays JSON; the warning goes to stderr
+    assert result["random_inputs"] is True and result["data"] == "no --data, seed 0"
+    assert RANDOM_WARNING in as_json.stderr
+
+
+def test_compare_with_data_prints_no_random_inputs_warning() -> None:
+    proc = run_cli("compare", str(MODEL), str(MODEL), "--data", str(EVAL))
+    assert proc.returncode == 0, proc.stderr
+    assert "accuracy: reference" in proc.stdout
+    assert "WARNING" not in proc.stdout + proc.stderr and "random" not in proc.stdout
 
 
 def _unknown_op_model(path: Path) -> None:

@@ -11,7 +11,10 @@ import pytest
 from helpers import BUNDLED, apply, assert_same_outputs, parse
 
 from onnxopt.api import compare_files, optimize
+from onnxopt.data import RandomDataset
+from onnxopt.evaluate.layers import layer_errors
 from onnxopt.passes.equalize import EqualizeConfig, EqualizeLayersPass
+from onnxopt.runtime import Runner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 from mobilenet_like import INPUT_SHAPE, mobilenet_like
@@ -69,6 +72,63 @@ def test_a_layer_read_twice_is_not_scaled() -> None:
     model.graph.output.append(onnx.helper.make_tensor_value_info("c1", onnx.TensorProto.FLOAT, ["N", 6, 8, 8]))
     _, outcome = apply(model, EqualizeLayersPass())
     assert not outcome.counts
+
+
+def test_a_chain_through_a_graph_output_is_neither_scaled_nor_renamed() -> None:
+    model = _chain()
+    model.graph.output.append(onnx.helper.make_tensor_value_info("r", onnx.TensorProto.FLOAT, ["N", 6, 8, 8]))
+    result, outcome = apply(model, EqualizeLayersPass())
+    assert not outcome.counts
+    assert [o.name for o in result.graph.output] == ["y", "r"]
+    assert {o for n in result.graph.node for o in n.output} == {"c1", "r", "y"}
+
+
+def _chain_with_tail() -> onnx.ModelProto:
+    """Conv -> Relu -> Conv -> Sigmoid: one equalizable pair whose second output is an intermediate tensor."""
+    c_mid = 6
+    return parse(
+        """<ir_version: 8, opset_import: ["": 13]>
+        g (float[N, 3, 8, 8] x) => (float[N, 4, 8, 8] y) {
+            c1 = Conv<pads=[1,1,1,1]>(x, w1, b1)
+            r = Relu(c1)
+            c2 = Conv<pads=[1,1,1,1]>(r, w2, b2)
+            y = Sigmoid(c2)
+        }""",
+        w1=(RNG.normal(0, 1, (c_mid, 3, 3, 3)) * np.logspace(-2, 1, c_mid)[:, None, None, None]).astype(np.float32),
+        b1=RNG.normal(0, 0.1, c_mid).astype(np.float32),
+        w2=RNG.normal(0, 0.5, (4, c_mid, 3, 3)).astype(np.float32),
+        b2=RNG.normal(0, 0.1, 4).astype(np.float32),
+    )
+
+
+def test_rescaled_tensors_get_new_names_so_per_layer_comparison_sees_no_broken_layer() -> None:
+    model = _chain_with_tail()
+    result, outcome = apply(model, EqualizeLayersPass())
+    data = RandomDataset(Runner(model.SerializeToString()).inputs, 16, dims={}, seed=0)
+    report = layer_errors(model, result, data)
+    # before the rename, c1 and r were paired with their unscaled namesakes: far below 0 dB, "broken"
+    assert report.first_bad is None
+    assert [layer.tensor for layer in report.layers] == ["c2"] and report.unmatched == 2
+    assert all(layer.snr_db > 80 for layer in report.layers)
+    # c1 and r hold the old values divided by a per-channel scale: new names; c2 and y mean what they did
+    assert outcome.counts == {"layer pairs equalized": 1} and outcome.details[0]["tensors_renamed"] == 2
+    produced = [o for n in result.graph.node for o in n.output]
+    assert produced == ["c1_equalized", "r_equalized", "c2", "y"]
+    assert [o.name for o in result.graph.output] == ["y"]
+
+
+def test_per_layer_report_after_equalize_on_the_bundled_model_is_clean(tmp_path) -> None:
+    data = str(BUNDLED / "eval.npz")
+    out = tmp_path / "equalized.onnx"
+    optimize(BUNDLED / "model.onnx", out, passes="lossless,equalize", data=data)
+    # before the rename: conv2d_1/BiasAdd:0 matched its unscaled namesake at -5.2 dB ("broken")
+    comparison = compare_files(BUNDLED / "model.onnx", out, data=data, per_layer=True)
+    report = comparison.layers
+    assert report is not None and report.first_bad is None
+    assert len(report.layers) >= 10 and all(layer.snr_db > 100 for layer in report.layers)
+    candidate = {o for n in onnx.load(str(out)).graph.node for o in n.output}
+    assert "sequential_1/conv2d_1/BiasAdd:0_equalized" in candidate
+    assert "sequential_1/conv2d_1/BiasAdd:0" not in candidate
 
 
 def test_bad_parameters() -> None:

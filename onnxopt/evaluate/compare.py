@@ -2,7 +2,11 @@
 
 What is measured per output is :class:`~onnxopt.evaluate.agreement.OutputAgreement`;
 with labels, the accuracy of both models too. ``layers`` holds per-layer error
-localization (:mod:`.layers`) when it was asked for.
+localization (:mod:`.layers`) when it was asked for. ``data`` says what the
+models ran on and ``random_inputs`` whether that was seeded random inputs
+(:class:`~onnxopt.data.RandomDataset`): then the numbers say how closely the
+candidate follows the reference off the data distribution, not how accurate
+it is on real inputs, and whoever shows them must say so.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from onnxopt.data import Dataset, batch_size_for, fixed_batch
+from onnxopt.data import Dataset, RandomDataset, batch_size_for, fixed_batch
 from onnxopt.errors import UnsupportedModelError
 from onnxopt.evaluate.agreement import AccuracyCounter, AgreementAccumulator, OutputAgreement, is_classifier_shape
 from onnxopt.evaluate.layers import LayerReport
@@ -26,6 +30,8 @@ class Comparison:
     reference_accuracy: float | None = None
     candidate_accuracy: float | None = None
     layers: LayerReport | None = None  # per-layer error, when asked for
+    data: str | None = None  # what the models ran on (the dataset's description)
+    random_inputs: bool = False  # seeded random inputs, not real data: agreement only, never accuracy
 
     @property
     def max_rel(self) -> float:
@@ -78,4 +84,21 @@ def compare(
         samples += n
         if on_batch:
             on_batch(n)
-    return Comparison(samples, [a.result() for a in accumulators], ref_acc.result(), cand_acc.result())
+    return Comparison(
+        samples,
+        [a.result() for a in accumulators],
+        ref_acc.result(),
+        cand_acc.result(),
+        data=getattr(dataset, "description", None),
+        random_inputs=isinstance(dataset, RandomDataset),
+    )
+
+
+def random_inputs_warning(comparison: Comparison) -> str | None:
+    """The line to show with a comparison made on seeded random inputs (None for real data)."""
+    if not comparison.random_inputs:
+        return None
+    return (
+        f"WARNING: inputs: {comparison.samples} seeded random samples ({comparison.data or 'random'}): "
+        "agreement only, not accuracy; pass --data to compare on real inputs"
+    )

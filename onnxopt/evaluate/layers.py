@@ -12,7 +12,13 @@ Matching a reference tensor ``T`` to the candidate, in order of preference:
 2. a candidate tensor with the same name. onnxopt's passes keep a tensor's
    name only while it keeps its meaning: a fold that makes a Conv compute
    what the BatchNormalization after it did gives the Conv's output the BN
-   output's name, and the Conv's old name disappears;
+   output's name, and the Conv's old name disappears; a pass that leaves a
+   tensor holding different values -- even an exact reparametrization such
+   as ``equalize``, which rescales the tensors between two layers per
+   channel -- gives it a fresh name (``..._before_bn``, ``..._equalized``),
+   so it is left unmatched rather than reported as broken. Graph outputs
+   are never renamed (and never change meaning); this matcher does not undo
+   scales, so a pass that broke the rule would show up as a broken layer;
 3. the candidate's ``onnxopt.renamed`` metadata (JSON ``{candidate: reference}``)
    when a tool recorded renamed tensors there.
 

@@ -10,7 +10,8 @@ Matches pairs ``A -> [f ...] -> B`` where
 * ``B`` is a Conv reading the chain as its data input (any group, so
   depthwise-separable blocks ``pointwise -> depthwise -> pointwise`` chain
   through), or a Gemm/MatMul, whose input channels are ``A``'s output channels;
-* no tensor of the chain is a graph output.
+* no tensor of the chain is a graph output (a graph output is never rescaled,
+  so the model's outputs keep their values and names).
 
 For each channel ``i`` with ranges ``r1 = max|W_A[i]|`` (A's output channel)
 and ``r2 = max|W_B[.., i]|`` (B's input channel), ``s = sqrt(r1 / r2)``;
@@ -21,6 +22,14 @@ with positive scales, the model computes the same function: the pass is
 lossless and the guard holds it to float rounding. Chains are swept
 ``iterations`` times (each pair's scaling changes its neighbours' ranges).
 Not done: high-bias absorption, Clip/Relu6 chains (declined by construction).
+
+Names keep their meaning: the tensors of a scaled chain (``A``'s output and
+every ``f``'s output up to ``B``'s input) now hold the old values divided by
+``s`` per channel, so each gets a fresh name with the suffix ``_equalized``.
+A per-layer comparison (:mod:`onnxopt.evaluate.layers`) then finds no
+counterpart for them in the reference instead of pairing the rescaled tensor
+with the unscaled one of the same name and reporting a broken layer. ``B``'s
+output is unchanged and keeps its name.
 """
 
 from __future__ import annotations
@@ -30,12 +39,14 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
-from onnxopt.passes._graph_edit import attribute, constant_array
+from onnxopt.passes._graph_edit import NameSource, attribute, constant_array
 from onnxopt.passes._weights import weight_axes
 from onnxopt.passes.base import OptPass, PassLog
 
 _LAYERS = ("Conv", "Gemm", "MatMul")
 _SCALE_COMMUTING = ("Relu", "LeakyRelu", "PRelu", "MaxPool", "AveragePool", "Identity")
+#: Appended to the name of every tensor whose values equalization rescaled.
+RENAME_SUFFIX = "_equalized"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +66,8 @@ class _Pair:
     first: ir.Node
     second: ir.Node
     channels: int
+    chain: list[ir.Value]  # A's output .. the value B reads: all rescaled per channel
+    scaled: bool = False
 
 
 class EqualizeLayersPass(OptPass):
@@ -72,6 +85,8 @@ class EqualizeLayersPass(OptPass):
             largest = max(self._equalize(p) for p in pairs)
             if largest < 1e-3:  # every scale within 0.1 % of 1: converged
                 break
+        names = NameSource(model)
+        renamed = {id(p): _rename(p.chain, names) if p.scaled else 0 for p in pairs}
         for pair in pairs:
             log.detail(
                 first=pair.first.name,
@@ -79,6 +94,7 @@ class EqualizeLayersPass(OptPass):
                 channels=pair.channels,
                 range_ratio_before=round(before[id(pair)], 2),
                 range_ratio_after=round(self._imbalance(pair), 2),
+                tensors_renamed=renamed[id(pair)],
             )
         log.count("layer pairs equalized", len(pairs))
 
@@ -100,6 +116,7 @@ class EqualizeLayersPass(OptPass):
         if first.op_type in ("Conv", "MatMul") and has_bias and _private_weight(first, 2) is None:
             return None
         value = first.outputs[0]
+        chain = [value]
         while True:
             uses = list(value.uses())
             if value.is_graph_output() or len(uses) != 1:
@@ -109,6 +126,7 @@ class EqualizeLayersPass(OptPass):
                 if reader.op_type == "PRelu" and not _per_channel_slope(reader, channels):
                     return None
                 value = reader.outputs[0]
+                chain.append(value)
                 continue
             break
         second = reader
@@ -121,7 +139,7 @@ class EqualizeLayersPass(OptPass):
             return None
         if _input_channels(second, w2) != channels:
             return None
-        return _Pair(first, second, channels)
+        return _Pair(first, second, channels, chain)
 
     # ------------------------------------------------------------------ scaling
 
@@ -166,10 +184,27 @@ class EqualizeLayersPass(OptPass):
         w2 = constant_array(second.inputs[1])
         assert w2 is not None
         _set(second, 1, _scale_input_channels(second, w2, scale))
+        pair.scaled = True
         return float(np.max(np.abs(np.log(scale))))
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _rename(chain: list[ir.Value], names: NameSource) -> int:
+    """Give every rescaled tensor of ``chain`` a fresh ``_equalized`` name; return how many were renamed.
+
+    A rescaled tensor no longer means what its old name meant (per-layer
+    comparison pairs tensors by name). Graph outputs never get here: a chain
+    through one is not equalized (:meth:`EqualizeLayersPass._pair_from`).
+    """
+    count = 0
+    for value in chain:
+        assert not value.is_graph_output()
+        if value.name:
+            value.name = names.fresh(f"{value.name}{RENAME_SUFFIX}")
+            count += 1
+    return count
 
 
 def _private_weight(node: ir.Node, index: int) -> np.ndarray | None:

@@ -13,7 +13,9 @@ Schema ``onnxopt.report/2``. Every report has
 * ``before`` / ``after``: ``{nodes, parameters, bytes}``
 * ``passes``: one record per pass -- ``name, params, status, seconds, before,
   after, max_drift, counts, skipped, notes``; ``guard_max_drift``; ``notes``
-* ``comparison``: ``samples, reference_accuracy, candidate_accuracy``, per output
+* ``comparison``: ``samples, reference_accuracy, candidate_accuracy``,
+  ``data`` (what the models ran on), ``random_inputs`` (true: seeded random
+  inputs, so agreement only, never accuracy), per output
   ``{name, max_abs, mean_abs, max_rel, cosine, snr_db, top1_agreement}``, and
   ``layers`` (null, or the per-layer report: ``threshold_db, samples,
   unmatched, first_bad, largest_added`` and per layer ``{tensor,

@@ -64,8 +64,15 @@ def _compare(r: dict[str, Any]) -> list[Block]:
     blocks: list[Block] = [
         Heading(f"onnxopt compare: `{r['candidate']}` against `{r['reference']}`", 1),
         Paragraph(f"{cmp['samples']} samples. {_provenance(r)}"),
-        *_outputs(cmp),
     ]
+    if cmp.get("random_inputs"):
+        blocks.append(
+            Paragraph(
+                f"**Random inputs** ({cmp.get('data') or 'random'}): agreement only, not accuracy; "
+                "pass `--data` to compare on real inputs."
+            )
+        )
+    blocks += _outputs(cmp)
     if cmp.get("reference_accuracy") is not None:
         blocks.append(
             Paragraph(f"accuracy: reference {cmp['reference_accuracy']:.4f}, candidate {cmp['candidate_accuracy']:.4f}")
