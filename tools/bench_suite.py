@@ -51,8 +51,10 @@ from real_models import REAL_MODELS, fetch, load_charset
 from real_tasks import TaskData, evaluate_task, make_split, run_model
 from zoo_models import input_shape, light_model
 
+from onnxopt import io
 from onnxopt.api import bench_files, compare_files, optimize
 from onnxopt.bench import BenchConfig, machine_description
+from onnxopt.errors import OnnxoptError
 from onnxopt.optimizer.recipe import BUILTIN_RECIPES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -192,6 +194,12 @@ def run_subject(subject: Subject, folder: Path, seconds: float, recipes: list[st
                 ),
             )
         )
+    for variant in variants:  # a tool's output that is not a valid model is a failure of that tool, not the suite's
+        if variant.failed is None and variant.path is not None:
+            try:
+                io.read_supported(variant.path)
+            except OnnxoptError as e:
+                variant.failed = f"invalid output: {e}"
     ok = [v for v in variants if v.failed is None and v.path is not None]
     bench = bench_files(
         [v.path for v in ok],
