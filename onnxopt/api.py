@@ -8,7 +8,7 @@ from typing import Any
 
 from onnxopt import io
 from onnxopt.bench import BenchConfig, BenchResult, benchmark
-from onnxopt.data import ImageOptions, default_random, open_dataset
+from onnxopt.data import ImageOptions, InputShapes, default_random, open_dataset, parse_input_shapes
 from onnxopt.errors import RecipeError
 from onnxopt.evaluate.compare import Comparison, compare
 from onnxopt.evaluate.layers import DEFAULT_THRESHOLD_DB, layer_errors
@@ -51,6 +51,7 @@ def compare_files(
     batch_size: int | None = None,
     per_layer: bool = False,
     threshold_db: float = DEFAULT_THRESHOLD_DB,
+    input_shapes: InputShapes | str | None = None,
     progress: Progress | None = None,
 ) -> Comparison:
     """Compare two model files on ``data`` (default: 8 random samples); ``per_layer`` localizes the error too.
@@ -61,7 +62,11 @@ def compare_files(
     """
     files = [io.read_supported(p) for p in (reference, candidate)]  # one-line errors before onnxruntime
     ref, cand = (Runner(f.source) for f in files)
-    dataset = open_dataset(data, ref.inputs, seed=seed, images=images) if data else default_random(ref.inputs, seed)
+    shapes = parse_input_shapes(input_shapes) if isinstance(input_shapes, str) else input_shapes
+    if data:
+        dataset = open_dataset(data, ref.inputs, seed=seed, images=images, shapes=shapes)
+    else:
+        dataset = default_random(ref.inputs, seed, shapes)
     progress = progress or NullProgress()
     progress.start("comparing", dataset.num_samples)
     try:
@@ -96,7 +101,8 @@ def bench_files(
     dataset = None
     if data:
         file = io.read_supported(models[0])
-        dataset = open_dataset(data, Runner(file.source).inputs, seed=config.seed, images=images)
+        inputs = Runner(file.source).inputs
+        dataset = open_dataset(data, inputs, seed=config.seed, images=images, shapes=config.input_shapes)
     return benchmark(models, config, dataset=dataset, progress=progress)
 
 

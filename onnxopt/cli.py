@@ -20,7 +20,7 @@ from typing import NoReturn
 from onnxopt import io
 from onnxopt.api import OptimizeOptions, bench_files, compare_files, optimize
 from onnxopt.bench import BenchConfig, BenchResult, Measurement
-from onnxopt.data import DataSpec, ImageOptions
+from onnxopt.data import DataSpec, ImageOptions, parse_input_shapes
 from onnxopt.errors import OnnxoptError
 from onnxopt.evaluate.compare import Comparison, random_inputs_warning
 from onnxopt.evaluate.layers import DEFAULT_THRESHOLD_DB, LayerReport
@@ -39,6 +39,9 @@ from onnxopt.report import (
     percent_change,
     write_report,
 )
+
+#: Exit status when a lossy pass the user asked for did not apply (the output is still written).
+EXIT_FALLBACK = 3
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -94,6 +97,11 @@ def _parser() -> argparse.ArgumentParser:
     data = argparse.ArgumentParser(add_help=False)
     group = data.add_argument_group("data")
     group.add_argument("--data", help="an .npz (inputs and labels) or .npy file, an image folder, or random[:N]")
+    group.add_argument(
+        "--input-shape",
+        help="shapes for random inputs, e.g. images:1x3x640x640[,mask:1x640x640] (default: the model's, "
+        "unknown image H/W 224)",
+    )
     group.add_argument("--size", help="image folder: resize to H or HxW (default: no resize; sizes must agree)")
     group.add_argument("--layout", choices=["nchw", "nhwc"], help="image folder: tensor layout (default: the model's)")
     group.add_argument("--mean", help="image folder: per-channel mean after scaling, e.g. 0.485,0.456,0.406")
@@ -106,6 +114,11 @@ def _parser() -> argparse.ArgumentParser:
     opt = sub.add_parser("optimize", parents=[common, data], help="rewrite a model through a recipe of verified passes")
     opt.add_argument("model")
     opt.add_argument("-o", "--output")
+    opt.add_argument(
+        "--allow-fallback",
+        action="store_true",
+        help="exit 0 even when a lossy pass the recipe is for (quantize in int8) was rolled back or declined",
+    )
     which = opt.add_mutually_exclusive_group()
     which.add_argument("--passes", help="pass list, e.g. fold-bn,fold-affine:key=value")
     which.add_argument(
@@ -170,6 +183,9 @@ def _parser() -> argparse.ArgumentParser:
 
     ins = sub.add_parser("inspect", parents=[common], help="opset, signature, op histogram, size and MACs of a model")
     ins.add_argument("model")
+    ins.add_argument(
+        "--input-shape", help="shapes for the MAC count, e.g. images:1x3x640x640 (default: as random data)"
+    )
     ins.add_argument("--json", action="store_true")
     ins.set_defaults(func=_cmd_inspect)
 
@@ -205,6 +221,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         bench=bench,
         per_layer=args.per_layer,
         batch=args.batch,
+        input_shapes=parse_input_shapes(args.input_shape),
     )
     result = optimize(args.model, args.output, options, progress=RichProgress())
     report = optimize_report(result)
@@ -218,6 +235,10 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
             print("\n" + format_bench(result.latency))
         if result.comparison.layers is not None:
             print("\n" + "\n".join(format_layers(result.comparison.layers)))
+    if result.fell_back and not args.allow_fallback:
+        where = f"output written to {result.output_path}" if result.output_path else "nothing written"
+        print(f"onnxopt: fallback: {'; '.join(result.fallbacks)} ({where}; --allow-fallback exits 0)", file=sys.stderr)
+        return EXIT_FALLBACK
     return 0
 
 
@@ -235,6 +256,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         batch_size=args.batch,
         per_layer=args.per_layer,
         threshold_db=args.threshold_db,
+        input_shapes=parse_input_shapes(args.input_shape),
         progress=RichProgress(),
     )
     if args.report:
@@ -287,6 +309,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         memory=not args.no_memory,
         seed=args.seed,
         spinning=args.spin,
+        input_shapes=parse_input_shapes(args.input_shape),
     )
     result = bench_files(args.models, config, data=args.data, images=_image_options(args), progress=RichProgress())
     report = bench_report(result)
@@ -393,7 +416,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    summary = inspect_model(io.load(args.model))
+    summary = inspect_model(io.load(args.model), input_shapes=parse_input_shapes(args.input_shape))
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))
         return 0

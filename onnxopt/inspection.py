@@ -11,6 +11,7 @@ from typing import Any
 
 import onnx_ir as ir
 
+from onnxopt.data.input_shapes import InputShapes
 from onnxopt.model_stats import ModelStats, estimate_macs
 
 
@@ -32,14 +33,14 @@ class ModelSummary:
         return dataclasses.asdict(self)
 
 
-def inspect_model(model: ir.Model) -> ModelSummary:
-    """Summarize ``model`` (not modified)."""
+def inspect_model(model: ir.Model, input_shapes: InputShapes | None = None) -> ModelSummary:
+    """Summarize ``model`` (not modified); ``input_shapes`` (``--input-shape``) shape the MAC count."""
     stats = ModelStats.of(model)
     histogram = Counter(
         f"{n.domain}.{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
         for n in ir.traversal.RecursiveGraphIterator(model.graph)
     )
-    macs, unknown = estimate_macs(model)
+    macs, unknown = estimate_macs(model, input_shapes)
     return ModelSummary(
         opset=dict(model.opset_imports),
         ir_version=model.ir_version,

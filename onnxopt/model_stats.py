@@ -1,10 +1,10 @@
 """How big a model is: nodes, parameters, tensor bytes, and multiply-accumulates per sample.
 
-A leaf (numpy, onnx and onnx_ir only), so that the pipeline, the passes and
-``onnxopt inspect`` measure alike without importing each other.
+A leaf (numpy, onnx, onnx_ir, and the input-shape rule of :mod:`onnxopt.data`), so
+that the pipeline, the passes and ``onnxopt inspect`` measure alike without importing each other.
 
-MACs (multiply-accumulates) are estimated for one sample -- symbolic
-dimensions set to 1 -- for Conv, ConvTranspose, Gemm and MatMul, from shapes
+MACs (multiply-accumulates) are estimated for one sample -- unknown
+dimensions resolved as random inputs would be -- for Conv, ConvTranspose, Gemm and MatMul, from shapes
 that onnx shape inference finds; nodes whose shapes stay unknown are listed
 as not counted.
 """
@@ -18,10 +18,14 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from onnxopt.data.input_shapes import InputShapes, sample_shapes
+from onnxopt.runtime import TensorSpec
+
 
 @dataclasses.dataclass
 class ModelStats:
-    """Size of a model: nodes (all graphs), parameters (initializer elements), tensor bytes."""
+    """Size of a model: nodes (all graphs), parameters (elements of initializers and of Constant nodes'
+    tensors -- converters often store weights as Constant nodes), and those tensors' bytes."""
 
     nodes: int
     parameters: int
@@ -37,6 +41,12 @@ class ModelStats:
                 if tensor is not None:
                     params += tensor.size
                     nbytes += tensor.nbytes
+        for node in ir.traversal.RecursiveGraphIterator(model.graph):
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                attr = node.attributes.get("value")
+                if attr is not None and attr.type == ir.AttributeType.TENSOR:
+                    params += attr.value.size
+                    nbytes += attr.value.nbytes
         return cls(nodes, params, nbytes)
 
 
@@ -46,13 +56,22 @@ def graph_size(model: ir.Model) -> tuple[int, int]:
     return nodes, len(model.graph.initializers)
 
 
-def estimate_macs(model: ir.Model) -> tuple[int, list[str]]:
-    """MACs per sample of the main graph's Conv/ConvTranspose/Gemm/MatMul, and nodes not counted."""
+def estimate_macs(model: ir.Model, input_shapes: InputShapes | None = None) -> tuple[int, list[str]]:
+    """MACs per sample of the main graph's Conv/ConvTranspose/Gemm/MatMul, and nodes not counted.
+
+    Unknown input dimensions are resolved as random inputs would be (:mod:`onnxopt.data.input_shapes`:
+    ``input_shapes`` overrides, an image's H/W 224 or its known sibling, else 1), the batch set to 1."""
     proto = ir.serde.serialize_model(model)
+    specs = [_spec(v) for v in proto.graph.input if v.name not in {t.name for t in proto.graph.initializer}]
+    resolved = sample_shapes(specs, input_shapes)
     for value in proto.graph.input:
-        for dim in value.type.tensor_type.shape.dim:
-            if not dim.HasField("dim_value"):
-                dim.dim_value = 1
+        sample = resolved.get(value.name)
+        dims = value.type.tensor_type.shape.dim
+        if sample is None or len(dims) != len(sample) + 1:
+            continue
+        for dim, size in zip(dims, (1, *sample), strict=True):
+            if not dim.HasField("dim_value") or dim.dim_value <= 0:
+                dim.dim_value = size
     del proto.graph.value_info[:]
     with contextlib.suppress(Exception):  # best-effort: nodes left without shapes are reported
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
@@ -74,6 +93,16 @@ def estimate_macs(model: ir.Model) -> tuple[int, list[str]]:
         else:
             total += macs
     return total, unknown
+
+
+def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
+    """A graph input as the TensorSpec the input-shape rule reads."""
+    tensor = value.type.tensor_type
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type) if tensor.elem_type else np.dtype(np.float32)
+    shape = None
+    if tensor.HasField("shape"):
+        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim)
+    return TensorSpec(value.name, np.dtype(dtype), shape)
 
 
 def _known(*shapes: list[int | None] | None) -> bool:

@@ -10,7 +10,7 @@ import pytest
 from helpers import BUNDLED, parse, run
 
 from onnxopt import io
-from onnxopt.errors import ModelLoadError, OutputError, UnsupportedModelError
+from onnxopt.errors import ModelLoadError, OutputError
 
 MODEL = BUNDLED / "model.onnx"
 
@@ -41,11 +41,10 @@ def test_load_refuses_another_message_type(tmp_path: Path) -> None:
         io.load(path)
 
 
-def test_old_opset_refused_unless_converted(tmp_path: Path) -> None:
+def test_old_opset_loads_at_its_own_opset_or_converted(tmp_path: Path) -> None:
     path = tmp_path / "old.onnx"
     onnx.save(small_model(opset=7), str(path))
-    with pytest.raises(UnsupportedModelError, match="--target-opset"):
-        io.load(path)
+    assert io.opset_version(io.load(path)) == 7  # nothing is refused for its age
     assert io.opset_version(io.load(path, target_opset=11)) == 11
 
 

@@ -25,7 +25,7 @@ from onnxopt.bench.machine import machine_description
 from onnxopt.bench.providers import resolve, short_name
 from onnxopt.bench.session import TimedSession
 from onnxopt.bench.stats import LatencyStats, Ratio, median_ratio
-from onnxopt.data import Dataset, RandomDataset, fixed_batch
+from onnxopt.data import Dataset, InputShapes, RandomDataset, fixed_batch
 from onnxopt.errors import DataError, OnnxoptError
 from onnxopt.progress import NullProgress, Progress
 from onnxopt.runtime import TensorSpec, tensor_spec
@@ -47,6 +47,7 @@ class BenchConfig:
     memory: bool = True
     seed: int = 0
     spinning: bool = False  # onnxruntime's intra-op spin-wait (see onnxopt.bench.session)
+    input_shapes: InputShapes | None = None  # --input-shape: how random inputs are shaped
 
     def __post_init__(self) -> None:
         if self.warmup < 0:
@@ -124,7 +125,7 @@ def benchmark(
     measurements: list[Measurement] = []
     for provider in providers:
         for batch in batches:
-            feeds = _feeds(dataset, inputs[0], batch, config.seed)
+            feeds = _feeds(dataset, inputs[0], batch, config.seed, config.input_shapes)
             measurements += _measure_cell(models, labels, sizes, provider, batch, feeds, config, progress)
     return BenchResult(
         config=config,
@@ -245,9 +246,11 @@ def _batches(models: list[Path], inputs: list[list[TensorSpec]], requested: tupl
     return list(dict.fromkeys(requested))
 
 
-def _feeds(dataset: Dataset | None, inputs: list[TensorSpec], batch: int, seed: int) -> dict[str, np.ndarray]:
+def _feeds(
+    dataset: Dataset | None, inputs: list[TensorSpec], batch: int, seed: int, shapes: InputShapes | None = None
+) -> dict[str, np.ndarray]:
     """One batch of ``batch`` samples for every model (the data's first rows, repeated if too few)."""
-    source = dataset or RandomDataset(inputs, batch, dims={}, seed=seed)
+    source = dataset or RandomDataset(inputs, batch, seed=seed, shapes=shapes)
     first = next(iter(source.batches(batch, batch)), None)
     if first is None or not first.feeds:
         raise DataError(f"--data {source.description}: no samples")

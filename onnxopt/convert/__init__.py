@@ -92,7 +92,7 @@ def verify(converted: Converted, *, data: str | None = None, seed: int = 0) -> t
     if data:
         dataset = open_dataset(data, runner.inputs, seed=seed)
     else:
-        dataset = RandomDataset(runner.inputs, VERIFY_SAMPLES, dims={}, seed=seed)
+        dataset = RandomDataset(runner.inputs, VERIFY_SAMPLES, seed=seed)
     names = runner.output_names
     worst = np.zeros(len(names))
     scale = np.zeros(len(names))

@@ -31,6 +31,7 @@ from onnxopt.data.batching import (
     sample_ranges,
 )
 from onnxopt.data.images import ImageFolderDataset, ImageOptions
+from onnxopt.data.input_shapes import DEFAULT_IMAGE_SIZE, InputShapes, parse_input_shapes, sample_shapes
 from onnxopt.data.npy import NpyDataset
 from onnxopt.data.npz import NpzDataset
 from onnxopt.data.random_data import DEFAULT_RANDOM_SAMPLES, RandomDataset, default_random
@@ -45,9 +46,9 @@ class DataSpec:
     source: str
     images: ImageOptions | None = None
 
-    def open(self, inputs: Sequence[TensorSpec], *, seed: int = 0) -> Dataset:
+    def open(self, inputs: Sequence[TensorSpec], *, seed: int = 0, shapes: InputShapes | None = None) -> Dataset:
         """The Dataset for a model with ``inputs`` (see :func:`open_dataset`)."""
-        return open_dataset(self.source, inputs, seed=seed, images=self.images)
+        return open_dataset(self.source, inputs, seed=seed, images=self.images, shapes=shapes)
 
 
 def open_dataset(
@@ -57,6 +58,7 @@ def open_dataset(
     dims: Mapping[str, int] | None = None,
     seed: int = 0,
     images: ImageOptions | None = None,
+    shapes: InputShapes | None = None,
 ) -> Dataset:
     """Open ``spec`` (``.npz``, ``.npy``, an image folder, or ``random[:N]``) for a model with ``inputs``."""
     path = Path(spec)
@@ -71,7 +73,7 @@ def open_dataset(
                 raise DataError(f"--data {spec}: expected random:N with N a positive integer") from None
         if count <= 0:
             raise DataError(f"--data {spec}: the number of samples must be positive")
-        return RandomDataset(inputs, count, dims=dims or {}, seed=seed)
+        return RandomDataset(inputs, count, seed=seed, dims=dims, shapes=shapes)
     if not path.exists():
         raise DataError(f"--data {spec}: no such file or folder")
     if path.is_dir():
@@ -85,6 +87,7 @@ def open_dataset(
 
 __all__ = [
     "DEFAULT_BATCH",
+    "DEFAULT_IMAGE_SIZE",
     "DEFAULT_RANDOM_SAMPLES",
     "LABELS_KEY",
     "Batch",
@@ -92,6 +95,7 @@ __all__ = [
     "Dataset",
     "ImageFolderDataset",
     "ImageOptions",
+    "InputShapes",
     "NpyDataset",
     "NpzDataset",
     "RandomDataset",
@@ -100,5 +104,7 @@ __all__ = [
     "feed_samples",
     "fixed_batch",
     "open_dataset",
+    "parse_input_shapes",
     "sample_ranges",
+    "sample_shapes",
 ]

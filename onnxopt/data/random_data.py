@@ -7,6 +7,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 
 from onnxopt.data.batching import Batch, fixed_batch, sample_ranges
+from onnxopt.data.input_shapes import InputShapes, check_input_shapes, sample_shapes
 from onnxopt.errors import DataError
 from onnxopt.runtime import TensorSpec
 
@@ -15,40 +16,48 @@ DEFAULT_RANDOM_SAMPLES = 8
 MAX_RANDOM_BATCH_BYTES = 2 * 1024**3
 
 
-def default_random(inputs: Sequence[TensorSpec], seed: int = 0) -> RandomDataset:
+def default_random(inputs: Sequence[TensorSpec], seed: int = 0, shapes: InputShapes | None = None) -> RandomDataset:
     """Random data for runs given no data: 8 samples, or one whole fixed batch if larger."""
-    return RandomDataset(inputs, max(DEFAULT_RANDOM_SAMPLES, fixed_batch(inputs) or 0), dims={}, seed=seed)
+    count = max(DEFAULT_RANDOM_SAMPLES, fixed_batch(inputs) or 0)
+    return RandomDataset(inputs, count, seed=seed, shapes=shapes)
 
 
 class RandomDataset:
-    """Seeded random inputs shaped from the model's input specs."""
+    """Seeded random inputs shaped from the model's input specs; unknown dimensions are resolved by
+    :mod:`onnxopt.data.input_shapes` (``shapes``: ``--input-shape`` overrides; ``dims``: by symbolic name)."""
 
     has_labels = False
 
-    def __init__(self, inputs: Sequence[TensorSpec], count: int, *, dims: Mapping[str, int], seed: int) -> None:
+    def __init__(
+        self,
+        inputs: Sequence[TensorSpec],
+        count: int,
+        *,
+        seed: int,
+        dims: Mapping[str, int] | None = None,
+        shapes: InputShapes | None = None,
+    ) -> None:
         self.inputs = list(inputs)
         self.num_samples = count
-        self.dims = dict(dims)
         self.seed = seed
+        if shapes:
+            check_input_shapes(shapes, self.inputs)
+        self.sample_shapes = sample_shapes(self.inputs, shapes, dims)
         self.description = f"random:{count} (seed {seed})"
 
     def _sample_shape(self, spec: TensorSpec) -> tuple[int, ...]:
-        if spec.shape is None:
-            raise DataError(f"input '{spec.name}' has unknown rank: random data cannot be shaped, give --data")
-        return tuple(self._dim(d) for d in spec.shape[1:])
+        shape = self.sample_shapes[spec.name]
+        if shape is None:
+            raise DataError(
+                f"input '{spec.name}' has unknown rank: random data cannot be shaped, give --data or --input-shape"
+            )
+        return shape
 
     def _shape(self, spec: TensorSpec, n: int) -> tuple[int, ...]:
         """A batch of ``n`` samples; a scalar input (rank 0) has no batch axis and stays a scalar."""
         if spec.shape == ():
             return ()
         return (n, *self._sample_shape(spec))
-
-    def _dim(self, dim: int | str | None) -> int:
-        if isinstance(dim, int) and dim > 0:
-            return dim
-        if isinstance(dim, str) and dim in self.dims:
-            return self.dims[dim]
-        return 1
 
     def batches(self, batch_size: int, limit: int | None = None, *, exact: bool = False) -> Iterator[Batch]:
         rng = np.random.default_rng(self.seed)

@@ -20,8 +20,9 @@ from onnxopt.io.external_data import is_self_contained
 from onnxopt.io.model_checks import structural_problem
 from onnxopt.io.sparse_storage import densify
 
-#: Oldest default-domain opset onnxopt accepts.
-MIN_OPSET = 9
+#: Oldest default-domain opset onnxopt accepts: every one. A pass that needs a newer opset has the model
+#: upgraded by onnx's version converter first (the pipeline says so), or declines alone if that fails.
+MIN_OPSET = 1
 #: Newest default-domain opset the installed onnx knows.
 MAX_OPSET = onnx.defs.onnx_opset_version()
 

@@ -47,11 +47,52 @@ def input_specs(model: ir.Model) -> list[TensorSpec]:
     return specs
 
 
+def prefix(proto: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """``proto`` (changed in place) cut down to computing ``names``: they become the only graph outputs and
+    every node they do not depend on is dropped (onnxruntime runs every node of a graph, whatever outputs
+    are asked for, so an early layer's activations would otherwise cost a whole forward pass). Graph inputs
+    all stay (feeds name them); initializers no kept node reads are dropped."""
+    graph = proto.graph
+    wanted = set(names)
+    outputs = {o.name: o for o in graph.output}
+    kept_outputs = [outputs[n] for n in names if n in outputs]
+    del graph.output[:]
+    graph.output.extend(kept_outputs)
+    needed, kept = set(wanted), []
+    for node in reversed(graph.node):
+        if not any(o in needed for o in node.output):
+            continue
+        kept.append(node)
+        needed.update(i for i in node.input if i)
+        needed.update(_outer_reads(node))
+    if len(kept) == len(graph.node):
+        return proto
+    kept.reverse()
+    del graph.node[:]
+    graph.node.extend(kept)
+    initializers = [t for t in graph.initializer if t.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    return proto
+
+
+def _outer_reads(node: onnx.NodeProto) -> set[str]:
+    """Names a node's subgraphs (If/Loop/Scan bodies) read: they must stay computed too."""
+    reads: set[str] = set()
+    for attr in node.attribute:
+        for body in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+            for inner in body.node:
+                reads.update(i for i in inner.input if i)
+                reads.update(_outer_reads(inner))
+    return reads
+
+
 def activations(
     model: ir.Model, names: Sequence[str], dataset: Dataset, *, limit: int | None = None, batch_size: int = 32
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Yield ``{name: array}`` for each batch of ``dataset`` (about ``limit`` samples)."""
-    runner = Runner(expose(model, names).SerializeToString())
+    """Yield ``{name: array}`` for each batch of ``dataset`` (about ``limit`` samples); only the part of the
+    graph those tensors depend on runs."""
+    runner = Runner(prefix(expose(model, names), names).SerializeToString())
     fixed = fixed_batch(runner.inputs)
     batch = batch_size_for(runner.inputs, batch_size)
     for item in dataset.batches(batch, limit, exact=fixed is not None):

@@ -21,7 +21,7 @@ import onnx_ir as ir
 from onnxopt import io
 from onnxopt.bench.run import paired_ratio
 from onnxopt.bench.stats import Ratio
-from onnxopt.data import Dataset, RandomDataset, batch_size_for, default_random
+from onnxopt.data import Dataset, InputShapes, RandomDataset, batch_size_for, default_random
 from onnxopt.errors import PassPreconditionError
 from onnxopt.evaluate.layers import LayerReport, layer_errors
 from onnxopt.optimizer.budget import AccuracyBudget
@@ -51,12 +51,13 @@ class Context:
     original: Callable[[], ir.Model] | None = None  # the input model, as the pipeline received it (set by it)
     batch: int = 1  # the deployment batch size latency decisions are measured at
     is_random: bool = False  # the dataset is seeded random inputs, not the user's data
+    input_shapes: InputShapes | None = None  # --input-shape: how random inputs are shaped
     _probes: dict[int, QualityProbe] = dataclasses.field(default_factory=dict, repr=False)
 
     def resolve_dataset(self, inputs: Sequence[TensorSpec]) -> Dataset:
         """The run's data: the user's, or -- decided here, once -- seeded random inputs shaped by ``inputs``."""
         if self.dataset is None:
-            self.dataset = default_random(list(inputs), self.seed)
+            self.dataset = default_random(list(inputs), self.seed, self.input_shapes)
             self.is_random = True
         return self.dataset
 
@@ -114,5 +115,5 @@ class Context:
         specs = input_specs(model)
         size = batch_size_for(specs, batch)
         dataset = self.dataset if self.dataset is not None and self.dataset.num_samples >= size else None
-        dataset = dataset or RandomDataset(specs, size, dims={}, seed=self.seed)
+        dataset = dataset or RandomDataset(specs, size, seed=self.seed, shapes=self.input_shapes)
         return next(iter(dataset.batches(size, size, exact=True))).feeds

@@ -13,6 +13,15 @@ After each pass that changed the model, the guard:
 
 A pass that raises, or fails any of these, is rolled back to the last good
 model; the run continues and the :class:`PassRecord` says why.
+
+When the run has no data and seeded random inputs cannot run the *original*
+model (shape tensors, sequences, strings), step 3 is replaced by a structural
+check -- the same output names, element types and shapes -- lossy passes
+decline, and the result says that outputs were not compared.
+
+A pass whose ``required_opset`` is above the model's gets the model upgraded by
+onnx's version converter first; when the converter fails, that pass alone
+declines with the converter's reason and the others run at the model's opset.
 """
 
 from __future__ import annotations
@@ -27,10 +36,11 @@ import onnx
 import onnx_ir as ir
 
 from onnxopt import io
-from onnxopt.data import batch_size_for, fixed_batch
+from onnxopt.data import RandomDataset, batch_size_for, fixed_batch
 from onnxopt.errors import OnnxoptError
 from onnxopt.evaluate.agreement import OutputAgreement, agreement
 from onnxopt.model_stats import ModelStats
+from onnxopt.optimizer.branches import more_feeds_for_branches
 from onnxopt.optimizer.context import Context
 from onnxopt.optimizer.shared_weights import SharedWeightsModel
 from onnxopt.passes.base import OptPass, PassOutcome
@@ -71,6 +81,7 @@ class PipelineResult:
     notes: list[str]
     runner: Runner  # an onnxruntime session on the final model, as the guard verified it
     unchanged_input: bytes | None  # the input file's bytes, when no pass changed the model (save them as they are)
+    outputs_compared: bool = True  # False: random inputs could not run the model; the guard was structural only
 
 
 class _GuardFailure(Exception):
@@ -84,6 +95,7 @@ class _State:
     model: ir.Model
     good: _Snapshot
     outputs: list[list[np.ndarray]]
+    structural: str | None = None  # why outputs cannot be compared (random inputs do not fit); None: they are
 
 
 class Pipeline:
@@ -115,11 +127,25 @@ class Pipeline:
         dataset = context.resolve_dataset(runner.inputs)
         batch = batch_size_for(runner.inputs)
         exact = fixed_batch(runner.inputs) is not None
-        feeds = [b.feeds for b in dataset.batches(batch, context.guard_samples, exact=exact)]
         names = runner.output_names
-        original_outputs = [runner.run(f) for f in feeds]
+        structural = None
+        try:
+            feeds = [b.feeds for b in dataset.batches(batch, context.guard_samples, exact=exact)]
+            feeds, coverage = more_feeds_for_branches(model, feeds, _extra_draws(context, runner, batch, exact))
+            notes += coverage
+            original_outputs = [runner.run(f) for f in feeds]
+        except OnnxoptError as e:
+            if not context.is_random:
+                raise  # the user's data does not fit: that is theirs to fix, and the message says how
+            structural = f"random inputs cannot run the model ({_line(e)})"
+            feeds, original_outputs = [], []
+            notes.append(
+                f"outputs NOT compared: {structural}; each pass was checked structurally only (full checker, an "
+                "onnxruntime session, output types and shapes unchanged) and lossy passes were declined; give --data "
+                "(or --input-shape) to compare outputs"
+            )
         original = ModelStats.of(model)
-        state = _State(model, snapshot, original_outputs)
+        state = _State(model, snapshot, original_outputs, structural)
         records: list[PassRecord] = []
         context.progress.start("optimizing", len(self.passes))
         for opt_pass in self.passes:
@@ -138,6 +164,7 @@ class Pipeline:
             notes,
             runner=final.runner,
             unchanged_input=final.input_bytes,
+            outputs_compared=structural is None,
         )
 
     def _run_one(
@@ -165,11 +192,19 @@ class Pipeline:
                 outcome.details if outcome and status != "rolled back" else [],
             )
 
-        needed = opt_pass.required_opset()
+        needed = opt_pass.required_opset(state.model)
         if needed and io.opset_version(state.model) < needed:
             old = io.opset_version(state.model)
-            state.model = io.upgrade_opset(state.model, needed)
+            try:
+                state.model = io.upgrade_opset(state.model, needed)
+            except OnnxoptError as e:  # only this pass declines: the others run at the model's own opset
+                state.model = state.good.restore()
+                outcome = PassOutcome(state.model, False, skipped=[f"model: needs opset {needed}; {_line(e)}"])
+                return record("unchanged", outcome)
             notes.append(f"opset upgraded {old} -> {needed}")
+        if state.structural is not None and not opt_pass.lossless:
+            reason = f"model: a lossy pass needs outputs to compare, and {state.structural}; give --data"
+            return record("unchanged", PassOutcome(state.model, False, skipped=[reason]))
         opt_pass.context = context  # passes that learn from data reach onnxruntime through it
         try:
             outcome: PassOutcome = opt_pass(state.model)
@@ -182,13 +217,45 @@ class Pipeline:
         if not outcome.modified and not upgraded:
             return record("unchanged", outcome)
         try:
-            candidate, outputs, drift = self._guard(opt_pass, state.model, state.outputs, feeds, names, context)
+            if state.structural is not None:
+                candidate, outputs, drift = self._structural_guard(state.model, state.good.runner, context)
+            else:
+                candidate, outputs, drift = self._guard(opt_pass, state.model, state.outputs, feeds, names, context)
         except _GuardFailure as e:
             state.model = state.good.restore()
             notes.append(str(e))
             return record("rolled back", outcome)
         state.good, state.outputs = candidate, outputs
         return record("applied", outcome, drift)
+
+    @staticmethod
+    def _structural_guard(
+        model: ir.Model, previous: Runner, context: Context
+    ) -> tuple[_Snapshot, list[list[np.ndarray]], float]:
+        """What can be verified without outputs: the full checker, an onnxruntime session, and the same output
+        names, element types and shapes as the model before the pass."""
+        frozen = Pipeline._checked(model)
+        try:
+            runner = frozen.runner(context.providers)
+        except OnnxoptError as e:
+            raise _GuardFailure(f"onnxruntime rejected the result: {_line(e)}") from e
+        before = [(s.name, s.dtype, s.shape) for s in previous.outputs]
+        after = [(s.name, s.dtype, s.shape) for s in runner.outputs]
+        if before != after:
+            raise _GuardFailure(f"the outputs' names, types or shapes changed: {before} -> {after}")
+        return _Snapshot(frozen.restore, runner), [], 0.0
+
+    @staticmethod
+    def _checked(model: ir.Model) -> SharedWeightsModel:
+        """``model`` frozen for onnxruntime, after the full checker; ``_GuardFailure`` if it fails."""
+        try:
+            frozen = SharedWeightsModel(model)
+            frozen.check()
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+            raise _GuardFailure(f"checker rejected the result: {_line(e)}") from e
+        except Exception as e:  # serializing a malformed graph raises onnx_ir's own errors
+            raise _GuardFailure(f"the result cannot be serialized: {_line(e)}") from e
+        return frozen
 
     @staticmethod
     def _guard(
@@ -200,13 +267,7 @@ class Pipeline:
         context: Context,
     ) -> tuple[_Snapshot, list[list[np.ndarray]], float]:
         """Check, load and run ``model``; return its snapshot, guard outputs and drift, or raise ``_GuardFailure``."""
-        try:
-            frozen = SharedWeightsModel(model)
-            frozen.check()
-        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-            raise _GuardFailure(f"checker rejected the result: {_line(e)}") from e
-        except Exception as e:  # serializing a malformed graph raises onnx_ir's own errors
-            raise _GuardFailure(f"the result cannot be serialized: {_line(e)}") from e
+        frozen = Pipeline._checked(model)
         try:
             runner = frozen.runner(context.providers)
             outputs = [runner.run(f, names) for f in feeds]
@@ -221,6 +282,21 @@ class Pipeline:
                 f"outputs drifted by {drift:.3g} (relative), over the lossless tolerance {opt_pass.tolerance:g}"
             )
         return _Snapshot(frozen.restore, runner), outputs, drift
+
+
+def _extra_draws(
+    context: Context, runner: Runner, batch: int, exact: bool
+) -> Callable[[int], list[dict[str, np.ndarray]]]:
+    """More guard batches for If branches the first ones missed: other seeds of random data; none from the
+    user's data (all of what the guard may use of it was used)."""
+
+    def draw(k: int) -> list[dict[str, np.ndarray]]:
+        if not context.is_random:
+            return []
+        extra = RandomDataset(runner.inputs, batch, seed=context.seed + 1 + k, shapes=context.input_shapes)
+        return [b.feeds for b in extra.batches(batch, batch, exact=exact)]
+
+    return draw
 
 
 def _infer_shapes(model: ir.Model, notes: list[str]) -> None:

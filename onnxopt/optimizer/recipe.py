@@ -71,6 +71,25 @@ BUILTIN_RECIPES["prune+int8"] = ",".join(
 )
 
 
+#: The lossy passes each built-in recipe exists for: when one of them is rolled back or declines everything,
+#: the run did not do what was asked (exit status 3 unless --allow-fallback). Auxiliary lossy steps
+#: (``reconstruct`` refitting after pruning) are not the point and are not listed.
+RECIPE_PURPOSE: dict[str, tuple[str, ...]] = {
+    "lossless": (),
+    "int8": ("quantize",),
+    "prune": ("prune-channels",),
+    "prune+int8": ("prune-channels", "quantize"),
+}
+
+
+def requested_lossy_passes(recipe: str | None, passes: str | None, entries: list[RecipeEntry]) -> set[str]:
+    """The lossy passes the user asked for: a built-in recipe's purpose, or every lossy pass of a pass list
+    or recipe file."""
+    if not passes and (recipe or "lossless") in RECIPE_PURPOSE:
+        return set(RECIPE_PURPOSE[recipe or "lossless"])
+    return {name for name, _ in entries if name in REGISTRY and not REGISTRY[name].lossless}
+
+
 def parse_spec(spec: str) -> list[RecipeEntry]:
     """Parse ``name[:key=value[;key=value...]],...`` into recipe entries (values as strings)."""
     entries: list[RecipeEntry] = []

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from onnxopt import io
 from onnxopt.bench import BenchConfig, BenchResult, benchmark
-from onnxopt.data import Dataset, DataSpec
+from onnxopt.data import Dataset, DataSpec, InputShapes, parse_input_shapes
 from onnxopt.errors import DataError, OutputError
 from onnxopt.evaluate.compare import Comparison, compare
 from onnxopt.evaluate.layers import layer_errors
@@ -21,7 +21,7 @@ from onnxopt.io.output_lock import exclusive_output
 from onnxopt.io.writing import check_writable
 from onnxopt.optimizer.context import Context
 from onnxopt.optimizer.pipeline import Pipeline, PipelineResult
-from onnxopt.optimizer.recipe import RecipeEntry, build_passes, resolve_recipe
+from onnxopt.optimizer.recipe import RecipeEntry, build_passes, requested_lossy_passes, resolve_recipe
 from onnxopt.progress import NullProgress, Progress
 from onnxopt.runtime import Runner
 
@@ -52,10 +52,13 @@ class OptimizeOptions:
     bench: BenchConfig | None = None
     per_layer: bool = False
     batch: int | None = None
+    input_shapes: InputShapes | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.data, str):  # a plain source is the common case: accept it as one
             object.__setattr__(self, "data", DataSpec(self.data))
+        if isinstance(self.input_shapes, str):
+            object.__setattr__(self, "input_shapes", parse_input_shapes(self.input_shapes))
         if self.batch is not None and self.batch < 1:
             raise DataError("--batch must be positive")
         if self.guard_samples is not None and self.guard_samples <= 0:
@@ -82,6 +85,12 @@ class OptimizeResult:
     input_file_bytes: int
     output_file_bytes: int | None
     latency: BenchResult | None = None  # input and output benchmarked interleaved, when asked for
+    fallbacks: list[str] = dataclasses.field(default_factory=list)  # requested lossy passes that did not apply
+
+    @property
+    def fell_back(self) -> bool:
+        """A lossy pass the user asked for was rolled back or declined everything (exit status 3)."""
+        return bool(self.fallbacks)
 
 
 def optimize_file(
@@ -114,8 +123,16 @@ def _optimize(
     converted = io.opset_version(model) != source.opset
     reference = Runner(source.source)
     seed = options.seed
-    dataset = options.data.open(reference.inputs, seed=seed) if options.data else None
-    context = Context(dataset=dataset, seed=seed, progress=progress, reference=reference, batch=options.batch or 1)
+    shapes = options.input_shapes
+    dataset = options.data.open(reference.inputs, seed=seed, shapes=shapes) if options.data else None
+    context = Context(
+        dataset=dataset,
+        seed=seed,
+        progress=progress,
+        reference=reference,
+        batch=options.batch or 1,
+        input_shapes=shapes,
+    )
     if options.guard_samples is not None:
         context.guard_samples = options.guard_samples
     result = Pipeline(passes).run(model, context, source=None if converted else source)
@@ -127,8 +144,11 @@ def _optimize(
             f"WARNING: no --data given: {', '.join(learners)} learned from random inputs; accuracy is unmeasured"
         )
     eval_data = context.resolve_dataset(reference.inputs)
-    comparison = _evaluate(reference, result.runner, eval_data, progress)
-    if options.per_layer:
+    if result.outputs_compared:
+        comparison = _evaluate(reference, result.runner, eval_data, progress)
+    else:  # random inputs cannot run the model: nothing to compare (the pipeline's note says so)
+        comparison = Comparison(0, [], data=eval_data.description, random_inputs=True)
+    if options.per_layer and result.outputs_compared:
         progress.start("comparing layers", None)
         try:
             layers = layer_errors(source.proto, io.to_proto(result.model), eval_data, on_batch=progress.advance)
@@ -145,11 +165,16 @@ def _optimize(
         written = io.save(final, target, external_data=external_data, storage=storage, protect=protect)
     latency = None
     bench = options.bench
-    if bench is not None and written is not None:
+    if bench is not None and written is not None and (dataset is not None or result.outputs_compared):
         if options.batch is not None:
             bench = dataclasses.replace(bench, batches=(options.batch,))
+        bench = dataclasses.replace(bench, input_shapes=shapes)
         latency = benchmark([model_path, written], bench, dataset=dataset, progress=progress)
+    elif bench is not None:
+        result.notes.append("not benchmarked: random inputs cannot run the model; give --data to time it")
+    asked = requested_lossy_passes(options.recipe, options.passes, recipe)
     return OptimizeResult(
+        fallbacks=_fallbacks(result, asked),
         latency=latency,
         input_path=model_path,
         output_path=written,
@@ -161,6 +186,20 @@ def _optimize(
         input_file_bytes=model_path.stat().st_size,
         output_file_bytes=io.file_bytes(written) if written else None,
     )
+
+
+def _fallbacks(result: PipelineResult, asked: set[str]) -> list[str]:
+    """``"pass: reason"`` for each asked-for lossy pass whose every run was rolled back or changed nothing."""
+    out = []
+    for name in sorted(asked):
+        runs = [r for r in result.records if r.name == name]
+        if not runs or any(r.status == "applied" for r in runs):
+            continue
+        last = runs[-1]
+        reasons = [s for s in last.skipped if s.startswith("model:")] or last.notes[-1:] or last.skipped[:1]
+        what = "rolled back" if last.status == "rolled back" else "declined"
+        out.append(f"{name} {what}: {reasons[0] if reasons else 'nothing matched'}")
+    return out
 
 
 def _resolve_output(model_path: Path, output_path: str | os.PathLike[str] | None, in_place: bool) -> Path | None:

@@ -47,7 +47,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onnxopt.passes._graph_edit import attribute, constant_array
+from onnxopt.passes._graph_edit import attribute, constant_array, subgraph_reads
 
 PASS_THROUGH = frozenset(
     {
@@ -148,8 +148,12 @@ class ChannelGroups:
     # ---------------------------------------------------------------- analysis
 
     def _analyze(self) -> None:
+        read_inside = subgraph_reads(self.graph)
         for node in self.graph:  # topological order: inputs' layouts are known before their consumers
             self._visit(node)
+            for value in node.outputs:
+                if id(value) in read_inside:
+                    self._freeze(self.layouts.get(id(value)), f"'{value.name}' is read inside a subgraph")
         for value in self.graph.outputs:
             self._freeze(self.layouts.get(id(value)), f"'{value.name}' is a graph output")
 

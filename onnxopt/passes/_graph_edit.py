@@ -138,3 +138,22 @@ def drop_unused_initializers(graph: ir.Graph, values: list[ir.Value]) -> None:
             and value.name in graph.initializers
         ):
             del graph.initializers[value.name]
+
+
+def subgraph_reads(graph: ir.Graph) -> set[int]:
+    """``id`` of every value of ``graph`` that a node inside one of its subgraphs (If/Loop/Scan bodies, at
+    any depth) reads from the outer scope: lossy passes leave those tensors' meaning alone, since the
+    guard may never run the branch that reads them."""
+    reads: set[int] = set()
+    for node in graph:
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                bodies = [attr.value]
+            elif attr.type == ir.AttributeType.GRAPHS:
+                bodies = list(attr.value)
+            else:
+                continue
+            for body in bodies:
+                for inner in ir.traversal.RecursiveGraphIterator(body):
+                    reads.update(id(v) for v in inner.inputs if v is not None)
+    return reads

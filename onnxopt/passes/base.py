@@ -161,8 +161,9 @@ class OptPass(ir.passes.InPlacePass):
             )
         return self.context
 
-    def required_opset(self) -> int | None:
-        """The default-domain opset this configuration needs (``min_opset`` unless a parameter raises it)."""
+    def required_opset(self, model: ir.Model) -> int | None:
+        """The default-domain opset this configuration needs on ``model`` (``min_opset`` unless a parameter
+        raises it, or the model holds nothing the pass would touch at an older opset)."""
         return self.min_opset
 
     @classmethod

@@ -46,6 +46,11 @@ class FoldBatchNormPass(OptPass):
     """Fold BatchNormalization into Conv/ConvTranspose/Gemm/MatMul weights, or rewrite it as Mul+Add."""
 
     name = "fold-bn"
+    min_opset = 7  # the Mul/Add it reads or writes broadcast numpy-style only from opset 7 on
+
+    def required_opset(self, model: ir.Model) -> int | None:
+        """Opset 7 only when the model has a node this pass matches: an older model without one stays as it is."""
+        return self.min_opset if any(n.op_type in {"BatchNormalization"} for n in model.graph) else None
 
     def rewrite(self, model: ir.Model, log: PassLog) -> None:
         names = NameSource(model)

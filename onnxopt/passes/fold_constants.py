@@ -22,7 +22,7 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
-from onnxscript.optimizer._constant_folding import FoldConstantsPass as _OnnxscriptFold
+import onnxscript.optimizer
 
 from onnxopt.model_stats import graph_size
 from onnxopt.passes.base import OptPass, PassLog
@@ -54,13 +54,13 @@ class FoldConstantsPass(OptPass):
         nodes_before, inits_before = graph_size(model)
         ir_version = model.ir_version
         model.ir_version = max(ir_version, 4)  # IR 3 requires every initializer to be a graph input; 4 does not
-        folder = _OnnxscriptFold(
-            shape_inference=False,
+        folded = onnxscript.optimizer.fold_constants_ir(
+            model,
+            onnx_shape_inference=False,
             input_size_limit=self.config.max_input,
             output_size_limit=self.config.max_output,
             should_fold=self._should_fold,
-        )
-        folded = folder(model).modified
+        ).modified
         lifted = common.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0)(model).modified
         nodes_after, inits_after = graph_size(model)
         if folded or lifted:

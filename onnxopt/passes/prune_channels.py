@@ -6,8 +6,8 @@ them), every edit removing channels needs (sources' weight rows and biases,
 BatchNormalization and per-channel constants, depthwise filters and their
 ``group``, consumers' input slices -- through Concat offsets, Transpose and
 flattening into Gemm/MatMul), and the groups that must stay whole, with the
-reason (graph outputs, Split/Slice, grouped convolutions over concatenated
-channels, unknown ops). Groups read or written by grouped convolutions lose the
+reason (graph outputs, tensors read inside If/Loop/Scan bodies, Split/Slice,
+grouped convolutions over concatenated channels, unknown ops). Groups read or written by grouped convolutions lose the
 same number of channels in each of their G blocks.
 
 For every prunable group, ``ratio`` of its channels (rounded down; at least
@@ -97,6 +97,7 @@ class PruneChannelsPass(OptPass):
     """Remove the least important output channels of Conv/Gemm/MatMul groups and every slice that depends on them."""
 
     name = "prune-channels"
+    min_opset = 9  # Reshape targets and Slice/Gather forms it rewrites
     Config = PruneChannelsConfig
     lossless = False
     learns_from_data = True

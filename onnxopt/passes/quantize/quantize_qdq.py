@@ -53,7 +53,8 @@ Two searches decide which nodes stay float (besides ``exclude``):
 
 Needs opset 13 (per-channel ``axis`` on DequantizeLinear): older models are
 upgraded first, never written invalid. Declined with a reason: non-float or
-shared-with-unquantized weights, tensors whose range is not finite.
+shared-with-unquantized weights, tensors whose range is not finite; a float16/bfloat16
+model as a whole (before any work); tensors read inside If/Loop/Scan bodies stay float.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ from onnxopt.passes._graph_edit import (
     drop_unused_initializers,
     name_unnamed_nodes,
     remove_node_and_orphans,
+    subgraph_reads,
 )
 from onnxopt.passes._weights import check_pattern, weight_axes
 from onnxopt.passes.base import OptPass, PassLog
@@ -137,11 +139,15 @@ class QuantizeQDQPass(OptPass):
     learns_from_data = True
     min_opset = 13
 
-    def required_opset(self) -> int | None:
+    def required_opset(self, model: ir.Model) -> int | None:
         return 21 if self.config.activations == "int16" and not self.config.weights_only else self.min_opset
 
     def rewrite(self, model: ir.Model, log: PassLog) -> None:
         graph = model.graph
+        half = _half_precision(model)
+        if half:  # before any work: float32 scales on float16 tensors would not type-check
+            log.skip("model", f"{half} is float16/bfloat16: quantize takes float32 models (convert the model first)")
+            return
         self._sums_to_adds(log, graph)
         names = NameSource(model)
         self._shuffles_to_gathers(log, graph, names)
@@ -227,7 +233,7 @@ class QuantizeQDQPass(OptPass):
     def _activation_tensors(
         graph: ir.Graph, chosen: list[ir.Node], keep_float: set[int] = frozenset()
     ) -> list[ir.Value]:
-        outputs = {id(v) for v in graph.outputs} | set(keep_float)
+        outputs = {id(v) for v in graph.outputs} | set(keep_float) | subgraph_reads(graph)  # those stay float
         seen: dict[int, ir.Value] = {}
         for node in chosen:
             data_inputs = node.inputs[:1] if node.op_type in WEIGHT_OPS else node.inputs
@@ -463,6 +469,21 @@ class QuantizeQDQPass(OptPass):
         dq.outputs[0].name = names.fresh(f"{base}_dequantized")
         graph.insert_before(next(iter(graph)), dq)
         return dq.outputs[0]
+
+
+def _half_precision(model: ir.Model) -> str | None:
+    """The first graph input, output or initializer in float16/bfloat16, described; None if there is none."""
+    half = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+    graph = model.graph
+    for kind, values in (
+        ("input", graph.inputs),
+        ("output", graph.outputs),
+        ("initializer", graph.initializers.values()),
+    ):
+        for value in values:
+            if value.dtype in half:
+                return f"{kind} '{value.name}'"
+    return None
 
 
 def _touching(graph: ir.Graph, excluded: set[str]) -> set[int]:
