@@ -384,8 +384,11 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     print(f"onnxopt convert {result.source} ({result.kind}) -> {result.output} (opset {result.opset})")
     print(f"  verified on {result.data}: {result.samples} samples against the source framework")
     for check in result.checks:
-        print(f"  {check.name:<30} max |onnx - source| {check.max_abs:.3g}  (allowed {check.allowed:.3g})")
+        noise = f", source's own noise {check.noise:.3g}" if check.noise else ""
+        print(f"  {check.name:<30} max |onnx - source| {check.max_abs:.3g}  (allowed {check.allowed:.3g}{noise})")
     print(f"  Transpose nodes left: {result.transposes}")
+    for note in result.notes:
+        print(f"  note: {note}")
     return 0
 
 

@@ -11,8 +11,12 @@ from typing import Any
 
 import onnx_ir as ir
 
+from onnxopt.data import RandomDataset
 from onnxopt.data.input_shapes import InputShapes
+from onnxopt.errors import OnnxoptError
 from onnxopt.model_stats import ModelStats, estimate_macs
+from onnxopt.optimizer.calibration import input_specs
+from onnxopt.optimizer.shared_weights import SharedWeightsModel
 
 
 @dataclasses.dataclass
@@ -41,6 +45,8 @@ def inspect_model(model: ir.Model, input_shapes: InputShapes | None = None) -> M
         for n in ir.traversal.RecursiveGraphIterator(model.graph)
     )
     macs, unknown = estimate_macs(model, input_shapes)
+    if unknown:  # shapes inference could not follow (data-dependent Reshape targets, recurrent layers): run it
+        macs, unknown = estimate_macs(model, input_shapes, _measured_shapes(model, unknown, input_shapes))
     return ModelSummary(
         opset=dict(model.opset_imports),
         ir_version=model.ir_version,
@@ -54,6 +60,26 @@ def inspect_model(model: ir.Model, input_shapes: InputShapes | None = None) -> M
         macs=macs,
         macs_unknown=unknown,
     )
+
+
+def _measured_shapes(model: ir.Model, nodes: list[str], input_shapes: InputShapes | None) -> dict[str, list[int]]:
+    """Shapes of the inputs and outputs of ``nodes`` (names, or first outputs) on one random sample, shaped
+    by the input-shape rule; empty when the model cannot run on random inputs."""
+    wanted = [
+        v.name
+        for n in model.graph
+        if (n.name or (n.outputs[0].name if n.outputs else None)) in nodes
+        for v in [*n.inputs, *n.outputs]
+        if v is not None and v.name and not v.is_initializer() and v.const_value is None
+    ]
+    try:
+        inputs = input_specs(model)
+        feeds = next(iter(RandomDataset(inputs, 1, seed=0, shapes=input_shapes).batches(1))).feeds
+        runner = SharedWeightsModel(model, protect=False).runner(outputs=wanted)
+        arrays = runner.run(feeds, wanted)
+    except OnnxoptError:
+        return {}
+    return {name: list(a.shape) for name, a in zip(wanted, arrays, strict=True)}
 
 
 def _describe(value: ir.Value) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Mapping
 
 import numpy as np
 import onnx
@@ -56,11 +57,14 @@ def graph_size(model: ir.Model) -> tuple[int, int]:
     return nodes, len(model.graph.initializers)
 
 
-def estimate_macs(model: ir.Model, input_shapes: InputShapes | None = None) -> tuple[int, list[str]]:
+def estimate_macs(
+    model: ir.Model, input_shapes: InputShapes | None = None, measured: Mapping[str, list[int]] | None = None
+) -> tuple[int, list[str]]:
     """MACs per sample of the main graph's Conv/ConvTranspose/Gemm/MatMul, and nodes not counted.
 
     Unknown input dimensions are resolved as random inputs would be (:mod:`onnxopt.data.input_shapes`:
-    ``input_shapes`` overrides, an image's H/W 224 or its known sibling, else 1), the batch set to 1."""
+    ``input_shapes`` overrides, an image's H/W 224 or its known sibling, else 1), the batch set to 1.
+    ``measured``: tensor shapes observed by running the model (for what shape inference cannot follow)."""
     proto = ir.serde.serialize_model(model)
     specs = [_spec(v) for v in proto.graph.input if v.name not in {t.name for t in proto.graph.initializer}]
     resolved = sample_shapes(specs, input_shapes)
@@ -81,6 +85,12 @@ def estimate_macs(model: ir.Model, input_shapes: InputShapes | None = None) -> t
         if v.type.tensor_type.HasField("shape")
     }
     shapes.update({t.name: list(t.dims) for t in proto.graph.initializer})
+    for node in proto.graph.node:  # weights stored as Constant nodes
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].type == onnx.AttributeProto.TENSOR:
+            shapes[node.output[0]] = list(node.attribute[0].t.dims)
+    for name, shape in (measured or {}).items():
+        if not _known(shapes.get(name)):
+            shapes[name] = list(shape)
     total, unknown = 0, []
     for node in proto.graph.node:
         if node.domain not in ("", "ai.onnx") or node.op_type not in _COUNTERS:

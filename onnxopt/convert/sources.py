@@ -5,8 +5,10 @@
   input signature and converted with ``from_function``. Reference: the Keras model, ``training=False``.
 * **SavedModel** (a folder with ``saved_model.pb``): its ``serving_default`` signature (or its only
   one), wrapped the same way. Reference: the signature's concrete function.
-* **TFLite** (``.tflite``, float or integer-quantized): ``tf2onnx.convert.from_tflite``. Reference:
-  ``tf.lite.Interpreter``, one sample at a time (TFLite graphs usually have a fixed batch of 1).
+* **TFLite** (``.tflite``, float, float16-weight or integer-quantized): ``tf2onnx.convert.from_tflite``,
+  after :mod:`onnxopt.convert.tflite_rewrite` densified sparse weights and made MediaPipe's
+  ``Convolution2DTransposeBias`` a builtin. Reference: ``tf.lite.Interpreter``, one sample at a time
+  (TFLite graphs usually have a fixed batch of 1).
 
 Inputs and outputs keep the source's names (tf2onnx would call outputs ``Identity:0``). With ``nchw``,
 rank-4 float inputs become NCHW (tf2onnx's ``inputs_as_nchw``, whose transpose optimizer then removes the
@@ -17,13 +19,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import onnx
 
-from onnxopt.convert import tf_import
+from onnxopt.convert import tf_import, tflite_rewrite
 from onnxopt.errors import ModelLoadError, OnnxoptError, UnsupportedModelError
 
 Reference = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
@@ -39,6 +43,7 @@ class Converted:
     tolerance: list[float]  # per output: the largest |onnx - source| allowed
     relative: bool  # tolerance is relative to each output's max |value| (float sources)
     per_sample: bool = False  # the reference takes one sample at a time
+    notes: list[str] = dataclasses.field(default_factory=list)  # what was rewritten before tf2onnx, and why
 
 
 class ConversionError(OnnxoptError):
@@ -130,25 +135,50 @@ def from_saved_model(path: Path, opset: int, nchw: bool) -> Converted:
 
 
 def from_tflite(path: Path, opset: int, nchw: bool) -> Converted:
+    """A TFLite file, first rewritten where tf2onnx cannot read it (:func:`tflite_rewrite.prepare`: sparse
+    weights densified, MediaPipe's ``Convolution2DTransposeBias`` made TFLite's builtin ``TRANSPOSE_CONV``).
+
+    Reference: TFLite's interpreter on the file itself, so densified weights are checked against TFLite's own
+    sparse kernels; only when the file needs a custom op that was replaced by a builtin (which the interpreter
+    cannot run without MediaPipe) does it run the rewritten model instead.
+    """
     tf = tf_import.tensorflow()
     try:
-        # the builtin kernels alone: the XNNPACK delegate would make the reference differ from TFLite's own
-        # kernels (and announce itself on stderr)
-        resolver = tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        interpreter = tf.lite.Interpreter(model_path=str(path), experimental_op_resolver_type=resolver)
-        interpreter.allocate_tensors()
+        data = path.read_bytes()
+    except OSError as e:
+        raise ModelLoadError(f"{path}: cannot read the TFLite model: {_line(e)}") from e
+    try:
+        prepared = tflite_rewrite.prepare(data)
+    except UnsupportedModelError as e:
+        raise UnsupportedModelError(f"{path}: {e}") from None
+    except Exception as e:  # a flatbuffer the schema cannot unpack
+        raise ModelLoadError(f"{path}: cannot load the TFLite model: {_line(e)}") from e
+    interpreter_of_rewrite = False
+    try:
+        interpreter = _interpreter(tf, data)
     except Exception as e:  # corrupt flatbuffers, unresolved custom ops
         message = _line(e)
-        custom = re.findall(r"custom op:? '?([\w.\-]+)", message, flags=re.IGNORECASE)
-        if custom:
-            ops = ", ".join(sorted(set(custom)))
-            raise UnsupportedModelError(f"{path}: TFLite custom op(s) {ops} cannot be converted") from None
-        raise ModelLoadError(f"{path}: cannot load the TFLite model: {message}") from e
+        custom = _custom_ops(message)
+        if custom and prepared.replaced:
+            try:
+                interpreter = _interpreter(tf, prepared.data)
+                interpreter_of_rewrite = True
+            except Exception as again:
+                message = _line(again)
+                custom = _custom_ops(message)
+                _load_error(path, message, custom, again)
+        else:
+            _load_error(path, message, custom, e)
     inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
     input_names = _unique([_clean(d["name"]) for d in inputs])
     nchw_inputs = [n for n, d in zip(input_names, inputs, strict=True) if nchw and len(d["shape"]) == 4]
     as_nchw = [d["name"] for d in inputs if _clean(d["name"]) in nchw_inputs] or None
-    proto = _tf2onnx(lambda t: t.convert.from_tflite(str(path), opset=opset, inputs_as_nchw=as_nchw))
+    with tempfile.TemporaryDirectory(prefix="onnxopt-tflite-") as folder:
+        readable = path
+        if prepared.changed:  # tf2onnx reads a file
+            readable = Path(folder) / path.name
+            readable.write_bytes(prepared.data)
+        proto = _tf2onnx(lambda t: t.convert.from_tflite(str(readable), opset=opset, inputs_as_nchw=as_nchw))
     _rename(proto, input_names, _unique([_clean(d["name"]) for d in outputs]))
     integer = _has_quantized_tensors(interpreter)
 
@@ -158,12 +188,44 @@ def from_tflite(path: Path, opset: int, nchw: bool) -> Converted:
         interpreter.invoke()
         return [np.array(interpreter.get_tensor(d["index"])) for d in outputs]
 
+    notes = []
+    if prepared.densified:
+        notes.append(f"densified {len(prepared.densified)} sparse weight tensor(s) for tf2onnx")
+    for op in prepared.replaced:
+        reference_of = "the rewritten model" if interpreter_of_rewrite else "the original model"
+        notes.append(f"custom op {op} rewritten as TFLite's builtin equivalent (reference: {reference_of})")
     if integer:
         # one quantization step of each output: 1 for an integer output (compared as integers); for a float
         # output of a quantized graph, the step of the int8 tensor of its shape it is dequantized from
         tolerance = [1.0 if np.dtype(d["dtype"]).kind in "iu" else _dequantized_step(interpreter, d) for d in outputs]
-        return Converted(proto, reference, "tflite-int8", tolerance, relative=False, per_sample=True)
-    return Converted(proto, reference, "tflite-float", [1e-5] * len(outputs), relative=True, per_sample=True)
+        return Converted(proto, reference, "tflite-int8", tolerance, relative=False, per_sample=True, notes=notes)
+    return Converted(
+        proto, reference, "tflite-float", [1e-5] * len(outputs), relative=True, per_sample=True, notes=notes
+    )
+
+
+def _interpreter(tf, data: bytes):
+    """TFLite's interpreter on ``data`` with the builtin kernels alone: the XNNPACK delegate would make the
+    reference differ from TFLite's own kernels (and announce itself on stderr)."""
+    resolver = tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    interpreter = tf.lite.Interpreter(model_content=data, experimental_op_resolver_type=resolver)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def _custom_ops(message: str) -> list[str]:
+    """The custom op names in an interpreter error ("Encountered unresolved custom op: Name."), without the
+    sentence's full stop."""
+    names = re.findall(r"custom op:? '?([\w.\-]+)", message, flags=re.IGNORECASE)
+    return [n.rstrip(".") for n in names if n.rstrip(".")]
+
+
+def _load_error(path: Path, message: str, custom: list[str], error: BaseException) -> NoReturn:
+    """One line: the custom op(s) the interpreter cannot resolve, or why TFLite cannot load the model."""
+    if custom:
+        ops = ", ".join(sorted(set(custom)))
+        raise UnsupportedModelError(f"{path}: TFLite custom op(s) {ops} cannot be converted") from None
+    raise ModelLoadError(f"{path}: cannot load the TFLite model: {message}") from error
 
 
 # ---------------------------------------------------------------------- helpers

@@ -4,6 +4,9 @@ Both models get their intermediate tensors exposed as extra outputs, run on
 the same data in onnxruntime (optimizations disabled, so the tensors are the
 graph's own), and every matched pair is compared with the same streaming
 statistics as the outputs (:class:`~onnxopt.evaluate.agreement.AgreementAccumulator`).
+The models are never serialized with their weights (sessions share them;
+shape inference and matching read the graphs alone), so models over
+protobuf's 2 GB limit work too.
 
 Matching a reference tensor ``T`` to the candidate, in order of preference:
 
@@ -39,13 +42,17 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import onnx
+import onnx_ir as ir
 
 from onnxopt.data import Dataset, fixed_batch
 from onnxopt.errors import UnsupportedModelError
 from onnxopt.evaluate.agreement import AgreementAccumulator, finite_db
-from onnxopt.runtime import Runner
+
+if TYPE_CHECKING:
+    from onnxopt.optimizer.shared_weights import SharedWeightsModel
 
 #: Default SNR (dB) below which a layer counts as broken.
 DEFAULT_THRESHOLD_DB = 20.0
@@ -85,8 +92,8 @@ class LayerReport:
 
 
 def layer_errors(
-    reference: onnx.ModelProto,
-    candidate: onnx.ModelProto,
+    reference: onnx.ModelProto | ir.Model,
+    candidate: onnx.ModelProto | ir.Model,
     dataset: Dataset,
     *,
     threshold_db: float = DEFAULT_THRESHOLD_DB,
@@ -95,21 +102,31 @@ def layer_errors(
     max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
     on_batch: Callable[[int], None] | None = None,
 ) -> LayerReport:
-    """Compare every matched intermediate tensor of ``candidate`` with ``reference`` on ``dataset``."""
-    ref_types, ref_order = _float_tensors(reference)
-    cand_types, _ = _float_tensors(candidate)
-    pairs, unmatched = _match(reference, candidate, ref_order, cand_types)
+    """Compare every matched intermediate tensor of ``candidate`` with ``reference`` on ``dataset``.
+
+    Either model is a ModelProto (tensor data loaded) or an IR model; neither is ever serialized with its
+    weights: onnxruntime reads each graph without them and gets them as shared arrays
+    (:class:`~onnxopt.optimizer.shared_weights.SharedWeightsModel`), so a model over protobuf's 2 GB limit
+    is compared like any other."""
+    from onnxopt.optimizer.shared_weights import SharedWeightsModel  # onnxopt.optimizer imports this module
+
+    ref_frozen = SharedWeightsModel(_ir(reference), protect=False)
+    cand_frozen = SharedWeightsModel(_ir(candidate), protect=False)
+    ref_graph, cand_graph = ref_frozen.proto(), cand_frozen.proto()  # the graphs, weights left out
+    ref_types, ref_order = _float_tensors(ref_graph)
+    cand_types, _ = _float_tensors(cand_graph)
+    pairs, unmatched = _match(ref_graph, cand_graph, ref_order, cand_types)
     if not pairs:
         raise UnsupportedModelError("no intermediate tensor of the reference has a counterpart in the candidate")
-    fixed = fixed_batch(Runner(reference.SerializeToString()).inputs)
+    fixed = fixed_batch(ref_frozen.runner().inputs)
     batch = fixed or batch_size
-    sizes = _bytes_per_sample(reference, pairs, ref_types, dataset, fixed is not None)
+    sizes = _bytes_per_sample(ref_frozen, pairs, ref_types, dataset, fixed is not None)
     accumulators = {ref: AgreementAccumulator(ref) for ref, _ in pairs}
     incomparable: set[str] = set()
     samples = 0
     for group in _groups(pairs, sizes, max(1, max_batch_bytes // batch)):
-        ref_runner = Runner(_expose(reference, [r for r, _ in group], ref_types).SerializeToString())
-        cand_runner = Runner(_expose(candidate, [c for _, c in group], cand_types).SerializeToString())
+        ref_runner = ref_frozen.runner(outputs={r: ref_types[r] for r, _ in group})
+        cand_runner = cand_frozen.runner(outputs={c: cand_types[c] for _, c in group})
         samples = 0
         for item in dataset.batches(batch, limit, exact=fixed is not None):
             ref_out = ref_runner.run(item.feeds, [r for r, _ in group])
@@ -124,7 +141,22 @@ def layer_errors(
             if on_batch:
                 on_batch(n)
     kept = [pair for pair in pairs if pair[0] not in incomparable]
-    return _report(reference, kept, accumulators, threshold_db, samples, unmatched + len(pairs) - len(kept))
+    return _report(ref_graph, kept, accumulators, threshold_db, samples, unmatched + len(pairs) - len(kept))
+
+
+def _ir(model: onnx.ModelProto | ir.Model) -> ir.Model:
+    """``model`` as an IR model; a proto's tensors are wrapped, not copied (sparse initializers made dense
+    first, in a copy: onnx_ir would drop them)."""
+    if isinstance(model, ir.Model):
+        return model
+    if model.graph.sparse_initializer:
+        from onnxopt.io.sparse_storage import densify
+
+        dense = onnx.ModelProto()
+        dense.CopyFrom(model)
+        densify(dense)
+        model = dense
+    return ir.serde.deserialize_model(model)
 
 
 def _float_tensors(model: onnx.ModelProto) -> tuple[dict[str, int], list[str]]:
@@ -172,21 +204,15 @@ def _match(
     return pairs, unmatched
 
 
-def _expose(model: onnx.ModelProto, names: list[str], types: dict[str, int]) -> onnx.ModelProto:
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    present = {o.name for o in exposed.graph.output}
-    exposed.graph.output.extend(
-        onnx.helper.make_tensor_value_info(n, types[n], None) for n in names if n not in present
-    )
-    return exposed
-
-
 def _bytes_per_sample(
-    reference: onnx.ModelProto, pairs: list[tuple[str, str]], types: dict[str, int], dataset: Dataset, exact: bool
+    reference: SharedWeightsModel,
+    pairs: list[tuple[str, str]],
+    types: dict[str, int],
+    dataset: Dataset,
+    exact: bool,
 ) -> dict[str, int]:
     """Each exposed tensor's bytes for one sample, measured on one probe batch."""
-    runner = Runner(_expose(reference, [r for r, _ in pairs], types).SerializeToString())
+    runner = reference.runner(outputs={r: types[r] for r, _ in pairs})
     batch = fixed_batch(runner.inputs) or 1
     item = next(iter(dataset.batches(batch, batch, exact=exact)))
     rows = max(item.samples, 1)

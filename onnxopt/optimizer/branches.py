@@ -17,8 +17,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt.errors import OnnxoptError
-from onnxopt.optimizer.calibration import expose
-from onnxopt.runtime import Runner
+from onnxopt.optimizer.shared_weights import SharedWeightsModel
 
 #: Extra random batches drawn, at most, to reach an If branch the guard data missed.
 MAX_EXTRA_BATCHES = 16
@@ -43,7 +42,7 @@ def branch_coverage(
     if not conditions or not feeds:
         return seen
     names = sorted(set(conditions.values()))
-    runner = Runner(expose(model, names).SerializeToString())
+    runner = SharedWeightsModel(model, protect=False).runner(outputs=names)  # no whole-model serialization
     for feed in feeds:
         values = dict(zip(names, runner.run(feed, names), strict=True))
         for node, cond in conditions.items():

@@ -2,10 +2,13 @@
 
 Passes that learn from data (``reconstruct``; later the quantizer's
 calibration) never run onnxruntime themselves: they ask the pipeline's
-Context, which calls :func:`activations`. The model is serialized with the
-requested tensors added as graph outputs, run with graph optimizations
-disabled (so the tensors are the graph's own), and every batch is yielded
-as ``{name: array}`` -- nothing is kept between batches.
+Context, which calls :func:`activations`. The model's graph is serialized
+without its weights (:class:`~onnxopt.optimizer.shared_weights.SharedWeightsModel`:
+they reach onnxruntime as shared arrays, so a model over protobuf's 2 GB
+limit works too), the requested tensors added as graph outputs and the graph
+cut down to what they need, run with graph optimizations disabled (so the
+tensors are the graph's own), and every batch is yielded as
+``{name: array}`` -- nothing is kept between batches.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import onnx_ir as ir
 
 from onnxopt import io
 from onnxopt.data import Dataset, batch_size_for, fixed_batch
-from onnxopt.runtime import Runner, TensorSpec
+from onnxopt.optimizer.shared_weights import SharedWeightsModel, cut
+from onnxopt.runtime import TensorSpec
 
 
 def expose(model: ir.Model, names: Sequence[str]) -> onnx.ModelProto:
@@ -52,39 +56,7 @@ def prefix(proto: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
     every node they do not depend on is dropped (onnxruntime runs every node of a graph, whatever outputs
     are asked for, so an early layer's activations would otherwise cost a whole forward pass). Graph inputs
     all stay (feeds name them); initializers no kept node reads are dropped."""
-    graph = proto.graph
-    wanted = set(names)
-    outputs = {o.name: o for o in graph.output}
-    kept_outputs = [outputs[n] for n in names if n in outputs]
-    del graph.output[:]
-    graph.output.extend(kept_outputs)
-    needed, kept = set(wanted), []
-    for node in reversed(graph.node):
-        if not any(o in needed for o in node.output):
-            continue
-        kept.append(node)
-        needed.update(i for i in node.input if i)
-        needed.update(_outer_reads(node))
-    if len(kept) == len(graph.node):
-        return proto
-    kept.reverse()
-    del graph.node[:]
-    graph.node.extend(kept)
-    initializers = [t for t in graph.initializer if t.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(initializers)
-    return proto
-
-
-def _outer_reads(node: onnx.NodeProto) -> set[str]:
-    """Names a node's subgraphs (If/Loop/Scan bodies) read: they must stay computed too."""
-    reads: set[str] = set()
-    for attr in node.attribute:
-        for body in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-            for inner in body.node:
-                reads.update(i for i in inner.input if i)
-                reads.update(_outer_reads(inner))
-    return reads
+    return cut(proto, names)
 
 
 def activations(
@@ -92,7 +64,7 @@ def activations(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yield ``{name: array}`` for each batch of ``dataset`` (about ``limit`` samples); only the part of the
     graph those tensors depend on runs."""
-    runner = Runner(prefix(expose(model, names), names).SerializeToString())
+    runner = SharedWeightsModel(model, protect=False).runner(outputs=list(names), only_outputs=True)
     fixed = fixed_batch(runner.inputs)
     batch = batch_size_for(runner.inputs, batch_size)
     for item in dataset.batches(batch, limit, exact=fixed is not None):

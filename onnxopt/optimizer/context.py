@@ -65,10 +65,12 @@ class Context:
         """The run's dataset (resolved from ``model``'s inputs if no pipeline did it yet)."""
         return self.dataset if self.dataset is not None else self.resolve_dataset(input_specs(model))
 
-    def activations(self, model: ir.Model, names: Sequence[str], limit: int) -> Iterator[dict[str, np.ndarray]]:
+    def activations(
+        self, model: ir.Model, names: Sequence[str], limit: int, *, batch_size: int = 32
+    ) -> Iterator[dict[str, np.ndarray]]:
         """Tensors ``names`` of ``model`` on about ``limit`` samples, batch by batch: how passes that learn
         from data (reconstruct, quantize, prune-channels by activation) reach onnxruntime."""
-        return activations(model, names, self.data(model), limit=limit)
+        return activations(model, names, self.data(model), limit=limit, batch_size=batch_size)
 
     def original_model(self) -> ir.Model:
         """A fresh copy of the input model, as the pipeline received it."""
@@ -102,12 +104,13 @@ class Context:
         with tempfile.TemporaryDirectory(prefix="onnxopt-latency-") as folder:
             paths = [Path(folder) / "baseline.onnx", Path(folder) / "candidate.onnx"]
             for model, path in zip((baseline, candidate), paths, strict=True):
-                path.write_bytes(ir.serde.serialize_model(model).SerializeToString())
+                io.save(model, path)  # external data past the protobuf limit, like any output
             return paired_ratio(paths[0], paths[1], self.providers[0], feeds, seconds=seconds)
 
     def layer_errors(self, reference: ir.Model, candidate: ir.Model, limit: int = 32) -> LayerReport:
-        """Per-layer agreement of ``candidate`` with ``reference`` on about ``limit`` samples of the run's data."""
-        return layer_errors(io.to_proto(reference), io.to_proto(candidate), self.data(reference), limit=limit)
+        """Per-layer agreement of ``candidate`` with ``reference`` on about ``limit`` samples of the run's data
+        (neither is serialized with its weights)."""
+        return layer_errors(reference, candidate, self.data(reference), limit=limit)
 
     def _timing_feeds(self, model: ir.Model, batch: int) -> dict[str, np.ndarray]:
         """One batch of exactly ``batch`` samples (or the model's fixed batch) to time with: the run's data when

@@ -14,7 +14,10 @@ module maps them back to the node of the input model they came from:
 
 The timings are medians over the runs after ``warmup`` runs, in
 microseconds, on the given execution providers with every graph
-optimization on -- how the model will be deployed.
+optimization on -- how the model will be deployed. The session reads the
+graph without its weights and gets them as shared arrays
+(:class:`~onnxopt.optimizer.shared_weights.SharedWeightsModel`), so a model
+over protobuf's 2 GB limit is profiled like any other.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxopt.errors import UnsupportedModelError
+from onnxopt.optimizer.shared_weights import SharedWeightsModel, share
 
 UNATTRIBUTED = "(layout and conversions)"
 _TOKEN = re.compile(r"(_token_\d+)+$")
@@ -68,7 +72,8 @@ def profile_nodes(
     its median over the runs after the warm-up (robust to the spikes of a shared machine)."""
     by_output = {v.name: n for n in model.graph for v in n.outputs if v.name}
     names = {n.name for n in model.graph if n.name}
-    data = ir.serde.serialize_model(model).SerializeToString()
+    frozen = SharedWeightsModel(model, protect=False)  # the graph without its weights: no 2 GB protobuf limit
+    graph, weights = frozen.session_source()  # `weights` must outlive the session
     with tempfile.TemporaryDirectory(prefix="onnxopt-profile-") as folder:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -77,8 +82,9 @@ def profile_nodes(
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(folder, "profile")
+        share(options, weights)
         try:
-            session = ort.InferenceSession(data, options, providers=list(providers))
+            session = ort.InferenceSession(str(graph), options, providers=list(providers))
             for _ in range(warmup):
                 session.run(None, dict(feeds))
             count, start = 0, time.perf_counter()
@@ -90,8 +96,10 @@ def profile_nodes(
                 f"onnxruntime cannot profile the model: {' '.join(str(e).split())[:200]}"
             ) from e
         path = session.end_profiling()
+        del session  # before the weights it reads
         with open(path, encoding="utf-8") as f:
             events = json.load(f)
+    del weights, frozen
     times: dict[str, float] = collections.defaultdict(float)
     ops: dict[str, str] = {}
     # the warm-up runs are profiled too: each kernel's first `warmup` occurrences are skipped

@@ -14,7 +14,9 @@ order of preference:
   original scores 1.0), for models that are not classifiers.
 
 The original's outputs are computed once and kept (the probe is for budgets
-on a few hundred samples, not for whole datasets).
+on a few hundred samples, not for whole datasets). Sessions get the weights
+as shared arrays (:mod:`onnxopt.optimizer.shared_weights`), never a
+serialized copy of the whole model.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import onnx_ir as ir
 
 from onnxopt.data import Dataset, batch_size_for, fixed_batch
 from onnxopt.evaluate.agreement import is_classifier_shape
+from onnxopt.optimizer.shared_weights import SharedWeightsModel
 from onnxopt.runtime import Runner
 
 
@@ -103,4 +106,6 @@ def _top1(scores: np.ndarray) -> np.ndarray:
 
 
 def _runner(model: ir.Model, providers: tuple[str, ...]) -> Runner:
-    return Runner(ir.serde.serialize_model(model).SerializeToString(), providers=providers, optimize=True)
+    """A session with every onnxruntime optimization on (how the model is deployed), its weights shared, not
+    serialized (a model over protobuf's 2 GB limit is scored like any other)."""
+    return SharedWeightsModel(model, protect=False).runner(providers, optimize=True)

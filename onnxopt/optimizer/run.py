@@ -151,7 +151,7 @@ def _optimize(
     if options.per_layer and result.outputs_compared:
         progress.start("comparing layers", None)
         try:
-            layers = layer_errors(source.proto, io.to_proto(result.model), eval_data, on_batch=progress.advance)
+            layers = layer_errors(source.proto, result.model, eval_data, on_batch=progress.advance)
         finally:
             progress.finish()
         comparison = dataclasses.replace(comparison, layers=layers)

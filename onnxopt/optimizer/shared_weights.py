@@ -16,14 +16,24 @@ onnxruntime parse it again) costs several times an ``onnx.load`` +
 * keeps those arrays (made read-only) so :meth:`restore` can rebuild the
   exact model later (the pipeline's rollback point).
 
+The same frozen model backs every other onnxruntime session onnxopt opens on
+an IR model (activations, the quality probe, per-node profiles, per-layer
+errors): :meth:`SharedWeightsModel.runner` and
+:meth:`SharedWeightsModel.session_source` can add intermediate tensors as
+graph outputs and cut the graph down to what those need, and the session
+options (optimization level, profiling) are the caller's. Nothing there
+serializes the weights, so a model over protobuf's 2 GB limit runs the same
+way as a small one.
+
 Tensors numpy or onnxruntime cannot share (strings, 4-bit, 8-bit float,
 bfloat16) and small ones stay embedded in the graph.
 """
 
 from __future__ import annotations
 
+import itertools
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +41,8 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from onnxopt.runtime import Runner
+from onnxopt.errors import UnsupportedModelError
+from onnxopt.runtime import Runner, tensor_spec
 
 #: Initializers smaller than this stay embedded in the serialized graph.
 SHARE_MIN_BYTES = 1024
@@ -53,9 +64,13 @@ _SHAREABLE = {
 
 
 class SharedWeightsModel:
-    """One frozen state of an IR model: its graph as a small file, its weights as shared arrays."""
+    """One frozen state of an IR model: its graph as a small file, its weights as shared arrays.
 
-    def __init__(self, model: ir.Model) -> None:
+    ``protect`` (the guard's snapshots) makes the model's weight arrays read-only, so no later pass can
+    change what :meth:`restore` returns; a session that only reads the model now (activations, a probe, a
+    profile) passes ``protect=False`` and leaves the model's arrays as they were."""
+
+    def __init__(self, model: ir.Model, *, protect: bool = True) -> None:
         self._folder = tempfile.TemporaryDirectory(prefix="onnxopt-guard-")
         folder = Path(self._folder.name)
         (folder / _PLACEHOLDER).touch()
@@ -69,7 +84,8 @@ class SharedWeightsModel:
                     if tensor is None or tensor.dtype not in _SHAREABLE or tensor.nbytes < SHARE_MIN_BYTES:
                         continue
                     array = np.ascontiguousarray(tensor.numpy())
-                    array.flags.writeable = False  # the snapshot must not change under a later pass
+                    if protect:
+                        array.flags.writeable = False  # the snapshot must not change under a later pass
                     assert value.name is not None
                     self.arrays[value.name] = array
                     swapped.append((value, tensor))
@@ -87,15 +103,69 @@ class SharedWeightsModel:
             for value, tensor in swapped:
                 value.const_value = tensor
         self.path.write_bytes(self.graph_bytes)
+        # element types of what `outputs=` may name (intermediate tensors and graph inputs)
+        self.types: dict[str, int] = {
+            v.name: v.dtype.value
+            for v in itertools.chain(model.graph.inputs, (o for node in model.graph for o in node.outputs))
+            if v.name and v.dtype is not None
+        }
+        self._views = itertools.count()
 
     def check(self) -> None:
         """``onnx.checker`` full check of the graph (raises ``ValidationError``/``InferenceError``)."""
         onnx.checker.check_model(str(self.path), full_check=True)
 
-    def runner(self, providers: Sequence[str] = ("CPUExecutionProvider",)) -> Runner:
-        """An onnxruntime session (optimizations disabled) over the graph and the shared weights."""
-        values = {name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in self.arrays.items()}
-        return Runner(self.path, providers=providers, initializers=values)
+    def proto(self) -> onnx.ModelProto:
+        """The frozen graph as a ModelProto: its large initializers are external references to an empty
+        placeholder (their type and dims are there; their bytes are in :attr:`arrays`)."""
+        return onnx.ModelProto.FromString(self.graph_bytes)
+
+    def session_source(
+        self, outputs: Sequence[str] | Mapping[str, int] | None = None, *, only_outputs: bool = False
+    ) -> tuple[Path, dict[str, ort.OrtValue]]:
+        """What an ``ort.InferenceSession`` needs: the graph file to open, and the weights as ``OrtValue`` views
+        of :attr:`arrays` to hand it through ``SessionOptions.add_initializer`` (keep them alive as long as the
+        session).
+
+        ``outputs`` (names, or ``{name: TensorProto element type}``) become extra graph outputs, typed as the
+        IR model typed them (float when it did not); with ``only_outputs`` they are the *only* outputs and
+        every node they do not depend on is dropped (:func:`cut`). Only the initializers the graph still
+        reads are returned. A session with graph optimizations on needs them through :func:`share`."""
+        if not outputs and not only_outputs:
+            path, names = self.path, None
+        else:
+            proto = self.proto()
+            types = outputs if isinstance(outputs, Mapping) else {n: self.types.get(n) for n in outputs or ()}
+            add_outputs(proto, types)
+            if only_outputs:
+                cut(proto, list(types))
+            path = self.path.with_name(f"view-{next(self._views)}.onnx")
+            path.write_bytes(proto.SerializeToString())
+            names = _initializer_names(proto.graph)
+        values = {
+            name: ort.OrtValue.ortvalue_from_numpy(array)
+            for name, array in self.arrays.items()
+            if names is None or name in names
+        }
+        return path, values
+
+    def runner(
+        self,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        *,
+        optimize: bool = False,
+        threads: int = 0,
+        outputs: Sequence[str] | Mapping[str, int] | None = None,
+        only_outputs: bool = False,
+    ) -> Runner:
+        """An onnxruntime session over the graph and the shared weights: graph optimizations disabled unless
+        ``optimize``; ``outputs`` and ``only_outputs`` as in :meth:`session_source`."""
+        path, values = self.session_source(outputs, only_outputs=only_outputs)
+        if optimize:
+            return _OptimizedRunner(self, path, values, providers=providers, threads=threads)
+        runner = Runner(path, providers=providers, threads=threads, initializers=values)
+        runner.frozen = self  # type: ignore[attr-defined]  # the graph's folder lives as long as the session
+        return runner
 
     def restore(self) -> ir.Model:
         """The model as it was frozen: same graph, same weight arrays."""
@@ -105,3 +175,107 @@ class SharedWeightsModel:
                 if name in self.arrays:
                     value.const_value = ir.Tensor(self.arrays[name], name=name)
         return model
+
+
+def share(options: ort.SessionOptions, values: Mapping[str, ort.OrtValue]) -> None:
+    """Hand ``values`` to a session made with ``options``, without copying them.
+
+    ``add_initializer`` makes the session run on the OrtValues' own buffers; that is all a session without
+    graph optimizations needs. onnxruntime's graph optimizers, though, read initializer data from the graph
+    itself (where the weights are references to the empty placeholder): ``add_external_initializers`` puts
+    the same buffers there. Both are views, so the session copies nothing but what its optimizers rewrite
+    (fused or pre-packed weights). The caller keeps ``values`` alive as long as the session."""
+    for name, value in values.items():
+        options.add_initializer(name, value)
+    if values:
+        options.add_external_initializers(list(values), list(values.values()))
+
+
+class _OptimizedRunner(Runner):
+    """A :class:`~onnxopt.runtime.Runner` with every onnxruntime graph optimization on, over a frozen graph and
+    its shared weights (:func:`share`; ``Runner`` itself only has ``add_initializer``)."""
+
+    def __init__(
+        self,
+        frozen: SharedWeightsModel,
+        path: Path,
+        values: dict[str, ort.OrtValue],
+        *,
+        providers: Sequence[str],
+        threads: int,
+    ) -> None:  # no super().__init__: it would build the session a second way
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 4
+        self._initializers = values  # must outlive the session
+        self.frozen = frozen  # and so must the graph's folder
+        share(options, values)
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=list(providers))
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
+            text = " ".join(str(e).split())[:400] or type(e).__name__
+            raise UnsupportedModelError(f"onnxruntime cannot run the model: {text}") from e
+        self.inputs = [tensor_spec(i) for i in self.session.get_inputs()]
+        self.outputs = [tensor_spec(o) for o in self.session.get_outputs()]
+
+
+def add_outputs(proto: onnx.ModelProto, types: Mapping[str, int | None]) -> onnx.ModelProto:
+    """``proto`` (changed in place) with ``types``' names added to its graph outputs, of those element types
+    (float where ``None``); names already outputs are left as they are."""
+    present = {o.name for o in proto.graph.output}
+    for name, elem in types.items():
+        if name not in present:
+            proto.graph.output.append(onnx.helper.make_tensor_value_info(name, elem or onnx.TensorProto.FLOAT, None))
+            present.add(name)
+    return proto
+
+
+def cut(proto: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """``proto`` (changed in place) cut down to computing ``names``: they become the only graph outputs and
+    every node they do not depend on is dropped (onnxruntime runs every node of a graph, whatever outputs
+    are asked for, so an early layer's activations would otherwise cost a whole forward pass). Graph inputs
+    all stay (feeds name them); initializers no kept node reads are dropped."""
+    graph = proto.graph
+    wanted = set(names)
+    outputs = {o.name: o for o in graph.output}
+    kept_outputs = [outputs[n] for n in names if n in outputs]
+    del graph.output[:]
+    graph.output.extend(kept_outputs)
+    needed, kept = set(wanted), []
+    for node in reversed(graph.node):
+        if not any(o in needed for o in node.output):
+            continue
+        kept.append(node)
+        needed.update(i for i in node.input if i)
+        needed.update(_outer_reads(node))
+    if len(kept) == len(graph.node):
+        return proto
+    kept.reverse()
+    del graph.node[:]
+    graph.node.extend(kept)
+    initializers = [t for t in graph.initializer if t.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    return proto
+
+
+def _outer_reads(node: onnx.NodeProto) -> set[str]:
+    """Names a node's subgraphs (If/Loop/Scan bodies) read: they must stay computed too."""
+    reads: set[str] = set()
+    for attr in node.attribute:
+        for body in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+            for inner in body.node:
+                reads.update(i for i in inner.input if i)
+                reads.update(_outer_reads(inner))
+    return reads
+
+
+def _initializer_names(graph: onnx.GraphProto) -> set[str]:
+    """Initializer names of ``graph`` and of every subgraph in it."""
+    names = {t.name for t in graph.initializer}
+    for node in graph.node:
+        for attr in node.attribute:
+            for body in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                names |= _initializer_names(body)
+    return names

@@ -35,12 +35,25 @@ def sampled_patches(
 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Patches ``[P, C_in * kh * kw]`` at up to ``positions`` random output positions of each image of ``x``,
     and where they are: (image, row, column) of each patch."""
+    oh, ow = output_size(node, x.shape[2], x.shape[3])
+    picks = np.stack([pick_positions(oh, ow, positions, rng) for _ in range(x.shape[0])])  # [n, count]
+    return patches_at(node, x, picks)
+
+
+def pick_positions(oh: int, ow: int, positions: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to ``positions`` distinct flat output positions of one image (``row * ow + column``)."""
+    return rng.choice(oh * ow, min(positions, oh * ow), replace=False)
+
+
+def patches_at(
+    node: ir.Node, x: np.ndarray, picks: np.ndarray
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The input patches of the 2-D Conv ``node`` at flat output positions ``picks`` ``[n, count]`` (one row of
+    picks per image of ``x``), and where they are: (image, row, column) of each patch."""
     kh, kw, (sh, sw), (dh, dw), (top, left, bottom, right) = _geometry(node)
     padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
-    n = x.shape[0]
-    oh, ow = output_size(node, x.shape[2], x.shape[3])
-    count = min(positions, oh * ow)
-    picks = np.stack([rng.choice(oh * ow, count, replace=False) for _ in range(n)])  # [n, count]
+    n, count = picks.shape
+    _, ow = output_size(node, x.shape[2], x.shape[3])
     images = np.repeat(np.arange(n), count)
     rows_h, rows_w = np.divmod(picks.reshape(-1), ow)
     hh = rows_h[:, None] * sh + np.arange(kh)[None, :] * dh  # [P, kh]

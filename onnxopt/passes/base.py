@@ -97,7 +97,9 @@ class PassContext(Protocol):
     providers: Sequence[str]
     is_random: bool  # the run's data is seeded random inputs, not the user's
 
-    def activations(self, model: ir.Model, names: Sequence[str], limit: int) -> Iterator[dict[str, np.ndarray]]:
+    def activations(
+        self, model: ir.Model, names: Sequence[str], limit: int, *, batch_size: int = 32
+    ) -> Iterator[dict[str, np.ndarray]]:
         """Tensors ``names`` of ``model`` on about ``limit`` samples of the run's data, batch by batch."""
         ...
 

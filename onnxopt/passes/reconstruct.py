@@ -35,8 +35,8 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt.passes._graph_edit import NameSource, attribute, constant_array, set_constant_input
-from onnxopt.passes._im2col import sampled_patches
-from onnxopt.passes.base import INPUTS_PRUNED, KEPT_OUTPUTS, OptPass, PassLog
+from onnxopt.passes._im2col import patches_at, pick_positions
+from onnxopt.passes.base import INPUTS_PRUNED, KEPT_OUTPUTS, OptPass, PassContext, PassLog
 
 _LINEAR = ("Conv", "Gemm", "MatMul")
 
@@ -73,6 +73,11 @@ class ReconstructPass(OptPass):
         targets = {v.name: node for node in original.graph for v in node.outputs if v.name}
         names = NameSource(model)
         self._upstream_changed = False
+        candidates = [
+            n for n in model.graph
+            if n.op_type in _LINEAR and n.outputs and n.outputs[0].name in targets and not _unsupported(n)
+        ]  # fmt: skip
+        self._reference = _reference_rows(context, original, candidates, self.config.samples, self.config.positions)
         for node in list(model.graph):
             where = node.name or node.op_type
             if node.op_type not in _LINEAR or not node.outputs or node.outputs[0].name not in targets:
@@ -103,20 +108,21 @@ class ReconstructPass(OptPass):
     def _refit(self, log: PassLog, model: ir.Model, original: ir.Model, node: ir.Node, names: NameSource) -> None:
         context = self.require_context()
         x_name, y_name = node.inputs[0].name, node.outputs[0].name
-        rng = np.random.default_rng(context.seed)
         weight = constant_array(node.inputs[1])
         assert weight is not None
         current = context.activations(model, [x_name], self.config.samples)
-        reference = context.activations(original, [y_name], self.config.samples)
+        reference = self._reference[y_name]
         kept = node.meta.get(KEPT_OUTPUTS)  # this layer lost output channels too: compare only the kept ones
         gram = cross = None
         y_square = 0.0
         rows = 0
-        for now, then in zip(current, reference, strict=True):
-            target = then[y_name]
+        done = 0  # images consumed so far: the reference rows are kept per image, in the data's order
+        for now in current:
+            n = now[x_name].shape[0]
+            x, y = reference.rows(node, now[x_name], done, n)
+            done += n
             if kept is not None:
-                target = np.take(target, kept, axis=1 if node.op_type == "Conv" else target.ndim - 1)
-            x, y = _rows(node, now[x_name], target, self.config.positions, rng)
+                y = y[:, kept]
             x = np.concatenate([x, np.ones((x.shape[0], 1))], axis=1)  # the bias column
             gram = x.T @ x if gram is None else gram + x.T @ x
             cross = x.T @ y if cross is None else cross + x.T @ y
@@ -169,12 +175,48 @@ def _unsupported(node: ir.Node) -> str | None:
     return None
 
 
-def _rows(node: ir.Node, x: np.ndarray, y: np.ndarray, positions: int, rng: np.random.Generator):
-    """Least-squares rows: (inputs [P, D], targets [P, C_out])."""
-    if node.op_type != "Conv":
-        return x.reshape(-1, x.shape[-1]).astype(np.float64), y.reshape(-1, y.shape[-1]).astype(np.float64)
-    patches, (images, rows_h, rows_w) = sampled_patches(node, x, positions, rng)
-    return patches, y[images, :, rows_h, rows_w].astype(np.float64)
+class _ReferenceRows:
+    """One layer's least-squares targets, image by image: the original's output at the sampled positions
+    (Conv: ``positions`` per image, drawn from a generator seeded like every layer's) or every row (Gemm/MatMul)."""
+
+    def __init__(self) -> None:
+        self.picks: list[np.ndarray] = []  # per image: flat output positions (Conv)
+        self.targets: list[np.ndarray] = []  # per image: [rows, C_out]
+
+    def add(self, node: ir.Node, y: np.ndarray, positions: int, rng: np.random.Generator) -> None:
+        for image in y:  # one image at a time, so the draws do not depend on how the data was batched
+            if node.op_type == "Conv":
+                oh, ow = image.shape[1:]
+                picks = pick_positions(oh, ow, positions, rng)
+                self.picks.append(picks)
+                self.targets.append(image[:, picks // ow, picks % ow].T.astype(np.float64))
+            else:
+                self.targets.append(image.reshape(-1, image.shape[-1]).astype(np.float64))
+
+    def rows(self, node: ir.Node, x: np.ndarray, start: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Least-squares rows of images ``start .. start + n`` (whose layer input is ``x``): inputs [P, D] and
+        targets [P, C_out]."""
+        y = np.concatenate(self.targets[start : start + n])
+        if node.op_type != "Conv":
+            return x.reshape(-1, x.shape[-1]).astype(np.float64), y
+        patches, _ = patches_at(node, x, np.stack(self.picks[start : start + n]))
+        return patches, y
+
+
+def _reference_rows(
+    context: PassContext, original: ir.Model, layers: list[ir.Node], samples: int, positions: int
+) -> dict[str, _ReferenceRows]:
+    """Every candidate layer's targets from ONE pass of the original over the data (one sample at a time, so
+    only one sample's tensors are alive), instead of one pass per refit layer."""
+    rows = {node.outputs[0].name: _ReferenceRows() for node in layers}
+    if not rows:
+        return rows
+    rngs = {name: np.random.default_rng(context.seed) for name in rows}
+    by_name = {node.outputs[0].name: node for node in layers}
+    for batch in context.activations(original, list(rows), samples, batch_size=1):
+        for name, y in batch.items():
+            rows[name].add(by_name[name], y, positions, rngs[name])
+    return rows
 
 
 def _bias(node: ir.Node, weight: np.ndarray) -> np.ndarray | None:
