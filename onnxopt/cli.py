@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
-from onnxopt import io
+from onnxopt import __version__, io
 from onnxopt.api import OptimizeOptions, bench_files, compare_files, optimize
 from onnxopt.bench import BenchConfig, BenchResult, Measurement
 from onnxopt.data import DataSpec, ImageOptions, parse_input_shapes
@@ -109,10 +109,12 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--scale", help="image folder: pixel multiplier before mean/std (default 1/255)")
     group.add_argument("--channels", choices=["rgb", "bgr", "gray"], help="image folder: channel order")
     parser = _OneLineParser(prog="onnxopt", description="Verified ONNX graph optimization.")
+    parser.add_argument("--version", action="version", version=f"onnxopt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     opt = sub.add_parser("optimize", parents=[common, data], help="rewrite a model through a recipe of verified passes")
     opt.add_argument("model")
+    opt.add_argument("output_positional", nargs="?", metavar="OUT", help="the output file (onnxsim style; or -o OUT)")
     opt.add_argument("-o", "--output")
     opt.add_argument(
         "--allow-fallback",
@@ -203,6 +205,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
+    if args.output_positional and args.output and args.output_positional != args.output:
+        raise OnnxoptError(f"two outputs given: {args.output_positional} and -o {args.output}")
+    args.output = args.output or args.output_positional
     if args.report:
         check_report_path(args.report)  # before any work: a bad report path must not leave a model behind
     bench = None

@@ -16,7 +16,7 @@ from onnxopt.data.input_shapes import InputShapes
 from onnxopt.errors import OnnxoptError
 from onnxopt.model_stats import ModelStats, estimate_macs
 from onnxopt.optimizer.calibration import input_specs
-from onnxopt.optimizer.shared_weights import SharedWeightsModel
+from onnxopt.shared_weights import SharedWeightsModel
 
 
 @dataclasses.dataclass

@@ -226,3 +226,21 @@ def test_usage_errors_are_one_line_exit_2(argv: list[str], capsys: pytest.Captur
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("onnxopt: error: ") and "--help" in lines[0]
+
+
+def test_version_and_python_dash_m() -> None:
+    import onnxopt
+
+    for command in ([sys.executable, "-m", "onnxopt", "--version"], [sys.executable, "-m", "onnxopt.cli", "--version"]):
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and proc.stdout.strip() == f"onnxopt {onnxopt.__version__}", proc
+
+
+def test_positional_output_like_onnxsim(tmp_path: Path) -> None:
+    out = tmp_path / "out.onnx"
+    proc = run_cli("optimize", str(MODEL), str(out), "--data", "random:4")
+    assert proc.returncode == 0, proc.stderr
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    clash = run_cli("optimize", str(MODEL), str(out), "-o", str(tmp_path / "other.onnx"))
+    assert clash.returncode == 2 and "two outputs given" in clash.stderr
+    assert not (tmp_path / "other.onnx").exists()

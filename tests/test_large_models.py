@@ -25,9 +25,9 @@ from onnxopt.optimizer import quality
 from onnxopt.optimizer.calibration import activations, expose, prefix
 from onnxopt.optimizer.node_profile import UNATTRIBUTED, profile_nodes
 from onnxopt.optimizer.quality import QualityProbe
-from onnxopt.optimizer.shared_weights import SharedWeightsModel
 from onnxopt.runtime import Runner
 from onnxopt.shapes import annotate_shapes
+from onnxopt.shared_weights import SharedWeightsModel
 
 MODEL, EVAL = BUNDLED / "model.onnx", BUNDLED / "eval.npz"
 LIMIT = 64 * 1024  # bytes: any whole model of the bundled one is over it, any weightless graph under it
@@ -114,7 +114,7 @@ def test_profile_attributes_the_same_nodes(
     model = io.load(MODEL if which == "float" else quantized)
     feeds = next(iter(_dataset(4).batches(4, 4, exact=True))).feeds
     new = profile_nodes(model, feeds, runs=3, seconds=0.0)
-    monkeypatch.setattr("onnxopt.optimizer.shared_weights.SHARE_MIN_BYTES", 2**62)  # every weight embedded
+    monkeypatch.setattr("onnxopt.shared_weights.SHARE_MIN_BYTES", 2**62)  # every weight embedded
     monkeypatch.setattr(onnx.ModelProto, "SerializeToString", _unguarded)
     old = profile_nodes(model, feeds, runs=3, seconds=0.0)
     assert set(new.times) == set(old.times) and len(set(new.times) - {UNATTRIBUTED}) >= 8
@@ -147,7 +147,7 @@ def test_layer_report_is_the_serialized_models_report(
     dataset = _dataset()
     from_ir = layer_errors(io.load(MODEL), io.load(quantized), dataset, max_batch_bytes=64 * 1024)
     from_proto = layer_errors(onnx.load(str(MODEL)), onnx.load(str(quantized)), dataset)
-    monkeypatch.setattr("onnxopt.optimizer.shared_weights.SHARE_MIN_BYTES", 2**62)  # the whole model, serialized
+    monkeypatch.setattr("onnxopt.shared_weights.SHARE_MIN_BYTES", 2**62)  # the whole model, serialized
     monkeypatch.setattr(onnx.ModelProto, "SerializeToString", _unguarded)
     old = layer_errors(onnx.load(str(MODEL)), onnx.load(str(quantized)), dataset)
     assert len(old.layers) >= 10

@@ -9,7 +9,7 @@ import pytest
 from helpers import BUNDLED, run
 
 from onnxopt import io
-from onnxopt.optimizer.shared_weights import SharedWeightsModel
+from onnxopt.shared_weights import SharedWeightsModel
 
 
 def test_session_over_shared_weights_matches_the_serialized_model() -> None:

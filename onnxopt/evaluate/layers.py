@@ -42,7 +42,6 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
 
 import onnx
 import onnx_ir as ir
@@ -50,9 +49,8 @@ import onnx_ir as ir
 from onnxopt.data import Dataset, fixed_batch
 from onnxopt.errors import UnsupportedModelError
 from onnxopt.evaluate.agreement import AgreementAccumulator, finite_db
-
-if TYPE_CHECKING:
-    from onnxopt.optimizer.shared_weights import SharedWeightsModel
+from onnxopt.io.sparse_storage import densify
+from onnxopt.shared_weights import SharedWeightsModel
 
 #: Default SNR (dB) below which a layer counts as broken.
 DEFAULT_THRESHOLD_DB = 20.0
@@ -106,9 +104,8 @@ def layer_errors(
 
     Either model is a ModelProto (tensor data loaded) or an IR model; neither is ever serialized with its
     weights: onnxruntime reads each graph without them and gets them as shared arrays
-    (:class:`~onnxopt.optimizer.shared_weights.SharedWeightsModel`), so a model over protobuf's 2 GB limit
+    (:class:`~onnxopt.shared_weights.SharedWeightsModel`), so a model over protobuf's 2 GB limit
     is compared like any other."""
-    from onnxopt.optimizer.shared_weights import SharedWeightsModel  # onnxopt.optimizer imports this module
 
     ref_frozen = SharedWeightsModel(_ir(reference), protect=False)
     cand_frozen = SharedWeightsModel(_ir(candidate), protect=False)
@@ -150,8 +147,6 @@ def _ir(model: onnx.ModelProto | ir.Model) -> ir.Model:
     if isinstance(model, ir.Model):
         return model
     if model.graph.sparse_initializer:
-        from onnxopt.io.sparse_storage import densify
-
         dense = onnx.ModelProto()
         dense.CopyFrom(model)
         densify(dense)

@@ -17,7 +17,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt.errors import OnnxoptError
-from onnxopt.optimizer.shared_weights import SharedWeightsModel
+from onnxopt.shared_weights import SharedWeightsModel
 
 #: Extra random batches drawn, at most, to reach an If branch the guard data missed.
 MAX_EXTRA_BATCHES = 16

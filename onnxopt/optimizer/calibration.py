@@ -3,7 +3,7 @@
 Passes that learn from data (``reconstruct``; later the quantizer's
 calibration) never run onnxruntime themselves: they ask the pipeline's
 Context, which calls :func:`activations`. The model's graph is serialized
-without its weights (:class:`~onnxopt.optimizer.shared_weights.SharedWeightsModel`:
+without its weights (:class:`~onnxopt.shared_weights.SharedWeightsModel`:
 they reach onnxruntime as shared arrays, so a model over protobuf's 2 GB
 limit works too), the requested tensors added as graph outputs and the graph
 cut down to what they need, run with graph optimizations disabled (so the
@@ -21,8 +21,8 @@ import onnx_ir as ir
 
 from onnxopt import io
 from onnxopt.data import Dataset, batch_size_for, fixed_batch
-from onnxopt.optimizer.shared_weights import SharedWeightsModel, cut
 from onnxopt.runtime import TensorSpec
+from onnxopt.shared_weights import SharedWeightsModel, cut
 
 
 def expose(model: ir.Model, names: Sequence[str]) -> onnx.ModelProto:

@@ -16,7 +16,7 @@ The timings are medians over the runs after ``warmup`` runs, in
 microseconds, on the given execution providers with every graph
 optimization on -- how the model will be deployed. The session reads the
 graph without its weights and gets them as shared arrays
-(:class:`~onnxopt.optimizer.shared_weights.SharedWeightsModel`), so a model
+(:class:`~onnxopt.shared_weights.SharedWeightsModel`), so a model
 over protobuf's 2 GB limit is profiled like any other.
 """
 
@@ -36,7 +36,8 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxopt.errors import UnsupportedModelError
-from onnxopt.optimizer.shared_weights import SharedWeightsModel, share
+from onnxopt.runtime import share_initializers
+from onnxopt.shared_weights import SharedWeightsModel
 
 UNATTRIBUTED = "(layout and conversions)"
 _TOKEN = re.compile(r"(_token_\d+)+$")
@@ -82,7 +83,7 @@ def profile_nodes(
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(folder, "profile")
-        share(options, weights)
+        share_initializers(options, weights, optimized=True)
         try:
             session = ort.InferenceSession(str(graph), options, providers=list(providers))
             for _ in range(warmup):

@@ -6,7 +6,7 @@ After each pass that changed the model, the guard:
 1. serializes the graph and runs ``onnx.checker`` with ``full_check``;
 2. opens an onnxruntime session (graph optimizations DISABLED) over that
    graph and the model's own weight arrays, shared without copying
-   (:mod:`onnxopt.optimizer.shared_weights`);
+   (:mod:`onnxopt.shared_weights`);
 3. runs the guard batches and compares with the outputs of the model as it
    was before the pass; a lossless pass must stay within its relative
    tolerance (``max|after - before| <= tol * max|before|`` per output).
@@ -42,10 +42,10 @@ from onnxopt.evaluate.agreement import OutputAgreement, agreement
 from onnxopt.model_stats import ModelStats
 from onnxopt.optimizer.branches import more_feeds_for_branches
 from onnxopt.optimizer.context import Context
-from onnxopt.optimizer.shared_weights import SharedWeightsModel
 from onnxopt.passes.base import OptPass, PassOutcome
 from onnxopt.runtime import Runner
 from onnxopt.shapes import annotate_shapes
+from onnxopt.shared_weights import SharedWeightsModel
 
 
 @dataclasses.dataclass

@@ -15,7 +15,7 @@ order of preference:
 
 The original's outputs are computed once and kept (the probe is for budgets
 on a few hundred samples, not for whole datasets). Sessions get the weights
-as shared arrays (:mod:`onnxopt.optimizer.shared_weights`), never a
+as shared arrays (:mod:`onnxopt.shared_weights`), never a
 serialized copy of the whole model.
 """
 
@@ -28,8 +28,8 @@ import onnx_ir as ir
 
 from onnxopt.data import Dataset, batch_size_for, fixed_batch
 from onnxopt.evaluate.agreement import is_classifier_shape
-from onnxopt.optimizer.shared_weights import SharedWeightsModel
 from onnxopt.runtime import Runner
+from onnxopt.shared_weights import SharedWeightsModel
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,8 +41,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from onnxopt.errors import UnsupportedModelError
-from onnxopt.runtime import Runner, tensor_spec
+from onnxopt.runtime import Runner
 
 #: Initializers smaller than this stay embedded in the serialized graph.
 SHARE_MIN_BYTES = 1024
@@ -161,11 +160,9 @@ class SharedWeightsModel:
         """An onnxruntime session over the graph and the shared weights: graph optimizations disabled unless
         ``optimize``; ``outputs`` and ``only_outputs`` as in :meth:`session_source`."""
         path, values = self.session_source(outputs, only_outputs=only_outputs)
-        if optimize:
-            return _OptimizedRunner(self, path, values, providers=providers, threads=threads)
-        runner = Runner(path, providers=providers, threads=threads, initializers=values)
-        runner.frozen = self  # type: ignore[attr-defined]  # the graph's folder lives as long as the session
-        return runner
+        return Runner(
+            path, providers=providers, optimize=optimize, threads=threads, initializers=values, keep_alive=self
+        )
 
     def restore(self) -> ir.Model:
         """The model as it was frozen: same graph, same weight arrays."""
@@ -175,49 +172,6 @@ class SharedWeightsModel:
                 if name in self.arrays:
                     value.const_value = ir.Tensor(self.arrays[name], name=name)
         return model
-
-
-def share(options: ort.SessionOptions, values: Mapping[str, ort.OrtValue]) -> None:
-    """Hand ``values`` to a session made with ``options``, without copying them.
-
-    ``add_initializer`` makes the session run on the OrtValues' own buffers; that is all a session without
-    graph optimizations needs. onnxruntime's graph optimizers, though, read initializer data from the graph
-    itself (where the weights are references to the empty placeholder): ``add_external_initializers`` puts
-    the same buffers there. Both are views, so the session copies nothing but what its optimizers rewrite
-    (fused or pre-packed weights). The caller keeps ``values`` alive as long as the session."""
-    for name, value in values.items():
-        options.add_initializer(name, value)
-    if values:
-        options.add_external_initializers(list(values), list(values.values()))
-
-
-class _OptimizedRunner(Runner):
-    """A :class:`~onnxopt.runtime.Runner` with every onnxruntime graph optimization on, over a frozen graph and
-    its shared weights (:func:`share`; ``Runner`` itself only has ``add_initializer``)."""
-
-    def __init__(
-        self,
-        frozen: SharedWeightsModel,
-        path: Path,
-        values: dict[str, ort.OrtValue],
-        *,
-        providers: Sequence[str],
-        threads: int,
-    ) -> None:  # no super().__init__: it would build the session a second way
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 4
-        self._initializers = values  # must outlive the session
-        self.frozen = frozen  # and so must the graph's folder
-        share(options, values)
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=list(providers))
-        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
-            text = " ".join(str(e).split())[:400] or type(e).__name__
-            raise UnsupportedModelError(f"onnxruntime cannot run the model: {text}") from e
-        self.inputs = [tensor_spec(i) for i in self.session.get_inputs()]
-        self.outputs = [tensor_spec(o) for o in self.session.get_outputs()]
 
 
 def add_outputs(proto: onnx.ModelProto, types: Mapping[str, int | None]) -> onnx.ModelProto:
