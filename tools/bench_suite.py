@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.version_converter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mobilenet_like import INPUT_SHAPE as MOBILENET_INPUT
@@ -272,6 +273,14 @@ def ort_quantize(subject: Subject, out: Path, *, reduce_range: bool = False) -> 
 
     notes = []
     source = subject.path
+    opset = next(
+        o.version for o in onnx.load(str(source), load_external_data=False).opset_import if o.domain in ("", "ai.onnx")
+    )
+    if opset < 13:  # per-channel DequantizeLinear needs opset 13; quantize_static writes it into older models anyway
+        upgraded = out.with_name(out.stem + "_opset13.onnx")
+        onnx.save(onnx.version_converter.convert_version(onnx.load(str(source)), 13), str(upgraded))
+        source = upgraded
+        notes.append(f"opset {opset} upgraded to 13 first (onnx's version converter)")
     prepared = out.with_name(out.stem + "_preprocessed.onnx")
     try:
         quant_pre_process(str(source), str(prepared))
