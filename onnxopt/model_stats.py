@@ -66,7 +66,8 @@ def estimate_macs(
     ``input_shapes`` overrides, an image's H/W 224 or its known sibling, else 1), the batch set to 1.
     ``measured``: tensor shapes observed by running the model (for what shape inference cannot follow)."""
     proto = ir.serde.serialize_model(model)
-    specs = [_spec(v) for v in proto.graph.input if v.name not in {t.name for t in proto.graph.initializer}]
+    weights = {t.name for t in proto.graph.initializer}
+    specs = [_spec(v) for v in proto.graph.input if v.name not in weights]
     resolved = sample_shapes(specs, input_shapes)
     for value in proto.graph.input:
         sample = resolved.get(value.name)

@@ -9,6 +9,7 @@ on a real 2.1 GB model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +23,12 @@ from onnxopt.api import compare_files, optimize
 from onnxopt.data import open_dataset
 from onnxopt.evaluate.layers import layer_errors
 from onnxopt.optimizer import quality
-from onnxopt.optimizer.calibration import activations, expose, prefix
+from onnxopt.optimizer.calibration import activations
 from onnxopt.optimizer.node_profile import UNATTRIBUTED, profile_nodes
 from onnxopt.optimizer.quality import QualityProbe
 from onnxopt.runtime import Runner
 from onnxopt.shapes import annotate_shapes
-from onnxopt.shared_weights import SharedWeightsModel
+from onnxopt.shared_weights import SharedWeightsModel, cut
 
 MODEL, EVAL = BUNDLED / "model.onnx", BUNDLED / "eval.npz"
 LIMIT = 64 * 1024  # bytes: any whole model of the bundled one is over it, any weightless graph under it
@@ -74,11 +75,25 @@ def test_the_guard_patch_catches_a_whole_model(no_whole_model: list[int]) -> Non
     assert no_whole_model and max(no_whole_model) < 20_000 and frozen.arrays
 
 
+def _expose(model: ir.Model, names: Sequence[str]) -> onnx.ModelProto:
+    """The old path: ``model`` as a ModelProto with ``names`` added to its graph outputs."""
+    proto = io.to_proto(model)
+    values = {v.name: v for node in model.graph for v in node.outputs if v.name}
+    present = {o.name for o in proto.graph.output}
+    for name in names:
+        if name in present:
+            continue
+        value = values.get(name)
+        elem = value.dtype.value if value is not None and value.dtype is not None else onnx.TensorProto.FLOAT
+        proto.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
+    return proto
+
+
 def test_activations_match_the_serialized_prefix(no_whole_model: list[int]) -> None:
     model = io.load(MODEL)
     annotate_shapes(model)  # as the pipeline does: the int64 Shape output is typed
     dataset = _dataset()
-    old_runner = Runner(_unguarded(prefix(expose(model, NAMES), NAMES)))  # the old path: the whole prefix serialized
+    old_runner = Runner(_unguarded(cut(_expose(model, NAMES), NAMES)))  # the old path: the whole prefix serialized
     old = [old_runner.run(b.feeds, NAMES) for b in dataset.batches(16, 16)]
     new = list(activations(model, NAMES, dataset, limit=16, batch_size=16))
     assert len(new) == len(old) == 1

@@ -16,27 +16,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 
-from onnxopt import io
 from onnxopt.data import Dataset, batch_size_for, fixed_batch
 from onnxopt.runtime import TensorSpec
-from onnxopt.shared_weights import SharedWeightsModel, cut
-
-
-def expose(model: ir.Model, names: Sequence[str]) -> onnx.ModelProto:
-    """``model`` as a ModelProto with ``names`` added to its graph outputs (float unless typed otherwise)."""
-    proto = io.to_proto(model)
-    values = {v.name: v for node in model.graph for v in node.outputs if v.name}
-    present = {o.name for o in proto.graph.output}
-    for name in names:
-        if name in present:
-            continue
-        value = values.get(name)
-        elem = value.dtype.value if value is not None and value.dtype is not None else onnx.TensorProto.FLOAT
-        proto.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
-    return proto
+from onnxopt.shared_weights import SharedWeightsModel
 
 
 def input_specs(model: ir.Model) -> list[TensorSpec]:
@@ -49,14 +33,6 @@ def input_specs(model: ir.Model) -> list[TensorSpec]:
         dtype = value.dtype.numpy() if value.dtype is not None else np.dtype(np.float32)
         specs.append(TensorSpec(value.name, np.dtype(dtype), dims))
     return specs
-
-
-def prefix(proto: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    """``proto`` (changed in place) cut down to computing ``names``: they become the only graph outputs and
-    every node they do not depend on is dropped (onnxruntime runs every node of a graph, whatever outputs
-    are asked for, so an early layer's activations would otherwise cost a whole forward pass). Graph inputs
-    all stay (feeds name them); initializers no kept node reads are dropped."""
-    return cut(proto, names)
 
 
 def activations(
