@@ -99,11 +99,15 @@ def test_int8_slower_than_float_leaves_the_model_float() -> None:
             return super().latency_ratio(baseline, candidate, batch=batch, seconds=seconds)
 
     slow = dict.fromkeys(["Conv", "AveragePool", "GlobalAveragePool", "Flatten"], 20.0)
-    record, result = _run("quantize:fallback=profile", NoGain(slow))
+    record, result = _run("quantize:fallback=profile;float_weights=float", NoGain(slow))
     assert record.status == "unchanged"
     assert any("left float" in s for s in record.skipped)
     assert not any(n.op_type == "QuantizeLinear" for n in result.model.graph)
     assert any("int8 latency" in n and "x float at batch 1" in n for n in record.notes)
+    # by default the compute stays float but the weights are stored int8 (smaller, at float speed)
+    record, result = _run("quantize:fallback=profile", NoGain(slow))
+    assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in result.model.graph)
+    assert any("compute kept float on every node" in n for n in record.notes)
 
 
 @pytest.fixture(scope="module")

@@ -82,6 +82,7 @@ from onnxopt.passes.quantize.activation_ranges import RangeCollector
 from onnxopt.passes.quantize.range_search import entropy_range, mse_range
 from onnxopt.passes.quantize.search import FloatFallbackSearch
 from onnxopt.passes.quantize.weight_rounding import apply_shift, channel_means, quantize_weight, rounding_shift
+from onnxopt.passes.quantize.weight_storage import MIN_ELEMENTS, store_weights_int8
 
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 DATA_OPS = (
@@ -109,6 +110,7 @@ class QuantizeConfig:
     bias_correct: bool = False  # fold each layer's mean weight-rounding error into its bias
     profile_batch: int | None = None  # the batch fallback=profile times (default: the run's --batch, else 1)
     slower_tolerance: float = 0.05  # fallback=profile declines only when int8 is slower than float by more
+    float_weights: str = "int8"  # int8 | float: how nodes that keep float compute store their weights
 
     def __post_init__(self) -> None:
         if self.calibration not in ("minmax", "percentile", "entropy", "mse"):
@@ -127,6 +129,8 @@ class QuantizeConfig:
             raise ValueError("samples, eval_samples and profile_batch must be positive")
         if not 0 <= self.slower_tolerance < 1:
             raise ValueError("slower_tolerance must be in [0, 1)")
+        if self.float_weights not in ("int8", "float"):
+            raise ValueError(f"float_weights must be int8 or float, not {self.float_weights!r}")
         check_pattern(self.exclude)
 
 
@@ -140,7 +144,9 @@ class QuantizeQDQPass(OptPass):
     min_opset = 13
 
     def required_opset(self, model: ir.Model) -> int | None:
-        return 21 if self.config.activations == "int16" and not self.config.weights_only else self.min_opset
+        if self.config.weights_only:
+            return 7  # Cast and a broadcasting Mul decode the stored weights
+        return 21 if self.config.activations == "int16" else self.min_opset
 
     def rewrite(self, model: ir.Model, log: PassLog) -> None:
         graph = model.graph
@@ -157,6 +163,7 @@ class QuantizeQDQPass(OptPass):
         log.note(f"target {target.name}: {target.reason}")
         pattern = re.compile(self.config.exclude) if self.config.exclude else None
         excluded = {n.name for n in graph if pattern and pattern.search(n.name or "")}
+        self._user_excluded = set(excluded)  # kept float by the user: weights stay exact too
         ranges: Ranges = {}
         self._means: dict[str, np.ndarray] = {}
         if self.config.weights_only and self.config.bias_correct:
@@ -166,12 +173,18 @@ class QuantizeQDQPass(OptPass):
             if not tensors:
                 return
             ranges = self._calibrate(model, tensors)
+        exact = excluded
         if self.config.fallback == "profile" or self.config.max_drop is not None:
-            decided = self._search(log, model, ranges, excluded, target)
+            search = self._search(model, ranges, excluded, target, log)
+            decided = search.run(excluded)
+            if decided is None and search.declined == "speed" and self.config.float_weights == "int8":
+                every = {n.name for n in self._chosen(graph, set())} | excluded
+                self._apply(log, model, ranges, every, target, exact=set(excluded))
+                return
             if decided is None:
                 return
-            excluded = decided
-        self._apply(log, model, ranges, excluded, target)
+            excluded, exact = decided, decided - search.kept_for_speed
+        self._apply(log, model, ranges, excluded, target, exact=exact)
 
     def _sums_to_adds(self, log: PassLog, graph: ir.Graph) -> None:
         """Two-input Sum is Add, which has an integer kernel (QLinearAdd); Sum has none."""
@@ -295,33 +308,46 @@ class QuantizeQDQPass(OptPass):
 
     # ------------------------------------------------------------------ which nodes stay float
 
-    def _trial(self, model: ir.Model, ranges: Ranges, excluded: set[str], target) -> ir.Model:
-        """A quantized copy of ``model`` with ``excluded`` kept float (recorded in a throwaway log)."""
+    def _trial(self, model: ir.Model, ranges: Ranges, excluded: set[str], target, exact: set[str]) -> ir.Model:
+        """A quantized copy of ``model`` with ``excluded`` kept float, ``exact`` of them with exact weights
+        (recorded in a throwaway log)."""
         clone = model.clone()
-        self._apply(PassLog(), clone, ranges, excluded, target)
+        self._apply(PassLog(), clone, ranges, excluded, target, exact=exact)
         return clone
 
-    def _search(self, log: PassLog, model: ir.Model, ranges: Ranges, excluded: set[str], target) -> set[str] | None:
-        """The nodes to keep float so the result is faster than float and within the budget; None: decline."""
+    def _search(self, model: ir.Model, ranges: Ranges, excluded: set[str], target, log: PassLog):
+        """The search for the nodes to keep float so the result is faster than float and within the budget
+        (its ``run`` returns None to decline). Nodes kept float for speed keep int8 weight storage; the ones
+        kept for the budget, exact weights."""
+        search: FloatFallbackSearch
+
+        def trial(keep: set[str]) -> ir.Model:
+            return self._trial(model, ranges, keep, target, exact=keep - search.kept_for_speed)
+
         search = FloatFallbackSearch(
             self.config,
             self.require_context(),
             log,
             model,
-            trial=lambda keep: self._trial(model, ranges, keep, target),
+            trial=trial,
             quantizable=lambda keep: {n.name: n.op_type for n in self._chosen(model.graph, keep)},
             batch=self.config.profile_batch or self.require_context().batch,
         )
-        return search.run(excluded)
+        return search
 
     # ------------------------------------------------------------------ applying
 
-    def _apply(self, log: PassLog, model: ir.Model, ranges: Ranges, excluded: set[str], target) -> None:
+    def _apply(
+        self, log: PassLog, model: ir.Model, ranges: Ranges, excluded: set[str], target, *, exact: set[str]
+    ) -> None:
+        """Quantize ``model`` in place with ``excluded`` kept float; every float weight left (nodes kept float,
+        ops without integer kernels) is stored int8 unless its node is in ``exact`` or ``float_weights=float``."""
         graph = model.graph
         chosen = self._chosen(graph, excluded)
         names = NameSource(model)
         if self._means:
-            self._correct_biases(log, chosen, target.weight_max, names)
+            weight_max = 127 if self.config.weights_only else target.weight_max  # storage rounds to 8 bits
+            self._correct_biases(log, chosen, weight_max, names)
         if not self.config.weights_only:
             float_tensors = _touching(graph, excluded)
             folded = set()
@@ -334,11 +360,16 @@ class QuantizeQDQPass(OptPass):
                     log.skip(value.name or "?", "no finite calibration range")
                     continue
                 self._insert_pair(log, graph, value, low, high, names)
-        for node in chosen:
+        for node in [] if self.config.weights_only else chosen:
             if node.op_type in WEIGHT_OPS:
                 self._quantize_weight(log, graph, node, names, target.weight_max)
-            elif node.op_type in ("Add", "Mul", "Concat") and not self.config.weights_only:
+            elif node.op_type in ("Add", "Mul", "Concat"):
                 self._quantize_constants(graph, node, names)
+        if self.config.float_weights == "int8" or self.config.weights_only:
+            everything = 1 if self.config.weights_only else MIN_ELEMENTS  # asked for: every weight, however small
+            stored = store_weights_int8(graph, names, exact, min_elements=everything)
+            if stored:
+                log.count("weights stored int8 for float compute", len(stored))
 
     def _correct_biases(self, log: PassLog, chosen: list[ir.Node], weight_max: int, names: NameSource) -> None:
         """Before rounding: each Conv/Gemm bias absorbs the mean output error its weight's rounding will cause."""

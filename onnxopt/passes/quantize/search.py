@@ -44,6 +44,8 @@ class FloatFallbackSearch:
         self.trial = trial
         self.quantizable = quantizable
         self.batch = batch
+        self.kept_for_speed: set[str] = set()  # nodes kept float because their int8 kernel was slower
+        self.declined: str | None = None  # why run() returned None: "speed" or "budget"
 
     def run(self, excluded: set[str]) -> set[str] | None:
         if self.config.fallback == "profile":
@@ -51,9 +53,11 @@ class FloatFallbackSearch:
         if self.config.max_drop is not None:
             decided = self._fit_budget(excluded)
             if decided is None:
+                self.declined = "budget"
                 return None
             excluded = decided
         if self.config.fallback == "profile" and not self._faster_than_float(self.trial(excluded)):
+            self.declined = "speed"
             return None
         return excluded
 
@@ -82,6 +86,7 @@ class FloatFallbackSearch:
             if ratio.median < 0.99:
                 excluded, current = excluded | set(lost[op_type]), candidate
                 kept_float.update(lost[op_type])
+                self.kept_for_speed |= set(lost[op_type])
         for name, (float_us, int8_us) in sorted(kept_float.items()):
             kept = "float (slower in int8)"
             self.log.detail(node=name, op=ops[name], float_us=round(float_us, 1), int8_us=round(int8_us, 1), kept=kept)
@@ -101,9 +106,11 @@ class FloatFallbackSearch:
         shown = ", ".join(f"{r:.2f}" for r in ratios)
         self.log.note(f"int8 latency {ratio:.2f}x float at batch {batch} (interleaved; measured {shown})")
         if ratio > 1.0 + self.config.slower_tolerance:
-            self.log.skip(
-                "model", f"int8 runs {ratio:.2f}x the float latency at batch {batch} on this target: left float"
-            )
+            said = f"int8 runs {ratio:.2f}x the float latency at batch {batch} on this target"
+            if self.config.float_weights == "int8":
+                self.log.note(f"{said}: compute kept float on every node (weights still stored int8)")
+            else:
+                self.log.skip("model", f"{said}: left float")
             return False
         return True
 

@@ -1,0 +1,123 @@
+"""Int8 *storage* for weights whose node keeps float compute: a 4x smaller file at float speed.
+
+A weight ``W`` (float32) of a node that runs in float is stored as
+
+    W_int8  int8[shape]               round(W / scale), per output channel, |q| <= 127
+    scale   float32[1, .., C, .., 1]  max|W_c| / 127, shaped to broadcast along the channel axis
+
+and rebuilt in the graph with ``Mul(Cast<float>(W_int8), scale)``. Both inputs
+are constants, so onnxruntime's constant folding turns the pair into one dense
+float initializer when it creates the session: the running graph is the float
+one with the rounded weights (the values ``DequantizeLinear`` would give,
+bit for bit), and no call pays for the decoding. ``DequantizeLinear`` is
+*not* used for this: onnxruntime keeps weight-only DequantizeLinear nodes in
+the graph (they are QDQ markers to it) and runs them on every call.
+
+What it stores: input 1 of Conv, ConvTranspose, Gemm and MatMul (per output
+channel, :func:`onnxopt.passes._weights.weight_axes`), inputs 1 and 2 (W, R)
+of LSTM, GRU and RNN (per gate row, axis 1) -- float32 constants of at least
+:data:`MIN_ELEMENTS` elements (any size when every weight is asked for). Declined (left as they are): anything else,
+weights read by a node of another kind too, non-finite weights. The cost is
+the weight-only rounding error, which the caller measures. Needs a session
+with graph optimization on (onnxruntime's default); with it off the decoding
+runs every call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxopt.passes._graph_edit import NameSource, constant_array, remove_node_and_orphans
+from onnxopt.passes._weights import weight_axes
+
+#: Smaller weights stay float (the scale and the two nodes are not worth it).
+MIN_ELEMENTS = 1024
+MATRIX_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+
+
+def storage_axis(node: ir.Node, index: int, ndim: int) -> int | None:
+    """The per-channel axis weight input ``index`` of ``node`` is stored along; None if it is not a weight."""
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type in MATRIX_OPS and index == 1 and ndim >= 2:
+        return weight_axes(node, ndim)[0]
+    if node.op_type in RECURRENT_OPS and index in (1, 2) and ndim == 3:
+        return 1  # [directions, gates * hidden, inputs]: one scale per gate row
+    return None
+
+
+def int8_per_channel(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 values, float32 scales shaped to broadcast along ``axis``): symmetric, |q| <= 127."""
+    moved = np.moveaxis(np.abs(weight.astype(np.float64)), axis, 0).reshape(weight.shape[axis], -1)
+    peak = moved.max(axis=1)
+    shape = [1] * weight.ndim
+    shape[axis] = -1
+    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32).reshape(shape)
+    q = np.clip(np.round(weight / scale), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def store_weights_int8(
+    graph: ir.Graph, names: NameSource, keep_exact: set[str] = frozenset(), *, min_elements: int = MIN_ELEMENTS
+) -> list[str]:
+    """Store every eligible float weight of ``graph`` (module docstring) of at least ``min_elements`` elements
+    as int8 + scale, in place; nodes named in ``keep_exact`` keep their weights exact. Returns the names of the
+    weights stored."""
+    stored: list[str] = []
+    for node in list(graph):
+        if node.name in keep_exact:
+            continue
+        for index, value in enumerate(node.inputs):
+            if value is None or value.dtype != ir.DataType.FLOAT:
+                continue
+            array = constant_array(value)
+            if array is None or array.size < min_elements or not np.isfinite(array).all():
+                continue
+            axis = _common_axis(value, array.ndim, keep_exact)
+            if axis is None:
+                continue
+            decoded = _decoder(graph, names, value.name or f"{node.name}_weight{index}", array, axis)
+            producer = value.producer()
+            for use in list(value.uses()):
+                use.node.replace_input_with(use.idx, decoded)
+            if producer is not None and producer.op_type == "Constant" and not producer.outputs[0].uses():
+                remove_node_and_orphans(graph, producer)
+            elif value.is_initializer() and not value.uses() and value.name in graph.initializers:
+                del graph.initializers[value.name]
+            stored.append(value.name or "?")
+    return stored
+
+
+def _common_axis(value: ir.Value, ndim: int, keep_exact: set[str]) -> int | None:
+    """The one axis every reader of ``value`` stores it along; None if a reader is not a storable weight read
+    (or is kept exact, or two readers disagree): one rounding must serve them all."""
+    if value.is_graph_output():
+        return None
+    axes = {
+        None if use.node.name in keep_exact else storage_axis(use.node, use.idx, ndim) for use in value.uses()
+    }
+    return axes.pop() if len(axes) == 1 else None
+
+
+def _decoder(graph: ir.Graph, names: NameSource, base: str, array: np.ndarray, axis: int) -> ir.Value:
+    q, scale = int8_per_channel(array, axis)
+    q_value = _initializer(graph, names.fresh(f"{base}_int8"), q)
+    s_value = _initializer(graph, names.fresh(f"{base}_int8_scale"), scale)
+    cast = ir.node("Cast", [q_value], attributes={"to": ir.DataType.FLOAT}, name=names.fresh(f"{base}_int8_cast"))
+    cast.outputs[0].name = names.fresh(f"{base}_int8_as_float")
+    mul = ir.node("Mul", [cast.outputs[0], s_value], name=names.fresh(f"{base}_int8_decode"))
+    mul.outputs[0].name = names.fresh(f"{base}_decoded")
+    for value in (cast.outputs[0], mul.outputs[0]):
+        value.dtype, value.shape = ir.DataType.FLOAT, ir.Shape(array.shape)
+    graph.insert_before(next(iter(graph)), [cast, mul])  # reads only constants: first is topologically sound
+    return mul.outputs[0]
+
+
+def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+    value.dtype = ir.DataType.from_numpy(array.dtype)
+    value.shape = ir.Shape(array.shape)
+    graph.register_initializer(value)
+    return value
