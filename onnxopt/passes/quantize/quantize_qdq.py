@@ -17,8 +17,17 @@ What it quantizes:
   ``int8`` symmetric, or ``int16`` symmetric (A16W8; needs opset 21, upgraded
   to). Float constants read by Add/Mul/Concat are quantized per tensor too.
   Graph inputs stay float at the interface; graph outputs and Softmax stay
-  float. ``weights_only=true`` quantizes the weights alone (a 4x smaller file,
-  float compute).
+  float. ``weights_only=true`` stores the weights int8 alone (a 4x smaller file,
+  float compute, :mod:`onnxopt.passes.quantize.weight_storage`).
+* **weights of nodes that keep float compute** (kept float by the speed search,
+  or ops without an integer kernel such as LSTM/GRU): stored int8 per channel
+  and decoded by a Cast+Mul that onnxruntime folds when it creates the session
+  -- the file shrinks, the speed stays float's (``float_weights=float`` keeps
+  them float32; nodes kept float by ``exclude`` or the accuracy budget keep
+  exact weights).
+* **Concats of mixed ranges** (inputs' ranges more than 8x apart: a detector's
+  pixel boxes beside its [0, 1] scores) stay float, with the data-movement
+  nodes after them: one shared scale would erase the narrow input.
 * **Relu after a weight op** (uint8 activations): the Relu is removed and the
   op's output is quantized with the Relu's range -- zero point 0, so the
   quantizer's clamp *is* the Relu.
@@ -40,9 +49,11 @@ Two searches decide which nodes stay float (besides ``exclude``):
   profiler times the float model and the quantized one on the run's provider
   (:mod:`onnxopt.optimizer.node_profile`); nodes whose int8 kernel is slower than their
   float kernel are kept float, a round is kept only if the whole model got
-  faster, and when the int8 model is still not faster than the float one the
-  pass declines altogether -- quantization never makes a model slower. The
-  record has each node's float and int8 microseconds.
+  faster, and when the int8 model is still not faster than the float one
+  every node keeps float compute (with int8 weight storage; with
+  ``float_weights=float`` the pass declines) -- quantization never makes a
+  model slower. Nodes are decided one by one by their own timings first, then
+  by op type. The record has each node's float and int8 microseconds.
 * ``max_drop=d``: the quantized model is scored against the original
   (:mod:`onnxopt.optimizer.quality`: accuracy with labels, else top-1 agreement, else
   output agreement) on ``eval_samples`` samples; while the drop exceeds ``d``,
@@ -173,6 +184,7 @@ class QuantizeQDQPass(OptPass):
             if not tensors:
                 return
             ranges = self._calibrate(model, tensors)
+            excluded |= _mixed_range_joins(log, graph, self._chosen(graph, excluded), ranges)
         exact = excluded
         if self.config.fallback == "profile" or self.config.max_drop is not None:
             search = self._search(model, ranges, excluded, target, log)
@@ -515,6 +527,46 @@ def _half_precision(model: ir.Model) -> str | None:
             if value.dtype in half:
                 return f"{kind} '{value.name}'"
     return None
+
+
+#: A Concat whose inputs' ranges differ by more than this factor stays float: one shared scale would leave the
+#: narrowest input fewer than 256 / 8 = 32 levels (a detector's [0, 1] scores beside its boxes' pixels get none).
+MIXED_RANGE_RATIO = 8.0
+_DATA_MOVEMENT = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Concat", "Gather", "Slice", "Split")
+
+
+def _mixed_range_joins(log: PassLog, graph: ir.Graph, chosen: list[ir.Node], ranges: Ranges) -> set[str]:
+    """The Concats joining tensors of very different ranges, and the data-movement nodes downstream of them
+    (until a node that computes): kept float, so no one scale is shared by boxes and scores."""
+    kept: set[str] = set()
+    for node in chosen:
+        if node.op_type != "Concat" or len(node.inputs) < 2 or node.name in kept:
+            continue
+        spans = []
+        for value in node.inputs:
+            array = constant_array(value)
+            low, high = (
+                (float(array.min()), float(array.max())) if array is not None and array.size
+                else ranges.get(value.name or "", (np.inf, -np.inf)) if value is not None else (np.inf, -np.inf)
+            )  # fmt: skip
+            if np.isfinite(low) and np.isfinite(high):
+                spans.append(max(high, 0.0) - min(low, 0.0))
+        if len(spans) < 2 or max(spans) <= MIXED_RANGE_RATIO * max(min(spans), 1e-12):
+            continue
+        ratio = max(spans) / max(min(spans), 1e-12)
+        frontier = [node]
+        while frontier:
+            current = frontier.pop()
+            if current.name in kept:
+                continue
+            kept.add(current.name)
+            frontier.extend(
+                u.node for v in current.outputs for u in v.uses() if u.node.op_type in _DATA_MOVEMENT and u.node.name
+            )
+        log.detail(node=node.name, op="Concat", range_ratio=round(ratio, 1), kept="float (inputs of mixed ranges)")
+    if kept:
+        log.note(f"{len(kept)} node(s) kept float where a Concat joins ranges more than {MIXED_RANGE_RATIO:g}x apart")
+    return kept
 
 
 def _touching(graph: ir.Graph, excluded: set[str]) -> set[int]:

@@ -65,9 +65,10 @@ class FloatFallbackSearch:
         return self.context.profile(model, batch=self.batch)
 
     def _keep_slow_nodes_float(self, excluded: set[str]) -> set[str]:
-        """Keep float the op types whose int8 kernels the profiler finds slower than their float ones, one type at
-        a time, most time lost first; a type stays float only if the whole model then runs measurably faster
-        (interleaved timing: the islands' extra Q/DQ may cost more than the kernels save)."""
+        """Keep float the nodes whose int8 kernels the profiler finds slower than their float ones: all of them at
+        once, each decided by its own timing; if that is not measurably faster than all-int8, one op type at a
+        time, most time lost first, each kept only if the whole model then runs measurably faster (interleaved
+        timing: the islands' extra Q/DQ may cost more than the kernels save)."""
         context = self.context
         ops = self.quantizable(excluded)
         float_profile = self._profile(self.model)
@@ -80,7 +81,15 @@ class FloatFallbackSearch:
                 lost.setdefault(op_type, {})[name] = (float_us, int8_us)
         order = sorted(lost, key=lambda op: -sum(i - f for f, i in lost[op].values()))
         kept_float: dict[str, tuple[float, float]] = {}
-        for op_type in order:
+        slower = {name: times for nodes in lost.values() for name, times in nodes.items()}
+        if slower:  # per node first: every node whose own int8 kernel is slower, whatever its type
+            candidate = self.trial(excluded | set(slower))
+            if context.latency_ratio(current, candidate, batch=self.batch).median < 0.99:
+                excluded, current = excluded | set(slower), candidate
+                kept_float.update(slower)
+                self.kept_for_speed |= set(slower)
+                order = []  # nothing slower is left int8
+        for op_type in order:  # else one op type at a time: the islands' extra Q/DQ may cost more per node
             candidate = self.trial(excluded | set(lost[op_type]))
             ratio = context.latency_ratio(current, candidate, batch=self.batch)
             if ratio.median < 0.99:

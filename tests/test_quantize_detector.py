@@ -1,0 +1,75 @@
+"""A detector that concatenates boxes (hundreds of pixels) and class scores ([0, 1]) into one output: int8 must
+keep the scores (one shared scale would round every score to 0 or a whole box step)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from helpers import parse
+
+from onnxopt.api import optimize
+
+RNG = np.random.default_rng(3)
+DETECTOR = """<ir_version: 8, opset_import: ["": 13]>
+g (float[N, 3, 32, 32] x) => (float[N, 64, 6] detections) {
+    c1 = Conv<pads=[1,1,1,1], strides=[2,2]>(x, w1, b1)
+    r1 = Relu(c1)
+    c2 = Conv<pads=[1,1,1,1], strides=[2,2]>(r1, w2, b2)
+    r2 = Relu(c2)
+    boxes_raw = Conv(r2, wb, bb)
+    boxes_px = Mul(boxes_raw, px)
+    boxes = Reshape(boxes_px, box_shape)
+    logits = Conv(r2, ws, bs)
+    scores_map = Sigmoid(logits)
+    scores = Reshape(scores_map, score_shape)
+    joined = Concat<axis=1>(boxes, scores)
+    detections = Transpose<perm=[0,2,1]>(joined)
+}"""
+WEIGHTS = {
+    "w1": RNG.normal(0, 0.3, (16, 3, 3, 3)).astype(np.float32),
+    "b1": RNG.normal(0, 0.1, 16).astype(np.float32),
+    "w2": RNG.normal(0, 0.15, (32, 16, 3, 3)).astype(np.float32),
+    "b2": RNG.normal(0, 0.1, 32).astype(np.float32),
+    "wb": RNG.normal(0, 0.2, (4, 32, 1, 1)).astype(np.float32),
+    "bb": np.array([1.0, 1.0, 0.5, 0.5], np.float32),
+    "px": np.array(320.0, np.float32),  # boxes in pixels of a 320-pixel image
+    "ws": RNG.normal(0, 0.3, (2, 32, 1, 1)).astype(np.float32),
+    "bs": np.zeros(2, np.float32),
+    "box_shape": np.array([0, 4, -1], np.int64),
+    "score_shape": np.array([0, 2, -1], np.int64),
+}
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("det")
+    path = folder / "det.onnx"
+    onnx.save(parse(DETECTOR, **WEIGHTS), str(path))
+    calibration = folder / "calibration.npz"
+    np.savez(calibration, x=RNG.normal(0, 1, (64, 3, 32, 32)).astype(np.float32))
+    held_out = RNG.normal(0, 1, (32, 3, 32, 32)).astype(np.float32)  # never seen by calibration
+    return path, calibration, held_out
+
+
+def _run(path, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("target", ["vnni", "avx2"])
+def test_scores_concatenated_with_boxes_survive_int8(detector, tmp_path, target) -> None:
+    path, calibration, held_out = detector
+    out = tmp_path / f"det_{target}.onnx"
+    result = optimize(path, out, passes=f"quantize:target={target}", data=str(calibration))
+    record = result.pipeline.records[0]
+    assert record.status == "applied"
+    assert any(d.get("kept") == "float (inputs of mixed ranges)" for d in record.details)
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model, full_check=True)
+    assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)  # the backbone is still int8
+    want, got = _run(path, held_out), _run(out, held_out)
+    assert np.abs(got[..., 4:] - want[..., 4:]).max() <= 0.05  # every score
+    box_error = np.linalg.norm(got[..., :4] - want[..., :4]) / np.linalg.norm(want[..., :4])
+    assert box_error <= 0.05  # boxes: int8 error, relative to their magnitude
