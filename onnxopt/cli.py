@@ -136,6 +136,8 @@ def _parser() -> argparse.ArgumentParser:
         "--batch", type=int, help="deployment batch size: latency decisions and the benchmark use it (default 1)"
     )
     opt.add_argument("--seed", type=int, default=0)
+    opt.add_argument("--save-plan", metavar="PLAN.json", help="write every measured decision (timings, precisions)")
+    opt.add_argument("--plan", metavar="PLAN.json", help="replay a saved plan's decisions: nothing is timed")
     opt.add_argument("--guard-samples", type=int, help="samples the per-pass guard runs (default 64)")
     opt.add_argument("--target-opset", type=int, help="convert the model to this opset first (needed below 9)")
     opt.add_argument("--in-place", action="store_true", help="replace the input model (atomically)")
@@ -219,6 +221,8 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         data=DataSpec(args.data, _image_options(args)) if args.data else None,
         seed=args.seed,
         in_place=args.in_place,
+        plan=args.plan,
+        save_plan=args.save_plan,
         external_data=args.external_data,
         storage=args.storage,
         guard_samples=args.guard_samples,

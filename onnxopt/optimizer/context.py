@@ -14,6 +14,7 @@ import dataclasses
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -27,6 +28,7 @@ from onnxopt.evaluate.layers import LayerReport, layer_errors
 from onnxopt.optimizer.budget import AccuracyBudget
 from onnxopt.optimizer.calibration import activations, input_specs
 from onnxopt.optimizer.node_profile import NodeProfile, profile_nodes
+from onnxopt.optimizer.plan import Plan
 from onnxopt.optimizer.quality import QualityProbe
 from onnxopt.progress import NullProgress, Progress
 from onnxopt.runtime import Runner, TensorSpec
@@ -52,6 +54,8 @@ class Context:
     batch: int = 1  # the deployment batch size latency decisions are measured at
     is_random: bool = False  # the dataset is seeded random inputs, not the user's data
     input_shapes: InputShapes | None = None  # --input-shape: how random inputs are shaped
+    plan: Plan | None = None  # decisions to replay (--plan) or to record (--save-plan)
+    pass_index: int = -1  # the recipe position of the pass running now (set by the pipeline)
     _probes: dict[int, QualityProbe] = dataclasses.field(default_factory=dict, repr=False)
 
     def resolve_dataset(self, inputs: Sequence[TensorSpec]) -> Dataset:
@@ -71,6 +75,15 @@ class Context:
         """Tensors ``names`` of ``model`` on about ``limit`` samples, batch by batch: how passes that learn
         from data (reconstruct, quantize, prune-channels by activation) reach onnxruntime."""
         return activations(model, names, self.data(model), limit=limit, batch_size=batch_size)
+
+    def planned(self) -> dict[str, Any] | None:
+        """The running pass's decisions from a replayed plan; None when they are to be measured."""
+        return self.plan.decisions_for(self.pass_index) if self.plan is not None else None
+
+    def record_decisions(self, pass_name: str, decisions: dict[str, Any]) -> None:
+        """Write the running pass's measured decisions into the plan being recorded (if any)."""
+        if self.plan is not None:
+            self.plan.record(self.pass_index, pass_name, decisions)
 
     def original_model(self) -> ir.Model:
         """A fresh copy of the input model, as the pipeline received it."""

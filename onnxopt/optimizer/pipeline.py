@@ -148,7 +148,8 @@ class Pipeline:
         state = _State(model, snapshot, original_outputs, structural)
         records: list[PassRecord] = []
         context.progress.start("optimizing", len(self.passes))
-        for opt_pass in self.passes:
+        for index, opt_pass in enumerate(self.passes):
+            context.pass_index = index  # a plan's decisions are keyed by recipe position
             records.append(self._run_one(opt_pass, state, feeds, names, context))
             context.progress.advance()
         context.progress.finish()

@@ -21,6 +21,7 @@ from onnxopt.io.output_lock import exclusive_output
 from onnxopt.io.writing import check_writable
 from onnxopt.optimizer.context import Context
 from onnxopt.optimizer.pipeline import Pipeline, PipelineResult
+from onnxopt.optimizer.plan import Plan
 from onnxopt.optimizer.recipe import RecipeEntry, build_passes, requested_lossy_passes, resolve_recipe
 from onnxopt.progress import NullProgress, Progress
 from onnxopt.runtime import Runner
@@ -53,6 +54,8 @@ class OptimizeOptions:
     per_layer: bool = False
     batch: int | None = None
     input_shapes: InputShapes | None = None
+    plan: str | os.PathLike[str] | None = None  # replay this plan's decisions: nothing is timed
+    save_plan: str | os.PathLike[str] | None = None  # write every measured decision here
 
     def __post_init__(self) -> None:
         if isinstance(self.data, str):  # a plain source is the common case: accept it as one
@@ -86,6 +89,7 @@ class OptimizeResult:
     output_file_bytes: int | None
     latency: BenchResult | None = None  # input and output benchmarked interleaved, when asked for
     fallbacks: list[str] = dataclasses.field(default_factory=list)  # requested lossy passes that did not apply
+    plan: dict | None = None  # every measured decision (onnxopt.optimizer.plan), recorded or replayed
 
     @property
     def fell_back(self) -> bool:
@@ -110,6 +114,8 @@ def optimize_file(
     model_path = Path(model_path)
     recipe = options.recipe_entries()
     target = _resolve_output(model_path, output_path, options.in_place)
+    if options.save_plan is not None:
+        check_writable(Path(options.save_plan).parent)
     with exclusive_output(target) if target is not None else contextlib.nullcontext():
         return _optimize(model_path, target, recipe, options, progress or NullProgress())
 
@@ -118,6 +124,11 @@ def _optimize(
     model_path: Path, target: Path | None, recipe: list[RecipeEntry], options: OptimizeOptions, progress: Progress
 ) -> OptimizeResult:
     passes = build_passes(recipe)
+    if options.plan is not None:
+        plan = Plan.load(options.plan)
+        plan.check_matches(model_path, recipe, options.seed)
+    else:
+        plan = Plan.new(recipe, options.seed)  # records what the passes measure, saved if asked
     source = io.read_model(model_path)
     model = io.to_model(source, target_opset=options.target_opset)
     converted = io.opset_version(model) != source.opset
@@ -132,6 +143,7 @@ def _optimize(
         reference=reference,
         batch=options.batch or 1,
         input_shapes=shapes,
+        plan=plan,
     )
     if options.guard_samples is not None:
         context.guard_samples = options.guard_samples
@@ -143,6 +155,16 @@ def _optimize(
         result.notes.append(
             f"WARNING: no --data given: {', '.join(learners)} learned from random inputs; accuracy is unmeasured"
         )
+    if plan.replay:
+        result.notes.append(f"decisions replayed from {options.plan} (measured on {plan.describe()}): nothing timed")
+    elif plan.timed:
+        hint = f"saved to {options.save_plan}" if options.save_plan else "--save-plan PLAN.json keeps them"
+        result.notes.append(
+            f"decisions of {', '.join(sorted(set(plan.timed)))} were timed on this machine ({plan.describe()}); "
+            f"{hint}, --plan replays them"
+        )
+    if options.save_plan is not None:
+        plan.save(options.save_plan, model_path)
     eval_data = context.resolve_dataset(reference.inputs)
     if result.outputs_compared:
         comparison = _evaluate(reference, result.runner, eval_data, progress)
@@ -175,6 +197,7 @@ def _optimize(
     asked = requested_lossy_passes(options.recipe, options.passes, recipe)
     return OptimizeResult(
         fallbacks=_fallbacks(result, asked),
+        plan=plan.to_dict(),
         latency=latency,
         input_path=model_path,
         output_path=written,

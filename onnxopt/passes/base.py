@@ -107,6 +107,14 @@ class PassContext(Protocol):
         """A fresh copy of the model the pipeline received."""
         ...
 
+    def planned(self) -> dict[str, Any] | None:
+        """This pass's decisions from a replayed plan (``--plan``); None when they are to be measured."""
+        ...
+
+    def record_decisions(self, pass_name: str, decisions: dict[str, Any]) -> None:
+        """Record this pass's measured decisions for ``--save-plan`` (JSON-serializable values)."""
+        ...
+
     def quality_probe(self, limit: int) -> QualityProbe:
         """The original's outputs on about ``limit`` samples, to score candidates (accuracy budgets)."""
         ...

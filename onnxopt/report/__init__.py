@@ -80,6 +80,7 @@ def optimize_report(result: OptimizeResult) -> dict[str, Any]:
         comparison=result.comparison.to_dict(),
         latency=result.latency.to_dict() if result.latency else None,
         notes=pipeline.notes,
+        plan=result.plan,
     )
 
 

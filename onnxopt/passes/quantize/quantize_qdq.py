@@ -174,7 +174,6 @@ class QuantizeQDQPass(OptPass):
         log.note(f"target {target.name}: {target.reason}")
         pattern = re.compile(self.config.exclude) if self.config.exclude else None
         excluded = {n.name for n in graph if pattern and pattern.search(n.name or "")}
-        self._user_excluded = set(excluded)  # kept float by the user: weights stay exact too
         ranges: Ranges = {}
         self._means: dict[str, np.ndarray] = {}
         if self.config.weights_only and self.config.bias_correct:
@@ -185,18 +184,62 @@ class QuantizeQDQPass(OptPass):
                 return
             ranges = self._calibrate(model, tensors)
             excluded |= _mixed_range_joins(log, graph, self._chosen(graph, excluded), ranges)
-        exact = excluded
-        if self.config.fallback == "profile" or self.config.max_drop is not None:
+        every = {n.name for n in self._chosen(graph, set())} | excluded
+        exact, compute, search = set(excluded), "int8", None
+        planned = self.context.planned() if self.context is not None else None
+        if planned is not None:  # --plan: the recorded precisions, nothing timed
+            excluded, exact, compute = self._replayed(log, planned, every)
+            log.note(f"precisions replayed from the plan: {len(every - excluded)} node(s) int8, nothing timed")
+        elif self.config.fallback == "profile" or self.config.max_drop is not None:
             search = self._search(model, ranges, excluded, target, log)
             decided = search.run(excluded)
-            if decided is None and search.declined == "speed" and self.config.float_weights == "int8":
-                every = {n.name for n in self._chosen(graph, set())} | excluded
-                self._apply(log, model, ranges, every, target, exact=set(excluded))
-                return
-            if decided is None:
-                return
-            excluded, exact = decided, decided - search.kept_for_speed
-        self._apply(log, model, ranges, excluded, target, exact=exact)
+            if decided is not None:
+                excluded, exact = decided, decided - search.kept_for_speed
+            elif search.declined == "speed" and self.config.float_weights == "int8":
+                excluded, compute = every, "float"  # float compute everywhere, int8 weight storage
+            else:
+                compute = "none"
+        self._record_plan(graph, ranges, every, excluded, exact, compute, target, search)
+        if compute != "none":
+            self._apply(log, model, ranges, excluded, target, exact=exact)
+
+    def _replayed(self, log: PassLog, planned: dict, every: set[str]) -> tuple[set[str], set[str], str]:
+        """(kept float, kept exact, compute) from a plan entry; names the model lacks are reported, not used."""
+        float_nodes, exact_nodes = set(planned.get("float_nodes", [])), set(planned.get("exact_nodes", []))
+        unknown = sorted((float_nodes | exact_nodes) - every)
+        if unknown:
+            log.skip("plan", f"{len(unknown)} node(s) of the plan are not in this model (first: {unknown[0]})")
+        return float_nodes & every, exact_nodes & every, str(planned.get("compute", "int8"))
+
+    def _record_plan(
+        self, graph: ir.Graph, ranges: Ranges, every: set[str], excluded: set[str], exact: set[str], compute: str,
+        target, search: FloatFallbackSearch | None,
+    ) -> None:  # fmt: skip
+        """Each node's precision, each tensor's calibrated range and what the search measured, for the plan."""
+        if self.context is None:
+            return
+
+        def precision(name: str) -> str:
+            if compute == "none" or (name in excluded and name in exact):
+                return "float"
+            return "float compute, int8 weights" if name in excluded else "int8"
+
+        self.context.record_decisions(
+            self.name,
+            {
+                "timed": search is not None and self.config.fallback == "profile",
+                "target": target.name,
+                "compute": compute,
+                "float_nodes": sorted(excluded & every),
+                "exact_nodes": sorted(exact & every),
+                "nodes": {name: precision(name) for name in sorted(every)},
+                "calibration": {
+                    "method": self.config.calibration,
+                    "ranges": {name: [float(lo), float(hi)] for name, (lo, hi) in sorted(ranges.items())},
+                },
+                "measured": search.measured if search is not None else {},
+            },
+        )
 
     def _sums_to_adds(self, log: PassLog, graph: ir.Graph) -> None:
         """Two-input Sum is Add, which has an integer kernel (QLinearAdd); Sum has none."""

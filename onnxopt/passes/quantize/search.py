@@ -10,7 +10,7 @@ latency ratios, the quality probe, per-layer errors), never onnxruntime directly
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx_ir as ir
@@ -46,6 +46,7 @@ class FloatFallbackSearch:
         self.batch = batch
         self.kept_for_speed: set[str] = set()  # nodes kept float because their int8 kernel was slower
         self.declined: str | None = None  # why run() returned None: "speed" or "budget"
+        self.measured: dict[str, Any] = {}  # what the decisions rest on, for the plan (JSON values)
 
     def run(self, excluded: set[str]) -> set[str] | None:
         if self.config.fallback == "profile":
@@ -79,12 +80,19 @@ class FloatFallbackSearch:
             float_us, int8_us = float_profile.times.get(name, 0.0), profile.times.get(name, 0.0)
             if int8_us > float_us + 1.0:
                 lost.setdefault(op_type, {})[name] = (float_us, int8_us)
+        self.measured["profile_us"] = {"float": round(float_profile.total, 1), "int8": round(profile.total, 1)}
+        self.measured["slower_nodes_us"] = {
+            name: [round(f, 1), round(i, 1)] for nodes in lost.values() for name, (f, i) in sorted(nodes.items())
+        }
+        ratios: list[list[Any]] = self.measured.setdefault("fallback_ratios", [])
         order = sorted(lost, key=lambda op: -sum(i - f for f, i in lost[op].values()))
         kept_float: dict[str, tuple[float, float]] = {}
         slower = {name: times for nodes in lost.values() for name, times in nodes.items()}
         if slower:  # per node first: every node whose own int8 kernel is slower, whatever its type
             candidate = self.trial(excluded | set(slower))
-            if context.latency_ratio(current, candidate, batch=self.batch).median < 0.99:
+            median = context.latency_ratio(current, candidate, batch=self.batch).median
+            ratios.append(["every slower node", round(median, 4)])
+            if median < 0.99:
                 excluded, current = excluded | set(slower), candidate
                 kept_float.update(slower)
                 self.kept_for_speed |= set(slower)
@@ -92,6 +100,7 @@ class FloatFallbackSearch:
         for op_type in order:  # else one op type at a time: the islands' extra Q/DQ may cost more per node
             candidate = self.trial(excluded | set(lost[op_type]))
             ratio = context.latency_ratio(current, candidate, batch=self.batch)
+            ratios.append([op_type, round(ratio.median, 4)])
             if ratio.median < 0.99:
                 excluded, current = excluded | set(lost[op_type]), candidate
                 kept_float.update(lost[op_type])
@@ -112,6 +121,7 @@ class FloatFallbackSearch:
         if ratios[0] > 1.0 + self.config.slower_tolerance:  # a burst of load on a shared machine? measure twice more
             ratios += [context.latency_ratio(self.model, quantized, batch=batch, seconds=2.0).median for _ in range(2)]
         ratio = float(np.median(ratios))
+        self.measured["int8_over_float"] = [round(r, 4) for r in ratios]
         shown = ", ".join(f"{r:.2f}" for r in ratios)
         self.log.note(f"int8 latency {ratio:.2f}x float at batch {batch} (interleaved; measured {shown})")
         if ratio > 1.0 + self.config.slower_tolerance:
@@ -144,6 +154,11 @@ class FloatFallbackSearch:
             return cache[k]
 
         high = budget.fewest(drop_with, len(ranked))
+        self.measured["budget"] = {
+            "metric": budget.metric,
+            "drops": {str(k): round(v, 6) for k, v in sorted(cache.items())},
+            "added_db": {name: round(added, 3) for name, added in ranked[: max(high or 0, 1) * 2]},
+        }
         if high is None:
             self.log.skip(
                 "model",

@@ -1,0 +1,140 @@
+"""Plans: every measured decision of a run, written down so another run replays it without measuring.
+
+Some decisions depend on timing this machine (which nodes run int8 is chosen
+by onnxruntime's per-node profile and interleaved latency ratios), so two runs
+may decide differently. ``--save-plan PLAN.json`` writes what each pass
+decided and what it measured to decide it; ``--plan PLAN.json`` replays those
+decisions and times nothing. Same input, recipe, seed and plan give the same
+bytes.
+
+The file (JSON, schema :data:`SCHEMA`)::
+
+    {"schema": "onnxopt.plan/1",
+     "input_sha256": "...", "recipe": [[name, params], ...], "seed": 0,
+     "machine": {"cpu": "Intel(R) Xeon(R) ...", "cpu_features": ["avx2", "avx512_vnni"], ...},
+     "passes": {"17": {"pass": "quantize", "timed": true, "nodes": {"conv1": "int8", ...}, ...}}}
+
+``passes`` is keyed by the pass's position in the recipe. A pass with
+decisions to replay reads its own entry (:meth:`Plan.decisions_for`); what an
+entry holds is the pass's business (the quantize pass documents its own). A
+plan made for another input file, recipe or seed is refused with a one-line
+error rather than replayed onto the wrong model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from onnxopt.bench.machine import machine_description
+from onnxopt.errors import RecipeError
+from onnxopt.io.writing import write_bytes
+
+SCHEMA = "onnxopt.plan/1"
+
+
+class PlanError(RecipeError):
+    """A plan file is unreadable or was made for another input, recipe or seed."""
+
+
+@dataclasses.dataclass
+class Plan:
+    """Decisions by recipe position; ``replay`` when they come from a file (nothing is measured)."""
+
+    input_sha256: str
+    recipe: list[list[Any]]
+    seed: int
+    passes: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    machine: dict[str, Any] = dataclasses.field(default_factory=machine_description)  # where it was measured
+    replay: bool = False
+
+    @classmethod
+    def new(cls, recipe: list[tuple[str, dict[str, Any]]], seed: int) -> Plan:
+        """A plan to record into (its input's hash is taken when it is saved)."""
+        return cls("", _recipe_list(recipe), seed)
+
+    @property
+    def timed(self) -> list[str]:
+        """The passes whose recorded decisions were timed on this machine (not replayed)."""
+        return [] if self.replay else [d["pass"] for _, d in sorted(self.passes.items()) if d.get("timed")]
+
+    def decisions_for(self, index: int) -> dict[str, Any] | None:
+        """The recorded decisions of the pass at recipe position ``index`` (None when recording)."""
+        return self.passes.get(index) if self.replay else None
+
+    def record(self, index: int, pass_name: str, decisions: dict[str, Any]) -> None:
+        if not self.replay:
+            self.passes[index] = {"pass": pass_name, **decisions}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "input_sha256": self.input_sha256,
+            "recipe": self.recipe,
+            "seed": self.seed,
+            "machine": self.machine,
+            "passes": {str(k): v for k, v in sorted(self.passes.items())},
+        }
+
+    def save(self, path: str | Path, model_path: Path) -> Path:
+        """Write the plan for the input ``model_path`` atomically (sorted keys: the same decisions give the
+        same file)."""
+        self.input_sha256 = self.input_sha256 or file_sha256(model_path)
+        text = json.dumps(self.to_dict(), indent=1, sort_keys=True, default=_plain) + "\n"
+        return write_bytes(Path(path), text.encode("utf-8"))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise PlanError(f"{path}: cannot read plan: {' '.join(str(e).split())[:160]}") from e
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            raise PlanError(f"{path}: not an onnxopt plan (expected schema {SCHEMA})")
+        try:
+            passes = {int(k): dict(v) for k, v in data["passes"].items()}
+            return cls(
+                str(data["input_sha256"]), list(data["recipe"]), int(data["seed"]), passes,
+                dict(data.get("machine") or {}), replay=True,
+            )  # fmt: skip
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise PlanError(f"{path}: malformed plan ({type(e).__name__}: {e})") from e
+
+    def check_matches(self, model_path: Path, recipe: list[tuple[str, dict[str, Any]]], seed: int) -> None:
+        """Refuse to replay onto another input, recipe or seed (one-line error)."""
+        if file_sha256(model_path) != self.input_sha256:
+            raise PlanError(f"the plan was made for another input file than {model_path} (sha256 differs)")
+        if _recipe_list(recipe) != self.recipe:
+            raise PlanError("the plan was made for another recipe: give the recipe it was saved with")
+        if seed != self.seed:
+            raise PlanError(f"the plan was made with --seed {self.seed}, not {seed}")
+
+    def describe(self) -> str:
+        """Where the decisions came from, for the summary."""
+        features = ", ".join(self.machine.get("cpu_features") or []) or "none detected"
+        return f"{self.machine.get('cpu') or 'an unnamed CPU'} (integer features: {features})"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _recipe_list(recipe: list[tuple[str, dict[str, Any]]]) -> list[list[Any]]:
+    """The recipe as JSON would give it back (parameters as plain values, sorted)."""
+    return json.loads(json.dumps([[name, dict(sorted(params.items()))] for name, params in recipe], default=_plain))
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    if isinstance(value, (set, frozenset, tuple)):
+        return sorted(value) if isinstance(value, (set, frozenset)) else list(value)
+    return str(value)

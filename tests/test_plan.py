@@ -1,0 +1,87 @@
+"""Plans: --save-plan writes every measured decision, --plan replays them without timing anything, and the same
+input, recipe, seed and plan give byte-identical output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxopt.api import optimize
+from onnxopt.cli import main
+from onnxopt.optimizer.context import Context
+from onnxopt.optimizer.plan import PlanError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from mobilenet_like import INPUT_SHAPE, mobilenet_like  # noqa: E402
+
+RECIPE = "quantize:fallback=profile;bias_correct=true"
+
+
+@pytest.fixture(scope="module")
+def subject(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    folder = tmp_path_factory.mktemp("plan")
+    model = folder / "m.onnx"
+    onnx.save(mobilenet_like(rng.standard_normal((16, *INPUT_SHAPE), dtype=np.float32)), str(model))
+    data = folder / "data.npz"
+    np.savez(data, input=rng.standard_normal((64, *INPUT_SHAPE), dtype=np.float32))
+    return model, data
+
+
+def _no_timing(monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("a replayed plan timed something")
+
+    monkeypatch.setattr(Context, "profile", refuse)
+    monkeypatch.setattr(Context, "latency_ratio", refuse)
+
+
+def test_plan_replays_the_same_bytes_without_timing(subject, tmp_path, monkeypatch) -> None:
+    model, data = subject
+    plan = tmp_path / "plan.json"
+    first = optimize(model, tmp_path / "a.onnx", passes=RECIPE, data=str(data), save_plan=plan)
+    assert any("were timed on this machine" in n and "saved to" in n for n in first.pipeline.notes)
+    saved = json.loads(plan.read_text())
+    entry = saved["passes"]["0"]
+    assert entry["pass"] == "quantize" and entry["timed"] is True
+    assert set(entry["nodes"].values()) <= {"int8", "float", "float compute, int8 weights"}
+    assert entry["calibration"]["ranges"] and "int8_over_float" in entry["measured"]
+    assert "cpu_features" in saved["machine"]
+    assert first.plan == saved  # the plan is in the report too
+
+    _no_timing(monkeypatch)
+    second = optimize(model, tmp_path / "b.onnx", passes=RECIPE, data=str(data), plan=plan)
+    third = optimize(model, tmp_path / "c.onnx", passes=RECIPE, data=str(data), plan=plan)
+    assert any("replayed from" in n and "nothing timed" in n for n in second.pipeline.notes)
+    a, b, c = ((tmp_path / f"{x}.onnx").read_bytes() for x in "abc")
+    assert a == b == c
+    assert third.pipeline.records[0].status == first.pipeline.records[0].status
+
+
+def test_plan_for_another_model_recipe_or_seed_is_refused(subject, tmp_path) -> None:
+    model, data = subject
+    plan = tmp_path / "plan.json"
+    optimize(model, tmp_path / "a.onnx", passes=RECIPE, data=str(data), save_plan=plan)
+    with pytest.raises(PlanError, match="another recipe"):
+        optimize(model, tmp_path / "b.onnx", passes="quantize", data=str(data), plan=plan)
+    with pytest.raises(PlanError, match="--seed 0, not 1"):
+        optimize(model, tmp_path / "b.onnx", passes=RECIPE, data=str(data), plan=plan, seed=1)
+    other = tmp_path / "other.onnx"
+    other.write_bytes(model.read_bytes() + b"\n")  # not the same file
+    with pytest.raises(PlanError, match="another input file"):
+        optimize(other, tmp_path / "b.onnx", passes=RECIPE, data=str(data), plan=plan)
+    assert not (tmp_path / "b.onnx").exists()
+
+
+def test_cli_plan_errors_are_one_line(subject, tmp_path, capsys) -> None:
+    model, data = subject
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schema": "something else"}')
+    code = main(["optimize", str(model), "-o", str(tmp_path / "o.onnx"), "--passes", RECIPE, "--plan", str(bad)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "not an onnxopt plan" in err and len(err.splitlines()) == 1
