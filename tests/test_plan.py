@@ -17,7 +17,7 @@ from onnxopt.optimizer.context import Context
 from onnxopt.optimizer.plan import PlanError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-from mobilenet_like import INPUT_SHAPE, mobilenet_like  # noqa: E402
+from mobilenet_like import INPUT_SHAPE, mobilenet_like
 
 RECIPE = "quantize:fallback=profile;bias_correct=true"
 
@@ -79,7 +79,7 @@ def test_plan_for_another_model_recipe_or_seed_is_refused(subject, tmp_path) -> 
 
 
 def test_cli_plan_errors_are_one_line(subject, tmp_path, capsys) -> None:
-    model, data = subject
+    model, _ = subject
     bad = tmp_path / "bad.json"
     bad.write_text('{"schema": "something else"}')
     code = main(["optimize", str(model), "-o", str(tmp_path / "o.onnx"), "--passes", RECIPE, "--plan", str(bad)])

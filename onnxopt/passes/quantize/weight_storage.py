@@ -95,9 +95,7 @@ def _common_axis(value: ir.Value, ndim: int, keep_exact: set[str]) -> int | None
     (or is kept exact, or two readers disagree): one rounding must serve them all."""
     if value.is_graph_output():
         return None
-    axes = {
-        None if use.node.name in keep_exact else storage_axis(use.node, use.idx, ndim) for use in value.uses()
-    }
+    axes = {None if use.node.name in keep_exact else storage_axis(use.node, use.idx, ndim) for use in value.uses()}
     return axes.pop() if len(axes) == 1 else None
 
 
