@@ -115,17 +115,18 @@ class FloatFallbackSearch:
         return excluded
 
     def _faster_than_float(self, quantized: ir.Model) -> bool:
-        """Whether ``quantized`` is not slower than ``model`` beyond ``slower_tolerance`` (interleaved timing)."""
+        """Whether ``quantized`` runs at most ``1 - min_gain`` times ``model``'s latency (interleaved timing)."""
         batch, context = self.batch, self.context
         ratios = [context.latency_ratio(self.model, quantized, batch=batch, seconds=2.0).median]
-        if ratios[0] > 1.0 + self.config.slower_tolerance:  # a burst of load on a shared machine? measure twice more
+        limit = 1.0 - self.config.min_gain
+        if ratios[0] > limit:  # a burst of load on a shared machine? measure twice more
             ratios += [context.latency_ratio(self.model, quantized, batch=batch, seconds=2.0).median for _ in range(2)]
         ratio = float(np.median(ratios))
         self.measured["int8_over_float"] = [round(r, 4) for r in ratios]
         shown = ", ".join(f"{r:.2f}" for r in ratios)
         self.log.note(f"int8 latency {ratio:.2f}x float at batch {batch} (interleaved; measured {shown})")
-        if ratio > 1.0 + self.config.slower_tolerance:
-            said = f"int8 runs {ratio:.2f}x the float latency at batch {batch} on this target"
+        if ratio > limit:
+            said = f"int8 runs {ratio:.2f}x the float latency at batch {batch} on this target (int8 needs {limit:.2f}x)"
             if self.config.float_weights == "int8":
                 self.log.note(f"{said}: compute kept float on every node (weights still stored int8)")
             else:

@@ -1,0 +1,103 @@
+"""How long int8 takes to *make*: onnxopt's ``int8`` recipe (planning, and replaying a saved plan) against
+onnxruntime's ``quantize_static``, on the same model and the same calibration samples, in one run.
+
+    python tools/bench_tool_time.py [--model resnet50] [--samples 64] [--repeats 1] [--out tools/bench_tool_time]
+
+The subject is a ``light`` model-zoo graph (``tools/zoo_models.py``: random weights, normalization
+re-estimated on data; default ResNet-50, which is what the issue timed). Three steps, each on a fresh
+output, one after another (nothing else should run on the machine meanwhile):
+
+* ``ort`` -- ``quant_pre_process`` + ``quantize_static`` (QDQ, per channel, MinMax), the baseline;
+* ``plan`` -- ``onnxopt.optimize(recipe="int8", save_plan=...)``: calibration, the per-node profile
+  and latency checks, the guard and the output comparison;
+* ``replay`` -- the same with ``plan=`` the saved plan: nothing is timed, the same bytes come out.
+
+Reported as seconds and as ratios to ``ort`` measured in this run (targets: ``plan`` at most 2x,
+``replay`` at most 1x), with the CPU and its integer features.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from zoo_models import input_shape, light_model
+
+from onnxopt.api import optimize
+from onnxopt.bench.machine import machine_description
+
+
+def ort_int8(source: Path, out: Path, calibration: Path) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = out.with_name(out.stem + "_pre.onnx")
+    quant_pre_process(str(source), str(prepared))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            with np.load(calibration) as archive:
+                arrays = {k: archive[k] for k in archive.files}
+            count = len(next(iter(arrays.values())))
+            self.items = iter([{k: v[i : i + 8] for k, v in arrays.items()} for i in range(0, count, 8)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.items, None)
+
+    quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--samples", type=int, default=64, help="calibration samples for every tool")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "bench_tool_time_results")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory(prefix="onnxopt-tooltime-") as folder:
+        work = Path(folder)
+        model = light_model(args.model, rng.standard_normal((1, 3, 224, 224), dtype=np.float32))
+        source = work / "fp32.onnx"
+        onnx.save(model, str(source))
+        name = model.graph.input[0].name
+        data = work / "calibration.npz"
+        np.savez(data, **{name: rng.standard_normal((args.samples, *input_shape(model)[1:]), dtype=np.float32)})
+        seconds: dict[str, float] = {}
+        start = time.perf_counter()
+        ort_int8(source, work / "ort.onnx", data)
+        seconds["ort"] = time.perf_counter() - start
+        plan = work / "plan.json"
+        start = time.perf_counter()
+        planned = optimize(source, work / "plan.onnx", recipe="int8", data=str(data), save_plan=plan)
+        seconds["plan"] = time.perf_counter() - start
+        start = time.perf_counter()
+        optimize(source, work / "replay.onnx", recipe="int8", data=str(data), plan=plan)
+        seconds["replay"] = time.perf_counter() - start
+        same = (work / "plan.onnx").read_bytes() == (work / "replay.onnx").read_bytes()
+        stages = {r.name: round(r.seconds, 2) for r in planned.pipeline.records if r.seconds >= 0.5}
+    result = {
+        "model": f"light_{args.model}",
+        "calibration_samples": args.samples,
+        "machine": machine_description(),
+        "seconds": {k: round(v, 2) for k, v in seconds.items()},
+        "plan_over_ort": round(seconds["plan"] / seconds["ort"], 2),
+        "replay_over_ort": round(seconds["replay"] / seconds["ort"], 2),
+        "replay_bytes_identical": same,
+        "plan_run_passes_over_half_a_second": stages,
+    }
+    text = json.dumps(result, indent=1)
+    print(text)
+    args.out.with_suffix(".json").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
