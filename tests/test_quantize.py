@@ -16,7 +16,7 @@ MODEL, EVAL = BUNDLED / "model.onnx", BUNDLED / "eval.npz"
 
 # The int8 recipe without its timing decision (fallback=profile measures this machine's latency, which a test
 # cannot assert on a shared CI machine; test_quantize_search scripts it instead).
-INT8_UNTIMED = "lossless,equalize,quantize:bias_correct=true"
+INT8_UNTIMED = "lossless,equalize,quantize:bias_correct=true;rounding=gptq"
 
 
 @pytest.fixture(scope="module")

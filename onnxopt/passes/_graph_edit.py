@@ -128,8 +128,16 @@ def remove_node_and_orphans(graph: ir.Graph, node: ir.Node) -> None:
 
 
 def drop_unused_initializers(graph: ir.Graph, values: list[ir.Value]) -> None:
-    """Delete those of ``values`` that are initializers nothing reads any more."""
+    """Delete those of ``values`` that are initializers nothing reads any more, and the Constant nodes
+    (converters store weights in them) whose output nothing reads any more."""
     for value in values:
+        producer = value.producer()
+        if (
+            producer is not None and producer.op_type == "Constant" and producer.domain in ("", "ai.onnx")
+            and producer.graph is graph and not value.uses() and not value.is_graph_output()
+        ):  # fmt: skip
+            graph.remove(producer, safe=True)
+            continue
         if (
             value.is_initializer()
             and not value.uses()

@@ -90,6 +90,7 @@ from onnxopt.passes._weights import check_pattern, weight_axes
 from onnxopt.passes.base import OptPass, PassLog
 from onnxopt.passes.quantize import cpu_target
 from onnxopt.passes.quantize.activation_ranges import RangeCollector
+from onnxopt.passes.quantize.gptq import HessianCollector, gptq_round
 from onnxopt.passes.quantize.range_search import entropy_range, mse_range
 from onnxopt.passes.quantize.search import FloatFallbackSearch
 from onnxopt.passes.quantize.weight_rounding import apply_shift, channel_means, quantize_weight, rounding_shift
@@ -104,6 +105,7 @@ _FLOAT = (ir.DataType.FLOAT, ir.DataType.FLOAT16)
 _ZERO_DTYPE = {"uint8": np.uint8, "int8": np.int8, "int16": np.int16}
 
 Ranges = dict[str, tuple[float, float]]  # tensor name -> calibrated (low, high)
+REFERENCE_SAMPLES = 32  # samples the output SNRs against the weights-only reference are measured on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +125,7 @@ class QuantizeConfig:
     # fallback=profile keeps int8 compute only when it runs at most (1 - min_gain) x float's latency: else float
     # compute with int8 weight storage (float's speed, less error) serves better; a near-tie is noise
     min_gain: float = 0.03
+    rounding: str = "nearest"  # nearest | gptq: weight levels learned on the calibration data (gptq.py)
     float_weights: str = "int8"  # int8 | float: how nodes that keep float compute store their weights
 
     def __post_init__(self) -> None:
@@ -142,6 +145,8 @@ class QuantizeConfig:
             raise ValueError("samples, eval_samples and profile_batch must be positive")
         if not -1 < self.min_gain < 1:
             raise ValueError("min_gain must be in (-1, 1)")
+        if self.rounding not in ("nearest", "gptq"):
+            raise ValueError(f"rounding must be nearest or gptq, not {self.rounding!r}")
         if self.float_weights not in ("int8", "float"):
             raise ValueError(f"float_weights must be int8 or float, not {self.float_weights!r}")
         check_pattern(self.exclude)
@@ -178,7 +183,12 @@ class QuantizeQDQPass(OptPass):
         excluded = {n.name for n in graph if pattern and pattern.search(n.name or "")}
         ranges: Ranges = {}
         self._means: dict[str, np.ndarray] = {}
-        if self.config.weights_only and self.config.bias_correct:
+        self._rounded: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._hessians = (
+            HessianCollector([n for n in graph if n.name not in excluded], self.require_context().seed)
+            if self.config.rounding == "gptq" else None
+        )  # fmt: skip
+        if self.config.weights_only and (self.config.bias_correct or self._hessians is not None):
             self._means = self._input_means(model, self._chosen(graph, excluded))
         if not self.config.weights_only:
             tensors = self._activation_tensors(graph, self._chosen(graph, excluded))
@@ -202,8 +212,27 @@ class QuantizeQDQPass(OptPass):
             else:
                 compute = "none"
         self._record_plan(graph, ranges, every, excluded, exact, compute, target, search)
-        if compute != "none":
-            self._apply(log, model, ranges, excluded, target, exact=exact)
+        if compute == "none":
+            return
+        reference = None
+        if not self.config.weights_only:  # the right yardstick: the weights alone rounded to 8 bits (max-abs)
+            reference = model.clone()
+            store_weights_int8(reference.graph, NameSource(reference), exact, min_elements=1)
+        self._apply(log, model, ranges, excluded, target, exact=exact)
+        if reference is not None:
+            self._report_snr(log, model, reference)
+
+    def _report_snr(self, log: PassLog, model: ir.Model, reference: ir.Model) -> None:
+        """Each output's SNR against the original beside the weights-only int8 reference's, on a few samples
+        of the run's data: what activation quantization costs beyond rounding the weights."""
+        probe = self.require_context().quality_probe(min(REFERENCE_SAMPLES, self.config.eval_samples))
+        got, yardstick = probe.output_snr(model), probe.output_snr(reference)
+        shown = []
+        for name in probe.names:
+            log.detail(output=name, snr_db=round(got[name], 1), weights_only_snr_db=round(yardstick[name], 1))
+            shown.append(f"{name} {got[name]:.1f} dB (weights-only int8 {yardstick[name]:.1f} dB)")
+        more = f" and {len(shown) - 4} more" if len(shown) > 4 else ""
+        log.note(f"output SNR vs float on {len(probe.feeds)} batch(es): {'; '.join(shown[:4])}{more}")
 
     def _replayed(self, log: PassLog, planned: dict, every: set[str]) -> tuple[set[str], set[str], str]:
         """(kept float, kept exact, compute) from a plan entry; names the model lacks are reported, not used."""
@@ -325,8 +354,14 @@ class QuantizeQDQPass(OptPass):
         collector = RangeCollector(names, sample_size=sample, seed=context.seed)
         weight_inputs = self._weight_inputs(tensors) if self.config.bias_correct else set()
         sums: dict[str, tuple[np.ndarray, int]] = {}
-        for arrays in context.activations(model, names, self.config.samples):
+        layers = self._hessians.inputs() if self._hessians is not None else {}
+        wanted = names + sorted(set(layers) - set(names))
+        for arrays in context.activations(model, wanted, self.config.samples):
             for name, array in arrays.items():
+                for layer in layers.get(name, ()):
+                    self._hessians.add(layer, array)  # type: ignore[union-attr]
+                if name not in collector.low:
+                    continue
                 collector.add(name, array)
                 if name in weight_inputs and array.ndim >= 2:
                     total, n = channel_means(array)
@@ -354,10 +389,13 @@ class QuantizeQDQPass(OptPass):
     def _input_means(self, model: ir.Model, chosen: list[ir.Node]) -> dict[str, np.ndarray]:
         """Per-channel means of the weight ops' inputs (weights-only quantization with bias correction)."""
         names = sorted({n.inputs[0].name for n in chosen if n.op_type in ("Conv", "Gemm") and n.inputs[0].name})
+        layers = self._hessians.inputs() if self._hessians is not None else {}
         sums: dict[str, tuple[np.ndarray, int]] = {}
-        for arrays in self.require_context().activations(model, names, self.config.samples):
+        for arrays in self.require_context().activations(model, sorted(set(names) | set(layers)), self.config.samples):
             for name, array in arrays.items():
-                if array.ndim >= 2:
+                for layer in layers.get(name, ()):
+                    self._hessians.add(layer, array)  # type: ignore[union-attr]
+                if name in names and self.config.bias_correct and array.ndim >= 2:
                     total, n = channel_means(array)
                     old_total, old_n = sums.get(name, (0.0, 0))
                     sums[name] = (old_total + total, old_n + n)
@@ -424,7 +462,9 @@ class QuantizeQDQPass(OptPass):
                 self._quantize_constants(graph, node, names)
         if self.config.float_weights == "int8" or self.config.weights_only:
             everything = 1 if self.config.weights_only else MIN_ELEMENTS  # asked for: every weight, however small
-            stored = store_weights_int8(graph, names, exact, min_elements=everything)
+            stored = store_weights_int8(
+                graph, names, exact, min_elements=everything, rounder=lambda n, w, axis: self._learned(n, w, 127)
+            )
             if stored:
                 log.count("weights stored int8 for float compute", len(stored))
 
@@ -440,7 +480,9 @@ class QuantizeQDQPass(OptPass):
             weight = node.inputs[1] if len(node.inputs) > 1 else None
             if weight is None or len(weight.uses()) != 1:
                 continue
-            shift = rounding_shift(node, self._means[x.name], weight_max)
+            weight_array = constant_array(weight)
+            rounded = self._learned(node, weight_array, weight_max) if weight_array is not None else None
+            shift = rounding_shift(node, self._means[x.name], weight_max, rounded)
             if shift is not None and apply_shift(node, shift, names):
                 log.count("biases corrected for weight rounding")
 
@@ -503,7 +545,7 @@ class QuantizeQDQPass(OptPass):
             log.skip(where, "Gemm with transA or alpha != 1 stays float")
             return
         axis, _ = weight_axes(node, weight.ndim)
-        w_q, w_scale = quantize_weight(weight, axis, weight_max)
+        w_q, w_scale = self._learned(node, weight, weight_max) or quantize_weight(weight, axis, weight_max)
         base = weight_value.name or f"{where}_weight"
         dq = self._dequantize(graph, names, base, w_q, w_scale, np.zeros_like(w_scale, dtype=np.int8), axis)
         node.replace_input_with(1, dq)
@@ -522,6 +564,19 @@ class QuantizeQDQPass(OptPass):
         node.replace_input_with(2, self._dequantize(graph, names, bias_name, b_q, b_scale, zeros, 0))
         drop_unused_initializers(graph, [old_bias])
         log.count("biases quantized")
+
+    def _learned(self, node: ir.Node, weight: np.ndarray, weight_max: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """GPTQ's (int8, per-channel scales) for ``node``'s weight (``rounding=gptq``, computed once per pass run
+        and weight range); None where it keeps nearest rounding."""
+        if self._hessians is None or node.name not in self._hessians.nodes:
+            return None
+        key = (node.name, weight_max)
+        if key not in self._rounded:
+            hessian = self._hessians.hessian(node.name)
+            if hessian is None:
+                return None
+            self._rounded[key] = gptq_round(node, weight, hessian, weight_max)
+        return self._rounded[key]
 
     @staticmethod
     def _input_params(x: ir.Value | None) -> tuple[float, int] | None:

@@ -25,14 +25,17 @@ def quantize_weight(weight: np.ndarray, axis: int, weight_max: int = 127) -> tup
     return q, scale
 
 
-def rounding_shift(node: ir.Node, mean_x: np.ndarray, weight_max: int) -> np.ndarray | None:
-    """The mean output error per output channel that rounding ``node``'s weight (as ``quantize`` does) causes
-    for inputs whose per-channel mean is ``mean_x``; None when the shapes do not line up."""
+def rounding_shift(
+    node: ir.Node, mean_x: np.ndarray, weight_max: int, rounded: tuple[np.ndarray, np.ndarray] | None = None
+) -> np.ndarray | None:
+    """The mean output error per output channel that rounding ``node``'s weight (as ``quantize`` does, or as
+    ``rounded`` = (int8, scales) says) causes for inputs whose per-channel mean is ``mean_x``; None when the
+    shapes do not line up."""
     weight = constant_array(node.inputs[1])
     if weight is None:
         return None
     out_axis, _ = weight_axes(node, weight.ndim)
-    q, scale = quantize_weight(weight, out_axis, weight_max)
+    q, scale = rounded if rounded is not None else quantize_weight(weight, out_axis, weight_max)
     shape = [1] * weight.ndim
     shape[out_axis] = -1
     error = q.astype(np.float64) * scale.reshape(shape) - weight.astype(np.float64)

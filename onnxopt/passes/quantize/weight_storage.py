@@ -26,6 +26,8 @@ runs every call.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx_ir as ir
 
@@ -61,12 +63,21 @@ def int8_per_channel(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndar
     return q, scale
 
 
+#: A learned rounding for one weight read by one node: (node, weight, axis) -> (int8, scales along axis) or None.
+Rounder = Callable[[ir.Node, np.ndarray, int], "tuple[np.ndarray, np.ndarray] | None"]
+
+
 def store_weights_int8(
-    graph: ir.Graph, names: NameSource, keep_exact: set[str] = frozenset(), *, min_elements: int = MIN_ELEMENTS
+    graph: ir.Graph,
+    names: NameSource,
+    keep_exact: set[str] = frozenset(),
+    *,
+    min_elements: int = MIN_ELEMENTS,
+    rounder: Rounder | None = None,
 ) -> list[str]:
     """Store every eligible float weight of ``graph`` (module docstring) of at least ``min_elements`` elements
-    as int8 + scale, in place; nodes named in ``keep_exact`` keep their weights exact. Returns the names of the
-    weights stored."""
+    as int8 + scale, in place; nodes named in ``keep_exact`` keep their weights exact. ``rounder`` may round a
+    weight read by one node better than nearest (GPTQ). Returns the names of the weights stored."""
     stored: list[str] = []
     for node in list(graph):
         if node.name in keep_exact:
@@ -80,7 +91,9 @@ def store_weights_int8(
             axis = _common_axis(value, array.ndim, keep_exact)
             if axis is None or not _worth_storing(array, axis, min_elements):
                 continue
-            decoded = _decoder(graph, names, value.name or f"{node.name}_weight{index}", array, axis)
+            readers = list(value.uses())
+            rounded = rounder(readers[0].node, array, axis) if rounder is not None and len(readers) == 1 else None
+            decoded = _decoder(graph, names, value.name or f"{node.name}_weight{index}", array, axis, rounded)
             producer = value.producer()
             for use in list(value.uses()):
                 use.node.replace_input_with(use.idx, decoded)
@@ -109,8 +122,20 @@ def _common_axis(value: ir.Value, ndim: int, keep_exact: set[str]) -> int | None
     return axes.pop() if len(axes) == 1 else None
 
 
-def _decoder(graph: ir.Graph, names: NameSource, base: str, array: np.ndarray, axis: int) -> ir.Value:
-    q, scale = int8_per_channel(array, axis)
+def _decoder(
+    graph: ir.Graph,
+    names: NameSource,
+    base: str,
+    array: np.ndarray,
+    axis: int,
+    rounded: tuple[np.ndarray, np.ndarray] | None = None,
+) -> ir.Value:
+    if rounded is None:
+        q, scale = int8_per_channel(array, axis)
+    else:
+        shape = [1] * array.ndim
+        shape[axis] = -1
+        q, scale = rounded[0], rounded[1].astype(np.float32).reshape(shape)
     q_value = _initializer(graph, names.fresh(f"{base}_int8"), q)
     s_value = _initializer(graph, names.fresh(f"{base}_int8_scale"), scale)
     cast = ir.node("Cast", [q_value], attributes={"to": ir.DataType.FLOAT}, name=names.fresh(f"{base}_int8_cast"))

@@ -1,0 +1,156 @@
+"""Learned weight rounding: GPTQ (Frantar et al. 2023, after OBQ) for Conv, Gemm and MatMul weights.
+
+Rounding each weight to its nearest int8 level ignores that a layer's output
+error is ``(W - Q) X``: the error of one input column can be cancelled by
+nudging the columns not yet rounded, in proportion to how the inputs
+correlate. With ``H = X^T X`` over calibration inputs (for a Conv, the im2col
+patches at sampled output positions), GPTQ rounds the columns one at a time
+and spreads each column's error over the remaining ones through the Cholesky
+factor of ``H^-1``; the per-output-channel scales stay those of plain
+max-abs rounding, so the integer format is unchanged and only *which* level
+each weight takes moves. It minimizes the layer's output error on the data
+rather than the weights' own error.
+
+:class:`HessianCollector` accumulates ``H`` per layer from the activations the
+quantizer already streams for calibration (float inputs of the original
+model, one pass); :func:`gptq_round` rounds one weight. Grouped convolutions
+(depthwise included) get one ``H`` per group. Memory is bounded: a layer whose
+rows hold more than :data:`MAX_COLUMNS` inputs (``C_in/g * kh * kw``), a Conv
+with ``auto_pad`` or not 2-D, ConvTranspose, and weights of more than 2-D
+MatMuls keep nearest rounding (``gptq_round`` is not called for them).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxopt.passes._graph_edit import attribute, constant_array
+from onnxopt.passes._im2col import output_size, patches_at, pick_positions
+
+#: Layers with more inputs per output channel keep nearest rounding (H would be MAX_COLUMNS² floats).
+MAX_COLUMNS = 4608
+POSITIONS = 32  # sampled output positions per image for a Conv's patches
+DAMP = 0.01  # fraction of H's mean diagonal added to it (GPTQ's dampening)
+BLOCK = 128  # columns rounded between two updates of the remaining ones
+
+
+def gptq_layout(node: ir.Node) -> tuple[int, int] | None:
+    """(groups, columns per group) of ``node``'s weight as GPTQ sees it; None when it keeps nearest rounding."""
+    weight = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
+    x = node.inputs[0] if node.inputs else None
+    if weight is None or x is None or weight.dtype.kind != "f" or node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "Conv":
+        if weight.ndim != 4 or attribute(node, "auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+            return None
+        groups = int(attribute(node, "group", 1))
+        columns = int(np.prod(weight.shape[1:]))
+    elif node.op_type == "Gemm":
+        if attribute(node, "transA", 0) or weight.ndim != 2:
+            return None
+        groups, columns = 1, weight.shape[1] if attribute(node, "transB", 0) else weight.shape[0]
+    elif node.op_type == "MatMul" and weight.ndim == 2:
+        groups, columns = 1, weight.shape[0]
+    else:
+        return None
+    return (groups, columns) if columns <= MAX_COLUMNS else None
+
+
+class HessianCollector:
+    """``H = X^T X`` (and the row count) per layer, from batches of each layer's float input."""
+
+    def __init__(self, nodes: list[ir.Node], seed: int) -> None:
+        self.nodes = {n.name: n for n in nodes if gptq_layout(n) is not None}
+        self.sums: dict[str, np.ndarray] = {}
+        self.rows: dict[str, int] = {}
+        self.rng = np.random.default_rng(seed)
+
+    def inputs(self) -> dict[str, list[str]]:
+        """Input tensor name -> the layers reading it."""
+        out: dict[str, list[str]] = {}
+        for name, node in self.nodes.items():
+            out.setdefault(node.inputs[0].name or "", []).append(name)
+        return out
+
+    def add(self, layer: str, x: np.ndarray) -> None:
+        node = self.nodes[layer]
+        layout = gptq_layout(node)
+        assert layout is not None
+        groups, columns = layout
+        if node.op_type == "Conv":
+            if x.ndim != 4:
+                return
+            oh, ow = output_size(node, x.shape[2], x.shape[3])
+            picks = np.stack([pick_positions(oh, ow, POSITIONS, self.rng) for _ in range(x.shape[0])])
+            rows, _ = patches_at(node, x, picks)  # [P, C_in * kh * kw], channel-major: groups are contiguous
+        else:
+            rows = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
+        if rows.shape[1] != groups * columns:
+            return
+        grouped = rows.reshape(rows.shape[0], groups, columns).transpose(1, 0, 2)  # [G, P, K]
+        h = np.matmul(grouped.transpose(0, 2, 1), grouped)  # batched BLAS
+        self.sums[layer] = self.sums.get(layer, 0.0) + h
+        self.rows[layer] = self.rows.get(layer, 0) + rows.shape[0]
+
+    def hessian(self, layer: str) -> np.ndarray | None:
+        """``[G, K, K]`` for ``layer``, or None if no input of it was seen."""
+        total = self.sums.get(layer)
+        return None if total is None else total / max(self.rows[layer], 1)
+
+
+def gptq_round(
+    node: ir.Node, weight: np.ndarray, hessian: np.ndarray, weight_max: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 weight in ``weight``'s layout, float32 per-output-channel scales) rounded by GPTQ with ``hessian``
+    ``[G, K, K]``; the scales are max-abs / ``weight_max``, as nearest rounding's."""
+    groups = hessian.shape[0]
+    if node.op_type == "Conv":
+        rows = weight.reshape(weight.shape[0], -1).astype(np.float64)  # [C_out, K*G/G]
+        restore = lambda m: m.reshape(weight.shape)  # noqa: E731
+    elif node.op_type == "Gemm" and attribute(node, "transB", 0):
+        rows = weight.astype(np.float64)
+        restore = lambda m: m  # noqa: E731
+    else:  # Gemm transB=0 and MatMul: [K, N], output channels on axis 1
+        rows = weight.T.astype(np.float64)
+        restore = lambda m: m.T  # noqa: E731
+    peak = np.abs(rows).max(axis=1)
+    scale = np.where(peak > 0, peak / weight_max, 1.0)
+    per_group = rows.shape[0] // groups
+    w = rows.reshape(groups, per_group, -1).copy()  # [G, R, K]
+    s = scale.reshape(groups, per_group)
+    upper = _inverse_cholesky(hessian)  # [G, K, K]
+    q = np.zeros_like(w)
+    columns = w.shape[2]
+    for start in range(0, columns, BLOCK):  # GPTQ's lazy batches: the rest is updated once per block, by BLAS
+        stop = min(start + BLOCK, columns)
+        block = w[:, :, start:stop].copy()
+        errors = np.zeros_like(block)
+        for j in range(stop - start):
+            i = start + j
+            column = block[:, :, j]
+            level = np.clip(np.round(column / s), -weight_max, weight_max)
+            q[:, :, i] = level
+            error = (column - level * s) / upper[:, i, i][:, None]  # [G, R]
+            block[:, :, j + 1 :] -= error[:, :, None] * upper[:, None, i, i + 1 : stop]
+            errors[:, :, j] = error
+        if stop < columns:
+            w[:, :, stop:] -= np.matmul(errors, upper[:, start:stop, stop:])
+    levels = restore(q.reshape(rows.shape)).astype(np.int8)
+    return np.ascontiguousarray(levels), scale.astype(np.float32)
+
+
+def _inverse_cholesky(hessian: np.ndarray) -> np.ndarray:
+    """The upper Cholesky factor of ``(H + damp)^-1`` per group; inputs never seen (zero diagonal) get 1."""
+    h = hessian.astype(np.float64).copy()
+    k = h.shape[1]
+    diagonal = np.einsum("gkk->gk", h)
+    dead = diagonal <= 0
+    idx = np.arange(k)
+    for g in np.nonzero(dead.any(axis=1))[0]:
+        h[g, idx[dead[g]], idx[dead[g]]] = 1.0
+    damp = DAMP * np.maximum(np.einsum("gkk->gk", h).mean(axis=1), 1e-12)
+    h[:, idx, idx] += damp[:, None]
+    inverse = np.linalg.inv(h)
+    inverse = (inverse + inverse.transpose(0, 2, 1)) / 2
+    return np.linalg.cholesky(inverse).transpose(0, 2, 1)
