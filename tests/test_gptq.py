@@ -54,7 +54,8 @@ def test_gptq_beats_nearest_rounding_on_held_out_inputs(weight_max) -> None:
         if name == "wg":
             return float(np.mean((held_v @ error.T) ** 2))
         groups = 8 if name == "wd" else 1
-        patches = np.lib.stride_tricks.sliding_window_view(np.pad(held_x, ((0, 0), (0, 0), (1, 1), (1, 1))), (3, 3), (2, 3))
+        padded = np.pad(held_x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+        patches = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), (2, 3))
         patches = patches.transpose(0, 2, 3, 1, 4, 5).reshape(-1, groups, 8 // groups * 9)  # [P, G, K]
         per_group = error.reshape(groups, -1, 8 // groups * 9)  # [G, R, K]
         return float(np.mean(np.einsum("pgk,grk->pgr", patches, per_group) ** 2))
