@@ -72,3 +72,26 @@ class AccuracyBudget:
             else:
                 low = mid + 1
         return high
+
+
+class SnrBudget(AccuracyBudget):
+    """``max_db_loss``: how many dB of output SNR (worst output, against the original) a candidate may lose
+    beyond a *reference* candidate -- for quantization, the model with only its weights rounded to int8, the
+    error no activation scheme can undo. The drop is ``max over outputs of (reference dB - candidate dB)``,
+    never below 0; the searches are :class:`AccuracyBudget`'s."""
+
+    def __init__(self, probe: QualityProbe, reference: ir.Model, max_db_loss: float) -> None:
+        super().__init__(probe, max_db_loss)
+        self.reference = probe.output_snr(reference)
+
+    @property
+    def metric(self) -> str:
+        return "dB of output SNR lost beyond weights-only int8"
+
+    @property
+    def baseline(self) -> float:
+        return 0.0
+
+    def drop(self, candidate: ir.Model) -> float:
+        got = self.probe.output_snr(candidate)
+        return max(0.0, *(self.reference[name] - got[name] for name in self.reference))

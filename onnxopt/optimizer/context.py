@@ -25,7 +25,7 @@ from onnxopt.bench.stats import Ratio
 from onnxopt.data import Dataset, InputShapes, RandomDataset, batch_size_for, default_random
 from onnxopt.errors import PassPreconditionError
 from onnxopt.evaluate.layers import LayerReport, layer_errors
-from onnxopt.optimizer.budget import AccuracyBudget
+from onnxopt.optimizer.budget import AccuracyBudget, SnrBudget
 from onnxopt.optimizer.calibration import activations, input_specs
 from onnxopt.optimizer.node_profile import NodeProfile, profile_nodes
 from onnxopt.optimizer.plan import Plan
@@ -104,6 +104,10 @@ class Context:
     def budget(self, max_drop: float, limit: int) -> AccuracyBudget:
         """An accuracy budget of ``max_drop`` on the quality probe over about ``limit`` samples."""
         return AccuracyBudget(self.quality_probe(limit), max_drop)
+
+    def snr_budget(self, reference: ir.Model, max_db_loss: float, limit: int) -> SnrBudget:
+        """A budget of ``max_db_loss`` dB of output SNR beyond ``reference``'s, on about ``limit`` samples."""
+        return SnrBudget(self.quality_probe(limit), reference, max_db_loss)
 
     def profile(self, model: ir.Model, *, batch: int = 1) -> NodeProfile:
         """Per-node latency of ``model`` at ``batch`` (or its fixed batch) on the run's providers, with every

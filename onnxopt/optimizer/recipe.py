@@ -47,15 +47,16 @@ BUILTIN_RECIPES["int8"] = ",".join(
         "equalize",  # lossless: evens out per-channel weight ranges that BN folding left (depthwise blocks)
         # static QDQ: per-channel int8 weights rounded by GPTQ on --data, int32 biases (corrected for the
         # weights' mean rounding error), uint8 activations calibrated on --data; float compute kept where
-        # onnxruntime's int8 kernel is slower, and everywhere if int8 is not 3 % faster overall -- weights
-        # stored int8 either way (a file about 26 % of fp32, never slower)
-        "quantize:fallback=profile;bias_correct=true;rounding=gptq",
+        # onnxruntime's int8 kernel is slower, on the layers that cost the outputs more than 3 dB of SNR beyond
+        # rounding the weights alone, and everywhere if int8 is then not 3 % faster -- weights stored int8
+        # either way (a file about 26 % of fp32, never slower)
+        "quantize:fallback=profile;bias_correct=true;rounding=gptq;max_db_loss=3",
     ]
 )
 BUILTIN_RECIPES["prune"] = ",".join(
     [
         BUILTIN_RECIPES["lossless"],  # BN folded first: its scales then live in the weights that are ranked
-        # 30 % of every prunable group's channels, lowest filter L1 norm first; kept counts rounded up to a
+        # 30 % of every prunable group's channels, lowest filter L2 norm first; kept counts rounded up to a
         # multiple of 8: onnxruntime's CPU convolutions work in blocks of 8/16 channels, and odd counts made a
         # pruned MobileNet-style model 1.78x slower than the original (multiple=8: 0.90x)
         "prune-channels:ratio=0.3;multiple=8",
@@ -67,7 +68,8 @@ BUILTIN_RECIPES["prune+int8"] = ",".join(
     [
         BUILTIN_RECIPES["prune"],
         "equalize",  # as in int8: the refit weights are balanced before they are rounded
-        "quantize:fallback=profile;bias_correct=true;rounding=gptq",  # last, as in int8: on the pruned, refit model
+        # last, as in int8: on the pruned, refit model
+        "quantize:fallback=profile;bias_correct=true;rounding=gptq;max_db_loss=3",
     ]
 )
 

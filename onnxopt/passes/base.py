@@ -123,6 +123,10 @@ class PassContext(Protocol):
         """An accuracy budget (``max_drop`` of the quality probe's metric) and the searches that spend it."""
         ...
 
+    def snr_budget(self, reference: ir.Model, max_db_loss: float, limit: int) -> AccuracyBudget:
+        """A budget of ``max_db_loss`` dB of output SNR beyond ``reference``'s (weights-only quantization)."""
+        ...
+
     def profile(self, model: ir.Model, *, batch: int = 1) -> NodeProfile:
         """Per-node latency of ``model`` at ``batch``, every onnxruntime optimization on."""
         ...

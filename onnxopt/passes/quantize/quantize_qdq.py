@@ -119,6 +119,8 @@ class QuantizeConfig:
     exclude: str = ""  # regex on node names kept in float
     fallback: str = "none"  # none | profile: keep float what runs slower in int8
     max_drop: float | None = None  # accuracy budget (onnxopt.optimizer.quality)
+    # or: at most this many dB of output SNR (worst output) lost beyond the weights-only int8 model
+    max_db_loss: float | None = None
     eval_samples: int = 256
     bias_correct: bool = False  # fold each layer's mean weight-rounding error into its bias
     profile_batch: int | None = None  # the batch fallback=profile times (default: the run's --batch, else 1)
@@ -141,6 +143,10 @@ class QuantizeConfig:
             raise ValueError(f"fallback must be none or profile, not {self.fallback!r}")
         if self.max_drop is not None and not 0 <= self.max_drop < 1:
             raise ValueError("max_drop must be in [0, 1)")
+        if self.max_db_loss is not None and not 0 <= self.max_db_loss <= 100:
+            raise ValueError("max_db_loss must be in [0, 100] dB")
+        if self.max_drop is not None and self.max_db_loss is not None:
+            raise ValueError("give max_drop or max_db_loss, not both")
         if self.samples < 1 or self.eval_samples < 1 or (self.profile_batch is not None and self.profile_batch < 1):
             raise ValueError("samples, eval_samples and profile_batch must be positive")
         if not -1 < self.min_gain < 1:
@@ -202,25 +208,32 @@ class QuantizeQDQPass(OptPass):
         if planned is not None:  # --plan: the recorded precisions, nothing timed
             excluded, exact, compute = self._replayed(log, planned, every)
             log.note(f"precisions replayed from the plan: {len(every - excluded)} node(s) int8, nothing timed")
-        elif self.config.fallback == "profile" or self.config.max_drop is not None:
-            search = self._search(model, ranges, excluded, target, log)
+        elif self.config.fallback == "profile" or self.config.max_drop is not None or self.config.max_db_loss:
+            reference = self._weights_only(model, exact) if self.config.max_db_loss is not None else None
+            search = self._search(model, ranges, excluded, target, log, reference)
             decided = search.run(excluded)
+            storage_serves = search.declined == "speed" or (search.declined == "budget" and reference is not None)
             if decided is not None:
                 excluded, exact = decided, decided - search.kept_for_speed
-            elif search.declined == "speed" and self.config.float_weights == "int8":
+            elif storage_serves and self.config.float_weights == "int8":
                 excluded, compute = every, "float"  # float compute everywhere, int8 weight storage
             else:
                 compute = "none"
         self._record_plan(graph, ranges, every, excluded, exact, compute, target, search)
         if compute == "none":
             return
-        reference = None
-        if not self.config.weights_only:  # the right yardstick: the weights alone rounded to 8 bits (max-abs)
-            reference = model.clone()
-            store_weights_int8(reference.graph, NameSource(reference), exact, min_elements=1)
+        reference = None if self.config.weights_only else self._weights_only(model, exact)
         self._apply(log, model, ranges, excluded, target, exact=exact)
         if reference is not None:
             self._report_snr(log, model, reference)
+
+    @staticmethod
+    def _weights_only(model: ir.Model, exact: set[str]) -> ir.Model:
+        """The right yardstick for activation quantization: a copy with only the weights rounded to int8
+        (nearest, max-abs per channel), float compute."""
+        reference = model.clone()
+        store_weights_int8(reference.graph, NameSource(reference), exact, min_elements=1)
+        return reference
 
     def _report_snr(self, log: PassLog, model: ir.Model, reference: ir.Model) -> None:
         """Each output's SNR against the original beside the weights-only int8 reference's, on a few samples
@@ -410,7 +423,7 @@ class QuantizeQDQPass(OptPass):
         self._apply(PassLog(), clone, ranges, excluded, target, exact=exact)
         return clone
 
-    def _search(self, model: ir.Model, ranges: Ranges, excluded: set[str], target, log: PassLog):
+    def _search(self, model: ir.Model, ranges: Ranges, excluded: set[str], target, log: PassLog, reference=None):
         """The search for the nodes to keep float so the result is faster than float and within the budget
         (its ``run`` returns None to decline). Nodes kept float for speed keep int8 weight storage; the ones
         kept for the budget, exact weights."""
@@ -427,6 +440,7 @@ class QuantizeQDQPass(OptPass):
             trial=trial,
             quantizable=lambda keep: {n.name: n.op_type for n in self._chosen(model.graph, keep)},
             batch=self.config.profile_batch or self.require_context().batch,
+            reference=reference,
         )
         return search
 

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     from onnxopt.passes.quantize.quantize_qdq import QuantizeConfig
 
 
+#: Samples the max_db_loss budget scores each trial on (output SNR needs fewer than a task metric).
+DB_LOSS_SAMPLES = 32
+
+
 class FloatFallbackSearch:
     """One search over one model: ``run(excluded)`` returns the nodes to keep float, or None to decline."""
 
@@ -36,6 +40,7 @@ class FloatFallbackSearch:
         trial: Callable[[set[str]], ir.Model],
         quantizable: Callable[[set[str]], dict[str, str]],  # kept float -> {node name: op type} still quantized
         batch: int,
+        reference: ir.Model | None = None,  # weights-only int8: the yardstick of max_db_loss
     ) -> None:
         self.config = config
         self.context = context
@@ -44,6 +49,7 @@ class FloatFallbackSearch:
         self.trial = trial
         self.quantizable = quantizable
         self.batch = batch
+        self.reference = reference
         self.kept_for_speed: set[str] = set()  # nodes kept float because their int8 kernel was slower
         self.declined: str | None = None  # why run() returned None: "speed" or "budget"
         self.measured: dict[str, Any] = {}  # what the decisions rest on, for the plan (JSON values)
@@ -51,7 +57,7 @@ class FloatFallbackSearch:
     def run(self, excluded: set[str]) -> set[str] | None:
         if self.config.fallback == "profile":
             excluded = self._keep_slow_nodes_float(excluded)
-        if self.config.max_drop is not None:
+        if self.config.max_drop is not None or self.config.max_db_loss is not None:
             decided = self._fit_budget(excluded)
             if decided is None:
                 self.declined = "budget"
@@ -135,9 +141,15 @@ class FloatFallbackSearch:
         return True
 
     def _fit_budget(self, excluded: set[str]) -> set[str] | None:
-        """The fewest most error-adding layers to keep float so the drop stays within ``max_drop``."""
-        assert self.config.max_drop is not None
-        budget = self.context.budget(self.config.max_drop, self.config.eval_samples)
+        """The fewest most error-adding layers to keep float so the drop stays within ``max_drop`` (of the
+        quality probe's metric) or ``max_db_loss`` (dB of output SNR beyond the weights-only reference)."""
+        if self.config.max_drop is not None:
+            budget = self.context.budget(self.config.max_drop, self.config.eval_samples)
+        else:
+            assert self.config.max_db_loss is not None and self.reference is not None
+            limit = min(self.config.eval_samples, DB_LOSS_SAMPLES)
+            budget = self.context.snr_budget(self.reference, self.config.max_db_loss, limit)
+        knob = "max_drop" if self.config.max_drop is not None else "max_db_loss"
         quantized = self.trial(excluded)
         drop = budget.drop(quantized)
         self.log.note(
@@ -161,20 +173,27 @@ class FloatFallbackSearch:
             "added_db": {name: round(added, 3) for name, added in ranked[: max(high or 0, 1) * 2]},
         }
         if high is None:
-            self.log.skip(
-                "model",
-                f"max_drop={budget.max_drop} is met by no float fallback short of all {len(ranked)} quantized layers "
-                f"({budget.metric} drop with everything int8: {drop:.4f}): left float",
+            self._decline_for_budget(
+                f"{knob}={budget.max_drop} is met by no float fallback short of all {len(ranked)} quantized layers "
+                f"({budget.metric} drop with everything int8: {drop:.4f})"
             )
             return None
         kept_float = excluded | {name for name, _ in ranked[:high]}
         if not any(n.op_type == "DequantizeLinear" for n in self.trial(kept_float).graph):
-            self.log.skip("model", f"max_drop={budget.max_drop} is met only with nothing quantized: left float")
+            self._decline_for_budget(f"{knob}={budget.max_drop} is met only with nothing quantized")
             return None
         for name, added in ranked[:high]:
             self.log.detail(node=name, added_db=round(added, 2), kept="float (accuracy budget)")
         self.log.note(f"kept {high} layer(s) float for the budget: {budget.metric} drop {drop_with(high):.4f}")
         return kept_float
+
+    def _decline_for_budget(self, reason: str) -> None:
+        """Say why no int8 compute fits the budget: with ``max_db_loss`` and int8 weight storage the weights-only
+        model (the budget's own reference) is what the pass writes; otherwise the model is left float."""
+        if self.config.max_drop is None and self.config.float_weights == "int8":
+            self.log.note(f"{reason}: compute kept float on every node (weights still stored int8)")
+        else:
+            self.log.skip("model", f"{reason}: left float")
 
     def _sensitivity(self, quantized: ir.Model, excluded: set[str]) -> list[tuple[str, float]]:
         """Quantized nodes, most error added first: the SNR lost between a matched tensor and the nearest matched
