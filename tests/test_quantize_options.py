@@ -184,3 +184,27 @@ def test_quantized_outputs_stay_close_with_unknown_batch(conv_net, tmp_path) -> 
     (y,) = run(model, {"x": x})
     (ref,) = run(onnx.load(str(conv_net[0])), {"x": x})
     assert y.shape == (3, 10) and np.abs(y - ref).max() < 0.2 * np.abs(ref).max()
+
+
+def test_a_bias_int32_cannot_hold_stays_float(tmp_path) -> None:
+    # the Conv reads a near-constant tensor (scale ~1e-9), so bias / (s_x * s_w) would wrap around int32
+    spec = """<ir_version: 8, opset_import: ["": 13]>
+    g (float[N, 3, 8, 8] x) => (float[N, 4, 8, 8] y) {
+        tiny = Mul(x, eps)
+        c = Conv<pads=[1,1,1,1]>(tiny, w, b)
+        y = Relu(c)
+    }"""
+    weights = {
+        "eps": np.array(1e-9, np.float32),
+        "w": RNG.normal(0, 0.5, (4, 3, 3, 3)).astype(np.float32),
+        "b": np.array([1000.0, -5.0, 3.0, 20000.0], np.float32),
+    }
+    path = tmp_path / "m.onnx"
+    onnx.save(parse(spec, **weights), str(path))
+    data = tmp_path / "d.npz"
+    np.savez(data, x=RNG.normal(0, 1, (32, 3, 8, 8)).astype(np.float32))
+    result, model = _quantize((path, data), tmp_path, "quantize")
+    record = result.pipeline.records[0]
+    assert any("overflows int32" in s for s in record.skipped)
+    assert not any(t.data_type == onnx.TensorProto.INT32 for t in model.graph.initializer)
+    assert result.comparison.outputs[0].snr_db > 40  # the bias is the output here: it must survive exactly

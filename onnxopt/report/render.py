@@ -56,7 +56,31 @@ def _optimize(r: dict[str, Any]) -> list[Block]:
     if cmp.get("layers"):
         blocks += _layers(cmp["layers"])
     blocks += _passes(r)
+    blocks += _plan(r.get("plan"))
     return blocks
+
+
+def _plan(plan: dict[str, Any] | None) -> list[Block]:
+    """The run's measured decisions (``--save-plan``): per pass, how many nodes got each precision, and where
+    they were timed."""
+    entries = (plan or {}).get("passes") or {}
+    if not entries:
+        return []
+    machine = plan.get("machine") or {}  # type: ignore[union-attr]
+    features = ", ".join(machine.get("cpu_features") or []) or "none detected"
+    rows = []
+    for index, entry in sorted(entries.items(), key=lambda item: int(item[0])):
+        counts: dict[str, int] = {}
+        for precision in (entry.get("nodes") or {}).values():
+            counts[precision] = counts.get(precision, 0) + 1
+        shown = ", ".join(f"{n} {p}" for p, n in sorted(counts.items())) or "-"
+        rows.append([str(index), str(entry.get("pass")), "timed" if entry.get("timed") else "untimed",
+                     str(entry.get("compute", "")), shown])  # fmt: skip
+    return [
+        Heading("Plan (measured decisions; replay with --plan)"),
+        Paragraph(f"Measured on {machine.get('cpu', 'an unnamed CPU')} (integer features: {features})."),
+        Table(["#", "pass", "decisions", "compute", "nodes"], rows),
+    ]
 
 
 def _compare(r: dict[str, Any]) -> list[Block]:

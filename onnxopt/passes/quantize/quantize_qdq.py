@@ -6,7 +6,10 @@ What it quantizes:
   output channel, symmetric int8 (``scale_c = max|w_c| / 127``; ``/ 63`` when
   the target CPU lacks VNNI, see :mod:`onnxopt.passes.quantize.cpu_target`), stored as int8
   with a ``DequantizeLinear`` on the right ``axis`` (Conv 0; ConvTranspose 1;
-  Gemm 0 with transB=1, else 1; MatMul the last axis);
+  Gemm 0 with transB=1, else 1; MatMul the last axis); each weight rounded to
+  its nearest level, or with ``rounding=gptq`` by GPTQ on the calibration data
+  (:mod:`onnxopt.passes.quantize.gptq`: the same scales, levels chosen to
+  minimize the layer's output error);
 * **biases** of Conv/ConvTranspose/Gemm whose input is quantized: int32 with
   ``scale = s_x * s_w`` (zero point 0), as onnxruntime's integer kernels expect;
 * **activations**: every float tensor entering or leaving a quantized op --
@@ -61,6 +64,17 @@ Two searches decide which nodes stay float (besides ``exclude``):
   are kept float -- the fewest that fit, found by doubling then bisection. The
   record lists them with the dB each added. A budget no float fallback meets
   declines the pass.
+* ``max_db_loss=d`` (the ``int8`` recipe's, 3 dB): the same search, but the
+  drop is how many dB of output SNR (worst output, on 32 samples) the model
+  loses beyond the *weights-only* int8 model -- the error no activation scheme
+  can undo, and the right yardstick. When no fallback fits, every node keeps
+  float compute with int8 weights (which meets it by construction).
+
+Whatever was decided, each output's SNR against the original is recorded beside
+that of the plain weights-only reference (nearest rounding, max-abs per
+channel). ``--save-plan`` records every decision (each node's precision, the
+ranges, the timings and errors) and ``--plan`` replays them without measuring
+(:mod:`onnxopt.optimizer.plan`).
 
 Needs opset 13 (per-channel ``axis`` on DequantizeLinear): older models are
 upgraded first, never written invalid. Declined with a reason: non-float or
@@ -222,17 +236,18 @@ class QuantizeQDQPass(OptPass):
         self._record_plan(graph, ranges, every, excluded, exact, compute, target, search)
         if compute == "none":
             return
-        reference = None if self.config.weights_only else self._weights_only(model, exact)
+        reference = None if self.config.weights_only else self._weights_only(model, exact, learned=False)
         self._apply(log, model, ranges, excluded, target, exact=exact)
         if reference is not None:
             self._report_snr(log, model, reference)
 
-    @staticmethod
-    def _weights_only(model: ir.Model, exact: set[str]) -> ir.Model:
-        """The right yardstick for activation quantization: a copy with only the weights rounded to int8
-        (nearest, max-abs per channel), float compute."""
+    def _weights_only(self, model: ir.Model, exact: set[str], *, learned: bool = True) -> ir.Model:
+        """The right yardstick for activation quantization: a copy with only the weights rounded to int8 (per
+        channel, max-abs scales; by this pass's own rounding, or ``learned=False`` to nearest), float compute
+        -- what the pass writes when no int8 compute fits."""
         reference = model.clone()
-        store_weights_int8(reference.graph, NameSource(reference), exact, min_elements=1)
+        rounder = (lambda n, w, axis: self._learned(n, w, 127)) if learned else None
+        store_weights_int8(reference.graph, NameSource(reference), exact, min_elements=1, rounder=rounder)
         return reference
 
     def _report_snr(self, log: PassLog, model: ir.Model, reference: ir.Model) -> None:
@@ -571,7 +586,13 @@ class QuantizeQDQPass(OptPass):
         if bias is None or x_params is None or node.op_type == "MatMul" or bias.ndim != 1 or bias.size != w_scale.size:
             return
         b_scale = (x_params[0] * w_scale.astype(np.float64)).astype(np.float32)
-        b_q = np.round(bias / np.where(b_scale > 0, b_scale, 1.0)).astype(np.int32)
+        levels = np.round(bias.astype(np.float64) / np.where(b_scale > 0, b_scale, 1.0))
+        if not np.isfinite(levels).all() or np.abs(levels).max(initial=0) > np.iinfo(np.int32).max:
+            # a bias that int32 cannot hold at scale s_x * s_w (a near-constant input): kept float, so
+            # onnxruntime runs this node in float rather than with a wrapped-around bias
+            log.skip(where, "its bias overflows int32 at the input's scale: bias kept float")
+            return
+        b_q = levels.astype(np.int32)
         bias_name = node.inputs[2].name or f"{where}_bias"
         zeros = np.zeros(b_q.size, np.int32)
         old_bias = node.inputs[2]
