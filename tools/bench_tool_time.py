@@ -42,13 +42,15 @@ def ort_int8(source: Path, out: Path, calibration: Path) -> None:
 
     prepared = out.with_name(out.stem + "_pre.onnx")
     quant_pre_process(str(source), str(prepared))
+    dims = onnx.load(str(source), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    step = dims[0].dim_value if dims and dims[0].dim_value > 0 else 8  # a fixed batch gets whole batches
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             with np.load(calibration) as archive:
                 arrays = {k: archive[k] for k in archive.files}
             count = len(next(iter(arrays.values())))
-            self.items = iter([{k: v[i : i + 8] for k, v in arrays.items()} for i in range(0, count, 8)])
+            self.items = iter([{k: v[i : i + step] for k, v in arrays.items()} for i in range(0, count, step)])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.items, None)
