@@ -243,9 +243,12 @@ def _passes(r: dict[str, Any]) -> list[Block]:
 
 def _details_table(rows: list[dict[str, Any]], limit: int = 200) -> Table:
     """A pass's per-layer rows as a table (numbers formatted, at most ``limit`` rows)."""
-    header = list(rows[0])
-    body = [[_cell(row.get(key)) for key in header] for row in rows[:limit]]
-    numeric = {i for i, key in enumerate(header) if isinstance(rows[0].get(key), int | float)}
+    header = list(dict.fromkeys(key for row in rows[:limit] for key in row))  # rows of several kinds: every column
+    body = [[_cell(row.get(key, "")) for key in header] for row in rows[:limit]]
+    numeric = {
+        i for i, key in enumerate(header)
+        if any(isinstance(row.get(key), int | float) for row in rows[:limit])
+    }  # fmt: skip
     return Table(header, body, numeric)
 
 

@@ -152,10 +152,13 @@ class FloatFallbackSearch:
         knob = "max_drop" if self.config.max_drop is not None else "max_db_loss"
         quantized = self.trial(excluded)
         drop = budget.drop(quantized)
-        self.log.note(
-            f"{budget.metric}: float {budget.baseline:.4f}, all int8 {budget.baseline - drop:.4f} "
-            f"(drop {drop:.4f}, budget {budget.max_drop})"
-        )
+        if self.config.max_drop is not None:
+            self.log.note(
+                f"{budget.metric}: float {budget.baseline:.4f}, all int8 {budget.baseline - drop:.4f} "
+                f"(drop {drop:.4f}, budget {budget.max_drop})"
+            )
+        else:
+            self.log.note(f"all int8: {drop:.1f} {budget.metric} (max_db_loss {budget.max_drop:g})")
         if drop <= budget.max_drop:
             return excluded
         ranked = self._sensitivity(quantized, excluded)
