@@ -33,6 +33,7 @@ MAX_COLUMNS = 4608
 POSITIONS = 32  # sampled output positions per image for a Conv's patches
 DAMP = 0.01  # fraction of H's mean diagonal added to it (GPTQ's dampening)
 BLOCK = 128  # columns rounded between two updates of the remaining ones
+FLUSH_ROWS = 2048  # input rows gathered per layer before they are added to its H
 
 
 def gptq_layout(node: ir.Node) -> tuple[int, int] | None:
@@ -64,6 +65,7 @@ class HessianCollector:
         self.nodes = {n.name: n for n in nodes if gptq_layout(n) is not None}
         self.sums: dict[str, np.ndarray] = {}
         self.rows: dict[str, int] = {}
+        self.pending: dict[str, list[np.ndarray]] = {}  # input rows not yet in the sum
         self.rng = np.random.default_rng(seed)
 
     def inputs(self) -> dict[str, list[str]]:
@@ -88,13 +90,25 @@ class HessianCollector:
             rows = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
         if rows.shape[1] != groups * columns:
             return
+        pending = self.pending.setdefault(layer, [])
+        pending.append(rows)
+        self.rows[layer] = self.rows.get(layer, 0) + rows.shape[0]
+        if sum(len(r) for r in pending) >= FLUSH_ROWS:  # one big product, not one per small batch
+            self._flush(layer)
+
+    def _flush(self, layer: str) -> None:
+        pending = self.pending.pop(layer, [])
+        if not pending:
+            return
+        groups, columns = gptq_layout(self.nodes[layer])  # type: ignore[misc]
+        rows = np.concatenate(pending)
         grouped = rows.reshape(rows.shape[0], groups, columns).transpose(1, 0, 2)  # [G, P, K]
         h = np.matmul(grouped.transpose(0, 2, 1), grouped)  # batched BLAS
         self.sums[layer] = self.sums.get(layer, 0.0) + h
-        self.rows[layer] = self.rows.get(layer, 0) + rows.shape[0]
 
     def hessian(self, layer: str) -> np.ndarray | None:
         """``[G, K, K]`` for ``layer``, or None if no input of it was seen."""
+        self._flush(layer)
         total = self.sums.get(layer)
         return None if total is None else total / max(self.rows[layer], 1)
 
