@@ -127,5 +127,7 @@ def test_the_seed_example_end_to_end(tmp_path) -> None:
     cmp = result.comparison
     assert cmp.reference_accuracy - cmp.candidate_accuracy <= 0.02
     assert result.output_file_bytes < 0.35 * result.input_file_bytes
+    held = steps["held_out"]  # the 744 samples neither training nor calibration saw
+    assert held.samples == 744 and held.reference_accuracy - held.candidate_accuracy <= 0.02
     text = steps["report"].read_text()
     assert "quantize" in text and "latency" in text.lower()
