@@ -78,3 +78,14 @@ def file_digest(path: Path) -> str:
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def one_line_error(args: list[str], capsys) -> str:  # type: ignore[no-untyped-def]
+    """Run the CLI on ``args``: it must exit 2 with exactly one ``onnxopt: error:`` line and no traceback."""
+    from onnxopt.cli import main
+
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    lines = [line for line in err if line.startswith("onnxopt: error:")]
+    assert len(lines) == 1 and "Traceback" not in "\n".join(err)
+    return lines[0]

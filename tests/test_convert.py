@@ -8,11 +8,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from helpers import one_line_error
 
 pytest.importorskip("tensorflow", reason="the tf extra is not installed")
 pytest.importorskip("tf2onnx", reason="the tf extra is not installed")
 
-from onnxopt.cli import main
 from onnxopt.convert import ConversionError, convert_file, tf_import
 
 RNG = np.random.default_rng(0)
@@ -137,18 +137,10 @@ def test_a_mismatch_is_an_error_and_writes_nothing(keras_file, tmp_path, monkeyp
     assert not (tmp_path / "bad.onnx").exists()
 
 
-def _one_line_error(args: list[str], capsys) -> str:
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    lines = [line for line in err if line.startswith("onnxopt: error:")]
-    assert len(lines) == 1 and "Traceback" not in "\n".join(err)
-    return lines[0]
-
-
 def test_corrupt_keras_file(tmp_path, capsys) -> None:
     bad = tmp_path / "bad.keras"
     bad.write_bytes(os.urandom(2048))
-    line = _one_line_error(["convert", str(bad), "-o", str(tmp_path / "x.onnx")], capsys)
+    line = one_line_error(["convert", str(bad), "-o", str(tmp_path / "x.onnx")], capsys)
     assert "cannot load the Keras model" in line and not (tmp_path / "x.onnx").exists()
 
 
@@ -161,7 +153,7 @@ def test_saved_model_without_signature(tmp_path, capsys) -> None:
             self.v = tf.Variable(1.0)
 
     tf.saved_model.save(Bare(), str(tmp_path / "bare"), signatures={})
-    line = _one_line_error(["convert", str(tmp_path / "bare"), "-o", str(tmp_path / "x.onnx")], capsys)
+    line = one_line_error(["convert", str(tmp_path / "bare"), "-o", str(tmp_path / "x.onnx")], capsys)
     assert "no signature" in line
 
 
@@ -176,14 +168,14 @@ def test_tflite_with_a_custom_op(tmp_path, capsys) -> None:
     converter.allow_custom_ops = True
     path = tmp_path / "custom.tflite"
     path.write_bytes(converter.convert())
-    line = _one_line_error(["convert", str(path), "-o", str(tmp_path / "x.onnx")], capsys)
+    line = one_line_error(["convert", str(path), "-o", str(tmp_path / "x.onnx")], capsys)
     assert "custom op" in line and "Bessel" in line
 
 
 def test_not_a_source(tmp_path, capsys) -> None:
     other = tmp_path / "model.pt"
     other.write_bytes(b"not a model")
-    assert "not a Keras" in _one_line_error(["convert", str(other), "-o", str(tmp_path / "x.onnx")], capsys)
+    assert "not a Keras" in one_line_error(["convert", str(other), "-o", str(tmp_path / "x.onnx")], capsys)
 
 
 def test_legacy_h5(keras_file, tmp_path) -> None:

@@ -13,12 +13,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from helpers import one_line_error
 
 pytest.importorskip("tensorflow", reason="the tf extra is not installed")
 pytest.importorskip("tf2onnx", reason="the tf extra is not installed")
 
 import onnxopt.convert as convert_module
-from onnxopt.cli import main
 from onnxopt.convert import ConversionError, convert_file, sources, tf_import
 from onnxopt.convert.tflite_rewrite import SparseLevel, densify, transpose_conv_bias_geometry
 
@@ -73,14 +73,6 @@ def _run_tflite(data: bytes, x: np.ndarray) -> np.ndarray:
 def _run_onnx(path, x: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: x})[0]
-
-
-def _one_line_error(args: list[str], capsys) -> str:
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    lines = [line for line in err if line.startswith("onnxopt: error:")]
-    assert len(lines) == 1 and "Traceback" not in "\n".join(err)
-    return lines[0]
 
 
 # ---------------------------------------------------------------------- sparse weights
@@ -188,7 +180,7 @@ def test_sparse_weights_are_densified_and_match_the_interpreter(tmp_path, int8) 
         assert np.abs(ours - np.asarray(model(x))).max() <= 1e-5 * np.abs(ours).max()
 
 
-def test_sparse_metadata_that_does_not_fit_is_a_one_line_error(tmp_path, capsys) -> None:
+def test_sparse_metadata_that_does_not_fit_is_aone_line_error(tmp_path, capsys) -> None:
     tf = tf_import.tensorflow()
     flatbuffer_utils, _ = _flatbuffer()
     flat = _model_object(_tflite(_sparse_keras_model(), optimizations=[tf.lite.Optimize.EXPERIMENTAL_SPARSITY]))
@@ -197,7 +189,7 @@ def test_sparse_metadata_that_does_not_fit_is_a_one_line_error(tmp_path, capsys)
     buffer.data = np.asarray(buffer.data)[:-4]  # one value fewer than the metadata reaches
     path = tmp_path / "broken.tflite"
     path.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(flat)))
-    line = _one_line_error(["convert", str(path), "-o", str(tmp_path / "x.onnx")], capsys)
+    line = one_line_error(["convert", str(path), "-o", str(tmp_path / "x.onnx")], capsys)
     assert "sparse tensor" in line and "cannot be densified" in line and not (tmp_path / "x.onnx").exists()
 
 
@@ -323,12 +315,12 @@ def _one_transpose_conv() -> bytes:
 def test_custom_ops_that_cannot_be_mapped_are_one_line_errors(tmp_path, capsys) -> None:
     bad_padding = tmp_path / "bad_padding.tflite"
     bad_padding.write_bytes(_as_mediapipe(_one_transpose_conv(), padding=0))
-    line = _one_line_error(["convert", str(bad_padding), "-o", str(tmp_path / "x.onnx")], capsys)
+    line = one_line_error(["convert", str(bad_padding), "-o", str(tmp_path / "x.onnx")], capsys)
     assert "Convolution2DTransposeBias" in line and "padding 0" in line
 
     unknown = tmp_path / "unknown.tflite"  # another MediaPipe custom op, which has no mapping
     unknown.write_bytes(_as_mediapipe(_one_transpose_conv(), name="MaxUnpooling2D"))
-    line = _one_line_error(["convert", str(unknown), "-o", str(tmp_path / "x.onnx")], capsys)
+    line = one_line_error(["convert", str(unknown), "-o", str(tmp_path / "x.onnx")], capsys)
     assert "custom op(s) MaxUnpooling2D cannot be converted" in line and not (tmp_path / "x.onnx").exists()
 
 

@@ -85,3 +85,9 @@ def test_cli_plan_errors_are_one_line(subject, tmp_path, capsys) -> None:
     code = main(["optimize", str(model), "-o", str(tmp_path / "o.onnx"), "--passes", RECIPE, "--plan", str(bad)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "not an onnxopt plan" in err and len(err.splitlines()) == 1
+    code = main(
+        ["optimize", str(model), "-o", str(tmp_path / "o.onnx"), "--passes", RECIPE, "--save-plan", str(tmp_path)]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "is a directory" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o.onnx").exists()

@@ -27,7 +27,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt.data import Dataset, batch_size_for, fixed_batch
-from onnxopt.evaluate.agreement import SNR_CAP_DB, finite_db, is_classifier_shape
+from onnxopt.evaluate.agreement import AgreementAccumulator, finite_db, is_classifier_shape
 from onnxopt.runtime import Runner
 from onnxopt.shared_weights import SharedWeightsModel
 
@@ -76,18 +76,11 @@ class QualityProbe:
     def output_snr(self, candidate: ir.Model) -> dict[str, float]:
         """Each output's SNR (dB, capped) of ``candidate`` against the original on the probe's samples."""
         runner = _runner(candidate, self.providers)
-        signal = dict.fromkeys(self.names, 0.0)
-        noise = dict.fromkeys(self.names, 0.0)
+        accumulators = {name: AgreementAccumulator(name) for name in self.names}
         for feeds, reference in zip(self.feeds, self.reference, strict=True):
             for name, out, ref in zip(self.names, runner.run(feeds, self.names), reference, strict=True):
-                r64 = np.asarray(ref, np.float64)
-                signal[name] += float(np.sum(r64**2))
-                noise[name] += float(np.sum((np.asarray(out, np.float64) - r64) ** 2))
-        return {
-            name: finite_db(10 * np.log10(signal[name] / noise[name]) if noise[name] > 0 else np.inf)
-            if signal[name] > 0 else (SNR_CAP_DB if noise[name] == 0 else -SNR_CAP_DB)
-            for name in self.names
-        }  # fmt: skip
+                accumulators[name].add(ref, out)
+        return {name: finite_db(acc.result().snr_db) for name, acc in accumulators.items()}
 
     def drop(self, candidate: ir.Model) -> float:
         """How much worse ``candidate`` is than the original (0 = as good; same unit as the metric)."""

@@ -114,7 +114,9 @@ def optimize_file(
     model_path = Path(model_path)
     recipe = options.recipe_entries()
     target = _resolve_output(model_path, output_path, options.in_place)
-    if options.save_plan is not None:
+    if options.save_plan is not None:  # fail before the work, not after
+        if Path(options.save_plan).is_dir():
+            raise OutputError(f"{options.save_plan}: is a directory; give a file name for the plan")
         check_writable(Path(options.save_plan).parent)
     with exclusive_output(target) if target is not None else contextlib.nullcontext():
         return _optimize(model_path, target, recipe, options, progress or NullProgress())

@@ -62,7 +62,16 @@ def set_constant_input(node: ir.Node, index: int, array: np.ndarray, names: Name
         current.shape = ir.Shape(array.shape)
         return
     base = current.name if current is not None and current.name else f"{node.name or node.op_type}_input{index}"
-    name = names.fresh(f"{base}_{suffix}")
+    value = add_initializer(graph, names.fresh(f"{base}_{suffix}"), array)
+    if index >= len(node.inputs):
+        node.resize_inputs(index + 1)
+    node.replace_input_with(index, value)
+    if current is not None:
+        drop_unused_initializers(graph, [current])
+
+
+def add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    """A new initializer ``name`` holding ``array`` (dtype and shape set), registered in ``graph``."""
     value = ir.Value(
         name=name,
         const_value=ir.tensor(array, name=name),
@@ -70,11 +79,7 @@ def set_constant_input(node: ir.Node, index: int, array: np.ndarray, names: Name
         type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
     )
     graph.register_initializer(value)
-    if index >= len(node.inputs):
-        node.resize_inputs(index + 1)
-    node.replace_input_with(index, value)
-    if current is not None:
-        drop_unused_initializers(graph, [current])
+    return value
 
 
 def attribute(node: ir.Node, name: str, default: object) -> object:

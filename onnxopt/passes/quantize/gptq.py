@@ -62,7 +62,9 @@ class HessianCollector:
     """``H = X^T X`` (and the row count) per layer, from batches of each layer's float input."""
 
     def __init__(self, nodes: list[ir.Node], seed: int) -> None:
-        self.nodes = {n.name: n for n in nodes if gptq_layout(n) is not None}
+        layouts = {n.name: (n, gptq_layout(n)) for n in nodes}
+        self.nodes = {name: node for name, (node, layout) in layouts.items() if layout is not None}
+        self.layouts = {name: layout for name, (_, layout) in layouts.items() if layout is not None}
         self.sums: dict[str, np.ndarray] = {}
         self.rows: dict[str, int] = {}
         self.pending: dict[str, list[np.ndarray]] = {}  # input rows not yet in the sum
@@ -77,9 +79,7 @@ class HessianCollector:
 
     def add(self, layer: str, x: np.ndarray) -> None:
         node = self.nodes[layer]
-        layout = gptq_layout(node)
-        assert layout is not None
-        groups, columns = layout
+        groups, columns = self.layouts[layer]
         if node.op_type == "Conv":
             if x.ndim != 4:
                 return
@@ -100,7 +100,7 @@ class HessianCollector:
         pending = self.pending.pop(layer, [])
         if not pending:
             return
-        groups, columns = gptq_layout(self.nodes[layer])  # type: ignore[misc]
+        groups, columns = self.layouts[layer]
         rows = np.concatenate(pending)
         grouped = rows.reshape(rows.shape[0], groups, columns).transpose(1, 0, 2)  # [G, P, K]
         h = np.matmul(grouped.transpose(0, 2, 1), grouped)  # batched BLAS

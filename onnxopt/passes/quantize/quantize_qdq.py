@@ -92,6 +92,7 @@ import onnx_ir as ir
 
 from onnxopt.passes._graph_edit import (
     NameSource,
+    add_initializer,
     attribute,
     bypass_node,
     constant_array,
@@ -338,7 +339,9 @@ class QuantizeQDQPass(OptPass):
             if groups * per_group != channels or groups < 1:
                 continue
             order = np.arange(channels).reshape(groups, per_group).T.reshape(-1)
-            index = _constant(graph, names.fresh(f"{out.name or 'shuffle'}_channel_order"), order.astype(np.int64))
+            index = add_initializer(
+                graph, names.fresh(f"{out.name or 'shuffle'}_channel_order"), order.astype(np.int64)
+            )
             gather = ir.node("Gather", [x, index], attributes={"axis": 1}, name=node.name)
             graph.insert_before(node, gather)
             gather.outputs[0].dtype, gather.outputs[0].shape = out.dtype, out.shape
@@ -544,8 +547,10 @@ class QuantizeQDQPass(OptPass):
         scale, zero = _activation_params(low, high, self.config.activations)
         readers = [(u.node, u.idx) for u in value.uses()]  # before the Q node becomes a reader too
         base = value.name or "t"
-        s = _constant(graph, names.fresh(f"{base}_scale"), np.array(scale, np.float32))
-        z = _constant(graph, names.fresh(f"{base}_zero_point"), np.array(zero, _ZERO_DTYPE[self.config.activations]))
+        s = add_initializer(graph, names.fresh(f"{base}_scale"), np.array(scale, np.float32))
+        z = add_initializer(
+            graph, names.fresh(f"{base}_zero_point"), np.array(zero, _ZERO_DTYPE[self.config.activations])
+        )
         q = ir.node("QuantizeLinear", [value, s, z], name=names.fresh(f"{base}_Q"))
         q.outputs[0].name = names.fresh(f"{base}_quantized")
         dq = ir.node("DequantizeLinear", [q.outputs[0], s, z], name=names.fresh(f"{base}_DQ"))
@@ -639,9 +644,9 @@ class QuantizeQDQPass(OptPass):
 
     @staticmethod
     def _dequantize(graph, names, base, q, scale, zero, axis) -> ir.Value:
-        q_value = _constant(graph, names.fresh(f"{base}_quantized"), q)
-        s_value = _constant(graph, names.fresh(f"{base}_scale"), np.asarray(scale, np.float32))
-        z_value = _constant(graph, names.fresh(f"{base}_zero_point"), np.asarray(zero))
+        q_value = add_initializer(graph, names.fresh(f"{base}_quantized"), q)
+        s_value = add_initializer(graph, names.fresh(f"{base}_scale"), np.asarray(scale, np.float32))
+        z_value = add_initializer(graph, names.fresh(f"{base}_zero_point"), np.asarray(zero))
         attrs = {} if axis is None else {"axis": axis}
         dq = ir.node("DequantizeLinear", [q_value, s_value, z_value], attributes=attrs, name=names.fresh(f"{base}_DQ"))
         dq.outputs[0].name = names.fresh(f"{base}_dequantized")
@@ -721,11 +726,3 @@ def _activation_params(low: float, high: float, kind: str) -> tuple[float, int]:
         return 1.0, 0
     scale = span / 255.0
     return scale, int(np.clip(np.round(-low / scale), 0, 255))
-
-
-def _constant(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
-    value.dtype = ir.DataType.from_numpy(array.dtype)
-    value.shape = ir.Shape(array.shape)
-    graph.register_initializer(value)
-    return value

@@ -31,8 +31,9 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
-from onnxopt.passes._graph_edit import NameSource, constant_array, remove_node_and_orphans
+from onnxopt.passes._graph_edit import NameSource, add_initializer, constant_array, remove_node_and_orphans
 from onnxopt.passes._weights import weight_axes
+from onnxopt.passes.quantize.weight_rounding import quantize_weight
 
 #: Smaller weights stay float; above it a weight is stored when that saves a quarter of its bytes (a
 #: depthwise [32, 1, 3, 3] kernel does: 288 + 128 + ~200 bytes against 1,152).
@@ -53,14 +54,16 @@ def storage_axis(node: ir.Node, index: int, ndim: int) -> int | None:
 
 
 def int8_per_channel(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """(int8 values, float32 scales shaped to broadcast along ``axis``): symmetric, |q| <= 127."""
-    moved = np.moveaxis(np.abs(weight.astype(np.float64)), axis, 0).reshape(weight.shape[axis], -1)
-    peak = moved.max(axis=1)
-    shape = [1] * weight.ndim
+    """(int8 values, float32 scales shaped to broadcast along ``axis``): the quantizer's own nearest rounding
+    (:func:`onnxopt.passes.quantize.weight_rounding.quantize_weight`, |q| <= 127)."""
+    q, scale = quantize_weight(weight, axis, 127)
+    return q, _along(scale, weight.ndim, axis)
+
+
+def _along(scale: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    shape = [1] * ndim
     shape[axis] = -1
-    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32).reshape(shape)
-    q = np.clip(np.round(weight / scale), -127, 127).astype(np.int8)
-    return q, scale
+    return scale.astype(np.float32).reshape(shape)
 
 
 #: A learned rounding for one weight read by one node: (node, weight, axis) -> (int8, scales along axis) or None.
@@ -130,14 +133,9 @@ def _decoder(
     axis: int,
     rounded: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> ir.Value:
-    if rounded is None:
-        q, scale = int8_per_channel(array, axis)
-    else:
-        shape = [1] * array.ndim
-        shape[axis] = -1
-        q, scale = rounded[0], rounded[1].astype(np.float32).reshape(shape)
-    q_value = _initializer(graph, names.fresh(f"{base}_int8"), q)
-    s_value = _initializer(graph, names.fresh(f"{base}_int8_scale"), scale)
+    q, scale = int8_per_channel(array, axis) if rounded is None else (rounded[0], _along(rounded[1], array.ndim, axis))
+    q_value = add_initializer(graph, names.fresh(f"{base}_int8"), q)
+    s_value = add_initializer(graph, names.fresh(f"{base}_int8_scale"), scale)
     cast = ir.node("Cast", [q_value], attributes={"to": ir.DataType.FLOAT}, name=names.fresh(f"{base}_int8_cast"))
     cast.outputs[0].name = names.fresh(f"{base}_int8_as_float")
     mul = ir.node("Mul", [cast.outputs[0], s_value], name=names.fresh(f"{base}_int8_decode"))
@@ -146,11 +144,3 @@ def _decoder(
         value.dtype, value.shape = ir.DataType.FLOAT, ir.Shape(array.shape)
     graph.insert_before(next(iter(graph)), [cast, mul])  # reads only constants: first is topologically sound
     return mul.outputs[0]
-
-
-def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
-    value.dtype = ir.DataType.from_numpy(array.dtype)
-    value.shape = ir.Shape(array.shape)
-    graph.register_initializer(value)
-    return value
