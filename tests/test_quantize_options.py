@@ -59,7 +59,7 @@ def _snr(result) -> float:
     return result.comparison.outputs[0].snr_db
 
 
-@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy", "mse"])
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy", "mse", "auto"])
 def test_every_calibration_method_gives_a_valid_int8_model(conv_net, tmp_path, method) -> None:
     result, model = _quantize(conv_net, tmp_path, f"quantize:calibration={method}")
     assert result.pipeline.records[0].status == "applied"

@@ -38,7 +38,10 @@ What it quantizes:
 Ranges come from calibration through onnxruntime on the run's data, over
 ``samples`` samples, streamed (:class:`onnxopt.passes.quantize.activation_ranges.RangeCollector`):
 ``minmax``, ``percentile`` (``percentile=99.99``), ``entropy`` (KL) or ``mse``
-(:mod:`onnxopt.passes.quantize.range_search`).
+(:mod:`onnxopt.passes.quantize.range_search`), or ``auto``: per tensor, the one
+of those four whose error costs the layers reading the tensor least, each
+channel weighted by how strongly the reader's weight reads it
+(:mod:`onnxopt.passes.quantize.range_choice`; the plan records each choice).
 
 A node kept float (``exclude``, or either search below) keeps the tensors it
 reads and writes float too: with a Q/DQ pair on both sides onnxruntime would
@@ -103,7 +106,7 @@ from onnxopt.passes._graph_edit import (
 )
 from onnxopt.passes._weights import check_pattern, weight_axes
 from onnxopt.passes.base import OptPass, PassLog
-from onnxopt.passes.quantize import cpu_target
+from onnxopt.passes.quantize import cpu_target, range_choice
 from onnxopt.passes.quantize.activation_ranges import RangeCollector
 from onnxopt.passes.quantize.gptq import HessianCollector, gptq_round
 from onnxopt.passes.quantize.range_search import entropy_range, mse_range
@@ -125,7 +128,7 @@ REFERENCE_SAMPLES = 32  # samples the output SNRs against the weights-only refer
 
 @dataclasses.dataclass(frozen=True)
 class QuantizeConfig:
-    calibration: str = "minmax"  # minmax | percentile | entropy | mse
+    calibration: str = "minmax"  # minmax | percentile | entropy | mse | auto: per tensor, by its readers' error
     percentile: float = 99.99
     activations: str = "uint8"  # uint8 (asymmetric) | int8 (symmetric) | int16 (A16W8)
     weights_only: bool = False
@@ -146,8 +149,8 @@ class QuantizeConfig:
     float_weights: str = "int8"  # int8 | float: how nodes that keep float compute store their weights
 
     def __post_init__(self) -> None:
-        if self.calibration not in ("minmax", "percentile", "entropy", "mse"):
-            raise ValueError(f"calibration must be minmax, percentile, entropy or mse, not {self.calibration!r}")
+        if self.calibration not in ("minmax", "percentile", "entropy", "mse", "auto"):
+            raise ValueError(f"calibration must be minmax, percentile, entropy, mse or auto, not {self.calibration!r}")
         if not 50 < self.percentile <= 100:
             raise ValueError("percentile must be in (50, 100]")
         if self.activations not in _ZERO_DTYPE:
@@ -204,6 +207,7 @@ class QuantizeQDQPass(OptPass):
         excluded = {n.name for n in graph if pattern and pattern.search(n.name or "")}
         ranges: Ranges = {}
         self._means: dict[str, np.ndarray] = {}
+        self._methods: dict[str, str] = {}  # calibration=auto: each tensor's chosen method
         self._rounded: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
         self._hessians = (
             HessianCollector([n for n in graph if n.name not in excluded], self.require_context().seed)
@@ -295,6 +299,7 @@ class QuantizeQDQPass(OptPass):
                 "nodes": {name: precision(name) for name in sorted(every)},
                 "calibration": {
                     "method": self.config.calibration,
+                    "chosen": dict(sorted(self._methods.items())),
                     "ranges": {name: [float(lo), float(hi)] for name, (lo, hi) in sorted(ranges.items())},
                 },
                 "measured": search.measured if search is not None else {},
@@ -383,6 +388,7 @@ class QuantizeQDQPass(OptPass):
         sample = 0 if method == "minmax" else 65536  # the searches work on a uniform sample of each tensor
         context = self.require_context()
         collector = RangeCollector(names, sample_size=sample, seed=context.seed)
+        readers = range_choice.ReaderRows(tensors, context.seed) if method == "auto" else None
         weight_inputs = self._weight_inputs(tensors) if self.config.bias_correct else set()
         sums: dict[str, tuple[np.ndarray, int]] = {}
         layers = self._hessians.inputs() if self._hessians is not None else {}
@@ -394,6 +400,8 @@ class QuantizeQDQPass(OptPass):
                 if name not in collector.low:
                     continue
                 collector.add(name, array)
+                if readers is not None:
+                    readers.add(name, array)
                 if name in weight_inputs and array.ndim >= 2:
                     total, n = channel_means(array)
                     old_total, old_n = sums.get(name, (0.0, 0))
@@ -401,14 +409,36 @@ class QuantizeQDQPass(OptPass):
         self._means = {name: total / n for name, (total, n) in sums.items() if n}
         ranges: Ranges = {}
         for name in names:
-            low, high = collector.range(name, self.config.percentile if method == "percentile" else None)
             values = collector.samples.get(name)
-            if method == "mse" and values is not None:
-                low, high = mse_range(values, low, high, self.config.activations)
-            elif method == "entropy" and values is not None:
-                low, high = entropy_range(values, low, high, self.config.activations)
-            ranges[name] = (low, high)
+            if readers is not None and values is not None:
+                self._methods[name], ranges[name] = self._chosen_range(collector, readers, name, values)
+            else:
+                ranges[name] = self._method_range(collector, name, method)
         return ranges
+
+    def _method_range(self, collector: RangeCollector, name: str, method: str) -> tuple[float, float]:
+        low, high = collector.range(name, self.config.percentile if method == "percentile" else None)
+        values = collector.samples.get(name)
+        if method == "mse" and values is not None:
+            return mse_range(values, low, high, self.config.activations)
+        if method == "entropy" and values is not None:
+            return entropy_range(values, low, high, self.config.activations)
+        return low, high
+
+    def _chosen_range(
+        self, collector: RangeCollector, readers: range_choice.ReaderRows, name: str, values: np.ndarray
+    ) -> tuple[str, tuple[float, float]]:
+        """calibration=auto: the candidate range whose error in the layers reading the tensor is least
+        (:mod:`onnxopt.passes.quantize.range_choice`)."""
+        kind = self.config.activations
+        candidates = {m: self._method_range(collector, name, m) for m in range_choice.CANDIDATES}
+
+        def error(low: float, high: float) -> float:
+            through = readers.output_error(name, low, high, kind)
+            return range_choice.roundtrip_error(values, low, high, kind) if through is None else through
+
+        method, chosen, _ = range_choice.choose_range(candidates, error)
+        return method, chosen
 
     @staticmethod
     def _weight_inputs(tensors: list[ir.Value]) -> set[str]:
