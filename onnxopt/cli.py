@@ -369,9 +369,16 @@ def _add_tf_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentP
     conv.add_argument("--seed", type=int, default=0)
     conv.set_defaults(func=_cmd_convert)
 
-    dis = sub.add_parser("distill", parents=[common], help="train a smaller Keras student on an ONNX teacher's outputs")
+    dis = sub.add_parser(
+        "distill", parents=[common], help="train a smaller student (Keras or ONNX) on a teacher's outputs"
+    )
     dis.add_argument("--teacher", required=True, help="the teacher: .onnx (or .keras, converted first)")
-    dis.add_argument("--student", required=True, help="a .keras student, or width=F: the Keras teacher F times as wide")
+    dis.add_argument(
+        "--student",
+        required=True,
+        help="a .keras or .onnx student, or width=F: the teacher F times as wide (a Keras teacher's layers "
+        "rebuilt, or an ONNX teacher with 1-F of its channels pruned, then fine-tuned)",
+    )
     dis.add_argument("--data", required=True, help=".npz with the inputs (and labels, if any)")
     dis.add_argument("-o", "--output", required=True, help="the student as ONNX")
     dis.add_argument("--temperature", type=float, default=4.0)

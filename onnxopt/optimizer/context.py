@@ -22,7 +22,7 @@ import onnx_ir as ir
 from onnxopt import io
 from onnxopt.bench.run import paired_ratio
 from onnxopt.bench.stats import Ratio
-from onnxopt.data import Dataset, InputShapes, RandomDataset, batch_size_for, default_random
+from onnxopt.data import Batch, Dataset, InputShapes, RandomDataset, batch_size_for, default_random
 from onnxopt.errors import PassPreconditionError
 from onnxopt.evaluate.layers import LayerReport, layer_errors
 from onnxopt.optimizer.budget import AccuracyBudget, SnrBudget
@@ -75,6 +75,16 @@ class Context:
         """Tensors ``names`` of ``model`` on about ``limit`` samples, batch by batch: how passes that learn
         from data (reconstruct, quantize, prune-channels by activation) reach onnxruntime."""
         return activations(model, names, self.data(model), limit=limit, batch_size=batch_size)
+
+    def real_samples(self) -> int:
+        """How many samples of the user's data the run has (0 for seeded random inputs)."""
+        return 0 if self.is_random or self.dataset is None else int(self.dataset.num_samples)
+
+    def data_batches(self, limit: int, *, batch_size: int = 64) -> Iterator[Batch]:
+        """About ``limit`` samples of the run's data, batch by batch (the pipeline resolved the data first)."""
+        if self.dataset is None:
+            raise PassPreconditionError("the Context has no data yet (Pipeline.run resolves it)")
+        return self.dataset.batches(batch_size, limit)
 
     def planned(self) -> dict[str, Any] | None:
         """The running pass's decisions from a replayed plan; None when they are to be measured."""

@@ -68,6 +68,7 @@ class PassRecord:
     skipped: list[str] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
     details: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # per-layer rows of the pass
+    missed: list[str] = dataclasses.field(default_factory=list)  # budgets the kept result does not meet
 
 
 @dataclasses.dataclass
@@ -191,6 +192,7 @@ class Pipeline:
                 outcome.skipped if outcome else [],
                 notes,
                 outcome.details if outcome and status != "rolled back" else [],
+                outcome.missed if outcome and status != "rolled back" else [],
             )
 
         needed = opt_pass.required_opset(state.model)

@@ -214,7 +214,8 @@ def _optimize(
 
 
 def _fallbacks(result: PipelineResult, asked: set[str]) -> list[str]:
-    """``"pass: reason"`` for each asked-for lossy pass whose every run was rolled back or changed nothing."""
+    """``"pass: reason"`` for each asked-for lossy pass whose every run was rolled back or changed nothing, and
+    for each budget a pass's kept result missed."""
     out = []
     for name in sorted(asked):
         runs = [r for r in result.records if r.name == name]
@@ -224,6 +225,8 @@ def _fallbacks(result: PipelineResult, asked: set[str]) -> list[str]:
         reasons = [s for s in last.skipped if s.startswith("model:")] or last.notes[-1:] or last.skipped[:1]
         what = "rolled back" if last.status == "rolled back" else "declined"
         out.append(f"{name} {what}: {reasons[0] if reasons else 'nothing matched'}")
+    # a budget a kept pass missed is a fallback whatever was asked: a collapsed model never passes silently
+    out.extend(f"{r.name} missed its budget: {reason}" for r in result.records for reason in r.missed)
     return out
 
 

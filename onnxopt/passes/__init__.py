@@ -9,6 +9,7 @@ from __future__ import annotations
 from onnxopt.passes.base import OptPass, PassOutcome
 from onnxopt.passes.clip_weights import ClipWeightsPass
 from onnxopt.passes.dedup_initializers import DeduplicateInitializersPass
+from onnxopt.passes.distill import DistillPass
 from onnxopt.passes.eliminate_identity import EliminateIdentityPass
 from onnxopt.passes.equalize import EqualizeLayersPass
 from onnxopt.passes.fold_batchnorm import FoldBatchNormPass
@@ -39,6 +40,7 @@ REGISTRY: dict[str, type[OptPass]] = {
         PruneMagnitudePass,
         PruneChannelsPass,
         ReconstructPass,
+        DistillPass,
         BiasCorrectPass,
         QuantizeQDQPass,
     )
@@ -49,6 +51,7 @@ __all__ = [
     "BiasCorrectPass",
     "ClipWeightsPass",
     "DeduplicateInitializersPass",
+    "DistillPass",
     "EliminateIdentityPass",
     "EqualizeLayersPass",
     "FoldBatchNormPass",

@@ -24,10 +24,12 @@ from onnxopt.errors import PassPreconditionError
 
 if TYPE_CHECKING:
     from onnxopt.bench.stats import Ratio
+    from onnxopt.data.batching import Batch
     from onnxopt.evaluate.layers import LayerReport
     from onnxopt.optimizer.budget import AccuracyBudget
     from onnxopt.optimizer.node_profile import NodeProfile
     from onnxopt.optimizer.quality import QualityProbe
+    from onnxopt.progress import Progress
 
 #: ``node.meta`` key: indices of the original output channels a pruned source (or depthwise Conv) kept.
 KEPT_OUTPUTS = "onnxopt.kept_outputs"
@@ -48,6 +50,7 @@ class PassOutcome(ir.passes.PassResult):
     skipped: list[str] = dataclasses.field(default_factory=list)
     details: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # per-layer rows, for the report
     notes: list[str] = dataclasses.field(default_factory=list)  # facts about the run (a detected target, a budget)
+    missed: list[str] = dataclasses.field(default_factory=list)  # budgets the result does not meet (exit 3)
 
 
 @dataclasses.dataclass
@@ -62,6 +65,7 @@ class PassLog:
     skipped: list[str] = dataclasses.field(default_factory=list)
     details: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
+    missed: list[str] = dataclasses.field(default_factory=list)
     modified: bool = False
 
     def count(self, what: str, n: int = 1) -> None:
@@ -80,13 +84,20 @@ class PassLog:
         """Record a fact about this run for the report (a detected target, a budget's outcome)."""
         self.notes.append(text)
 
+    def miss(self, reason: str) -> None:
+        """Record that the result misses a budget the pass was given: the run then exits 3 (never silently)."""
+        self.missed.append(reason)
+
     def skip(self, where: str, reason: str) -> None:
         """Record that ``where`` was declined and why."""
         self.skipped.append(f"{where}: {reason}")
 
     def outcome(self, model: ir.Model) -> PassOutcome:
         modified = self.modified or any(self.counts.values())
-        return PassOutcome(model, modified, dict(self.counts), list(self.skipped), list(self.details), list(self.notes))
+        return PassOutcome(
+            model, modified, dict(self.counts), list(self.skipped), list(self.details), list(self.notes),
+            list(self.missed),
+        )  # fmt: skip
 
 
 class PassContext(Protocol):
@@ -96,6 +107,7 @@ class PassContext(Protocol):
     batch: int  # the deployment batch size latency decisions are measured at
     providers: Sequence[str]
     is_random: bool  # the run's data is seeded random inputs, not the user's
+    progress: Progress  # long passes report their steps (distill: each epoch's batches)
 
     def activations(
         self, model: ir.Model, names: Sequence[str], limit: int, *, batch_size: int = 32
@@ -105,6 +117,14 @@ class PassContext(Protocol):
 
     def original_model(self) -> ir.Model:
         """A fresh copy of the model the pipeline received."""
+        ...
+
+    def real_samples(self) -> int:
+        """How many samples of the user's data the run has (0 for seeded random inputs)."""
+        ...
+
+    def data_batches(self, limit: int, *, batch_size: int = 64) -> Iterator[Batch]:
+        """About ``limit`` samples of the run's data (feeds and labels), batch by batch."""
         ...
 
     def planned(self) -> dict[str, Any] | None:

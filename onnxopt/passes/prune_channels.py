@@ -78,6 +78,10 @@ class PruneChannelsConfig:
     refit: bool = True  # the budget judges each trial after reconstruct (as the prune recipe runs it)
     budget_steps: int = 5  # trials of the bisection over the ratio
     eval_samples: int = 256
+    # with fewer than min_samples samples of real data (random inputs count as none), prune this ratio instead:
+    # nothing can refit or fine-tune what pruning removed, so prune less
+    without_data_ratio: float | None = None
+    min_samples: int = 256
 
     def __post_init__(self) -> None:
         if not 0 <= self.ratio < 1:
@@ -88,6 +92,10 @@ class PruneChannelsConfig:
             raise ValueError("min_channels, multiple, samples and positions must be at least 1")
         if self.max_drop is not None and not 0 <= self.max_drop < 1:
             raise ValueError("max_drop must be in [0, 1)")
+        if self.without_data_ratio is not None and not 0 <= self.without_data_ratio < 1:
+            raise ValueError(f"without_data_ratio must be in [0, 1), not {self.without_data_ratio}")
+        if self.min_samples < 1:
+            raise ValueError("min_samples must be at least 1")
         if self.budget_steps < 1 or self.eval_samples < 1:
             raise ValueError("budget_steps and eval_samples must be at least 1")
         check_pattern(self.exclude)
@@ -103,7 +111,8 @@ class PruneChannelsPass(OptPass):
     learns_from_data = True
 
     def rewrite(self, model: ir.Model, log: PassLog) -> None:
-        if self.config.ratio == 0:
+        ratio = self._ratio(log)
+        if ratio == 0:
             return
         name_unnamed_nodes(model, NameSource(model))  # groups are labelled by their sources' names
         groups = ChannelGroups(model.graph)
@@ -116,12 +125,26 @@ class PruneChannelsPass(OptPass):
             for root in groups.roots()
             if root not in groups.frozen
         }
-        ratio = self.config.ratio
         if self.config.max_drop is not None:
-            ratio = self._fit_budget(log, model, scores)
+            ratio = self._fit_budget(log, model, scores, ratio)
             if ratio is None:
                 return
         self._prune(log, model, ratio, scores)
+
+    def _ratio(self, log: PassLog) -> float:
+        """``ratio``, or ``without_data_ratio`` when the run has too little real data to recover from it."""
+        cfg = self.config
+        if cfg.without_data_ratio is None or self.context is None:
+            return cfg.ratio
+        samples = self.context.real_samples()
+        if samples >= cfg.min_samples:
+            return cfg.ratio
+        have = "no --data" if samples == 0 else f"{samples} samples of --data"
+        log.note(
+            f"{have} (refitting and fine-tuning want at least {cfg.min_samples}): pruning "
+            f"{cfg.without_data_ratio:g} of the channels instead of {cfg.ratio:g}"
+        )
+        return min(cfg.ratio, cfg.without_data_ratio)
 
     def _prune(self, log: PassLog, model: ir.Model, ratio: float, scores: dict[str, np.ndarray]) -> None:
         groups = ChannelGroups(model.graph)
@@ -145,8 +168,8 @@ class PruneChannelsPass(OptPass):
         log.count("MACs per sample before", macs_before)
         log.count("MACs per sample after", macs_after)
 
-    def _fit_budget(self, log: PassLog, model: ir.Model, scores: dict[str, np.ndarray]) -> float | None:
-        """The largest ratio up to ``ratio`` (bisection, ``budget_steps`` trials) whose pruned -- and, with
+    def _fit_budget(self, log: PassLog, model: ir.Model, scores: dict[str, np.ndarray], upper: float) -> float | None:
+        """The largest ratio up to ``upper`` (bisection, ``budget_steps`` trials) whose pruned -- and, with
         ``refit``, reconstructed -- copy stays within ``max_drop`` of the original (onnxopt.optimizer.quality)."""
         context = self.require_context()
         assert self.config.max_drop is not None
@@ -163,9 +186,9 @@ class PruneChannelsPass(OptPass):
             log.detail(trial_ratio=round(ratio, 4), metric=budget.metric, drop=round(drop, 4))
             return drop
 
-        best = budget.largest(drop_at, self.config.ratio, self.config.budget_steps)
+        best = budget.largest(drop_at, upper, self.config.budget_steps)
         if best is None:
-            smallest = self.config.ratio / 2 ** (self.config.budget_steps - 1)
+            smallest = upper / 2 ** (self.config.budget_steps - 1)
             log.skip(
                 "model", f"no ratio down to {smallest:.3g} keeps the {budget.metric} drop within {budget.max_drop}"
             )

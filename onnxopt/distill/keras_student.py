@@ -106,6 +106,8 @@ def distill(
     config = config or DistillConfig()
     output = Path(output)
     io.check_writable(output.parent if str(output.parent) else Path("."))
+    if _onnx_student(teacher, student):
+        return _distill_onnx(Path(teacher), student, data, output, config, eval_data=eval_data, on_epoch=on_epoch)
     keras = tf_import.keras()
     tf = tf_import.tensorflow()
     keras.utils.set_random_seed(config.seed)
@@ -183,6 +185,89 @@ def distill(
         holdout_samples=len(eval_idx),
         history=history,
     )
+
+
+def _onnx_student(teacher: str | os.PathLike[str], student: str) -> bool:
+    """An ONNX student (``S.onnx``), or ``width=F`` of an ONNX teacher: fine-tuned in place of a Keras one."""
+    if student.lower().endswith(".onnx"):
+        return True
+    return student.startswith("width=") and Path(teacher).suffix.lower() == ".onnx"
+
+
+def _distill_onnx(
+    teacher: Path, student: str, data: str, output: Path, config: DistillConfig, *, eval_data: str | None,
+    on_epoch: Callable[[str], None] | None,
+) -> DistillResult:  # fmt: skip
+    """The ONNX path: the student graph (given, or the teacher with ``1 - F`` of its channels pruned) is
+    fine-tuned on the teacher's outputs (:mod:`onnxopt.distill.finetune`) and written with its weights."""
+    import onnx
+
+    from onnxopt.distill.finetune import FinetuneConfig, finetune
+
+    teacher_proto = io.read_supported(teacher).proto
+    student_proto = _narrower_onnx(teacher, student, config.seed) if student.startswith("width=") else (
+        io.read_supported(Path(student)).proto
+    )  # fmt: skip
+    teacher_runner = Runner(teacher_proto.SerializeToString())
+    inputs, labels, train_idx, eval_idx = _split(data, eval_data, teacher_runner, config)
+    name = teacher_runner.inputs[0].name
+    result = finetune(
+        student_proto, teacher_proto, {name: inputs[train_idx]},
+        FinetuneConfig(epochs=config.epochs, batch=config.batch, learning_rate=config.learning_rate,
+                       temperature=config.temperature, alpha=config.alpha, seed=config.seed),
+        labels=labels[train_idx] if labels is not None else None, on_epoch=on_epoch,
+    )  # fmt: skip
+    written = io.save(result.model, output)
+    head = classifier_output_index(teacher_runner)
+    index = head if head is not None else 0
+    teacher_out = _run(teacher_runner, inputs[eval_idx], index, config.batch)
+    student_out = _run(Runner(written), inputs[eval_idx], index, config.batch)
+    shape = (len(eval_idx), -1, teacher_out.shape[-1] if head is not None else 1)
+    if head is None:  # not a classifier: top-1 per position of the first output's last axis
+        full = teacher_runner.run({name: inputs[eval_idx[:1]]})[0]
+        shape = (len(eval_idx), -1, full.shape[-1])
+    agreement = float((student_out.reshape(shape).argmax(-1) == teacher_out.reshape(shape).argmax(-1)).mean())
+    metric = "accuracy" if labels is not None and head is not None else "top-1 agreement with the teacher"
+    if metric == "accuracy":
+        student_score = float((student_out.argmax(axis=1) == labels[eval_idx]).mean())
+        teacher_score: float | None = float((teacher_out.argmax(axis=1) == labels[eval_idx]).mean())
+    else:
+        student_score, teacher_score = agreement, None
+    history = [{"epoch": r["epoch"], "loss": r["loss"], "held_out": r["held_back"]} for r in result.history]
+    return DistillResult(
+        output=written, keras_output=None, metric=metric, teacher_score=teacher_score, student_score=student_score,
+        agreement=agreement, teacher_parameters=_onnx_parameters(teacher_proto),
+        student_parameters=_onnx_parameters(onnx.load(str(written))), train_samples=len(train_idx),
+        holdout_samples=len(eval_idx), history=history,
+    )  # fmt: skip
+
+
+def _narrower_onnx(teacher: Path, spec: str, seed: int):
+    """``width=F`` of an ONNX teacher: the teacher with ``1 - F`` of each prunable group's channels removed
+    (lowest L2 norm first, kept counts a multiple of 8; ``prune-channels``), as the student to train."""
+    import tempfile
+
+    from onnxopt.optimizer.run import OptimizeOptions, optimize_file
+
+    factor = _width(spec)
+    if not 0 < factor < 1:
+        raise OnnxoptError(f"--student {spec}: an ONNX teacher can only be narrowed: F must be in (0, 1)")
+    with tempfile.TemporaryDirectory(prefix="onnxopt-student-") as folder:
+        out = Path(folder) / "student.onnx"
+        options = OptimizeOptions(passes=f"lossless,prune-channels:ratio={1 - factor:.6g};multiple=8", seed=seed)
+        optimize_file(teacher, out, options)
+        return io.read_supported(out).proto
+
+
+def _width(spec: str) -> float:
+    try:
+        return float(spec.split("=", 1)[1])
+    except ValueError as e:
+        raise OnnxoptError(f"--student {spec}: the width must be a number, e.g. width=0.5") from e
+
+
+def _onnx_parameters(proto) -> int:
+    return int(sum(np.prod(t.dims) for t in proto.graph.initializer if t.data_type == 1))
 
 
 # ---------------------------------------------------------------------- pieces
@@ -272,14 +357,9 @@ def _run(runner: Runner, inputs: np.ndarray, head: int, batch: int) -> np.ndarra
 
 def _student(spec: str, teacher_keras, keras):
     if spec.startswith("width="):
-        try:
-            factor = float(spec.split("=", 1)[1])
-        except ValueError as e:
-            raise OnnxoptError(f"--student {spec}: the width must be a number, e.g. width=0.5") from e
+        factor = _width(spec)
         if not 0 < factor <= 4:
             raise OnnxoptError(f"--student {spec}: the width factor must be in (0, 4]")
-        if teacher_keras is None:
-            raise OnnxoptError("--student width=F copies a Keras teacher: give --teacher T.keras, or a .keras student")
         return _narrower(teacher_keras, factor, keras)
     path = Path(spec)
     try:

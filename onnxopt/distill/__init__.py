@@ -1,0 +1,11 @@
+"""Knowledge distillation and fine-tuning (the ``tf`` extra, imported lazily).
+
+* :mod:`onnxopt.distill.keras_student` -- ``onnxopt distill`` with a Keras student;
+* :mod:`onnxopt.distill.graph_model` -- a trainable TensorFlow twin of an ONNX graph;
+* :mod:`onnxopt.distill.finetune` -- an ONNX student trained on an ONNX teacher's outputs, weights written
+  back into the same graph (what the ``distill`` pass runs).
+"""
+
+from onnxopt.distill.keras_student import ConversionError, DistillConfig, DistillResult, distill
+
+__all__ = ["ConversionError", "DistillConfig", "DistillResult", "distill"]

@@ -1,0 +1,312 @@
+"""Fine-tune an ONNX student against an ONNX teacher (Hinton et al. 2015), weights written back into the graph.
+
+:func:`finetune` builds the student's trainable twin (:mod:`onnxopt.distill.graph_model`), checks it against
+onnxruntime on the first batch (declining, by op, what it cannot match), and trains it with Adam on the
+teacher's outputs, which onnxruntime computes batch by batch as training goes (streamed: memory does not
+grow with the data). The loss per output:
+
+* **class scores** (the output of a Softmax, or of a Gemm/MatMul/Conv with at least two classes on the
+  last axis, through Reshape/Transpose/Flatten/Squeeze): ``T^2 * KL(softmax(t/T) || softmax(s/T))`` over
+  the class axis, averaged over every other position -- so a CTC recognizer's ``[T, N, C]`` logits are
+  distilled per time step. A teacher output that is already a Softmax gives ``log p`` as its logits.
+  With labels (``[N]`` class indices) and one ``[N, C]`` output, ``(1 - alpha)`` of the loss is the
+  cross-entropy with them;
+* **everything else** (boxes, scores after a Sigmoid, regressions): mean squared error, divided by the
+  teacher output's mean square so outputs of different scales weigh alike.
+
+A seeded ``holdout`` part of the data is never trained on: the distillation loss on it is measured after
+every epoch and the best epoch's weights are kept -- training that only hurts returns the student
+unchanged. The top-1 agreement with the teacher there (per position for sequences; ``1 - relative MSE``
+for other outputs) is reported beside it. Adam's step follows a cosine decay over the epochs. Training stops
+early at ``time_budget`` seconds. The trained weights are written into the student's own initializers
+(names, shapes and graph unchanged) and the result is checked against the twin in onnxruntime.
+
+Deterministic for a seed: TensorFlow op determinism, oneDNN off, seeded shuffles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxopt.distill.graph_model import GraphModel, UnsupportedOp, check_against
+from onnxopt.errors import DataError, OnnxoptError
+from onnxopt.progress import NullProgress, Progress
+from onnxopt.runtime import Runner
+
+_PASS_THROUGH = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity")
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    epochs: int = 5
+    batch: int = 32
+    learning_rate: float = 1e-4  # a fine-tune of trained weights: Adam's usual 1e-3 undoes what they knew
+    temperature: float = 4.0
+    alpha: float = 0.9  # weight of the teacher term when labels exist
+    holdout: float = 0.1  # kept out of training, to pick the best epoch
+    time_budget: float | None = None  # seconds of training at most
+    seed: int = 0
+    # function matching (Beyer et al. 2022): train on mixes of two samples, the teacher run on the same mix
+    mixup: float = 0.0  # Beta(mixup, mixup) mixing weights; 0: the samples as they are
+
+    def __post_init__(self) -> None:
+        if self.mixup < 0:
+            raise ValueError("mixup must be 0 or more")
+        if self.epochs < 1 or self.batch < 1:
+            raise ValueError("epochs and batch must be at least 1")
+        if self.learning_rate <= 0 or self.temperature <= 0:
+            raise ValueError("learning_rate and temperature must be positive")
+        if not 0 <= self.alpha <= 1 or not 0 < self.holdout < 1:
+            raise ValueError("alpha must be in [0, 1] and holdout in (0, 1)")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise ValueError("time_budget must be positive")
+
+
+@dataclasses.dataclass
+class FinetuneResult:
+    model: onnx.ModelProto  # the student with its trained weights
+    history: list[dict[str, float]]  # per epoch: loss and held-back agreement
+    before: float  # held-back agreement (or SNR score) before training
+    after: float  # ... of the kept weights
+    best_epoch: int  # 0: no epoch improved on the start
+    twin_error: float  # the twin's worst relative error against onnxruntime before training
+    train_samples: int
+    holdout_samples: int
+    seconds: float
+    stopped_by_budget: bool
+    # with labels and one [N, C] output: the held-back accuracy of the teacher and of the kept student
+    teacher_accuracy: float | None = None
+    student_accuracy: float | None = None
+
+
+def output_kinds(proto: onnx.ModelProto) -> dict[str, str]:
+    """``"classes"`` or ``"values"`` per graph output (see the module docstring)."""
+    producers = {out: node for node in proto.graph.node for out in node.output}
+    kinds = {}
+    for output in proto.graph.output:
+        node = producers.get(output.name)
+        while node is not None and node.op_type in _PASS_THROUGH:
+            node = producers.get(node.input[0])
+        dims = output.type.tensor_type.shape.dim
+        last = dims[-1].dim_value if dims else 0
+        is_scores = node is not None and (
+            node.op_type in ("Softmax", "LogSoftmax")
+            or (node.op_type in ("Gemm", "MatMul", "Conv") and (last >= 2 or not dims or not last))
+        )
+        kinds[output.name] = "classes" if is_scores else "values"
+    return kinds
+
+
+def finetune(
+    student: onnx.ModelProto,
+    teacher: onnx.ModelProto,
+    inputs: dict[str, np.ndarray],
+    config: FinetuneConfig | None = None,
+    *,
+    labels: np.ndarray | None = None,
+    on_epoch: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
+) -> FinetuneResult:
+    """Train ``student`` on ``teacher``'s outputs over ``inputs`` (every array ``[N, ...]``); ``progress``
+    gets one step per batch of each epoch."""
+    config = config or FinetuneConfig()
+    from onnxopt.convert import tf_import
+
+    tf = tf_import.tensorflow()
+    tf.keras.utils.set_random_seed(config.seed)
+    tf.config.experimental.enable_op_determinism()
+    started = time.perf_counter()
+
+    count = len(next(iter(inputs.values())))
+    order = np.random.default_rng(config.seed).permutation(count)
+    held = max(1, round(config.holdout * count))
+    if count - held < 1:
+        raise DataError(f"fine-tuning needs at least 2 samples, got {count}")
+    train_idx, hold_idx = np.sort(order[held:]), np.sort(order[:held])
+
+    twin = GraphModel(student)
+    first = {k: v[train_idx[: config.batch]] for k, v in inputs.items()}
+    twin_error = check_against(twin, Runner(batch_free(student)).run, first)
+    names = twin.output_names
+    if [o.name for o in teacher.graph.output] != names:
+        raise OnnxoptError("fine-tuning: the student's outputs must be the teacher's (same names, same order)")
+    kinds = output_kinds(student)
+    teacher_runner = Runner(batch_free(teacher))
+    probabilities = {out for node in teacher.graph.node if node.op_type == "Softmax" for out in node.output}
+
+    def teacher_outputs(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        outs = teacher_runner.run(feeds)
+        return [np.log(np.maximum(o, 1e-12)) if n in probabilities else o for n, o in zip(names, outs, strict=True)]
+
+    def teacher_targets(idx: np.ndarray) -> list[np.ndarray]:
+        return teacher_outputs({k: v[idx] for k, v in inputs.items()})
+
+    batches = [hold_idx[i : i + config.batch] for i in range(0, len(hold_idx), config.batch)]
+    holdout_targets = [teacher_targets(idx) for idx in batches]  # per batch: a sequence's batch axis may not be 0
+
+    def score() -> tuple[float, float]:
+        """(distillation loss, agreement) of the twin on the held-back samples, batch by batch."""
+        loss = agreement = 0.0
+        for idx, targets in zip(batches, holdout_targets, strict=True):
+            outs = [np.asarray(v) for v in _student_outputs(twin, names, inputs, idx)]
+            weight = len(idx) / len(hold_idx)
+            loss += weight * sum(
+                float(_kl(tf, tf.constant(o), t, config.temperature, -1) if kinds[n] == "classes"
+                      else _mse(tf, tf.constant(o), t))
+                for n, o, t in zip(names, outs, targets, strict=True)
+            )  # fmt: skip
+            agreement += weight * _agreement(outs, targets, [kinds[n] for n in names])
+        return loss, agreement
+
+    steps = -(-len(train_idx) // config.batch) * config.epochs
+    schedule = tf.keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=max(steps, 1))
+    optimizer = tf.keras.optimizers.Adam(schedule)
+    temperature, alpha = config.temperature, config.alpha if labels is not None else 1.0
+    class_axis = {n: -1 for n in names}
+    best_loss, before = score()
+    best, best_weights, best_epoch = before, twin.weights(), 0
+    history: list[dict[str, float]] = []
+    rng = np.random.default_rng(config.seed + 1)
+    stopped = False
+    progress = progress or NullProgress()
+    for epoch in range(config.epochs):
+        shuffled = rng.permutation(train_idx)
+        losses = []
+        progress.start(f"distill: epoch {epoch + 1}/{config.epochs}", -(-len(shuffled) // config.batch))
+        for start in range(0, len(shuffled), config.batch):
+            idx = np.sort(shuffled[start : start + config.batch])
+            feeds = {k: v[idx] for k, v in inputs.items()}
+            mixed = config.mixup > 0
+            if mixed:
+                feeds = _mix(feeds, rng, config.mixup)
+            targets = teacher_outputs(feeds)
+            with tf.GradientTape() as tape:
+                got = twin(feeds, keep=list(twin.logits_of.values()))
+                loss = 0.0
+                for name, target in zip(names, targets, strict=True):
+                    student_out = got[twin.logits_of.get(name, name)]
+                    if kinds[name] == "classes":
+                        loss += _kl(tf, student_out, target, temperature, class_axis[name])
+                    else:
+                        loss += _mse(tf, student_out, target)
+                if labels is not None and alpha < 1 and not mixed:
+                    head = got[twin.logits_of.get(names[0], names[0])]
+                    loss = alpha * loss + (1 - alpha) * tf.reduce_mean(
+                        tf.nn.sparse_softmax_cross_entropy_with_logits(labels[idx].astype(np.int64), head)
+                    )
+            gradients = tape.gradient(loss, twin.trainable)
+            optimizer.apply_gradients([(g, v) for g, v in zip(gradients, twin.trainable, strict=True) if g is not None])
+            losses.append(float(loss))
+            progress.advance()
+            if config.time_budget is not None and time.perf_counter() - started > config.time_budget:
+                stopped = True
+                break
+        progress.finish()
+        held_loss, held_score = score()
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "held_back_loss": held_loss,
+                        "held_back": held_score})  # fmt: skip
+        if held_loss < best_loss:
+            best_loss, best, best_weights, best_epoch = held_loss, held_score, twin.weights(), epoch + 1
+        if on_epoch is not None:
+            on_epoch(f"epoch {epoch + 1}/{config.epochs}: loss {np.mean(losses):.4f}, held-back {held_score:.4f}")
+        if stopped:
+            break
+    trained = write_back(student, best_weights)
+    for name, value in best_weights.items():
+        twin.variables[name].assign(value)
+    teacher_accuracy = student_accuracy = None
+    if labels is not None and len(names) == 1 and holdout_targets[0][0].ndim == 2:
+        truth = labels[hold_idx]
+        teacher_accuracy = float(np.mean(np.concatenate([t[0].argmax(1) for t in holdout_targets]) == truth))
+        guesses = [np.asarray(_student_outputs(twin, names, inputs, idx)[0]).argmax(1) for idx in batches]
+        student_accuracy = float(np.mean(np.concatenate(guesses) == truth))
+    check_against(twin, Runner(batch_free(trained)).run, first)
+    return FinetuneResult(
+        model=trained, history=history, before=before, after=best, best_epoch=best_epoch, twin_error=twin_error,
+        train_samples=len(train_idx), holdout_samples=len(hold_idx), seconds=time.perf_counter() - started,
+        stopped_by_budget=stopped, teacher_accuracy=teacher_accuracy, student_accuracy=student_accuracy,
+    )  # fmt: skip
+
+
+def write_back(proto: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of ``proto`` whose initializers named in ``weights`` hold those arrays (same shapes and dtypes)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    for tensor in out.graph.initializer:
+        if tensor.name in weights:
+            array = np.asarray(weights[tensor.name])
+            old = numpy_helper.to_array(tensor)
+            if array.shape != old.shape:
+                raise UnsupportedOp(f"fine-tuning changed the shape of {tensor.name}: {old.shape} -> {array.shape}")
+            tensor.CopyFrom(numpy_helper.from_array(array.astype(old.dtype), tensor.name))
+    return out
+
+
+def _mix(feeds: dict[str, np.ndarray], rng: np.random.Generator, concentration: float) -> dict[str, np.ndarray]:
+    """Each float sample blended with another of the batch, ``lam ~ Beta(c, c)`` per sample."""
+    count = len(next(iter(feeds.values())))
+    partner = rng.permutation(count)
+    lam = rng.beta(concentration, concentration, count).astype(np.float32)
+    out = {}
+    for name, array in feeds.items():
+        if array.dtype.kind != "f":
+            out[name] = array
+            continue
+        weight = lam.reshape(-1, *([1] * (array.ndim - 1)))
+        out[name] = (weight * array + (1 - weight) * array[partner]).astype(array.dtype)
+    return out
+
+
+def _student_outputs(twin: GraphModel, names: list[str], inputs: dict[str, np.ndarray], idx: np.ndarray) -> list:
+    """The twin's outputs on samples ``idx``, logits in place of the outputs a Softmax computes."""
+    got = twin({k: v[idx] for k, v in inputs.items()}, keep=list(twin.logits_of.values()))
+    return [got[twin.logits_of.get(name, name)] for name in names]
+
+
+def batch_free(proto: onnx.ModelProto) -> bytes:
+    """``proto`` serialized for onnxruntime with every input's leading dimension symbolic and the outputs'
+    declared shapes dropped: models exported with batch 1 (ddddocr's recognizer) then run whole batches."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    initializers = {t.name for t in copy.graph.initializer}
+    for value in copy.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if value.name not in initializers and len(dims) and dims[0].HasField("dim_value"):
+            dims[0].dim_param = "N"
+    for value in copy.graph.output:
+        if value.type.tensor_type.HasField("shape"):
+            value.type.tensor_type.ClearField("shape")
+    del copy.graph.value_info[:]
+    return copy.SerializeToString()
+
+
+def _kl(tf, logits, target, temperature: float, axis: int):
+    soft = tf.nn.softmax(tf.convert_to_tensor(target, logits.dtype) / temperature, axis=axis)
+    log_student = tf.nn.log_softmax(logits / temperature, axis=axis)
+    kl = tf.reduce_sum(soft * (tf.math.log(tf.maximum(soft, 1e-12)) - log_student), axis=axis)
+    return tf.reduce_mean(kl) * temperature**2
+
+
+def _mse(tf, value, target):
+    target = tf.convert_to_tensor(target, value.dtype)
+    return tf.reduce_mean((value - target) ** 2) / (tf.reduce_mean(target**2) + 1e-12)
+
+
+def _agreement(outputs: list[np.ndarray], targets: list[np.ndarray], kinds: list[str]) -> float:
+    """Mean over outputs of: top-1 agreement along the last axis (class scores), or ``1 - relative MSE``."""
+    scores = []
+    for out, target, kind in zip(outputs, targets, kinds, strict=True):
+        if kind == "classes" and out.ndim >= 1 and out.shape[-1] >= 2:
+            scores.append(float(np.mean(out.argmax(axis=-1) == target.argmax(axis=-1))))
+        else:
+            error = np.mean((out.astype(np.float64) - target) ** 2) / (
+                np.mean(np.square(target, dtype=np.float64)) + 1e-12
+            )
+            scores.append(float(1.0 - error))
+    return float(np.mean(scores))
