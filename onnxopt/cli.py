@@ -46,6 +46,11 @@ EXIT_FALLBACK = 3
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    misspelt = _unknown_command(parser, argv)
+    if misspelt:
+        print(f"onnxopt: error: {misspelt}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     previous = _stop_on_sigterm()
     try:
@@ -69,6 +74,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _unknown_command(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
+    """A one-line error with the closest command for a misspelt one (argparse only lists them all)."""
+    commands = next(
+        (a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)),
+        None,
+    )
+    word = next((a for a in argv if not a.startswith("-")), None)
+    if not commands or word is None or word in commands:
+        return None
+    from onnxopt.optimizer.recipe import did_you_mean
+
+    hint = did_you_mean(word, commands) or f" (commands: {', '.join(commands)})"
+    return f"unknown command '{word}'{hint}"
 
 
 def _stop_on_sigterm() -> object:

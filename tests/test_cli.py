@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from helpers import BUNDLED, file_digest, parse
+from helpers import BUNDLED, file_digest, one_line_error, parse
 
 from onnxopt.cli import main
 
@@ -244,3 +244,18 @@ def test_positional_output_like_onnxsim(tmp_path: Path) -> None:
     clash = run_cli("optimize", str(MODEL), str(out), "-o", str(tmp_path / "other.onnx"))
     assert clash.returncode == 2 and "two outputs given" in clash.stderr
     assert not (tmp_path / "other.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "suggestion"),
+    [
+        (["optimze", str(MODEL)], "did you mean 'optimize'?"),
+        (["optimize", str(MODEL), "x.onnx", "--passes", "fold-bm"], "did you mean 'fold-bn'?"),
+        (["optimize", str(MODEL), "x.onnx", "--recipe", "int9"], "did you mean 'int8'?"),
+        (["optimize", str(MODEL), "x.onnx", "--passes", "quantize:calibraton=mse"], "did you mean 'calibration'?"),
+    ],
+)
+def test_misspelt_names_get_a_suggestion(args, suggestion, capsys, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert suggestion in one_line_error(args, capsys)
+    assert not (tmp_path / "x.onnx").exists()

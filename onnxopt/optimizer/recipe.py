@@ -13,6 +13,7 @@ A recipe is an ordered list of ``(pass name, parameters)``. It comes from:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import re
 import types
@@ -136,7 +137,8 @@ def load_recipe(name_or_path: str) -> list[RecipeEntry]:
     path = Path(name_or_path)
     if not path.is_file():
         known = ", ".join(sorted(BUILTIN_RECIPES))
-        raise RecipeError(f"recipe '{name_or_path}' is neither a built-in ({known}) nor a file")
+        hint = did_you_mean(name_or_path, BUILTIN_RECIPES)
+        raise RecipeError(f"recipe '{name_or_path}' is neither a built-in ({known}) nor a file{hint}")
     text = path.read_text()
     try:
         if path.suffix == ".json":
@@ -174,9 +176,16 @@ def build_passes(entries: list[RecipeEntry]) -> list[OptPass]:
     for name, params in entries:
         cls = REGISTRY.get(name)
         if cls is None:
-            raise RecipeError(f"unknown pass '{name}' (known: {', '.join(sorted(REGISTRY))})")
+            hint = did_you_mean(name, REGISTRY) or f" (known: {', '.join(sorted(REGISTRY))})"
+            raise RecipeError(f"unknown pass '{name}'{hint}")
         passes.append(cls(make_config(cls, params)))
     return passes
+
+
+def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices`` to a misspelt ``word``, or ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def make_config(cls: type[OptPass], params: dict[str, Any]) -> Any:
@@ -187,7 +196,8 @@ def make_config(cls: type[OptPass], params: dict[str, Any]) -> Any:
     for key, value in params.items():
         if key not in fields:
             known = ", ".join(fields) or "none"
-            raise RecipeError(f"pass '{cls.name}' has no parameter '{key}' (parameters: {known})")
+            hint = did_you_mean(key, fields)
+            raise RecipeError(f"pass '{cls.name}' has no parameter '{key}'{hint} (parameters: {known})")
         values[key] = _convert(cls.name, key, value, hints[key])
     try:
         return cls.Config(**values)
