@@ -3,23 +3,25 @@
 Public API::
 
     import onnxopt
-    model = onnxopt.load("model.onnx")
-    result = onnxopt.optimize("model.onnx", "out.onnx", recipe="lossless", data="eval.npz")
-    comparison = onnxopt.compare_files("model.onnx", "out.onnx", data="eval.npz")
-    summary = onnxopt.inspect_model(model)
+    result = onnxopt.optimize("model.onnx", "out.onnx", recipe="int8", data="eval.npz")
+    result = onnxopt.optimize(proto, recipe="int8", data={"image": images})  # in memory: result.model
+    comparison = onnxopt.compare("model.onnx", "out.onnx", data="eval.npz")
+    timing = onnxopt.bench(["model.onnx", "out.onnx"])
+    summary = onnxopt.inspect_model(onnxopt.load("model.onnx"))
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from onnxopt.api import compare_files, optimize
+from onnxopt.api import bench, bench_files, compare, compare_files, optimize
 from onnxopt.errors import DataError, ModelLoadError, OnnxoptError, OutputError, RecipeError, UnsupportedModelError
 from onnxopt.evaluate import Comparison, OutputAgreement
 from onnxopt.inspection import ModelSummary, inspect_model
 from onnxopt.io import load, save
 from onnxopt.optimizer import Context, PassRecord, Pipeline
 from onnxopt.optimizer.recipe import BUILTIN_RECIPES, build_passes, load_recipe, parse_spec
+from onnxopt.optimizer.run import OptimizeOptions, OptimizeResult
 
 __all__ = [
     "BUILTIN_RECIPES",
@@ -29,6 +31,8 @@ __all__ = [
     "ModelLoadError",
     "ModelSummary",
     "OnnxoptError",
+    "OptimizeOptions",
+    "OptimizeResult",
     "OutputAgreement",
     "OutputError",
     "PassRecord",
@@ -36,7 +40,10 @@ __all__ = [
     "RecipeError",
     "UnsupportedModelError",
     "__version__",
+    "bench",
+    "bench_files",
     "build_passes",
+    "compare",
     "compare_files",
     "inspect_model",
     "load",

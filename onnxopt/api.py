@@ -4,41 +4,105 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
 
 from onnxopt import io
 from onnxopt.bench import BenchConfig, BenchResult, benchmark
-from onnxopt.data import ImageOptions, InputShapes, default_random, open_dataset, parse_input_shapes
-from onnxopt.errors import RecipeError
-from onnxopt.evaluate.compare import Comparison, compare
+from onnxopt.data import DataSpec, ImageOptions, InputShapes, default_random, open_dataset, parse_input_shapes
+from onnxopt.errors import DataError, ModelLoadError, RecipeError
+from onnxopt.evaluate.compare import Comparison
+from onnxopt.evaluate.compare import compare as compare_models
 from onnxopt.evaluate.layers import DEFAULT_THRESHOLD_DB, layer_errors
 from onnxopt.optimizer.recipe import BUILTIN_RECIPES
 from onnxopt.optimizer.run import OptimizeOptions, OptimizeResult, optimize_file
 from onnxopt.progress import NullProgress, Progress
 from onnxopt.runtime import Runner
 
+ModelInput = str | os.PathLike | onnx.ModelProto | ir.Model
+DataInput = str | os.PathLike | Mapping[str, np.ndarray] | Iterable[Mapping[str, np.ndarray]] | None
+
 
 def optimize(
-    model: str | os.PathLike[str],
+    model: ModelInput,
     output: str | os.PathLike[str] | None = None,
     options: OptimizeOptions | None = None,
     *,
     progress: Progress | None = None,
     **fields: Any,
 ) -> OptimizeResult:
-    """Optimize the model file ``model`` into ``output``.
+    """Optimize ``model`` -- a file path, an ``onnx.ModelProto`` or an ``onnx_ir.Model`` -- into ``output``.
 
     What to do is one :class:`OptimizeOptions` -- given whole, or as its fields by keyword
     (``recipe="int8"``, ``passes="fold-bn,quantize"``, ``data="eval.npz"``, ``seed=0``, ...), which
-    override ``options`` when both are given.
+    override ``options`` when both are given. ``data`` may also be a dict of arrays (input name ->
+    ``[N, ...]``, plus ``labels``) or an iterable of such feeds (concatenated). Without ``output`` nothing
+    is written: the optimized model is ``result.model`` (an ``onnx.ModelProto``).
+
+    >>> result = onnxopt.optimize(proto, recipe="int8", data={"image": images, "labels": labels})
+    >>> result.model, result.to_dict()["summary"]
     """
-    options = options or OptimizeOptions()
-    if fields:
-        try:
-            options = dataclasses.replace(options, **fields)
-        except TypeError as e:
-            raise RecipeError(f"optimize: {e}") from e
-    return optimize_file(model, output, options, progress=progress)
+    with tempfile.TemporaryDirectory(prefix="onnxopt-api-") as folder:
+        work = Path(folder)
+        for key in ("data", "eval_data"):
+            if fields.get(key) is not None:
+                fields[key] = _data_source(fields[key], work, key)
+        options = options or OptimizeOptions()
+        if fields:
+            try:
+                options = dataclasses.replace(options, **fields)
+            except TypeError as e:
+                raise RecipeError(f"optimize: {e}") from e
+        path = _model_path(model, work)
+        in_memory = output is None and not options.in_place
+        target = work / "optimized.onnx" if in_memory else output
+        result = optimize_file(path, target, options, progress=progress)
+        if in_memory:
+            result.proto = onnx.load(str(target)) if result.output_path is not None else None
+            result.output_path = None
+        return result
+
+
+def _model_path(model: ModelInput, work: Path) -> Path:
+    """A path to ``model`` (written into ``work`` when it is a model object)."""
+    if isinstance(model, (str, os.PathLike)):
+        return Path(model)
+    if isinstance(model, ir.Model):
+        model = ir.serde.serialize_model(model)
+    if not isinstance(model, onnx.ModelProto):
+        raise ModelLoadError(f"optimize: expected a path, onnx.ModelProto or onnx_ir.Model, not {type(model).__name__}")
+    path = work / "input.onnx"
+    io.save(model, path)
+    return path
+
+
+def _data_source(data: DataInput, work: Path, key: str = "data") -> Any:
+    """``data`` as what :class:`OptimizeOptions` takes: a source string, or a ``.npz`` written from arrays."""
+    if data is None or isinstance(data, (str, os.PathLike, DataSpec)):
+        return os.fspath(data) if isinstance(data, os.PathLike) else data
+    if isinstance(data, Mapping):
+        arrays = {str(k): np.asarray(v) for k, v in data.items()}
+    else:
+        parts: dict[str, list[np.ndarray]] = {}
+        for feed in data:
+            if not isinstance(feed, Mapping):
+                raise DataError(f"data: expected dicts of arrays (input name -> array), got {type(feed).__name__}")
+            for name, array in feed.items():
+                parts.setdefault(str(name), []).append(np.asarray(array))
+        if not parts:
+            raise DataError("data: the iterable of feeds is empty")
+        arrays = {name: np.concatenate(chunks) for name, chunks in parts.items()}
+    if not arrays:
+        raise DataError("data: no arrays given")
+    path = work / f"{key}.npz"
+    np.savez(path, **arrays)
+    return str(path)
 
 
 def compare_files(
@@ -70,7 +134,7 @@ def compare_files(
     progress = progress or NullProgress()
     progress.start("comparing", dataset.num_samples)
     try:
-        comparison = compare(ref, cand, dataset, batch_size=batch_size, on_batch=progress.advance)
+        comparison = compare_models(ref, cand, dataset, batch_size=batch_size, on_batch=progress.advance)
     finally:
         progress.finish()
     if comparison.random_inputs:
@@ -106,4 +170,8 @@ def bench_files(
     return benchmark(models, config, dataset=dataset, progress=progress)
 
 
-__all__ = ["BUILTIN_RECIPES", "OptimizeOptions", "bench_files", "compare_files", "optimize"]
+#: ``onnxopt.compare(...)`` and ``onnxopt.bench(...)``: the CLI's names
+compare = compare_files
+bench = bench_files
+
+__all__ = ["BUILTIN_RECIPES", "OptimizeOptions", "bench", "bench_files", "compare", "compare_files", "optimize"]

@@ -39,6 +39,7 @@ from onnxopt.report import (
     percent_change,
     write_report,
 )
+from onnxopt.report.verdict import verdict
 
 #: Exit status when a lossy pass the user asked for did not apply (the output is still written).
 EXIT_FALLBACK = 3
@@ -49,8 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     misspelt = _unknown_command(parser, argv)
     if misspelt:
-        print(f"onnxopt: error: {misspelt}", file=sys.stderr)
-        return 2
+        parser.error(misspelt)  # one line, exit 2, as argparse's own usage errors
     args = parser.parse_args(argv)
     previous = _stop_on_sigterm()
     try:
@@ -146,6 +146,11 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument(
         "--recipe", help=f"built-in ({', '.join(BUILTIN_RECIPES)}) or a YAML/JSON file; default lossless"
     )
+    opt.add_argument(
+        "--eval-data",
+        help="score the result on this data instead of --data (which passes calibrate and fit on): a held-out "
+        "accuracy, e.g. --data train.npz --eval-data eval.npz",
+    )
     opt.add_argument("--report", help="write a report: FILE.json, FILE.md or FILE.html (measures latency too)")
     opt.add_argument("--per-layer", action="store_true", help="localize the error layer by layer on the data")
     latency = opt.add_mutually_exclusive_group()
@@ -239,6 +244,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         recipe=args.recipe,
         passes=args.passes,
         data=DataSpec(args.data, _image_options(args)) if args.data else None,
+        eval_data=DataSpec(args.eval_data, _image_options(args)) if args.eval_data else None,
         seed=args.seed,
         in_place=args.in_place,
         plan=args.plan,
@@ -492,8 +498,10 @@ def format_optimize_summary(result: OptimizeResult) -> str:
     """The before/after summary ``onnxopt optimize`` prints."""
     pipe, cmp = result.pipeline, result.comparison
     lines = [
+        verdict(optimize_report(result)),
         f"onnxopt optimize {result.input_path} -> {result.output_path}",
-        f"  data: {result.data}; {cmp.samples} samples compared",
+        f"  data: {result.data}; {cmp.samples} samples compared"
+        + (f" (held out: the passes fitted on {result.fit_data})" if result.held_out else ""),
         "",
         f"  {'pass':<27}{'status':<13}{'nodes':>12}{'drift':>11}{'seconds':>9}  what",
     ]

@@ -246,10 +246,17 @@ def test_positional_output_like_onnxsim(tmp_path: Path) -> None:
     assert not (tmp_path / "other.onnx").exists()
 
 
+def test_a_misspelt_command_gets_a_suggestion(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["optimze", str(MODEL)])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "unknown command 'optimze'; did you mean 'optimize'?" in line
+
+
 @pytest.mark.parametrize(
     ("args", "suggestion"),
     [
-        (["optimze", str(MODEL)], "did you mean 'optimize'?"),
         (["optimize", str(MODEL), "x.onnx", "--passes", "fold-bm"], "did you mean 'fold-bn'?"),
         (["optimize", str(MODEL), "x.onnx", "--recipe", "int9"], "did you mean 'int8'?"),
         (["optimize", str(MODEL), "x.onnx", "--passes", "quantize:calibraton=mse"], "did you mean 'calibration'?"),

@@ -11,6 +11,8 @@ import dataclasses
 import os
 from pathlib import Path
 
+import onnx
+
 from onnxopt import io
 from onnxopt.bench import BenchConfig, BenchResult, benchmark
 from onnxopt.data import Dataset, DataSpec, InputShapes, parse_input_shapes
@@ -44,6 +46,7 @@ class OptimizeOptions:
     recipe: str | None = None
     passes: str | None = None
     data: DataSpec | None = None
+    eval_data: DataSpec | None = None  # the final comparison's data, when it must differ from what passes fit
     seed: int = 0
     in_place: bool = False
     external_data: bool | None = None
@@ -58,8 +61,11 @@ class OptimizeOptions:
     save_plan: str | os.PathLike[str] | None = None  # write every measured decision here
 
     def __post_init__(self) -> None:
-        if isinstance(self.data, str):  # a plain source is the common case: accept it as one
-            object.__setattr__(self, "data", DataSpec(self.data))
+        for name in ("data", "eval_data"):  # a plain source is the common case: accept it as one
+            if isinstance(getattr(self, name), str):
+                object.__setattr__(self, name, DataSpec(getattr(self, name)))
+        if self.eval_data is not None and self.data is None:
+            raise DataError("--eval-data scores the result on other data than --data: give --data too")
         if isinstance(self.input_shapes, str):
             object.__setattr__(self, "input_shapes", parse_input_shapes(self.input_shapes))
         if self.batch is not None and self.batch < 1:
@@ -90,6 +96,32 @@ class OptimizeResult:
     latency: BenchResult | None = None  # input and output benchmarked interleaved, when asked for
     fallbacks: list[str] = dataclasses.field(default_factory=list)  # requested lossy passes that did not apply
     plan: dict | None = None  # every measured decision (onnxopt.optimizer.plan), recorded or replayed
+    proto: onnx.ModelProto | None = None  # the optimized model, when the API ran without an output file
+    recipe_name: str | None = None  # the recipe as the user named it (a built-in or a file); None for --passes
+    held_out: bool = False  # scored on --eval-data, which no pass calibrated or fitted on
+    fit_data: str | None = None  # what the passes calibrated and fitted on (--data, or random inputs)
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        """The optimized model as an ``onnx.ModelProto`` (read from the output file when there is one)."""
+        if self.proto is None:
+            if self.output_path is None:
+                raise OutputError("this run wrote no model")
+            self.proto = onnx.load(str(self.output_path))
+        return self.proto
+
+    def to_dict(self) -> dict:
+        """The run as the report JSON (:data:`onnxopt.report.SCHEMA`, kind ``optimize``: what ``onnxopt report``
+        renders)."""
+        from onnxopt.report import optimize_report
+
+        return optimize_report(self)
+
+    def __repr__(self) -> str:
+        size = f"{self.output_file_bytes / self.input_file_bytes:.2f}x size" if self.output_file_bytes else "no file"
+        recipe = f"recipe {self.recipe_name}" if self.recipe_name else f"{len(self.recipe)} passes"
+        fell = f", fell back: {len(self.fallbacks)}" if self.fallbacks else ""
+        return f"OptimizeResult({self.input_path.name} -> {self.output_path or 'memory'}, {recipe}, {size}{fell})"
 
     @property
     def fell_back(self) -> bool:
@@ -138,6 +170,8 @@ def _optimize(
     seed = options.seed
     shapes = options.input_shapes
     dataset = options.data.open(reference.inputs, seed=seed, shapes=shapes) if options.data else None
+    # scored on data no pass saw (opened now: a bad --eval-data fails before any work)
+    held_out = options.eval_data.open(reference.inputs, seed=seed, shapes=shapes) if options.eval_data else None
     context = Context(
         dataset=dataset,
         seed=seed,
@@ -167,7 +201,7 @@ def _optimize(
         )
     if options.save_plan is not None:
         plan.save(options.save_plan, model_path)
-    eval_data = context.resolve_dataset(reference.inputs)
+    eval_data = held_out or context.resolve_dataset(reference.inputs)
     if result.outputs_compared:
         comparison = _evaluate(reference, result.runner, eval_data, progress)
     else:  # random inputs cannot run the model: nothing to compare (the pipeline's note says so)
@@ -198,6 +232,7 @@ def _optimize(
         result.notes.append("not benchmarked: random inputs cannot run the model; give --data to time it")
     asked = requested_lossy_passes(options.recipe, options.passes, recipe)
     return OptimizeResult(
+        recipe_name=None if options.passes else (options.recipe or "lossless"),
         fallbacks=_fallbacks(result, asked),
         plan=plan.to_dict(),
         latency=latency,
@@ -207,6 +242,8 @@ def _optimize(
         pipeline=result,
         comparison=comparison,
         data=eval_data.description,
+        held_out=held_out is not None,
+        fit_data=context.dataset.description if context.dataset is not None else None,
         seed=seed,
         input_file_bytes=model_path.stat().st_size,
         output_file_bytes=io.file_bytes(written) if written else None,

@@ -11,6 +11,7 @@ from typing import Any
 
 from onnxopt.report import plots
 from onnxopt.report.document import Block, Bullets, Figure, Heading, Paragraph, Table
+from onnxopt.report.verdict import verdict
 
 _PLOT_HINT = "Figures need the `plot` extra: `pip install 'onnxopt[plot]'`."
 
@@ -30,13 +31,17 @@ def render(reports: list[dict[str, Any]]) -> tuple[str, list[Block]]:
 
 def _optimize(r: dict[str, Any]) -> list[Block]:
     before, after, cmp = r["before"], r["after"], r["comparison"]
+    expansion = ",".join(e["name"] for e in r["recipe"])
+    recipe = f"`{r['recipe_name']}` (`{expansion}`)" if r.get("recipe_name") else f"`{expansion}`"
     blocks: list[Block] = [
         Heading(f"onnxopt report: `{r['input']['path']}`", 1),
+        Paragraph(f"**{verdict(r)}**"),
         Bullets(
             [
                 f"output: `{r['output']['path']}`",
-                f"recipe: `{','.join(e['name'] for e in r['recipe'])}`",
-                f"data: {r['data']} ({cmp['samples']} samples compared), seed {r['seed']}",
+                f"recipe: {recipe}",
+                f"data: {r['data']} ({cmp['samples']} samples compared), seed {r['seed']}"
+                + (f"; held out: the passes fitted on {r.get('fit_data')}" if r.get("held_out") else ""),
                 _provenance(r),
             ]
         ),
