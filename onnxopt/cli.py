@@ -25,9 +25,9 @@ from onnxopt.errors import OnnxoptError
 from onnxopt.evaluate.compare import Comparison, random_inputs_warning
 from onnxopt.evaluate.layers import DEFAULT_THRESHOLD_DB, LayerReport
 from onnxopt.inspection import inspect_model
-from onnxopt.optimizer.recipe import BUILTIN_RECIPES, describe_passes
+from onnxopt.optimizer.recipe import BUILTIN_RECIPES, describe_passes, parse_spec
 from onnxopt.optimizer.run import OptimizeResult
-from onnxopt.progress import RichProgress
+from onnxopt.progress import NullProgress, RichProgress
 from onnxopt.report import (
     bench_report,
     check_report_path,
@@ -114,6 +114,9 @@ class _OneLineParser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="print tracebacks on errors")
+    loudness = common.add_mutually_exclusive_group()
+    loudness.add_argument("-q", "--quiet", action="store_true", help="print only the result line (and errors)")
+    loudness.add_argument("-v", "--verbose", action="store_true", help="print every decline reason of every pass")
     data = argparse.ArgumentParser(add_help=False)
     group = data.add_argument_group("data")
     group.add_argument("--data", help="an .npz (inputs and labels) or .npy file, an image folder, or random[:N]")
@@ -258,14 +261,16 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         batch=args.batch,
         input_shapes=parse_input_shapes(args.input_shape),
     )
-    result = optimize(args.model, args.output, options, progress=RichProgress())
+    result = optimize(args.model, args.output, options, progress=NullProgress() if args.quiet else RichProgress())
     report = optimize_report(result)
     if args.report:
         write_report(report, args.report)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
+    elif args.quiet:
+        print(verdict(report))
     else:
-        print(format_optimize_summary(result))
+        print(format_optimize_summary(result, verbose=args.verbose))
         if result.latency is not None:
             print("\n" + format_bench(result.latency))
         if result.comparison.layers is not None:
@@ -294,10 +299,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         input_shapes=parse_input_shapes(args.input_shape),
         progress=RichProgress(),
     )
+    report = compare_report(args.reference, args.candidate, comparison)
     if args.report:
-        write_report(compare_report(args.reference, args.candidate, comparison), args.report)
-    if args.json:
-        print(json.dumps(json_safe(comparison.to_dict()), indent=2))
+        write_report(report, args.report)
+    if args.json:  # the versioned report document, as the other commands print it: onnxopt report renders it
+        print(json.dumps(report, indent=2, default=str))
         warning = random_inputs_warning(comparison)
         if warning:
             print(warning, file=sys.stderr)  # stdout stays JSON; the JSON says it too (random_inputs)
@@ -368,7 +374,7 @@ def format_bench(result: BenchResult) -> str:
             "",
             f"{provider}, batch {batch}: {rows[0].latency.runs} interleaved rounds",
             f"{'model':<28}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'mean':>9}{'std':>8}{'items/s':>10}"
-            f"{'load s':>8}{'peak MB':>9}{'file MB':>9}  ratio p50 [95% CI]",
+            f"{'session s':>10}{'peak MB':>9}{'file MB':>9}  ratio p50 [95% CI]",
         ]
         for m in rows:
             lat = m.latency
@@ -376,7 +382,7 @@ def format_bench(result: BenchResult) -> str:
             ratio = "baseline" if m.ratio is None else f"{m.ratio.median:.3f} [{m.ratio.low:.3f}, {m.ratio.high:.3f}]"
             lines.append(
                 f"{m.model[:27]:<28}{lat.p50_ms:>9.3f}{lat.p90_ms:>9.3f}{lat.p99_ms:>9.3f}{lat.mean_ms:>9.3f}"
-                f"{lat.std_ms:>8.3f}{lat.throughput:>10.1f}{m.session_s:>8.3f}{peak:>9}"
+                f"{lat.std_ms:>8.3f}{lat.throughput:>10.1f}{m.session_s:>10.3f}{peak:>9}"
                 f"{m.file_bytes / 1e6:>9.2f}  {ratio}"
             )
     return "\n".join(lines)
@@ -489,13 +495,20 @@ def _cmd_passes(args: argparse.Namespace) -> int:
         kind = "lossless" if p["lossless"] else "lossy"
         print(f"{p['name']:<20} {kind:<9} {p['summary']}")
         for param in p["parameters"]:
-            print(f"{'':<31}{param['name']}: {param['type']} = {param['default']}")
-    print("\nrecipes: " + "; ".join(f"{name} = {spec}" for name, spec in BUILTIN_RECIPES.items()))
+            kind = "|".join(param["allowed"]) if param["allowed"] else param["type"]
+            meaning = f"  -- {param['meaning']}" if param["meaning"] else ""
+            print(f"{'':<31}{param['name']}: {kind} = {param['default']}{meaning}")
+    print("\nrecipes (one step per line; parameters after ':' are separated by ':' or ';'):")
+    for name, spec in BUILTIN_RECIPES.items():
+        print(f"  {name}")
+        for step in parse_spec(spec):
+            params = ":".join(f"{k}={v}" for k, v in step[1].items())
+            print(f"    {step[0]}" + (f":{params}" if params else ""))
     return 0
 
 
-def format_optimize_summary(result: OptimizeResult) -> str:
-    """The before/after summary ``onnxopt optimize`` prints."""
+def format_optimize_summary(result: OptimizeResult, *, verbose: bool = False) -> str:
+    """The before/after summary ``onnxopt optimize`` prints (``verbose``: every decline reason)."""
     pipe, cmp = result.pipeline, result.comparison
     lines = [
         verdict(optimize_report(result)),
@@ -508,11 +521,18 @@ def format_optimize_summary(result: OptimizeResult) -> str:
     for rec in pipe.records:
         what = ", ".join(f"{k} {v}" for k, v in rec.counts.items() if v) or "-"
         if rec.skipped:
-            what += f" ({len(rec.skipped)} declined)"
+            first = rec.skipped[0] if len(rec.skipped[0]) <= 90 else rec.skipped[0][:87] + "..."
+            what += f" ({len(rec.skipped)} declined; first: {first})"
         nodes = f"{rec.before.nodes}->{rec.after.nodes}"
         lines.append(f"  {rec.name:<27}{rec.status:<13}{nodes:>12}{rec.max_drift:>11.2g}{rec.seconds:>9.3f}  {what}")
         lines.extend(f"  {'':<27}note: {n}" for n in rec.notes)
-    lines += ["", f"  {'':<14}{'before':>14}{'after':>14}{'change':>10}"]
+        if verbose:
+            lines.extend(f"  {'':<27}declined: {reason}" for reason in rec.skipped)
+    lines += [
+        "  drift: the largest output change of the pass, |after - before| / max |before|, on the guard samples",
+        "",
+        f"  {'':<14}{'before':>14}{'after':>14}{'change':>10}",
+    ]
     for label, b, a in (
         ("nodes", pipe.original.nodes, pipe.final.nodes),
         ("parameters", pipe.original.parameters, pipe.final.parameters),
@@ -522,7 +542,8 @@ def format_optimize_summary(result: OptimizeResult) -> str:
             lines.append(f"  {label:<14}{b:>14,}{a:>14,}{percent_change(b, a):>10}")
     if cmp.reference_accuracy is not None and cmp.candidate_accuracy is not None:
         delta = 100 * (cmp.candidate_accuracy - cmp.reference_accuracy)
-        lines.append(f"  {'accuracy':<14}{cmp.reference_accuracy:>14.4f}{cmp.candidate_accuracy:>14.4f}{delta:>+9.2f}p")
+        ref, cand = cmp.reference_accuracy, cmp.candidate_accuracy
+        lines.append(f"  {'accuracy':<14}{ref:>14.4f}{cand:>14.4f}{delta:>+7.2f} pts")
     lines.append(f"  {'max drift':<14}{'':>14}{cmp.max_rel:>14.3g}  (max |out - orig| / max |orig|)")
     for out in cmp.outputs:
         if out.top1_agreement is not None:

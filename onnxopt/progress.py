@@ -17,6 +17,9 @@ class Progress(Protocol):
     def advance(self, units: int = 1) -> None:
         """Report ``units`` more done in the current step."""
 
+    def phase(self, description: str) -> None:
+        """Rename the current step: what is running now (``quantize: profiling``)."""
+
     def finish(self) -> None:
         """End the current step."""
 
@@ -30,12 +33,16 @@ class NullProgress:
     def advance(self, units: int = 1) -> None:
         pass
 
+    def phase(self, description: str) -> None:
+        pass
+
     def finish(self) -> None:
         pass
 
 
 class RichProgress:
-    """A rich progress bar on stderr (transient; invisible when stderr is not a terminal)."""
+    """A rich progress bar on stderr (transient); when stderr is not a terminal (a log, CI), one plain line
+    per step and phase instead."""
 
     def __init__(self) -> None:
         from rich.console import Console
@@ -52,15 +59,31 @@ class RichProgress:
             disable=not console.is_terminal,
         )
         self._task: int | None = None
+        self._plain = not console.is_terminal
+        self._console = console
 
     def start(self, description: str, total: int | None = None) -> None:
         self.finish()
+        if self._plain:
+            self._line(description)
+            return
         self._bar.start()
         self._task = self._bar.add_task(description, total=total)
 
     def advance(self, units: int = 1) -> None:
         if self._task is not None:
             self._bar.advance(self._task, units)
+
+    def phase(self, description: str) -> None:
+        if self._plain:
+            self._line(description)
+        elif self._task is not None:
+            self._bar.update(self._task, description=description)
+
+    def _line(self, text: str) -> None:
+        import sys
+
+        print(f"onnxopt: {text}", file=sys.stderr, flush=True)
 
     def finish(self) -> None:
         if self._task is not None:

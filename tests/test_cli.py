@@ -76,9 +76,14 @@ def test_inspect_reports_macs_and_ops(capsys: pytest.CaptureFixture[str]) -> Non
     assert summary["parameters"] > 200_000
 
 
-def test_compare_reports_accuracy(capsys: pytest.CaptureFixture[str]) -> None:
+def test_compare_reports_accuracy(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["compare", str(MODEL), str(MODEL), "--data", str(EVAL), "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr().out
+    document = json.loads(printed)
+    assert document["schema"].startswith("onnxopt.report/") and document["kind"] == "compare"
+    (tmp_path / "c.json").write_text(printed)  # the same versioned document: onnxopt report renders it
+    assert main(["report", str(tmp_path / "c.json"), "-o", str(tmp_path / "c.md")]) == 0
+    result = document["comparison"]
     assert result["samples"] == 1000
     assert result["outputs"][0]["max_abs"] == 0.0
     assert result["reference_accuracy"] == result["candidate_accuracy"]
@@ -96,7 +101,7 @@ def test_compare_without_data_says_the_inputs_were_random(tmp_path: Path) -> Non
     assert "**Random inputs** (no --data, seed 0): agreement only, not accuracy" in report.read_text()
     as_json = run_cli("compare", str(MODEL), str(MODEL), "--json")
     assert as_json.returncode == 0, as_json.stderr
-    result = json.loads(as_json.stdout)  # stdout stays JSON; the warning goes to stderr
+    result = json.loads(as_json.stdout)["comparison"]  # stdout stays JSON; the warning goes to stderr
     assert result["random_inputs"] is True and result["data"] == "no --data, seed 0"
     assert RANDOM_WARNING in as_json.stderr
 

@@ -148,9 +148,11 @@ class Pipeline:
         original = ModelStats.of(model)
         state = _State(model, snapshot, original_outputs, structural)
         records: list[PassRecord] = []
-        context.progress.start("optimizing", len(self.passes))
         for index, opt_pass in enumerate(self.passes):
             context.pass_index = index  # a plan's decisions are keyed by recipe position
+            # a bar per pass (a pass may show its own steps in between): which pass runs, of how many
+            context.progress.start(f"{opt_pass.name} ({index + 1}/{len(self.passes)})", len(self.passes))
+            context.progress.advance(index)
             records.append(self._run_one(opt_pass, state, feeds, names, context))
             context.progress.advance()
         context.progress.finish()
@@ -306,7 +308,10 @@ def _infer_shapes(model: ir.Model, notes: list[str]) -> None:
     """Annotate values with onnx-inferred types and shapes (passes use ranks); best-effort."""
     unknown = annotate_shapes(model)
     if unknown:
-        notes.append(f"shape inference left {unknown} values without a shape; passes needing ranks there decline")
+        notes.append(
+            f"shape inference left {unknown} intermediate values without a static shape (sizes known only at run "
+            "time); passes that need a rank there decline"
+        )
 
 
 class _Snapshot:

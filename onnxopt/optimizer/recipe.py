@@ -226,21 +226,61 @@ def _convert(pass_name: str, key: str, value: Any, hint: Any) -> Any:
                 return option(value)
             except ValueError:
                 continue
-        elif option is str or typing.get_origin(option) is typing.Literal:
+        elif typing.get_origin(option) is typing.Literal:
+            allowed = [str(a) for a in typing.get_args(option)]
+            if value in allowed:
+                return value
+            hint = did_you_mean(value, allowed)
+            raise RecipeError(f"pass '{pass_name}': {key} must be one of {', '.join(allowed)}, not '{value}'{hint}")
+        elif option is str:
             return value
     raise RecipeError(f"pass '{pass_name}': parameter {key}={value!r} is not a valid {hint}")
 
 
 def describe_passes() -> list[dict[str, Any]]:
-    """Every registered pass with its one-line doc and parameters (for ``onnxopt passes``)."""
+    """Every registered pass with its one-line doc and parameters -- type, allowed values, default and what
+    it means (the comment beside the field in the pass's Config) -- for ``onnxopt passes``."""
     out = []
     for name, cls in sorted(REGISTRY.items()):
         hints = typing.get_type_hints(cls.Config)
-        params = [
-            {"name": f.name, "type": _type_name(hints[f.name]), "default": f.default}
-            for f in dataclasses.fields(cls.Config)
-        ]
+        meanings = _field_comments(cls.Config)
+        params = []
+        for f in dataclasses.fields(cls.Config):
+            hint = hints[f.name]
+            allowed = [str(a) for a in typing.get_args(hint)] if typing.get_origin(hint) is typing.Literal else None
+            params.append({
+                "name": f.name, "type": "choice" if allowed else _type_name(hint), "allowed": allowed,
+                "default": f.default, "meaning": meanings.get(f.name, ""),
+            })  # fmt: skip
         out.append({"name": name, "summary": cls.summary(), "lossless": cls.lossless, "parameters": params})
+    return out
+
+
+def _field_comments(config: type) -> dict[str, str]:
+    """``field -> the comment on its line`` in ``config``'s source (where each parameter is explained once)."""
+    import inspect
+    import io as text_io
+    import tokenize
+
+    try:
+        source = inspect.getsource(config)
+    except (OSError, TypeError):
+        return {}
+    comments: dict[int, str] = {}
+    names: dict[int, str] = {}
+    for token in tokenize.generate_tokens(text_io.StringIO(source).readline):
+        row = token.start[0]
+        if token.type == tokenize.COMMENT:
+            comments[row] = token.string.lstrip("#").strip()
+        elif token.type == tokenize.NAME and token.start[1] == 4 and row not in names:
+            names[row] = token.string
+    fields = {f.name for f in dataclasses.fields(config)}
+    out = {}
+    for row, name in names.items():
+        if name not in fields:
+            continue
+        text = comments.get(row) or comments.get(row - 1, "")  # beside the field, or the line above it
+        out[name] = text.replace("fmt: skip", "").strip()
     return out
 
 

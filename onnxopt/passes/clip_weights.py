@@ -28,6 +28,7 @@ shared with unselected nodes.
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import numpy as np
 import onnx_ir as ir
@@ -43,7 +44,7 @@ _DEFAULT_VALUE = {"threshold": None, "percentile": 99.99, "sigma": 3.0, "mse": 8
 class ClipWeightsConfig:
     mode: str = "mse"
     value: float | None = None  # h, a percentile, k, or bits -- by mode (None: the mode's default)
-    granularity: str = "channel"  # or "layer"
+    granularity: Literal["channel", "layer"] = "channel"  # one clipping range per output channel, or per layer
     ops: str = ",".join(WEIGHT_OPS)
     include: str = ""  # regex on node names; empty: every node
     exclude: str = ""

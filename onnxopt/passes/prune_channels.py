@@ -49,6 +49,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from typing import Literal
 
 import numpy as np
 import onnx_ir as ir
@@ -67,8 +68,9 @@ IMPORTANCES = ("l1", "l2", "bn", "activation", "thinet")
 
 @dataclasses.dataclass(frozen=True)
 class PruneChannelsConfig:
-    ratio: float = 0.3
-    importance: str = "l2"  # held accuracy best on the digits CNN, held out (tools/bench_prune_importance.py)
+    ratio: float = 0.3  # of each prunable group's channels removed
+    # how channels are ranked; l2 held accuracy best on the digits CNN, held out (tools/bench_prune_importance.py)
+    importance: Literal["l1", "l2", "bn", "activation", "thinet"] = "l2"
     min_channels: int = 1
     multiple: int = 1
     exclude: str = ""

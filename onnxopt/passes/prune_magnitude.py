@@ -25,6 +25,7 @@ Lossy: each layer's sparsity before and after is in the record's details.
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import numpy as np
 import onnx_ir as ir
@@ -38,7 +39,7 @@ IMPORTANCES = ("magnitude", "l1", "l2")
 @dataclasses.dataclass(frozen=True)
 class PruneMagnitudeConfig:
     sparsity: float = 0.5  # fraction of weights zeroed (unstructured)
-    scope: str = "layer"  # or "global"
+    scope: Literal["layer", "global"] = "layer"  # one threshold per layer, or one for the whole model
     importance: str = "magnitude"  # or "l1" / "l2" (layer-normalized, for global scope)
     pattern: str = ""  # "N:M", e.g. "2:4"; empty: unstructured
     protect_first: bool = True

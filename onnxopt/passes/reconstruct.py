@@ -30,6 +30,7 @@ only match the original on noise).
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import numpy as np
 import onnx_ir as ir
@@ -43,7 +44,7 @@ _LINEAR = ("Conv", "Gemm", "MatMul")
 
 @dataclasses.dataclass(frozen=True)
 class ReconstructConfig:
-    layers: str = "changed"  # or "all"
+    layers: Literal["changed", "all"] = "changed"  # which layers to refit: those whose inputs changed, or every one
     samples: int = 1024
     positions: int = 64  # sampled output positions per image (Conv)
     ridge: float = 1e-2  # relative to mean diagonal: 1e-2 generalized best on held-out digits data

@@ -1,7 +1,7 @@
-"""Figures for the HTML report, as inline SVG (needs the ``plot`` extra: matplotlib).
+"""Figures for the HTML report, as inline SVG drawn by matplotlib (a core dependency).
 
-Every function returns None when matplotlib is not installed; the report then
-says how to get the figures instead of failing.
+Every function still returns None when matplotlib cannot be imported (a broken
+install); the report then says so instead of failing.
 """
 
 from __future__ import annotations

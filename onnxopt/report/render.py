@@ -13,7 +13,7 @@ from onnxopt.report import plots
 from onnxopt.report.document import Block, Bullets, Figure, Heading, Paragraph, Table
 from onnxopt.report.verdict import verdict
 
-_PLOT_HINT = "Figures need the `plot` extra: `pip install 'onnxopt[plot]'`."
+_PLOT_HINT = "Figures need matplotlib (an onnxopt dependency), which could not be imported: `pip install matplotlib`."
 
 
 def render(reports: list[dict[str, Any]]) -> tuple[str, list[Block]]:
@@ -272,7 +272,17 @@ def _runs(reports: list[dict[str, Any]]) -> list[Block]:
     blocks: list[Block] = [
         Heading("onnxopt: runs compared", 1),
         Table(
-            ["report", "kind", "model", "recipe", "file bytes", "accuracy", "top-1 agree", "latency ratio", "created"],
+            [
+                "report",
+                "kind",
+                "model → output",
+                "recipe",
+                "file bytes",
+                "accuracy",
+                "top-1 agree",
+                "latency ratio",
+                "created",
+            ],
             rows,
             {4, 5, 6, 7},
         ),
@@ -295,14 +305,15 @@ def _run_row(r: dict[str, Any]) -> list[str]:
     top1 = next((o["top1_agreement"] for o in cmp["outputs"] if o["top1_agreement"] is not None), None)
     acc = cmp.get("candidate_accuracy")
     if r["kind"] == "compare":
-        return [source, "compare", r["candidate"], "", "", _opt(acc, ".4f"), _opt(top1, ".4f"), "", r["created"]]
+        model = f"{r['reference']} vs {r['candidate']}"
+        return [source, "compare", model, "", "", _opt(acc, ".4f"), _opt(top1, ".4f"), "", r["created"]]
     ratio = _latency_ratio(r)
     sizes = f"{r['input']['file_bytes']:,} → {r['output']['file_bytes']:,}" if r["output"]["file_bytes"] else ""
-    recipe = ",".join(e["name"] for e in r["recipe"])
+    recipe = r.get("recipe_name") or ",".join(e["name"] for e in r["recipe"])
     return [
         source,
         "optimize",
-        r["input"]["path"],
+        f"{r['input']['path']} → {r['output']['path'] or '(not written)'}",
         recipe,
         sizes,
         _opt(acc, ".4f"),

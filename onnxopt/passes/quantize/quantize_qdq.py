@@ -89,6 +89,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import Literal
 
 import numpy as np
 import onnx_ir as ir
@@ -128,25 +129,27 @@ REFERENCE_SAMPLES = 32  # samples the output SNRs against the weights-only refer
 
 @dataclasses.dataclass(frozen=True)
 class QuantizeConfig:
-    calibration: str = "minmax"  # minmax | percentile | entropy | mse | auto: per tensor, by its readers' error
-    percentile: float = 99.99
-    activations: str = "uint8"  # uint8 (asymmetric) | int8 (symmetric) | int16 (A16W8)
-    weights_only: bool = False
-    target: str = "auto"  # auto | vnni | avx2 | arm | gpu (onnxopt.passes.quantize.cpu_target)
-    samples: int = 256
+    # how activation ranges are chosen; auto: per tensor, the method whose error its readers feel least
+    calibration: Literal["minmax", "percentile", "entropy", "mse", "auto"] = "minmax"
+    percentile: float = 99.99  # calibration=percentile: the quantile kept
+    activations: Literal["uint8", "int8", "int16"] = "uint8"  # uint8 asymmetric, int8 symmetric, int16 = A16W8
+    weights_only: bool = False  # int8 weight storage only: float compute, a 4x smaller file
+    # the CPU the integer kernels are rounded for (7-bit weights without VNNI); auto: this machine's
+    target: Literal["auto", "vnni", "avx2", "arm", "gpu"] = "auto"
+    samples: int = 256  # calibration samples of --data
     exclude: str = ""  # regex on node names kept in float
-    fallback: str = "none"  # none | profile: keep float what runs slower in int8
+    fallback: Literal["none", "profile"] = "none"  # profile: keep float compute where int8 runs slower
     max_drop: float | None = None  # accuracy budget (onnxopt.optimizer.quality)
     # or: at most this many dB of output SNR (worst output) lost beyond the weights-only int8 model
     max_db_loss: float | None = None
-    eval_samples: int = 256
+    eval_samples: int = 256  # samples the budgets score on
     bias_correct: bool = False  # fold each layer's mean weight-rounding error into its bias
     profile_batch: int | None = None  # the batch fallback=profile times (default: the run's --batch, else 1)
     # fallback=profile keeps int8 compute only when it runs at most (1 - min_gain) x float's latency: else float
     # compute with int8 weight storage (float's speed, less error) serves better; a near-tie is noise
     min_gain: float = 0.03
-    rounding: str = "nearest"  # nearest | gptq: weight levels learned on the calibration data (gptq.py)
-    float_weights: str = "int8"  # int8 | float: how nodes that keep float compute store their weights
+    rounding: Literal["nearest", "gptq"] = "nearest"  # gptq: weight levels learned on the calibration data
+    float_weights: Literal["int8", "float"] = "int8"  # how nodes that keep float compute store weights
 
     def __post_init__(self) -> None:
         if self.calibration not in ("minmax", "percentile", "entropy", "mse", "auto"):
@@ -219,6 +222,8 @@ class QuantizeQDQPass(OptPass):
             tensors = self._activation_tensors(graph, self._chosen(graph, excluded))
             if not tensors:
                 return
+            if self.context is not None:
+                self.context.progress.phase(f"{self.name}: calibrating {len(tensors)} tensors")
             ranges = self._calibrate(model, tensors)
             excluded |= _mixed_range_joins(log, graph, self._chosen(graph, excluded), ranges)
         every = {n.name for n in self._chosen(graph, set())} | excluded
@@ -229,6 +234,7 @@ class QuantizeQDQPass(OptPass):
             log.note(f"precisions replayed from the plan: {len(every - excluded)} node(s) int8, nothing timed")
         elif self.config.fallback == "profile" or self.config.max_drop is not None or self.config.max_db_loss:
             reference = self._weights_only(model, exact) if self.config.max_db_loss is not None else None
+            self.require_context().progress.phase(f"{self.name}: profiling int8 against float, node by node")
             search = self._search(model, ranges, excluded, target, log, reference)
             decided = search.run(excluded)
             storage_serves = search.declined == "speed" or (search.declined == "budget" and reference is not None)
