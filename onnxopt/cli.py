@@ -45,6 +45,50 @@ from onnxopt.report.verdict import verdict
 EXIT_FALLBACK = 3
 
 
+#: An example block per command, shown under its --help.
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "optimize": (
+        "onnxopt optimize m.onnx m.int8.onnx --recipe int8 --data train.npz --eval-data eval.npz --report r.html",
+        "onnxopt optimize m.onnx out.onnx          # lossless: folds, dedup, cleanup; outputs proven equal",
+        "onnxopt optimize m.onnx out.onnx --recipe prune --data train.npz   # prune, refit, fine-tune (tf extra)",
+        "onnxopt optimize m.onnx out.onnx --passes lossless,quantize:max_drop=0.01 --data eval.npz",
+        "onnxopt optimize m.onnx out.onnx --recipe int8 --data d.npz --save-plan plan.json   # then --plan plan.json",
+    ),
+    "compare": (
+        "onnxopt compare model.onnx model.int8.onnx --data eval.npz",
+        "onnxopt compare model.onnx out.onnx --per-layer --json > cmp.json && onnxopt report cmp.json -o cmp.html",
+    ),
+    "bench": (
+        "onnxopt bench model.onnx model.int8.onnx --data eval.npz",
+        "onnxopt bench model.onnx out.onnx --batch 1,32 --seconds 5 --json",
+    ),
+    "inspect": (
+        "onnxopt inspect model.onnx",
+        "onnxopt inspect model.onnx --json",
+    ),
+    "report": (
+        "onnxopt report run.json -o run.html",
+        "onnxopt report int8.json prune.json -o both.md   # runs side by side",
+    ),
+    "passes": (
+        "onnxopt passes",
+        "onnxopt passes --json",
+    ),
+    "convert": (
+        "onnxopt convert model.keras -o model.onnx --nchw",
+        "onnxopt convert model.tflite -o model.onnx --data inputs.npz",
+    ),
+    "distill": (
+        "onnxopt distill --teacher model.onnx --student width=0.5 --data train.npz --eval-data eval.npz -o half.onnx",
+        "onnxopt distill --teacher model.keras --student small.keras --data train.npz -o small.onnx",
+    ),
+}
+
+
+def _epilog(command: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[command])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -135,7 +179,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"onnxopt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    opt = sub.add_parser("optimize", parents=[common, data], help="rewrite a model through a recipe of verified passes")
+    opt = sub.add_parser(
+        "optimize",
+        parents=[common, data],
+        help="rewrite a model through a recipe of verified passes",
+        epilog=_epilog("optimize"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     opt.add_argument("model")
     opt.add_argument("output_positional", nargs="?", metavar="OUT", help="the output file (onnxsim style; or -o OUT)")
     opt.add_argument("-o", "--output")
@@ -180,7 +230,13 @@ def _parser() -> argparse.ArgumentParser:
     opt.add_argument("--json", action="store_true", help="print the report as JSON")
     opt.set_defaults(func=_cmd_optimize)
 
-    cmp = sub.add_parser("compare", parents=[common, data], help="measure how closely CAND agrees with REF")
+    cmp = sub.add_parser(
+        "compare",
+        parents=[common, data],
+        help="measure how closely CAND agrees with REF",
+        epilog=_epilog("compare"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     cmp.add_argument("reference")
     cmp.add_argument("candidate")
     cmp.add_argument("--batch", type=int, help="batch size for models with a dynamic batch dimension")
@@ -194,7 +250,11 @@ def _parser() -> argparse.ArgumentParser:
     cmp.set_defaults(func=_cmd_compare)
 
     bench = sub.add_parser(
-        "bench", parents=[common, data], help="latency, throughput, memory of models, interleaved; first = baseline"
+        "bench",
+        parents=[common, data],
+        help="latency, throughput, memory of models, interleaved; first = baseline",
+        epilog=_epilog("bench"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench.add_argument("models", nargs="+", metavar="MODEL")
     bench.add_argument("--ep", default="cpu", help="execution providers, e.g. cpu,cuda,tensorrt (default cpu)")
@@ -213,7 +273,13 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
     bench.set_defaults(func=_cmd_bench)
 
-    ins = sub.add_parser("inspect", parents=[common], help="opset, signature, op histogram, size and MACs of a model")
+    ins = sub.add_parser(
+        "inspect",
+        parents=[common],
+        help="opset, signature, op histogram, size and MACs of a model",
+        epilog=_epilog("inspect"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ins.add_argument("model")
     ins.add_argument(
         "--input-shape", help="shapes for the MAC count, e.g. images:1x3x640x640 (default: as random data)"
@@ -221,14 +287,26 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("--json", action="store_true")
     ins.set_defaults(func=_cmd_inspect)
 
-    rep = sub.add_parser("report", parents=[common], help="render or compare earlier JSON reports")
+    rep = sub.add_parser(
+        "report",
+        parents=[common],
+        help="render or compare earlier JSON reports",
+        epilog=_epilog("report"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     rep.add_argument("reports", nargs="+", metavar="REPORT.json")
     rep.add_argument("-o", "--output", help="FILE.md, FILE.html or FILE.json (default: Markdown on stdout)")
     rep.set_defaults(func=_cmd_report)
 
     _add_tf_commands(sub, common)
 
-    lst = sub.add_parser("passes", parents=[common], help="list every pass with its parameters")
+    lst = sub.add_parser(
+        "passes",
+        parents=[common],
+        help="list every pass with its parameters",
+        epilog=_epilog("passes"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(func=_cmd_passes)
     return parser
@@ -391,7 +469,11 @@ def format_bench(result: BenchResult) -> str:
 def _add_tf_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """``convert`` and ``distill``: the commands that need the ``tf`` extra."""
     conv = sub.add_parser(
-        "convert", parents=[common], help="convert Keras/SavedModel/TFLite to ONNX, verified against the source"
+        "convert",
+        parents=[common],
+        help="convert Keras/SavedModel/TFLite to ONNX, verified against the source",
+        epilog=_epilog("convert"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     conv.add_argument("source", help="a .keras/.h5 file, a SavedModel folder, or a .tflite file")
     conv.add_argument("-o", "--output", required=True)
@@ -402,7 +484,11 @@ def _add_tf_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentP
     conv.set_defaults(func=_cmd_convert)
 
     dis = sub.add_parser(
-        "distill", parents=[common], help="train a smaller student (Keras or ONNX) on a teacher's outputs"
+        "distill",
+        parents=[common],
+        help="train a smaller student (Keras or ONNX) on a teacher's outputs",
+        epilog=_epilog("distill"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     dis.add_argument("--teacher", required=True, help="the teacher: .onnx (or .keras, converted first)")
     dis.add_argument(

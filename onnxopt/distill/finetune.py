@@ -54,6 +54,7 @@ class FinetuneConfig:
     seed: int = 0
     # function matching (Beyer et al. 2022): train on mixes of two samples, the teacher run on the same mix
     mixup: float = 0.0  # Beta(mixup, mixup) mixing weights; 0: the samples as they are
+    only: frozenset[str] | None = None  # train just these initializers; None: every trainable weight
 
     def __post_init__(self) -> None:
         if self.mixup < 0:
@@ -130,7 +131,7 @@ def finetune(
         raise DataError(f"fine-tuning needs at least 2 samples, got {count}")
     train_idx, hold_idx = np.sort(order[held:]), np.sort(order[:held])
 
-    twin = GraphModel(student)
+    twin = GraphModel(student, only=set(config.only) if config.only is not None else None)
     first = {k: v[train_idx[: config.batch]] for k, v in inputs.items()}
     twin_error = check_against(twin, Runner(batch_free(student)).run, first)
     names = twin.output_names

@@ -66,7 +66,8 @@ def _str(value: object, default: str) -> str:
 class GraphModel:
     """``model(feeds)`` -> {output name: tf.Tensor}; ``variables`` hold the trainable initializers."""
 
-    def __init__(self, proto: onnx.ModelProto) -> None:
+    def __init__(self, proto: onnx.ModelProto, *, only: set[str] | None = None) -> None:
+        """``only``: train just these initializers (names); the other weights stay constants."""
         from onnxopt.convert import tf_import
 
         self.tf = tf_import.tensorflow()
@@ -83,6 +84,8 @@ class GraphModel:
             for i in TRAINABLE_INPUTS.get(node.op_type, ())
             if i < len(node.input) and node.input[i] in initializers and initializers[node.input[i]].dtype == np.float32
         }
+        if only is not None:
+            trainable &= set(only)
         self.variables = {
             name: self.tf.Variable(initializers[name], name=_safe(name), trainable=True) for name in sorted(trainable)
         }

@@ -22,12 +22,13 @@ does not match onnxruntime, outputs that differ from the original's.
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import numpy as np
 import onnx_ir as ir
 
 from onnxopt.errors import OnnxoptError
-from onnxopt.passes.base import OptPass, PassLog
+from onnxopt.passes.base import INPUTS_PRUNED, KEPT_OUTPUTS, OptPass, PassLog
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +45,9 @@ class DistillPassConfig:
     # the result must stay within this of the original on the held-back samples (accuracy with labels, else
     # top-1 agreement); missing it exits 3 -- the model is still written, never passed off as fine
     max_drop: float | None = None
+    # which weights train: all of them, or only the layers pruning changed (lost output channels or input
+    # slices) -- the rest keeps what it learned, which holds up better when the data is small
+    train: Literal["all", "pruned"] = "all"
 
     def __post_init__(self) -> None:
         if self.max_drop is not None and not 0 <= self.max_drop < 1:
@@ -81,7 +85,11 @@ class DistillPass(OptPass):
             epochs=self.config.epochs, batch=self.config.batch, learning_rate=self.config.learning_rate,
             temperature=self.config.temperature, alpha=self.config.alpha, holdout=self.config.holdout,
             time_budget=self.config.time_budget, seed=context.seed, mixup=self.config.mixup,
+            only=_pruned_weights(model) if self.config.train == "pruned" else None,
         )  # fmt: skip
+        if config.only is not None and not config.only:
+            log.skip("model", "train=pruned: no layer was pruned before distill (run prune-channels first)")
+            return
         student = ir.serde.serialize_model(model)
         teacher = ir.serde.serialize_model(context.original_model())
         try:
@@ -130,6 +138,16 @@ class DistillPass(OptPass):
             log.miss(f"{measured} {where}: a drop of {drop:.4f} > max_drop {self.config.max_drop:g}")
         else:
             log.note(f"budget met: {measured} {where} (drop {drop:.4f} <= {self.config.max_drop:g})")
+
+
+def _pruned_weights(model: ir.Model) -> frozenset[str]:
+    """Weight and bias initializers of the layers prune-channels changed (recorded in ``node.meta``)."""
+    names = set()
+    for node in model.graph:
+        if node.meta.get(KEPT_OUTPUTS) is None and not node.meta.get(INPUTS_PRUNED):
+            continue
+        names.update(v.name for v in node.inputs[1:] if v is not None and v.name and v.is_initializer())
+    return frozenset(names)
 
 
 def _gather(context, limit: int) -> tuple[dict[str, np.ndarray], np.ndarray | None]:

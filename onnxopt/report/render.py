@@ -346,7 +346,7 @@ def _tradeoff(reports: list[dict[str, Any]]) -> list[Block]:
         points.setdefault(
             r["input"]["path"], plots.Candidate("original", base["latency"]["p50_ms"], ref_q, base["file_bytes"])
         )
-        recipe = ",".join(e["name"] for e in r["recipe"])
+        recipe = r.get("recipe_name") or ",".join(e["name"] for e in r["recipe"])
         name = recipe if len(recipe) <= 24 else recipe[:22] + "…"
         points[r["output"]["path"]] = plots.Candidate(name, cand["latency"]["p50_ms"], cand_q, cand["file_bytes"])
     if not points:
