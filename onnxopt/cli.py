@@ -507,6 +507,7 @@ def _add_tf_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentP
     dis.add_argument("--holdout", type=float, default=0.2, help="fraction of the data kept for evaluation")
     dis.add_argument("--eval-data", help="evaluate on this data instead of a --holdout split (all of --data trains)")
     dis.add_argument("--seed", type=int, default=0)
+    dis.add_argument("--time-budget", type=float, metavar="S", help="stop training after S seconds")
     dis.add_argument("--save-keras", help="also save the trained student as .keras")
     dis.set_defaults(func=_cmd_distill)
 
@@ -537,6 +538,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate,
         holdout=args.holdout,
         seed=args.seed,
+        time_budget=args.time_budget,
     )
     result = distill(
         args.teacher,

@@ -271,3 +271,21 @@ def test_misspelt_names_get_a_suggestion(args, suggestion, capsys, tmp_path, mon
     monkeypatch.chdir(tmp_path)
     assert suggestion in one_line_error(args, capsys)
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_the_summary_opens_with_the_verdict_and_quiet_prints_only_it(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "w.onnx"
+    train = tmp_path / "fit.npz"
+    with np.load(EVAL) as data:
+        np.savez(train, image=data["image"][:200], labels=data["labels"][:200])
+    args = ["optimize", str(MODEL), str(out), "--passes", "quantize:weights_only=true", "--data", str(train)]
+    assert main([*args, "--eval-data", str(EVAL), "--bench", "--bench-seconds", "0.2"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("passes quantize: ") and "x smaller; latency " in first
+    assert any(word in first for word in ("(faster)", "(slower)", "(no measurable difference)"))
+    assert "pts (1000 held-out samples)" in first
+    assert "avx" in first or "integer features" in first or "neon" in first  # the CPU's integer features
+    assert main([*args, "-q"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and "latency not measured" in printed[0]
+    assert "which the passes also fitted on" in printed[0]

@@ -239,3 +239,10 @@ def test_prune_prunes_less_without_enough_data(tmp_path) -> None:
     result = optimize(path, tmp_path / "o.onnx", passes="prune-channels:ratio=0.5;without_data_ratio=0.2")
     record = next(r for r in result.pipeline.records if r.name == "prune-channels")
     assert any("no --data" in n and "0.2 of the channels instead of 0.5" in n for n in record.notes)
+
+
+def test_a_time_budget_stops_training_and_says_so() -> None:
+    teacher, student = _cnn(0), _cnn(1)
+    inputs = {"x": RNG.normal(0, 1, (64, 1, 8, 8)).astype(np.float32)}
+    result = finetune(student, teacher, inputs, FinetuneConfig(epochs=1000, batch=8, time_budget=1e-3, seed=0))
+    assert result.stopped_by_budget and len(result.history) == 1  # the epoch running at the limit is the last

@@ -46,8 +46,11 @@ class DistillConfig:
     learning_rate: float = 1e-3
     holdout: float = 0.2
     seed: int = 0
+    time_budget: float | None = None  # seconds of training at most (the epoch running then is the last)
 
     def __post_init__(self) -> None:
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise OnnxoptError("--time-budget must be positive")
         if self.temperature <= 0:
             raise OnnxoptError("--temperature must be positive")
         if not 0 <= self.alpha <= 1:
@@ -153,7 +156,7 @@ def distill(
         batch_size=config.batch,
         shuffle=True,
         verbose=0,
-        callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=report)],
+        callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=report), _time_budget(keras, config.time_budget)],
     )
     model.set_weights(trainable.get_weights())  # the trained weights under the original (softmax) head
 
@@ -187,6 +190,20 @@ def distill(
     )
 
 
+def _time_budget(keras, seconds: float | None):
+    """A callback that stops training after the batch that exhausts ``seconds`` (no limit when None)."""
+    import time
+
+    started = time.perf_counter()
+
+    def check(batch: int, logs: dict | None = None) -> None:
+        if seconds is not None and time.perf_counter() - started > seconds:
+            callback.model.stop_training = True
+
+    callback = keras.callbacks.LambdaCallback(on_train_batch_end=check)
+    return callback
+
+
 def _onnx_student(teacher: str | os.PathLike[str], student: str) -> bool:
     """An ONNX student (``S.onnx``), or ``width=F`` of an ONNX teacher: fine-tuned in place of a Keras one."""
     if student.lower().endswith(".onnx"):
@@ -214,7 +231,8 @@ def _distill_onnx(
     result = finetune(
         student_proto, teacher_proto, {name: inputs[train_idx]},
         FinetuneConfig(epochs=config.epochs, batch=config.batch, learning_rate=config.learning_rate,
-                       temperature=config.temperature, alpha=config.alpha, seed=config.seed),
+                       temperature=config.temperature, alpha=config.alpha, seed=config.seed,
+                       time_budget=config.time_budget),
         labels=labels[train_idx] if labels is not None else None, on_epoch=on_epoch,
     )  # fmt: skip
     written = io.save(result.model, output)
