@@ -35,8 +35,8 @@ from onnxopt.passes.base import INPUTS_PRUNED, KEPT_OUTPUTS, OptPass, PassLog
 class DistillPassConfig:
     epochs: int = 5
     batch: int = 32
-    learning_rate: float = 1e-4
-    temperature: float = 4.0
+    learning_rate: float = 1e-3  # Adam, cosine-decayed over the epochs
+    temperature: float = 2.0
     alpha: float = 0.9  # weight of the teacher's soft targets when the data has labels
     holdout: float = 0.1  # of the data, held back from training to pick the best epoch
     samples: int = 4096  # samples of --data trained on (all of them when fewer)
@@ -48,6 +48,7 @@ class DistillPassConfig:
     # which weights train: all of them, or only the layers pruning changed (lost output channels or input
     # slices) -- the rest keeps what it learned, which holds up better when the data is small
     train: Literal["all", "pruned"] = "all"
+    hard: float = 0.0  # weight of a cross-entropy with the original's top-1 class per position
 
     def __post_init__(self) -> None:
         if self.max_drop is not None and not 0 <= self.max_drop < 1:
@@ -85,7 +86,7 @@ class DistillPass(OptPass):
             epochs=self.config.epochs, batch=self.config.batch, learning_rate=self.config.learning_rate,
             temperature=self.config.temperature, alpha=self.config.alpha, holdout=self.config.holdout,
             time_budget=self.config.time_budget, seed=context.seed, mixup=self.config.mixup,
-            only=_pruned_weights(model) if self.config.train == "pruned" else None,
+            only=_pruned_weights(model) if self.config.train == "pruned" else None, hard=self.config.hard,
         )  # fmt: skip
         if config.only is not None and not config.only:
             log.skip("model", "train=pruned: no layer was pruned before distill (run prune-channels first)")
