@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
+#: Starts every plain progress line (stderr not a terminal), so logs and scripts can tell them from errors.
+PLAIN_PREFIX = "onnxopt progress: "
+
 
 class Progress(Protocol):
     def start(self, description: str, total: int | None = None) -> None:
@@ -83,7 +86,7 @@ class RichProgress:
     def _line(self, text: str) -> None:
         import sys
 
-        print(f"onnxopt: {text}", file=sys.stderr, flush=True)
+        print(f"{PLAIN_PREFIX}{text}", file=sys.stderr, flush=True)
 
     def finish(self) -> None:
         if self._task is not None:

@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxopt import io
 from onnxopt.cli import main
 from onnxopt.io import writing
+from onnxopt.progress import PLAIN_PREFIX
 
 MODEL = BUNDLED / "model.onnx"
 ENV = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
@@ -71,7 +72,8 @@ def _wait_for(condition, timeout: float = 60.0) -> bool:
 
 
 def _one_line(stderr: str) -> str:
-    lines = stderr.strip().splitlines()
+    """The one line a failed run leaves on stderr, besides its plain progress lines (stderr is a pipe here)."""
+    lines = [line for line in stderr.strip().splitlines() if not line.startswith(PLAIN_PREFIX)]
     assert len(lines) == 1, stderr
     return lines[0]
 

@@ -181,7 +181,7 @@ def test_exit_status_3_when_the_requested_lossy_pass_did_not_apply(tmp_path: Pat
     out = tmp_path / "out.onnx"
     done = _cli("optimize", str(path), "-o", str(out), "--passes", "quantize")
     assert done.returncode == 3, done.stderr
-    (line,) = [x for x in done.stderr.splitlines() if x.startswith("onnxopt:")]
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("onnxopt:")]  # progress: "onnxopt progress:"
     assert "quantize declined" in line and "--allow-fallback" in line
     assert out.exists()  # the output is still written
     allowed = _cli("optimize", str(path), "-o", str(out), "--passes", "quantize", "--allow-fallback")
