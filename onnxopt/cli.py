@@ -15,7 +15,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from onnxopt import __version__, io
 from onnxopt.api import OptimizeOptions, bench_files, compare_files, optimize
@@ -85,8 +85,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _epilog(command: str) -> str:
-    return "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[command])
+def _command(sub: argparse._SubParsersAction, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand whose --help ends with its block of :data:`EXAMPLES`."""
+    epilog = "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[name])
+    return sub.add_parser(name, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -179,12 +181,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"onnxopt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    opt = sub.add_parser(
+    opt = _command(
+        sub,
         "optimize",
         parents=[common, data],
         help="rewrite a model through a recipe of verified passes",
-        epilog=_epilog("optimize"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     opt.add_argument("model")
     opt.add_argument("output_positional", nargs="?", metavar="OUT", help="the output file (onnxsim style; or -o OUT)")
@@ -230,12 +231,11 @@ def _parser() -> argparse.ArgumentParser:
     opt.add_argument("--json", action="store_true", help="print the report as JSON")
     opt.set_defaults(func=_cmd_optimize)
 
-    cmp = sub.add_parser(
+    cmp = _command(
+        sub,
         "compare",
         parents=[common, data],
         help="measure how closely CAND agrees with REF",
-        epilog=_epilog("compare"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     cmp.add_argument("reference")
     cmp.add_argument("candidate")
@@ -249,12 +249,11 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--json", action="store_true")
     cmp.set_defaults(func=_cmd_compare)
 
-    bench = sub.add_parser(
+    bench = _command(
+        sub,
         "bench",
         parents=[common, data],
         help="latency, throughput, memory of models, interleaved; first = baseline",
-        epilog=_epilog("bench"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench.add_argument("models", nargs="+", metavar="MODEL")
     bench.add_argument("--ep", default="cpu", help="execution providers, e.g. cpu,cuda,tensorrt (default cpu)")
@@ -273,12 +272,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
     bench.set_defaults(func=_cmd_bench)
 
-    ins = sub.add_parser(
+    ins = _command(
+        sub,
         "inspect",
         parents=[common],
         help="opset, signature, op histogram, size and MACs of a model",
-        epilog=_epilog("inspect"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ins.add_argument("model")
     ins.add_argument(
@@ -287,12 +285,11 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("--json", action="store_true")
     ins.set_defaults(func=_cmd_inspect)
 
-    rep = sub.add_parser(
+    rep = _command(
+        sub,
         "report",
         parents=[common],
         help="render or compare earlier JSON reports",
-        epilog=_epilog("report"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     rep.add_argument("reports", nargs="+", metavar="REPORT.json")
     rep.add_argument("-o", "--output", help="FILE.md, FILE.html or FILE.json (default: Markdown on stdout)")
@@ -300,12 +297,11 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_tf_commands(sub, common)
 
-    lst = sub.add_parser(
+    lst = _command(
+        sub,
         "passes",
         parents=[common],
         help="list every pass with its parameters",
-        epilog=_epilog("passes"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(func=_cmd_passes)
@@ -348,7 +344,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     elif args.quiet:
         print(verdict(report))
     else:
-        print(format_optimize_summary(result, verbose=args.verbose))
+        print(format_optimize_summary(result, verbose=args.verbose, report=report))
         if result.latency is not None:
             print("\n" + format_bench(result.latency))
         if result.comparison.layers is not None:
@@ -468,12 +464,11 @@ def format_bench(result: BenchResult) -> str:
 
 def _add_tf_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """``convert`` and ``distill``: the commands that need the ``tf`` extra."""
-    conv = sub.add_parser(
+    conv = _command(
+        sub,
         "convert",
         parents=[common],
         help="convert Keras/SavedModel/TFLite to ONNX, verified against the source",
-        epilog=_epilog("convert"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     conv.add_argument("source", help="a .keras/.h5 file, a SavedModel folder, or a .tflite file")
     conv.add_argument("-o", "--output", required=True)
@@ -483,12 +478,11 @@ def _add_tf_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentP
     conv.add_argument("--seed", type=int, default=0)
     conv.set_defaults(func=_cmd_convert)
 
-    dis = sub.add_parser(
+    dis = _command(
+        sub,
         "distill",
         parents=[common],
         help="train a smaller student (Keras or ONNX) on a teacher's outputs",
-        epilog=_epilog("distill"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     dis.add_argument("--teacher", required=True, help="the teacher: .onnx (or .keras, converted first)")
     dis.add_argument(
@@ -595,11 +589,14 @@ def _cmd_passes(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_optimize_summary(result: OptimizeResult, *, verbose: bool = False) -> str:
-    """The before/after summary ``onnxopt optimize`` prints (``verbose``: every decline reason)."""
+def format_optimize_summary(
+    result: OptimizeResult, *, verbose: bool = False, report: dict[str, Any] | None = None
+) -> str:
+    """The before/after summary ``onnxopt optimize`` prints (``verbose``: every decline reason); ``report``: the
+    run's report JSON when the caller has built it already (the verdict line is read from it)."""
     pipe, cmp = result.pipeline, result.comparison
     lines = [
-        verdict(optimize_report(result)),
+        verdict(report if report is not None else optimize_report(result)),
         f"onnxopt optimize {result.input_path} -> {result.output_path}",
         f"  data: {result.data}; {cmp.samples} samples compared"
         + (f" (held out: the passes fitted on {result.fit_data})" if result.held_out else ""),

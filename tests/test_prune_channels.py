@@ -332,3 +332,27 @@ def test_grouped_convolution_over_concatenated_channels_is_declined() -> None:
     _, outcome = apply(model, PruneChannelsPass(PruneChannelsConfig(ratio=0.5)))
     assert not outcome.modified
     assert any("grouped convolution (group 2) over mixed channels" in s for s in outcome.skipped)
+
+
+def test_a_collapsed_prune_is_caught_even_when_nothing_can_fine_tune_it(tmp_path, monkeypatch) -> None:
+    """distill's max_drop still judges the pruned model when training cannot run (no TensorFlow here): on the
+    same held-back samples, in onnxruntime alone -- the run falls back (exit 3) instead of passing it off."""
+    from onnxopt.api import optimize
+    from onnxopt.errors import OnnxoptError
+    from onnxopt.passes import distill
+
+    def no_tensorflow(*args, **kwargs):
+        raise OnnxoptError("TensorFlow is not installed: pip install 'onnxopt[tf]'")
+
+    monkeypatch.setattr(distill, "finetune", no_tensorflow)
+    with np.load(BUNDLED / "eval.npz") as data:
+        np.savez(tmp_path / "d.npz", image=data["image"][:300])  # no labels: agreement with the original
+    spec = "prune-channels:ratio=0.9,distill:max_drop=0.01"
+    result = optimize(BUNDLED / "model.onnx", tmp_path / "o.onnx", passes=spec, data=str(tmp_path / "d.npz"))
+    record = next(r for r in result.pipeline.records if r.name == "distill")
+    assert "TensorFlow is not installed" in " ".join(record.skipped)
+    assert result.fell_back and any("untrained; agreement with the original" in f for f in result.fallbacks)
+    kept = optimize(
+        BUNDLED / "model.onnx", tmp_path / "k.onnx", passes="distill:max_drop=0.01", data=str(tmp_path / "d.npz")
+    )
+    assert not any("missed its budget" in f for f in kept.fallbacks)  # nothing pruned: the budget holds

@@ -94,7 +94,7 @@ def run_subject(subject: Subject, folder: Path, seconds: float) -> list[dict[str
         result = optimize(source, out, passes=spec, data=str(train))
         took = time.perf_counter() - start
         notes = [n for r in result.pipeline.records if r.name == "distill" for n in r.notes]
-        feeds = _timing_feeds(source, train)
+        feeds = _timing_feeds(train)
         ratio = paired_ratio(source, out, "CPUExecutionProvider", feeds, seconds=seconds)
         rows.append({
             "model": subject.name, "variant": label, "ratio": subject.ratio,
@@ -141,7 +141,7 @@ def _task(subject: Subject, work: Path):
     return source, train_path, score_real
 
 
-def _timing_feeds(source: Path, train: Path) -> dict[str, np.ndarray]:
+def _timing_feeds(train: Path) -> dict[str, np.ndarray]:
     with np.load(train) as data:
         return {k: data[k][:1] for k in data.files if k != "labels"}
 

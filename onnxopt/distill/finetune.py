@@ -76,6 +76,7 @@ class FinetuneConfig:
 @dataclasses.dataclass
 class FinetuneResult:
     model: onnx.ModelProto  # the student with its trained weights
+    weights: dict[str, np.ndarray]  # the kept values of every trained initializer, by name
     history: list[dict[str, float]]  # per epoch: loss and held-back agreement
     before: float  # held-back agreement (or SNR score) before training
     after: float  # ... of the kept weights
@@ -93,6 +94,7 @@ class FinetuneResult:
 def output_kinds(proto: onnx.ModelProto) -> dict[str, str]:
     """``"classes"`` or ``"values"`` per graph output (see the module docstring)."""
     producers = {out: node for node in proto.graph.node for out in node.output}
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
     kinds = {}
     for output in proto.graph.output:
         node = producers.get(output.name)
@@ -101,11 +103,47 @@ def output_kinds(proto: onnx.ModelProto) -> dict[str, str]:
         dims = output.type.tensor_type.shape.dim
         last = dims[-1].dim_value if dims else 0
         is_scores = node is not None and (
-            node.op_type in ("Softmax", "LogSoftmax")
+            (node.op_type in ("Softmax", "LogSoftmax") and _over_last_axis(node, len(dims), opset))
             or (node.op_type in ("Gemm", "MatMul", "Conv") and (last >= 2 or not dims or not last))
         )
         kinds[output.name] = "classes" if is_scores else "values"
     return kinds
+
+
+def _over_last_axis(node: onnx.NodeProto, rank: int, opset: int) -> bool:
+    """A Softmax normalizing the last axis (the class axis the loss uses); an unknown rank passes."""
+    axis = next((a.i for a in node.attribute if a.name == "axis"), -1 if opset >= 13 else 1)
+    return rank == 0 or axis in (-1, rank - 1)
+
+
+def held_back_split(count: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training, held-back) sample indices: a seeded ``holdout`` fraction (at least one) is held back."""
+    order = np.random.default_rng(seed).permutation(count)
+    held = max(1, round(holdout * count))
+    if count - held < 1:
+        raise DataError(f"fine-tuning needs at least 2 samples, got {count}")
+    return np.sort(order[held:]), np.sort(order[:held])
+
+
+def agreement_with(
+    student: onnx.ModelProto, teacher: onnx.ModelProto, inputs: dict[str, np.ndarray], batch: int = 32
+) -> float:
+    """Top-1 agreement of ``student`` with ``teacher`` on ``inputs`` in onnxruntime alone (no TensorFlow):
+    per position for sequence outputs, ``1 - relative MSE`` for outputs that are not class scores."""
+    runners = [Runner(batch_free(m)) for m in (student, teacher)]
+    probabilities = {out for node in teacher.graph.node if node.op_type == "Softmax" for out in node.output}
+    names = [o.name for o in teacher.graph.output]
+    if [o.name for o in student.graph.output] != names:
+        raise OnnxoptError("the student's outputs must be the teacher's (same names, same order)")
+    kinds = output_kinds(student)
+    count = len(next(iter(inputs.values())))
+    total = 0.0
+    for start in range(0, count, batch):
+        feeds = {k: v[start : start + batch] for k, v in inputs.items()}
+        got, want = (r.run(feeds) for r in runners)
+        logs = [_target(n, w, probabilities, kinds) for n, w in zip(names, want, strict=True)]
+        total += len(next(iter(feeds.values()))) * _agreement(got, logs, [kinds[n] for n in names])
+    return total / max(count, 1)
 
 
 def finetune(
@@ -128,12 +166,7 @@ def finetune(
     tf.config.experimental.enable_op_determinism()
     started = time.perf_counter()
 
-    count = len(next(iter(inputs.values())))
-    order = np.random.default_rng(config.seed).permutation(count)
-    held = max(1, round(config.holdout * count))
-    if count - held < 1:
-        raise DataError(f"fine-tuning needs at least 2 samples, got {count}")
-    train_idx, hold_idx = np.sort(order[held:]), np.sort(order[:held])
+    train_idx, hold_idx = held_back_split(len(next(iter(inputs.values()))), config.holdout, config.seed)
 
     twin = GraphModel(student, only=set(config.only) if config.only is not None else None)
     first = {k: v[train_idx[: config.batch]] for k, v in inputs.items()}
@@ -147,7 +180,7 @@ def finetune(
 
     def teacher_outputs(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         outs = teacher_runner.run(feeds)
-        return [np.log(np.maximum(o, 1e-12)) if n in probabilities else o for n, o in zip(names, outs, strict=True)]
+        return [_target(n, o, probabilities, kinds) for n, o in zip(names, outs, strict=True)]
 
     def teacher_targets(idx: np.ndarray) -> list[np.ndarray]:
         return teacher_outputs({k: v[idx] for k, v in inputs.items()})
@@ -172,8 +205,10 @@ def finetune(
     steps = -(-len(train_idx) // config.batch) * config.epochs
     schedule = tf.keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=max(steps, 1))
     optimizer = tf.keras.optimizers.Adam(schedule)
-    temperature, alpha = config.temperature, config.alpha if labels is not None else 1.0
-    class_axis = {n: -1 for n in names}
+    # labels teach only a single [N, C] classifier output (a sequence head has no per-sample class)
+    classifier = len(names) == 1 and kinds[names[0]] == "classes" and holdout_targets[0][0].ndim == 2
+    use_labels = labels is not None and classifier
+    temperature, alpha = config.temperature, config.alpha if use_labels else 1.0
     best_loss, before = score()
     best, best_weights, best_epoch = before, twin.weights(), 0
     history: list[dict[str, float]] = []
@@ -197,12 +232,12 @@ def finetune(
                 for name, target in zip(names, targets, strict=True):
                     student_out = got[twin.logits_of.get(name, name)]
                     if kinds[name] == "classes":
-                        loss += _kl(tf, student_out, target, temperature, class_axis[name])
+                        loss += _kl(tf, student_out, target, temperature, -1)
                         if config.hard:
                             loss += config.hard * _hard_ce(tf, student_out, target)
                     else:
                         loss += _mse(tf, student_out, target)
-                if labels is not None and alpha < 1 and not mixed:
+                if use_labels and alpha < 1 and not mixed:
                     head = got[twin.logits_of.get(names[0], names[0])]
                     loss = alpha * loss + (1 - alpha) * tf.reduce_mean(
                         tf.nn.sparse_softmax_cross_entropy_with_logits(labels[idx].astype(np.int64), head)
@@ -228,14 +263,15 @@ def finetune(
     for name, value in best_weights.items():
         twin.variables[name].assign(value)
     teacher_accuracy = student_accuracy = None
-    if labels is not None and len(names) == 1 and holdout_targets[0][0].ndim == 2:
-        truth = labels[hold_idx]
+    if use_labels:
+        truth = labels[hold_idx]  # type: ignore[index]
         teacher_accuracy = float(np.mean(np.concatenate([t[0].argmax(1) for t in holdout_targets]) == truth))
         guesses = [np.asarray(_student_outputs(twin, names, inputs, idx)[0]).argmax(1) for idx in batches]
         student_accuracy = float(np.mean(np.concatenate(guesses) == truth))
     check_against(twin, Runner(batch_free(trained)).run, first)
     return FinetuneResult(
-        model=trained, history=history, before=before, after=best, best_epoch=best_epoch, twin_error=twin_error,
+        model=trained, weights=best_weights, history=history, before=before, after=best, best_epoch=best_epoch,
+        twin_error=twin_error,
         train_samples=len(train_idx), holdout_samples=len(hold_idx), seconds=time.perf_counter() - started,
         stopped_by_budget=stopped, teacher_accuracy=teacher_accuracy, student_accuracy=student_accuracy,
     )  # fmt: skip
@@ -253,6 +289,14 @@ def write_back(proto: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx.M
                 raise UnsupportedOp(f"fine-tuning changed the shape of {tensor.name}: {old.shape} -> {array.shape}")
             tensor.CopyFrom(numpy_helper.from_array(array.astype(old.dtype), tensor.name))
     return out
+
+
+def _target(name: str, output: np.ndarray, probabilities: set[str], kinds: dict[str, str]) -> np.ndarray:
+    """The teacher's output as a training target: a Softmax's class probabilities become log-probabilities
+    (logits of the same softmax); everything else as it is."""
+    if name in probabilities and kinds[name] == "classes":
+        return np.log(np.maximum(output, 1e-12))
+    return output
 
 
 def _mix(feeds: dict[str, np.ndarray], rng: np.random.Generator, concentration: float) -> dict[str, np.ndarray]:

@@ -219,7 +219,7 @@ def _distill_onnx(
     fine-tuned on the teacher's outputs (:mod:`onnxopt.distill.finetune`) and written with its weights."""
     import onnx
 
-    from onnxopt.distill.finetune import FinetuneConfig, finetune
+    from onnxopt.distill.finetune import FinetuneConfig, agreement_with, finetune
 
     teacher_proto = io.read_supported(teacher).proto
     student_proto = _narrower_onnx(teacher, student, config.seed) if student.startswith("width=") else (
@@ -236,21 +236,17 @@ def _distill_onnx(
         labels=labels[train_idx] if labels is not None else None, on_epoch=on_epoch,
     )  # fmt: skip
     written = io.save(result.model, output)
+    held_out = {name: inputs[eval_idx]}
+    agreement = agreement_with(result.model, teacher_proto, held_out, config.batch)  # per position for sequences
     head = classifier_output_index(teacher_runner)
-    index = head if head is not None else 0
-    teacher_out = _run(teacher_runner, inputs[eval_idx], index, config.batch)
-    student_out = _run(Runner(written), inputs[eval_idx], index, config.batch)
-    shape = (len(eval_idx), -1, teacher_out.shape[-1] if head is not None else 1)
-    if head is None:  # not a classifier: top-1 per position of the first output's last axis
-        full = teacher_runner.run({name: inputs[eval_idx[:1]]})[0]
-        shape = (len(eval_idx), -1, full.shape[-1])
-    agreement = float((student_out.reshape(shape).argmax(-1) == teacher_out.reshape(shape).argmax(-1)).mean())
     metric = "accuracy" if labels is not None and head is not None else "top-1 agreement with the teacher"
+    student_score, teacher_score = agreement, None
     if metric == "accuracy":
+        assert labels is not None and head is not None
+        teacher_out = _run(teacher_runner, held_out[name], head, config.batch)
+        student_out = _run(Runner(written), held_out[name], head, config.batch)
         student_score = float((student_out.argmax(axis=1) == labels[eval_idx]).mean())
-        teacher_score: float | None = float((teacher_out.argmax(axis=1) == labels[eval_idx]).mean())
-    else:
-        student_score, teacher_score = agreement, None
+        teacher_score = float((teacher_out.argmax(axis=1) == labels[eval_idx]).mean())
     history = [{"epoch": r["epoch"], "loss": r["loss"], "held_out": r["held_back"]} for r in result.history]
     return DistillResult(
         output=written, keras_output=None, metric=metric, teacher_score=teacher_score, student_score=student_score,

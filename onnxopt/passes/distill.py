@@ -27,6 +27,7 @@ from typing import Literal
 import numpy as np
 import onnx_ir as ir
 
+from onnxopt.distill.finetune import FinetuneConfig, FinetuneResult, agreement_with, finetune, held_back_split
 from onnxopt.errors import OnnxoptError
 from onnxopt.passes.base import INPUTS_PRUNED, KEPT_OUTPUTS, OptPass, PassLog
 
@@ -39,28 +40,29 @@ class DistillPassConfig:
     temperature: float = 2.0
     alpha: float = 0.9  # weight of the teacher's soft targets when the data has labels
     holdout: float = 0.1  # of the data, held back from training to pick the best epoch
-    samples: int = 4096  # samples of --data trained on (all of them when fewer)
     time_budget: float | None = None  # seconds of training at most
     mixup: float = 0.0  # > 0: train on Beta(mixup, mixup) blends of two samples, the teacher run on the blend
+    hard: float = 0.0  # weight of a cross-entropy with the original's top-1 class per position
+    # -- the pass's own parameters (the ones above are FinetuneConfig's)
+    samples: int = 4096  # samples of --data trained on (all of them when fewer)
     # the result must stay within this of the original on the held-back samples (accuracy with labels, else
     # top-1 agreement); missing it exits 3 -- the model is still written, never passed off as fine
     max_drop: float | None = None
     # which weights train: all of them, or only the layers pruning changed (lost output channels or input
     # slices) -- the rest keeps what it learned, which holds up better when the data is small
     train: Literal["all", "pruned"] = "all"
-    hard: float = 0.0  # weight of a cross-entropy with the original's top-1 class per position
 
     def __post_init__(self) -> None:
+        if self.samples < 2:
+            raise ValueError("samples must be at least 2")
         if self.max_drop is not None and not 0 <= self.max_drop < 1:
             raise ValueError("max_drop must be in [0, 1)")
-        if self.epochs < 1 or self.batch < 1 or self.samples < 2:
-            raise ValueError("epochs and batch must be at least 1, samples at least 2")
-        if self.learning_rate <= 0 or self.temperature <= 0:
-            raise ValueError("learning_rate and temperature must be positive")
-        if not 0 <= self.alpha <= 1 or not 0 < self.holdout < 1:
-            raise ValueError("alpha must be in [0, 1] and holdout in (0, 1)")
-        if self.time_budget is not None and self.time_budget <= 0:
-            raise ValueError("time_budget must be positive")
+        self.finetune_config(seed=0)  # FinetuneConfig checks the training parameters
+
+    def finetune_config(self, *, seed: int, only: frozenset[str] | None = None) -> FinetuneConfig:
+        shared = {f.name for f in dataclasses.fields(FinetuneConfig)}
+        values = {k: v for k, v in dataclasses.asdict(self).items() if k in shared}
+        return FinetuneConfig(**values, seed=seed, only=only)
 
 
 class DistillPass(OptPass):
@@ -76,27 +78,19 @@ class DistillPass(OptPass):
         if context.is_random:
             log.skip("model", "distillation learns from the run's data: give --data (random inputs teach nothing)")
             return
-        try:
-            from onnxopt.distill.finetune import FinetuneConfig, finetune
-            from onnxopt.distill.graph_model import UnsupportedOp
-        except ImportError as e:  # pragma: no cover - the package is part of onnxopt
-            raise OnnxoptError(str(e)) from e
         inputs, labels = _gather(context, self.config.samples)
-        config = FinetuneConfig(
-            epochs=self.config.epochs, batch=self.config.batch, learning_rate=self.config.learning_rate,
-            temperature=self.config.temperature, alpha=self.config.alpha, holdout=self.config.holdout,
-            time_budget=self.config.time_budget, seed=context.seed, mixup=self.config.mixup,
-            only=_pruned_weights(model) if self.config.train == "pruned" else None, hard=self.config.hard,
-        )  # fmt: skip
-        if config.only is not None and not config.only:
+        only = _pruned_weights(model) if self.config.train == "pruned" else None
+        if only is not None and not only:
             log.skip("model", "train=pruned: no layer was pruned before distill (run prune-channels first)")
             return
+        config = self.config.finetune_config(seed=context.seed, only=only)
         student = ir.serde.serialize_model(model)
         teacher = ir.serde.serialize_model(context.original_model())
         try:
             result = finetune(student, teacher, inputs, config, labels=labels, progress=context.progress)
-        except (UnsupportedOp, OnnxoptError) as e:
+        except OnnxoptError as e:  # no TensorFlow, an op the twin lacks, outputs unlike the original's
             log.skip("model", str(e))
+            self._check_untrained(log, student, teacher, inputs, config)
             return
         for row in result.history:
             log.detail(
@@ -115,15 +109,30 @@ class DistillPass(OptPass):
         self._check_budget(log, result)
         if not result.best_epoch:
             return
-        trained = {t.name: t for t in result.model.graph.initializer}
-        for name, value in model.graph.initializers.items():
-            if name in trained and value.const_value is not None:
-                array = ir.serde.deserialize_tensor(trained[name]).numpy()
-                if not np.array_equal(array, value.const_value.numpy()):
-                    value.const_value = ir.tensor(array, name=name)
-                    log.count("weights trained")
+        for name, array in result.weights.items():
+            value = model.graph.initializers.get(name)
+            if (
+                value is not None
+                and value.const_value is not None
+                and not np.array_equal(array, value.const_value.numpy())
+            ):
+                value.const_value = ir.tensor(array, name=name)
+                log.count("weights trained")
 
-    def _check_budget(self, log: PassLog, result) -> None:
+    def _check_untrained(self, log: PassLog, student, teacher, inputs: dict[str, np.ndarray], config) -> None:
+        """``max_drop`` still holds when nothing could be trained: the model as it came is judged on the same
+        held-back samples, in onnxruntime alone -- a pruned model that collapsed does not pass silently."""
+        if self.config.max_drop is None:
+            return
+        _, held = held_back_split(len(next(iter(inputs.values()))), config.holdout, config.seed)
+        try:
+            agreement = agreement_with(student, teacher, {k: v[held] for k, v in inputs.items()}, config.batch)
+        except OnnxoptError as e:  # outputs unlike the original's: nothing to compare them with
+            log.miss(f"max_drop could not be checked: {e}")
+            return
+        self._judge(log, 1.0 - agreement, f"untrained; agreement with the original {agreement:.4f}", len(held))
+
+    def _check_budget(self, log: PassLog, result: FinetuneResult) -> None:
         """``max_drop`` on the held-back samples: accuracy against the original's when labels exist, else
         1 - top-1 agreement with the original."""
         if result.teacher_accuracy is not None and result.student_accuracy is not None:
@@ -132,9 +141,12 @@ class DistillPass(OptPass):
         else:
             drop = 1.0 - result.after
             measured = f"agreement with the original {result.after:.4f}"
-        where = f"on {result.holdout_samples} held-back samples"
+        self._judge(log, drop, measured, result.holdout_samples)
+
+    def _judge(self, log: PassLog, drop: float, measured: str, samples: int) -> None:
         if self.config.max_drop is None:
             return
+        where = f"on {samples} held-back samples"
         if drop > self.config.max_drop:
             log.miss(f"{measured} {where}: a drop of {drop:.4f} > max_drop {self.config.max_drop:g}")
         else:

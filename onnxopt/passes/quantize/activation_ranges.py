@@ -36,18 +36,7 @@ class RangeCollector:
 
     def _reservoir(self, name: str, flat: np.ndarray) -> None:
         reservoir = self.samples.get(name, np.empty(0, np.float32))
-        room = self.sample_size - reservoir.size
-        if room > 0:  # still filling: take values as they come
-            reservoir = np.concatenate([reservoir, flat[:room]])
-            flat, start = flat[room:], self.seen[name] + room
-        else:
-            start = self.seen[name]
-        if flat.size:
-            # Value number i (1-based over the stream) replaces a random slot with probability k / i.
-            slots = (self.rng.random(flat.size) * (start + 1 + np.arange(flat.size))).astype(np.int64)
-            hit = slots < self.sample_size
-            reservoir[slots[hit]] = flat[hit]  # later values win ties, as in the sequential algorithm
-        self.samples[name] = reservoir
+        self.samples[name] = reservoir_update(reservoir, self.seen[name], flat, self.sample_size, self.rng)
 
     def range(self, name: str, percentile: float | None = None) -> tuple[float, float]:
         """(low, high): the observed extremes, or the ``percentile`` / ``100 - percentile`` quantiles."""
@@ -55,3 +44,20 @@ class RangeCollector:
             return self.low[name], self.high[name]
         values = self.samples[name]
         return float(np.percentile(values, 100 - percentile)), float(np.percentile(values, percentile))
+
+
+def reservoir_update(
+    kept: np.ndarray, seen: int, new: np.ndarray, capacity: int, rng: np.random.Generator
+) -> np.ndarray:
+    """A uniform sample of at most ``capacity`` items (along axis 0) of a stream: ``kept`` sampled from the
+    ``seen`` items so far, updated with the ``new`` ones (Algorithm R, vectorized over the batch)."""
+    room = capacity - len(kept)
+    if room > 0:  # still filling: take items as they come
+        kept = np.concatenate([kept, new[:room]])
+        new, seen = new[room:], seen + min(room, len(new))
+    if len(new):
+        # Item number i (1-based over the stream) replaces a random slot with probability capacity / i.
+        slots = (rng.random(len(new)) * (seen + 1 + np.arange(len(new)))).astype(np.int64)
+        hit = slots < capacity
+        kept[slots[hit]] = new[hit]  # later items win ties, as in the sequential algorithm
+    return kept

@@ -27,6 +27,7 @@ import onnx_ir as ir
 
 from onnxopt.passes._graph_edit import attribute, constant_array
 from onnxopt.passes._im2col import output_size, patches_at, pick_positions
+from onnxopt.passes.quantize.activation_ranges import reservoir_update
 from onnxopt.passes.quantize.range_search import quantize_roundtrip
 
 #: The methods ``calibration=auto`` chooses among, in the order ties are broken.
@@ -93,19 +94,10 @@ class ReaderRows:
             self._keep((name, i), rows.astype(np.float32))
 
     def _keep(self, key: tuple[str, int], rows: np.ndarray) -> None:
-        """Reservoir sampling over rows (Algorithm R, vectorized as in the range collector)."""
         kept = self.rows.get(key, np.empty((0, rows.shape[1]), np.float32))
         seen = self.seen.get(key, 0)
-        room = ROWS - kept.shape[0]
-        if room > 0:
-            kept = np.concatenate([kept, rows[:room]])
-            rows, seen = rows[room:], seen + min(room, len(rows))
-        if len(rows):
-            slots = (self.rng.random(len(rows)) * (seen + 1 + np.arange(len(rows)))).astype(np.int64)
-            hit = slots < ROWS
-            kept[slots[hit]] = rows[hit]
-            seen += len(rows)
-        self.rows[key], self.seen[key] = kept, seen
+        self.rows[key] = reservoir_update(kept, seen, rows, ROWS, self.rng)
+        self.seen[key] = seen + len(rows)
 
     def output_error(self, name: str, low: float, high: float, kind: str) -> float | None:
         """Sum over ``name``'s readers of their relative output error with the input quantized to [low, high];
