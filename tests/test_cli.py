@@ -291,3 +291,11 @@ def test_the_summary_opens_with_the_verdict_and_quiet_prints_only_it(tmp_path: P
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 1 and "latency not measured" in printed[0]
     assert "which the passes also fitted on" in printed[0]
+
+
+def test_a_missing_eval_data_is_named_and_nothing_is_written(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "o.onnx"
+    line = one_line_error(
+        ["optimize", str(MODEL), str(out), "--data", str(EVAL), "--eval-data", str(tmp_path / "none.npz")], capsys
+    )
+    assert "--eval-data" in line and "no such file" in line and not out.exists()

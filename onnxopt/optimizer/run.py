@@ -171,7 +171,7 @@ def _optimize(
     shapes = options.input_shapes
     dataset = options.data.open(reference.inputs, seed=seed, shapes=shapes) if options.data else None
     # scored on data no pass saw (opened now: a bad --eval-data fails before any work)
-    held_out = options.eval_data.open(reference.inputs, seed=seed, shapes=shapes) if options.eval_data else None
+    held_out = _open_eval_data(options.eval_data, reference.inputs, seed, shapes) if options.eval_data else None
     context = Context(
         dataset=dataset,
         seed=seed,
@@ -248,6 +248,14 @@ def _optimize(
         input_file_bytes=model_path.stat().st_size,
         output_file_bytes=io.file_bytes(written) if written else None,
     )
+
+
+def _open_eval_data(spec: DataSpec, inputs, seed: int, shapes: InputShapes | None) -> Dataset:
+    """``--eval-data`` opened like ``--data``; its errors name the option the user gave."""
+    try:
+        return spec.open(inputs, seed=seed, shapes=shapes)
+    except DataError as e:
+        raise DataError(str(e).replace("--data ", "--eval-data ", 1)) from e
 
 
 def _fallbacks(result: PipelineResult, asked: set[str]) -> list[str]:
