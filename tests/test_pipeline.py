@@ -93,3 +93,47 @@ def test_pass_needing_newer_opset_upgrades_and_says_so() -> None:
     assert result.records[0].status == "applied"
     assert io.opset_version(result.model) == 13
     assert np.isfinite(result.max_drift)
+
+
+class RenameFirstNodePass(OptPass):
+    """A lossless change that touches no number: renames the first node."""
+
+    name = "test-rename"
+
+    def rewrite(self, model: ir.Model, log: PassLog) -> None:
+        node = next(iter(model.graph))
+        node.name = f"{node.name}_renamed"
+        log.count("renamed")
+
+
+def _counting_guard(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    guard = Pipeline._guard
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return guard(*args, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "_guard", staticmethod(counted))
+    return calls
+
+
+def test_lossless_passes_in_a_row_are_verified_by_one_guard_run(monkeypatch) -> None:
+    calls = _counting_guard(monkeypatch)
+    passes = [FoldBatchNormPass(), RemoveUnusedPass(), RenameFirstNodePass()]
+    result = Pipeline(passes).run(_bundled(), Context(guard_samples=2))
+    assert [r.status for r in result.records] == ["applied", "applied", "applied"]
+    assert len(calls) == 1
+    fold, _, rename = result.records
+    assert fold.max_drift == rename.max_drift == result.max_drift and 0 < result.max_drift < 1e-5
+
+
+def test_a_failing_pass_inside_a_verified_group_is_found_and_alone_rolled_back(monkeypatch) -> None:
+    calls = _counting_guard(monkeypatch)
+    passes = [FoldBatchNormPass(), ScaleFirstWeightPass(), CrashingPass(), RenameFirstNodePass()]
+    result = Pipeline(passes).run(_bundled(), Context(guard_samples=2))
+    assert [r.status for r in result.records] == ["applied", "rolled back", "rolled back", "applied"]
+    assert "drifted" in result.records[1].notes[0] and "boom" in result.records[2].notes[0]
+    assert len(calls) == 3  # the group never reached its guard (a pass raised); then fold, scale, rename alone
+    assert result.max_drift < 1e-5
+    assert any(n.name.endswith("_renamed") for n in result.model.graph)

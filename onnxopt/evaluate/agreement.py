@@ -58,24 +58,41 @@ class AgreementAccumulator:
         cand = np.asarray(candidate, dtype=np.float64)
         if ref.shape != cand.shape:
             raise ValueError(f"output '{self.name}': shapes differ, {ref.shape} vs {cand.shape}")
+        self.count += ref.size
+        r, c = ref.reshape(-1), cand.reshape(-1)
+        error = c - r
+        diff = np.abs(error)
+        peak = float(diff.max()) if ref.size else 0.0
+        if math.isfinite(peak):  # every value finite on both sides (inf - x is inf, inf - inf is nan): BLAS sums
+            self.max_abs = max(self.max_abs, peak)
+            if ref.size:
+                self.max_ref = max(self.max_ref, float(np.abs(r).max()))
+            self.sum_abs += float(diff.sum())
+            self.dot += float(np.dot(r, c))
+            self.ref_sq += float(np.dot(r, r))
+            self.cand_sq += float(np.dot(c, c))
+            self.err_sq += float(np.dot(error, error))
+        else:
+            self._add_non_finite(ref, cand)
+        self.classifier = self.classifier and is_classifier_shape(ref.shape)
+        if self.classifier:
+            self.top1_same += int((ref.reshape(ref.shape[:2]).argmax(1) == cand.reshape(ref.shape[:2]).argmax(1)).sum())
+            self.rows += ref.shape[0]
+
+    def _add_non_finite(self, ref: np.ndarray, cand: np.ndarray) -> None:
+        """The sums of :meth:`add` when some value is not finite: identical non-finite values agree, and a
+        non-finite value on one side only is an infinite error."""
         diff = np.abs(cand - ref)
         finite = np.isfinite(ref) & np.isfinite(cand)
-        # Identical non-finite values agree; a non-finite value on one side only is an infinite error.
         diff = np.where(finite, diff, np.where((ref == cand) | (np.isnan(ref) & np.isnan(cand)), 0.0, np.inf))
         ref_f, cand_f = np.where(finite, ref, 0.0), np.where(finite, cand, 0.0)
-        self.count += ref.size
-        if ref.size:
-            self.max_abs = max(self.max_abs, float(diff.max()))
-            self.max_ref = max(self.max_ref, float(np.abs(ref_f).max()))
+        self.max_abs = max(self.max_abs, float(diff.max()))
+        self.max_ref = max(self.max_ref, float(np.abs(ref_f).max()))
         self.sum_abs += float(diff.sum())
         self.dot += float((ref_f * cand_f).sum())
         self.ref_sq += float((ref_f * ref_f).sum())
         self.cand_sq += float((cand_f * cand_f).sum())
         self.err_sq += float(np.square(np.where(np.isfinite(diff), diff, 0.0)).sum())
-        self.classifier = self.classifier and is_classifier_shape(ref.shape)
-        if self.classifier:
-            self.top1_same += int((ref.reshape(ref.shape[:2]).argmax(1) == cand.reshape(ref.shape[:2]).argmax(1)).sum())
-            self.rows += ref.shape[0]
 
     def result(self) -> OutputAgreement:
         denom = math.sqrt(self.ref_sq * self.cand_sq)

@@ -11,8 +11,11 @@ it is on real inputs, and whoever shows them must say so.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
 
 from onnxopt.data import Dataset, RandomDataset, batch_size_for, fixed_batch
 from onnxopt.errors import UnsupportedModelError
@@ -41,6 +44,44 @@ class Comparison:
         return asdict(self)
 
 
+def feeds_key(feeds: dict[str, np.ndarray]) -> bytes:
+    """A digest of one batch of feeds (names, types, shapes and bytes): equal feeds, equal keys."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name in sorted(feeds):
+        array = np.ascontiguousarray(feeds[name])
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.view(np.uint8).reshape(-1))
+    return digest.digest()
+
+
+@dataclass
+class KnownOutputs:
+    """Outputs of the reference and the candidate already computed on some batches (the pipeline's guard runs
+    both on its samples), so that :func:`compare` does not run them again on the same feeds."""
+
+    names: list[str]
+    runs: dict[bytes, tuple[list[np.ndarray], list[np.ndarray]]] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        names: Sequence[str],
+        feeds: Sequence[dict[str, np.ndarray]],
+        reference: Sequence[list[np.ndarray]],
+        candidate: Sequence[list[np.ndarray]],
+    ) -> KnownOutputs:
+        known = cls(list(names))
+        for f, r, c in zip(feeds, reference, candidate, strict=True):
+            known.runs[feeds_key(f)] = (r, c)
+        return known
+
+    def get(
+        self, names: Sequence[str], feeds: dict[str, np.ndarray]
+    ) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+        """(reference, candidate) outputs on ``feeds`` for outputs ``names``, if they are known."""
+        return self.runs.get(feeds_key(feeds)) if list(names) == self.names and self.runs else None
+
+
 def classifier_output_index(runner: Runner) -> int | None:
     """Index of the first classifier-shaped output, if any."""
     for i, spec in enumerate(runner.outputs):
@@ -57,8 +98,10 @@ def compare(
     batch_size: int | None = None,
     limit: int | None = None,
     on_batch: Callable[[int], None] | None = None,
+    known: KnownOutputs | None = None,
 ) -> Comparison:
-    """Run both models on ``dataset`` and measure their agreement (and accuracy, with labels)."""
+    """Run both models on ``dataset`` and measure their agreement (and accuracy, with labels); batches whose
+    outputs are ``known`` are not run again."""
     names = reference.output_names
     missing = [n for n in names if n not in candidate.output_names]
     if missing:
@@ -70,8 +113,8 @@ def compare(
     ref_acc, cand_acc = AccuracyCounter(), AccuracyCounter()
     samples = 0
     for item in dataset.batches(batch, limit, exact=fixed is not None):
-        ref_out = reference.run(item.feeds)
-        cand_out = candidate.run(item.feeds, names)
+        seen = known.get(names, item.feeds) if known is not None else None
+        ref_out, cand_out = seen if seen is not None else (reference.run(item.feeds), candidate.run(item.feeds, names))
         try:
             for acc, r, c in zip(accumulators, ref_out, cand_out, strict=True):
                 acc.add(r, c)

@@ -24,6 +24,7 @@ from onnxopt.bench.run import paired_ratio
 from onnxopt.bench.stats import Ratio
 from onnxopt.data import Batch, Dataset, InputShapes, RandomDataset, batch_size_for, default_random
 from onnxopt.errors import PassPreconditionError
+from onnxopt.evaluate.compare import KnownOutputs
 from onnxopt.evaluate.layers import LayerReport, layer_errors
 from onnxopt.optimizer.budget import AccuracyBudget, SnrBudget
 from onnxopt.optimizer.calibration import activations, input_specs
@@ -51,6 +52,7 @@ class Context:
     providers: Sequence[str] = ("CPUExecutionProvider",)
     reference: Runner | None = None  # a session on the input model, if the caller already has one
     original: Callable[[], ir.Model] | None = None  # the input model, as the pipeline received it (set by it)
+    original_outputs: KnownOutputs | None = None  # its outputs on the guard's feeds (set by the pipeline)
     batch: int = 1  # the deployment batch size latency decisions are measured at
     is_random: bool = False  # the dataset is seeded random inputs, not the user's data
     input_shapes: InputShapes | None = None  # --input-shape: how random inputs are shaped
@@ -107,7 +109,9 @@ class Context:
         probe = self._probes.get(limit)
         if probe is None:
             original = self.original_model()
-            probe = QualityProbe(original, self.data(original), limit=limit, providers=self.providers)
+            probe = QualityProbe(
+                original, self.data(original), limit=limit, providers=self.providers, known=self.original_outputs
+            )
             self._probes[limit] = probe
         return probe
 

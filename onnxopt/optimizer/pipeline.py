@@ -14,6 +14,14 @@ After each pass that changed the model, the guard:
 A pass that raises, or fails any of these, is rolled back to the last good
 model; the run continues and the :class:`PassRecord` says why.
 
+Lossless passes in a row are verified together: they run one after another and
+the guard checks their joint result once, against the strictest tolerance of
+the group (each guard run costs the guard batches through the whole model, and
+the lossless recipe alone has a dozen passes). Only when that check fails, or a
+pass of the group raises, is the group run again from its start, pass by pass,
+each verified on its own -- so what is kept and what is rolled back is the same
+as verifying every pass, and the records of a group's passes share its drift.
+
 When the run has no data and seeded random inputs cannot run the *original*
 model (shape tensors, sequences, strings), step 3 is replaced by a structural
 check -- the same output names, element types and shapes -- lossy passes
@@ -27,6 +35,7 @@ declines with the converter's reason and the others run at the model's opset.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -39,6 +48,7 @@ from onnxopt import io
 from onnxopt.data import RandomDataset, batch_size_for, fixed_batch
 from onnxopt.errors import OnnxoptError
 from onnxopt.evaluate.agreement import OutputAgreement, agreement
+from onnxopt.evaluate.compare import KnownOutputs
 from onnxopt.model_stats import ModelStats
 from onnxopt.optimizer.branches import more_feeds_for_branches
 from onnxopt.optimizer.context import Context
@@ -83,10 +93,16 @@ class PipelineResult:
     runner: Runner  # an onnxruntime session on the final model, as the guard verified it
     unchanged_input: bytes | None  # the input file's bytes, when no pass changed the model (save them as they are)
     outputs_compared: bool = True  # False: random inputs could not run the model; the guard was structural only
+    # the original's and the final model's outputs on the guard's feeds (the evaluation need not run them again)
+    guard_outputs: KnownOutputs | None = None
 
 
 class _GuardFailure(Exception):
     pass
+
+
+class _GroupAbort(Exception):
+    """A pass of a group verified together would have to be rolled back: the group runs again pass by pass."""
 
 
 @dataclasses.dataclass
@@ -135,6 +151,7 @@ class Pipeline:
             feeds, coverage = more_feeds_for_branches(model, feeds, _extra_draws(context, runner, batch, exact))
             notes += coverage
             original_outputs = [runner.run(f) for f in feeds]
+            context.original_outputs = KnownOutputs.of(names, feeds, original_outputs, original_outputs)
         except OnnxoptError as e:
             if not context.is_random:
                 raise  # the user's data does not fit: that is theirs to fix, and the message says how
@@ -148,13 +165,13 @@ class Pipeline:
         original = ModelStats.of(model)
         state = _State(model, snapshot, original_outputs, structural)
         records: list[PassRecord] = []
-        for index, opt_pass in enumerate(self.passes):
-            context.pass_index = index  # a plan's decisions are keyed by recipe position
-            # a bar per pass (a pass may show its own steps in between): which pass runs, of how many
-            context.progress.start(f"{opt_pass.name} ({index + 1}/{len(self.passes)})", len(self.passes))
-            context.progress.advance(index)
-            records.append(self._run_one(opt_pass, state, feeds, names, context))
-            context.progress.advance()
+        index = 0
+        while index < len(self.passes):
+            end = index + 1
+            while self.passes[index].lossless and end < len(self.passes) and self.passes[end].lossless:
+                end += 1
+            records.extend(self._run_group(range(index, end), state, feeds, names, context))
+            index = end
         context.progress.finish()
         drift = _max_rel(agreement(original_outputs, state.outputs, names))
         final = state.good
@@ -169,12 +186,81 @@ class Pipeline:
             runner=final.runner,
             unchanged_input=final.input_bytes,
             outputs_compared=structural is None,
+            guard_outputs=None if structural else KnownOutputs.of(names, feeds, original_outputs, state.outputs),
         )
 
-    def _run_one(
-        self, opt_pass: OptPass, state: _State, feeds: list[dict[str, np.ndarray]], names: list[str], context: Context
+    def _run_group(
+        self,
+        indices: range,
+        state: _State,
+        feeds: list[dict[str, np.ndarray]],
+        names: list[str],
+        context: Context,
+    ) -> list[PassRecord]:
+        """Run the passes at ``indices`` (one pass, or lossless passes in a row verified together) on ``state``
+        and return their records."""
+        if len(indices) == 1:
+            return [self._step(indices[0], state, feeds, names, context)]
+        start_good, start_outputs = state.good, state.outputs
+        try:
+            pending = [self._step(i, state, feeds, names, context, deferred=True) for i in indices]
+            applied = [r for r in pending if r.status == "applied"]
+            if not applied:
+                return pending
+            started = time.perf_counter()
+            tolerance = min(self.passes[i].tolerance for i in indices)
+            candidate, outputs, drift = self._verify(state, feeds, names, context, tolerance)
+        except (_GroupAbort, _GuardFailure):  # find the culprit: again from the group's start, pass by pass
+            state.model, state.good, state.outputs = start_good.restore(), start_good, start_outputs
+            return [self._step(i, state, feeds, names, context) for i in indices]
+        state.good, state.outputs = candidate, outputs
+        for r in applied:
+            r.max_drift = drift
+        applied[-1].seconds += time.perf_counter() - started  # the guard's time goes to the last pass it verified
+        return pending
+
+    def _step(
+        self,
+        index: int,
+        state: _State,
+        feeds: list[dict[str, np.ndarray]],
+        names: list[str],
+        context: Context,
+        *,
+        deferred: bool = False,
     ) -> PassRecord:
-        """Run one pass on ``state`` (advanced, or rolled back) and return its record."""
+        """Run the pass at ``index`` under its progress bar; ``deferred``: do not verify it (its group will)."""
+        opt_pass = self.passes[index]
+        context.pass_index = index  # a plan's decisions are keyed by recipe position
+        # a bar per pass (a pass may show its own steps in between): which pass runs, of how many
+        context.progress.start(f"{opt_pass.name} ({index + 1}/{len(self.passes)})", len(self.passes))
+        context.progress.advance(index)
+        record = self._run_one(opt_pass, state, feeds, names, context, deferred=deferred)
+        context.progress.advance()
+        return record
+
+    def _verify(
+        self, state: _State, feeds: list[dict[str, np.ndarray]], names: list[str], context: Context, tolerance: float
+    ) -> tuple[_Snapshot, list[list[np.ndarray]], float]:
+        """The guard on ``state.model`` (structural when outputs cannot be compared); ``tolerance`` applies to
+        lossless passes (``inf`` for lossy ones)."""
+        if state.structural is not None:
+            return self._structural_guard(state.model, state.good.runner, context)
+        return self._guard(state.model, state.outputs, feeds, names, context, tolerance)
+
+    def _run_one(
+        self,
+        opt_pass: OptPass,
+        state: _State,
+        feeds: list[dict[str, np.ndarray]],
+        names: list[str],
+        context: Context,
+        *,
+        deferred: bool = False,
+    ) -> PassRecord:
+        """Run one pass on ``state`` (advanced, or rolled back) and return its record. ``deferred``: the pass is
+        not verified (its record says ``applied`` if it changed the model) and anything that would roll it back
+        raises ``_GroupAbort`` instead (the last good model is from before the group)."""
         params = dataclasses.asdict(opt_pass.config)
         before = ModelStats.of(state.model)
         notes: list[str] = []
@@ -203,6 +289,8 @@ class Pipeline:
             try:
                 state.model = io.upgrade_opset(state.model, needed)
             except OnnxoptError as e:  # only this pass declines: the others run at the model's own opset
+                if deferred:
+                    raise _GroupAbort from e
                 state.model = state.good.restore()
                 outcome = PassOutcome(state.model, False, skipped=[f"model: needs opset {needed}; {_line(e)}"])
                 return record("unchanged", outcome)
@@ -214,6 +302,8 @@ class Pipeline:
         try:
             outcome: PassOutcome = opt_pass(state.model)
         except Exception as e:  # a pass bug must not lose the user's model: roll back and say so
+            if deferred:
+                raise _GroupAbort from e
             state.model = state.good.restore()
             notes.append(f"pass raised {type(e).__name__}: {_line(e)}")
             return record("rolled back")
@@ -221,11 +311,11 @@ class Pipeline:
         notes.extend(outcome.notes)
         if not outcome.modified and not upgraded:
             return record("unchanged", outcome)
+        if deferred:
+            return record("applied", outcome)
         try:
-            if state.structural is not None:
-                candidate, outputs, drift = self._structural_guard(state.model, state.good.runner, context)
-            else:
-                candidate, outputs, drift = self._guard(opt_pass, state.model, state.outputs, feeds, names, context)
+            tolerance = opt_pass.tolerance if opt_pass.lossless else float("inf")
+            candidate, outputs, drift = self._verify(state, feeds, names, context, tolerance)
         except _GuardFailure as e:
             state.model = state.good.restore()
             notes.append(str(e))
@@ -264,14 +354,15 @@ class Pipeline:
 
     @staticmethod
     def _guard(
-        opt_pass: OptPass,
         model: ir.Model,
         reference: list[list[np.ndarray]],
         feeds: list[dict[str, np.ndarray]],
         names: list[str],
         context: Context,
+        tolerance: float,
     ) -> tuple[_Snapshot, list[list[np.ndarray]], float]:
-        """Check, load and run ``model``; return its snapshot, guard outputs and drift, or raise ``_GuardFailure``."""
+        """Check, load and run ``model``; return its snapshot, guard outputs and drift (at most ``tolerance``,
+        relative), or raise ``_GuardFailure``."""
         frozen = Pipeline._checked(model)
         try:
             runner = frozen.runner(context.providers)
@@ -282,10 +373,8 @@ class Pipeline:
             drift = _max_rel(agreement(reference, outputs, names))
         except ValueError as e:
             raise _GuardFailure(str(e)) from e
-        if opt_pass.lossless and not drift <= opt_pass.tolerance:
-            raise _GuardFailure(
-                f"outputs drifted by {drift:.3g} (relative), over the lossless tolerance {opt_pass.tolerance:g}"
-            )
+        if math.isfinite(tolerance) and not drift <= tolerance:
+            raise _GuardFailure(f"outputs drifted by {drift:.3g} (relative), over the lossless tolerance {tolerance:g}")
         return _Snapshot(frozen.restore, runner), outputs, drift
 
 

@@ -17,7 +17,7 @@ from onnxopt import io
 from onnxopt.bench import BenchConfig, BenchResult, benchmark
 from onnxopt.data import Dataset, DataSpec, InputShapes, parse_input_shapes
 from onnxopt.errors import DataError, OutputError
-from onnxopt.evaluate.compare import Comparison, compare
+from onnxopt.evaluate.compare import Comparison, KnownOutputs, compare
 from onnxopt.evaluate.layers import layer_errors
 from onnxopt.io.output_lock import exclusive_output
 from onnxopt.io.writing import check_writable
@@ -203,7 +203,9 @@ def _optimize(
         plan.save(options.save_plan, model_path)
     eval_data = held_out or context.resolve_dataset(reference.inputs)
     if result.outputs_compared:
-        comparison = _evaluate(reference, result.runner, eval_data, progress)
+        # held-out data is new to both models; the fit data's first batches were run by the guard already
+        known = None if held_out is not None else result.guard_outputs
+        comparison = _evaluate(reference, result.runner, eval_data, progress, known)
     else:  # random inputs cannot run the model: nothing to compare (the pipeline's note says so)
         comparison = Comparison(0, [], data=eval_data.description, random_inputs=True)
     if options.per_layer and result.outputs_compared:
@@ -291,9 +293,11 @@ def _resolve_output(model_path: Path, output_path: str | os.PathLike[str] | None
     return target
 
 
-def _evaluate(reference: Runner, candidate: Runner, dataset: Dataset, progress: Progress) -> Comparison:
+def _evaluate(
+    reference: Runner, candidate: Runner, dataset: Dataset, progress: Progress, known: KnownOutputs | None
+) -> Comparison:
     progress.start("evaluating", dataset.num_samples)
     try:
-        return compare(reference, candidate, dataset, on_batch=progress.advance)
+        return compare(reference, candidate, dataset, on_batch=progress.advance, known=known)
     finally:
         progress.finish()

@@ -46,10 +46,10 @@ def pick_positions(oh: int, ow: int, positions: int, rng: np.random.Generator) -
 
 
 def patches_at(
-    node: ir.Node, x: np.ndarray, picks: np.ndarray
+    node: ir.Node, x: np.ndarray, picks: np.ndarray, dtype: type = np.float64
 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The input patches of the 2-D Conv ``node`` at flat output positions ``picks`` ``[n, count]`` (one row of
-    picks per image of ``x``), and where they are: (image, row, column) of each patch."""
+    picks per image of ``x``) as ``dtype``, and where they are: (image, row, column) of each patch."""
     kh, kw, (sh, sw), (dh, dw), (top, left, bottom, right) = _geometry(node)
     padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
     n, count = picks.shape
@@ -60,4 +60,4 @@ def patches_at(
     ww = rows_w[:, None] * sw + np.arange(kw)[None, :] * dw  # [P, kw]
     patches = padded[images[:, None, None, None], np.arange(x.shape[1])[None, :, None, None],
                      hh[:, None, :, None], ww[:, None, None, :]]  # fmt: skip
-    return patches.reshape(patches.shape[0], -1).astype(np.float64), (images, rows_h, rows_w)
+    return patches.reshape(patches.shape[0], -1).astype(dtype, copy=False), (images, rows_h, rows_w)

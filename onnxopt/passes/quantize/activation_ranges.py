@@ -25,11 +25,16 @@ class RangeCollector:
 
     def add(self, name: str, array: np.ndarray) -> None:
         flat = np.asarray(array, dtype=np.float32).reshape(-1)
-        flat = flat[np.isfinite(flat)]
         if not flat.size:
             return
-        self.low[name] = min(self.low[name], float(flat.min()))
-        self.high[name] = max(self.high[name], float(flat.max()))
+        low, high = float(flat.min()), float(flat.max())
+        if not (np.isfinite(low) and np.isfinite(high)):  # a NaN or an infinity somewhere: ranges of the rest
+            flat = flat[np.isfinite(flat)]
+            if not flat.size:
+                return
+            low, high = float(flat.min()), float(flat.max())
+        self.low[name] = min(self.low[name], low)
+        self.high[name] = max(self.high[name], high)
         if self.sample_size:
             self._reservoir(name, flat)
         self.seen[name] += flat.size

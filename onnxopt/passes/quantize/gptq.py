@@ -85,9 +85,11 @@ class HessianCollector:
                 return
             oh, ow = output_size(node, x.shape[2], x.shape[3])
             picks = np.stack([pick_positions(oh, ow, POSITIONS, self.rng) for _ in range(x.shape[0])])
-            rows, _ = patches_at(node, x, picks)  # [P, C_in * kh * kw], channel-major: groups are contiguous
+            # [P, C_in * kh * kw], channel-major: groups are contiguous; float32 products of FLUSH_ROWS rows
+            # (relative error ~1e-6) summed in float64
+            rows, _ = patches_at(node, x, picks, np.float32)
         else:
-            rows = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
+            rows = np.asarray(x, np.float32).reshape(-1, x.shape[-1])
         if rows.shape[1] != groups * columns:
             return
         pending = self.pending.setdefault(layer, [])
@@ -104,7 +106,7 @@ class HessianCollector:
         rows = np.concatenate(pending)
         grouped = rows.reshape(rows.shape[0], groups, columns).transpose(1, 0, 2)  # [G, P, K]
         h = np.matmul(grouped.transpose(0, 2, 1), grouped)  # batched BLAS
-        self.sums[layer] = self.sums.get(layer, 0.0) + h
+        self.sums[layer] = self.sums.get(layer, 0.0) + h.astype(np.float64)
 
     def hessian(self, layer: str) -> np.ndarray | None:
         """``[G, K, K]`` for ``layer``, or None if no input of it was seen."""
@@ -120,42 +122,50 @@ def gptq_round(
     ``[G, K, K]``; the scales are max-abs / ``weight_max``, as nearest rounding's."""
     groups = hessian.shape[0]
     if node.op_type == "Conv":
-        rows = weight.reshape(weight.shape[0], -1).astype(np.float64)  # [C_out, K*G/G]
+        rows = weight.reshape(weight.shape[0], -1).astype(np.float32)  # [C_out, K*G/G]
         restore = lambda m: m.reshape(weight.shape)  # noqa: E731
     elif node.op_type == "Gemm" and attribute(node, "transB", 0):
-        rows = weight.astype(np.float64)
+        rows = weight.astype(np.float32)
         restore = lambda m: m  # noqa: E731
     else:  # Gemm transB=0 and MatMul: [K, N], output channels on axis 1
-        rows = weight.T.astype(np.float64)
+        rows = weight.T.astype(np.float32)
         restore = lambda m: m.T  # noqa: E731
-    peak = np.abs(rows).max(axis=1)
-    scale = np.where(peak > 0, peak / weight_max, 1.0)
+    peak = np.abs(rows).max(axis=1).astype(np.float64)
+    scale = np.where(peak > 0, peak / weight_max, 1.0)  # as nearest rounding's; the loop itself runs in float32
     per_group = rows.shape[0] // groups
-    w = rows.reshape(groups, per_group, -1).copy()  # [G, R, K]
-    s = scale.reshape(groups, per_group)
-    upper = _inverse_cholesky(hessian)  # [G, K, K]
+    # [G, K, R]: one input column of every output channel is a contiguous row
+    w = np.ascontiguousarray(rows.reshape(groups, per_group, -1).transpose(0, 2, 1))
+    s = scale.astype(np.float32).reshape(groups, 1, per_group)
+    upper = _inverse_cholesky(hessian).astype(np.float32)  # [G, K, K]
     q = np.zeros_like(w)
-    columns = w.shape[2]
+    columns = w.shape[1]
     for start in range(0, columns, BLOCK):  # GPTQ's lazy batches: the rest is updated once per block, by BLAS
         stop = min(start + BLOCK, columns)
-        block = w[:, :, start:stop].copy()
+        block = w[:, start:stop].copy()
         errors = np.zeros_like(block)
         for j in range(stop - start):
             i = start + j
-            column = block[:, :, j]
+            column = block[:, j : j + 1]  # [G, 1, R]
             level = np.clip(np.round(column / s), -weight_max, weight_max)
-            q[:, :, i] = level
-            error = (column - level * s) / upper[:, i, i][:, None]  # [G, R]
-            block[:, :, j + 1 :] -= error[:, :, None] * upper[:, None, i, i + 1 : stop]
-            errors[:, :, j] = error
+            q[:, i : i + 1] = level
+            error = (column - level * s) / upper[:, i, i][:, None, None]
+            block[:, j + 1 :] -= upper[:, i, i + 1 : stop][:, :, None] * error
+            errors[:, j : j + 1] = error
         if stop < columns:
-            w[:, :, stop:] -= np.matmul(errors, upper[:, start:stop, stop:])
+            w[:, stop:] -= np.matmul(upper[:, start:stop, stop:].transpose(0, 2, 1), errors)
+    q = q.transpose(0, 2, 1)  # back to [G, R, K]
     levels = restore(q.reshape(rows.shape)).astype(np.int8)
     return np.ascontiguousarray(levels), scale.astype(np.float32)
 
 
 def _inverse_cholesky(hessian: np.ndarray) -> np.ndarray:
-    """The upper Cholesky factor of ``(H + damp)^-1`` per group; inputs never seen (zero diagonal) get 1."""
+    """The upper Cholesky factor of ``(H + damp)^-1`` per group; inputs never seen (zero diagonal) get 1.
+
+    Without forming the inverse: with ``J`` the reversal permutation and ``J H J = M M^T`` (lower Cholesky),
+    ``H^-1 = (J M^-1 J)^T (J M^-1 J)`` and ``J M^-1 J`` is upper triangular -- so the factor is one Cholesky
+    and one triangular inverse (2.4x faster than inverting and factoring again at 4608 columns, the same
+    numbers to 1e-15).
+    """
     h = hessian.astype(np.float64).copy()
     k = h.shape[1]
     diagonal = np.einsum("gkk->gk", h)
@@ -165,6 +175,21 @@ def _inverse_cholesky(hessian: np.ndarray) -> np.ndarray:
         h[g, idx[dead[g]], idx[dead[g]]] = 1.0
     damp = DAMP * np.maximum(np.einsum("gkk->gk", h).mean(axis=1), 1e-12)
     h[:, idx, idx] += damp[:, None]
-    inverse = np.linalg.inv(h)
-    inverse = (inverse + inverse.transpose(0, 2, 1)) / 2
-    return np.linalg.cholesky(inverse).transpose(0, 2, 1)
+    lower = np.linalg.cholesky(np.ascontiguousarray(h[:, ::-1, ::-1]))
+    return np.ascontiguousarray(_lower_inverse(lower)[:, ::-1, ::-1])
+
+
+def _lower_inverse(m: np.ndarray) -> np.ndarray:
+    """The inverse of the lower-triangular ``m`` ``[G, K, K]``, by halves: ``[[A, 0], [C, D]]^-1 =
+    [[A^-1, 0], [-D^-1 C A^-1, D^-1]]`` (numpy has no triangular inverse; this keeps the work in matmuls)."""
+    k = m.shape[-1]
+    if k <= 256:
+        return np.linalg.inv(m)
+    half = k // 2
+    a = _lower_inverse(m[:, :half, :half])
+    d = _lower_inverse(m[:, half:, half:])
+    out = np.zeros_like(m)
+    out[:, :half, :half] = a
+    out[:, half:, half:] = d
+    out[:, half:, :half] = -np.matmul(d, np.matmul(m[:, half:, :half], a))
+    return out
