@@ -54,8 +54,10 @@ class AgreementAccumulator:
     def add(self, reference: np.ndarray, candidate: np.ndarray) -> None:
         if reference.dtype.kind in "OSU":
             return  # string outputs are compared for equality only
-        ref = np.asarray(reference, dtype=np.float64)
-        cand = np.asarray(candidate, dtype=np.float64)
+        # float32 stays float32 (sums accumulate in float64 all the same); anything else is compared in float64
+        wide = not (reference.dtype == candidate.dtype == np.float32)
+        ref = np.asarray(reference, dtype=np.float64) if wide else np.asarray(reference)
+        cand = np.asarray(candidate, dtype=np.float64) if wide else np.asarray(candidate)
         if ref.shape != cand.shape:
             raise ValueError(f"output '{self.name}': shapes differ, {ref.shape} vs {cand.shape}")
         self.count += ref.size
@@ -63,17 +65,17 @@ class AgreementAccumulator:
         error = c - r
         diff = np.abs(error)
         peak = float(diff.max()) if ref.size else 0.0
-        if math.isfinite(peak):  # every value finite on both sides (inf - x is inf, inf - inf is nan): BLAS sums
+        if math.isfinite(peak):  # every value finite on both sides (inf - x is inf, inf - inf is nan)
             self.max_abs = max(self.max_abs, peak)
             if ref.size:
-                self.max_ref = max(self.max_ref, float(np.abs(r).max()))
-            self.sum_abs += float(diff.sum())
-            self.dot += float(np.dot(r, c))
-            self.ref_sq += float(np.dot(r, r))
-            self.cand_sq += float(np.dot(c, c))
-            self.err_sq += float(np.dot(error, error))
+                self.max_ref = max(self.max_ref, float(r.max()), -float(r.min()))
+            self.sum_abs += float(diff.sum(dtype=np.float64))
+            self.dot += _dot(r, c)
+            self.ref_sq += _dot(r, r)
+            self.cand_sq += _dot(c, c)
+            self.err_sq += _dot(error, error)
         else:
-            self._add_non_finite(ref, cand)
+            self._add_non_finite(ref.astype(np.float64), cand.astype(np.float64))
         self.classifier = self.classifier and is_classifier_shape(ref.shape)
         if self.classifier:
             self.top1_same += int((ref.reshape(ref.shape[:2]).argmax(1) == cand.reshape(ref.shape[:2]).argmax(1)).sum())
@@ -124,6 +126,11 @@ class AccuracyCounter:
 
     def result(self) -> float | None:
         return self.correct / self.total if self.total else None
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """``sum(a * b)`` accumulated in float64, without a float64 copy of float32 operands."""
+    return float(np.einsum("i,i->", a, b, dtype=np.float64))
 
 
 def is_classifier_shape(shape: tuple[int | str | None, ...]) -> bool:
