@@ -62,7 +62,8 @@ class AgreementAccumulator:
             raise ValueError(f"output '{self.name}': shapes differ, {ref.shape} vs {cand.shape}")
         self.count += ref.size
         r, c = ref.reshape(-1), cand.reshape(-1)
-        error = c - r
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf and overflow: the slow path below
+            error = c - r
         diff = np.abs(error)
         peak = float(diff.max()) if ref.size else 0.0
         if math.isfinite(peak):  # every value finite on both sides (inf - x is inf, inf - inf is nan)
@@ -84,7 +85,8 @@ class AgreementAccumulator:
     def _add_non_finite(self, ref: np.ndarray, cand: np.ndarray) -> None:
         """The sums of :meth:`add` when some value is not finite: identical non-finite values agree, and a
         non-finite value on one side only is an infinite error."""
-        diff = np.abs(cand - ref)
+        with np.errstate(invalid="ignore", over="ignore"):
+            diff = np.abs(cand - ref)
         finite = np.isfinite(ref) & np.isfinite(cand)
         diff = np.where(finite, diff, np.where((ref == cand) | (np.isnan(ref) & np.isnan(cand)), 0.0, np.inf))
         ref_f, cand_f = np.where(finite, ref, 0.0), np.where(finite, cand, 0.0)

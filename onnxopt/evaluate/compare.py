@@ -68,10 +68,12 @@ class KnownOutputs:
         names: Sequence[str],
         feeds: Sequence[dict[str, np.ndarray]],
         reference: Sequence[list[np.ndarray]],
-        candidate: Sequence[list[np.ndarray]],
+        candidate: Sequence[list[np.ndarray]] | None = None,
     ) -> KnownOutputs:
+        """Outputs on ``feeds``, batch by batch; without ``candidate``, only the reference's are known (the
+        candidate is taken to be the reference)."""
         known = cls(list(names))
-        for f, r, c in zip(feeds, reference, candidate, strict=True):
+        for f, r, c in zip(feeds, reference, reference if candidate is None else candidate, strict=True):
             known.runs[feeds_key(f)] = (r, c)
         return known
 

@@ -112,6 +112,8 @@ class _State:
     model: ir.Model
     good: _Snapshot
     outputs: list[list[np.ndarray]]
+    feeds: list[dict[str, np.ndarray]]  # the guard's batches, the same for every pass
+    names: list[str]  # the outputs compared
     structural: str | None = None  # why outputs cannot be compared (random inputs do not fit); None: they are
 
 
@@ -151,7 +153,7 @@ class Pipeline:
             feeds, coverage = more_feeds_for_branches(model, feeds, _extra_draws(context, runner, batch, exact))
             notes += coverage
             original_outputs = [runner.run(f) for f in feeds]
-            context.original_outputs = KnownOutputs.of(names, feeds, original_outputs, original_outputs)
+            context.original_outputs = KnownOutputs.of(names, feeds, original_outputs)
         except OnnxoptError as e:
             if not context.is_random:
                 raise  # the user's data does not fit: that is theirs to fix, and the message says how
@@ -163,14 +165,14 @@ class Pipeline:
                 "(or --input-shape) to compare outputs"
             )
         original = ModelStats.of(model)
-        state = _State(model, snapshot, original_outputs, structural)
+        state = _State(model, snapshot, original_outputs, feeds, names, structural)
         records: list[PassRecord] = []
         index = 0
         while index < len(self.passes):
             end = index + 1
             while self.passes[index].lossless and end < len(self.passes) and self.passes[end].lossless:
                 end += 1
-            records.extend(self._run_group(range(index, end), state, feeds, names, context))
+            records.extend(self._run_group(range(index, end), state, context))
             index = end
         context.progress.finish()
         drift = _max_rel(agreement(original_outputs, state.outputs, names))
@@ -189,78 +191,55 @@ class Pipeline:
             guard_outputs=None if structural else KnownOutputs.of(names, feeds, original_outputs, state.outputs),
         )
 
-    def _run_group(
-        self,
-        indices: range,
-        state: _State,
-        feeds: list[dict[str, np.ndarray]],
-        names: list[str],
-        context: Context,
-    ) -> list[PassRecord]:
+    def _run_group(self, indices: range, state: _State, context: Context) -> list[PassRecord]:
         """Run the passes at ``indices`` (one pass, or lossless passes in a row verified together) on ``state``
         and return their records."""
         if len(indices) == 1:
-            return [self._step(indices[0], state, feeds, names, context)]
+            return [self._run_one(indices[0], state, context)]
         start_good, start_outputs = state.good, state.outputs
         try:
-            pending = [self._step(i, state, feeds, names, context, deferred=True) for i in indices]
+            pending = [self._run_one(i, state, context, deferred=True) for i in indices]
             applied = [r for r in pending if r.status == "applied"]
             if not applied:
                 return pending
             started = time.perf_counter()
             tolerance = min(self.passes[i].tolerance for i in indices)
-            candidate, outputs, drift = self._verify(state, feeds, names, context, tolerance)
+            candidate, outputs, drift = self._verify(state, context, tolerance)
         except (_GroupAbort, _GuardFailure):  # find the culprit: again from the group's start, pass by pass
             state.model, state.good, state.outputs = start_good.restore(), start_good, start_outputs
-            return [self._step(i, state, feeds, names, context) for i in indices]
+            return [self._run_one(i, state, context) for i in indices]
         state.good, state.outputs = candidate, outputs
         for r in applied:
             r.max_drift = drift
         applied[-1].seconds += time.perf_counter() - started  # the guard's time goes to the last pass it verified
         return pending
 
-    def _step(
-        self,
-        index: int,
-        state: _State,
-        feeds: list[dict[str, np.ndarray]],
-        names: list[str],
-        context: Context,
-        *,
-        deferred: bool = False,
-    ) -> PassRecord:
-        """Run the pass at ``index`` under its progress bar; ``deferred``: do not verify it (its group will)."""
-        opt_pass = self.passes[index]
-        context.pass_index = index  # a plan's decisions are keyed by recipe position
-        # a bar per pass (a pass may show its own steps in between): which pass runs, of how many
-        context.progress.start(f"{opt_pass.name} ({index + 1}/{len(self.passes)})", len(self.passes))
-        context.progress.advance(index)
-        record = self._run_one(opt_pass, state, feeds, names, context, deferred=deferred)
-        context.progress.advance()
-        return record
-
     def _verify(
-        self, state: _State, feeds: list[dict[str, np.ndarray]], names: list[str], context: Context, tolerance: float
+        self, state: _State, context: Context, tolerance: float
     ) -> tuple[_Snapshot, list[list[np.ndarray]], float]:
         """The guard on ``state.model`` (structural when outputs cannot be compared); ``tolerance`` applies to
         lossless passes (``inf`` for lossy ones)."""
         if state.structural is not None:
             return self._structural_guard(state.model, state.good.runner, context)
-        return self._guard(state.model, state.outputs, feeds, names, context, tolerance)
+        return self._guard(state.model, state.outputs, state.feeds, state.names, context, tolerance)
 
-    def _run_one(
-        self,
-        opt_pass: OptPass,
-        state: _State,
-        feeds: list[dict[str, np.ndarray]],
-        names: list[str],
-        context: Context,
-        *,
-        deferred: bool = False,
-    ) -> PassRecord:
-        """Run one pass on ``state`` (advanced, or rolled back) and return its record. ``deferred``: the pass is
-        not verified (its record says ``applied`` if it changed the model) and anything that would roll it back
-        raises ``_GroupAbort`` instead (the last good model is from before the group)."""
+    def _run_one(self, index: int, state: _State, context: Context, *, deferred: bool = False) -> PassRecord:
+        """Run the pass at ``index`` on ``state`` (advanced, or rolled back) under its progress bar and return its
+        record. ``deferred``: the pass is not verified (its record says ``applied`` if it changed the model) and
+        anything that would roll it back raises ``_GroupAbort`` instead (the last good model is from before the
+        group)."""
+        opt_pass = self.passes[index]
+        context.pass_index = index  # a plan's decisions are keyed by recipe position
+        # a bar per pass (a pass may show its own steps in between): which pass runs, of how many
+        context.progress.start(f"{opt_pass.name} ({index + 1}/{len(self.passes)})", len(self.passes))
+        context.progress.advance(index)
+        try:
+            return self._apply_pass(opt_pass, state, context, deferred)
+        finally:
+            context.progress.advance()
+
+    def _apply_pass(self, opt_pass: OptPass, state: _State, context: Context, deferred: bool) -> PassRecord:
+        """:meth:`_run_one` without the progress bar."""
         params = dataclasses.asdict(opt_pass.config)
         before = ModelStats.of(state.model)
         notes: list[str] = []
@@ -315,7 +294,7 @@ class Pipeline:
             return record("applied", outcome)
         try:
             tolerance = opt_pass.tolerance if opt_pass.lossless else float("inf")
-            candidate, outputs, drift = self._verify(state, feeds, names, context, tolerance)
+            candidate, outputs, drift = self._verify(state, context, tolerance)
         except _GuardFailure as e:
             state.model = state.good.restore()
             notes.append(str(e))
