@@ -158,3 +158,23 @@ def test_a_budget_only_all_float_meets_declines() -> None:
     assert any("max_drop=0.0" in s for s in record.skipped)
     assert "output agreement" in " ".join(record.notes)
     assert not any(n.op_type == "QuantizeLinear" for n in result.model.graph)
+
+
+def test_layers_kept_float_for_max_db_loss_still_store_their_weights_int8(mobilenet) -> None:
+    # the max_db_loss yardstick is the weights-only int8 model: a layer kept float for it keeps int8 storage
+    # (a max_drop budget, measured against float, keeps exact weights: the test above)
+    model, data = mobilenet
+    dataset = open_dataset(str(data), Runner(model.SerializeToString()).inputs, seed=0)
+    spec = "lossless,equalize,quantize:target=avx2;max_db_loss=6;eval_samples=128"  # 7-bit weights on every x86
+    record, result = _run(spec, Context(dataset=dataset), model)
+    assert record.status == "applied"
+    kept = {row["node"] for row in record.details if row.get("kept") == "float (accuracy budget)"}
+    assert kept, record.notes
+    convs = [n for n in result.model.graph if n.name in kept and n.op_type == "Conv"]
+    assert convs
+    for node in convs:
+        decode = node.inputs[1].producer()
+        assert decode is not None and decode.op_type == "Mul"
+        cast = decode.inputs[0].producer()
+        assert cast.op_type == "Cast" and cast.inputs[0].const_value.dtype.name == "INT8"
+    assert any(n.op_type == "QuantizeLinear" for n in result.model.graph)  # the rest computes in int8

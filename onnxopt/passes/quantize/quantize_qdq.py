@@ -26,8 +26,9 @@ What it quantizes:
   or ops without an integer kernel such as LSTM/GRU): stored int8 per channel
   and decoded by a Cast+Mul that onnxruntime folds when it creates the session
   -- the file shrinks, the speed stays float's (``float_weights=float`` keeps
-  them float32; nodes kept float by ``exclude`` or the accuracy budget keep
-  exact weights).
+  them float32; nodes kept float by ``exclude`` or the ``max_drop`` budget keep
+  exact weights; the ``max_db_loss`` budget, whose yardstick is the
+  weights-only int8 model, keeps its float nodes' weights int8 too).
 * **Concats of mixed ranges** (inputs' ranges more than 8x apart: a detector's
   pixel boxes beside its [0, 1] scores) stay float, with the data-movement
   nodes after them: one shared scale would erase the narrow input.
@@ -239,7 +240,7 @@ class QuantizeQDQPass(OptPass):
             decided = search.run(excluded)
             storage_serves = search.declined == "speed" or (search.declined == "budget" and reference is not None)
             if decided is not None:
-                excluded, exact = decided, decided - search.kept_for_speed
+                excluded, exact = decided, self._exact_of(decided, search, exact)
             elif storage_serves and self.config.float_weights == "int8":
                 excluded, compute = every, "float"  # float compute everywhere, int8 weight storage
             else:
@@ -479,12 +480,12 @@ class QuantizeQDQPass(OptPass):
 
     def _search(self, model: ir.Model, ranges: Ranges, excluded: set[str], target, log: PassLog, reference=None):
         """The search for the nodes to keep float so the result is faster than float and within the budget
-        (its ``run`` returns None to decline). Nodes kept float for speed keep int8 weight storage; the ones
-        kept for the budget, exact weights."""
+        (its ``run`` returns None to decline); each trial stores weights as :meth:`_exact_of` says."""
         search: FloatFallbackSearch
+        base = set(excluded)  # the user's exclusions and the mixed-range joins: exact weights whatever is decided
 
         def trial(keep: set[str]) -> ir.Model:
-            return self._trial(model, ranges, keep, target, exact=keep - search.kept_for_speed)
+            return self._trial(model, ranges, keep, target, exact=self._exact_of(keep, search, base))
 
         search = FloatFallbackSearch(
             self.config,
@@ -498,6 +499,15 @@ class QuantizeQDQPass(OptPass):
         )
         return search
 
+    def _exact_of(self, keep: set[str], search: FloatFallbackSearch, base: set[str]) -> set[str]:
+        """Which of the nodes kept float keep exact weights. Nodes kept float for speed store their weights int8.
+        Nodes kept float for a ``max_drop`` budget keep them exact (that budget is measured against float);
+        under ``max_db_loss`` they store them int8 too, because that budget's yardstick is the weights-only int8
+        model: a layer kept float for it still has its weights rounded, and the file stays small."""
+        if self.config.max_drop is not None:
+            return keep - search.kept_for_speed
+        return keep & base
+
     # ------------------------------------------------------------------ applying
 
     def _apply(
@@ -509,7 +519,7 @@ class QuantizeQDQPass(OptPass):
         chosen = self._chosen(graph, excluded)
         names = NameSource(model)
         if self._means:
-            weight_max = 127 if self.config.weights_only else target.weight_max  # storage rounds to 8 bits
+            weight_max = 127 if self.config.weights_only else self._weight_max(target)  # storage rounds to 8 bits
             self._correct_biases(log, chosen, weight_max, names)
         if not self.config.weights_only:
             float_tensors = _touching(graph, excluded)
@@ -525,7 +535,7 @@ class QuantizeQDQPass(OptPass):
                 self._insert_pair(log, graph, value, low, high, names)
         for node in [] if self.config.weights_only else chosen:
             if node.op_type in WEIGHT_OPS:
-                self._quantize_weight(log, graph, node, names, target.weight_max)
+                self._quantize_weight(log, graph, node, names, self._weight_max(target))
             elif node.op_type in ("Add", "Mul", "Concat"):
                 self._quantize_constants(graph, node, names)
         if self.config.float_weights == "int8" or self.config.weights_only:
@@ -535,6 +545,11 @@ class QuantizeQDQPass(OptPass):
             )
             if stored:
                 log.count("weights stored int8 for float compute", len(stored))
+
+    def _weight_max(self, target) -> int:
+        """The target's weight range for int8 kernels; 8 bits with int16 activations, which onnxruntime runs
+        through float kernels (no u8*s8 pair sums to saturate, so 7 bits would only add error)."""
+        return 127 if self.config.activations == "int16" else target.weight_max
 
     def _correct_biases(self, log: PassLog, chosen: list[ir.Node], weight_max: int, names: NameSource) -> None:
         """Before rounding: each Conv/Gemm bias absorbs the mean output error its weight's rounding will cause."""

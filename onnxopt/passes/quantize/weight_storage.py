@@ -2,10 +2,10 @@
 
 A weight ``W`` (float32) of a node that runs in float is stored as
 
-    W_int8  int8[shape]               round(W / scale), per output channel, |q| <= 127
-    scale   float32[1, .., C, .., 1]  max|W_c| / 127, shaped to broadcast along the channel axis
+    W_q  int8[shape]               round(W / scale), per output channel, |q| <= 127
+    W_s  float32[1, .., C, .., 1]  max|W_c| / 127, shaped to broadcast along the channel axis
 
-and rebuilt in the graph with ``Mul(Cast<float>(W_int8), scale)``. Both inputs
+and rebuilt in the graph with ``Mul(Cast<float>(W_q), W_s)``. Both inputs
 are constants, so onnxruntime's constant folding turns the pair into one dense
 float initializer when it creates the session: the running graph is the float
 one with the rounded weights (the values ``DequantizeLinear`` would give,
@@ -134,12 +134,15 @@ def _decoder(
     rounded: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> ir.Value:
     q, scale = int8_per_channel(array, axis) if rounded is None else (rounded[0], _along(rounded[1], array.ndim, axis))
-    q_value = add_initializer(graph, names.fresh(f"{base}_int8"), q)
-    s_value = add_initializer(graph, names.fresh(f"{base}_int8_scale"), scale)
-    cast = ir.node("Cast", [q_value], attributes={"to": ir.DataType.FLOAT}, name=names.fresh(f"{base}_int8_cast"))
-    cast.outputs[0].name = names.fresh(f"{base}_int8_as_float")
-    mul = ir.node("Mul", [cast.outputs[0], s_value], name=names.fresh(f"{base}_int8_decode"))
-    mul.outputs[0].name = names.fresh(f"{base}_decoded")
+    # Short names: on a small net the names of the decoding are a visible part of the file (every name is
+    # written once per definition and once per use). ``W_q`` int8, ``W_s`` scale, ``W_qf`` as float, ``W_w``
+    # the decoded weight; the nodes are ``W_cast`` and ``W_mul``.
+    q_value = add_initializer(graph, names.fresh(f"{base}_q"), q)
+    s_value = add_initializer(graph, names.fresh(f"{base}_s"), scale)
+    cast = ir.node("Cast", [q_value], attributes={"to": ir.DataType.FLOAT}, name=names.fresh(f"{base}_cast"))
+    cast.outputs[0].name = names.fresh(f"{base}_qf")
+    mul = ir.node("Mul", [cast.outputs[0], s_value], name=names.fresh(f"{base}_mul"))
+    mul.outputs[0].name = names.fresh(f"{base}_w")
     for value in (cast.outputs[0], mul.outputs[0]):
         value.dtype, value.shape = ir.DataType.FLOAT, ir.Shape(array.shape)
     graph.insert_before(next(iter(graph)), [cast, mul])  # reads only constants: first is topologically sound
