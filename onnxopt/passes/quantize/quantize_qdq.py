@@ -74,6 +74,11 @@ Two searches decide which nodes stay float (besides ``exclude``):
   can undo, and the right yardstick. When no fallback fits, every node keeps
   float compute with int8 weights (which meets it by construction).
 
+With ``fallback=profile`` and a budget, speed is checked before the budget as
+well as after it: the budget only moves nodes to float, so a model that is not
+faster than float once its slower nodes are float ends float anyway, and the
+budget's ranking and trials are skipped (on a CPU without VNNI, most models).
+
 Whatever was decided, each output's SNR against the original is recorded beside
 that of the plain weights-only reference (nearest rounding, max-abs per
 channel). ``--save-plan`` records every decision (each node's precision, the
