@@ -111,6 +111,24 @@ def test_int8_slower_than_float_leaves_the_model_float() -> None:
     assert any("compute kept float on every node" in n for n in record.notes)
 
 
+def test_a_budget_is_not_searched_when_int8_is_not_faster() -> None:
+    # int8 slower everywhere: speed is decided before the budget, whose ranking and trials would be wasted
+    class NoGain(ScriptedContext):
+        def latency_ratio(self, baseline, candidate, *, batch: int = 1, seconds: float = 1.0) -> Ratio:
+            return Ratio(1.05, 1.04, 1.06)
+
+        def layer_errors(self, *args, **kwargs):
+            raise AssertionError("the budget's sensitivity ranking ran")
+
+    slow = dict.fromkeys(["Conv", "AveragePool", "GlobalAveragePool", "Flatten"], 20.0)
+    context = NoGain(slow, dataset=RandomDataset(Runner(parse(NET, w1=_W1, w2=_W2).SerializeToString()).inputs, 32,
+                                                 dims={}, seed=0))  # fmt: skip
+    record, result = _run("quantize:fallback=profile;max_db_loss=0", context)
+    assert not any(n.startswith("all int8:") for n in record.notes)  # the budget never scored a trial
+    assert any("compute kept float on every node" in n for n in record.notes)
+    assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in result.model.graph)
+
+
 @pytest.fixture(scope="module")
 def mobilenet(tmp_path_factory):
     rng = np.random.default_rng(0)

@@ -61,12 +61,15 @@ class FloatFallbackSearch:
     def run(self, excluded: set[str]) -> set[str] | None:
         budgeted = self.config.max_drop is not None or self.config.max_db_loss is not None
         if self.config.fallback == "profile":
-            excluded = self._keep_slow_nodes_float(excluded)
+            # ``current``: the last trial the speed search timed. Its speed-kept nodes may keep exact weights where
+            # a fresh trial stores them int8 (decoded at session creation: the same speed), so it serves the speed
+            # check below but not the budget, which measures error
+            excluded, current = self._keep_slow_nodes_float(excluded)
             # The budget only moves more nodes to float, and the nodes int8 runs slower on are float already:
             # a model not faster than float now will not be after it. Deciding speed first spares the budget's
             # sensitivity ranking and trials where int8 loses anyway (a CPU without VNNI).
             if budgeted:
-                if not self._faster_than_float(self.trial(excluded)):
+                if not self._faster_than_float(current):
                     self.declined = "speed"
                     return None
                 self.measured["int8_over_float_before_budget"] = self.measured.pop("int8_over_float")
@@ -84,11 +87,12 @@ class FloatFallbackSearch:
     def _profile(self, model: ir.Model) -> NodeProfile:
         return self.context.profile(model, batch=self.batch)
 
-    def _keep_slow_nodes_float(self, excluded: set[str]) -> set[str]:
+    def _keep_slow_nodes_float(self, excluded: set[str]) -> tuple[set[str], ir.Model]:
         """Keep float the nodes whose int8 kernels the profiler finds slower than their float ones: all of them at
         once, each decided by its own timing; if that is not measurably faster than all-int8, one op type at a
         time, most time lost first, each kept only if the whole model then runs measurably faster (interleaved
-        timing: the islands' extra Q/DQ may cost more than the kernels save)."""
+        timing: the islands' extra Q/DQ may cost more than the kernels save). Returns the nodes kept float and the
+        trial built with them."""
         context = self.context
         ops = self.quantizable(excluded)
         float_profile = self._profile(self.model)
@@ -131,7 +135,7 @@ class FloatFallbackSearch:
             f"per-node profile (batch {self.batch}): float {float_profile.total:.0f} µs, "
             f"int8 {profile.total:.0f} µs; {len(kept_float)} slower node(s) of {len(lost)} op type(s) tried kept float"
         )
-        return excluded
+        return excluded, current
 
     def _faster_than_float(self, quantized: ir.Model) -> bool:
         """Whether ``quantized`` runs at most ``1 - min_gain`` times ``model``'s latency (interleaved timing).
