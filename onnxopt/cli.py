@@ -665,11 +665,11 @@ def format_layers(report: LayerReport) -> list[str]:
     """The per-layer table and its verdict."""
     lines = [
         f"per layer ({len(report.layers)} matched tensors, {report.unmatched} unmatched; {report.samples} samples)",
-        f"{'tensor':<40}{'op':<20}{'SNR dB':>9}{'cosine':>11}{'max rel':>11}{'added dB':>10}",
+        f"{'tensor':<40}{'op':<20}{'SNR dB':>9}{'cosine':>11}{'max rel':>11}{'own dB':>10}",
     ]
     for layer in report.layers:
         mark = " <- first below threshold" if layer.tensor == report.first_bad else ""
-        added = "" if layer.added_db is None else f"{layer.added_db:.1f}"
+        added = "" if layer.own_snr_db is None else f"{layer.own_snr_db:.1f}"
         lines.append(
             f"{layer.tensor[-39:]:<40}{layer.op_type[:19]:<20}{_db(layer.snr_db):>9}{layer.cosine:>11.6f}"
             f"{layer.max_rel:>11.3g}{added:>10}{mark}"
@@ -684,6 +684,7 @@ def format_layers(report: LayerReport) -> list[str]:
         )
     if report.first_bad is not None and report.largest_added is not None:
         lines.append(f"largest error added by one layer: {report.largest_added}")
+    lines.append("own dB: the SNR of the error each layer adds by itself (lower adds more)")
     return lines
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from onnxopt.evaluate.agreement import AgreementAccumulator
+from onnxopt.evaluate.agreement import SNR_CAP_DB, AgreementAccumulator, own_error_db
 
 
 def _result(reference: np.ndarray, candidate: np.ndarray):
@@ -48,3 +48,13 @@ def test_top1_agreement_on_a_classifier_output() -> None:
     reference = np.array([[0.1, 0.9], [0.8, 0.2]], np.float32)
     candidate = np.array([[0.2, 0.7], [0.3, 0.6]], np.float32)
     assert _result(reference, candidate).top1_agreement == 0.5
+
+
+def test_own_error_is_the_error_power_a_layer_adds_not_a_difference_of_dbs() -> None:
+    # the first layer after an exact input, 150 -> 36 dB, adds a 36 dB error; a later one, 30 -> 20 dB,
+    # adds more (20.5 dB) though its dB difference (10) is far below the first's (114)
+    assert own_error_db(SNR_CAP_DB, 36.0) == pytest.approx(36.0, abs=1e-6)
+    assert own_error_db(30.0, 20.0) == pytest.approx(-10 * np.log10(1e-2 - 1e-3))
+    assert own_error_db(30.0, 20.0) < own_error_db(SNR_CAP_DB, 36.0)
+    assert own_error_db(20.0, 25.0) == SNR_CAP_DB  # a layer can shrink the error it receives: adds none
+    assert own_error_db(float("inf"), float("inf")) == SNR_CAP_DB

@@ -80,7 +80,8 @@ def test_qdq_model_is_matched_through_dequantize(tmp_path: Path) -> None:
     report = layer_errors(onnx.load(str(MODEL)), candidate, open_dataset(str(EVAL), Runner(str(MODEL)).inputs))
     through_dq = [layer for layer in report.layers if layer.candidate_tensor in dq_outputs]
     assert through_dq, "no tensor was matched to its DequantizeLinear output"
-    assert all(layer.tensor != layer.candidate_tensor for layer in through_dq)
+    outputs = {o.name for o in candidate.graph.output}  # a graph output keeps its name on its DequantizeLinear
+    assert all(layer.tensor != layer.candidate_tensor for layer in through_dq if layer.tensor not in outputs)
     assert all(layer.snr_db > 20 for layer in report.layers)  # int8 on this model: no layer breaks
     assert any(layer.snr_db < 80 for layer in through_dq)  # but quantization error is visible
 
@@ -95,3 +96,20 @@ def test_memory_budget_splits_the_layers_without_changing_results() -> None:
     split = layer_errors(reference, candidate, _dataset(16), max_batch_bytes=64 * 1024)
     assert [x.tensor for x in whole.layers] == [x.tensor for x in split.layers]
     assert np.allclose([x.snr_db for x in whole.layers], [x.snr_db for x in split.layers], rtol=1e-9)
+
+
+def test_the_graph_output_is_a_layer_too(tmp_path: Path) -> None:
+    # the error the last layer adds shows only at the graph output: a broken head must be named there
+    model = onnx.load(str(MODEL))
+    producer = next(n for n in model.graph.node if n.output[0] == model.graph.output[0].name)
+    bias_add = next(n for n in model.graph.node if n.output[0] == producer.input[0])
+    for tensor in model.graph.initializer:
+        if tensor.name == bias_add.input[1]:
+            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor) + 3.0, tensor.name))
+    path = tmp_path / "head.onnx"
+    onnx.save(model, str(path))
+    report = layer_errors(onnx.load(str(MODEL)), onnx.load(str(path)), _dataset())
+    names = [layer.tensor for layer in report.layers]
+    assert model.graph.output[0].name in names
+    assert report.largest_added in (bias_add.output[0], model.graph.output[0].name)
+    assert all(np.isinf(layer.snr_db) for layer in report.layers[: names.index(bias_add.output[0])])

@@ -151,6 +151,16 @@ def agreement(
     return [a.result() for a in accumulators]
 
 
+def own_error_db(upstream_db: float, downstream_db: float) -> float:
+    """The SNR of the error one layer adds by itself: the error power relative to the signal at its output
+    minus the power it received at its input (independent errors add as powers), in dB; lower adds more,
+    :data:`SNR_CAP_DB` when it added none. A difference of the two dBs would charge the first layer after
+    an exact input with the whole cap: one taking 150 dB to 36 dB adds a 36 dB error, and one taking
+    30 dB to 20 dB a 20.5 dB error -- the larger of the two, though the dB difference says 114 against 10."""
+    added = 10 ** (-finite_db(downstream_db) / 10) - 10 ** (-finite_db(upstream_db) / 10)
+    return min(-10 * math.log10(max(added, 10 ** (-SNR_CAP_DB / 10))), SNR_CAP_DB)
+
+
 def finite_db(db: float) -> float:
     """An identical tensor's infinite SNR, capped at :data:`SNR_CAP_DB` so differences stay numbers."""
     return min(db, SNR_CAP_DB) if not math.isnan(db) else -SNR_CAP_DB

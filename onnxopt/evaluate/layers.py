@@ -27,8 +27,8 @@ Matching a reference tensor ``T`` to the candidate, in order of preference:
 
 Layers are reported in the reference's topological order; the *first* layer
 whose SNR falls below ``threshold_db`` is where the error is born. Each layer
-also gets the SNR drop from its worst matched input to its output (the error
-that layer added).
+also gets the SNR of the error it added itself: its output's error power less
+its worst matched input's (:func:`~onnxopt.evaluate.agreement.own_error_db`).
 
 Memory: one probe batch of a single sample measures each tensor's bytes per
 sample; tensors are then grouped so that one batch of one group stays under
@@ -48,7 +48,7 @@ import onnx_ir as ir
 
 from onnxopt.data import Dataset, fixed_batch
 from onnxopt.errors import UnsupportedModelError
-from onnxopt.evaluate.agreement import AgreementAccumulator, finite_db
+from onnxopt.evaluate.agreement import AgreementAccumulator, own_error_db
 from onnxopt.io.sparse_storage import densify
 from onnxopt.shared_weights import SharedWeightsModel
 
@@ -71,7 +71,7 @@ class LayerError:
     snr_db: float
     cosine: float
     max_rel: float
-    added_db: float | None  # SNR of the worst matched input minus this SNR (None: no matched input)
+    own_snr_db: float | None  # SNR of the error this layer adds itself (agreement.own_error_db; None: no matched input)
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class LayerReport:
     layers: list[LayerError]
     unmatched: int  # reference float tensors with no candidate counterpart
     first_bad: str | None  # first tensor below the threshold
-    largest_added: str | None  # tensor whose layer added the most error
+    largest_added: str | None  # tensor whose layer added the most error (lowest own_snr_db)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -186,11 +186,8 @@ def _match(
                 renamed = {ref: cand for cand, ref in json.loads(prop.value).items()}
             except (ValueError, AttributeError):
                 renamed = {}
-    outputs = {o.name for o in reference.graph.output}
     pairs, unmatched = [], 0
-    for name in order:
-        if name in outputs:
-            continue  # graph outputs are compared by `compare` itself
+    for name in order:  # graph outputs too: the error the last layer adds shows only there
         match = quantized_as.get(name) or (name if name in cand_types else None) or renamed.get(name)
         if match is not None and match in cand_types:
             pairs.append((name, match))
@@ -244,11 +241,11 @@ def _report(
         node = producers[ref]
         r = results[ref]
         inputs = [results[i].snr_db if i in results else math.inf for i in node.input if i in results or i in exact]
-        added = None if not inputs else finite_db(min(inputs)) - finite_db(r.snr_db)
+        added = None if not inputs else own_error_db(min(inputs), r.snr_db)
         layers.append(LayerError(ref, cand, node.op_type, node.name, r.snr_db, r.cosine, r.max_rel, added))
     first_bad = next((layer.tensor for layer in layers if layer.snr_db < threshold_db), None)
-    scored = [layer for layer in layers if layer.added_db is not None]
-    largest = max(scored, key=lambda layer: layer.added_db or 0.0).tensor if scored else None
+    scored = [layer for layer in layers if layer.own_snr_db is not None]
+    largest = min(scored, key=lambda layer: layer.own_snr_db or 0.0).tensor if scored else None
     return LayerReport(threshold_db, samples, layers, unmatched, first_bad, largest)
 
 

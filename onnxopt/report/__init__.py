@@ -19,7 +19,7 @@ Schema ``onnxopt.report/2``. Every report has
   ``{name, max_abs, mean_abs, max_rel, cosine, snr_db, top1_agreement}``, and
   ``layers`` (null, or the per-layer report: ``threshold_db, samples,
   unmatched, first_bad, largest_added`` and per layer ``{tensor,
-  candidate_tensor, op_type, node, snr_db, cosine, max_rel, added_db}``)
+  candidate_tensor, op_type, node, snr_db, cosine, max_rel, own_snr_db}``)
 * ``latency``: null, or a ``bench`` object (below) over input and output.
 
 ``kind: compare`` adds ``reference``, ``candidate`` (paths) and ``comparison``.

@@ -195,7 +195,7 @@ def _layers(layers: dict[str, Any]) -> list[Block]:
             _db(x["snr_db"]),
             f"{x['cosine']:.6f}",
             f"{x['max_rel']:.3g}",
-            "" if x["added_db"] is None else f"{x['added_db']:.1f}",
+            "" if x["own_snr_db"] is None else f"{x['own_snr_db']:.1f}",
         ]
         for x in layers["layers"]
     ]
@@ -210,7 +210,7 @@ def _layers(layers: dict[str, Any]) -> list[Block]:
             f"{len(rows)} matched tensors ({layers['unmatched']} unmatched), {layers['samples']} samples; {verdict}."
         ),
         Figure(svg, "SNR of each layer against the reference") if svg else Paragraph(_PLOT_HINT),
-        Table(["tensor", "op", "SNR dB", "cosine", "max rel", "added dB"], rows, {2, 3, 4, 5}),
+        Table(["tensor", "op", "SNR dB", "cosine", "max rel", "own error dB"], rows, {2, 3, 4, 5}),
     ]
 
 
