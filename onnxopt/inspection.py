@@ -44,9 +44,7 @@ def inspect_model(model: ir.Model, input_shapes: InputShapes | None = None) -> M
         f"{n.domain}.{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
         for n in ir.traversal.RecursiveGraphIterator(model.graph)
     )
-    macs, unknown = estimate_macs(model, input_shapes)
-    if unknown:  # shapes inference could not follow (data-dependent Reshape targets, recurrent layers): run it
-        macs, unknown = estimate_macs(model, input_shapes, _measured_shapes(model, unknown, input_shapes))
+    macs, unknown = count_macs(model, input_shapes)
     return ModelSummary(
         opset=dict(model.opset_imports),
         ir_version=model.ir_version,
@@ -60,6 +58,16 @@ def inspect_model(model: ir.Model, input_shapes: InputShapes | None = None) -> M
         macs=macs,
         macs_unknown=unknown,
     )
+
+
+def count_macs(model: ir.Model, input_shapes: InputShapes | None = None) -> tuple[int, list[str]]:
+    """:func:`~onnxopt.model_stats.estimate_macs`, and where shape inference cannot follow a node (a Reshape
+    target computed from the input's symbolic width, before an LSTM and its classifier) the shapes one run on
+    a random sample shaped by ``input_shapes`` measures; returns (MACs per sample, nodes still not counted)."""
+    macs, unknown = estimate_macs(model, input_shapes)
+    if unknown:
+        macs, unknown = estimate_macs(model, input_shapes, _measured_shapes(model, unknown, input_shapes))
+    return macs, unknown
 
 
 def _measured_shapes(model: ir.Model, nodes: list[str], input_shapes: InputShapes | None) -> dict[str, list[int]]:

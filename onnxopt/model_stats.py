@@ -60,7 +60,7 @@ def graph_size(model: ir.Model) -> tuple[int, int]:
 def estimate_macs(
     model: ir.Model, input_shapes: InputShapes | None = None, measured: Mapping[str, list[int]] | None = None
 ) -> tuple[int, list[str]]:
-    """MACs per sample of the main graph's Conv/ConvTranspose/Gemm/MatMul, and nodes not counted.
+    """MACs per sample of the main graph's Conv/ConvTranspose/Gemm/MatMul/LSTM/GRU/RNN, and nodes not counted.
 
     Unknown input dimensions are resolved as random inputs would be (:mod:`onnxopt.data.input_shapes`:
     ``input_shapes`` overrides, an image's H/W 224 or its known sibling, else 1), the batch set to 1.
@@ -152,4 +152,24 @@ def _matmul(node: onnx.NodeProto, ins: list, out: list | None) -> int | None:
     return int(np.prod(out, dtype=np.int64) * a[-1])
 
 
-_COUNTERS = {"Conv": _conv, "ConvTranspose": _conv_transpose, "Gemm": _gemm, "MatMul": _matmul}
+def _recurrent(node: onnx.NodeProto, ins: list, out: list | None) -> int | None:
+    """LSTM, GRU and RNN: every step multiplies the input and the hidden state into every gate of every
+    direction, ``steps * batch * W's rows (directions * gates * hidden) * (input + hidden)``."""
+    x, w, r = [*ins, None, None, None][:3]
+    if not _known(x, w, r) or len(x) != 3:
+        return None
+    layout = next((attr.i for attr in node.attribute if attr.name == "layout"), 0)
+    steps, batch = (x[1], x[0]) if layout else (x[0], x[1])
+    # W: [directions, gates * hidden, input]; R: [directions, gates * hidden, hidden]
+    return int(steps * batch * w[0] * w[1] * (w[2] + r[2]))
+
+
+_COUNTERS = {
+    "Conv": _conv,
+    "ConvTranspose": _conv_transpose,
+    "Gemm": _gemm,
+    "MatMul": _matmul,
+    "LSTM": _recurrent,
+    "GRU": _recurrent,
+    "RNN": _recurrent,
+}

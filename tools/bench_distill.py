@@ -12,9 +12,10 @@ Data: the digits CNN trains on its bundled ``train.npz`` and is scored on the la
 ``eval.npz`` (the split every digits number in this repository uses); the real models train on rendered,
 **unlabelled** task data from seed 100 (``tools/real_tasks.py``) and are scored on 150 samples from seed 1
 -- a different stream, never trained on. Metrics: accuracy (digits, orientation) and exact-string
-agreement with fp32 (the recognizer), the MACs ratio (``onnxopt.model_stats.estimate_macs``) and the
-latency ratio at batch 1 (the deployment size of all three), interleaved with fp32 in one run
-(:func:`onnxopt.bench.run.paired_ratio`). The machine line names the CPU's integer features.
+agreement with fp32 (the recognizer), the MACs ratio (``onnxopt.inspection.count_macs``: Conv, Gemm,
+MatMul and the LSTM, at one training sample's size) and the latency ratio at batch 1 (the deployment
+size of all three), interleaved with fp32 in one run (:func:`onnxopt.bench.run.paired_ratio`). The
+machine line names the CPU's integer features.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from real_tasks import evaluate_task, make_task, run_model  # noqa: E402
 from onnxopt.api import optimize  # noqa: E402
 from onnxopt.bench.machine import machine_description  # noqa: E402
 from onnxopt.bench.run import paired_ratio  # noqa: E402
-from onnxopt.model_stats import estimate_macs  # noqa: E402
+from onnxopt.inspection import count_macs  # noqa: E402
 
 DIGITS = ROOT / "models" / "digits_cnn"
 
@@ -86,7 +87,10 @@ def run_subject(subject: Subject, folder: Path, seconds: float) -> list[dict[str
     work.mkdir()
     source, train, score = _task(subject, work)
     prune = f"lossless,prune-channels:ratio={subject.ratio};multiple=8,reconstruct"
-    base_macs = estimate_macs(ir.load(str(source)))[0]
+    shapes = _deployment_shape(train)
+    base_macs, unknown = count_macs(ir.load(str(source)), shapes)
+    if unknown:
+        raise SystemExit(f"{subject.name}: MACs of {', '.join(unknown)} could not be counted")
     rows = []
     for label, spec in (("prune", prune), ("prune+distill", f"{prune},{subject.distill}")):
         out = work / f"{label}.onnx"
@@ -98,7 +102,7 @@ def run_subject(subject: Subject, folder: Path, seconds: float) -> list[dict[str
         ratio = paired_ratio(source, out, "CPUExecutionProvider", feeds, seconds=seconds)
         rows.append({
             "model": subject.name, "variant": label, "ratio": subject.ratio,
-            "macs_ratio": round(estimate_macs(ir.load(str(out)))[0] / base_macs, 3),
+            "macs_ratio": round(count_macs(ir.load(str(out)), shapes)[0] / base_macs, 3),
             "latency_ratio": round(ratio.median, 3), "latency_ci": [round(ratio.low, 3), round(ratio.high, 3)],
             "tool_seconds": round(took, 1), **score(out), "distill_notes": notes,
         })  # fmt: skip
@@ -139,6 +143,13 @@ def _task(subject: Subject, work: Path):
         return {"metric": key, "value": round(float(metrics[key]), 4), "fp32": fp32, "samples": len(held)}
 
     return source, train_path, score_real
+
+
+def _deployment_shape(train: Path) -> dict[str, tuple[int, ...]]:
+    """One training sample's shape per input (batch 1): the size the MACs are counted at (the recognizer's
+    width is symbolic; its rendered strings are 192 wide)."""
+    with np.load(train) as data:
+        return {k: (1, *data[k].shape[1:]) for k in data.files if k != "labels"}
 
 
 def _timing_feeds(train: Path) -> dict[str, np.ndarray]:

@@ -166,9 +166,12 @@ class PruneChannelsPass(OptPass):
                     out.shape = None
         ir.passes.common.RemoveUnusedNodesPass()(model)  # e.g. the shape arithmetic of a replaced Reshape target
         annotate_shapes(model)
-        macs_after, _ = estimate_macs(model)
+        macs_after, unknown = estimate_macs(model)
         log.count("MACs per sample before", macs_before)
         log.count("MACs per sample after", macs_after)
+        if unknown:  # e.g. an LSTM behind a Reshape to the input's symbolic width: `onnxopt inspect` runs them
+            shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+            log.note(f"the MAC counts leave out {shown} (shapes unknown before running the model)")
 
     def _fit_budget(self, log: PassLog, model: ir.Model, scores: dict[str, np.ndarray], upper: float) -> float | None:
         """The largest ratio up to ``upper`` (bisection, ``budget_steps`` trials) whose pruned -- and, with
