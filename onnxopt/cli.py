@@ -669,10 +669,10 @@ def format_layers(report: LayerReport) -> list[str]:
     ]
     for layer in report.layers:
         mark = " <- first below threshold" if layer.tensor == report.first_bad else ""
-        added = "" if layer.own_snr_db is None else f"{layer.own_snr_db:.1f}"
+        own = "" if layer.own_snr_db is None else f"{layer.own_snr_db:.1f}"
         lines.append(
             f"{layer.tensor[-39:]:<40}{layer.op_type[:19]:<20}{_db(layer.snr_db):>9}{layer.cosine:>11.6f}"
-            f"{layer.max_rel:>11.3g}{added:>10}{mark}"
+            f"{layer.max_rel:>11.3g}{own:>10}{mark}"
         )
     if report.first_bad is None:
         lines.append(f"every matched layer stays above {report.threshold_db:g} dB")

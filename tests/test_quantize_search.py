@@ -196,3 +196,26 @@ def test_layers_kept_float_for_max_db_loss_still_store_their_weights_int8(mobile
         cast = decode.inputs[0].producer()
         assert cast.op_type == "Cast" and cast.inputs[0].const_value.dtype.name == "INT8"
     assert any(n.op_type == "QuantizeLinear" for n in result.model.graph)  # the rest computes in int8
+
+
+def test_max_db_loss_ranks_layers_against_the_weights_only_model_and_sees_the_head(mobilenet) -> None:
+    # the ranking's yardstick is the budget's own (int8 weights decoded to float, float activations), and the
+    # graph output, where only the classifier's error shows, is one of the layers it ranks
+    model, data = mobilenet
+    dataset = open_dataset(str(data), Runner(model.SerializeToString()).inputs, seed=0)
+    decoded, tensors = [], []
+
+    class Watched(Context):
+        def layer_errors(self, reference, candidate, limit=32):
+            # looked at now: the pass later quantizes its float model in place
+            weights = [n.inputs[1].producer() for n in reference.graph if n.op_type == "Conv"]
+            decoded.append(bool(weights) and all(w is not None and w.op_type == "Mul" for w in weights))
+            report = super().layer_errors(reference, candidate, limit)
+            tensors.append([layer.tensor for layer in report.layers])
+            return report
+
+    spec = "lossless,equalize,quantize:target=avx2;max_db_loss=6;eval_samples=128"
+    record, _ = _run(spec, Watched(dataset=dataset), model)
+    assert record.status == "applied" and decoded, record.notes
+    assert decoded == [True]  # the weights-only model, not the float one
+    assert model.graph.output[0].name in tensors[0]
