@@ -61,9 +61,9 @@ def test_gptq_beats_nearest_rounding_on_held_out_inputs(weight_max) -> None:
         return float(np.mean(np.einsum("pgk,grk->pgr", patches, per_group) ** 2))
 
     for name, node in nodes.items():
-        hessian = collector.hessian(name)
-        assert hessian is not None
-        q, scale = gptq_round(node, weights[name], hessian, weight_max)
+        upper = collector.inverse_factor(name)
+        assert upper is not None and upper.dtype == np.float32
+        q, scale = gptq_round(node, weights[name], upper, weight_max)
         near_q, near_scale = quantize_weight(weights[name], 0, weight_max)
         assert q.dtype == np.int8 and q.shape == weights[name].shape and int(np.abs(q).max()) <= weight_max
         np.testing.assert_allclose(scale, near_scale)  # the integer format is unchanged: only the levels move

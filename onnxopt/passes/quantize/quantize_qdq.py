@@ -668,10 +668,10 @@ class QuantizeQDQPass(OptPass):
             return None
         key = (node.name, weight_max)
         if key not in self._rounded:
-            hessian = self._hessians.hessian(node.name)
-            if hessian is None:
+            upper = self._hessians.inverse_factor(node.name)
+            if upper is None:
                 return None
-            self._rounded[key] = gptq_round(node, weight, hessian, weight_max)
+            self._rounded[key] = gptq_round(node, weight, upper, weight_max)
         return self._rounded[key]
 
     @staticmethod
