@@ -70,3 +70,48 @@ def test_gptq_beats_nearest_rounding_on_held_out_inputs(weight_max) -> None:
         ratio = output_error(name, q, scale) / output_error(name, near_q, near_scale)
         # dense layers gain a lot; a depthwise kernel (9 inputs per channel) has little error to redistribute
         assert ratio < (1.1 if name == "wd" else 0.5), (name, ratio)
+
+
+def _factor_inputs() -> tuple[ir.Node, np.ndarray, np.ndarray]:
+    """A Gemm layer, correlated calibration rows, and the damped ``H`` the factor must invert."""
+    weight = RNG.standard_normal((32, 64)).astype(np.float32)
+    model = ir.serde.deserialize_model(parse(MODEL, wc=np.zeros((16, 8, 3, 3), np.float32),
+                                             wd=np.zeros((8, 1, 3, 3), np.float32), wg=weight))  # fmt: skip
+    node = next(n for n in model.graph if n.op_type == "Gemm")
+    rows = _correlated(256, (64,))
+    rows[:, 5] = 0.0  # an input never seen: its diagonal is 0
+    h = rows.astype(np.float64).T @ rows / len(rows)
+    h[5, 5] = 1.0
+    h[np.diag_indices(64)] += 0.01 * np.diag(h).mean()
+    return node, rows, h
+
+
+@pytest.mark.parametrize("float32_fails", [False, True])
+def test_the_inverse_factor_is_upper_and_inverts_the_damped_hessian_once(monkeypatch, float32_fails) -> None:
+    from scipy.linalg import lapack
+
+    from onnxopt.passes.quantize import gptq
+
+    refused = []
+    if float32_fails:  # the float64 fallback takes over
+
+        def not_definite(a, lower, clean):
+            refused.append(a.dtype)
+            return a, 1
+
+        monkeypatch.setattr(
+            gptq, "_FACTORIZATIONS", ((not_definite, lapack.strtri, np.float32), gptq._FACTORIZATIONS[1])
+        )
+    node, rows, h = _factor_inputs()
+    collector = HessianCollector([node], seed=0)
+    collector.add(node.name, rows)
+    upper = collector.inverse_factor(node.name)
+    assert upper is not None and upper.shape == (1, 64, 64) and upper.dtype == np.float32
+    u = upper[0].astype(np.float64)
+    np.testing.assert_array_equal(u, np.triu(u))
+    inverse = np.linalg.inv(h)
+    error = np.abs(u.T @ u - inverse).max() / np.abs(inverse).max()
+    assert error <= 1e-4  # ~1e-5 either way: H's float32 products dominate, not the factorization
+    assert refused == ([np.dtype(np.float32)] if float32_fails else [])
+    assert collector.inverse_factor(node.name) is upper  # computed once: both roundings of a layer share it
+    assert node.name not in collector.sums  # and H's sum is freed
