@@ -15,6 +15,7 @@ from onnxopt.passes.equalize import EqualizeLayersPass
 from onnxopt.passes.fold_batchnorm import FoldBatchNormPass
 from onnxopt.passes.fold_channel_affine import FoldChannelAffinePass
 from onnxopt.passes.fold_constants import FoldConstantsPass
+from onnxopt.passes.low_rank import FactorLinearPass
 from onnxopt.passes.prune_channels import PruneChannelsPass
 from onnxopt.passes.prune_magnitude import PruneMagnitudePass
 from onnxopt.passes.quantize.bias_correct import BiasCorrectPass
@@ -40,6 +41,7 @@ REGISTRY: dict[str, type[OptPass]] = {
         PruneMagnitudePass,
         PruneChannelsPass,
         ReconstructPass,
+        FactorLinearPass,
         DistillPass,
         BiasCorrectPass,
         QuantizeQDQPass,
@@ -54,6 +56,7 @@ __all__ = [
     "DistillPass",
     "EliminateIdentityPass",
     "EqualizeLayersPass",
+    "FactorLinearPass",
     "FoldBatchNormPass",
     "FoldChannelAffinePass",
     "FoldConstantsPass",

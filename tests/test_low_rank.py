@@ -1,0 +1,134 @@
+"""low-rank: a large head factored to the data's subspace, its best candidates rescored exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from helpers import ops, parse, run
+
+from onnxopt.api import optimize
+from onnxopt.inspection import count_macs
+from onnxopt.passes.low_rank import LowRankConfig
+
+K, N, SUBSPACE = 64, 2048, 12
+
+
+def _features(n: int, seed: int, shape: tuple[int, ...] = ()) -> np.ndarray:
+    """Inputs that live (up to a little noise) in a fixed SUBSPACE-dimensional subspace of R^K, as a real
+    head's features do: the data-aware fit can find it, the weight's own SVD cannot."""
+    basis = np.random.default_rng(7).normal(size=(SUBSPACE, K))
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, *shape, SUBSPACE))
+    return (z @ basis + 0.01 * rng.normal(size=(n, *shape, K))).astype(np.float32)
+
+
+def _head(tmp_path: Path, *, matmul: bool = False) -> Path:
+    rng = np.random.default_rng(0)
+    if matmul:
+        model = parse(
+            f"""<ir_version: 8, opset_import: ["": 13]>
+            m (float[B, 3, {K}] x) => (float[B, 3, {N}] y) {{ y = MatMul(x, w) }}""",
+            w=rng.normal(size=(K, N)).astype(np.float32),
+        )
+    else:
+        model = parse(
+            f"""<ir_version: 8, opset_import: ["": 13]>
+            m (float[B, {K}] x) => (float[B, {N}] y) {{ y = Gemm<transB=1>(x, w, b) }}""",
+            w=rng.normal(size=(N, K)).astype(np.float32),
+            b=rng.normal(size=N).astype(np.float32),
+        )
+    path = tmp_path / ("matmul.onnx" if matmul else "gemm.onnx")
+    onnx.save(model, path)
+    return path
+
+
+def _data(tmp_path: Path, n: int = 256, shape: tuple[int, ...] = ()) -> Path:
+    path = tmp_path / "data.npz"
+    np.savez(path, x=_features(n, seed=1, shape=shape))
+    return path
+
+
+def _factored(tmp_path: Path, spec: str, *, matmul: bool = False) -> tuple[Path, Path, object]:
+    source = _head(tmp_path, matmul=matmul)
+    out = tmp_path / "out.onnx"
+    result = optimize(source, out, passes=spec, data=str(_data(tmp_path, shape=(3,) if matmul else ())))
+    return source, out, result
+
+
+def _record(result) -> object:
+    (record,) = [r for r in result.pipeline.records if r.name == "low-rank"]
+    return record
+
+
+def test_data_aware_rank_reproduces_the_layer_on_held_out_inputs_where_plain_svd_cannot(tmp_path) -> None:
+    source, out, _ = _factored(tmp_path, f"low-rank:rank={SUBSPACE};rescore=0")
+    held = _features(64, seed=2)
+    (want,), (got,) = run(onnx.load(source), {"x": held}), run(onnx.load(out), {"x": held})
+    error = np.linalg.norm(got - want) / np.linalg.norm(want)
+    assert error < 0.01
+    weight = onnx.numpy_helper.to_array(onnx.load(source).graph.initializer[0]).T  # K x N
+    u, s, vt = np.linalg.svd(weight, full_matrices=False)
+    plain = held @ (u[:, :SUBSPACE] * s[:SUBSPACE]) @ vt[:SUBSPACE] + (want - held @ weight)
+    assert np.linalg.norm(plain - want) / np.linalg.norm(want) > 0.3  # the yardstick this test beats
+    assert "TopK" not in ops(onnx.load(out))
+
+
+def test_rescored_candidates_are_exact_and_the_argmax_holds_on_held_out_inputs(tmp_path) -> None:
+    source, out, result = _factored(tmp_path, "low-rank:rescore=8")
+    (detail,) = _record(result).details
+    assert detail["rank"] <= SUBSPACE * 2 and detail["argmax_kept"] >= 0.999
+    model = onnx.load(out)
+    assert {"TopK", "Gather", "ScatterElements"} <= set(ops(model))
+    assert [o.name for o in model.graph.output] == ["y"]
+    held = _features(128, seed=3)
+    (want,), (got,) = run(onnx.load(source), {"x": held}), run(model, {"x": held})
+    assert got.shape == want.shape
+    assert np.mean(got.argmax(1) == want.argmax(1)) >= 0.99
+    top = np.argsort(-got, axis=1)[:, :8]  # the largest entries are the rescored ones: they carry exact values
+    exact = np.isclose(np.take_along_axis(got, top, 1), np.take_along_axis(want, top, 1), atol=1e-3)
+    assert exact[:, 0].all() and exact.mean() >= 0.95  # (an approximate tail entry may edge past the 8th)
+    assert not np.isclose(got, want, atol=1e-3).all()  # the tail is approximate: the check above can fail
+    shape = {"x": (1, K)}
+    assert count_macs(ir.load(str(out)), shape)[0] < 0.5 * count_macs(ir.load(str(source)), shape)[0]
+
+
+def test_a_matmul_over_a_sequence_is_factored_per_position(tmp_path) -> None:
+    source, out, result = _factored(tmp_path, "low-rank:rescore=8", matmul=True)
+    assert _record(result).counts.get("layers factored") == 1
+    held = _features(32, seed=4, shape=(3,))
+    (want,), (got,) = run(onnx.load(source), {"x": held}), run(onnx.load(out), {"x": held})
+    assert got.shape == (32, 3, N)
+    assert np.mean(got.argmax(-1) == want.argmax(-1)) >= 0.99
+
+
+def test_declines_what_it_cannot_keep_and_leaves_small_layers_alone(tmp_path) -> None:
+    source = _head(tmp_path)
+    rng = np.random.default_rng(5)
+    data = tmp_path / "noise.npz"
+    np.savez(data, x=rng.normal(size=(64, K)).astype(np.float32))  # full-rank inputs: no small rank keeps them
+    out = tmp_path / "out.onnx"
+    result = optimize(source, out, passes="low-rank:max_ratio=0.45;rescore=0", data=str(data))
+    record = _record(result)
+    assert not record.counts.get("layers factored")
+    assert any("no rank within 45%" in reason for reason in record.skipped)
+    result = optimize(source, out, passes=f"low-rank:min_outputs={N + 1}", data=str(_data(tmp_path)))
+    assert not _record(result).counts.get("layers factored") and not _record(result).skipped
+
+
+def test_the_same_data_gives_the_same_bytes(tmp_path) -> None:
+    source, data = _head(tmp_path), _data(tmp_path)
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    optimize(source, a, passes="low-rank", data=str(data))
+    optimize(source, b, passes="low-rank", data=str(data))
+    assert a.read_bytes() == b.read_bytes()
+
+
+@pytest.mark.parametrize("text", ["agreement=0", "max_ratio=1", "rank=-1", "samples=4"])
+def test_impossible_parameters_are_refused(text: str) -> None:
+    key, value = text.split("=")
+    with pytest.raises(ValueError):
+        LowRankConfig(**{key: float(value) if "." in value or key in ("agreement", "max_ratio") else int(value)})
