@@ -6,7 +6,9 @@
 For each model, two rows against fp32, both from one pruning of the same channels:
 
 * ``prune``: ``lossless,prune-channels:ratio=R;multiple=8,reconstruct`` (post-training only);
-* ``prune+distill``: the same, then ``distill`` (fine-tuned on the original's outputs).
+* ``prune+distill``: the same, then ``distill`` (fine-tuned on the original's outputs);
+* for the recognizer, ``low-rank`` rows: its 8210-class head factored by the ``low-rank`` pass (auto rank, and
+  rank 16), and rank 16 after pruning 16 of the 192 channels of its three widest convs (Conv_17/22/27).
 
 Data: the digits CNN trains on its bundled ``train.npz`` and is scored on the last 744 samples of
 ``eval.npz`` (the split every digits number in this repository uses); the real models train on rendered,
@@ -51,6 +53,7 @@ class Subject:
     ratio: float
     train: int  # rendered training samples (real models)
     distill: str  # the distill step's parameters
+    extra: tuple[tuple[str, str, str], ...] = ()  # (label, recipe, what it removes) beyond the two rows
 
 
 SUBJECTS = {
@@ -60,7 +63,17 @@ SUBJECTS = {
     ),
     # the best of four settings tried on this model (see the closing note of the pruning-with-distillation issue)
     "ddddocr_ocr": Subject(
-        "ddddocr_ocr", 0.3, 2000, "distill:epochs=4;learning_rate=0.00005;temperature=1;hard=0.5;samples=1200"
+        "ddddocr_ocr", 0.3, 2000, "distill:epochs=4;learning_rate=0.00005;temperature=1;hard=0.5;samples=1200",
+        extra=(
+            ("low-rank", "lossless,low-rank", "the 8210-class head factored (auto rank), top 16 rescored"),
+            ("low-rank:rank=16", "lossless,low-rank:rank=16", "the head at rank 16, top 16 rescored"),
+            (
+                "expansions+low-rank",
+                "lossless,prune-channels:ratio=0.09;multiple=8;exclude=^(?!Conv_(17|22|27)$),reconstruct,"
+                "low-rank:rank=16",
+                "16 of 192 channels of the 3 expansion convs; the head at rank 16",
+            ),
+        ),
     ),
 }
 
@@ -69,12 +82,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(SUBJECTS))
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--variants", default="", help="only these rows, by label (default: all)")
     parser.add_argument("--out", type=Path, default=ROOT / "tools" / "bench_distill_results")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="onnxopt-distill-") as folder:
         for name in args.models.split(","):
-            rows.extend(run_subject(SUBJECTS[name], Path(folder), args.seconds))
+            wanted = set(args.variants.split(",")) if args.variants else None
+            rows.extend(run_subject(SUBJECTS[name], Path(folder), args.seconds, wanted))
             print(json.dumps(rows[-2:], indent=1), flush=True)
     document = {"machine": machine_description(), "date": time.strftime("%Y-%m-%d"), "rows": rows}
     args.out.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
@@ -82,7 +97,9 @@ def main() -> None:
     print(render(document))
 
 
-def run_subject(subject: Subject, folder: Path, seconds: float) -> list[dict[str, object]]:
+def run_subject(
+    subject: Subject, folder: Path, seconds: float, wanted: set[str] | None = None
+) -> list[dict[str, object]]:
     work = folder / subject.name
     work.mkdir()
     source, train, score = _task(subject, work)
@@ -92,7 +109,9 @@ def run_subject(subject: Subject, folder: Path, seconds: float) -> list[dict[str
     if unknown:
         raise SystemExit(f"{subject.name}: MACs of {', '.join(unknown)} could not be counted")
     rows = []
-    for label, spec in (("prune", prune), ("prune+distill", f"{prune},{subject.distill}")):
+    share = f"{subject.ratio:.0%} of channels"
+    variants = (("prune", prune, share), ("prune+distill", f"{prune},{subject.distill}", share), *subject.extra)
+    for label, spec, removes in [v for v in variants if wanted is None or v[0] in wanted]:
         out = work / f"{label}.onnx"
         start = time.perf_counter()
         result = optimize(source, out, passes=spec, data=str(train))
@@ -101,7 +120,7 @@ def run_subject(subject: Subject, folder: Path, seconds: float) -> list[dict[str
         feeds = _timing_feeds(train)
         ratio = paired_ratio(source, out, "CPUExecutionProvider", feeds, seconds=seconds)
         rows.append({
-            "model": subject.name, "variant": label, "ratio": subject.ratio,
+            "model": subject.name, "variant": label, "removes": removes, "recipe": spec,
             "macs_ratio": round(count_macs(ir.load(str(out)), shapes)[0] / base_macs, 3),
             "latency_ratio": round(ratio.median, 3), "latency_ci": [round(ratio.low, 3), round(ratio.high, 3)],
             "tool_seconds": round(took, 1), **score(out), "distill_notes": notes,
@@ -168,13 +187,13 @@ def render(document: dict[str, object]) -> str:
         "",
         f"Machine: {_machine(document['machine'])}; {document['date']}; batch 1.",
         "",
-        "| model | variant | channels pruned | MACs ratio | latency ratio [95% CI] | metric | fp32 | pruned | tool s |",
+        "| model | variant | removed | MACs ratio | latency ratio [95% CI] | metric | fp32 | pruned | tool s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in document["rows"]:  # type: ignore[union-attr]
         ci = r["latency_ci"]
         lines.append(
-            f"| {r['model']} | {r['variant']} | {r['ratio']:.0%} | {r['macs_ratio']:.3f} | "
+            f"| {r['model']} | {r['variant']} | {r['removes']} | {r['macs_ratio']:.3f} | "
             f"{r['latency_ratio']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | {r['metric']} ({r['samples']}) | {r['fp32']} | "
             f"{r['value']} | {r['tool_seconds']} |"
         )

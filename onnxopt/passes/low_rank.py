@@ -57,7 +57,7 @@ MAX_CHECK_ROWS = 8192
 class LowRankConfig:
     rank: int = 0  # 0: the smallest of RANKS that keeps `agreement` of held-back rows' argmax
     rescore: int = 16  # best candidates per row scored again with the exact weights (0: plain low rank)
-    agreement: float = 0.999  # fraction of held-back rows whose argmax the factored layer must keep
+    agreement: float = 0.9999  # fraction of held-back rows whose argmax the factored layer must keep
     min_outputs: int = 1024  # only layers with at least this many outputs (large heads)
     max_ratio: float = 0.5  # only factorizations costing at most this fraction of the layer's MACs
     samples: int = 512  # calibration samples read
