@@ -63,7 +63,10 @@ SUBJECTS = {
     ),
     # the best of four settings tried on this model (see the closing note of the pruning-with-distillation issue)
     "ddddocr_ocr": Subject(
-        "ddddocr_ocr", 0.3, 2000, "distill:epochs=4;learning_rate=0.00005;temperature=1;hard=0.5;samples=1200",
+        "ddddocr_ocr",
+        0.3,
+        2000,
+        "distill:epochs=4;learning_rate=0.00005;temperature=1;hard=0.5;samples=1200",
         extra=(
             ("low-rank", "lossless,low-rank", "the 8210-class head factored (auto rank), top 16 rescored"),
             ("low-rank:rank=16", "lossless,low-rank:rank=16", "the head at rank 16, top 16 rescored"),
