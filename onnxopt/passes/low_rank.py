@@ -148,8 +148,8 @@ class FactorLinearPass(OptPass):
         lam = self.config.ridge * float(np.trace(fit.gram)) / d
         upper = np.linalg.cholesky(fit.gram + lam * np.eye(d)).T  # X^T X = R^T R
         u, s, vt = np.linalg.svd(upper @ weight.astype(np.float64), full_matrices=False)
-        exact = fit.check_x @ weight + (0 if bias is None else bias)
-        truth = exact.argmax(axis=1)
+        offset = 0 if bias is None else bias
+        truth = np.concatenate([(x @ weight + offset).argmax(axis=1) for x in _chunks(fit.check_x)])
         budget = self.config.max_ratio * k * n - self.config.rescore * k
         ranks = [self.config.rank] if self.config.rank else [r for r in RANKS if r < min(k, n)]
         for rank in ranks:
@@ -157,7 +157,8 @@ class FactorLinearPass(OptPass):
                 break
             p = np.linalg.solve(upper, u[:, :rank] * s[:rank]).astype(np.float32)
             q = vt[:rank].astype(np.float32)
-            kept = float(np.mean(_scored(fit.check_x, p, q, weight, bias, self.config.rescore) == truth))
+            scored = [_scored(x, p, q, weight, bias, self.config.rescore) for x in _chunks(fit.check_x)]
+            kept = float(np.mean(np.concatenate(scored) == truth))
             if kept >= self.config.agreement or self.config.rank:
                 return rank, kept, p, q
         return None
@@ -167,6 +168,11 @@ class FactorLinearPass(OptPass):
 class _Fit:
     gram: np.ndarray  # [K, K] float64, fitting rows
     check_x: np.ndarray  # [rows, K] float32, held-back rows
+
+
+def _chunks(rows: np.ndarray, size: int = 512) -> list[np.ndarray]:
+    """``rows`` in slices: scoring holds ``size x N`` scores and ``size x rescore x K`` weight rows at a time."""
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
 
 
 def _scored(
