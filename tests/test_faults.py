@@ -141,7 +141,10 @@ def test_interrupt_during_a_long_run(tmp_path: Path, sig: signal.Signals) -> Non
     out = tmp_path / "out.onnx"
     fifo = tmp_path.parent / f"{tmp_path.name}-data.npy"
     os.mkfifo(fifo)
-    proc = _cli("optimize", str(model), "-o", str(out), "--data", str(fifo))
+    # Ctrl-C's default action, however this test was launched: a shell starting it in the background (nohup,
+    # `cmd &`) leaves SIGINT ignored, and Python then installs no KeyboardInterrupt handler in the child.
+    default = lambda: signal.signal(sig, signal.SIG_DFL)  # noqa: E731
+    proc = _cli("optimize", str(model), "-o", str(out), "--data", str(fifo), preexec_fn=default)
     lock = tmp_path / ".out.onnx.onnxopt-lock"
     assert _wait_for(lock.exists, timeout=600), "the run never started"
     proc.send_signal(sig)
