@@ -94,3 +94,30 @@ def test_per_channel_scales_follow_each_channel() -> None:
     assert np.abs(q).max() == 127
     np.testing.assert_allclose(q * scale, weight, atol=float(scale.max()) / 2 + 1e-6)
     assert np.abs(q[0] * scale[0] - weight[0]).max() <= 1 / 127 / 2 + 1e-7  # the small channel keeps its resolution
+
+
+def test_a_table_gathered_by_rows_is_stored_per_row_and_folded(tmp_path) -> None:
+    """A Gather of rows (an embedding table; the exact head rows ``low-rank`` keeps) stores one scale per row."""
+    rng = np.random.default_rng(2)
+    table = rng.standard_normal((300, 16)).astype(np.float32)
+    table[7] *= 50.0  # per-row scales keep the other rows fine
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "i"], ["y"], axis=0, name="lookup")],
+        "g",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, [5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, 16])],
+        [numpy_helper.from_array(table, "table")],
+    )
+    original = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    stored_model, stored = _stored(original)
+    assert stored == ["table"] and stored_model.ByteSize() < 0.35 * original.ByteSize()
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    session = ort.InferenceSession(stored_model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    rows = np.array([0, 7, 8, 150, 299], np.int64)
+    (got,) = session.run(None, {"i": rows})
+    q, scale = int8_per_channel(table, 0)
+    np.testing.assert_array_equal(got, (q.astype(np.float32) * scale)[rows])
+    assert np.abs(got[2] - table[8]).max() < 0.03  # row 8 keeps its own scale, not row 7's
+    running = onnx.load(str(tmp_path / "optimized.onnx"))
+    assert not any(n.op_type in ("Cast", "Mul") for n in running.graph.node)

@@ -15,7 +15,8 @@ the graph (they are QDQ markers to it) and runs them on every call.
 
 What it stores: input 1 of Conv, ConvTranspose, Gemm and MatMul (per output
 channel, :func:`onnxopt.passes._weights.weight_axes`), inputs 1 and 2 (W, R)
-of LSTM, GRU and RNN (per gate row, axis 1) -- float32 constants of at least
+of LSTM, GRU and RNN (per gate row, axis 1), input 0 of a Gather of rows from a matrix (per row: an
+embedding table, the exact head rows ``low-rank`` keeps) -- float32 constants of at least
 :data:`MIN_ELEMENTS` elements whose storage saves a quarter of their bytes (any size when every weight is
 asked for). Declined (left as they are): anything else,
 weights read by a node of another kind too, non-finite weights. The cost is
@@ -31,7 +32,13 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
-from onnxopt.passes._graph_edit import NameSource, add_initializer, constant_array, remove_node_and_orphans
+from onnxopt.passes._graph_edit import (
+    NameSource,
+    add_initializer,
+    attribute,
+    constant_array,
+    remove_node_and_orphans,
+)
 from onnxopt.passes._weights import weight_axes
 from onnxopt.passes.quantize.weight_rounding import quantize_weight
 
@@ -50,6 +57,8 @@ def storage_axis(node: ir.Node, index: int, ndim: int) -> int | None:
         return weight_axes(node, ndim)[0]
     if node.op_type in RECURRENT_OPS and index in (1, 2) and ndim == 3:
         return 1  # [directions, gates * hidden, inputs]: one scale per gate row
+    if node.op_type == "Gather" and index == 0 and ndim == 2 and attribute(node, "axis", 0) in (0, -2):
+        return 0  # a table read by rows (embeddings, low-rank's exact head rows): one scale per row
     return None
 
 
