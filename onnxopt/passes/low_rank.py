@@ -29,7 +29,7 @@ Guarantees: the output keeps its name, shape and type; every row whose
 argmax the held-back check kept is the exact layer's argmax there (the
 pass measures it, it does not assume it). Declines (named in the record): a
 layer no rank within ``max_ratio`` keeps at ``agreement``, a layer without
-data, a shared or non-constant weight, Gemm with ``transA``, ``alpha`` or
+data or with a constant input, a shared or non-constant weight, Gemm with ``transA``, ``alpha`` or
 ``beta``. Lossy; the outputs' tail is approximate, so use it where the head's
 best entries are what is read (argmax, top-k, CTC greedy decoding). Needs
 ``--data``: on random inputs the fit matches only noise.
@@ -206,6 +206,8 @@ def _bias(node: ir.Node, n: int) -> np.ndarray | None:
 
 
 def _unsupported(node: ir.Node, weight: np.ndarray) -> str | None:
+    if node.inputs[0] is None or constant_array(node.inputs[0]) is not None:
+        return "its input is a constant (nothing to fit on data)"
     if weight.dtype != np.float32 or not np.isfinite(weight).all():
         return "its weight is not a finite float32 constant"
     if len(node.inputs[1].uses()) != 1:
