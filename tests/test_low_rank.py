@@ -132,3 +132,26 @@ def test_impossible_parameters_are_refused(text: str) -> None:
     key, value = text.split("=")
     with pytest.raises(ValueError):
         LowRankConfig(**{key: float(value) if "." in value or key in ("agreement", "max_ratio") else int(value)})
+
+
+def test_a_scalar_bias_and_a_singular_gram_matrix_are_handled(tmp_path) -> None:
+    """A Gemm bias shaped [1, 1] broadcasts over the outputs; inputs that are all zero (with ridge 0) leave
+    nothing to factor: declined by name, not a crash."""
+    rng = np.random.default_rng(0)
+    model = parse(
+        f"""<ir_version: 8, opset_import: ["": 13]>
+        m (float[B, {K}] x) => (float[B, {N}] y) {{ y = Gemm<transB=1>(x, w, b) }}""",
+        w=rng.normal(size=(N, K)).astype(np.float32),
+        b=np.full((1, 1), 0.5, np.float32),
+    )
+    source, out = tmp_path / "scalar.onnx", tmp_path / "out.onnx"
+    onnx.save(model, source)
+    result = optimize(source, out, passes="low-rank", data=str(_data(tmp_path)))
+    assert _record(result).counts.get("layers factored") == 1
+    held = _features(64, seed=6)
+    (want,), (got,) = run(onnx.load(source), {"x": held}), run(onnx.load(out), {"x": held})
+    assert np.mean(got.argmax(1) == want.argmax(1)) >= 0.99
+    zeros = tmp_path / "zeros.npz"
+    np.savez(zeros, x=np.zeros((64, K), np.float32))
+    result = optimize(source, out, passes="low-rank:ridge=0", data=str(zeros))
+    assert any("cannot be factored" in reason for reason in _record(result).skipped)

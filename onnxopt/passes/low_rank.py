@@ -42,7 +42,14 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
-from onnxopt.passes._graph_edit import NameSource, add_initializer, attribute, constant_array, remove_node_and_orphans
+from onnxopt.passes._graph_edit import (
+    NameSource,
+    add_initializer,
+    attribute,
+    constant_array,
+    remove_node_and_orphans,
+    subgraph_reads,
+)
 from onnxopt.passes.base import OptPass, PassLog
 
 #: The ranks ``rank=0`` (auto) tries, smallest first.
@@ -83,35 +90,46 @@ class FactorLinearPass(OptPass):
     learns_from_data = True
 
     def required_opset(self, model: ir.Model) -> int | None:
-        return 13  # Squeeze/Unsqueeze take their axes as inputs
+        """13 (Squeeze/Unsqueeze take their axes as inputs) where a head is large enough to factor."""
+        return 13 if any(self._candidate(n) is not None for n in model.graph) else None
+
+    def _candidate(self, node: ir.Node) -> np.ndarray | None:
+        """The ``K x N`` weight of a Gemm/MatMul with at least ``min_outputs`` outputs; None for other nodes."""
+        if node.op_type not in ("Gemm", "MatMul") or node.domain not in ("", "ai.onnx"):
+            return None
+        weight = _weight_kn(node)
+        return weight if weight is not None and weight.shape[1] >= self.config.min_outputs else None
 
     def rewrite(self, model: ir.Model, log: PassLog) -> None:
         context = self.require_context()
         if context.real_samples() == 0:
             log.note("no --data: the factorization is fitted to random inputs and may not hold on real ones")
         names = NameSource(model)
+        inside = subgraph_reads(model.graph)
         for node in list(model.graph):
-            if node.op_type not in ("Gemm", "MatMul") or node.domain not in ("", "ai.onnx"):
-                continue
-            where = node.name or node.op_type
-            weight = _weight_kn(node)
+            weight = self._candidate(node)
             if weight is None:
                 continue
+            where = node.name or node.op_type
             reason = _unsupported(node, weight)
+            if reason is None and {id(node.inputs[0]), id(node.outputs[0])} & inside:
+                reason = "a subgraph reads its input or output (lossy passes leave those tensors alone)"
             if reason:
                 log.skip(where, reason)
                 continue
             k, n = weight.shape
-            if n < self.config.min_outputs:
-                continue
             fit = self._fit(model, node, weight)
             if fit is None:
-                log.skip(where, "no calibration data reached it")
+                log.skip(where, "no finite calibration data reached it")
                 continue
-            choice = self._choose(fit, weight, _bias(node, n))
+            try:
+                choice = self._choose(fit, weight, _bias(node, n))
+            except np.linalg.LinAlgError as error:
+                log.skip(where, f"its inputs' Gram matrix cannot be factored ({error}); raise ridge")
+                continue
             if choice is None:
                 log.skip(where, f"no rank within {self.config.max_ratio:.0%} of its MACs keeps "
-                                f"{self.config.agreement:.1%} of held-back rows' argmax")  # fmt: skip
+                                f"{self.config.agreement:.2%} of held-back rows' argmax")  # fmt: skip
                 continue
             rank, kept, p, q = choice
             cost = (rank * (k + n) + self.config.rescore * k) / (k * n)
@@ -135,7 +153,7 @@ class FactorLinearPass(OptPass):
                     held += len(check[-1])
                 continue
             gram = rows.T @ rows if gram is None else gram + rows.T @ rows
-        if gram is None or not check:
+        if gram is None or not check or not np.isfinite(gram).all():
             return None
         return _Fit(gram, np.concatenate(check))
 
@@ -202,7 +220,7 @@ def _bias(node: ir.Node, n: int) -> np.ndarray | None:
     if node.op_type != "Gemm" or len(node.inputs) < 3 or node.inputs[2] is None:
         return None
     c = constant_array(node.inputs[2])
-    return None if c is None else np.broadcast_to(c.astype(np.float32).reshape(-1) if c.size == n else c, (n,))
+    return None if c is None else np.broadcast_to(c.astype(np.float32).reshape(-1), (n,))
 
 
 def _unsupported(node: ir.Node, weight: np.ndarray) -> str | None:
