@@ -90,8 +90,8 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="onnxopt-distill-") as folder:
+        wanted = set(args.variants.split(",")) if args.variants else None
         for name in args.models.split(","):
-            wanted = set(args.variants.split(",")) if args.variants else None
             rows.extend(run_subject(SUBJECTS[name], Path(folder), args.seconds, wanted))
             print(json.dumps(rows[-2:], indent=1), flush=True)
     document = {"machine": machine_description(), "date": time.strftime("%Y-%m-%d"), "rows": rows}
@@ -120,13 +120,14 @@ def run_subject(
         result = optimize(source, out, passes=spec, data=str(train))
         took = time.perf_counter() - start
         notes = [n for r in result.pipeline.records if r.name == "distill" for n in r.notes]
+        factored = [d for r in result.pipeline.records if r.name == "low-rank" for d in r.details]  # ranks chosen
         feeds = _timing_feeds(train)
         ratio = paired_ratio(source, out, "CPUExecutionProvider", feeds, seconds=seconds)
         rows.append({
             "model": subject.name, "variant": label, "removes": removes, "recipe": spec,
             "macs_ratio": round(count_macs(ir.load(str(out)), shapes)[0] / base_macs, 3),
             "latency_ratio": round(ratio.median, 3), "latency_ci": [round(ratio.low, 3), round(ratio.high, 3)],
-            "tool_seconds": round(took, 1), **score(out), "distill_notes": notes,
+            "tool_seconds": round(took, 1), **score(out), "distill_notes": notes, "low_rank": factored,
         })  # fmt: skip
     return rows
 
@@ -190,7 +191,7 @@ def render(document: dict[str, object]) -> str:
         "",
         f"Machine: {_machine(document['machine'])}; {document['date']}; batch 1.",
         "",
-        "| model | variant | removed | MACs ratio | latency ratio [95% CI] | metric | fp32 | pruned | tool s |",
+        "| model | variant | removed | MACs ratio | latency ratio [95% CI] | metric | fp32 | compressed | tool s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in document["rows"]:  # type: ignore[union-attr]

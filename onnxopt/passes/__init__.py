@@ -15,7 +15,7 @@ from onnxopt.passes.equalize import EqualizeLayersPass
 from onnxopt.passes.fold_batchnorm import FoldBatchNormPass
 from onnxopt.passes.fold_channel_affine import FoldChannelAffinePass
 from onnxopt.passes.fold_constants import FoldConstantsPass
-from onnxopt.passes.low_rank import FactorLinearPass
+from onnxopt.passes.low_rank import LowRankPass
 from onnxopt.passes.prune_channels import PruneChannelsPass
 from onnxopt.passes.prune_magnitude import PruneMagnitudePass
 from onnxopt.passes.quantize.bias_correct import BiasCorrectPass
@@ -41,7 +41,7 @@ REGISTRY: dict[str, type[OptPass]] = {
         PruneMagnitudePass,
         PruneChannelsPass,
         ReconstructPass,
-        FactorLinearPass,
+        LowRankPass,
         DistillPass,
         BiasCorrectPass,
         QuantizeQDQPass,
@@ -56,10 +56,10 @@ __all__ = [
     "DistillPass",
     "EliminateIdentityPass",
     "EqualizeLayersPass",
-    "FactorLinearPass",
     "FoldBatchNormPass",
     "FoldChannelAffinePass",
     "FoldConstantsPass",
+    "LowRankPass",
     "OptPass",
     "PassOutcome",
     "PruneChannelsPass",

@@ -47,6 +47,14 @@ class Layer:
         return self.node.name or f"{self.node.op_type}({self.weight.name})"
 
 
+def scaled_gemm(node: ir.Node) -> bool:
+    """Whether a Gemm is more than ``X op(B) + C`` (``transA``, or ``alpha``/``beta`` other than 1): passes that
+    treat it as a plain linear layer (refit, factoring) decline those."""
+    return bool(
+        attribute(node, "transA", 0) or attribute(node, "alpha", 1.0) != 1.0 or attribute(node, "beta", 1.0) != 1.0
+    )
+
+
 def weight_axes(node: ir.Node, ndim: int) -> tuple[int, int]:
     """(output-channel axis, input-channel axis) of ``node``'s weight, as non-negative axes."""
     if node.op_type == "Conv":

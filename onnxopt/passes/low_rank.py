@@ -25,9 +25,10 @@ Matches: Gemm (``transA`` 0, ``alpha`` = ``beta`` = 1) and MatMul whose weight
 of each row) on at least ``agreement`` of held-back calibration rows -- every
 fourth batch of the data is held back from the fit and only scores it. Only
 factorizations costing at most ``max_ratio`` of the layer's MACs are tried.
-Guarantees: the output keeps its name, shape and type; every row whose
-argmax the held-back check kept is the exact layer's argmax there (the
-pass measures it, it does not assume it). Declines (named in the record): a
+Guarantees: the output keeps its name, shape and type; the share of
+held-back rows whose argmax the rewritten layer keeps is measured (as the
+graph computes it, not assumed) and recorded (``argmax_kept``), and is at
+least ``agreement`` under the auto rank. Declines (named in the record): a
 layer no rank within ``max_ratio`` keeps at ``agreement``, a layer without
 data or with a constant input, a shared or non-constant weight, Gemm with ``transA``, ``alpha`` or
 ``beta``. Lossy; the outputs' tail is approximate, so use it where the head's
@@ -50,6 +51,7 @@ from onnxopt.passes._graph_edit import (
     remove_node_and_orphans,
     subgraph_reads,
 )
+from onnxopt.passes._weights import scaled_gemm
 from onnxopt.passes.base import OptPass, PassLog
 
 #: The ranks ``rank=0`` (auto) tries, smallest first.
@@ -81,7 +83,7 @@ class LowRankConfig:
             raise ValueError(f"samples must be at least {2 * HOLD_EVERY}; min_outputs positive; ridge 0 or more")
 
 
-class FactorLinearPass(OptPass):
+class LowRankPass(OptPass):
     """Data-aware low-rank factorization of large Gemm/MatMul heads, best candidates rescored exactly."""
 
     name = "low-rank"
@@ -95,8 +97,13 @@ class FactorLinearPass(OptPass):
 
     def _candidate(self, node: ir.Node) -> np.ndarray | None:
         """The ``K x N`` weight of a Gemm/MatMul with at least ``min_outputs`` outputs; None for other nodes."""
-        if node.op_type not in ("Gemm", "MatMul") or node.domain not in ("", "ai.onnx"):
+        if node.op_type not in ("Gemm", "MatMul") or node.domain not in ("", "ai.onnx") or len(node.inputs) < 2:
             return None
+        shape = node.inputs[1].shape if node.inputs[1] is not None else None
+        if shape is not None and len(shape) == 2 and all(isinstance(d, int) for d in shape):
+            outputs = shape[0] if node.op_type == "Gemm" and attribute(node, "transB", 0) else shape[1]
+            if outputs < self.config.min_outputs:
+                return None  # known too small: no need to read the weight
         weight = _weight_kn(node)
         return weight if weight is not None and weight.shape[1] >= self.config.min_outputs else None
 
@@ -122,8 +129,9 @@ class FactorLinearPass(OptPass):
             if fit is None:
                 log.skip(where, "no finite calibration data reached it")
                 continue
+            bias = _bias(node, n)
             try:
-                choice = self._choose(fit, weight, _bias(node, n))
+                choice = self._choose(fit, weight, bias)
             except np.linalg.LinAlgError as error:
                 log.skip(where, f"its inputs' Gram matrix cannot be factored ({error}); raise ridge")
                 continue
@@ -135,7 +143,7 @@ class FactorLinearPass(OptPass):
             cost = (rank * (k + n) + self.config.rescore * k) / (k * n)
             log.detail(layer=where, rank=rank, rescore=self.config.rescore, macs_ratio=round(cost, 4),
                        argmax_kept=round(kept, 5), held_back_rows=len(fit.check_x))  # fmt: skip
-            _rewrite(model.graph, node, weight, _bias(node, n), p, q, self.config.rescore, names)
+            _rewrite(model.graph, node, weight, bias, p, q, self.config.rescore, names)
             log.count("layers factored")
 
     def _fit(self, model: ir.Model, node: ir.Node, weight: np.ndarray) -> _Fit | None:
@@ -231,7 +239,7 @@ def _unsupported(node: ir.Node, weight: np.ndarray) -> str | None:
     if len(node.inputs[1].uses()) != 1:
         return "its weight is shared"
     if node.op_type == "Gemm":
-        if attribute(node, "transA", 0) or attribute(node, "alpha", 1.0) != 1.0 or attribute(node, "beta", 1.0) != 1.0:
+        if scaled_gemm(node):
             return "Gemm with transA or alpha/beta other than 1"
         if len(node.inputs) > 2 and node.inputs[2] is not None:
             c = constant_array(node.inputs[2])

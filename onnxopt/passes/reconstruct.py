@@ -37,6 +37,7 @@ import onnx_ir as ir
 
 from onnxopt.passes._graph_edit import NameSource, attribute, constant_array, set_constant_input
 from onnxopt.passes._im2col import patches_at, pick_positions
+from onnxopt.passes._weights import scaled_gemm
 from onnxopt.passes.base import INPUTS_PRUNED, KEPT_OUTPUTS, OptPass, PassContext, PassLog
 
 _LINEAR = ("Conv", "Gemm", "MatMul")
@@ -167,9 +168,7 @@ def _unsupported(node: ir.Node) -> str | None:
             return "only 2-D, ungrouped Conv is refit"
         if attribute(node, "auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
             return "auto_pad is not supported; explicit pads only"
-    if node.op_type == "Gemm" and (
-        attribute(node, "transA", 0) or attribute(node, "alpha", 1.0) != 1.0 or attribute(node, "beta", 1.0) != 1.0
-    ):
+    if node.op_type == "Gemm" and scaled_gemm(node):
         return "Gemm with transA or alpha/beta other than 1"
     if node.op_type in ("Gemm", "MatMul") and weight.ndim != 2:
         return "its weight is not a matrix"
