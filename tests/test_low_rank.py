@@ -128,7 +128,17 @@ def test_the_same_data_gives_the_same_bytes(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(
-    "wrong", [{"agreement": 0.0}, {"agreement": 1.5}, {"max_ratio": 1.0}, {"rank": -1}, {"samples": 4}]
+    "wrong",
+    [
+        {"agreement": 0.0},
+        {"agreement": 1.5},
+        {"max_ratio": 1.0},
+        {"rank": -1},
+        {"samples": 4},
+        {"convs": -1},
+        {"conv_agreement": 0.0},
+        {"conv_max_ratio": 1.0},
+    ],
 )
 def test_impossible_parameters_are_refused(wrong: dict[str, float]) -> None:
     with pytest.raises(ValueError):
@@ -156,3 +166,78 @@ def test_a_scalar_bias_and_a_singular_gram_matrix_are_handled(tmp_path) -> None:
     np.savez(zeros, x=np.zeros((64, K), np.float32))
     result = optimize(source, out, passes="low-rank:ridge=0", data=str(zeros))
     assert any("cannot be factored" in reason for reason in _record(result).skipped)
+
+
+def _cnn(tmp_path: Path, rank: int | None) -> Path:
+    """Conv(4->16) Relu Conv(16->32, 3x3) Relu GlobalAveragePool Gemm(32->10); the second Conv's weight has
+    exactly ``rank`` (None: full rank)."""
+    rng = np.random.default_rng(3)
+    w2 = rng.normal(size=(32, 16 * 9))
+    if rank is not None:
+        w2 = rng.normal(size=(32, rank)) @ rng.normal(size=(rank, 16 * 9)) / np.sqrt(rank)
+    model = parse(
+        """<ir_version: 8, opset_import: ["": 13]>
+        m (float[B, 4, 12, 12] x) => (float[B, 10] y) {
+            a = Conv<pads=[1, 1, 1, 1]>(x, w1, b1)
+            ra = Relu(a)
+            c = Conv<pads=[1, 1, 1, 1]>(ra, w2, b2)
+            rc = Relu(c)
+            g = GlobalAveragePool(rc)
+            f = Flatten(g)
+            y = Gemm<transB=1>(f, w3, b3)
+        }""",
+        w1=rng.normal(size=(16, 4, 3, 3)).astype(np.float32),
+        b1=rng.normal(size=16).astype(np.float32),
+        w2=(w2.reshape(32, 16, 3, 3) / 4).astype(np.float32),
+        b2=rng.normal(size=32).astype(np.float32),
+        w3=rng.normal(size=(10, 32)).astype(np.float32),
+        b3=rng.normal(size=10).astype(np.float32),
+    )
+    path = tmp_path / f"cnn{rank}.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def _images(tmp_path: Path, n: int, seed: int) -> Path:
+    path = tmp_path / f"images{seed}.npz"
+    np.savez(path, x=np.random.default_rng(seed).normal(size=(n, 4, 12, 12)).astype(np.float32))
+    return path
+
+
+def test_a_low_rank_conv_becomes_a_thin_conv_and_a_1x1_conv(tmp_path) -> None:
+    """The largest Conv, whose weight has rank 8, is factored at rank 8 (the smallest multiple of 8 that keeps
+    every held-back top-1): fewer MACs, the same outputs on held-out data up to float rounding."""
+    source, out = _cnn(tmp_path, rank=8), tmp_path / "out.onnx"
+    result = optimize(source, out, passes="low-rank:convs=1", data=str(_images(tmp_path, 128, seed=1)))
+    (record,) = [r for r in result.pipeline.records if r.name == "low-rank"]
+    assert record.counts.get("convs factored") == 1
+    (detail,) = [d for d in record.details if "top1_kept" in d]
+    assert detail["rank"] == 8 and detail["top1_kept"] == 1.0
+    model = onnx.load(out)
+    assert [n.op_type for n in model.graph.node].count("Conv") == 3
+    shapes = {"x": (1, 4, 12, 12)}
+    assert count_macs(ir.load(str(out)), shapes)[0] < 0.5 * count_macs(ir.load(str(source)), shapes)[0]
+    held = np.random.default_rng(9).normal(size=(64, 4, 12, 12)).astype(np.float32)
+    (want,), (got,) = run(onnx.load(source), {"x": held}), run(model, {"x": held})
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+    assert [o.name for o in model.graph.output] == ["y"]
+
+
+def test_a_full_rank_conv_is_declined_by_name_and_convs_default_off(tmp_path) -> None:
+    source, out = _cnn(tmp_path, rank=None), tmp_path / "out.onnx"
+    data = str(_images(tmp_path, 128, seed=1))
+    result = optimize(source, out, passes="low-rank:convs=2;conv_agreement=1.0", data=data)
+    (record,) = [r for r in result.pipeline.records if r.name == "low-rank"]
+    assert not record.counts.get("convs factored")
+    assert any("no rank within 75%" in reason and "unchanged" in reason for reason in record.skipped)
+    result = optimize(source, out, passes="low-rank", data=data)
+    (record,) = [r for r in result.pipeline.records if r.name == "low-rank"]
+    assert not record.counts.get("convs factored") and not record.skipped
+
+
+def test_conv_factoring_is_reproducible(tmp_path) -> None:
+    source, data = _cnn(tmp_path, rank=8), str(_images(tmp_path, 64, seed=2))
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    optimize(source, a, passes="low-rank:convs=2", data=data)
+    optimize(source, b, passes="low-rank:convs=2", data=data)
+    assert a.read_bytes() == b.read_bytes()

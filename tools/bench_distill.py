@@ -71,6 +71,11 @@ SUBJECTS = {
             ("low-rank", "lossless,low-rank", "the 8210-class head factored (auto rank), top 16 rescored"),
             ("low-rank:rank=16", "lossless,low-rank:rank=16", "the head at rank 16, top 16 rescored"),
             (
+                "low-rank+convs",
+                "lossless,low-rank:convs=3;conv_agreement=0.96",
+                "the head (auto rank); of the 3 largest convs, those that keep 96 % of held-back strings",
+            ),
+            (
                 "expansions+low-rank",
                 "lossless,prune-channels:ratio=0.09;multiple=8;exclude=^(?!Conv_(17|22|27)$),reconstruct,"
                 "low-rank:rank=16",

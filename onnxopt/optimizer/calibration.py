@@ -13,7 +13,7 @@ tensors are the graph's own), and every batch is yielded as
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -36,13 +36,22 @@ def input_specs(model: ir.Model) -> list[TensorSpec]:
 
 
 def activations(
-    model: ir.Model, names: Sequence[str], dataset: Dataset, *, limit: int | None = None, batch_size: int = 32
+    model: ir.Model,
+    names: Sequence[str],
+    dataset: Dataset,
+    *,
+    limit: int | None = None,
+    batch_size: int = 32,
+    keep: Callable[[int], bool] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yield ``{name: array}`` for each batch of ``dataset`` (about ``limit`` samples); only the part of the
-    graph those tensors depend on runs."""
+    graph those tensors depend on runs. With ``keep``, only the batches whose index it accepts are run and
+    yielded (a pass scoring on the batches it held back from fitting)."""
     runner = SharedWeightsModel(model, protect=False).runner(outputs=list(names), only_outputs=True)
     fixed = fixed_batch(runner.inputs)
     batch = batch_size_for(runner.inputs, batch_size)
-    for item in dataset.batches(batch, limit, exact=fixed is not None):
+    for index, item in enumerate(dataset.batches(batch, limit, exact=fixed is not None)):
+        if keep is not None and not keep(index):
+            continue
         arrays = runner.run(item.feeds, list(names))
         yield dict(zip(names, arrays, strict=True))

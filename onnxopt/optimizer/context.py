@@ -72,11 +72,18 @@ class Context:
         return self.dataset if self.dataset is not None else self.resolve_dataset(input_specs(model))
 
     def activations(
-        self, model: ir.Model, names: Sequence[str], limit: int, *, batch_size: int = 32
+        self,
+        model: ir.Model,
+        names: Sequence[str],
+        limit: int,
+        *,
+        batch_size: int = 32,
+        keep: Callable[[int], bool] | None = None,
     ) -> Iterator[dict[str, np.ndarray]]:
-        """Tensors ``names`` of ``model`` on about ``limit`` samples, batch by batch: how passes that learn
-        from data (reconstruct, quantize, prune-channels by activation) reach onnxruntime."""
-        return activations(model, names, self.data(model), limit=limit, batch_size=batch_size)
+        """Tensors ``names`` of ``model`` on about ``limit`` samples, batch by batch (only the batches whose index
+        ``keep`` accepts, if given): how passes that learn from data (reconstruct, quantize, prune-channels by
+        activation) reach onnxruntime."""
+        return activations(model, names, self.data(model), limit=limit, batch_size=batch_size, keep=keep)
 
     def real_samples(self) -> int:
         """How many samples of the user's data the run has (0 for seeded random inputs)."""

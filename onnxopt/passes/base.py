@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
@@ -110,9 +110,16 @@ class PassContext(Protocol):
     progress: Progress  # long passes report their steps (distill: each epoch's batches)
 
     def activations(
-        self, model: ir.Model, names: Sequence[str], limit: int, *, batch_size: int = 32
+        self,
+        model: ir.Model,
+        names: Sequence[str],
+        limit: int,
+        *,
+        batch_size: int = 32,
+        keep: Callable[[int], bool] | None = None,
     ) -> Iterator[dict[str, np.ndarray]]:
-        """Tensors ``names`` of ``model`` on about ``limit`` samples of the run's data, batch by batch."""
+        """Tensors ``names`` of ``model`` on about ``limit`` samples of the run's data, batch by batch (only the
+        batch indices ``keep`` accepts, if given)."""
         ...
 
     def original_model(self) -> ir.Model:

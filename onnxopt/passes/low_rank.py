@@ -1,4 +1,4 @@
-"""Factor large classifier layers into two thin ones, fitted to data, with the top candidates scored exactly.
+"""Factor large classifier heads (and, on request, the largest Convs) into two thin layers fitted to data.
 
 A Gemm or MatMul ``Y = X W + b`` with a constant ``K x N`` weight and many
 outputs (a recognizer's or classifier's head: ddddocr's is ``1024 x 8210``,
@@ -34,6 +34,20 @@ data or with a constant input, a shared or non-constant weight, Gemm with ``tran
 ``beta``. Lossy; the outputs' tail is approximate, so use it where the head's
 best entries are what is read (argmax, top-k, CTC greedy decoding). Needs
 ``--data``: on random inputs the fit matches only noise.
+
+Convs (``convs=N``, off by default): after the heads, the ``N`` largest
+ungrouped 2-D Convs by MACs, largest first, are each replaced by a Conv with
+``r`` outputs and a 1x1 Conv back (:mod:`onnxopt.passes._low_rank_conv`:
+the same data-aware SVD on the Conv's input patches). A Conv feeds the rest
+of the network, so its rank is judged on the whole model: the smallest
+multiple of 8 (bisection; costing at most ``conv_max_ratio`` of the Conv's
+MACs) whose model -- with every head and Conv factored so far -- leaves at
+least ``conv_agreement`` of the held-back samples unchanged, every row of
+every output keeping its top-1 along the last axis (a recognizer's whole
+string, a classifier's class), against the model this pass received.
+Measured, recorded (``top1_kept``), or the Conv is declined by name with the
+agreement its largest rank reached. Grouped and depthwise Convs, shared or
+non-constant weights and ``auto_pad`` are declined by name.
 """
 
 from __future__ import annotations
@@ -51,6 +65,8 @@ from onnxopt.passes._graph_edit import (
     remove_node_and_orphans,
     subgraph_reads,
 )
+from onnxopt.passes._im2col import sampled_patches
+from onnxopt.passes._low_rank_conv import ConvFactors, conv_macs_ratio, conv_ranks, conv_unsupported, rewrite_conv
 from onnxopt.passes._weights import scaled_gemm
 from onnxopt.passes.base import OptPass, PassLog
 
@@ -58,6 +74,8 @@ from onnxopt.passes.base import OptPass, PassLog
 RANKS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 #: Every ``HOLD_EVERY``-th batch of calibration data scores the fit instead of feeding it.
 HOLD_EVERY = 4
+#: Input patches per image a Conv's Gram matrix is accumulated from.
+CONV_POSITIONS = 256
 #: Held-back rows kept for scoring (memory bound: rows x K floats).
 MAX_CHECK_ROWS = 8192
 
@@ -71,6 +89,9 @@ class LowRankConfig:
     max_ratio: float = 0.5  # only factorizations costing at most this fraction of the layer's MACs
     samples: int = 512  # calibration samples read
     ridge: float = 1e-6  # added to X^T X, relative to its mean diagonal (keeps the Cholesky defined)
+    convs: int = 0  # also factor up to this many of the largest Convs (by MACs), largest first
+    conv_agreement: float = 0.98  # share of held-back samples whose every top-1 the factored Convs must keep
+    conv_max_ratio: float = 0.75  # only Conv factorizations costing at most this fraction of the Conv's MACs
 
     def __post_init__(self) -> None:
         if self.rank < 0 or self.rescore < 0:
@@ -79,6 +100,8 @@ class LowRankConfig:
             raise ValueError("agreement must be in (0, 1]")
         if not 0.0 < self.max_ratio < 1.0:
             raise ValueError("max_ratio must be in (0, 1)")
+        if self.convs < 0 or not 0.0 < self.conv_agreement <= 1.0 or not 0.0 < self.conv_max_ratio < 1.0:
+            raise ValueError("convs must be 0 or more, conv_agreement in (0, 1] and conv_max_ratio in (0, 1)")
         if self.samples < 2 * HOLD_EVERY or self.min_outputs < 1 or self.ridge < 0:
             raise ValueError(f"samples must be at least {2 * HOLD_EVERY}; min_outputs positive; ridge 0 or more")
 
@@ -113,6 +136,14 @@ class LowRankPass(OptPass):
             log.note("no --data: the factorization is fitted to random inputs and may not hold on real ones")
         names = NameSource(model)
         inside = subgraph_reads(model.graph)
+        reference = self._top1(model) if self.config.convs else None  # before any layer is factored
+        self._factor_heads(model, log, names, inside)
+        if reference is not None:
+            self._factor_convs(model, log, names, inside, reference)
+        elif self.config.convs:
+            log.skip("convs", "no output has a last axis to take a top-1 over (nothing to judge Convs by)")
+
+    def _factor_heads(self, model: ir.Model, log: PassLog, names: NameSource, inside: set[int]) -> None:
         for node in list(model.graph):
             weight = self._candidate(node)
             if weight is None:
@@ -145,6 +176,101 @@ class LowRankPass(OptPass):
                        argmax_kept=round(kept, 5), held_back_rows=len(fit.check_x))  # fmt: skip
             _rewrite(model.graph, node, weight, bias, p, q, self.config.rescore, names)
             log.count("layers factored")
+
+    def _factor_convs(
+        self, model: ir.Model, log: PassLog, names: NameSource, inside: set[int], reference: list[np.ndarray]
+    ) -> None:
+        """Factor the ``convs`` largest Convs in turn, each at the smallest rank whose model -- with every Conv
+        and head factored so far -- keeps ``conv_agreement`` of the held-back samples unchanged (every top-1)."""
+        cfg = self.config
+        candidates = []
+        for node in model.graph:
+            if node.op_type != "Conv" or node.domain not in ("", "ai.onnx"):
+                continue
+            reason = conv_unsupported(node)
+            if reason is None and {id(node.inputs[0]), id(node.outputs[0])} & inside:
+                reason = "a subgraph reads its input or output (lossy passes leave those tensors alone)"
+            if reason is None and not conv_ranks(constant_array(node.inputs[1]), cfg.conv_max_ratio):
+                reason = f"no rank costs at most {cfg.conv_max_ratio:.0%} of its MACs"
+            if reason:
+                log.skip(node.name or "Conv", reason)
+            else:
+                candidates.append(node)
+        if not candidates:
+            return
+        sizes = next(self.require_context().activations(model, [n.outputs[0].name for n in candidates], 1,
+                                                        batch_size=1))  # fmt: skip
+        order = list(model.graph)
+        macs = {id(n): sizes[n.outputs[0].name][0].size * constant_array(n.inputs[1])[0].size for n in candidates}
+        candidates.sort(key=lambda n: (-macs[id(n)], order.index(n)))
+        for node in candidates[: cfg.convs]:
+            self._factor_conv(model, log, names, node, reference)
+
+    def _factor_conv(
+        self, model: ir.Model, log: PassLog, names: NameSource, node: ir.Node, reference: list[np.ndarray]
+    ) -> None:
+        """Factor one Conv at the smallest rank that keeps ``conv_agreement`` (bisection over its ranks)."""
+        cfg = self.config
+        where = node.name or "Conv"
+        weight = constant_array(node.inputs[1])
+        gram = self._conv_gram(model, node)
+        if gram is None:
+            log.skip(where, "no finite calibration data reached it")
+            return
+        try:
+            factors = ConvFactors(weight, gram, cfg.ridge)
+        except np.linalg.LinAlgError as error:
+            log.skip(where, f"its patches' Gram matrix cannot be factored ({error}); raise ridge")
+            return
+        position = list(model.graph).index(node)
+        kept: dict[int, float] = {}
+
+        def keeps(rank: int) -> bool:
+            if rank not in kept:
+                trial = model.clone()
+                rewrite_conv(trial.graph, list(trial.graph)[position], *factors.at(rank), NameSource(trial))
+                top1 = self._top1(trial) or []
+                kept[rank] = float(np.mean([np.array_equal(a, b) for a, b in zip(top1, reference, strict=True)]))
+            return kept[rank] >= cfg.conv_agreement
+
+        ranks = conv_ranks(weight, cfg.conv_max_ratio)
+        rank = _smallest(ranks, keeps)
+        if rank is None:
+            log.skip(where, f"no rank within {cfg.conv_max_ratio:.0%} of its MACs keeps {cfg.conv_agreement:.2%} of "
+                            f"held-back samples unchanged ({kept[ranks[-1]]:.4f} at rank {ranks[-1]})")  # fmt: skip
+            return
+        rewrite_conv(model.graph, node, *factors.at(rank), names)
+        log.detail(layer=where, rank=rank, of=int(weight.shape[0]), top1_kept=round(kept[rank], 5),
+                   macs_ratio=round(conv_macs_ratio(weight, rank), 4), held_back_samples=len(reference))  # fmt: skip
+        log.count("convs factored")
+
+    def _conv_gram(self, model: ir.Model, node: ir.Node) -> np.ndarray | None:
+        """``X^T X`` of the Conv's input patches (:data:`CONV_POSITIONS` per image) over the fitting batches."""
+        x_name = node.inputs[0].name
+        rng = np.random.default_rng(self.require_context().seed)
+        gram: np.ndarray | None = None
+        fitting = self.require_context().activations(model, [x_name], self.config.samples, batch_size=1,
+                                                     keep=lambda i: i % HOLD_EVERY != HOLD_EVERY - 1)  # fmt: skip
+        for batch in fitting:
+            rows, _ = sampled_patches(node, batch[x_name], CONV_POSITIONS, rng)
+            gram = rows.T @ rows if gram is None else gram + rows.T @ rows
+        return gram if gram is not None and np.isfinite(gram).all() else None
+
+    def _top1(self, model: ir.Model) -> list[np.ndarray] | None:
+        """Per held-back sample, the top-1 along the last axis of every row of every float output with a last
+        axis of 2 or more (one sample a batch, so a sequence's rows stay together; the same samples for every
+        model: the data are read in order)."""
+        outputs = [v.name for v in model.graph.outputs if v.dtype == ir.DataType.FLOAT and v.name]
+        samples: list[np.ndarray] = []
+        held = self.require_context().activations(model, outputs, self.config.samples, batch_size=1,
+                                                  keep=lambda i: i % HOLD_EVERY == HOLD_EVERY - 1)  # fmt: skip
+        for batch in held:
+            rows = [
+                y.reshape(-1, y.shape[-1]).argmax(axis=1) for y in batch.values() if y.ndim >= 2 and y.shape[-1] >= 2
+            ]
+            if rows:
+                samples.append(np.concatenate(rows))
+        return samples or None
 
     def _fit(self, model: ir.Model, node: ir.Node, weight: np.ndarray) -> _Fit | None:
         """``X^T X`` over the fitting batches and the held-back batches' rows of ``node``'s input."""
@@ -194,6 +320,21 @@ class LowRankPass(OptPass):
 class _Fit:
     gram: np.ndarray  # [K, K] float64, fitting rows
     check_x: np.ndarray  # [rows, K] float32, held-back rows
+
+
+def _smallest(ranks: list[int], keeps) -> int | None:
+    """The smallest of ``ranks`` that ``keeps`` accepts, by bisection (agreement rises with the rank); the
+    largest is tried first, so a layer no rank can factor costs one trial."""
+    if not keeps(ranks[-1]):
+        return None
+    low, high = 0, len(ranks) - 1  # ranks[high] is kept
+    while low < high:
+        middle = (low + high) // 2
+        if keeps(ranks[middle]):
+            high = middle
+        else:
+            low = middle + 1
+    return ranks[high]
 
 
 def _chunks(rows: np.ndarray, size: int = 512) -> list[np.ndarray]:
