@@ -53,6 +53,7 @@ non-constant weights and ``auto_pad`` are declined by name.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
@@ -76,6 +77,8 @@ RANKS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 HOLD_EVERY = 4
 #: Input patches per image a Conv's Gram matrix is accumulated from.
 CONV_POSITIONS = 256
+#: Samples a batch when heads are fitted (a model with a fixed batch is read a whole batch at a time).
+FIT_BATCH = 4
 #: Held-back rows kept for scoring (memory bound: rows x K floats).
 MAX_CHECK_ROWS = 8192
 
@@ -249,8 +252,9 @@ class LowRankPass(OptPass):
         x_name = node.inputs[0].name
         rng = np.random.default_rng(self.require_context().seed)
         gram: np.ndarray | None = None
+        per = _samples_per_fit_batch(model)
         fitting = self.require_context().activations(model, [x_name], self.config.samples, batch_size=1,
-                                                     keep=lambda i: i % HOLD_EVERY != HOLD_EVERY - 1)  # fmt: skip
+                                                     keep=lambda i: not _held_back(i // per))  # fmt: skip
         for batch in fitting:
             rows, _ = sampled_patches(node, batch[x_name], CONV_POSITIONS, rng)
             gram = rows.T @ rows if gram is None else gram + rows.T @ rows
@@ -262,8 +266,9 @@ class LowRankPass(OptPass):
         model: the data are read in order)."""
         outputs = [v.name for v in model.graph.outputs if v.dtype == ir.DataType.FLOAT and v.name]
         samples: list[np.ndarray] = []
+        per = _samples_per_fit_batch(model)
         held = self.require_context().activations(model, outputs, self.config.samples, batch_size=1,
-                                                  keep=lambda i: i % HOLD_EVERY == HOLD_EVERY - 1)  # fmt: skip
+                                                  keep=lambda i: _held_back(i // per))  # fmt: skip
         for batch in held:
             rows = [
                 y.reshape(-1, y.shape[-1]).argmax(axis=1) for y in batch.values() if y.ndim >= 2 and y.shape[-1] >= 2
@@ -278,10 +283,10 @@ class LowRankPass(OptPass):
         gram: np.ndarray | None = None
         check: list[np.ndarray] = []
         held = 0
-        batches = self.require_context().activations(model, [x_name], self.config.samples, batch_size=4)
+        batches = self.require_context().activations(model, [x_name], self.config.samples, batch_size=FIT_BATCH)
         for i, batch in enumerate(batches):
             rows = batch[x_name].reshape(-1, weight.shape[0]).astype(np.float64)
-            if i % HOLD_EVERY == HOLD_EVERY - 1:
+            if _held_back(i):
                 if held < MAX_CHECK_ROWS:
                     check.append(rows[: MAX_CHECK_ROWS - held].astype(np.float32))
                     held += len(check[-1])
@@ -322,7 +327,20 @@ class _Fit:
     check_x: np.ndarray  # [rows, K] float32, held-back rows
 
 
-def _smallest(ranks: list[int], keeps) -> int | None:
+def _held_back(batch: int) -> bool:
+    """Whether calibration batch ``batch`` (of :data:`FIT_BATCH` samples) scores fits instead of feeding them."""
+    return batch % HOLD_EVERY == HOLD_EVERY - 1
+
+
+def _samples_per_fit_batch(model: ir.Model) -> int:
+    """How many of the one-sample batches the Conv path reads make one of the heads' fitting batches: the
+    same samples are held back for both (a model with a fixed batch is read a whole batch at a time either way)."""
+    data = [v for v in model.graph.inputs if v.name not in model.graph.initializers and v.shape is not None]
+    fixed = any(len(v.shape) > 0 and isinstance(v.shape[0], int) and v.shape[0] > 0 for v in data)
+    return 1 if fixed else FIT_BATCH
+
+
+def _smallest(ranks: list[int], keeps: Callable[[int], bool]) -> int | None:
     """The smallest of ``ranks`` that ``keeps`` accepts, by bisection (agreement rises with the rank); the
     largest is tried first, so a layer no rank can factor costs one trial."""
     if not keeps(ranks[-1]):
