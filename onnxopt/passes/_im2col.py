@@ -15,9 +15,12 @@ from onnxopt.passes._graph_edit import constant_array
 
 def _geometry(node: ir.Node) -> tuple[int, int, list[int], list[int], list[int]]:
     """(kh, kw, strides, dilations, pads [top, left, bottom, right]) of the 2-D Conv ``node``."""
-    weight = constant_array(node.inputs[1])
-    assert weight is not None
-    kh, kw = weight.shape[2:]
+    shape = node.inputs[1].shape if node.inputs[1] is not None else None
+    if shape is None or len(shape) != 4 or not all(isinstance(d, int) for d in shape):
+        weight = constant_array(node.inputs[1])  # a kernel whose value carries no static shape: read it
+        assert weight is not None
+        shape = weight.shape
+    kh, kw = int(shape[2]), int(shape[3])
     strides = list(node.attributes.get_ints("strides", [1, 1]))
     dilations = list(node.attributes.get_ints("dilations", [1, 1]))
     pads = list(node.attributes.get_ints("pads", [0, 0, 0, 0]))
@@ -51,13 +54,18 @@ def patches_at(
     """The input patches of the 2-D Conv ``node`` at flat output positions ``picks`` ``[n, count]`` (one row of
     picks per image of ``x``) as ``dtype``, and where they are: (image, row, column) of each patch."""
     kh, kw, (sh, sw), (dh, dw), (top, left, bottom, right) = _geometry(node)
-    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
     n, count = picks.shape
-    _, ow = output_size(node, x.shape[2], x.shape[3])
+    height, width = x.shape[2], x.shape[3]
+    _, ow = output_size(node, height, width)
     images = np.repeat(np.arange(n), count)
     rows_h, rows_w = np.divmod(picks.reshape(-1), ow)
-    hh = rows_h[:, None] * sh + np.arange(kh)[None, :] * dh  # [P, kh]
-    ww = rows_w[:, None] * sw + np.arange(kw)[None, :] * dw  # [P, kw]
-    patches = padded[images[:, None, None, None], np.arange(x.shape[1])[None, :, None, None],
-                     hh[:, None, :, None], ww[:, None, None, :]]  # fmt: skip
+    hh = rows_h[:, None] * sh + np.arange(kh)[None, :] * dh - top  # [P, kh], in the unpadded input
+    ww = rows_w[:, None] * sw + np.arange(kw)[None, :] * dw - left  # [P, kw]
+    # gathered from x itself (padding a whole activation per call cost more than the gather): taps that fall in
+    # the zero padding read a clipped position and are zeroed
+    patches = x[images[:, None, None, None], np.arange(x.shape[1])[None, :, None, None],
+                np.clip(hh, 0, height - 1)[:, None, :, None], np.clip(ww, 0, width - 1)[:, None, None, :]]  # fmt: skip
+    inside = ((hh >= 0) & (hh < height))[:, :, None] & ((ww >= 0) & (ww < width))[:, None, :]  # [P, kh, kw]
+    if not inside.all():
+        patches = patches * inside[:, None, :, :]
     return patches.reshape(patches.shape[0], -1).astype(dtype, copy=False), (images, rows_h, rows_w)

@@ -190,7 +190,7 @@ def _inverse_cholesky(hessian: np.ndarray) -> np.ndarray:
     (after a warm-up call) on a 2-core AVX2 EPYC, where numpy's float64 Cholesky and a blocked inverse took
     2.7 s. A group whose float32 factorization fails is factored in float64.
     """
-    h = hessian.astype(np.float64).copy()
+    h = np.array(hessian, np.float64)  # a copy: damped below
     k = h.shape[1]
     diagonal = np.einsum("gkk->gk", h)
     dead = diagonal <= 0
@@ -211,5 +211,5 @@ def _inverse_cholesky(hessian: np.ndarray) -> np.ndarray:
                 break
         else:
             raise np.linalg.LinAlgError(f"the damped Hessian of group {g} is not positive definite")
-        out[g] = np.tril(inverse)[::-1, ::-1]
+        out[g] = inverse[::-1, ::-1]  # potrf(clean=1) zeroed the upper triangle and trtri leaves it alone
     return out

@@ -65,5 +65,7 @@ def apply_shift(node: ir.Node, shift: np.ndarray, names: NameSource) -> bool:
 
 def channel_means(array: np.ndarray) -> tuple[np.ndarray, int]:
     """Per-channel (axis 1) sums of ``array`` and the number of values each sums."""
-    flat = np.moveaxis(np.asarray(array, np.float64), 1, 0).reshape(array.shape[1], -1)
-    return flat.sum(axis=1), flat.shape[1]
+    array = np.asarray(array)
+    others = tuple(i for i in range(array.ndim) if i != 1)
+    # summed in float64 without a float64 copy of the whole activation
+    return array.sum(axis=others, dtype=np.float64), array.size // max(array.shape[1], 1)
