@@ -91,3 +91,48 @@ def test_cli_plan_errors_are_one_line(subject, tmp_path, capsys) -> None:
     err = capsys.readouterr().err.strip()
     assert code == 2 and "is a directory" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o.onnx").exists()
+
+
+def _no_guard(monkeypatch) -> None:
+    from onnxopt.optimizer.pipeline import Pipeline
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a verified replay ran the guard")
+
+    monkeypatch.setattr(Pipeline, "_guard", staticmethod(refuse))
+
+
+def test_replay_of_the_planned_model_carries_the_plans_measurements(subject, tmp_path, monkeypatch) -> None:
+    model, data = subject
+    plan = tmp_path / "plan.json"
+    first = optimize(model, tmp_path / "a.onnx", recipe="int8", data=str(data), save_plan=plan)
+    verification = json.loads(plan.read_text())["verification"]
+    assert len(verification["model_sha256"]) == 64 and verification["comparison"]["samples"] == 64
+
+    _no_guard(monkeypatch)
+    second = optimize(model, tmp_path / "b.onnx", recipe="int8", data=str(data), plan=plan)
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    assert second.pipeline.carried and any("is the planned one" in n for n in second.pipeline.notes)
+    assert second.comparison.to_dict() == first.comparison.to_dict()
+    assert [r.max_drift for r in second.pipeline.records] == [r.max_drift for r in first.pipeline.records]
+    assert [r.details for r in second.pipeline.records] == [r.details for r in first.pipeline.records]
+
+
+def test_replay_that_does_not_rebuild_the_planned_model_is_measured_again(subject, tmp_path) -> None:
+    model, data = subject
+    plan = tmp_path / "plan.json"
+    first = optimize(model, tmp_path / "a.onnx", passes=RECIPE, data=str(data), save_plan=plan)
+    saved = json.loads(plan.read_text())
+    saved["verification"]["model_sha256"] = "0" * 64  # as if another onnxruntime had built another model
+    plan.write_text(json.dumps(saved))
+    second = optimize(model, tmp_path / "b.onnx", passes=RECIPE, data=str(data), plan=plan)
+    assert not second.pipeline.carried
+    assert any("replay not verified by the plan (the rebuilt model differs" in n for n in second.pipeline.notes)
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    assert second.comparison.samples == first.comparison.samples  # measured, not taken from the plan
+
+    other = tmp_path / "other.npz"  # other data: the guard's digest differs, so the replay is guarded throughout
+    rng = np.random.default_rng(5)
+    np.savez(other, input=rng.standard_normal((64, *INPUT_SHAPE), dtype=np.float32))
+    third = optimize(model, tmp_path / "c.onnx", passes=RECIPE, data=str(other), plan=plan)
+    assert not third.pipeline.carried and third.pipeline.guard_outputs is not None

@@ -58,6 +58,8 @@ class Context:
     input_shapes: InputShapes | None = None  # --input-shape: how random inputs are shaped
     plan: Plan | None = None  # decisions to replay (--plan) or to record (--save-plan)
     pass_index: int = -1  # the recipe position of the pass running now (set by the pipeline)
+    # a verified replay: what passes measure only for their log is the plan's (onnxopt.optimizer.verified_replay)
+    measurements_carried: bool = False
     _probes: dict[int, QualityProbe] = dataclasses.field(default_factory=dict, repr=False)
 
     def resolve_dataset(self, inputs: Sequence[TensorSpec]) -> Dataset:

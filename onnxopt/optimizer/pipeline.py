@@ -27,6 +27,11 @@ model (shape tensors, sequences, strings), step 3 is replaced by a structural
 check -- the same output names, element types and shapes -- lossy passes
 decline, and the result says that outputs were not compared.
 
+A replay of a plan that recorded its result (:mod:`onnxopt.optimizer.verified_replay`) on the same guard
+data runs every pass unguarded and checks at the end that it rebuilt the planned model (sha256): then the
+plan's measurements are the records'; else the result says why (``diverged``) and the caller runs again
+with the guard.
+
 A pass whose ``required_opset`` is above the model's gets the model upgraded by
 onnx's version converter first; when the converter fails, that pass alone
 declines with the converter's reason and the others run at the model's opset.
@@ -52,6 +57,7 @@ from onnxopt.evaluate.compare import KnownOutputs
 from onnxopt.model_stats import ModelStats
 from onnxopt.optimizer.branches import more_feeds_for_branches
 from onnxopt.optimizer.context import Context
+from onnxopt.optimizer.verified_replay import Verification, data_digest, model_sha256
 from onnxopt.passes.base import OptPass, PassOutcome
 from onnxopt.runtime import Runner
 from onnxopt.shapes import annotate_shapes
@@ -90,11 +96,14 @@ class PipelineResult:
     max_drift: float  # final model against the original, on the guard data
     guard_data: str
     notes: list[str]
-    runner: Runner  # an onnxruntime session on the final model, as the guard verified it
+    runner: Runner | None  # an onnxruntime session on the final model, as the guard verified it (None: carried)
     unchanged_input: bytes | None  # the input file's bytes, when no pass changed the model (save them as they are)
     outputs_compared: bool = True  # False: random inputs could not run the model; the guard was structural only
     # the original's and the final model's outputs on the guard's feeds (the evaluation need not run them again)
     guard_outputs: KnownOutputs | None = None
+    guard_digest: str = ""  # data_digest of the guard's feeds
+    carried: bool = False  # a verified replay: drifts and details are the plan's, for this very model
+    diverged: str | None = None  # a replay that did not rebuild the planned model: why (run it again guarded)
 
 
 class _GuardFailure(Exception):
@@ -115,6 +124,7 @@ class _State:
     feeds: list[dict[str, np.ndarray]]  # the guard's batches, the same for every pass
     names: list[str]  # the outputs compared
     structural: str | None = None  # why outputs cannot be compared (random inputs do not fit); None: they are
+    unguarded: bool = False  # a verified replay: passes run without the guard, checked by the final sha256
 
 
 class Pipeline:
@@ -152,20 +162,24 @@ class Pipeline:
             feeds = [b.feeds for b in dataset.batches(batch, context.guard_samples, exact=exact)]
             feeds, coverage = more_feeds_for_branches(model, feeds, _extra_draws(context, runner, batch, exact))
             notes += coverage
-            original_outputs = [runner.run(f) for f in feeds]
-            context.original_outputs = KnownOutputs.of(names, feeds, original_outputs)
+            guard_digest = data_digest(feeds)
+            verification = _verification(context, guard_digest)
+            original_outputs = [] if verification else [runner.run(f) for f in feeds]
+            if verification is None:
+                context.original_outputs = KnownOutputs.of(names, feeds, original_outputs)
         except OnnxoptError as e:
             if not context.is_random:
                 raise  # the user's data does not fit: that is theirs to fix, and the message says how
             structural = f"random inputs cannot run the model ({_line(e)})"
-            feeds, original_outputs = [], []
+            feeds, original_outputs, guard_digest, verification = [], [], "", None
             notes.append(
                 f"outputs NOT compared: {structural}; each pass was checked structurally only (full checker, an "
                 "onnxruntime session, output types and shapes unchanged) and lossy passes were declined; give --data "
                 "(or --input-shape) to compare outputs"
             )
         original = ModelStats.of(model)
-        state = _State(model, snapshot, original_outputs, feeds, names, structural)
+        state = _State(model, snapshot, original_outputs, feeds, names, structural, unguarded=verification is not None)
+        context.measurements_carried = state.unguarded
         records: list[PassRecord] = []
         index = 0
         while index < len(self.passes):
@@ -173,8 +187,13 @@ class Pipeline:
             while self.passes[index].lossless and end < len(self.passes) and self.passes[end].lossless:
                 end += 1
             records.extend(self._run_group(range(index, end), state, context))
+            if records and records[-1].status == "aborted":  # a verified replay that cannot end as planned
+                break
             index = end
         context.progress.finish()
+        context.measurements_carried = False
+        if verification is not None:
+            return self._carried(state, records, original, verification, dataset.description, notes, guard_digest)
         drift = _max_rel(agreement(original_outputs, state.outputs, names))
         final = state.good
         return PipelineResult(
@@ -189,11 +208,46 @@ class Pipeline:
             unchanged_input=final.input_bytes,
             outputs_compared=structural is None,
             guard_outputs=None if structural else KnownOutputs.of(names, feeds, original_outputs, state.outputs),
+            guard_digest=guard_digest,
+        )
+
+    @staticmethod
+    def _carried(
+        state: _State, records: list[PassRecord], original: ModelStats, verification: Verification, data: str,
+        notes: list[str], guard_digest: str,
+    ) -> PipelineResult:  # fmt: skip
+        """The result of an unguarded replay: the plan's measurements if it rebuilt the planned model, else
+        ``diverged`` says why."""
+        why = next((f"{r.name} raised or could not be upgraded" for r in records if r.status == "aborted"), None)
+        why = why or verification.mismatch(model_sha256(state.model), records)
+        if why is None:
+            verification.carry(records)
+        applied = any(r.status == "applied" for r in records)
+        return PipelineResult(
+            state.model,
+            records,
+            original,
+            ModelStats.of(state.model),
+            verification.max_drift if why is None else math.nan,
+            data,
+            notes,
+            runner=None,
+            unchanged_input=None if applied else state.good.input_bytes,
+            guard_digest=guard_digest,
+            carried=why is None,
+            diverged=why,
         )
 
     def _run_group(self, indices: range, state: _State, context: Context) -> list[PassRecord]:
         """Run the passes at ``indices`` (one pass, or lossless passes in a row verified together) on ``state``
         and return their records."""
+        if state.unguarded:  # checked at the end, by the model's sha256
+            out: list[PassRecord] = []
+            for i in indices:
+                out.append(self._run_unguarded(i, state, context))
+                if out[-1].status == "aborted":
+                    break
+            return out
         if len(indices) == 1:
             return [self._run_one(indices[0], state, context)]
         start_good, start_outputs = state.good, state.outputs
@@ -222,6 +276,18 @@ class Pipeline:
         if state.structural is not None:
             return self._structural_guard(state.model, state.good.runner, context)
         return self._guard(state.model, state.outputs, state.feeds, state.names, context, tolerance)
+
+    def _run_unguarded(self, index: int, state: _State, context: Context) -> PassRecord:
+        """A pass of a verified replay: not verified; one that raises (or cannot be upgraded to) is recorded as
+        ``aborted`` -- the planned model cannot have come out, and the run is repeated with the guard."""
+        started = time.perf_counter()
+        try:
+            return self._run_one(index, state, context, deferred=True)
+        except _GroupAbort:
+            stats = ModelStats.of(state.model)
+            opt_pass = self.passes[index]
+            params = dataclasses.asdict(opt_pass.config)
+            return PassRecord(opt_pass.name, params, "aborted", time.perf_counter() - started, stats, stats)
 
     def _run_one(self, index: int, state: _State, context: Context, *, deferred: bool = False) -> PassRecord:
         """Run the pass at ``index`` on ``state`` (advanced, or rolled back) under its progress bar and return its
@@ -355,6 +421,15 @@ class Pipeline:
         if math.isfinite(tolerance) and not drift <= tolerance:
             raise _GuardFailure(f"outputs drifted by {drift:.3g} (relative), over the lossless tolerance {tolerance:g}")
         return _Snapshot(frozen.restore, runner), outputs, drift
+
+
+def _verification(context: Context, guard_digest: str) -> Verification | None:
+    """The planned result's measurements, when this run replays a plan that has them, on the same guard data."""
+    plan = context.plan
+    if plan is None or not plan.replay or not plan.verification:
+        return None
+    verification = Verification.from_dict(plan.verification)
+    return verification if verification.guard_data == guard_digest else None
 
 
 def _extra_draws(

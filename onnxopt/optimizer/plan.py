@@ -50,6 +50,9 @@ class Plan:
     passes: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
     machine: dict[str, Any] = dataclasses.field(default_factory=machine_description)  # where it was measured
     replay: bool = False
+    # what the planning run measured about its result, for a replay that rebuilds it exactly
+    # (onnxopt.optimizer.verified_replay.Verification.to_dict)
+    verification: dict[str, Any] | None = None
 
     @classmethod
     def new(cls, recipe: list[tuple[str, dict[str, Any]]], seed: int) -> Plan:
@@ -77,6 +80,7 @@ class Plan:
             "seed": self.seed,
             "machine": self.machine,
             "passes": {str(k): v for k, v in sorted(self.passes.items())},
+            "verification": self.verification,
         }
 
     def save(self, path: str | Path, model_path: Path) -> Path:
@@ -99,7 +103,7 @@ class Plan:
             passes = {int(k): dict(v) for k, v in data["passes"].items()}
             return cls(
                 str(data["input_sha256"]), list(data["recipe"]), int(data["seed"]), passes,
-                dict(data.get("machine") or {}), replay=True,
+                dict(data.get("machine") or {}), replay=True, verification=data.get("verification"),
             )  # fmt: skip
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise PlanError(f"{path}: malformed plan ({type(e).__name__}: {e})") from e

@@ -15,7 +15,7 @@ import onnx
 
 from onnxopt import io
 from onnxopt.bench import BenchConfig, BenchResult, benchmark
-from onnxopt.data import Dataset, DataSpec, InputShapes, parse_input_shapes
+from onnxopt.data import Dataset, DataSpec, InputShapes, batch_size_for, fixed_batch, parse_input_shapes
 from onnxopt.errors import DataError, OutputError
 from onnxopt.evaluate.compare import Comparison, KnownOutputs, compare
 from onnxopt.evaluate.layers import layer_errors
@@ -25,8 +25,10 @@ from onnxopt.optimizer.context import Context
 from onnxopt.optimizer.pipeline import Pipeline, PipelineResult
 from onnxopt.optimizer.plan import Plan
 from onnxopt.optimizer.recipe import RecipeEntry, build_passes, requested_lossy_passes, resolve_recipe
+from onnxopt.optimizer.verified_replay import Verification, data_digest, model_sha256
 from onnxopt.progress import NullProgress, Progress
 from onnxopt.runtime import Runner
+from onnxopt.shared_weights import SharedWeightsModel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +186,12 @@ def _optimize(
     if options.guard_samples is not None:
         context.guard_samples = options.guard_samples
     result = Pipeline(passes).run(model, context, source=None if converted else source)
+    if result.diverged is not None:  # a replay that did not rebuild the planned model: verified from scratch
+        why, plan.verification = result.diverged, None
+        model = io.to_model(source, target_opset=options.target_opset)
+        context = dataclasses.replace(context, original=None, original_outputs=None, pass_index=-1)
+        result = Pipeline(build_passes(recipe)).run(model, context, source=None if converted else source)
+        result.notes.append(f"replay not verified by the plan ({why}): every pass was guarded and measured again")
     if converted:
         result.notes.insert(0, f"opset converted {source.opset} -> {options.target_opset} before the passes")
     learners = sorted({p.name for p in passes if p.learns_from_data})
@@ -199,15 +207,27 @@ def _optimize(
             f"decisions of {', '.join(sorted(set(plan.timed)))} were timed on this machine ({plan.describe()}); "
             f"{hint}, --plan replays them"
         )
-    if options.save_plan is not None:
-        plan.save(options.save_plan, model_path)
     eval_data = held_out or context.resolve_dataset(reference.inputs)
-    if result.outputs_compared:
+    eval_digest = _eval_digest(reference, eval_data) if result.outputs_compared and plan_verifies(plan, options) else ""
+    carried = Verification.from_dict(plan.verification) if result.carried and plan.verification else None
+    if carried is not None and carried.eval_data == eval_digest:  # the planned model, on the planned data
+        comparison = carried.planned_comparison()
+        result.notes.append(
+            f"the rebuilt model is the planned one (sha256 {carried.model_sha256[:12]}): its guard drift, output "
+            f"SNRs and agreement were measured when the plan was made, on {plan.describe()}, on the same data"
+        )
+    elif result.outputs_compared:
         # held-out data is new to both models; the fit data's first batches were run by the guard already
         known = None if held_out is not None else result.guard_outputs
-        comparison = _evaluate(reference, result.runner, eval_data, progress, known)
+        runner = result.runner or SharedWeightsModel(result.model).runner(context.providers)
+        comparison = _evaluate(reference, runner, eval_data, progress, known)
     else:  # random inputs cannot run the model: nothing to compare (the pipeline's note says so)
         comparison = Comparison(0, [], data=eval_data.description, random_inputs=True)
+    if options.save_plan is not None:
+        if result.outputs_compared:  # what a replay that rebuilds this very model may take over
+            digest, guard = model_sha256(result.model), result.guard_digest
+            plan.verification = Verification.of_run(digest, guard, eval_digest, result, comparison).to_dict()
+        plan.save(options.save_plan, model_path)
     if options.per_layer and result.outputs_compared:
         progress.start("comparing layers", None)
         try:
@@ -250,6 +270,18 @@ def _optimize(
         input_file_bytes=model_path.stat().st_size,
         output_file_bytes=io.file_bytes(written) if written else None,
     )
+
+
+def plan_verifies(plan: Plan, options: OptimizeOptions) -> bool:
+    """Whether this run records a verification (``--save-plan``) or may use one (``--plan``)."""
+    return options.save_plan is not None or (plan.replay and plan.verification is not None)
+
+
+def _eval_digest(reference: Runner, dataset: Dataset) -> str:
+    """The digest of the data the comparison runs on, batched as :func:`compare` batches it."""
+    fixed = fixed_batch(reference.inputs)
+    batch = fixed or batch_size_for(reference.inputs)
+    return data_digest(dataset.batches(batch, None, exact=fixed is not None))
 
 
 def _open_eval_data(spec: DataSpec, inputs, seed: int, shapes: InputShapes | None) -> Dataset:

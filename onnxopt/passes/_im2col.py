@@ -53,7 +53,7 @@ def patches_at(
 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The input patches of the 2-D Conv ``node`` at flat output positions ``picks`` ``[n, count]`` (one row of
     picks per image of ``x``) as ``dtype``, and where they are: (image, row, column) of each patch."""
-    kh, kw, (sh, sw), (dh, dw), (top, left, bottom, right) = _geometry(node)
+    kh, kw, (sh, sw), (dh, dw), (top, left, _, _) = _geometry(node)
     n, count = picks.shape
     height, width = x.shape[2], x.shape[3]
     _, ow = output_size(node, height, width)
@@ -61,11 +61,23 @@ def patches_at(
     rows_h, rows_w = np.divmod(picks.reshape(-1), ow)
     hh = rows_h[:, None] * sh + np.arange(kh)[None, :] * dh - top  # [P, kh], in the unpadded input
     ww = rows_w[:, None] * sw + np.arange(kw)[None, :] * dw - left  # [P, kw]
-    # gathered from x itself (padding a whole activation per call cost more than the gather): taps that fall in
+    # gathered from x itself (padding the whole activation per call cost more than the gather); taps that fall in
     # the zero padding read a clipped position and are zeroed
-    patches = x[images[:, None, None, None], np.arange(x.shape[1])[None, :, None, None],
-                np.clip(hh, 0, height - 1)[:, None, :, None], np.clip(ww, 0, width - 1)[:, None, None, :]]  # fmt: skip
-    inside = ((hh >= 0) & (hh < height))[:, :, None] & ((ww >= 0) & (ww < width))[:, None, :]  # [P, kh, kw]
-    if not inside.all():
-        patches = patches * inside[:, None, :, :]
-    return patches.reshape(patches.shape[0], -1).astype(dtype, copy=False), (images, rows_h, rows_w)
+    ch, cw = np.clip(hh, 0, height - 1), np.clip(ww, 0, width - 1)
+    if x.shape[1] < kh * kw:  # few channels, many taps (a stem): one fancy index over every element
+        patches = x[images[:, None, None, None], np.arange(x.shape[1])[None, :, None, None],
+                    ch[:, None, :, None], cw[:, None, None, :]]  # fmt: skip
+        inside = ((hh >= 0) & (hh < height))[:, :, None] & ((ww >= 0) & (ww < width))[:, None, :]  # [P, kh, kw]
+        return _rows(patches * inside[:, None] if not inside.all() else patches, dtype), (images, rows_h, rows_w)
+    taps = []  # else one kernel tap at a time, [P, C] each: 1.3-4x faster on ResNet-50's layers
+    for i in range(kh):
+        for j in range(kw):
+            tap = x[images, :, ch[:, i], cw[:, j]]
+            inside = (hh[:, i] >= 0) & (hh[:, i] < height) & (ww[:, j] >= 0) & (ww[:, j] < width)
+            taps.append(tap if inside.all() else tap * inside[:, None])
+    patches = np.stack(taps, axis=-1)  # [P, C, kh * kw]: channel-major, as the kernel's layout
+    return _rows(patches, dtype), (images, rows_h, rows_w)
+
+
+def _rows(patches: np.ndarray, dtype: type) -> np.ndarray:
+    return patches.reshape(patches.shape[0], -1).astype(dtype, copy=False)

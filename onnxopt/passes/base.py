@@ -108,6 +108,8 @@ class PassContext(Protocol):
     providers: Sequence[str]
     is_random: bool  # the run's data is seeded random inputs, not the user's
     progress: Progress  # long passes report their steps (distill: each epoch's batches)
+    # a verified replay: measurements that only go to the pass's log are the plan's, not to be taken again
+    measurements_carried: bool
 
     def activations(
         self,

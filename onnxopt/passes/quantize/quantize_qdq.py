@@ -253,7 +253,8 @@ class QuantizeQDQPass(OptPass):
         self._record_plan(graph, ranges, every, excluded, exact, compute, target, search)
         if compute == "none":
             return
-        reference = None if self.config.weights_only else self._weights_only(model, exact, learned=False)
+        carried = self.context is not None and self.context.measurements_carried  # the plan has the SNRs
+        reference = None if self.config.weights_only or carried else self._weights_only(model, exact, learned=False)
         self._apply(log, model, ranges, excluded, target, exact=exact)
         if reference is not None:
             self._report_snr(log, model, reference)
