@@ -14,6 +14,9 @@ The file (JSON, schema :data:`SCHEMA`)::
      "machine": {"cpu": "Intel(R) Xeon(R) ...", "cpu_features": ["avx2", "avx512_vnni"], ...},
      "passes": {"17": {"pass": "quantize", "timed": true, "nodes": {"conv1": "int8", ...}, ...}}}
 
+``verification`` (when the run compared outputs) is what the run measured about its result and how a replay
+tells it rebuilt that very model (:mod:`onnxopt.optimizer.verified_replay`).
+
 ``passes`` is keyed by the pass's position in the recipe. A pass with
 decisions to replay reads its own entry (:meth:`Plan.decisions_for`); what an
 entry holds is the pass's business (the quantize pass documents its own). A
