@@ -136,3 +136,19 @@ def test_replay_that_does_not_rebuild_the_planned_model_is_measured_again(subjec
     np.savez(other, input=rng.standard_normal((64, *INPUT_SHAPE), dtype=np.float32))
     third = optimize(model, tmp_path / "c.onnx", passes=RECIPE, data=str(other), plan=plan)
     assert not third.pipeline.carried and third.pipeline.guard_outputs is not None
+
+
+def test_a_malformed_verification_is_a_one_line_plan_error(subject, tmp_path, capsys) -> None:
+    model, data = subject
+    plan = tmp_path / "plan.json"
+    optimize(model, tmp_path / "a.onnx", passes=RECIPE, data=str(data), save_plan=plan)
+    saved = json.loads(plan.read_text())
+    saved["verification"]["comparison"] = {"samples": 1}  # no outputs
+    plan.write_text(json.dumps(saved))
+    with pytest.raises(PlanError, match="malformed plan"):
+        optimize(model, tmp_path / "b.onnx", passes=RECIPE, data=str(data), plan=plan)
+    code = main(["optimize", str(model), str(tmp_path / "b.onnx"), "--passes", RECIPE, "--data", str(data),
+                 "--plan", str(plan)])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "malformed plan" in err[0]
+    assert not (tmp_path / "b.onnx").exists()

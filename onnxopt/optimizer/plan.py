@@ -35,6 +35,7 @@ from typing import Any
 from onnxopt.bench.machine import machine_description
 from onnxopt.errors import RecipeError
 from onnxopt.io.writing import write_bytes
+from onnxopt.optimizer.verified_replay import Verification
 
 SCHEMA = "onnxopt.plan/1"
 
@@ -104,9 +105,12 @@ class Plan:
             raise PlanError(f"{path}: not an onnxopt plan (expected schema {SCHEMA})")
         try:
             passes = {int(k): dict(v) for k, v in data["passes"].items()}
+            verification = data.get("verification")
+            if verification is not None:  # read once now: a malformed one fails here, in one line
+                Verification.from_dict(verification).planned_comparison()
             return cls(
                 str(data["input_sha256"]), list(data["recipe"]), int(data["seed"]), passes,
-                dict(data.get("machine") or {}), replay=True, verification=data.get("verification"),
+                dict(data.get("machine") or {}), replay=True, verification=verification,
             )  # fmt: skip
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise PlanError(f"{path}: malformed plan ({type(e).__name__}: {e})") from e

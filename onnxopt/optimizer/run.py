@@ -208,7 +208,8 @@ def _optimize(
             f"{hint}, --plan replays them"
         )
     eval_data = held_out or context.resolve_dataset(reference.inputs)
-    eval_digest = _eval_digest(reference, eval_data) if result.outputs_compared and plan_verifies(plan, options) else ""
+    verifies = result.outputs_compared and _plan_verifies(plan, options)
+    eval_digest = _eval_digest(reference, eval_data) if verifies else ""
     carried = Verification.from_dict(plan.verification) if result.carried and plan.verification else None
     if carried is not None and carried.eval_data == eval_digest:  # the planned model, on the planned data
         comparison = carried.planned_comparison()
@@ -272,7 +273,7 @@ def _optimize(
     )
 
 
-def plan_verifies(plan: Plan, options: OptimizeOptions) -> bool:
+def _plan_verifies(plan: Plan, options: OptimizeOptions) -> bool:
     """Whether this run records a verification (``--save-plan``) or may use one (``--plan``)."""
     return options.save_plan is not None or (plan.replay and plan.verification is not None)
 

