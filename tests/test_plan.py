@@ -14,7 +14,7 @@ import pytest
 from onnxopt.api import optimize
 from onnxopt.cli import main
 from onnxopt.optimizer.context import Context
-from onnxopt.optimizer.plan import PlanError
+from onnxopt.optimizer.plan import Plan, PlanError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 from mobilenet_like import INPUT_SHAPE, mobilenet_like
@@ -33,12 +33,16 @@ def subject(tmp_path_factory):
     return model, data
 
 
-def _no_timing(monkeypatch) -> None:
+def _refuse(why: str):
     def refuse(*args, **kwargs):
-        raise AssertionError("a replayed plan timed something")
+        raise AssertionError(why)
 
-    monkeypatch.setattr(Context, "profile", refuse)
-    monkeypatch.setattr(Context, "latency_ratio", refuse)
+    return refuse
+
+
+def _no_timing(monkeypatch) -> None:
+    monkeypatch.setattr(Context, "profile", _refuse("a replayed plan timed something"))
+    monkeypatch.setattr(Context, "latency_ratio", _refuse("a replayed plan timed something"))
 
 
 def test_plan_replays_the_same_bytes_without_timing(subject, tmp_path, monkeypatch) -> None:
@@ -52,7 +56,12 @@ def test_plan_replays_the_same_bytes_without_timing(subject, tmp_path, monkeypat
     assert set(entry["nodes"].values()) <= {"int8", "float", "float compute, int8 weights"}
     assert entry["calibration"]["ranges"] and "int8_over_float" in entry["measured"]
     assert "cpu_features" in saved["machine"]
-    assert first.plan == saved  # the plan is in the report too
+    assert first.plan == Plan.load(plan).to_dict(bulky=False)  # the plan is in the report too, without its data
+    calibration = saved["passes"]["0"]["calibration"]
+    assert first.plan["passes"]["0"]["calibration"]["in_the_saved_plan"] == {
+        "means": len(calibration["means"]),
+        "learned_rounding": len(calibration["learned_rounding"]),
+    }
 
     _no_timing(monkeypatch)
     second = optimize(model, tmp_path / "b.onnx", passes=RECIPE, data=str(data), plan=plan)
@@ -109,10 +118,19 @@ def test_replay_of_the_planned_model_carries_the_plans_measurements(subject, tmp
     verification = json.loads(plan.read_text())["verification"]
     assert len(verification["model_sha256"]) == 64 and verification["comparison"]["samples"] == 64
 
+    calibration = next(e for e in json.loads(plan.read_text())["passes"].values() if e["pass"] == "quantize")[
+        "calibration"
+    ]
+    assert calibration["learned_rounding"] and calibration["means"] and len(calibration["graph_digest"]) == 64
+
     _no_guard(monkeypatch)
+    _no_timing(monkeypatch)
+    monkeypatch.setattr(Context, "activations", _refuse("a replay ran calibration"))
     second = optimize(model, tmp_path / "b.onnx", recipe="int8", data=str(data), plan=plan)
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
     assert second.pipeline.carried and any("is the planned one" in n for n in second.pipeline.notes)
+    quantize = next(r for r in second.pipeline.records if r.name == "quantize")
+    assert any("calibration replayed from the plan" in n for n in quantize.notes)
     assert second.comparison.to_dict() == first.comparison.to_dict()
     assert [r.max_drift for r in second.pipeline.records] == [r.max_drift for r in first.pipeline.records]
     assert [r.details for r in second.pipeline.records] == [r.details for r in first.pipeline.records]
@@ -152,3 +170,17 @@ def test_a_malformed_verification_is_a_one_line_plan_error(subject, tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "malformed plan" in err[0]
     assert not (tmp_path / "b.onnx").exists()
+
+
+def test_calibration_learned_on_another_graph_is_computed_again(subject, tmp_path) -> None:
+    model, data = subject
+    plan = tmp_path / "plan.json"
+    optimize(model, tmp_path / "a.onnx", recipe="int8", data=str(data), save_plan=plan)
+    saved = json.loads(plan.read_text())
+    entry = next(e for e in saved["passes"].values() if e["pass"] == "quantize")
+    entry["calibration"]["graph_digest"] = "0" * 64  # as if an earlier pass had rewritten the graph differently
+    plan.write_text(json.dumps(saved))
+    second = optimize(model, tmp_path / "b.onnx", recipe="int8", data=str(data), plan=plan)
+    quantize = next(r for r in second.pipeline.records if r.name == "quantize")
+    assert any("calibrated again: the plan's calibration was learned on another graph" in n for n in quantize.notes)
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()  # same data: same levels

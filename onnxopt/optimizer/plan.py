@@ -17,6 +17,9 @@ The file (JSON, schema :data:`SCHEMA`)::
 ``verification`` (when the run compared outputs) is what the run measured about its result and how a replay
 tells it rebuilt that very model (:mod:`onnxopt.optimizer.verified_replay`).
 
+A quantize pass also records what calibration gave it -- ranges, bias-correction means and GPTQ's levels
+(:mod:`onnxopt.passes.quantize.planned_calibration`) -- so a replay builds the model without running it.
+
 ``passes`` is keyed by the pass's position in the recipe. A pass with
 decisions to replay reads its own entry (:meth:`Plan.decisions_for`); what an
 entry holds is the pass's business (the quantize pass documents its own). A
@@ -38,6 +41,9 @@ from onnxopt.io.writing import write_bytes
 from onnxopt.optimizer.verified_replay import Verification
 
 SCHEMA = "onnxopt.plan/1"
+#: Entries of a pass's ``calibration`` that are data, not decisions a person reads (bias means, GPTQ's levels:
+#: megabytes on a large model), left out of reports: :meth:`Plan.to_dict` ``bulky=False``
+BULKY = ("means", "learned_rounding")
 
 
 class PlanError(RecipeError):
@@ -76,14 +82,17 @@ class Plan:
         if not self.replay:
             self.passes[index] = {"pass": pass_name, **decisions}
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, bulky: bool = True) -> dict[str, Any]:
+        """The plan as saved; ``bulky=False`` (for reports) counts the entries of :data:`BULKY` instead of
+        holding them."""
+        passes = {str(k): v if bulky else _without_bulk(v) for k, v in sorted(self.passes.items())}
         return {
             "schema": SCHEMA,
             "input_sha256": self.input_sha256,
             "recipe": self.recipe,
             "seed": self.seed,
             "machine": self.machine,
-            "passes": {str(k): v for k, v in sorted(self.passes.items())},
+            "passes": passes,
             "verification": self.verification,
         }
 
@@ -141,6 +150,15 @@ def file_sha256(path: Path) -> str:
 def _recipe_list(recipe: list[tuple[str, dict[str, Any]]]) -> list[list[Any]]:
     """The recipe as JSON would give it back (parameters as plain values, sorted)."""
     return json.loads(json.dumps([[name, dict(sorted(params.items()))] for name, params in recipe], default=_plain))
+
+
+def _without_bulk(entry: dict[str, Any]) -> dict[str, Any]:
+    calibration = entry.get("calibration")
+    if not isinstance(calibration, dict) or not any(k in calibration for k in BULKY):
+        return entry
+    kept = {k: v for k, v in calibration.items() if k not in BULKY}
+    kept["in_the_saved_plan"] = {k: len(calibration[k]) for k in BULKY if k in calibration}
+    return {**entry, "calibration": kept}
 
 
 def _plain(value: Any) -> Any:

@@ -257,7 +257,7 @@ def _optimize(
     return OptimizeResult(
         recipe_name=None if options.passes else (options.recipe or "lossless"),
         fallbacks=_fallbacks(result, asked),
-        plan=plan.to_dict(),
+        plan=plan.to_dict(bulky=False),  # the report's copy: GPTQ's levels stay in the plan file
         latency=latency,
         input_path=model_path,
         output_path=written,

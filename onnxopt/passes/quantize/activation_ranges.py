@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+Ranges = dict[str, tuple[float, float]]  # tensor name -> calibrated (low, high)
+
 
 class RangeCollector:
     """Streaming activation ranges per tensor: running min/max, and (for percentiles) a uniform sample.

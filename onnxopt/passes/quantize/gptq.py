@@ -25,6 +25,8 @@ MatMuls keep nearest rounding (``gptq_round`` is not called for them).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx_ir as ir
 from scipy.linalg import lapack
@@ -137,17 +139,7 @@ def gptq_round(node: ir.Node, weight: np.ndarray, upper: np.ndarray, weight_max:
     the layer's :meth:`HessianCollector.inverse_factor` ``[G, K, K]``; the scales are max-abs /
     ``weight_max``, as nearest rounding's."""
     groups = upper.shape[0]
-    if node.op_type == "Conv":
-        rows = weight.reshape(weight.shape[0], -1).astype(np.float32)  # [C_out, K*G/G]
-        restore = lambda m: m.reshape(weight.shape)  # noqa: E731
-    elif node.op_type == "Gemm" and attribute(node, "transB", 0):
-        rows = weight.astype(np.float32)
-        restore = lambda m: m  # noqa: E731
-    else:  # Gemm transB=0 and MatMul: [K, N], output channels on axis 1
-        rows = weight.T.astype(np.float32)
-        restore = lambda m: m.T  # noqa: E731
-    peak = np.abs(rows).max(axis=1).astype(np.float64)
-    scale = np.where(peak > 0, peak / weight_max, 1.0)  # as nearest rounding's; the loop itself runs in float32
+    rows, restore, scale = _rows(node, weight, weight_max)
     per_group = rows.shape[0] // groups
     # [G, K, R]: one input column of every output channel is a contiguous row
     w = np.ascontiguousarray(rows.reshape(groups, per_group, -1).transpose(0, 2, 1))
@@ -171,6 +163,32 @@ def gptq_round(node: ir.Node, weight: np.ndarray, upper: np.ndarray, weight_max:
     q = q.transpose(0, 2, 1)  # back to [G, R, K]
     levels = restore(q.reshape(rows.shape)).astype(np.int8)
     return np.ascontiguousarray(levels), scale.astype(np.float32)
+
+
+def nearest_levels(node: ir.Node, weight: np.ndarray, weight_max: int) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 levels nearest rounding gives ``weight`` in its layout, the scales) at :func:`gptq_round`'s
+    scales: what a plan stores GPTQ's levels as the difference from
+    (:mod:`onnxopt.passes.quantize.planned_calibration`)."""
+    rows, restore, scale = _rows(node, weight, weight_max)
+    scale32 = scale.astype(np.float32)
+    levels = np.clip(np.round(rows / scale32[:, None]), -weight_max, weight_max)
+    return np.ascontiguousarray(restore(levels).astype(np.int8)), scale32
+
+
+def _rows(node: ir.Node, weight: np.ndarray, weight_max: int) -> tuple[np.ndarray, Any, np.ndarray]:
+    """(``weight`` as float32 rows of output channels, the map back to its layout, float64 max-abs scales)."""
+    if node.op_type == "Conv":
+        rows = weight.reshape(weight.shape[0], -1).astype(np.float32)  # [C_out, K*G/G]
+        restore = lambda m: m.reshape(weight.shape)  # noqa: E731
+    elif node.op_type == "Gemm" and attribute(node, "transB", 0):
+        rows = weight.astype(np.float32)
+        restore = lambda m: m  # noqa: E731
+    else:  # Gemm transB=0 and MatMul: [K, N], output channels on axis 1
+        rows = weight.T.astype(np.float32)
+        restore = lambda m: m.T  # noqa: E731
+    peak = np.abs(rows).max(axis=1).astype(np.float64)
+    scale = np.where(peak > 0, peak / weight_max, 1.0)  # as nearest rounding's; the loop itself runs in float32
+    return rows, restore, scale
 
 
 #: float32 first; float64 for a group whose float32 Cholesky fails

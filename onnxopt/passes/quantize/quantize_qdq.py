@@ -82,8 +82,10 @@ budget's ranking and trials are skipped (on a CPU without VNNI, most models).
 Whatever was decided, each output's SNR against the original is recorded beside
 that of the plain weights-only reference (nearest rounding, max-abs per
 channel). ``--save-plan`` records every decision (each node's precision, the
-ranges, the timings and errors) and ``--plan`` replays them without measuring
-(:mod:`onnxopt.optimizer.plan`).
+ranges, the timings and errors) and what calibration learned (bias-correction
+means, GPTQ's levels); ``--plan`` replays them without measuring or running the
+model, when the plan's graph digest matches the graph this pass received
+(:mod:`onnxopt.optimizer.plan`, :mod:`onnxopt.passes.quantize.planned_calibration`).
 
 Needs opset 13 (per-channel ``axis`` on DequantizeLinear): older models are
 upgraded first, never written invalid. Declined with a reason: non-float or
@@ -114,8 +116,15 @@ from onnxopt.passes._graph_edit import (
 from onnxopt.passes._weights import check_pattern, weight_axes
 from onnxopt.passes.base import OptPass, PassLog
 from onnxopt.passes.quantize import cpu_target, range_choice
-from onnxopt.passes.quantize.activation_ranges import RangeCollector
-from onnxopt.passes.quantize.gptq import HessianCollector, gptq_round
+from onnxopt.passes.quantize.activation_ranges import RangeCollector, Ranges
+from onnxopt.passes.quantize.gptq import HessianCollector, gptq_round, nearest_levels
+from onnxopt.passes.quantize.planned_calibration import (
+    PlannedCalibration,
+    decode_levels,
+    encode_levels,
+    graph_digest,
+    rounding_key,
+)
 from onnxopt.passes.quantize.range_search import entropy_range, mse_range
 from onnxopt.passes.quantize.search import FloatFallbackSearch
 from onnxopt.passes.quantize.weight_rounding import apply_shift, channel_means, quantize_weight, rounding_shift
@@ -129,7 +138,6 @@ DATA_OPS = (
 _FLOAT = (ir.DataType.FLOAT, ir.DataType.FLOAT16)
 _ZERO_DTYPE = {"uint8": np.uint8, "int8": np.int8, "int16": np.int16}
 
-Ranges = dict[str, tuple[float, float]]  # tensor name -> calibrated (low, high)
 REFERENCE_SAMPLES = 32  # samples the output SNRs against the weights-only reference are measured on
 
 
@@ -218,23 +226,33 @@ class QuantizeQDQPass(OptPass):
         self._means: dict[str, np.ndarray] = {}
         self._methods: dict[str, str] = {}  # calibration=auto: each tensor's chosen method
         self._rounded: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._encoded: dict[str, str] = {}  # recording a plan: GPTQ's levels (planned_calibration.encode_levels)
+        planned = self.context.planned() if self.context is not None else None
+        recording = self.context is not None and self.context.plan is not None and planned is None
+        self._digest = graph_digest(graph) if planned is not None or recording else ""
+        stored = self._stored_calibration(log, planned)
+        self._stored_rounding = stored.rounding if stored is not None else None
         self._hessians = (
             HessianCollector([n for n in graph if n.name not in excluded], self.require_context().seed)
-            if self.config.rounding == "gptq" else None
+            if self.config.rounding == "gptq" and stored is None else None
         )  # fmt: skip
-        if self.config.weights_only and (self.config.bias_correct or self._hessians is not None):
+        if stored is not None:  # --plan with the calibration it learned: the model is not run
+            self._means, self._methods = stored.means, stored.methods
+        elif self.config.weights_only and (self.config.bias_correct or self._hessians is not None):
             self._means = self._input_means(model, self._chosen(graph, excluded))
         if not self.config.weights_only:
             tensors = self._activation_tensors(graph, self._chosen(graph, excluded))
             if not tensors:
                 return
-            if self.context is not None:
-                self.context.progress.phase(f"{self.name}: calibrating {len(tensors)} tensors")
-            ranges = self._calibrate(model, tensors)
+            if stored is not None:
+                ranges = {v.name: stored.ranges.get(v.name, (np.inf, -np.inf)) for v in tensors if v.name}
+            else:
+                if self.context is not None:
+                    self.context.progress.phase(f"{self.name}: calibrating {len(tensors)} tensors")
+                ranges = self._calibrate(model, tensors)
             excluded |= _mixed_range_joins(log, graph, self._chosen(graph, excluded), ranges)
         every = {n.name for n in self._chosen(graph, set())} | excluded
         exact, compute, search = set(excluded), "int8", None
-        planned = self.context.planned() if self.context is not None else None
         if planned is not None:  # --plan: the recorded precisions, nothing timed
             excluded, exact, compute = self._replayed(log, planned, every)
             log.note(f"precisions replayed from the plan: {len(every - excluded)} node(s) int8, nothing timed")
@@ -250,12 +268,13 @@ class QuantizeQDQPass(OptPass):
                 excluded, compute = every, "float"  # float compute everywhere, int8 weight storage
             else:
                 compute = "none"
-        self._record_plan(graph, ranges, every, excluded, exact, compute, target, search)
         if compute == "none":
+            self._record_plan(graph, ranges, every, excluded, exact, compute, target, search)
             return
         carried = self.context is not None and self.context.measurements_carried  # the plan has the SNRs
         reference = None if self.config.weights_only or carried else self._weights_only(model, exact, learned=False)
         self._apply(log, model, ranges, excluded, target, exact=exact)
+        self._record_plan(graph, ranges, every, excluded, exact, compute, target, search)  # with every rounding made
         if reference is not None:
             self._report_snr(log, model, reference)
 
@@ -310,14 +329,26 @@ class QuantizeQDQPass(OptPass):
                 "float_nodes": sorted(excluded & every),
                 "exact_nodes": sorted(exact & every),
                 "nodes": {name: precision(name) for name in sorted(every)},
-                "calibration": {
-                    "method": self.config.calibration,
-                    "chosen": dict(sorted(self._methods.items())),
-                    "ranges": {name: [float(lo), float(hi)] for name, (lo, hi) in sorted(ranges.items())},
-                },
+                "calibration": {"method": self.config.calibration, **self._learned_from_data(ranges).to_dict()},
                 "measured": search.measured if search is not None else {},
             },
         )
+
+    def _learned_from_data(self, ranges: Ranges) -> PlannedCalibration:
+        """What calibration gave this run, for the plan: ranges, methods, means and GPTQ's levels."""
+        return PlannedCalibration(self._digest, ranges, self._methods, self._means, dict(self._encoded))
+
+    def _stored_calibration(self, log: PassLog, planned: dict | None) -> PlannedCalibration | None:
+        """A replayed plan's calibration when it was learned on this very graph; else None (calibrate again,
+        saying why)."""
+        if planned is None:
+            return None
+        stored, why = PlannedCalibration.of(planned.get("calibration"), self._digest)
+        if stored is None:
+            log.note(f"calibrated again: {why}")
+        else:
+            log.note("calibration replayed from the plan (ranges, bias means, learned rounding): the model was not run")
+        return stored
 
     def _sums_to_adds(self, log: PassLog, graph: ir.Graph) -> None:
         """Two-input Sum is Add, which has an integer kernel (QLinearAdd); Sum has none."""
@@ -427,7 +458,8 @@ class QuantizeQDQPass(OptPass):
                 self._methods[name], ranges[name] = self._chosen_range(collector, readers, name, values)
             else:
                 ranges[name] = self._method_range(collector, name, method)
-        return ranges
+        # Python floats, as a replayed plan's JSON gives them back: the same scales either way
+        return {name: (float(low), float(high)) for name, (low, high) in ranges.items()}
 
     def _method_range(self, collector: RangeCollector, name: str, method: str) -> tuple[float, float]:
         low, high = collector.range(name, self.config.percentile if method == "percentile" else None)
@@ -665,14 +697,25 @@ class QuantizeQDQPass(OptPass):
     def _learned(self, node: ir.Node, weight: np.ndarray, weight_max: int) -> tuple[np.ndarray, np.ndarray] | None:
         """GPTQ's (int8, per-channel scales) for ``node``'s weight (``rounding=gptq``, computed once per pass run
         and weight range); None where it keeps nearest rounding."""
+        key = (node.name, weight_max)
+        if self._stored_rounding is not None and key not in self._rounded:  # --plan: the levels it learned
+            text = self._stored_rounding.get(rounding_key(*key))
+            if text is None:
+                return None  # nearest rounding in the planning run too
+            nearest, scales = nearest_levels(node, weight, weight_max)
+            self._rounded[key] = (decode_levels(text, nearest), scales)
+        if key in self._rounded:
+            return self._rounded[key]
         if self._hessians is None or node.name not in self._hessians.nodes:
             return None
-        key = (node.name, weight_max)
-        if key not in self._rounded:
-            upper = self._hessians.inverse_factor(node.name)
-            if upper is None:
-                return None
-            self._rounded[key] = gptq_round(node, weight, upper, weight_max)
+        upper = self._hessians.inverse_factor(node.name)
+        if upper is None:
+            return None
+        self._rounded[key] = gptq_round(node, weight, upper, weight_max)
+        if self._digest:  # recording a plan: the levels, compactly
+            self._encoded[rounding_key(*key)] = encode_levels(
+                self._rounded[key][0], nearest_levels(node, weight, weight_max)[0]
+            )
         return self._rounded[key]
 
     @staticmethod
