@@ -8,13 +8,14 @@ Public API::
     comparison = onnxopt.compare("model.onnx", "out.onnx", data="eval.npz")
     timing = onnxopt.bench(["model.onnx", "out.onnx"])
     summary = onnxopt.inspect_model(onnxopt.load("model.onnx"))
+    [tuned] = onnxopt.tune("model.onnx", "tuned.onnx", data="train.npz", max_drop=0.01)
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from onnxopt.api import bench, bench_files, compare, compare_files, optimize
+from onnxopt.api import bench, bench_files, compare, compare_files, optimize, tune
 from onnxopt.errors import DataError, ModelLoadError, OnnxoptError, OutputError, RecipeError, UnsupportedModelError
 from onnxopt.evaluate import Comparison, OutputAgreement
 from onnxopt.inspection import ModelSummary, inspect_model
@@ -22,6 +23,7 @@ from onnxopt.io import load, save
 from onnxopt.optimizer import Context, PassRecord, Pipeline
 from onnxopt.optimizer.recipe import BUILTIN_RECIPES, build_passes, load_recipe, parse_spec
 from onnxopt.optimizer.run import OptimizeOptions, OptimizeResult
+from onnxopt.tune import TuneOptions, TuneResult
 
 __all__ = [
     "BUILTIN_RECIPES",
@@ -38,6 +40,8 @@ __all__ = [
     "PassRecord",
     "Pipeline",
     "RecipeError",
+    "TuneOptions",
+    "TuneResult",
     "UnsupportedModelError",
     "__version__",
     "bench",
@@ -51,4 +55,5 @@ __all__ = [
     "optimize",
     "parse_spec",
     "save",
+    "tune",
 ]

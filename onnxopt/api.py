@@ -24,6 +24,8 @@ from onnxopt.optimizer.recipe import BUILTIN_RECIPES
 from onnxopt.optimizer.run import OptimizeOptions, OptimizeResult, optimize_file
 from onnxopt.progress import NullProgress, Progress
 from onnxopt.runtime import Runner
+from onnxopt.tune import TuneOptions, TuneResult
+from onnxopt.tune import tune as tune_models
 
 ModelInput = str | os.PathLike | onnx.ModelProto | ir.Model
 DataInput = str | os.PathLike | Mapping[str, np.ndarray] | Iterable[Mapping[str, np.ndarray]] | None
@@ -174,4 +176,35 @@ def bench_files(
 compare = compare_files
 bench = bench_files
 
-__all__ = ["BUILTIN_RECIPES", "OptimizeOptions", "bench", "bench_files", "compare", "compare_files", "optimize"]
+
+def tune(
+    models: str | os.PathLike[str] | list[str | os.PathLike[str]],
+    output: str | os.PathLike[str],
+    options: TuneOptions | None = None,
+    *,
+    progress: Progress | None = None,
+    **fields: Any,
+) -> list[TuneResult]:
+    """Search recipes for each of ``models`` under an accuracy budget (:mod:`onnxopt.tune`), as ``onnxopt tune``
+    does; ``options`` given whole or as its fields by keyword (``data="train.npz"``, ``max_drop=0.01``,
+    ``objective="size"``, ``trials=12``, ``ray="auto"``, ...). One result per model.
+
+    >>> [result] = onnxopt.tune("model.onnx", "tuned.onnx", data="train.npz", objective="size")
+    >>> result.chosen["spec"], result.held_out["drop"]
+    """
+    if isinstance(fields.get("data"), (str, os.PathLike)):
+        fields["data"] = (str(fields["data"]),)
+    if isinstance(fields.get("eval_data"), (str, os.PathLike)):
+        fields["eval_data"] = (str(fields["eval_data"]),)
+    try:
+        options = dataclasses.replace(options or TuneOptions(data=fields.get("data", ())), **fields)
+    except TypeError as e:
+        raise RecipeError(f"tune: {e}") from e
+    paths = [str(m) for m in models] if isinstance(models, list) else [str(models)]
+    return tune_models(paths, str(output), options, progress)
+
+
+__all__ = [
+    "BUILTIN_RECIPES", "OptimizeOptions", "TuneOptions", "bench", "bench_files", "compare", "compare_files", "optimize",
+    "tune",
+]  # fmt: skip

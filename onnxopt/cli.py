@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import signal
 import sys
 import threading
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from onnxopt import __version__, io
@@ -77,6 +79,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "convert": (
         "onnxopt convert model.keras -o model.onnx --nchw",
         "onnxopt convert model.tflite -o model.onnx --data inputs.npz",
+    ),
+    "tune": (
+        "onnxopt tune models/digits_cnn/model.onnx -o digits.tuned.onnx --data models/digits_cnn/train.npz",
+        "onnxopt tune a.onnx b.onnx -o tuned/ --data a.npz --data b.npz --objective size --ray auto",
     ),
     "distill": (
         "onnxopt distill --teacher model.onnx --student width=0.5 --data train.npz --eval-data eval.npz -o half.onnx",
@@ -295,6 +301,7 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("-o", "--output", help="FILE.md, FILE.html or FILE.json (default: Markdown on stdout)")
     rep.set_defaults(func=_cmd_report)
 
+    _add_tune_command(sub, common)
     _add_tf_commands(sub, common)
 
     lst = _command(
@@ -353,6 +360,72 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         where = f"output written to {result.output_path}" if result.output_path else "nothing written"
         print(f"onnxopt: fallback: {'; '.join(result.fallbacks)} ({where}; --allow-fallback exits 0)", file=sys.stderr)
         return EXIT_FALLBACK
+    return 0
+
+
+def _add_tune_command(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    tun = _command(
+        sub,
+        "tune",
+        parents=[common],
+        help="search recipes (pruning, clipping, int8, their settings) for the best model within an accuracy budget",
+    )
+    tun.add_argument("models", nargs="+", metavar="MODEL")
+    tun.add_argument("-o", "--output", required=True, help="the tuned model (a folder when several models are given)")
+    tun.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="D",
+        help="samples to split into fitting, selection and held-out parts (once, or once per model)",
+    )
+    tun.add_argument(
+        "--eval-data",
+        action="append",
+        default=[],
+        metavar="E",
+        help="the held-out part, instead of a fifth of --data (once per --data)",
+    )
+    tun.add_argument("--max-drop", type=float, default=0.01, help="largest allowed metric drop (0.01 = one point)")
+    tun.add_argument("--objective", default="balanced", help="latency, size or balanced (default)")
+    tun.add_argument("--batch", type=int, help="the deployment batch the finalists are timed at")
+    tun.add_argument("--trials", type=int, default=12, help="sampled trials per model, besides the built-in recipes")
+    tun.add_argument("--time-budget", type=float, metavar="S", help="start no new round of trials after S seconds")
+    tun.add_argument("--ray", metavar="auto|ADDRESS", help="run trials as Ray tasks (the ray extra)")
+    tun.add_argument("--cache", help="the trial cache folder (default: .onnxopt-tune-cache beside the output)")
+    tun.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
+    tun.add_argument("--seed", type=int, default=0)
+    tun.add_argument("--report", help="R.json, R.md or R.html (one per model when several: R-<model>.html)")
+    tun.set_defaults(func=_cmd_tune)
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from onnxopt.tune import TuneOptions, tune
+
+    options = TuneOptions(
+        data=tuple(args.data), eval_data=tuple(args.eval_data), max_drop=args.max_drop, objective=args.objective,
+        batch=args.batch, trials=args.trials, time_budget=args.time_budget, ray=args.ray, cache=args.cache,
+        seed=args.seed, workers=args.workers,
+    )  # fmt: skip
+    if args.report:
+        check_report_path(args.report)
+    results = tune(args.models, args.output, options, progress=RichProgress())
+    for result in results:
+        held, chosen = result.held_out, result.chosen
+        print(
+            f"{result.model} -> {result.output}: {chosen['name']} ({chosen['spec']}); held out ({held['samples']}): "
+            f"{held['metric']} {held['value']:.4f} vs {held['baseline']:.4f} (drop {held['drop']:+.4f}, "
+            f"{'within' if held['within_budget'] else 'OVER'} {result.max_drop:g}); size {held['size_ratio']:.2f}x; "
+            f"latency {chosen['latency_ratio']:.2f}x; recipe {result.recipe_file}, plan {result.plan_file}"
+        )
+        for note in result.notes:
+            print(f"  note: {note}")
+        print(f"  rebuild: {shlex.join(result.reproduce)}")
+        if args.report:
+            path = Path(args.report)
+            if len(results) > 1:
+                path = path.with_name(f"{path.stem}-{result.model.stem}{path.suffix}")
+            write_report(result.to_dict(), path)
     return 0
 
 

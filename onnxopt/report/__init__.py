@@ -54,9 +54,10 @@ if TYPE_CHECKING:
     from onnxopt.bench import BenchResult
     from onnxopt.evaluate.compare import Comparison
     from onnxopt.optimizer.run import OptimizeResult
+    from onnxopt.tune.run import TuneResult
 
 SCHEMA = "onnxopt.report/2"
-KINDS = ("optimize", "compare", "bench")
+KINDS = ("optimize", "compare", "bench", "tune")
 FORMATS = (".json", ".md", ".html")
 
 
@@ -84,6 +85,24 @@ def optimize_report(result: OptimizeResult) -> dict[str, Any]:
         latency=result.latency.to_dict() if result.latency else None,
         notes=pipeline.notes,
         plan=result.plan,
+    )
+
+
+def tune_report(result: TuneResult) -> dict[str, Any]:
+    """One model's tune (kind ``tune``): every trial, the finalists' latency, the chosen recipe and its
+    held-out metric."""
+    return _envelope(
+        "tune",
+        input={"path": str(result.model), "file_bytes": result.model.stat().st_size},
+        output={"path": str(result.output), "recipe": str(result.recipe_file), "plan": str(result.plan_file)},
+        objective=result.objective,
+        max_drop=result.max_drop,
+        split=result.split,
+        trials=result.trials,
+        chosen={k: v for k, v in result.chosen.items() if k != "model"},
+        held_out=result.held_out,
+        notes=result.notes,
+        reproduce=result.reproduce,
     )
 
 

@@ -82,6 +82,37 @@ def latency_bars(labels: Sequence[str], p50: Sequence[float], p90: Sequence[floa
     return _svg(fig)
 
 
+def pareto(
+    sizes: Sequence[float],
+    drops: Sequence[float],
+    latencies: Sequence[float | None],
+    labels: Sequence[str],
+    front: Sequence[bool],
+    max_drop: float,
+) -> str | None:
+    """A tune's trials: file size ratio (x) against the metric's drop (y), the budget as a line; finalists
+    (timed) filled and labelled with their latency ratio, the Pareto front joined."""
+    if not available() or not sizes:
+        return None
+    fig, ax = _figure()
+    timed = [i for i, lat in enumerate(latencies) if lat is not None]
+    others = [i for i in range(len(sizes)) if latencies[i] is None]
+    ax.scatter([sizes[i] for i in others], [drops[i] for i in others], s=25, alpha=0.45, label="trials")
+    ax.scatter([sizes[i] for i in timed], [drops[i] for i in timed], s=60, label="finalists (timed)")
+    for n, i in enumerate(timed):
+        ax.annotate(f"{labels[i]}, {latencies[i]:.2f}x latency", (sizes[i], drops[i]), xytext=(6, 6 - 12 * (n % 4)),
+                    textcoords="offset points", fontsize=8)  # fmt: skip
+    on_front = sorted((sizes[i], drops[i]) for i in range(len(sizes)) if front[i])
+    if len(on_front) > 1:
+        ax.step(*zip(*on_front, strict=True), where="post", linewidth=1, alpha=0.6, label="Pareto front (size, drop)")
+    ax.axhline(max_drop, linestyle="--", linewidth=1, color="grey", label=f"budget {max_drop:g}")
+    ax.set_xlabel("file size / original")
+    ax.set_ylabel("metric drop on the selection data")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _svg(fig)
+
+
 def _figure(width: float = 6.5):  # -> tuple[Figure, Axes]
     import matplotlib
 

@@ -7,6 +7,7 @@ accuracy (or agreement) against latency and size across every candidate.
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from onnxopt.report import plots
@@ -26,6 +27,8 @@ def render(reports: list[dict[str, Any]]) -> tuple[str, list[Block]]:
         return f"onnxopt optimize {report['input']['path']}", _optimize(report)
     if kind == "compare":
         return f"onnxopt compare {report['candidate']}", _compare(report)
+    if kind == "tune":
+        return f"onnxopt tune {report['input']['path']}", _tune(report)
     return "onnxopt bench", _bench(report["bench"], report)
 
 
@@ -86,6 +89,60 @@ def _plan(plan: dict[str, Any] | None) -> list[Block]:
         Paragraph(f"Measured on {machine.get('cpu', 'an unnamed CPU')} (integer features: {features})."),
         Table(["#", "pass", "decisions", "compute", "nodes"], rows),
     ]
+
+
+def _tune(r: dict[str, Any]) -> list[Block]:
+    """A tune: the chosen recipe and its held-out metric, the trials' trade-off plot, every trial."""
+    held, chosen = r["held_out"], r["chosen"]
+    counts = r["split"]["counts"]
+    blocks: list[Block] = [
+        Heading(f"onnxopt tune: `{r['input']['path']}`", 1),
+        Paragraph(
+            f"Objective **{r['objective']}**, budget: {held['metric']} may drop by at most {r['max_drop']:g}. "
+            f"Data split once (seed): {counts[0]} samples to fit and calibrate on, {counts[1]} to select with, "
+            f"{counts[2]} held out. {_provenance(r)}"
+        ),
+        Paragraph(
+            f"**Chosen: {chosen['name']}** -- `{chosen.get('recipe') or chosen['spec']}`. On the held-out part "
+            f"({held['samples']} samples, measured once): {held['metric']} {held['value']:.4f} against the "
+            f"original's {held['baseline']:.4f} (drop {held['drop']:+.4f}, "
+            f"{'within' if held['within_budget'] else 'OVER'} the budget); file "
+            f"{held['size_ratio']:.2f}x the original; latency {chosen.get('latency_ratio', float('nan')):.2f}x "
+            f"(finalists timed interleaved against the original). Written to `{r['output']['path']}`, its recipe "
+            f"to `{r['output']['recipe']}` and its plan to `{r['output']['plan']}`."
+        ),
+    ]
+    if r.get("reproduce"):
+        blocks.append(Paragraph(f"Rebuild it byte for byte: `{shlex.join(r['reproduce'])}`"))
+    if r.get("notes"):
+        blocks.append(Bullets(list(r["notes"])))
+    trials = [t for t in r["trials"] if t.get("status") in ("ok", "pruned", "failed")]
+    ok = [t for t in trials if t.get("status") == "ok"]
+    size = r["input"]["file_bytes"]
+    if ok:
+        keys = ("drop", "size_bytes", "macs")
+        front = [not any(all(o[k] <= t[k] for k in keys) and any(o[k] < t[k] for k in keys) for o in ok) for t in ok]
+        svg = plots.pareto(
+            [t["size_bytes"] / size for t in ok], [t["drop"] for t in ok], [t.get("latency_ratio") for t in ok],
+            [t["name"] for t in ok], front, r["max_drop"],
+        )  # fmt: skip
+        if svg:
+            blocks.append(Figure(svg, "Every finished trial: size against drop on the selection data"))
+    rows = []
+    for t in trials:
+        ratio = t.get("latency_ratio")
+        name = t["name"] + (" (chosen)" if t.get("chosen") else "")
+        status = t["status"] + (" (cached)" if t.get("cached") else "")
+        drop = _opt(t.get("drop", t.get("rung_drop")), "+.4f")
+        relative = _opt(t["size_bytes"] / size if "size_bytes" in t else None, ".2f")
+        recipe = f"`{t.get('recipe') or t['spec']}`" if t.get("spec") else ""
+        why = t.get("error") or t.get("pruned") or ""
+        rows.append([name, status, drop, relative, _opt(ratio, ".2f"), f"{t.get('seconds', 0):.1f}", recipe, why])
+    blocks += [
+        Heading("Trials"),
+        Table(["trial", "status", "drop", "size", "latency", "seconds", "recipe", "why"], rows, {2, 3, 4, 5}),
+    ]
+    return blocks
 
 
 def _compare(r: dict[str, Any]) -> list[Block]:

@@ -1,0 +1,339 @@
+"""``onnxopt tune``: choose and combine techniques under an accuracy budget, for one model or several at once.
+
+For each model:
+
+1. the data is split once, seeded (:mod:`onnxopt.tune.split`): fitting, selection, held-out;
+2. the built-in recipes run first, one at a time (the ``int8`` recipe times int8 against float on
+   this machine, which a neighbouring trial would disturb);
+3. an Optuna TPE sampler, seeded, proposes points of the space (:mod:`onnxopt.tune.space`) in rounds of
+   one trial per worker; the round runs on the pool (local processes or Ray tasks) and its results are
+   told to the sampler in the order they were asked -- so the same seed proposes the same points
+   wherever they ran. Every trial is scored on the selection part (:mod:`onnxopt.tune.trial`) and cached
+   (:mod:`onnxopt.tune.cache`). Several models share the pool: each round holds trials of every model;
+4. the *finalists* -- trials within the budget on the selection part that no other beats on drop, size
+   and MACs together (a Pareto front), plus every built-in within the budget -- are timed against the
+   original in one interleaved benchmark (:mod:`onnxopt.bench`), alone on the machine;
+5. the best finalist on the objective (``size``: the file; ``latency``: the latency ratio; ``balanced``:
+   the geometric mean of both ratios) is built once more, by ``onnxopt optimize`` from the recipe file
+   written beside the output, with ``--save-plan``; its metric is measured on the held-out part, once.
+
+The sampler sees a proxy of the objective trials can know without timing (size ratio; MAC ratio for
+latency; their geometric mean for balanced), and trials over the budget are told the budget's excess.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+import yaml
+
+from onnxopt.bench import BenchConfig, benchmark
+from onnxopt.data import open_dataset
+from onnxopt.errors import OutputError
+from onnxopt.io.reading import read_model
+from onnxopt.io.writing import write_bytes
+from onnxopt.model_stats import estimate_macs
+from onnxopt.optimizer.plan import file_sha256 as file_digest
+from onnxopt.optimizer.quality import QualityProbe
+from onnxopt.optimizer.recipe import parse_spec
+from onnxopt.optimizer.run import OptimizeOptions, optimize_file
+from onnxopt.progress import NullProgress, Progress
+from onnxopt.runtime import Runner
+from onnxopt.tune import space
+from onnxopt.tune.split import Split, split_data
+from onnxopt.tune.trial import TrialTask, run_trial
+from onnxopt.tune.workers import TuneError, Workers, default_processes, open_workers
+
+OBJECTIVES = ("latency", "size", "balanced")
+FINALISTS = 6  # sampled finalists timed per model (the feasible built-ins are timed besides)
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneOptions:
+    """What ``onnxopt tune`` is asked; validated at once (one-line TuneError, nothing written)."""
+
+    data: tuple[str, ...] = ()  # one source for every model, or one per model
+    eval_data: tuple[str, ...] = ()  # the held-out part instead of a fifth of --data (as many as --data)
+    max_drop: float = 0.01  # the metric's largest allowed drop on the selection and held-out parts
+    objective: str = "balanced"
+    batch: int | None = None  # the deployment batch the finalists are timed at
+    trials: int = 12  # sampled trials per model, besides the built-ins
+    time_budget: float | None = None  # seconds; no new round starts after it
+    ray: str | None = None  # "auto" or an address: trials as Ray tasks
+    cache: str | None = None  # the trial cache (default: .onnxopt-tune-cache beside the output)
+    seed: int = 0
+    workers: int | None = None  # local processes (default: one per core)
+    builtins: tuple[str, ...] | None = None  # built-in recipes to evaluate (default: all that can run)
+    distill: bool | None = None  # sample distillation (default: when the tf extra is installed)
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise TuneError(f"--objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
+        if not (isinstance(self.max_drop, (int, float)) and 0 <= self.max_drop < 1):
+            raise TuneError(f"--max-drop must be in [0, 1) (0.01 = one point), not {self.max_drop}")
+        if self.trials < 0:
+            raise TuneError("--trials must be 0 or more")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise TuneError("--time-budget must be positive (seconds)")
+        if self.batch is not None and self.batch < 1:
+            raise TuneError("--batch must be positive")
+        if self.workers is not None and self.workers < 1:
+            raise TuneError("--workers must be positive")
+        if not self.data:
+            raise TuneError("tune spends an accuracy budget: give --data (samples to fit, select and hold out on)")
+        if self.eval_data and len(self.eval_data) != len(self.data):
+            raise TuneError("give one --eval-data for each --data")
+        unknown = [b for b in self.builtins or () if b not in space.BUILTINS]
+        if unknown:
+            raise TuneError(f"unknown built-in recipe {unknown[0]!r} (tune knows {', '.join(space.BUILTINS)})")
+
+
+@dataclasses.dataclass
+class TuneResult:
+    """One model's tune."""
+
+    model: Path
+    output: Path
+    recipe_file: Path
+    plan_file: Path
+    split: dict[str, Any]
+    trials: list[dict[str, Any]]  # every trial, built-ins first, with latency ratios where timed
+    chosen: dict[str, Any]
+    held_out: dict[str, Any]  # the chosen model's metric on the held-out part, measured once
+    objective: str
+    max_drop: float
+    notes: list[str]
+    reproduce: list[str]  # the onnxopt command that rebuilds the output byte for byte from its recipe and plan
+
+    def to_dict(self) -> dict[str, Any]:
+        from onnxopt.report import tune_report
+
+        return tune_report(self)
+
+
+@dataclasses.dataclass
+class _Subject:
+    """One model being tuned."""
+
+    path: Path
+    output: Path
+    digest: str
+    split: Split
+    fit_digest: str
+    select_digest: str
+    study: Any
+    trials: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    asked: int = 0
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+def tune(models: list[str], output: str, options: TuneOptions, progress: Progress | None = None) -> list[TuneResult]:
+    """Tune each of ``models``; with one model ``output`` is the model file to write, with several a folder
+    (one ``<name>.tuned.onnx`` each). Bad input fails before anything is written."""
+    progress = progress or NullProgress()
+    paths = [Path(m) for m in models]
+    if not paths:
+        raise TuneError("give at least one model")
+    if len(options.data) not in (1, len(paths)):
+        raise TuneError(f"give one --data for every model or one per model ({len(paths)}), not {len(options.data)}")
+    for path in paths:
+        read_model(path)  # a clear error for a missing, corrupt or non-ONNX file
+    outputs = _outputs(paths, Path(output))
+    distill = space.can_distill() if options.distill is None else options.distill
+    workers = open_workers(options.ray, options.workers or default_processes())  # an unreachable Ray fails here
+    try:
+        cache = Path(options.cache) if options.cache else outputs[0].parent / ".onnxopt-tune-cache"
+        pick = lambda given, i: given[i if len(given) > 1 else 0] if given else None  # noqa: E731
+        subjects = [
+            _subject(path, out, pick(options.data, i), pick(options.eval_data, i), cache, options)
+            for i, (path, out) in enumerate(zip(paths, outputs, strict=True))
+        ]
+        started = time.perf_counter()
+        builtins = [p for p in space.builtin_points(distill) if options.builtins is None or p.name in options.builtins]
+        if not distill and options.builtins is None:
+            for subject in subjects:
+                subject.notes.append(
+                    "prune and prune+int8 not evaluated, nor distillation sampled: they need the tf extra"
+                )
+        for subject in subjects:  # one at a time: the int8 recipe times int8 against float
+            for point in builtins:
+                progress.phase(f"tune {subject.path.name}: built-in {point.name}")
+                subject.trials += workers.map(run_trial, [_task(subject, point, options, cache)])
+        _search(subjects, workers, options, cache, distill, started, progress)
+    finally:
+        workers.close()
+    return [_finish(subject, options, progress) for subject in subjects]
+
+
+def _outputs(paths: list[Path], output: Path) -> list[Path]:
+    if len(paths) == 1:
+        if output.is_dir():
+            raise OutputError(f"{output}: is a folder; give the tuned model's file name")
+        targets = [output]
+    else:
+        if output.exists() and not output.is_dir():
+            raise OutputError(f"{output}: several models are tuned into a folder, and this is a file")
+        targets = [output / f"{p.stem}.tuned.onnx" for p in paths]
+    for path, target in zip(paths, targets, strict=True):
+        if target.resolve() == path.resolve():
+            raise OutputError(f"{target}: would overwrite the input model")
+        if not (target.parent.is_dir() or (len(paths) > 1 and target.parent == output)):
+            raise OutputError(f"{target.parent}: output folder does not exist")
+    return targets
+
+
+def _subject(path: Path, output: Path, data: str, held_out: str | None, cache: Path, options: TuneOptions) -> _Subject:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    split = split_data(data, Runner(str(path)).inputs, cache / "data", options.seed, held_out)
+    sampler = optuna.samplers.TPESampler(seed=options.seed, n_startup_trials=4)
+    study = optuna.create_study(direction="minimize", sampler=sampler)
+    return _Subject(path, output, file_digest(path), split, file_digest(split.fit), file_digest(split.select), study)
+
+
+def _task(subject: _Subject, point: space.Point, options: TuneOptions, cache: Path) -> TrialTask:
+    return TrialTask(
+        str(subject.path), subject.digest, space.with_budget(point, options.max_drop), str(subject.split.fit),
+        subject.fit_digest, str(subject.split.select), subject.select_digest, options.seed, options.max_drop,
+        str(cache), options.batch,
+    )  # fmt: skip
+
+
+def _search(
+    subjects: list[_Subject], workers: Workers, options: TuneOptions, cache: Path, distill: bool, started: float,
+    progress: Progress,
+) -> None:  # fmt: skip
+    """Rounds of sampled trials for every model until ``trials`` each or the time budget."""
+    import optuna
+
+    while True:
+        if options.time_budget is not None and time.perf_counter() - started > options.time_budget:
+            for subject in subjects:
+                subject.notes.append(
+                    f"--time-budget {options.time_budget:g} s: stopped after {subject.asked} of {options.trials} "
+                    "sampled trials (a rerun with the same cache resumes)"
+                )
+            return
+        batch: list[tuple[_Subject, Any, TrialTask]] = []
+        for subject in subjects:
+            for _ in range(min(workers.size, options.trials - subject.asked)):
+                asked = subject.study.ask()
+                subject.asked += 1
+                point = space.sample(asked, subject.asked, distill=distill)
+                batch.append((subject, asked, _task(subject, point, options, cache)))
+        if not batch:
+            return
+        progress.phase(f"tune: {len(batch)} trial(s) on {workers.size} worker(s)")
+        for (subject, asked, _), result in zip(batch, workers.map(run_trial, [t for _, _, t in batch]), strict=True):
+            subject.trials.append(result)
+            if result["status"] == "ok":
+                subject.study.tell(asked, _proxy(result, subject, options))
+            else:
+                state = optuna.trial.TrialState.PRUNED if result["status"] == "pruned" else optuna.trial.TrialState.FAIL
+                subject.study.tell(asked, state=state)
+
+
+def _proxy(result: dict[str, Any], subject: _Subject, options: TuneOptions) -> float:
+    """What the sampler minimizes: the objective as far as an untimed trial knows it, or the budget's excess."""
+    if not result["feasible"]:
+        return 10.0 + 100.0 * (result["drop"] - options.max_drop)
+    size = result["size_bytes"] / subject.path.stat().st_size
+    macs = result["macs"] / max(_macs(subject), 1)
+    return {"size": size, "latency": macs, "balanced": math.sqrt(size * macs)}[options.objective]
+
+
+def _macs(subject: _Subject) -> int:
+    if not hasattr(subject, "_macs"):
+        subject._macs = estimate_macs(ir.load(str(subject.path)))[0]  # type: ignore[attr-defined]
+    return subject._macs  # type: ignore[attr-defined]
+
+
+def _finalists(subject: _Subject) -> list[dict[str, Any]]:
+    """Feasible trials no other feasible trial beats on drop, size and MACs at once (one per distinct model,
+    at most FINALISTS sampled ones by proxy order), and every feasible built-in."""
+    feasible = [t for t in subject.trials if t.get("status") == "ok" and t["feasible"]]
+    unique: dict[str, dict[str, Any]] = {}
+    for t in feasible:  # built-ins first: a sampled trial that rebuilt a built-in's model is that built-in
+        unique.setdefault(file_digest(Path(t["model"])), t)
+    candidates = list(unique.values())
+
+    def beaten(t: dict[str, Any]) -> bool:
+        keys = ("drop", "size_bytes", "macs")
+        return any(all(o[k] <= t[k] for k in keys) and any(o[k] < t[k] for k in keys) for o in candidates)
+
+    builtin = [t for t in candidates if not t["name"].startswith("trial ")]
+    front = [t for t in candidates if t["name"].startswith("trial ") and not beaten(t)]
+    front.sort(key=lambda t: (t["size_bytes"] * max(t["macs"], 1), t["name"]))
+    return builtin + front[:FINALISTS]
+
+
+def _finish(subject: _Subject, options: TuneOptions, progress: Progress) -> TuneResult:
+    notes = subject.notes
+    subject.output.parent.mkdir(parents=True, exist_ok=True)  # several models: the output folder
+    finalists = _finalists(subject)
+    if not finalists:
+        raise TuneError(f"{subject.path}: no trial met --max-drop {options.max_drop:g} on the selection data")
+    progress.phase(f"tune {subject.path.name}: timing {len(finalists)} finalist(s) against the original, interleaved")
+    inputs = Runner(str(subject.path)).inputs
+    dataset = open_dataset(str(subject.split.select), inputs, seed=options.seed)
+    config = BenchConfig(batches=(options.batch,) if options.batch else None, seconds=1.0, memory=False)
+    bench = benchmark([subject.path, *[Path(t["model"]) for t in finalists]], config, dataset=dataset)
+    ratios = [m.ratio.median for m in bench.measurements[1:] if m.ratio is not None]
+    size = subject.path.stat().st_size
+    for trial, ratio in zip(finalists, ratios, strict=True):
+        trial["latency_ratio"] = ratio
+        trial["size_ratio"] = trial["size_bytes"] / size
+        trial["score"] = {
+            "size": trial["size_ratio"], "latency": ratio, "balanced": math.sqrt(trial["size_ratio"] * ratio),
+        }[options.objective]  # fmt: skip
+        trial["finalist"] = True
+    chosen = min(finalists, key=lambda t: (t["score"], t["size_bytes"], t["name"]))
+    chosen["chosen"] = True
+    recipe_file = subject.output.with_name(subject.output.stem + ".recipe.yaml")
+    plan_file = subject.output.with_name(subject.output.stem + ".plan.json")
+    entries = [{"name": name, **params} if params else name for name, params in parse_spec(chosen["spec"])]
+    write_bytes(recipe_file, yaml.safe_dump({"passes": entries}, sort_keys=False).encode())
+    progress.phase(f"tune {subject.path.name}: building {chosen['name']} and scoring it on the held-out part")
+    rebuild = OptimizeOptions(
+        recipe=str(recipe_file), data=str(subject.split.fit), eval_data=str(subject.split.held_out),
+        seed=options.seed, batch=options.batch, save_plan=plan_file,
+    )  # fmt: skip
+    built = optimize_file(subject.path, subject.output, rebuild)
+    held = open_dataset(str(subject.split.held_out), inputs, seed=options.seed)
+    probe = QualityProbe(ir.load(str(subject.path)), held, limit=held.num_samples)
+    drop = probe.drop(ir.load(str(subject.output)))
+    same = file_digest(subject.output) == file_digest(Path(chosen["model"]))
+    if not same:
+        notes.append(
+            f"the rebuilt {chosen['name']} differs from its trial's model (a decision timed on this machine "
+            "came out otherwise); the held-out metric is the rebuilt model's"
+        )
+    if built.fallbacks:
+        notes.append(f"in the rebuild, {'; '.join(built.fallbacks)}")
+    held_out = {
+        "metric": probe.metric, "baseline": probe.baseline, "value": probe.baseline - drop, "drop": drop,
+        "samples": held.num_samples, "within_budget": drop <= options.max_drop, "same_as_trial": same,
+        "size_ratio": subject.output.stat().st_size / size,
+    }  # fmt: skip
+    split = {
+        "fit": str(subject.split.fit), "select": str(subject.split.select), "held_out": str(subject.split.held_out),
+        "counts": list(subject.split.counts), "labels": subject.split.labels,
+    }  # fmt: skip
+    for trial in subject.trials:
+        trial.pop("has_model", None)
+        if trial.get("spec"):
+            trial["recipe"] = space.short(trial["spec"])
+    reproduce = [
+        "onnxopt", "optimize", str(subject.path), str(subject.output), "--recipe", str(recipe_file), "--plan",
+        str(plan_file), "--data", split["fit"], "--eval-data", split["held_out"], "--seed", str(options.seed),
+    ] + (["--batch", str(options.batch)] if options.batch else [])  # fmt: skip
+    return TuneResult(
+        subject.path, subject.output, recipe_file, plan_file, split, subject.trials, chosen, held_out,
+        options.objective, options.max_drop, notes, reproduce,
+    )  # fmt: skip

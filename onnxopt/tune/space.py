@@ -1,0 +1,120 @@
+"""The search space of ``onnxopt tune``: which recipes a trial may be, as points an Optuna trial samples.
+
+A *point* is a recipe written as a pass list (:func:`onnxopt.optimizer.recipe.parse_spec`), cut into
+*stages* where a trial may stop early: the float rewrites first (lossless, pruning with its refit and
+distillation, weight clipping), then quantization. The built-in recipes are points too
+(:func:`builtin_points`); tune evaluates them beside the sampled ones, so what it returns is never worse
+on the objective than the best built-in that meets the budget.
+
+What a sampled point may hold, always in this order (the one in which each pass's precondition holds:
+quantization last, on float weights; equalization right before it, on the weights it rounds):
+
+* the ``lossless`` recipe, always;
+* ``prune-channels`` (ratio 0.25 or 0.5 of every prunable group's channels, ``l2`` or ``thinet``
+  importance, multiples of 8) with ``reconstruct`` after it, and ``distill`` when the ``tf`` extra is
+  installed -- only with data to fit on;
+* ``clip-weights`` (``mse``) or not;
+* ``quantize`` or not: static int8 (calibration ``minmax``, ``percentile`` or ``auto``; rounding ``nearest``
+  or ``gptq``; ``uint8`` or ``int16`` activations; the tune's accuracy budget as its mixed-precision budget,
+  ``max_drop``) after ``equalize``, or int8 weight storage alone (``weights_only``).
+
+Sampled quantization never times anything (``fallback=none``): trials run side by side, so their timings
+would be measured against each other; the finalists' latency is measured once, interleaved, by the tuner.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from typing import Any
+
+from onnxopt.optimizer.recipe import BUILTIN_RECIPES
+
+#: Built-in recipes tune evaluates, and what each needs: "data" (fits on --data), "tf" (distillation).
+BUILTINS: dict[str, tuple[str, ...]] = {
+    "lossless": (),
+    "int8": ("data",),
+    "prune": ("data", "tf"),
+    "prune+int8": ("data", "tf"),
+}
+#: Passes that change values (their stage is scored before quantization runs).
+FLOAT_LOSSY = ("prune-channels", "reconstruct", "distill", "clip-weights")
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """One recipe of the space."""
+
+    name: str  # a built-in's name, or "trial <n>"
+    stages: tuple[str, ...]  # pass lists run one after the other; the recipe is their concatenation
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)  # what the sampler chose ({} for built-ins)
+
+    @property
+    def spec(self) -> str:
+        """The whole recipe as one pass list (what ``onnxopt optimize --passes`` takes)."""
+        return ",".join(s for s in self.stages if s)
+
+
+def can_distill() -> bool:
+    """Whether the ``tf`` extra (distillation) is installed."""
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+def builtin_points(distill: bool) -> list[Point]:
+    """The built-in recipes as points; those needing distillation only when it is available."""
+    points = []
+    for name, needs in BUILTINS.items():
+        if "tf" in needs and not distill:
+            continue
+        points.append(Point(name, _stages(BUILTIN_RECIPES[name])))
+    return points
+
+
+def sample(trial: Any, number: int, *, distill: bool) -> Point:
+    """A point from an Optuna ``trial`` (its ``suggest_*`` calls decide every choice, seeded by the study)."""
+    parts = [BUILTIN_RECIPES["lossless"]]
+    ratio = trial.suggest_categorical("prune_ratio", [0.0, 0.25, 0.5])
+    if ratio:
+        importance = trial.suggest_categorical("prune_importance", ["l2", "thinet"])
+        parts += [f"prune-channels:ratio={ratio};importance={importance};multiple=8", "reconstruct"]
+        if distill and trial.suggest_categorical("distill", [False, True]):
+            parts.append("distill:max_drop=0.02")
+        parts.append("remove-unused")
+    if trial.suggest_categorical("clip_weights", [False, True]):
+        parts.append("clip-weights:mode=mse")
+    mode = trial.suggest_categorical("quantize", ["none", "static", "weights_only"])
+    tail = ""
+    if mode == "static":
+        calibration = trial.suggest_categorical("calibration", ["minmax", "percentile", "auto"])
+        rounding = trial.suggest_categorical("rounding", ["nearest", "gptq"])
+        activations = trial.suggest_categorical("activations", ["uint8", "int16"])
+        tail = (
+            f"equalize,quantize:calibration={calibration};rounding={rounding};activations={activations};"
+            f"bias_correct=true;max_drop={{max_drop}}"
+        )
+    elif mode == "weights_only":
+        tail = "quantize:weights_only=true"
+    return Point(f"trial {number}", (",".join(parts), tail), dict(trial.params))
+
+
+def short(spec: str) -> str:
+    """``spec`` with the lossless recipe's passes at its start written ``lossless`` (as ``--passes`` also takes
+    it), for tables a person reads."""
+    lossless = BUILTIN_RECIPES["lossless"]
+    return "lossless" + spec[len(lossless) :] if spec.startswith(lossless) else spec
+
+
+def with_budget(point: Point, max_drop: float) -> Point:
+    """``point`` with the tune's budget written into its quantize stage (``max_drop={max_drop}``)."""
+    stages = tuple(s.replace("{max_drop}", f"{max_drop:g}") for s in point.stages)
+    return dataclasses.replace(point, stages=stages)
+
+
+def _stages(spec: str) -> tuple[str, ...]:
+    """A built-in's pass list cut before its quantization (``equalize`` and ``quantize``), if it has one."""
+    entries = [e for e in spec.split(",") if e]
+    names = [e.split(":", 1)[0] for e in entries]
+    if "quantize" not in names:
+        return (spec, "")
+    cut = names.index("equalize") if "equalize" in names else names.index("quantize")
+    return (",".join(entries[:cut]), ",".join(entries[cut:]))

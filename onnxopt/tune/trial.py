@@ -1,0 +1,140 @@
+"""One trial of ``onnxopt tune``: build a point's model on the fitting data, score it on the selection data.
+
+:func:`run_trial` is what a worker runs (a local process or a Ray task): it takes a picklable
+:class:`TrialTask` naming files, and returns a plain dict, the same one the cache stores. Nothing in a
+trial is timed -- trials run side by side.
+
+A trial stops early when it is hopeless: after its float stage (pruning, refitting, clipping) and
+again before the whole selection set, its drop is scored on the first quarter of the selection
+samples, and it ends ``pruned`` when that drop exceeds the budget by more than two standard errors of
+a proportion on that many samples (successive halving with one rung: quantization only adds error, and
+a quarter of the samples already tells a hopeless trial from a close one). The float stage's model is
+cached on its own, so trials that prune alike build it once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+
+from onnxopt.data import open_dataset
+from onnxopt.errors import OnnxoptError
+from onnxopt.model_stats import estimate_macs
+from onnxopt.optimizer.quality import QualityProbe
+from onnxopt.optimizer.run import OptimizeOptions, optimize_file
+from onnxopt.runtime import Runner
+from onnxopt.tune.cache import TrialCache, trial_key
+from onnxopt.tune.space import Point
+
+#: The first rung scores this fraction of the selection samples (at least MIN_RUNG).
+RUNG_FRACTION = 0.25
+MIN_RUNG = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialTask:
+    """Everything a worker needs, by path and digest."""
+
+    model: str
+    model_digest: str
+    point: Point
+    fit: str
+    fit_digest: str
+    select: str
+    select_digest: str
+    seed: int
+    max_drop: float
+    cache: str
+    batch: int | None = None
+
+    @property
+    def key(self) -> str:
+        return trial_key(
+            self.model_digest, self.point.spec, self.fit_digest, self.select_digest, str(self.seed),
+            f"{self.max_drop:g}", str(self.batch),
+        )  # fmt: skip
+
+
+def run_trial(task: TrialTask) -> dict[str, Any]:
+    """The trial's result (from the cache when it already ran): ``status`` ``ok``, ``pruned`` or ``failed``;
+    for ``ok``, ``drop`` (selection metric lost against the original), ``size_bytes``, ``macs`` and
+    ``model`` (its path in the cache)."""
+    cache = TrialCache(Path(task.cache))
+    key = task.key
+    hit = cache.get(key)
+    if hit is not None:  # named as this run names it (a sampled point may repeat an earlier one)
+        return {**hit, "name": task.point.name, "params": task.point.params, "cached": True}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="onnxopt-trial-") as folder:
+        keep = True
+        try:
+            result, model = _run(task, cache, Path(folder))
+        except OnnxoptError as e:  # the recipe cannot work on this model: remembered
+            result, model = {"status": "failed", "error": " ".join(str(e).split())[:300]}, None
+        except Exception as e:  # an internal error: this trial fails, the tune goes on, a rerun tries again
+            result, model, keep = (
+                {"status": "failed", "error": f"internal error ({type(e).__name__}): {e}"[:300]},
+                None,
+                False,
+            )
+        result.update(name=task.point.name, spec=task.point.spec, params=task.point.params)
+        result["seconds"] = round(time.perf_counter() - started, 2)
+        if not keep:
+            return {**result, "cached": False}
+        stored = cache.put(key, result, model)
+    return {**stored, "cached": False}
+
+
+def _run(task: TrialTask, cache: TrialCache, work: Path) -> tuple[dict[str, Any], Path | None]:
+    original = ir.load(task.model)
+    inputs = Runner(task.model).inputs
+    select = open_dataset(task.select, inputs, seed=task.seed)
+    rung = max(MIN_RUNG, int(select.num_samples * RUNG_FRACTION))
+    first = QualityProbe(original, select, limit=rung)
+    margin = 2 * math.sqrt(0.25 / rung)  # two standard errors of a proportion near 1/2, the widest
+    current = Path(task.model)
+    stages = [s for s in task.point.stages if s]
+    fell_back: list[str] = []
+    for index, stage in enumerate(stages):
+        prefix = ",".join(stages[: index + 1])
+        key = trial_key(task.model_digest, prefix, task.fit_digest, str(task.seed), str(task.batch), "stage")
+        built = cache.get(key)
+        if built is None:
+            out = work / f"stage{index}.onnx"
+            options = OptimizeOptions(passes=stage, data=task.fit, seed=task.seed, batch=task.batch)
+            result = optimize_file(current, out, options)
+            built = cache.put(key, {"status": "ok", "fallbacks": result.fallbacks}, out)
+        current = Path(built["model"])
+        fell_back += built.get("fallbacks", [])
+        if index < len(stages) - 1:
+            drop = first.drop(ir.load(current))
+            if drop > task.max_drop + margin:
+                return _pruned(first.metric, drop, rung, f"after stage {index + 1} of {len(stages)}"), None
+    final = ir.load(current)
+    drop = first.drop(final)
+    if drop > task.max_drop + margin:
+        return _pruned(first.metric, drop, rung, "on the first rung"), None
+    whole = QualityProbe(original, select, limit=select.num_samples)
+    drop = whole.drop(final)
+    macs, _ = estimate_macs(final)
+    return {
+        "status": "ok",
+        "metric": whole.metric,
+        "baseline": whole.baseline,
+        "drop": drop,
+        "feasible": drop <= task.max_drop,
+        "size_bytes": current.stat().st_size,
+        "macs": macs,
+        "fallbacks": fell_back,
+        "samples": select.num_samples,
+    }, current
+
+
+def _pruned(metric: str, drop: float, rung: int, where: str) -> dict[str, Any]:
+    return {"status": "pruned", "metric": metric, "rung_drop": drop, "rung_samples": rung, "pruned": where}

@@ -1,0 +1,100 @@
+"""Where trials run: a local process pool (the default) or Ray tasks (``--ray auto|ADDRESS``, the ``ray`` extra).
+
+Both map a function over tasks and return the results in the tasks' order, whichever finishes first, so
+the search sees the same sequence either way (the same seed chooses the same recipe locally and on Ray).
+Trials read the model and the data from paths: on a Ray cluster of several machines those paths must
+be on storage every node sees (the cache folder included).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from onnxopt.errors import OnnxoptError
+
+
+class TuneError(OnnxoptError):
+    """A tune that cannot start: a bad objective or budget, no data, an unreachable Ray cluster."""
+
+
+class Workers(Protocol):
+    size: int
+
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]: ...
+
+    def close(self) -> None: ...
+
+
+class LocalPool:
+    """``size`` worker processes (spawned: onnxruntime's threads do not survive a fork)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, size)
+        self._pool = concurrent.futures.ProcessPoolExecutor(self.size, mp_context=multiprocessing.get_context("spawn"))
+
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        return list(self._pool.map(fn, items))
+
+    def close(self) -> None:
+        self._pool.shutdown(cancel_futures=True)
+
+
+class RayPool:
+    """Ray tasks of one CPU each, on the cluster at ``address`` (``auto``: the one this machine runs or is
+    connected to, else a local instance)."""
+
+    def __init__(self, address: str) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise TuneError("--ray needs Ray: pip install 'onnxopt[ray]'") from None
+        self._ray = ray
+        if not ray.is_initialized():
+            if address != "auto":
+                _check_reachable(address)
+            try:
+                ray.init(address=None if address == "auto" and not _cluster_running() else address,
+                         ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)  # fmt: skip
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise TuneError(f"--ray {address}: cannot connect ({' '.join(str(e).split())[:160]})") from e
+        self.size = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self._remote: dict[Callable, Any] = {}
+
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        remote = self._remote.setdefault(fn, self._ray.remote(num_cpus=1)(fn))
+        return self._ray.get([remote.remote(item) for item in items])
+
+    def close(self) -> None:
+        pass  # the cluster (or the caller's ray.init) outlives the tune
+
+
+def open_workers(ray: str | None, processes: int) -> Workers:
+    """Ray when ``ray`` is given, else ``processes`` local processes."""
+    return RayPool(ray) if ray else LocalPool(processes)
+
+
+def default_processes() -> int:
+    """One worker per core (trials are not timed: sharing cores slows them, it does not skew them)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _cluster_running() -> bool:
+    return bool(os.environ.get("RAY_ADDRESS")) or os.path.exists("/tmp/ray/ray_current_cluster")
+
+
+def _check_reachable(address: str) -> None:
+    """A one-line TuneError, within seconds, when nothing listens at ``address`` (``host:port`` or
+    ``ray://host:port``) -- Ray itself retries for a minute."""
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise TuneError(f"--ray {address}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+    except OSError as e:
+        raise TuneError(f"--ray {address}: unreachable ({e.strerror or e})") from None

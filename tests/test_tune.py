@@ -1,0 +1,156 @@
+"""onnxopt tune: the bundled digits CNN within a budget, the same choice on Ray as locally, resuming from the
+cache, and bad input refused in one line with nothing written."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import file_digest, one_line_error
+
+from onnxopt.tune import TuneOptions, tune
+from onnxopt.tune.workers import LocalPool
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+DIGITS = MODELS / "digits_cnn" / "model.onnx"
+#: lossless built-in and two sampled trials, no distillation: a small space that still prunes and quantizes
+SMALL = {"max_drop": 0.02, "trials": 2, "builtins": ("lossless",), "distill": False, "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def digits_data(tmp_path_factory) -> Path:
+    """400 labelled digits (240 to fit, 80 to select, 80 held out)."""
+    with np.load(MODELS / "digits_cnn" / "train.npz") as archive:
+        arrays = {k: archive[k][:400] for k in archive.files}
+    path = tmp_path_factory.mktemp("tune-data") / "digits400.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def _specs(result) -> list[tuple[str, str]]:
+    return [(t["name"], t.get("spec", "")) for t in result.trials]
+
+
+def test_tune_within_budget_rebuilt_by_its_recipe_and_plan_and_the_same_on_ray(digits_data, tmp_path) -> None:
+    """One local tune (shared by three checks: a tune is the slow part): the budget holds on held-out data and
+    the chosen is at least as good as every timed built-in; the printed command rebuilds it byte for byte; a
+    Ray run with the same seed proposes the same trials and chooses the same recipe."""
+    from onnxopt.cli import main
+
+    options = TuneOptions(data=(str(digits_data),), workers=2, cache=str(tmp_path / "cache"), **SMALL)
+    result = tune([str(DIGITS)], str(tmp_path / "tuned.onnx"), options)[0]
+    assert result.output.is_file() and result.recipe_file.is_file() and result.plan_file.is_file()
+    held = result.held_out
+    assert held["metric"] == "accuracy" and held["samples"] == 80 and held["within_budget"]
+    assert held["drop"] <= 0.02
+    finished = [t for t in result.trials if t["status"] == "ok"]
+    assert {t["name"] for t in finished} >= {"lossless"} and len(result.trials) == 3
+    for trial in finished:  # the chosen is at least as good on the objective as every timed built-in
+        if trial.get("finalist") and not trial["name"].startswith("trial "):
+            assert result.chosen["score"] <= trial["score"]
+    report = result.to_dict()
+    assert report["kind"] == "tune" and report["chosen"]["spec"] == result.chosen["spec"]
+    assert "model" not in report["chosen"]
+
+    again = tmp_path / "again.onnx"
+    command = result.reproduce
+    assert command[:2] == ["onnxopt", "optimize"] and command[3] == str(result.output)
+    assert main(["optimize", command[2], str(again), *command[4:], "-q"]) == 0  # the command, into another file
+    assert file_digest(again) == file_digest(result.output)
+
+    try:
+        import ray
+    except ImportError:
+        pytest.skip("ray is not installed (the ray extra): the Ray half of this test did not run")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        options = TuneOptions(data=(str(digits_data),), ray="auto", cache=str(tmp_path / "ray-cache"), **SMALL)
+        on_ray = tune([str(DIGITS)], str(tmp_path / "on-ray.onnx"), options)[0]
+    finally:
+        ray.shutdown()
+    assert not any(t.get("cached") for t in on_ray.trials)  # its own cache: every trial ran on Ray
+    assert _specs(on_ray) == _specs(result)
+    assert on_ray.chosen["spec"] == result.chosen["spec"]
+
+
+def test_an_interrupted_tune_resumes_from_its_cache(digits_data, tmp_path, monkeypatch) -> None:
+    options = TuneOptions(data=(str(digits_data),), workers=1, cache=str(tmp_path / "cache"), **SMALL)
+    real_map, calls = LocalPool.map, []
+
+    def interrupted(self, fn, items):
+        calls.append(len(items))
+        if len(calls) == 3:  # the built-in, the first sampled trial, then Ctrl-C
+            raise KeyboardInterrupt
+        return real_map(self, fn, items)
+
+    monkeypatch.setattr(LocalPool, "map", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tune([str(DIGITS)], str(tmp_path / "tuned.onnx"), options)
+    assert not (tmp_path / "tuned.onnx").exists()
+    monkeypatch.setattr(LocalPool, "map", real_map)
+    resumed = tune([str(DIGITS)], str(tmp_path / "tuned.onnx"), options)[0]
+    assert [t.get("cached") for t in resumed.trials] == [True, True, False]
+
+    wider = TuneOptions(data=(str(digits_data),), workers=1, cache=str(tmp_path / "cache"), **{**SMALL, "trials": 3})
+    again = tune([str(DIGITS)], str(tmp_path / "wider.onnx"), wider)[0]
+    assert len(again.trials) == 4 and all(t["cached"] for t in again.trials[:3])  # the fourth: new, or a repeat
+    assert _specs(again)[:3] == _specs(resumed)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--objective", "speed"], "--objective must be one of latency, size, balanced"),
+        (["--max-drop", "-0.1"], "--max-drop must be in [0, 1)"),
+        (["--ray", f"127.0.0.1:{_free_port()}"], "--ray 127.0.0.1:"),
+        (None, "give --data"),
+    ],
+)
+def test_bad_tune_input_is_one_line_and_writes_nothing(extra, expected, digits_data, tmp_path, capsys) -> None:
+    out = tmp_path / "tuned.onnx"
+    args = ["tune", str(DIGITS), "-o", str(out)]
+    args += ["--data", str(digits_data), *extra] if extra is not None else []
+    if extra and extra[0] == "--ray":
+        pytest.importorskip("ray")
+    line = one_line_error(args, capsys)
+    assert expected in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_corrupt_model_or_too_little_data_is_one_line(digits_data, tmp_path, capsys) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    assert "bad.onnx" in one_line_error(["tune", str(bad), "-o", str(tmp_path / "o.onnx"), "--data",
+                                         str(digits_data)], capsys)  # fmt: skip
+    small = tmp_path / "small.npz"
+    with np.load(digits_data) as archive:
+        np.savez(small, **{k: archive[k][:50] for k in archive.files})
+    line = one_line_error(["tune", str(DIGITS), "-o", str(tmp_path / "o.onnx"), "--data", str(small)], capsys)
+    assert "50 samples; tune needs at least 150" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx", "small.npz"]  # nothing written
+
+
+def test_several_models_share_the_pool_and_get_one_output_each(digits_data, tmp_path) -> None:
+    import shutil
+
+    other = tmp_path / "copy.onnx"
+    shutil.copyfile(DIGITS, other)
+    options = TuneOptions(data=(str(digits_data),), workers=2, cache=str(tmp_path / "cache"),
+                          **{**SMALL, "trials": 1})  # fmt: skip
+    results = tune([str(DIGITS), str(other)], str(tmp_path / "tuned"), options)
+    assert [r.output for r in results] == [
+        tmp_path / "tuned" / "model.tuned.onnx",
+        tmp_path / "tuned" / "copy.tuned.onnx",
+    ]
+    assert all(r.output.is_file() and r.held_out["within_budget"] for r in results)
+    # the same bytes, data and seed: the same trials; the built-ins ran one after the other, so the second
+    # model's came from the cache (its sampled trial ran beside the first model's, in the same round)
+    assert _specs(results[0]) == _specs(results[1]) and results[1].trials[0]["cached"]
