@@ -106,6 +106,10 @@ class Context:
         if self.plan is not None:
             self.plan.record(self.pass_index, pass_name, decisions)
 
+    def saves_plan(self) -> bool:
+        """Whether the plan being recorded is written to a file (``--save-plan``)."""
+        return self.plan is not None and not self.plan.replay and self.plan.saved
+
     def original_model(self) -> ir.Model:
         """A fresh copy of the input model, as the pipeline received it."""
         if self.original is None:

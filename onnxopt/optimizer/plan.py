@@ -60,14 +60,15 @@ class Plan:
     passes: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
     machine: dict[str, Any] = dataclasses.field(default_factory=machine_description)  # where it was measured
     replay: bool = False
+    saved: bool = False  # recorded for --save-plan (passes then also record what only a replay needs)
     # what the planning run measured about its result, for a replay that rebuilds it exactly
     # (onnxopt.optimizer.verified_replay.Verification.to_dict)
     verification: dict[str, Any] | None = None
 
     @classmethod
-    def new(cls, recipe: list[tuple[str, dict[str, Any]]], seed: int) -> Plan:
-        """A plan to record into (its input's hash is taken when it is saved)."""
-        return cls("", _recipe_list(recipe), seed)
+    def new(cls, recipe: list[tuple[str, dict[str, Any]]], seed: int, *, saved: bool = False) -> Plan:
+        """A plan to record into (its input's hash is taken when it is saved); ``saved``: it will be."""
+        return cls("", _recipe_list(recipe), seed, saved=saved)
 
     @property
     def timed(self) -> list[str]:

@@ -164,7 +164,7 @@ def _optimize(
         plan = Plan.load(options.plan)
         plan.check_matches(model_path, recipe, options.seed)
     else:
-        plan = Plan.new(recipe, options.seed)  # records what the passes measure, saved if asked
+        plan = Plan.new(recipe, options.seed, saved=options.save_plan is not None)  # what the passes measure
     source = io.read_model(model_path)
     model = io.to_model(source, target_opset=options.target_opset)
     converted = io.opset_version(model) != source.opset

@@ -144,6 +144,11 @@ class PassContext(Protocol):
         """Record this pass's measured decisions for ``--save-plan`` (JSON-serializable values)."""
         ...
 
+    def saves_plan(self) -> bool:
+        """Whether this run's decisions are written to a plan file (``--save-plan``): what only a replay needs
+        (bulky data) is recorded then alone."""
+        ...
+
     def quality_probe(self, limit: int) -> QualityProbe:
         """The original's outputs on about ``limit`` samples, to score candidates (accuracy budgets)."""
         ...

@@ -127,6 +127,7 @@ class _Subject:
     fit_digest: str
     select_digest: str
     study: Any
+    macs: int  # the original's MACs per sample (the latency proxy's denominator)
     trials: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     asked: int = 0
     notes: list[str] = dataclasses.field(default_factory=list)
@@ -194,7 +195,10 @@ def _subject(path: Path, output: Path, data: str, held_out: str | None, cache: P
     split = split_data(data, Runner(str(path)).inputs, cache / "data", options.seed, held_out)
     sampler = optuna.samplers.TPESampler(seed=options.seed, n_startup_trials=4)
     study = optuna.create_study(direction="minimize", sampler=sampler)
-    return _Subject(path, output, file_digest(path), split, file_digest(split.fit), file_digest(split.select), study)
+    macs, _ = estimate_macs(ir.load(str(path)))
+    return _Subject(
+        path, output, file_digest(path), split, file_digest(split.fit), file_digest(split.select), study, macs
+    )
 
 
 def _task(subject: _Subject, point: space.Point, options: TuneOptions, cache: Path) -> TrialTask:
@@ -244,14 +248,8 @@ def _proxy(result: dict[str, Any], subject: _Subject, options: TuneOptions) -> f
     if not result["feasible"]:
         return 10.0 + 100.0 * (result["drop"] - options.max_drop)
     size = result["size_bytes"] / subject.path.stat().st_size
-    macs = result["macs"] / max(_macs(subject), 1)
+    macs = result["macs"] / max(subject.macs, 1)
     return {"size": size, "latency": macs, "balanced": math.sqrt(size * macs)}[options.objective]
-
-
-def _macs(subject: _Subject) -> int:
-    if not hasattr(subject, "_macs"):
-        subject._macs = estimate_macs(ir.load(str(subject.path)))[0]  # type: ignore[attr-defined]
-    return subject._macs  # type: ignore[attr-defined]
 
 
 def _finalists(subject: _Subject) -> list[dict[str, Any]]:
@@ -304,7 +302,11 @@ def _finish(subject: _Subject, options: TuneOptions, progress: Progress) -> Tune
         recipe=str(recipe_file), data=str(subject.split.fit), eval_data=str(subject.split.held_out),
         seed=options.seed, batch=options.batch, save_plan=plan_file,
     )  # fmt: skip
-    built = optimize_file(subject.path, subject.output, rebuild)
+    try:
+        built = optimize_file(subject.path, subject.output, rebuild)
+    except BaseException:
+        recipe_file.unlink(missing_ok=True)  # no recipe beside an output that was not written
+        raise
     held = open_dataset(str(subject.split.held_out), inputs, seed=options.seed)
     probe = QualityProbe(ir.load(str(subject.path)), held, limit=held.num_samples)
     drop = probe.drop(ir.load(str(subject.output)))

@@ -30,15 +30,10 @@ from typing import Any
 
 from onnxopt.optimizer.recipe import BUILTIN_RECIPES
 
-#: Built-in recipes tune evaluates, and what each needs: "data" (fits on --data), "tf" (distillation).
-BUILTINS: dict[str, tuple[str, ...]] = {
-    "lossless": (),
-    "int8": ("data",),
-    "prune": ("data", "tf"),
-    "prune+int8": ("data", "tf"),
-}
-#: Passes that change values (their stage is scored before quantization runs).
-FLOAT_LOSSY = ("prune-channels", "reconstruct", "distill", "clip-weights")
+#: Built-in recipes tune evaluates (every tune has data: its budget needs it).
+BUILTINS = ("lossless", "int8", "prune", "prune+int8")
+#: Those that distill (the ``tf`` extra): evaluated only where it is installed.
+NEEDS_TF = ("prune", "prune+int8")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,12 +57,7 @@ def can_distill() -> bool:
 
 def builtin_points(distill: bool) -> list[Point]:
     """The built-in recipes as points; those needing distillation only when it is available."""
-    points = []
-    for name, needs in BUILTINS.items():
-        if "tf" in needs and not distill:
-            continue
-        points.append(Point(name, _stages(BUILTIN_RECIPES[name])))
-    return points
+    return [Point(name, _stages(BUILTIN_RECIPES[name])) for name in BUILTINS if distill or name not in NEEDS_TF]
 
 
 def sample(trial: Any, number: int, *, distill: bool) -> Point:

@@ -45,8 +45,8 @@ class LocalPool:
 
 
 class RayPool:
-    """Ray tasks of one CPU each, on the cluster at ``address`` (``auto``: the one this machine runs or is
-    connected to, else a local instance)."""
+    """Ray tasks of one CPU each, on the cluster at ``address`` (``auto``: what ``ray.init()`` finds -- the
+    ``RAY_ADDRESS`` cluster or the latest ``ray start`` on this machine -- else a new local instance)."""
 
     def __init__(self, address: str) -> None:
         try:
@@ -58,8 +58,8 @@ class RayPool:
             if address != "auto":
                 _check_reachable(address)
             try:
-                ray.init(address=None if address == "auto" and not _cluster_running() else address,
-                         ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)  # fmt: skip
+                ray.init(address=None if address == "auto" else address, ignore_reinit_error=True,
+                         log_to_driver=False, include_dashboard=False)  # fmt: skip
             except (ConnectionError, RuntimeError, ValueError) as e:
                 raise TuneError(f"--ray {address}: cannot connect ({' '.join(str(e).split())[:160]})") from e
         self.size = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -81,10 +81,6 @@ def open_workers(ray: str | None, processes: int) -> Workers:
 def default_processes() -> int:
     """One worker per core (trials are not timed: sharing cores slows them, it does not skew them)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _cluster_running() -> bool:
-    return bool(os.environ.get("RAY_ADDRESS")) or os.path.exists("/tmp/ray/ray_current_cluster")
 
 
 def _check_reachable(address: str) -> None:

@@ -228,8 +228,9 @@ class QuantizeQDQPass(OptPass):
         self._rounded: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
         self._encoded: dict[str, str] = {}  # recording a plan: GPTQ's levels (planned_calibration.encode_levels)
         planned = self.context.planned() if self.context is not None else None
-        recording = self.context is not None and self.context.plan is not None and planned is None
-        self._digest = graph_digest(graph) if planned is not None or recording else ""
+        # --save-plan: what calibration learns goes into the plan too (the digest ties it to this graph)
+        self._recording = self.context is not None and self.context.saves_plan()
+        self._digest = graph_digest(graph) if planned is not None or self._recording else ""
         stored = self._stored_calibration(log, planned)
         self._stored_rounding = stored.rounding if stored is not None else None
         self._hessians = (
@@ -712,7 +713,7 @@ class QuantizeQDQPass(OptPass):
         if upper is None:
             return None
         self._rounded[key] = gptq_round(node, weight, upper, weight_max)
-        if self._digest:  # recording a plan: the levels, compactly
+        if self._recording:  # the levels, compactly, for the plan
             self._encoded[rounding_key(*key)] = encode_levels(
                 self._rounded[key][0], nearest_levels(node, weight, weight_max)[0]
             )
