@@ -23,7 +23,6 @@ from onnxopt.evaluate.layers import DEFAULT_THRESHOLD_DB, layer_errors
 from onnxopt.optimizer.recipe import BUILTIN_RECIPES
 from onnxopt.optimizer.run import OptimizeOptions, OptimizeResult, optimize_file
 from onnxopt.progress import NullProgress, Progress
-from onnxopt.runtime import Runner
 from onnxopt.tune import TuneOptions, TuneResult
 from onnxopt.tune import tune as tune_models
 
@@ -113,6 +112,7 @@ def compare_files(
     *,
     data: str | None = None,
     images: ImageOptions | None = None,
+    drop_nonfinite: bool = False,
     seed: int = 0,
     batch_size: int | None = None,
     per_layer: bool = False,
@@ -121,16 +121,18 @@ def compare_files(
     progress: Progress | None = None,
 ) -> Comparison:
     """Compare two model files on ``data`` (default: 8 random samples); ``per_layer`` localizes the error too.
+    Data holding NaN or Inf is refused, or with ``drop_nonfinite`` those samples are left out.
 
     The result's ``random_inputs`` is true when the inputs were seeded random
     samples -- by default, or ``data="random[:N]"`` -- and its ``data`` then
     says which (``"no --data, seed 0"``): agreement only, never accuracy.
     """
-    files = [io.read_supported(p) for p in (reference, candidate)]  # one-line errors before onnxruntime
-    ref, cand = (Runner(f.source) for f in files)
+    valid = [io.validate(p) for p in (reference, candidate)]  # one-line errors naming the file
+    files = [v.file for v in valid]
+    ref, cand = (v.runner for v in valid)
     shapes = parse_input_shapes(input_shapes) if isinstance(input_shapes, str) else input_shapes
     if data:
-        dataset = open_dataset(data, ref.inputs, seed=seed, images=images, shapes=shapes)
+        dataset = open_dataset(data, ref.inputs, seed=seed, images=images, shapes=shapes, drop_nonfinite=drop_nonfinite)
     else:
         dataset = default_random(ref.inputs, seed, shapes)
     progress = progress or NullProgress()
@@ -160,15 +162,18 @@ def bench_files(
     *,
     data: str | None = None,
     images: ImageOptions | None = None,
+    drop_nonfinite: bool = False,
     progress: Progress | None = None,
 ) -> BenchResult:
-    """Benchmark model files interleaved (the first is the baseline); inputs from ``data`` or random."""
+    """Benchmark model files interleaved (the first is the baseline); inputs from ``data`` (NaN/Inf refused, or
+    with ``drop_nonfinite`` left out) or random."""
     config = config or BenchConfig()
     dataset = None
     if data:
-        file = io.read_supported(models[0])
-        inputs = Runner(file.source).inputs
-        dataset = open_dataset(data, inputs, seed=config.seed, images=images, shapes=config.input_shapes)
+        inputs = io.validate(models[0]).runner.inputs
+        dataset = open_dataset(
+            data, inputs, seed=config.seed, images=images, shapes=config.input_shapes, drop_nonfinite=drop_nonfinite
+        )
     return benchmark(models, config, dataset=dataset, progress=progress)
 
 

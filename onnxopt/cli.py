@@ -171,7 +171,18 @@ def _parser() -> argparse.ArgumentParser:
     loudness.add_argument("-v", "--verbose", action="store_true", help="print every decline reason of every pass")
     data = argparse.ArgumentParser(add_help=False)
     group = data.add_argument_group("data")
-    group.add_argument("--data", help="an .npz (inputs and labels) or .npy file, an image folder, or random[:N]")
+    group.add_argument(
+        "--data",
+        help="an .npz (inputs and labels) or .npy file, an image folder, or random[:N]; a scalar (rank-0) input "
+        "takes a scalar array (one value for every sample) or an [N] array (one value per sample); NaN or Inf "
+        "is refused",
+    )
+    group.add_argument(
+        "--drop-nonfinite",
+        action="store_true",
+        help="leave out the samples of --data (and --eval-data) that hold NaN or Inf, and say how many, instead "
+        "of refusing the data",
+    )
     group.add_argument(
         "--input-shape",
         help="shapes for random inputs, e.g. images:1x3x640x640[,mask:1x640x640] (default: the model's, "
@@ -327,8 +338,8 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     options = OptimizeOptions(
         recipe=args.recipe,
         passes=args.passes,
-        data=DataSpec(args.data, _image_options(args)) if args.data else None,
-        eval_data=DataSpec(args.eval_data, _image_options(args)) if args.eval_data else None,
+        data=DataSpec(args.data, _image_options(args), args.drop_nonfinite) if args.data else None,
+        eval_data=DataSpec(args.eval_data, _image_options(args), args.drop_nonfinite) if args.eval_data else None,
         seed=args.seed,
         in_place=args.in_place,
         plan=args.plan,
@@ -439,6 +450,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         args.candidate,
         data=args.data,
         images=_image_options(args),
+        drop_nonfinite=args.drop_nonfinite,
         seed=args.seed,
         batch_size=args.batch,
         per_layer=args.per_layer,
@@ -499,7 +511,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         spinning=args.spin,
         input_shapes=parse_input_shapes(args.input_shape),
     )
-    result = bench_files(args.models, config, data=args.data, images=_image_options(args), progress=RichProgress())
+    result = bench_files(
+        args.models,
+        config,
+        data=args.data,
+        images=_image_options(args),
+        drop_nonfinite=args.drop_nonfinite,
+        progress=RichProgress(),
+    )
     report = bench_report(result)
     if args.report:
         write_report(report, args.report)
@@ -622,7 +641,8 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    summary = inspect_model(io.load(args.model), input_shapes=parse_input_shapes(args.input_shape))
+    model = io.to_model(io.validate(args.model).file)  # the validation every command runs
+    summary = inspect_model(model, input_shapes=parse_input_shapes(args.input_shape))
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))
         return 0

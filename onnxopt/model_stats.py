@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import onnx
@@ -34,27 +34,45 @@ class ModelStats:
 
     @classmethod
     def of(cls, model: ir.Model) -> ModelStats:
-        nodes, _ = graph_size(model)
-        params = nbytes = 0
-        for graph in model.graphs():
+        nodes = params = nbytes = 0
+        for graph in _graphs(model.graph):
             for value in graph.initializers.values():
                 tensor = value.const_value
                 if tensor is not None:
                     params += tensor.size
                     nbytes += tensor.nbytes
-        for node in ir.traversal.RecursiveGraphIterator(model.graph):
-            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-                attr = node.attributes.get("value")
-                if attr is not None and attr.type == ir.AttributeType.TENSOR:
-                    params += attr.value.size
-                    nbytes += attr.value.nbytes
+            for node in graph:
+                nodes += 1
+                if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                    attr = node.attributes.get("value")
+                    if attr is not None and attr.type == ir.AttributeType.TENSOR:
+                        params += attr.value.size
+                        nbytes += attr.value.nbytes
         return cls(nodes, params, nbytes)
 
 
 def graph_size(model: ir.Model) -> tuple[int, int]:
     """Number of nodes (all graphs) and initializers (main graph) of ``model``."""
-    nodes = sum(1 for _ in ir.traversal.RecursiveGraphIterator(model.graph))
+    nodes = sum(len(graph) for graph in _graphs(model.graph))
     return nodes, len(model.graph.initializers)
+
+
+def _graphs(graph: ir.Graph) -> Iterator[ir.Graph]:
+    """``graph`` and every subgraph in it, depth first, in one pass over the nodes.
+
+    What ``model.graphs()`` and ``RecursiveGraphIterator`` give, at a fraction of their cost: a node without
+    attributes (most of them) is not looked into. The pipeline measures the model after every pass, so on a
+    10,000-node chain this was 17 of a lossless run's 38 seconds (three traversals a measurement)."""
+    yield graph
+    for node in graph:
+        if not node.attributes:
+            continue
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                yield from _graphs(attr.value)
+            elif attr.type == ir.AttributeType.GRAPHS:
+                for sub in attr.value:
+                    yield from _graphs(sub)
 
 
 def estimate_macs(

@@ -8,7 +8,7 @@ own fusions would have hidden or added.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,7 +36,8 @@ class Runner:
     fails with :class:`UnsupportedModelError` when onnxruntime refuses the
     model (an unknown op, a type it has no kernel for). ``initializers``
     replace the model's initializers of those names without copying (the
-    session keeps them alive).
+    session keeps them alive); those named in ``rewritable`` are copied by an
+    optimized session (:func:`share_initializers`).
     """
 
     def __init__(
@@ -47,6 +48,7 @@ class Runner:
         optimize: bool = False,
         threads: int = 0,
         initializers: dict[str, ort.OrtValue] | None = None,
+        rewritable: Collection[str] = (),
         keep_alive: object = None,
     ) -> None:
         options = ort.SessionOptions()
@@ -57,7 +59,7 @@ class Runner:
         options.log_severity_level = 4
         self._initializers = dict(initializers or {})  # must outlive the session
         self._keep_alive = keep_alive  # e.g. the folder of a graph file the session reads
-        share_initializers(options, self._initializers, optimized=optimize)
+        share_initializers(options, self._initializers, optimized=optimize, rewritable=rewritable)
         source: bytes | str
         if isinstance(model, onnx.ModelProto):
             source = model.SerializeToString()
@@ -66,10 +68,11 @@ class Runner:
         else:
             source = os.fspath(model)
         try:
-            self.session = ort.InferenceSession(source, options, providers=list(providers))
+            session = ort.InferenceSession(source, options, providers=list(providers))
+            self.inputs = [tensor_spec(i) for i in session.get_inputs()]  # as declared: a dimension 0 stays 0
+            self.session = session_with_empty_dims_open(session, source, options, providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
             raise UnsupportedModelError(f"onnxruntime cannot run the model: {_one_line(e)}") from e
-        self.inputs = [tensor_spec(i) for i in self.session.get_inputs()]
         self.outputs = [tensor_spec(o) for o in self.session.get_outputs()]
 
     @property
@@ -101,19 +104,56 @@ _ORT_TYPES = {
 }
 
 
-def share_initializers(options: ort.SessionOptions, values: dict[str, ort.OrtValue], *, optimized: bool) -> None:
-    """Hand ``values`` to a session made with ``options``, without copying them.
+def share_initializers(
+    options: ort.SessionOptions,
+    values: dict[str, ort.OrtValue],
+    *,
+    optimized: bool,
+    rewritable: Collection[str] = (),
+) -> None:
+    """Hand ``values`` to a session made with ``options``, without copying them (but ``rewritable``'s).
 
     ``add_initializer`` makes the session run on the OrtValues' own buffers: all a session without graph
     optimizations needs. onnxruntime's graph optimizers, though, read initializer data from the graph itself
     (where shared weights are references to an empty placeholder): with ``optimized``,
     ``add_external_initializers`` puts the same buffers there too. Both are views (measured on a 256 MB
     weight: 5 MB more, against 256 MB for ``add_external_initializers`` alone). The caller keeps ``values``
-    alive as long as the session."""
+    alive as long as the session.
+
+    ``rewritable`` names initializers those optimizers may rewrite in place, under their own name
+    (:func:`onnxopt.shared_weights.rewritable_in_place`): the NHWC layout transformation of an int8 model
+    transposes a PRelu slope ``[C, 1, 1]`` to ``[1, 1, 1, C]``. ``add_initializer`` would then hand the kernel
+    the old buffer, in the old shape, and the node fails to broadcast at run time. An optimized session gets
+    those through ``add_external_initializers`` alone, which onnxruntime copies into the graph it rewrites."""
     for name, value in values.items():
-        options.add_initializer(name, value)
+        if not (optimized and name in rewritable):
+            options.add_initializer(name, value)
     if optimized and values:
         options.add_external_initializers(list(values), list(values.values()))
+
+
+def session_with_empty_dims_open(
+    session: ort.InferenceSession, source: bytes | str, options: ort.SessionOptions, providers: Sequence[str]
+) -> ort.InferenceSession:
+    """``session``, or -- when a graph input has a dimension fixed at 0 -- a session over ``source`` with such
+    dimensions unknown instead (on the graph's inputs, outputs and value_info).
+
+    onnxruntime runs a dimension fixed at 0 on empty tensors only, which compare and time nothing; the size
+    ``--input-shape`` or ``--data`` gives is run as if the dimension were symbolic (the model file keeps its
+    0, and the session's shape checks still apply to every other dimension). A model that cannot be copied
+    into one protobuf keeps ``session``."""
+    if not any(0 in (i.shape or ()) for i in session.get_inputs()):
+        return session
+    try:
+        model = onnx.load_from_string(source) if isinstance(source, bytes) else onnx.load(source)
+        for value in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+            for dim in value.type.tensor_type.shape.dim if value.type.HasField("tensor_type") else ():
+                if dim.HasField("dim_value") and dim.dim_value == 0:
+                    dim.Clear()
+        relaxed = model.SerializeToString()
+    except Exception:  # past the protobuf limit, or external data not beside the graph: as declared, then
+        return session
+    return ort.InferenceSession(relaxed, options, providers=list(providers))
 
 
 def tensor_spec(arg: ort.NodeArg) -> TensorSpec:

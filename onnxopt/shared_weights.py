@@ -27,6 +27,15 @@ way as a small one.
 
 Tensors numpy or onnxruntime cannot share (strings, 4-bit, 8-bit float,
 bfloat16) and small ones stay embedded in the graph.
+
+A shared tensor read other than as a weight (a PRelu slope, an Add or Mul
+constant: :func:`rewritable_in_place`) may be rewritten in place, under its
+own name, by onnxruntime's graph optimizers -- the NHWC layout transformation
+of an int8 model transposes a PRelu slope ``[C, 1, 1]`` to ``[1, 1, 1, C]``.
+A session with graph optimizations on copies those
+(:func:`onnxopt.runtime.share_initializers`): handed to it as views, the old
+buffer would replace the rewritten tensor and the node would fail to
+broadcast at run time.
 """
 
 from __future__ import annotations
@@ -60,6 +69,22 @@ _SHAREABLE = {
     ir.DataType.UINT64,
     ir.DataType.BOOL,
 }
+#: Inputs onnxruntime reads as weights, by op type: its optimizers fold, fuse or repack such an initializer
+#: into a new tensor with a new name, and never rewrite it under its own.
+_WEIGHT_INPUTS: dict[str, tuple[int, ...]] = {
+    "Conv": (1, 2),
+    "ConvTranspose": (1, 2),
+    "Gemm": (1, 2),
+    "MatMul": (1,),
+    "LSTM": (1, 2, 3),
+    "GRU": (1, 2, 3),
+    "RNN": (1, 2, 3),
+    "Gather": (0,),
+}
+#: Ops that decode a weight for such an input (QDQ's DequantizeLinear; int8 storage's Cast + Mul), and how
+#: many of them a weight may pass through.
+_DECODERS = ("DequantizeLinear", "Cast", "Mul")
+_DECODER_DEPTH = 3
 
 
 class SharedWeightsModel:
@@ -75,6 +100,9 @@ class SharedWeightsModel:
         (folder / _PLACEHOLDER).touch()
         self.path = folder / "model.onnx"
         self.arrays: dict[str, np.ndarray] = {}
+        #: shared tensors onnxruntime's optimizers may rewrite in place: an optimized session copies them
+        self.rewritable: frozenset[str] = frozenset()
+        rewritable: set[str] = set()
         swapped: list[tuple[ir.Value, ir.TensorProtocol]] = []
         try:
             for graph in model.graphs():
@@ -87,6 +115,8 @@ class SharedWeightsModel:
                         array.flags.writeable = False  # the snapshot must not change under a later pass
                     assert value.name is not None
                     self.arrays[value.name] = array
+                    if rewritable_in_place(value):
+                        rewritable.add(value.name)
                     swapped.append((value, tensor))
                     value.const_value = ir.ExternalTensor(
                         _PLACEHOLDER,
@@ -98,6 +128,7 @@ class SharedWeightsModel:
                         base_dir=folder,
                     )
             self.graph_bytes = ir.serde.serialize_model(model).SerializeToString()
+            self.rewritable = frozenset(rewritable)
         finally:
             for value, tensor in swapped:
                 value.const_value = tensor
@@ -129,7 +160,8 @@ class SharedWeightsModel:
         ``outputs`` (names, or ``{name: TensorProto element type}``) become extra graph outputs, typed as the
         IR model typed them (float when it did not); with ``only_outputs`` they are the *only* outputs and
         every node they do not depend on is dropped (:func:`cut`). Only the initializers the graph still
-        reads are returned. A session with graph optimizations on needs them through :func:`share`."""
+        reads are returned. A session with graph optimizations on needs them through
+        :func:`onnxopt.runtime.share_initializers`, with :attr:`rewritable`."""
         if not outputs and not only_outputs:
             path, names = self.path, None
         else:
@@ -161,7 +193,13 @@ class SharedWeightsModel:
         ``optimize``; ``outputs`` and ``only_outputs`` as in :meth:`session_source`."""
         path, values = self.session_source(outputs, only_outputs=only_outputs)
         return Runner(
-            path, providers=providers, optimize=optimize, threads=threads, initializers=values, keep_alive=self
+            path,
+            providers=providers,
+            optimize=optimize,
+            threads=threads,
+            initializers=values,
+            rewritable=self.rewritable,
+            keep_alive=self,
         )
 
     def restore(self) -> ir.Model:
@@ -172,6 +210,32 @@ class SharedWeightsModel:
                 if name in self.arrays:
                     value.const_value = ir.Tensor(self.arrays[name], name=name)
         return model
+
+
+def rewritable_in_place(value: ir.Value) -> bool:
+    """Whether onnxruntime's graph optimizers may rewrite initializer ``value`` in place, under its own name.
+
+    They may wherever it is read other than as a weight (:data:`_WEIGHT_INPUTS`, directly or through a few
+    decoding ops): onnxruntime's transpose optimizer, pushing a layout Transpose through a PRelu, Add, Mul,
+    Concat, Pad, Resize, ... transposes or reshapes the node's single-reader constant inputs in place. A
+    weight is repacked into a new tensor instead (NCHWc reorders, QLinearConv's packing, Conv+Mul fusion)."""
+    return not _read_as_weight(value, _DECODER_DEPTH)
+
+
+def _read_as_weight(value: ir.Value, depth: int) -> bool:
+    """Whether every reader of ``value`` reads it as a weight, through at most ``depth`` decoding ops."""
+    if value.is_graph_output():
+        return False
+    for use in value.uses():
+        node = use.node
+        if node.domain not in ("", "ai.onnx"):
+            return False
+        if use.idx in _WEIGHT_INPUTS.get(node.op_type, ()):
+            continue
+        decodes = node.op_type in _DECODERS and depth > 0 and len(node.outputs) == 1
+        if not (decodes and _read_as_weight(node.outputs[0], depth - 1)):
+            return False
+    return True
 
 
 def add_outputs(proto: onnx.ModelProto, types: Mapping[str, int | None]) -> onnx.ModelProto:

@@ -9,6 +9,7 @@ was. ``control_flow.onnx`` (If and Loop) is valid and must simply work.
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,9 @@ DATA = Path(__file__).parent / "data"
 CORPUS = DATA / "bad_inputs"
 GOOD = BUNDLED / "model.onnx"
 VALID = {"control_flow.onnx", "opset7.onnx"}  # an old opset is valid: accepted at its own opset (issue 14)
+# scalar (rank-0) first inputs, and an input fixed at [0, 4] run at the size --input-shape gives (issue 33)
+VALID |= {"scalar_mul.onnx", "scalar_if.onnx", "zero_batch.onnx"}
+SHAPES = {"zero_batch.onnx": ["--input-shape", "x:3x4"]}
 FILES = sorted(p.name for p in CORPUS.iterdir())
 COMMANDS = ["optimize", "compare-reference", "compare-candidate", "bench", "inspect"]
 
@@ -33,7 +37,19 @@ def _argv(command: str, model: Path, out: Path) -> list[str]:
         "compare-candidate": ["compare", str(GOOD if model.name not in VALID else model), str(model)],
         "bench": ["bench", str(model), "--runs", "2", "--warmup", "0", "--no-memory"],
         "inspect": ["inspect", str(model)],
-    }[command]
+    }[command] + SHAPES.get(model.name, [])
+
+
+def test_zero_dimension_needs_an_input_shape(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """Random inputs for an input fixed at [0, 4] would be empty: no silent exit 0 without comparing."""
+    model = CORPUS / "zero_batch.onnx"
+    for argv in (["optimize", str(model), "-o", str(tmp_path / "o.onnx")], ["compare", str(model), str(model)]):
+        assert main(argv) == 2
+        lines = capfd.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and "--input-shape x:Dx4" in lines[0], lines
+    assert list(tmp_path.iterdir()) == []
+    assert main(["compare", str(model), str(model), "--input-shape", "x:5x4", "--json"]) == 0
+    assert json.loads(capfd.readouterr().out)["comparison"]["samples"] == 8
 
 
 def _digest(path: Path) -> str | None:

@@ -299,3 +299,63 @@ def test_a_missing_eval_data_is_named_and_nothing_is_written(tmp_path: Path, cap
         ["optimize", str(MODEL), str(out), "--data", str(EVAL), "--eval-data", str(tmp_path / "none.npz")], capsys
     )
     assert "--eval-data" in line and "no such file" in line and not out.exists()
+
+
+# --- issue 33: NaN/Inf in --data and --eval-data; scalar (rank-0) inputs given by --data
+
+CORPUS = Path(__file__).parent / "data" / "bad_inputs"
+
+
+def _rows(tmp_path: Path, name: str, bad: int | None = None, **extra: np.ndarray) -> Path:
+    x = np.random.default_rng(0).standard_normal((40, 4)).astype(np.float32)
+    if bad is not None:
+        x[bad, 1] = np.nan
+    path = tmp_path / name
+    np.savez(path, x=x, **extra)
+    return path
+
+
+def test_nonfinite_data_is_refused_by_every_command(tmp_path: Path, capsys) -> None:
+    model = CORPUS / "scalar_mul.onnx"
+    before = file_digest(model)
+    nan, clean = _rows(tmp_path, "nan.npz", 17, s=np.float32(2)), _rows(tmp_path, "ok.npz", s=np.float32(2))
+    out = tmp_path / "o.onnx"
+    for args in (
+        ["optimize", str(model), str(out), "--recipe", "int8", "--data", str(nan)],
+        ["optimize", str(model), str(out), "--data", str(clean), "--eval-data", str(nan)],
+        ["compare", str(model), str(model), "--data", str(nan)],
+        ["bench", str(model), "--data", str(nan), "--runs", "2", "--warmup", "0", "--no-memory"],
+    ):
+        line = one_line_error(args, capsys)
+        flag = "--eval-data" if "--eval-data" in args else "--data"
+        assert f"{flag} {nan}: array 'x' holds NaN in sample 17 (1 of 40 samples" in line, line
+        assert "--drop-nonfinite" in line
+    assert not out.exists() and file_digest(model) == before
+
+
+def test_drop_nonfinite_says_how_many(tmp_path: Path, capsys) -> None:
+    model, out = CORPUS / "scalar_mul.onnx", tmp_path / "o.onnx"
+    nan = _rows(tmp_path, "nan.npz", 17, s=np.float32(2))
+    assert main(["optimize", str(model), str(out), "--data", str(nan), "--drop-nonfinite", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["comparison"]["samples"] == 39
+    assert "1 of 40 samples held NaN or Inf and were left out (--drop-nonfinite)" in json.dumps(report)
+    assert main(["compare", str(model), str(model), "--data", str(nan), "--drop-nonfinite"]) == 0
+    assert "39 samples" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["scalar_mul.onnx", "scalar_if.onnx"])
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_scalar_first_input_from_data(name: str, per_sample: bool, tmp_path: Path, capsys) -> None:
+    """A rank-0 input is a scalar array (one value for every sample) or an [N] array (one per sample)."""
+    if name == "scalar_mul.onnx":
+        scalar = {"s": np.linspace(0.5, 2, 40, dtype=np.float32) if per_sample else np.float32(1.5)}
+    else:
+        scalar = {"c": np.arange(40) % 3 == 0 if per_sample else np.array(True)}
+    data, model, out = _rows(tmp_path, "d.npz", **scalar), CORPUS / name, tmp_path / "o.onnx"
+    assert main(["optimize", str(model), str(out), "--data", str(data), "--json"]) == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["comparison"]["samples"] == 40 and out.is_file()
+    assert main(["compare", str(model), str(out), "--data", str(data), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["comparison"]["samples"] == 40
+    bench = ["bench", str(model), str(out), "--data", str(data), "--batch", "4", "--runs", "2", "--no-memory"]
+    assert main([*bench, "--warmup", "0"]) == 0

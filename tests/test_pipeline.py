@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 from helpers import BUNDLED, parse
 
@@ -81,18 +82,80 @@ def test_records_carry_stats_and_timing() -> None:
     assert 0 < record.max_drift < 1e-5
 
 
-def test_pass_needing_newer_opset_upgrades_and_says_so() -> None:
-    model = io.from_proto(
+class NeedsOpset13AndRenamesPass(NeedsOpset13Pass):
+    """Declares opset 13 and changes something (a node's name)."""
+
+    name = "test-needs-13-renames"
+
+    def rewrite(self, model: ir.Model, log: PassLog) -> None:
+        next(iter(model.graph)).name = "renamed"
+        log.count("renamed")
+
+
+class DeclinesAfterEditingPass(OptPass):
+    """A buggy decline: adds a node, then reports that it changed nothing."""
+
+    name = "test-declines-after-editing"
+
+    def rewrite(self, model: ir.Model, log: PassLog) -> None:
+        relu = next(n for n in model.graph if n.op_type == "Relu")
+        model.graph.append(ir.node("Relu", [relu.outputs[0]]))
+        log.skip("model", "nothing to do")
+
+
+def _opset11_relu() -> ir.Model:
+    return io.from_proto(
         parse(
             """<ir_version: 7, opset_import: ["": 11]>
             g (float[1, 4] x) => (float[1, 4] y) { y = Relu(x) }"""
         )
     )
-    result = Pipeline([NeedsOpset13Pass()]).run(model, Context())
+
+
+def test_pass_needing_newer_opset_upgrades_and_says_so() -> None:
+    result = Pipeline([NeedsOpset13AndRenamesPass()]).run(_opset11_relu(), Context())
     assert result.records[0].notes == ["opset upgraded 11 -> 13"]
     assert result.records[0].status == "applied"
     assert io.opset_version(result.model) == 13
     assert np.isfinite(result.max_drift)
+
+
+def test_a_pass_that_changes_nothing_leaves_the_model_at_its_own_opset() -> None:
+    """Issue 33.5: the upgrade made for a pass that then declined is undone."""
+    result = Pipeline([NeedsOpset13Pass(), RemoveUnusedPass()]).run(_opset11_relu(), Context())
+    record = result.records[0]
+    assert record.status == "unchanged"
+    assert record.notes == ["opset upgraded 11 -> 13 for this pass, undone: it changed nothing"]
+    assert io.opset_version(result.model) == 11
+    assert record.after == record.before
+
+
+def test_a_pass_that_declines_after_editing_is_undone() -> None:
+    """Issue 33.5: a declined pass leaves the model as it came, even when its code edited the graph first."""
+    result = Pipeline([DeclinesAfterEditingPass()]).run(_opset11_relu(), Context())
+    assert result.records[0].status == "unchanged"
+    assert [n.op_type for n in result.model.graph] == ["Relu"]
+    assert result.records[0].after.nodes == 1
+
+
+def test_the_structural_guard_ignores_the_names_of_unknown_dims(tmp_path) -> None:
+    """Without data that can run the model, a lossless pass is checked structurally; shape inference naming an
+    unknown output dim (``unk__0``) where the input file left it unnamed is not a changed output (issue 33.5)."""
+    proto = parse(
+        """<ir_version: 8, opset_import: ["": 13]>
+        g (float[1, T] x) => (float[1, ?, 4] y)
+        <int64[3] shape = {1, -1, 4}, float[4, 4] w = {1,0,0,0, 0,1,0,0, 0,0,1,0, 0,0,0,1}> {
+            dead = Relu(x)
+            r = Reshape(x, shape)
+            y = MatMul(r, w)
+        }"""
+    )
+    onnx.save(proto, tmp_path / "m.onnx")
+    source = io.read_model(tmp_path / "m.onnx")  # the file as the user gave it: the output's dim has no name
+    result = Pipeline([RemoveUnusedPass()]).run(io.to_model(source), Context(), source=source)
+    assert not result.outputs_compared  # random inputs of width 1 cannot be reshaped to [1, -1, 4]
+    assert result.records[0].status == "applied", result.records[0].notes
+    assert "Relu" not in [n.op_type for n in result.model.graph]
 
 
 class RenameFirstNodePass(OptPass):
@@ -137,3 +200,28 @@ def test_a_failing_pass_inside_a_verified_group_is_found_and_alone_rolled_back(m
     assert len(calls) == 3  # the group never reached its guard (a pass raised); then fold, scale, rename alone
     assert result.max_drift < 1e-5
     assert any(n.name.endswith("_renamed") for n in result.model.graph)
+
+
+def test_a_declined_quantize_leaves_the_file_as_it_came_and_claims_no_learning(tmp_path) -> None:
+    """Issue 33.5: int8 on an opset-11 model that random inputs cannot run: quantize declines, so the written
+    model keeps opset 11 and its nodes (less the dead one lossless removes), and no note says quantize learned
+    from random inputs."""
+    from onnxopt.optimizer.run import OptimizeOptions, optimize_file
+
+    proto = parse(
+        """<ir_version: 7, opset_import: ["": 11]>
+        g (float[1, T] x) => (float[1, 4] y) <int64[3] shape = {1, -1, 4}, int64[1] axes = {1}> {
+            dead = Relu(x)
+            r = Reshape(x, shape)
+            y = ReduceSum<keepdims = 0, axes = [1]>(r)
+        }"""
+    )
+    onnx.save(proto, tmp_path / "m.onnx")
+    result = optimize_file(tmp_path / "m.onnx", tmp_path / "o.onnx", OptimizeOptions(recipe="int8"))
+    written = onnx.load(tmp_path / "o.onnx")
+    assert written.opset_import[0].version == 11
+    assert [n.op_type for n in written.graph.node] == ["Reshape", "ReduceSum"]
+    quantize = next(r for r in result.pipeline.records if r.name == "quantize")
+    assert quantize.status == "unchanged" and quantize.after == quantize.before
+    assert not any("learned from random inputs" in n for n in result.pipeline.notes)
+    assert result.fell_back  # the int8 the user asked for did not happen: said, exit 3 in the CLI

@@ -28,7 +28,7 @@ from onnxopt.bench.stats import LatencyStats, Ratio, median_ratio
 from onnxopt.data import Dataset, InputShapes, RandomDataset, fixed_batch
 from onnxopt.errors import DataError, OnnxoptError
 from onnxopt.progress import NullProgress, Progress
-from onnxopt.runtime import TensorSpec, tensor_spec
+from onnxopt.runtime import TensorSpec
 
 #: Rounds run at least, whatever the time budget.
 MIN_ROUNDS = 10
@@ -222,14 +222,7 @@ def _rounds(sessions: list[TimedSession], config: BenchConfig, progress: Progres
 
 
 def _inputs_of(path: Path) -> list[TensorSpec]:
-    file = io.read_supported(path)  # one-line errors for missing, corrupt, invalid or unsupported files
-    import onnxruntime as ort
-
-    try:
-        session = ort.InferenceSession(file.source, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise OnnxoptError(f"{path}: onnxruntime cannot load the model: {' '.join(str(e).split())[:300]}") from e
-    return [tensor_spec(i) for i in session.get_inputs()]
+    return io.validate(path).runner.inputs  # the validation every command runs: one-line errors naming the file
 
 
 def _batches(models: list[Path], inputs: list[list[TensorSpec]], requested: tuple[int, ...] | None) -> list[int]:

@@ -24,6 +24,7 @@ import onnxruntime as ort
 
 from onnxopt.bench.providers import DEVICE_OF, session_providers
 from onnxopt.errors import UnsupportedModelError
+from onnxopt.runtime import session_with_empty_dims_open
 
 
 class TimedSession:
@@ -37,7 +38,8 @@ class TimedSession:
         options.log_severity_level = 4
         start = time.perf_counter()
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=session_providers(provider))
+            session = ort.InferenceSession(str(path), options, providers=session_providers(provider))
+            self.session = session_with_empty_dims_open(session, str(path), options, session_providers(provider))
         except Exception as e:  # onnxruntime raises its own exception types
             raise UnsupportedModelError(f"{path}: onnxruntime cannot create a session on {provider}: {e}") from e
         self.creation_s = time.perf_counter() - start

@@ -11,6 +11,16 @@ Sources (:func:`open_dataset` picks one from the ``--data`` argument):
 * ``random[:N]`` (:mod:`.random_data`) -- N seeded samples shaped from the
   model's inputs. Only good for speed and agreement, never for accuracy.
 
+A scalar (rank-0) model input has no batch axis: in ``.npz``/``.npy`` data it is
+either a scalar array (one value for every sample) or an ``[N]`` array (one value
+per sample; samples share a batch only while that value stays the same, since one
+run of the model takes one value). The batch size comes from an input that has a
+batch axis; a model whose inputs are all scalars runs one sample at a time.
+
+Data read from files is scanned for NaN and Inf once, when it opens (:mod:`.finite`):
+refused with the array and the first bad sample named, or with ``drop_nonfinite``
+those samples are left out and the description says how many.
+
 No source holds more than one batch in memory.
 """
 
@@ -30,6 +40,7 @@ from onnxopt.data.batching import (
     fixed_batch,
     sample_ranges,
 )
+from onnxopt.data.finite import FiniteSamples, check_finite
 from onnxopt.data.images import ImageFolderDataset, ImageOptions
 from onnxopt.data.input_shapes import DEFAULT_IMAGE_SIZE, InputShapes, parse_input_shapes, sample_shapes
 from onnxopt.data.npy import NpyDataset
@@ -45,10 +56,13 @@ class DataSpec:
 
     source: str
     images: ImageOptions | None = None
+    drop_nonfinite: bool = False  # leave out samples holding NaN/Inf instead of refusing the data
 
     def open(self, inputs: Sequence[TensorSpec], *, seed: int = 0, shapes: InputShapes | None = None) -> Dataset:
         """The Dataset for a model with ``inputs`` (see :func:`open_dataset`)."""
-        return open_dataset(self.source, inputs, seed=seed, images=self.images, shapes=shapes)
+        return open_dataset(
+            self.source, inputs, seed=seed, images=self.images, shapes=shapes, drop_nonfinite=self.drop_nonfinite
+        )
 
 
 def open_dataset(
@@ -59,8 +73,12 @@ def open_dataset(
     seed: int = 0,
     images: ImageOptions | None = None,
     shapes: InputShapes | None = None,
+    drop_nonfinite: bool = False,
 ) -> Dataset:
-    """Open ``spec`` (``.npz``, ``.npy``, an image folder, or ``random[:N]``) for a model with ``inputs``."""
+    """Open ``spec`` (``.npz``, ``.npy``, an image folder, or ``random[:N]``) for a model with ``inputs``.
+
+    Data from files is scanned for NaN/Inf first: refused, or with ``drop_nonfinite`` those samples are left
+    out (:func:`~onnxopt.data.finite.check_finite`)."""
     path = Path(spec)
     if images is not None and images.given and not path.is_dir():
         raise DataError(f"--data {spec}: --size/--layout/--mean/--std/--scale/--channels apply to an image folder")
@@ -76,13 +94,18 @@ def open_dataset(
         return RandomDataset(inputs, count, seed=seed, dims=dims, shapes=shapes)
     if not path.exists():
         raise DataError(f"--data {spec}: no such file or folder")
+    dataset: Dataset
     if path.is_dir():
-        return ImageFolderDataset(path, inputs, images)
-    if path.suffix == ".npz":
-        return NpzDataset(path, inputs)
-    if path.suffix == ".npy":
-        return NpyDataset(path, inputs)
-    raise DataError(f"--data {spec}: expected a .npz or .npy file, an image folder, or random[:N]")
+        dataset = ImageFolderDataset(path, inputs, images)
+        if not dataset.holds_arrays:  # decoded 8-bit images under finite options are finite
+            return dataset
+    elif path.suffix == ".npz":
+        dataset = NpzDataset(path, inputs)
+    elif path.suffix == ".npy":
+        dataset = NpyDataset(path, inputs)
+    else:
+        raise DataError(f"--data {spec}: expected a .npz or .npy file, an image folder, or random[:N]")
+    return check_finite(dataset, f"--data {spec}", drop=drop_nonfinite)
 
 
 __all__ = [
@@ -93,6 +116,7 @@ __all__ = [
     "Batch",
     "DataSpec",
     "Dataset",
+    "FiniteSamples",
     "ImageFolderDataset",
     "ImageOptions",
     "InputShapes",
@@ -100,6 +124,7 @@ __all__ = [
     "NpzDataset",
     "RandomDataset",
     "batch_size_for",
+    "check_finite",
     "default_random",
     "feed_samples",
     "fixed_batch",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,13 +25,17 @@ class Batch:
 
     @property
     def samples(self) -> int:
-        """How many samples the batch holds (its first input's leading dimension; 0 without inputs)."""
+        """How many samples the batch holds (see :func:`feed_samples`)."""
         return feed_samples(self.feeds)
 
 
 def feed_samples(feeds: dict[str, np.ndarray]) -> int:
-    """How many samples a feed holds: its first input's leading dimension (0 without inputs)."""
-    return next(iter(feeds.values())).shape[0] if feeds else 0
+    """How many samples a feed holds: the leading dimension of its first input that has a batch axis; a scalar
+    (rank-0) input has none, so a feed of scalars only is one sample (0 without inputs)."""
+    for array in feeds.values():
+        if np.ndim(array) > 0:
+            return int(np.shape(array)[0])
+    return 1 if feeds else 0
 
 
 class Dataset(Protocol):
@@ -72,3 +77,31 @@ def sample_ranges(num_samples: int, batch_size: int, limit: int | None, exact: b
         raise DataError(f"the model takes batches of exactly {batch_size} samples; the data has {num_samples}")
     whole = max(total // batch_size, 1) if total >= batch_size else 1
     return [(i * batch_size, batch_size) for i in range(whole)]
+
+
+def split_at_scalars(
+    ranges: list[tuple[int, int]], per_sample: Mapping[str, np.ndarray], exact: bool
+) -> list[tuple[int, int]]:
+    """``ranges`` cut wherever a scalar input given per sample (``name -> [N]`` values) changes value.
+
+    A rank-0 input has no batch axis: one run of the model takes one value of it, so only samples that agree
+    on it can share a batch (all of them, when the values are equal). A model with a fixed batch size cannot
+    take a batch cut short: there the values must not change within a batch.
+    """
+    if not per_sample:
+        return ranges
+    out = []
+    for start, n in ranges:
+        change = np.zeros(max(n - 1, 0), dtype=bool)
+        for values in per_sample.values():
+            part = values[start : start + n]
+            change |= part[1:] != part[:-1]
+        cuts = [start, *(start + 1 + np.flatnonzero(change)).tolist(), start + n]
+        out.extend((a, b - a) for a, b in itertools.pairwise(cuts))
+    if exact and len(out) != len(ranges):
+        names = ", ".join(f"'{name}'" for name in per_sample)
+        raise DataError(
+            f"scalar input {names} is given per sample and changes value within a batch, but the model takes "
+            f"batches of exactly {ranges[0][1]} samples: give it one value (a scalar array) for every sample"
+        )
+    return out

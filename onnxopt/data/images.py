@@ -55,6 +55,9 @@ class ImageOptions:
             raise DataError("--std must not contain 0")
         if self.scale <= 0:
             raise DataError("--scale must be positive")
+        for flag, values in (("--mean", self.mean), ("--std", self.std), ("--scale", (self.scale,))):
+            if values is not None and not np.isfinite(values).all():
+                raise DataError(f"{flag} must be finite (no nan or inf)")
 
     @classmethod
     def parse(
@@ -102,6 +105,7 @@ class ImageFolderDataset:
         self.files, self.labels = _list_images(folder)
         self.has_labels = self.labels is not None
         self.num_samples = len(self.files)
+        self.holds_arrays = any(f.suffix.lower() == ".npy" for f in self.files)  # may hold NaN/Inf
         self.options = options
         self.size = options.size or self._common_size(model_hw)
         if model_hw is not None and self.size != model_hw:

@@ -1,4 +1,8 @@
-"""``.npz`` archives: one array per model input plus optional labels, streamed row-block by row-block."""
+"""``.npz`` archives: one array per model input plus optional labels, streamed row-block by row-block.
+
+A scalar (rank-0) model input has no batch axis. Its array is either a scalar (one value for every sample) or
+of shape ``[N]`` (one value per sample): samples then share a batch only while that value stays the same.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from typing import IO
 
 import numpy as np
 
-from onnxopt.data.batching import LABELS_KEY, Batch, sample_ranges
+from onnxopt.data.batching import LABELS_KEY, Batch, sample_ranges, split_at_scalars
 from onnxopt.errors import DataError
 from onnxopt.runtime import TensorSpec
 
@@ -29,13 +33,23 @@ class NpzDataset:
             name[:-4]: _read_header(self._zip, name, path) for name in self._zip.namelist() if name.endswith(".npy")
         }
         counts = set()
+        # rank-0 inputs have no batch axis: a scalar array is one value for every sample, an [N] array one per sample
+        self.scalars: dict[str, np.ndarray] = {}
+        self.per_sample: dict[str, np.ndarray] = {}
         for spec in self.inputs:
             if spec.name not in headers:
                 found = ", ".join(sorted(headers)) or "none"
                 raise DataError(f"--data {path}: no array for model input '{spec.name}' (arrays found: {found})")
             shape, dtype = headers[spec.name]
             check_array(spec, shape, dtype, path)
-            counts.add(shape[0])
+            if spec.shape == ():
+                values = _read_array(self._zip, spec.name, path)
+                (self.scalars if values.ndim == 0 else self.per_sample)[spec.name] = values
+            if shape:
+                counts.add(shape[0])
+        for name, (shape, _) in headers.items():
+            if not shape and name not in self.scalars:
+                raise DataError(f"--data {path}: array '{name}' is a scalar, expected samples on axis 0")
         self.has_labels = LABELS_KEY in headers
         if self.has_labels:
             counts.add(headers[LABELS_KEY][0][0])
@@ -44,26 +58,35 @@ class NpzDataset:
         self.single_feed = (
             len(counts) > 1 and not self.has_labels and all(_fits(spec, headers[spec.name][0]) for spec in self.inputs)
         )
-        if len(counts) != 1 and not self.single_feed:
+        if len(counts) > 1 and not self.single_feed:
             raise DataError(f"--data {path}: arrays disagree on the number of samples ({sorted(counts)})")
-        self.num_samples = 1 if self.single_feed else counts.pop()
+        self.num_samples = 1 if self.single_feed or not counts else counts.pop()
         if self.num_samples == 0:
             raise DataError(f"--data {path}: the arrays hold no samples")
+        # without an input that has a batch axis, a run of the model is one sample
+        self._one_per_run = all(spec.shape == () for spec in self.inputs)
 
     def batches(self, batch_size: int, limit: int | None = None, *, exact: bool = False) -> Iterator[Batch]:
+        scalars = dict(self.scalars)
         if self.single_feed:
-            yield Batch({spec.name: _NpyRows(self._zip, f"{spec.name}.npy").read_all() for spec in self.inputs})
+            rows = {
+                s.name: _NpyRows(self._zip, f"{s.name}.npy").read_all() for s in self.inputs if s.name not in scalars
+            }
+            yield Batch({s.name: scalars.get(s.name, rows.get(s.name)) for s in self.inputs})
             return
-        ranges = sample_ranges(self.num_samples, batch_size, limit, exact)
-        names = [spec.name for spec in self.inputs] + ([LABELS_KEY] if self.has_labels else [])
+        size = 1 if self._one_per_run else batch_size
+        ranges = split_at_scalars(sample_ranges(self.num_samples, size, limit, exact), self.per_sample, exact)
+        names = [s.name for s in self.inputs if s.shape != ()] + ([LABELS_KEY] if self.has_labels else [])
         streams = {name: _NpyRows(self._zip, f"{name}.npy") for name in names}
         try:
-            for _, n in ranges:
+            for start, n in ranges:
                 arrays = {name: stream.read(n) for name, stream in streams.items()}
                 labels = arrays.pop(LABELS_KEY, None)
                 if labels is not None and labels.ndim == 2:
                     labels = labels.argmax(axis=1)
-                yield Batch(arrays, labels)
+                for name, values in self.per_sample.items():
+                    scalars[name] = np.array(values[start])  # a rank-0 array: the batch's one value
+                yield Batch({s.name: scalars[s.name] if s.shape == () else arrays[s.name] for s in self.inputs}, labels)
         finally:
             for stream in streams.values():
                 stream.close()
@@ -75,6 +98,13 @@ def check_array(spec: TensorSpec, shape: tuple[int, ...], dtype: np.dtype, path:
     if dtype != spec.dtype and not strings:
         raise DataError(f"--data {path}: input '{spec.name}' has dtype {dtype}, expected {spec.dtype} {expected}")
     if spec.shape is None:
+        return
+    if spec.shape == ():
+        if len(shape) > 1:
+            raise DataError(
+                f"--data {path}: input '{spec.name}' is a scalar (rank 0): give one value for every sample (shape "
+                f"[]) or one per sample (shape [N]), not shape {list(shape)}"
+            )
         return
     if len(shape) != len(spec.shape):
         raise DataError(f"--data {path}: input '{spec.name}' has shape {list(shape)}, expected {expected}")
@@ -103,9 +133,16 @@ def _read_header(archive: zipfile.ZipFile, member: str, path: Path) -> tuple[tup
             shape, _, dtype = _parse_npy_header(f)
     except (ValueError, OSError, zipfile.BadZipFile) as e:
         raise DataError(f"--data {path}: array '{member[:-4]}' is unreadable ({e})") from e
-    if not shape:
-        raise DataError(f"--data {path}: array '{member[:-4]}' is a scalar, expected samples on axis 0")
     return shape, dtype
+
+
+def _read_array(archive: zipfile.ZipFile, name: str, path: Path) -> np.ndarray:
+    """The whole of one small array (a scalar input's values)."""
+    try:
+        with archive.open(f"{name}.npy") as f:
+            return np.lib.format.read_array(f, allow_pickle=False)
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        raise DataError(f"--data {path}: array '{name}' is unreadable ({e})") from e
 
 
 def _parse_npy_header(f: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:

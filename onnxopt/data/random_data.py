@@ -24,7 +24,11 @@ def default_random(inputs: Sequence[TensorSpec], seed: int = 0, shapes: InputSha
 
 class RandomDataset:
     """Seeded random inputs shaped from the model's input specs; unknown dimensions are resolved by
-    :mod:`onnxopt.data.input_shapes` (``shapes``: ``--input-shape`` overrides; ``dims``: by symbolic name)."""
+    :mod:`onnxopt.data.input_shapes` (``shapes``: ``--input-shape`` overrides; ``dims``: by symbolic name).
+
+    A dimension the model fixes at 0 is refused unless ``shapes`` gives that input a size: an empty tensor
+    compares nothing. A scalar (rank-0) input gets one value per batch; when every input is a scalar, a batch
+    is one sample."""
 
     has_labels = False
 
@@ -42,6 +46,14 @@ class RandomDataset:
         self.seed = seed
         if shapes:
             check_input_shapes(shapes, self.inputs)
+        for spec in self.inputs:
+            if spec.shape and 0 in spec.shape and spec.name not in (shapes or {}):
+                dims = "x".join(str(d) if isinstance(d, int) and d > 0 else "D" for d in spec.shape)
+                raise DataError(
+                    f"input '{spec.name}' has a dimension fixed at 0 ({list(spec.shape)}: an empty tensor), so random "
+                    f"inputs would be empty; give --input-shape {spec.name}:{dims} with D the size to run "
+                    "it at (the model keeps its 0), or --data"
+                )
         self.sample_shapes = sample_shapes(self.inputs, shapes, dims)
         self.description = f"random:{count} (seed {seed})"
 
@@ -69,6 +81,8 @@ class RandomDataset:
                     f"random data for input '{spec.name}' {list(shape)} would take {size / 1024**3:.1f} GiB "
                     "per batch; give --data or a smaller batch"
                 )
+        if all(spec.shape == () for spec in self.inputs):
+            batch_size = 1  # no input has a batch axis: one run of the model is one sample
         for _, n in sample_ranges(self.num_samples, batch_size, limit, exact):
             yield Batch({spec.name: _random_array(rng, spec.dtype, self._shape(spec, n)) for spec in self.inputs})
 

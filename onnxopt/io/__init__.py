@@ -1,8 +1,9 @@
 """Model files: read and validate, write atomically, external data, sparse and packed storage.
 
 ``from onnxopt import io`` is how the rest of onnxopt reaches model files;
-the functions live in :mod:`.reading` (load, validate, opsets) and
-:mod:`.saving` (atomic save, storage formats, file sizes).
+the functions live in :mod:`.reading` (load, opsets), :mod:`.validation`
+(the one validation every command runs) and :mod:`.saving` (atomic save,
+storage formats, file sizes).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from onnxopt.io.reading import (
     validate_opset,
 )
 from onnxopt.io.saving import EXTERNAL_DATA_THRESHOLD, STORAGES, file_bytes, save
+from onnxopt.io.validation import ValidModel, validate
 from onnxopt.io.writing import check_writable
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "MIN_OPSET",
     "STORAGES",
     "ModelFile",
+    "ValidModel",
     "check_writable",
     "file_bytes",
     "from_proto",
@@ -43,5 +46,6 @@ __all__ = [
     "to_model",
     "to_proto",
     "upgrade_opset",
+    "validate",
     "validate_opset",
 ]

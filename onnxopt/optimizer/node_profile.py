@@ -36,7 +36,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxopt.errors import UnsupportedModelError
-from onnxopt.runtime import share_initializers
+from onnxopt.runtime import session_with_empty_dims_open, share_initializers
 from onnxopt.shared_weights import SharedWeightsModel
 
 UNATTRIBUTED = "(layout and conversions)"
@@ -83,9 +83,10 @@ def profile_nodes(
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(folder, "profile")
-        share_initializers(options, weights, optimized=True)
+        share_initializers(options, weights, optimized=True, rewritable=frozen.rewritable)
         try:
             session = ort.InferenceSession(str(graph), options, providers=list(providers))
+            session = session_with_empty_dims_open(session, str(graph), options, providers)
             for _ in range(warmup):
                 session.run(None, dict(feeds))
             count, start = 0, time.perf_counter()

@@ -9,7 +9,11 @@ After each pass that changed the model, the guard:
    (:mod:`onnxopt.shared_weights`);
 3. runs the guard batches and compares with the outputs of the model as it
    was before the pass; a lossless pass must stay within its relative
-   tolerance (``max|after - before| <= tol * max|before|`` per output).
+   tolerance (``max|after - before| <= tol * max|before|`` per output) -- or,
+   where rounding alone moves the model's outputs further than that, within
+   a few of its rounding floors (:mod:`onnxopt.optimizer.rounding_floor`:
+   the drift of one-ulp perturbations of its weights, measured only then),
+   and the record says so.
 
 A pass that raises, or fails any of these, is rolled back to the last good
 model; the run continues and the :class:`PassRecord` says why.
@@ -54,9 +58,11 @@ from onnxopt.data import RandomDataset, batch_size_for, fixed_batch
 from onnxopt.errors import OnnxoptError
 from onnxopt.evaluate.agreement import OutputAgreement, agreement
 from onnxopt.evaluate.compare import KnownOutputs
+from onnxopt.evaluate.reference_check import uninformative_reference
 from onnxopt.model_stats import ModelStats
 from onnxopt.optimizer.branches import more_feeds_for_branches
 from onnxopt.optimizer.context import Context
+from onnxopt.optimizer.rounding_floor import FLOOR_CAP, FLOOR_FACTOR, lossless_allowance, rounding_floor
 from onnxopt.optimizer.verified_replay import Verification, data_digest, model_sha256
 from onnxopt.passes.base import OptPass, PassOutcome
 from onnxopt.runtime import Runner
@@ -104,6 +110,8 @@ class PipelineResult:
     guard_digest: str = ""  # data_digest of the guard's feeds
     carried: bool = False  # a verified replay: drifts and details are the plan's, for this very model
     diverged: str | None = None  # a replay that did not rebuild the planned model: why (run it again guarded)
+    # why the original's outputs on the guard data cannot tell a good rewrite from a bad one (None: they can)
+    reference_problem: str | None = None
 
 
 class _GuardFailure(Exception):
@@ -209,6 +217,7 @@ class Pipeline:
             outputs_compared=structural is None,
             guard_outputs=None if structural else KnownOutputs.of(names, feeds, original_outputs, state.outputs),
             guard_digest=guard_digest,
+            reference_problem=uninformative_reference(names, original_outputs) if structural is None else None,
         )
 
     @staticmethod
@@ -265,6 +274,7 @@ class Pipeline:
         state.good, state.outputs = candidate, outputs
         for r in applied:
             r.max_drift = drift
+            r.notes.extend([candidate.widened] if candidate.widened else [])
         applied[-1].seconds += time.perf_counter() - started  # the guard's time goes to the last pass it verified
         return pending
 
@@ -275,7 +285,9 @@ class Pipeline:
         lossless passes (``inf`` for lossy ones)."""
         if state.structural is not None:
             return self._structural_guard(state.model, state.good.runner, context)
-        return self._guard(state.model, state.outputs, state.feeds, state.names, context, tolerance)
+        return self._guard(
+            state.model, state.outputs, state.feeds, state.names, context, tolerance, lambda: _floor(state, context)
+        )
 
     def _run_unguarded(self, index: int, state: _State, context: Context) -> PassRecord:
         """A pass of a verified replay: not verified; one that raises (or cannot be upgraded to) is recorded as
@@ -328,6 +340,9 @@ class Pipeline:
                 outcome.missed if outcome and status != "rolled back" else [],
             )
 
+        if state.structural is not None and not opt_pass.lossless:  # declined before anything (an upgrade) changes
+            reason = f"model: a lossy pass needs outputs to compare, and {state.structural}; give --data"
+            return record("unchanged", PassOutcome(state.model, False, skipped=[reason]))
         needed = opt_pass.required_opset(state.model)
         if needed and io.opset_version(state.model) < needed:
             old = io.opset_version(state.model)
@@ -340,9 +355,6 @@ class Pipeline:
                 outcome = PassOutcome(state.model, False, skipped=[f"model: needs opset {needed}; {_line(e)}"])
                 return record("unchanged", outcome)
             notes.append(f"opset upgraded {old} -> {needed}")
-        if state.structural is not None and not opt_pass.lossless:
-            reason = f"model: a lossy pass needs outputs to compare, and {state.structural}; give --data"
-            return record("unchanged", PassOutcome(state.model, False, skipped=[reason]))
         opt_pass.context = context  # passes that learn from data reach onnxruntime through it
         try:
             outcome: PassOutcome = opt_pass(state.model)
@@ -354,7 +366,14 @@ class Pipeline:
             return record("rolled back")
         upgraded = bool(notes)
         notes.extend(outcome.notes)
-        if not outcome.modified and not upgraded:
+        if not outcome.modified:
+            if upgraded or ModelStats.of(state.model) != before:
+                # a pass that declined leaves the model as it came: not upgraded for it, nor half-rewritten
+                if deferred:  # the last good model is from before the group: find this pass on its own
+                    raise _GroupAbort
+                state.model = state.good.restore()
+                if upgraded:
+                    notes[0] = f"{notes[0]} for this pass, undone: it changed nothing"
             return record("unchanged", outcome)
         if deferred:
             return record("applied", outcome)
@@ -366,6 +385,7 @@ class Pipeline:
             notes.append(str(e))
             return record("rolled back", outcome)
         state.good, state.outputs = candidate, outputs
+        notes.extend([candidate.widened] if candidate.widened else [])
         return record("applied", outcome, drift)
 
     @staticmethod
@@ -379,8 +399,8 @@ class Pipeline:
             runner = frozen.runner(context.providers)
         except OnnxoptError as e:
             raise _GuardFailure(f"onnxruntime rejected the result: {_line(e)}") from e
-        before = [(s.name, s.dtype, s.shape) for s in previous.outputs]
-        after = [(s.name, s.dtype, s.shape) for s in runner.outputs]
+        before = [(s.name, s.dtype, _fixed_dims(s.shape)) for s in previous.outputs]
+        after = [(s.name, s.dtype, _fixed_dims(s.shape)) for s in runner.outputs]
         if before != after:
             raise _GuardFailure(f"the outputs' names, types or shapes changed: {before} -> {after}")
         return _Snapshot(frozen.restore, runner), [], 0.0
@@ -405,9 +425,11 @@ class Pipeline:
         names: list[str],
         context: Context,
         tolerance: float,
+        floor: Callable[[], float] | None = None,
     ) -> tuple[_Snapshot, list[list[np.ndarray]], float]:
         """Check, load and run ``model``; return its snapshot, guard outputs and drift (at most ``tolerance``,
-        relative), or raise ``_GuardFailure``."""
+        relative, or the allowance of the rounding floor that ``floor`` measures when it is asked: only for a
+        drift over ``tolerance`` and under the floor's cap), or raise ``_GuardFailure``."""
         frozen = Pipeline._checked(model)
         try:
             runner = frozen.runner(context.providers)
@@ -418,9 +440,20 @@ class Pipeline:
             drift = _max_rel(agreement(reference, outputs, names))
         except ValueError as e:
             raise _GuardFailure(str(e)) from e
+        snapshot = _Snapshot(frozen.restore, runner)
         if math.isfinite(tolerance) and not drift <= tolerance:
-            raise _GuardFailure(f"outputs drifted by {drift:.3g} (relative), over the lossless tolerance {tolerance:g}")
-        return _Snapshot(frozen.restore, runner), outputs, drift
+            measured = floor() if floor is not None and drift <= FLOOR_CAP else None  # only when it could help
+            if measured is None or not drift <= lossless_allowance(tolerance, measured):
+                known = "" if measured is None else f" (the model's rounding floor is {measured:.3g})"
+                raise _GuardFailure(
+                    f"outputs drifted by {drift:.3g} (relative), over the lossless tolerance {tolerance:g}{known}"
+                )
+            snapshot.widened = (
+                f"outputs drifted by {drift:.3g} (relative), over the tolerance {tolerance:g} but within "
+                f"{FLOOR_FACTOR:g}x the model's rounding floor {measured:.3g} (what moving each weight by one ulp "
+                "does to its outputs): float rounding"
+            )
+        return snapshot, outputs, drift
 
 
 def _verification(context: Context, guard_digest: str) -> Verification | None:
@@ -464,6 +497,8 @@ class _Snapshot:
         self.restore = restore
         self.runner = runner
         self.input_bytes = input_bytes  # set when this state is the input file itself
+        self.floor: float | None = None  # its rounding floor on the guard's feeds, once measured
+        self.widened: str | None = None  # why the guard accepted it beyond its pass's tolerance (None: it did not)
 
     @classmethod
     def of_input(cls, source: io.ModelFile, context: Context) -> _Snapshot:
@@ -481,6 +516,22 @@ class _Snapshot:
     def of_model(cls, model: ir.Model, context: Context) -> _Snapshot:
         frozen = SharedWeightsModel(model)
         return cls(frozen.restore, context.reference or frozen.runner(context.providers))
+
+
+def _fixed_dims(shape: tuple[int | str | None, ...] | None) -> tuple[int | None, ...] | None:
+    """A shape as the structural guard compares it: the rank and the fixed sizes; a symbolic or unknown size is
+    None whatever its name (shape inference names the dims it cannot size, ``unk__0``, after a rewrite)."""
+    return None if shape is None else tuple(d if isinstance(d, int) else None for d in shape)
+
+
+def _floor(state: _State, context: Context) -> float:
+    """The rounding floor of the last verified model (the one a pass's drift is measured from), measured once."""
+    good = state.good
+    if good.floor is None:
+        good.floor = rounding_floor(
+            good.restore, state.feeds, state.outputs, state.names, providers=context.providers, seed=context.seed
+        )
+    return good.floor
 
 
 def _max_rel(results: Sequence[OutputAgreement]) -> float:

@@ -9,7 +9,9 @@ Schema ``onnxopt.report/2``. Every report has
 ``kind: optimize`` adds
 
 * ``input`` / ``output``: ``{path, file_bytes}``; ``recipe``: ``[{name, params}]``;
-  ``data``: description; ``seed``
+  ``data``: description; ``seed``; ``held_out``, ``fit_data``; ``untrusted``: why the run's comparisons
+  cannot vouch for the result (the guard's reference outputs said nothing, or the quantizer's weights-only
+  yardstick was itself far off); empty when they can
 * ``before`` / ``after``: ``{nodes, parameters, bytes}``
 * ``passes``: one record per pass -- ``name, params, status, seconds, before,
   after, max_drift, counts, skipped, notes``; ``guard_max_drift``; ``notes``
@@ -76,6 +78,7 @@ def optimize_report(result: OptimizeResult) -> dict[str, Any]:
         data=result.data,
         held_out=result.held_out,
         fit_data=result.fit_data,
+        untrusted=result.untrusted,
         seed=result.seed,
         before=dataclasses.asdict(pipeline.original),
         after=dataclasses.asdict(pipeline.final),

@@ -8,11 +8,15 @@ Computed from the report JSON (kind ``optimize``), so the terminal summary, Mark
 
 A latency interval that spans 1 reads "no measurable difference"; without a benchmark the line says
 how to get one. Without labels the accuracy part is the top-1 agreement with the original, or the
-largest output drift for non-classifiers.
+worst output SNR and the largest output drift for non-classifiers -- read from the report's ``comparison``
+(per output), never from a key it does not hold. When nothing was compared the line says so and states no
+number; when the run's comparisons cannot vouch for the result (``untrusted``: the guard's reference outputs
+said nothing, say), the line says that too.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -48,21 +52,32 @@ def _latency(report: dict[str, Any]) -> str:
 
 
 def _quality(report: dict[str, Any]) -> str:
+    """Accuracy, top-1 agreement or the outputs' worst SNR and drift -- each read from the comparison the report
+    holds (a missing key is a bug in the report, and raises); no number when nothing was compared."""
     cmp = report["comparison"]
-    samples = f"{cmp.get('samples', 0)} samples"
-    if cmp.get("random_inputs"):
+    untrusted = report.get("untrusted") or []  # reports written before it existed had none
+    if cmp["samples"] == 0 or not cmp["outputs"]:
+        return "outputs NOT compared (random inputs could not run the model; give --data or --input-shape)"
+    samples = f"{cmp['samples']} samples"
+    if cmp["random_inputs"]:
         samples += " of random inputs"
-    elif report.get("held_out"):
-        samples = f"{cmp.get('samples', 0)} held-out samples"
+    elif report["held_out"]:
+        samples = f"{cmp['samples']} held-out samples"
     else:
         samples += " of --data, which the passes also fitted on"
-    if cmp.get("reference_accuracy") is not None and cmp.get("candidate_accuracy") is not None:
+    if untrusted:
+        samples += f"; NOT trustworthy: {untrusted[0]}"
+    if cmp["reference_accuracy"] is not None and cmp["candidate_accuracy"] is not None:
         points = 100 * (cmp["candidate_accuracy"] - cmp["reference_accuracy"])
         return f"accuracy {points:+.2f} pts ({samples})"
-    agreements = [o["top1_agreement"] for o in cmp.get("outputs", []) if o.get("top1_agreement") is not None]
+    outputs = cmp["outputs"]
+    agreements = [o["top1_agreement"] for o in outputs if o["top1_agreement"] is not None]
     if agreements:
         return f"top-1 agreement with the original {min(agreements):.4f} ({samples})"
-    return f"max output drift {cmp.get('max_rel', 0.0):.3g} of the output range ({samples})"
+    snr = min(float(o["snr_db"]) for o in outputs)  # "inf" (identical outputs) is written as a string in JSON
+    drift = max(float(o["max_rel"]) for o in outputs)
+    worst = "outputs identical" if math.isinf(snr) else f"worst output SNR {snr:.1f} dB"
+    return f"{worst}, max output drift {drift:.3g} of the output range ({samples})"
 
 
 def _machine(report: dict[str, Any]) -> str:

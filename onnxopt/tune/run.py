@@ -35,7 +35,7 @@ import yaml
 from onnxopt.bench import BenchConfig, benchmark
 from onnxopt.data import open_dataset
 from onnxopt.errors import OutputError
-from onnxopt.io.reading import read_model
+from onnxopt.io.validation import validate
 from onnxopt.io.writing import write_bytes
 from onnxopt.model_stats import estimate_macs
 from onnxopt.optimizer.plan import file_sha256 as file_digest
@@ -143,7 +143,7 @@ def tune(models: list[str], output: str, options: TuneOptions, progress: Progres
     if len(options.data) not in (1, len(paths)):
         raise TuneError(f"give one --data for every model or one per model ({len(paths)}), not {len(options.data)}")
     for path in paths:
-        read_model(path)  # a clear error for a missing, corrupt or non-ONNX file
+        validate(path)  # the validation every command runs: one-line errors naming the file
     outputs = _outputs(paths, Path(output))
     distill = space.can_distill() if options.distill is None else options.distill
     workers = open_workers(options.ray, options.workers or default_processes())  # an unreachable Ray fails here

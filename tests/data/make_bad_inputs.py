@@ -2,7 +2,8 @@
 
 Every file is something a user could hand to any onnxopt command; each must
 get a one-line error and exit 2 -- except ``control_flow.onnx`` (If and Loop
-subgraphs), a valid model every command must handle correctly.
+subgraphs) and the valid models of :func:`valid_shape_cases` (scalar inputs, a
+dimension fixed at 0), which every command must handle correctly.
 
     python tests/data/make_bad_inputs.py [OUT_DIR]
 """
@@ -113,6 +114,8 @@ def cases() -> dict[str, bytes | None]:
         "external_missing.onnx": _external_missing(w),
         "control_flow.onnx": control_flow().SerializeToString(),
         "a_directory.onnx": None,
+        **validation_cases(),
+        **valid_shape_cases(),
     }
 
 
@@ -125,6 +128,85 @@ def _external_missing(w: onnx.TensorProto) -> bytes:
     for key, value in (("location", "external_missing.onnx.data"), ("offset", "0"), ("length", "64")):
         tensor.external_data.add(key=key, value=value)
     return model.SerializeToString()
+
+
+# --- models the checker and onnxruntime's session creation accept, refused by onnxopt's one validation (issue 33)
+
+
+def validation_cases() -> dict[str, bytes]:
+    """Corrupt data or attributes that only fail when run, and a type onnxruntime has no kernel for."""
+    return {
+        "conv_kernel_mismatch.onnx": _conv_kernel_mismatch().SerializeToString(),
+        "raw_data_too_long.onnx": _raw_data_too_long().SerializeToString(),
+        "typed_data_too_long.onnx": _typed_data_too_long().SerializeToString(),
+        "no_kernel.onnx": _no_kernel().SerializeToString(),
+    }
+
+
+def _conv_kernel_mismatch() -> onnx.ModelProto:
+    """A Conv whose kernel_shape (5x5) disagrees with its 3x3 weight: onnxruntime fails only when it runs."""
+    w = numpy_helper.from_array(np.ones((2, 1, 3, 3), np.float32), "w")
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[5, 5])
+    return _model([conv], inputs=[_value("x", [1, 1, 8, 8])], outputs=[_value("y", [1, 2, 4, 4])], inits=[w])
+
+
+def _raw_data_too_long() -> onnx.ModelProto:
+    """The 4x4 float weight's raw_data holds 80 bytes where its dims say 64 (the checker accepts it)."""
+    model = good_small()
+    model.graph.initializer[0].raw_data += bytes(16)
+    return model
+
+
+def _typed_data_too_long() -> onnx.ModelProto:
+    """The 4x4 float weight holds 20 values in float_data where its dims say 16."""
+    model = good_small()
+    tensor = model.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.float_data.extend([0.5] * 20)
+    return model
+
+
+def _no_kernel() -> onnx.ModelProto:
+    """Relu on int32 at opset 13: the (non-full) checker accepts it, onnxruntime has no kernel for the type."""
+    value = lambda name: helper.make_tensor_value_info(name, TensorProto.INT32, ["N", 4])  # noqa: E731
+    return _model([helper.make_node("Relu", ["x"], ["y"])], inputs=[value("x")], outputs=[value("y")], check=False)
+
+
+# --- valid models with unusual input shapes, which every command must run (issue 33: scalars, a 0 dimension)
+
+
+def valid_shape_cases() -> dict[str, bytes]:
+    """A scalar first input (``y = s * x``; an If on a scalar condition), and an input fixed at ``[0, 4]``."""
+    return {
+        "scalar_mul.onnx": _scalar_mul().SerializeToString(),
+        "scalar_if.onnx": _scalar_if().SerializeToString(),
+        "zero_batch.onnx": _zero_batch().SerializeToString(),
+    }
+
+
+def _scalar_weight() -> onnx.TensorProto:
+    return numpy_helper.from_array(np.linspace(-1, 1, 16, dtype=np.float32).reshape(4, 4), "w")
+
+
+def _scalar_mul() -> onnx.ModelProto:
+    """``y = (s * x) @ w`` with a scalar (rank-0) ``s`` as the first input."""
+    nodes = [helper.make_node("Mul", ["s", "x"], ["h"]), helper.make_node("MatMul", ["h", "w"], ["y"])]
+    return _model(nodes, inputs=[_value("s", []), _value("x")], inits=[_scalar_weight()])
+
+
+def _scalar_if() -> onnx.ModelProto:
+    """``y = x @ w if c else -x`` with a scalar bool ``c`` as the first input."""
+    then_graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["t"])], "then", [], [_value("t")])
+    else_graph = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [], [_value("e")])
+    node = helper.make_node("If", ["c"], ["y"], then_branch=then_graph, else_branch=else_graph)
+    condition = helper.make_tensor_value_info("c", TensorProto.BOOL, [])
+    return _model([node], inputs=[condition, _value("x")], inits=[_scalar_weight()])
+
+
+def _zero_batch() -> onnx.ModelProto:
+    """``relu(x @ w)`` whose input and output are fixed at ``[0, 4]``: runnable at a size ``--input-shape`` gives."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])]
+    return _model(nodes, inputs=[_value("x", [0, 4])], outputs=[_value("y", [0, 4])], inits=[_scalar_weight()])
 
 
 def write(out: Path = OUT) -> None:

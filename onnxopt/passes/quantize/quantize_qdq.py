@@ -90,7 +90,8 @@ model, when the plan's graph digest matches the graph this pass received
 Needs opset 13 (per-channel ``axis`` on DequantizeLinear): older models are
 upgraded first, never written invalid. Declined with a reason: non-float or
 shared-with-unquantized weights, tensors whose range is not finite; a float16/bfloat16
-model as a whole (before any work); tensors read inside If/Loop/Scan bodies stay float.
+model, or one already quantized (Q/DQ pairs, QLinear or integer kernels), as a whole (before any work);
+tensors read inside If/Loop/Scan bodies stay float.
 """
 
 from __future__ import annotations
@@ -212,6 +213,10 @@ class QuantizeQDQPass(OptPass):
         half = _half_precision(model)
         if half:  # before any work: float32 scales on float16 tensors would not type-check
             log.skip("model", f"{half} is float16/bfloat16: quantize takes float32 models (convert the model first)")
+            return
+        quantized = already_quantized(model)
+        if quantized:  # before any work, as above
+            log.skip("model", f"already quantized ({quantized}): quantize takes the float model")
             return
         self._sums_to_adds(log, graph)
         names = NameSource(model)
@@ -753,6 +758,25 @@ class QuantizeQDQPass(OptPass):
         dq.outputs[0].name = names.fresh(f"{base}_dequantized")
         graph.insert_before(next(iter(graph)), dq)
         return dq.outputs[0]
+
+
+#: Ops that only a quantized model has: QDQ pairs and the kernels quantizers write directly.
+QUANTIZED_OPS = frozenset(
+    {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+     "ConvInteger", "MatMulInteger", "QLinearAdd", "QLinearMul"}
+)  # fmt: skip
+
+
+def already_quantized(model: ir.Model) -> str | None:
+    """How the model is already quantized ("12 QuantizeLinear, 12 DequantizeLinear nodes"), or None: a quantizer
+    given such a model would quantize rounded values again and calibrate on what it cannot undo."""
+    counts: dict[str, int] = {}
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.op_type in QUANTIZED_OPS and node.domain in ("", "ai.onnx", "com.microsoft"):
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    if not counts:
+        return None
+    return ", ".join(f"{n} {op}" for op, n in sorted(counts.items())) + " node(s)"
 
 
 def _half_precision(model: ir.Model) -> str | None:
