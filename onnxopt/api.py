@@ -7,7 +7,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -25,6 +25,9 @@ from onnxopt.optimizer.run import OptimizeOptions, OptimizeResult, optimize_file
 from onnxopt.progress import NullProgress, Progress
 from onnxopt.tune import TuneOptions, TuneResult
 from onnxopt.tune import tune as tune_models
+
+if TYPE_CHECKING:
+    from onnxopt.distill import DistillConfig, DistillResult
 
 ModelInput = str | os.PathLike | onnx.ModelProto | ir.Model
 DataInput = str | os.PathLike | Mapping[str, np.ndarray] | Iterable[Mapping[str, np.ndarray]] | None
@@ -195,7 +198,7 @@ def tune(
     ``objective="size"``, ``trials=12``, ``ray="auto"``, ...). One result per model.
 
     >>> [result] = onnxopt.tune("model.onnx", "tuned.onnx", data="train.npz", objective="size")
-    >>> result.chosen["spec"], result.held_out["drop"]
+    >>> result.chosen.spec, result.held_out["drop"]
     """
     if isinstance(fields.get("data"), (str, os.PathLike)):
         fields["data"] = (str(fields["data"]),)
@@ -209,7 +212,33 @@ def tune(
     return tune_models(paths, str(output), options, progress)
 
 
+def distill(
+    teacher: str | os.PathLike[str],
+    student: str,
+    data: str,
+    output: str | os.PathLike[str],
+    config: DistillConfig | None = None,
+    **options: Any,
+) -> DistillResult:
+    """``onnxopt distill``: :func:`onnxopt.distill.distill` (``options``: ``keras_output``, ``eval_data``,
+    ``on_epoch``), where ``--student width=F`` of an ONNX teacher is the teacher narrowed by the optimizer
+    (``lossless``, then ``prune-channels``)."""
+    from onnxopt.distill import distill as distill_student
+
+    return distill_student(teacher, student, data, output, config, narrow=_narrowed_onnx, **options)
+
+
+def _narrowed_onnx(teacher: Path, ratio: float, seed: int) -> onnx.ModelProto:
+    """``teacher`` with ``ratio`` of each prunable group's channels removed (lowest L2 norm first, kept counts a
+    multiple of 8), after the lossless recipe, verified like any run: the student of ``width=1-ratio``."""
+    with tempfile.TemporaryDirectory(prefix="onnxopt-student-") as folder:
+        out = Path(folder) / "student.onnx"
+        options = OptimizeOptions(passes=f"lossless,prune-channels:ratio={ratio:.6g};multiple=8", seed=seed)
+        optimize_file(teacher, out, options)
+        return io.read_supported(out).proto
+
+
 __all__ = [
-    "BUILTIN_RECIPES", "OptimizeOptions", "TuneOptions", "bench", "bench_files", "compare", "compare_files", "optimize",
-    "tune",
+    "BUILTIN_RECIPES", "OptimizeOptions", "TuneOptions", "bench", "bench_files", "compare", "compare_files", "distill",
+    "optimize", "tune",
 ]  # fmt: skip

@@ -23,7 +23,7 @@ from onnxopt import __version__, io
 from onnxopt.api import OptimizeOptions, bench_files, compare_files, optimize
 from onnxopt.bench import BenchConfig, BenchResult, Measurement
 from onnxopt.data import DataSpec, ImageOptions, parse_input_shapes
-from onnxopt.errors import OnnxoptError
+from onnxopt.errors import OnnxoptError, one_line
 from onnxopt.evaluate.compare import Comparison, random_inputs_warning
 from onnxopt.evaluate.layers import DEFAULT_THRESHOLD_DB, LayerReport
 from onnxopt.inspection import inspect_model
@@ -62,7 +62,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     ),
     "bench": (
         "onnxopt bench model.onnx model.int8.onnx --data eval.npz",
-        "onnxopt bench model.onnx out.onnx --batch 1,32 --seconds 5 --json",
+        "onnxopt bench model.onnx out.onnx --batches 1,32 --seconds 5 --json",
     ),
     "inspect": (
         "onnxopt inspect model.onnx",
@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OnnxoptError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"onnxopt: error: {_one_line(e)}", file=sys.stderr)
+        print(f"onnxopt: error: {one_line(e, limit=None)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("onnxopt: interrupted (outputs are written whole or not at all)", file=sys.stderr)
@@ -121,7 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         if args.debug:
             traceback.print_exc()
-        print(f"onnxopt: internal error ({type(e).__name__}): {_one_line(e)} -- rerun with --debug", file=sys.stderr)
+        print(
+            f"onnxopt: internal error ({type(e).__name__}): {one_line(e, limit=None)} -- rerun with --debug",
+            file=sys.stderr,
+        )
         return 1
     finally:
         if previous is not None:
@@ -256,7 +259,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     cmp.add_argument("reference")
     cmp.add_argument("candidate")
-    cmp.add_argument("--batch", type=int, help="batch size for models with a dynamic batch dimension")
+    cmp.add_argument(
+        "--chunk", type=int, metavar="N", help="samples per run, for models with a dynamic batch dimension"
+    )
+    cmp.add_argument("--batch", type=int, help=argparse.SUPPRESS)  # deprecated: --chunk
     cmp.add_argument("--seed", type=int, default=0)
     cmp.add_argument("--per-layer", action="store_true", help="localize the error: SNR and cosine of every layer")
     cmp.add_argument(
@@ -274,7 +280,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("models", nargs="+", metavar="MODEL")
     bench.add_argument("--ep", default="cpu", help="execution providers, e.g. cpu,cuda,tensorrt (default cpu)")
-    bench.add_argument("--batch", help="batch sizes, e.g. 1,8,32 (default: the model's fixed batch, else 1)")
+    bench.add_argument("--batches", help="batch sizes, e.g. 1,8,32 (default: the model's fixed batch, else 1)")
+    bench.add_argument("--batch", help=argparse.SUPPRESS)  # deprecated: --batches
     bench.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (default: its own)")
     bench.add_argument("--warmup", type=int, default=5, help="untimed runs per model first (default 5)")
     length = bench.add_mutually_exclusive_group()
@@ -424,10 +431,10 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     for result in results:
         held, chosen = result.held_out, result.chosen
         print(
-            f"{result.model} -> {result.output}: {chosen['name']} ({chosen['spec']}); held out ({held['samples']}): "
+            f"{result.model} -> {result.output}: {chosen.name} ({chosen.spec}); held out ({held['samples']}): "
             f"{held['metric']} {held['value']:.4f} vs {held['baseline']:.4f} (drop {held['drop']:+.4f}, "
             f"{'within' if held['within_budget'] else 'OVER'} {result.max_drop:g}); size {held['size_ratio']:.2f}x; "
-            f"latency {chosen['latency_ratio']:.2f}x; recipe {result.recipe_file}, plan {result.plan_file}"
+            f"latency {chosen.latency_ratio:.2f}x; recipe {result.recipe_file}, plan {result.plan_file}"
         )
         for note in result.notes:
             print(f"  note: {note}")
@@ -441,8 +448,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    if args.batch is not None and args.batch <= 0:
-        raise OnnxoptError("--batch must be positive")
+    flag, chunk = _renamed(args, "--chunk", "--batch")
+    if chunk is not None and chunk <= 0:
+        raise OnnxoptError(f"{flag} must be positive")
     if args.report:
         check_report_path(args.report)
     comparison = compare_files(
@@ -452,7 +460,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         images=_image_options(args),
         drop_nonfinite=args.drop_nonfinite,
         seed=args.seed,
-        batch_size=args.batch,
+        batch_size=chunk,
         per_layer=args.per_layer,
         threshold_db=args.threshold_db,
         input_shapes=parse_input_shapes(args.input_shape),
@@ -496,12 +504,22 @@ def _int_list(flag: str, text: str) -> tuple[int, ...]:
     return values
 
 
+def _renamed(args: argparse.Namespace, new: str, old: str) -> tuple[str, Any]:
+    """``(flag, value)`` of an option renamed from ``old`` (still accepted, undocumented) to ``new``: the value
+    given and the flag it was given with, so messages name what the user wrote."""
+    values = {flag: getattr(args, flag.lstrip("-").replace("-", "_")) for flag in (new, old)}
+    if values[new] is not None and values[old] is not None:
+        raise OnnxoptError(f"{old} is the old name of {new}: give one of them")
+    return (old, values[old]) if values[old] is not None else (new, values[new])
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     if args.report:
         check_report_path(args.report)
+    flag, batches = _renamed(args, "--batches", "--batch")
     config = BenchConfig(
         providers=tuple(p for p in args.ep.split(",") if p.strip()),
-        batches=_int_list("--batch", args.batch) if args.batch else None,
+        batches=_int_list(flag, batches) if batches else None,
         threads=args.threads,
         warmup=args.warmup,
         runs=args.runs,
@@ -588,7 +606,8 @@ def _add_tf_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentP
     dis.add_argument("--temperature", type=float, default=4.0)
     dis.add_argument("--alpha", type=float, default=0.7, help="weight of the soft-target loss (1-alpha: labels)")
     dis.add_argument("--epochs", type=int, default=10)
-    dis.add_argument("--batch", type=int, default=64)
+    dis.add_argument("--train-batch", type=int, default=64, metavar="N", help="training batch size (default 64)")
+    dis.add_argument("--batch", type=int, dest="train_batch", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     dis.add_argument("--learning-rate", type=float, default=1e-3)
     dis.add_argument("--holdout", type=float, default=0.2, help="fraction of the data kept for evaluation")
     dis.add_argument("--eval-data", help="evaluate on this data instead of a --holdout split (all of --data trains)")
@@ -614,13 +633,14 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_distill(args: argparse.Namespace) -> int:
-    from onnxopt.distill import DistillConfig, distill
+    from onnxopt.api import distill
+    from onnxopt.distill import DistillConfig
 
     config = DistillConfig(
         temperature=args.temperature,
         alpha=args.alpha,
         epochs=args.epochs,
-        batch=args.batch,
+        batch=args.train_batch,
         learning_rate=args.learning_rate,
         holdout=args.holdout,
         seed=args.seed,
@@ -699,7 +719,7 @@ def format_optimize_summary(
     for rec in pipe.records:
         what = ", ".join(f"{k} {v}" for k, v in rec.counts.items() if v) or "-"
         if rec.skipped:
-            first = rec.skipped[0] if len(rec.skipped[0]) <= 90 else rec.skipped[0][:87] + "..."
+            first = one_line(rec.skipped[0], 90)
             what += f" ({len(rec.skipped)} declined; first: {first})"
         nodes = f"{rec.before.nodes}->{rec.after.nodes}"
         lines.append(f"  {rec.name:<27}{rec.status:<13}{nodes:>12}{rec.max_drift:>11.2g}{rec.seconds:>9.3f}  {what}")
@@ -783,10 +803,6 @@ def format_layers(report: LayerReport) -> list[str]:
 
 def _db(value: float) -> str:
     return "inf" if math.isinf(value) else f"{value:.1f}"
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 if __name__ == "__main__":

@@ -28,9 +28,42 @@ class RecipeError(OnnxoptError):
     """A recipe or pass specification is malformed or names unknown things."""
 
 
+class ConfigError(RecipeError, ValueError):
+    """A pass's configuration holds an impossible value (also a ValueError, as configs raised before)."""
+
+
+class PlanError(RecipeError):
+    """A plan file is unreadable or was made for another input, recipe or seed."""
+
+
+class ConversionError(OnnxoptError):
+    """The source cannot be converted, or the converted model does not compute what the source does."""
+
+
+class TuneError(OnnxoptError):
+    """A tune that cannot start: a bad objective or budget, no data, an unreachable Ray cluster."""
+
+
 class OutputError(OnnxoptError):
     """The output cannot be written where asked."""
 
 
 class PassPreconditionError(OnnxoptError):
     """A pass was run without what it needs (data, the original model): run it through a Pipeline."""
+
+
+def one_line(error_or_text: BaseException | object, limit: int | None = 300) -> str:
+    """``error_or_text`` as one line for a message: whitespace (the checker's and onnxruntime's line breaks)
+    squashed to single spaces, an error without a message named by its type, and text longer than ``limit``
+    characters cut at the last space before the limit (a word is never cut in two, unless the only space is
+    in the first half) and ended with "…". ``limit=None`` keeps the whole line."""
+    text = " ".join(str(error_or_text).split())
+    if not text and isinstance(error_or_text, BaseException):
+        text = type(error_or_text).__name__
+    if limit is None or len(text) <= limit:
+        return text
+    cut = text[: max(limit - 1, 0)]  # room for the ellipsis
+    space = cut.rfind(" ")
+    if space >= len(cut) // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:") + "…"

@@ -15,7 +15,7 @@ from onnxopt.data import RandomDataset
 from onnxopt.data.input_shapes import InputShapes
 from onnxopt.errors import OnnxoptError
 from onnxopt.model_stats import ModelStats, estimate_macs
-from onnxopt.optimizer.calibration import input_specs
+from onnxopt.runtime import input_specs
 from onnxopt.shared_weights import SharedWeightsModel
 
 

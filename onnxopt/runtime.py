@@ -1,4 +1,5 @@
-"""onnxruntime sessions for verification: one place that creates them.
+"""onnxruntime sessions for verification: one place that creates them; and the input specs sessions and data
+are shaped by.
 
 Verification sessions run with every onnxruntime graph optimization DISABLED,
 so a comparison measures what onnxopt's rewrite did, not what onnxruntime's
@@ -10,12 +11,16 @@ from __future__ import annotations
 import os
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxopt.errors import UnsupportedModelError
+from onnxopt.errors import UnsupportedModelError, one_line
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
 
 ort.set_default_logger_severity(4)  # its warnings are not ours to print; its errors reach us as exceptions
 
@@ -72,7 +77,7 @@ class Runner:
             self.inputs = [tensor_spec(i) for i in session.get_inputs()]  # as declared: a dimension 0 stays 0
             self.session = session_with_empty_dims_open(session, source, options, providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
-            raise UnsupportedModelError(f"onnxruntime cannot run the model: {_one_line(e)}") from e
+            raise UnsupportedModelError(f"onnxruntime cannot run the model: {one_line(e, 400)}") from e
         self.outputs = [tensor_spec(o) for o in self.session.get_outputs()]
 
     @property
@@ -84,7 +89,7 @@ class Runner:
         try:
             return self.session.run(list(outputs) if outputs else None, dict(feeds))
         except Exception as e:
-            raise UnsupportedModelError(f"onnxruntime failed to run the model: {_one_line(e)}") from e
+            raise UnsupportedModelError(f"onnxruntime failed to run the model: {one_line(e, 400)}") from e
 
 
 _ORT_TYPES = {
@@ -156,12 +161,19 @@ def session_with_empty_dims_open(
     return ort.InferenceSession(relaxed, options, providers=list(providers))
 
 
+def input_specs(model: ir.Model) -> list[TensorSpec]:
+    """The model's data inputs (initializers excluded) as :class:`TensorSpec` -- what a Dataset is shaped by."""
+    specs = []
+    for value in model.graph.inputs:
+        if value.name in model.graph.initializers:
+            continue
+        dims = tuple(d if isinstance(d, int) else str(d) for d in value.shape) if value.shape is not None else None
+        dtype = value.dtype.numpy() if value.dtype is not None else np.dtype(np.float32)
+        specs.append(TensorSpec(value.name, np.dtype(dtype), dims))
+    return specs
+
+
 def tensor_spec(arg: ort.NodeArg) -> TensorSpec:
     dtype = np.dtype(_ORT_TYPES.get(arg.type, np.float32))
     shape = tuple(arg.shape) if arg.shape is not None else None
     return TensorSpec(arg.name, dtype, shape)
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return text[:400] or type(error).__name__

@@ -68,6 +68,25 @@ def test_passes_lists_every_registered_pass(capsys: pytest.CaptureFixture[str]) 
     assert listed == set(REGISTRY)
 
 
+def test_passes_gives_every_parameter_its_own_help(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each parameter's help is its field's ``metadata["help"]``: present, and no two fields of a pass share one."""
+    import dataclasses
+
+    from onnxopt.passes import REGISTRY
+
+    assert main(["passes", "--json"]) == 0
+    listed = {p["name"]: p["parameters"] for p in json.loads(capsys.readouterr().out)}
+    for name, cls in REGISTRY.items():
+        fields = {f.name: f for f in dataclasses.fields(cls.Config)}
+        params = listed[name]
+        assert [p["name"] for p in params] == list(fields)
+        for param in params:
+            assert param["meaning"], f"{name}: {param['name']} has no help"
+            assert param["meaning"] == fields[param["name"]].metadata["help"], f"{name}: {param['name']}"
+        helps = [p["meaning"] for p in params]
+        assert len(set(helps)) == len(helps), f"{name}: two parameters share a help text"
+
+
 def test_inspect_reports_macs_and_ops(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["inspect", str(MODEL), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -359,3 +378,20 @@ def test_scalar_first_input_from_data(name: str, per_sample: bool, tmp_path: Pat
     assert json.loads(capsys.readouterr().out)["comparison"]["samples"] == 40
     bench = ["bench", str(model), str(out), "--data", str(data), "--batch", "4", "--runs", "2", "--no-memory"]
     assert main([*bench, "--warmup", "0"]) == 0
+
+
+def test_renamed_batch_flags_keep_their_old_name() -> None:
+    """``--batch`` is the deployment batch; compare's chunk, bench's batch list and distill's training batch have
+    names of their own, and the old ``--batch`` still reaches them (hidden from --help)."""
+    from onnxopt.cli import _parser
+
+    parser = _parser()
+    compare = ["compare", "a.onnx", "b.onnx"]
+    assert parser.parse_args([*compare, "--chunk", "8"]).chunk == 8
+    assert parser.parse_args([*compare, "--batch", "8"]).batch == 8
+    assert parser.parse_args(["bench", "a.onnx", "--batches", "1,8"]).batches == "1,8"
+    assert parser.parse_args(["bench", "a.onnx", "--batch", "1,8"]).batch == "1,8"
+    distill = ["distill", "--teacher", "t.onnx", "--student", "width=0.5", "--data", "d.npz", "-o", "s.onnx"]
+    assert parser.parse_args(distill).train_batch == 64
+    assert parser.parse_args([*distill, "--batch", "16"]).train_batch == 16
+    assert parser.parse_args([*distill, "--train-batch", "16"]).train_batch == 16

@@ -178,6 +178,19 @@ def test_a_budget_only_all_float_meets_declines() -> None:
     assert not any(n.op_type == "QuantizeLinear" for n in result.model.graph)
 
 
+def test_a_zero_db_budget_is_a_budget() -> None:
+    # max_db_loss=0 once read as "no budget" (a truthiness test): the model came out all int8, unscored
+    context = Context(dataset=RandomDataset(Runner(parse(NET, w1=_W1, w2=_W2).SerializeToString()).inputs, 32,
+                                            dims={}, seed=0))  # fmt: skip
+    record, result = _run("quantize:max_db_loss=0;eval_samples=32", context)
+    assert any(n.startswith("all int8:") and "(max_db_loss 0)" in n for n in record.notes)  # the budget scored it
+    kept = [row for row in record.details if row.get("kept") == "float (accuracy budget)"]
+    every_float = any("compute kept float on every node" in n for n in record.notes)
+    assert kept or every_float  # all int8 loses more than 0 dB: something kept float compute
+    assert not kept or any(n.startswith("kept ") and "for the budget" in n for n in record.notes)
+    assert not every_float or not any(n.op_type == "QuantizeLinear" for n in result.model.graph)
+
+
 def test_layers_kept_float_for_max_db_loss_still_store_their_weights_int8(mobilenet) -> None:
     # the max_db_loss yardstick is the weights-only int8 model: a layer kept float for it keeps int8 storage
     # (a max_drop budget, measured against float, keeps exact weights: the test above)

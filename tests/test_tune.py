@@ -30,7 +30,7 @@ def digits_data(tmp_path_factory) -> Path:
 
 
 def _specs(result) -> list[tuple[str, str]]:
-    return [(t["name"], t.get("spec", "")) for t in result.trials]
+    return [(t.name, t.spec) for t in result.trials]
 
 
 def test_tune_within_budget_rebuilt_by_its_recipe_and_plan_and_the_same_on_ray(digits_data, tmp_path) -> None:
@@ -45,13 +45,13 @@ def test_tune_within_budget_rebuilt_by_its_recipe_and_plan_and_the_same_on_ray(d
     held = result.held_out
     assert held["metric"] == "accuracy" and held["samples"] == 80 and held["within_budget"]
     assert held["drop"] <= 0.02
-    finished = [t for t in result.trials if t["status"] == "ok"]
-    assert {t["name"] for t in finished} >= {"lossless"} and len(result.trials) == 3
+    finished = [t for t in result.trials if t.status == "ok"]
+    assert {t.name for t in finished} >= {"lossless"} and len(result.trials) == 3
     for trial in finished:  # the chosen is at least as good on the objective as every timed built-in
-        if trial.get("finalist") and not trial["name"].startswith("trial "):
-            assert result.chosen["score"] <= trial["score"]
+        if trial.finalist and not trial.name.startswith("trial "):
+            assert result.chosen.score <= trial.score
     report = result.to_dict()
-    assert report["kind"] == "tune" and report["chosen"]["spec"] == result.chosen["spec"]
+    assert report["kind"] == "tune" and report["chosen"]["spec"] == result.chosen.spec
     assert "model" not in report["chosen"]
 
     again = tmp_path / "again.onnx"
@@ -70,9 +70,9 @@ def test_tune_within_budget_rebuilt_by_its_recipe_and_plan_and_the_same_on_ray(d
         on_ray = tune([str(DIGITS)], str(tmp_path / "on-ray.onnx"), options)[0]
     finally:
         ray.shutdown()
-    assert not any(t.get("cached") for t in on_ray.trials)  # its own cache: every trial ran on Ray
+    assert not any(t.cached for t in on_ray.trials)  # its own cache: every trial ran on Ray
     assert _specs(on_ray) == _specs(result)
-    assert on_ray.chosen["spec"] == result.chosen["spec"]
+    assert on_ray.chosen.spec == result.chosen.spec
 
 
 def test_an_interrupted_tune_resumes_from_its_cache(digits_data, tmp_path, monkeypatch) -> None:
@@ -91,11 +91,11 @@ def test_an_interrupted_tune_resumes_from_its_cache(digits_data, tmp_path, monke
     assert not (tmp_path / "tuned.onnx").exists()
     monkeypatch.setattr(LocalPool, "map", real_map)
     resumed = tune([str(DIGITS)], str(tmp_path / "tuned.onnx"), options)[0]
-    assert [t.get("cached") for t in resumed.trials] == [True, True, False]
+    assert [t.cached for t in resumed.trials] == [True, True, False]
 
     wider = TuneOptions(data=(str(digits_data),), workers=1, cache=str(tmp_path / "cache"), **{**SMALL, "trials": 3})
     again = tune([str(DIGITS)], str(tmp_path / "wider.onnx"), wider)[0]
-    assert len(again.trials) == 4 and all(t["cached"] for t in again.trials[:3])  # the fourth: new, or a repeat
+    assert len(again.trials) == 4 and all(t.cached for t in again.trials[:3])  # the fourth: new, or a repeat
     assert _specs(again)[:3] == _specs(resumed)
 
 
@@ -153,4 +153,26 @@ def test_several_models_share_the_pool_and_get_one_output_each(digits_data, tmp_
     assert all(r.output.is_file() and r.held_out["within_budget"] for r in results)
     # the same bytes, data and seed: the same trials; the built-ins ran one after the other, so the second
     # model's came from the cache (its sampled trial ran beside the first model's, in the same round)
-    assert _specs(results[0]) == _specs(results[1]) and results[1].trials[0]["cached"]
+    assert _specs(results[0]) == _specs(results[1]) and results[1].trials[0].cached
+
+
+def test_a_trial_record_is_the_trial_json() -> None:
+    """A record's dict holds the fields that apply (an infeasible trial says so; an untimed one has no ratios) and
+    reads back as the same record."""
+    from onnxopt.tune.trial import TrialRecord
+
+    stored = {
+        "baseline": 0.9, "drop": 0.05, "fallbacks": [], "feasible": False, "macs": 10, "metric": "accuracy",
+        "model": "/cache/m.onnx", "name": "trial 1", "params": {"ratio": 0.5}, "samples": 80, "seconds": 1.5,
+        "size_bytes": 100, "spec": "fold-bn", "status": "ok",
+    }  # fmt: skip
+    record = TrialRecord.of({**stored, "has_model": True})
+    assert record.to_dict() == {**stored, "cached": False}
+    assert TrialRecord.of(record.to_dict()) == record
+    record.finalist = record.chosen = True
+    assert record.to_dict()["finalist"] and record.to_dict()["chosen"]
+    failed = TrialRecord("int8", "quantize", {}, "failed", error="no data")
+    assert failed.to_dict() == {
+        "cached": False, "error": "no data", "name": "int8", "params": {}, "seconds": 0.0, "spec": "quantize",
+        "status": "failed",
+    }  # fmt: skip

@@ -151,8 +151,8 @@ def stage(name: str, folder: Path) -> dict[str, object]:
     elif name == "probe":
         from onnxopt import io
         from onnxopt.data import RandomDataset
-        from onnxopt.optimizer.calibration import input_specs
         from onnxopt.optimizer.quality import QualityProbe
+        from onnxopt.runtime import input_specs
 
         original = io.load(model)
         probe = QualityProbe(original, RandomDataset(input_specs(original), 8, seed=0), limit=8)

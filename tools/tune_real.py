@@ -58,9 +58,9 @@ def main() -> None:
     write_report(report, args.out.with_suffix(".md"))
     held_out = result.held_out
     print(
-        f"{args.model}: {result.chosen['name']} ({result.chosen['spec']}); held out {held_out['samples']}: "
+        f"{args.model}: {result.chosen.name} ({result.chosen.spec}); held out {held_out['samples']}: "
         f"{held_out['metric']} {held_out['value']:.4f} vs {held_out['baseline']:.4f}; "
-        f"size {held_out['size_ratio']:.2f}x; latency {result.chosen['latency_ratio']:.2f}x; {seconds:.0f} s"
+        f"size {held_out['size_ratio']:.2f}x; latency {result.chosen.latency_ratio:.2f}x; {seconds:.0f} s"
     )
 
 

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from onnxopt import io
-from onnxopt.convert.sources import ConversionError, Converted, Reference, detect
+from onnxopt.convert.sources import Converted, Reference, detect
 from onnxopt.data import RandomDataset, feed_samples, open_dataset
+from onnxopt.errors import ConversionError
 from onnxopt.runtime import Runner
 
 DEFAULT_OPSET = 17

@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 
 from onnxopt.convert import tf_import, tflite_rewrite
-from onnxopt.errors import ModelLoadError, OnnxoptError, UnsupportedModelError
+from onnxopt.errors import ConversionError, ModelLoadError, UnsupportedModelError, one_line
 
 Reference = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
@@ -44,10 +44,6 @@ class Converted:
     relative: bool  # tolerance is relative to each output's max |value| (float sources)
     per_sample: bool = False  # the reference takes one sample at a time
     notes: list[str] = dataclasses.field(default_factory=list)  # what was rewritten before tf2onnx, and why
-
-
-class ConversionError(OnnxoptError):
-    """The source cannot be converted, or the converted model does not compute what the source does."""
 
 
 def detect(path: Path) -> str:
@@ -71,7 +67,7 @@ def from_keras_file(path: Path, opset: int, nchw: bool) -> Converted:
     try:
         model = keras.models.load_model(str(path), compile=False)
     except Exception as e:  # Keras raises ValueError, OSError, zipfile errors, h5py errors...
-        raise ModelLoadError(f"{path}: cannot load the Keras model: {_line(e)}") from e
+        raise ModelLoadError(f"{path}: cannot load the Keras model: {one_line(e)}") from e
     return from_keras_model(model, opset, nchw)
 
 
@@ -104,7 +100,7 @@ def from_saved_model(path: Path, opset: int, nchw: bool) -> Converted:
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as e:
-        raise ModelLoadError(f"{path}: cannot load the SavedModel: {_line(e)}") from e
+        raise ModelLoadError(f"{path}: cannot load the SavedModel: {one_line(e)}") from e
     signatures = dict(getattr(loaded, "signatures", {}) or {})
     if not signatures:
         raise ConversionError(f"{path}: the SavedModel has no signature to convert (save it with a serving signature)")
@@ -146,25 +142,25 @@ def from_tflite(path: Path, opset: int, nchw: bool) -> Converted:
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise ModelLoadError(f"{path}: cannot read the TFLite model: {_line(e)}") from e
+        raise ModelLoadError(f"{path}: cannot read the TFLite model: {one_line(e)}") from e
     try:
         prepared = tflite_rewrite.prepare(data)
     except UnsupportedModelError as e:
         raise UnsupportedModelError(f"{path}: {e}") from None
     except Exception as e:  # a flatbuffer the schema cannot unpack
-        raise ModelLoadError(f"{path}: cannot load the TFLite model: {_line(e)}") from e
+        raise ModelLoadError(f"{path}: cannot load the TFLite model: {one_line(e)}") from e
     interpreter_of_rewrite = False
     try:
         interpreter = _interpreter(tf, data)
     except Exception as e:  # corrupt flatbuffers, unresolved custom ops
-        message = _line(e)
+        message = one_line(e)
         custom = _custom_ops(message)
         if custom and prepared.replaced:
             try:
                 interpreter = _interpreter(tf, prepared.data)
                 interpreter_of_rewrite = True
             except Exception as again:
-                message = _line(again)
+                message = one_line(again)
                 custom = _custom_ops(message)
                 _load_error(path, message, custom, again)
         else:
@@ -236,7 +232,7 @@ def _tf2onnx(run: Callable) -> onnx.ModelProto:
     try:
         proto, _ = run(t)
     except Exception as e:  # tf2onnx raises plain ValueError/KeyError/RuntimeError for unsupported graphs
-        message = _line(e)
+        message = one_line(e)
         ops = re.findall(r"[Oo]p(?:erator)?s? \[?'?([A-Z][\w]+)", message)
         detail = f" (unsupported: {', '.join(sorted(set(ops)))})" if ops else ""
         raise ConversionError(f"tf2onnx cannot convert the model{detail}: {message}") from e
@@ -310,7 +306,3 @@ def _unique(names: list[str]) -> list[str]:
         seen[name] = count + 1
         out.append(name if count == 0 else f"{name}_{count}")
     return out
-
-
-def _line(error: BaseException) -> str:
-    return " ".join(str(error).split())[:300] or type(error).__name__

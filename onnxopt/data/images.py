@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxopt.data.batching import Batch, sample_ranges
-from onnxopt.errors import DataError
+from onnxopt.errors import DataError, one_line
 from onnxopt.runtime import TensorSpec
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".npy")
@@ -177,7 +177,7 @@ def _image_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as image:
             return image.height, image.width
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise DataError(f"--data: cannot read image {path}: {' '.join(str(e).split())[:200]}") from e
+        raise DataError(f"--data: cannot read image {path}: {one_line(e, 200)}") from e
 
 
 def _decode(path: Path, channels: str, num_channels: int, size: tuple[int, int]) -> np.ndarray:
@@ -192,7 +192,7 @@ def _decode(path: Path, channels: str, num_channels: int, size: tuple[int, int])
                 image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             array = np.asarray(image, dtype=np.float32)
     except OSError as e:
-        raise DataError(f"--data: cannot decode image {path}: {' '.join(str(e).split())[:200]}") from e
+        raise DataError(f"--data: cannot decode image {path}: {one_line(e, 200)}") from e
     array = array[..., None] if array.ndim == 2 else array
     return array[..., ::-1] if channels == "bgr" else array
 
@@ -214,7 +214,7 @@ def _npy_array(path: Path, *, mmap: bool) -> np.ndarray:
     try:
         array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise DataError(f"--data: cannot read {path}: {' '.join(str(e).split())[:200]}") from e
+        raise DataError(f"--data: cannot read {path}: {one_line(e, 200)}") from e
     if array.ndim not in (2, 3):
         raise DataError(f"--data: {path} has shape {list(array.shape)}; an image array is HxW or HxWxC")
     return array

@@ -12,7 +12,7 @@ import numpy as np
 
 from onnxopt.data.batching import Batch, sample_ranges
 from onnxopt.data.npz import check_array
-from onnxopt.errors import DataError
+from onnxopt.errors import DataError, one_line
 from onnxopt.runtime import TensorSpec
 
 
@@ -31,7 +31,7 @@ class NpyDataset:
         try:
             self._array = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as e:
-            raise DataError(f"--data {path}: not a readable .npy file ({' '.join(str(e).split())[:200]})") from e
+            raise DataError(f"--data {path}: not a readable .npy file ({one_line(e, 200)})") from e
         scalar = self.spec.shape == ()  # no batch axis: one value for every sample ([]) or one per sample ([N])
         if self._array.ndim == 0 and not scalar:
             raise DataError(f"--data {path}: the array is a scalar, expected samples on axis 0")

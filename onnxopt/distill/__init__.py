@@ -6,6 +6,7 @@
   back into the same graph (what the ``distill`` pass runs).
 """
 
-from onnxopt.distill.keras_student import ConversionError, DistillConfig, DistillResult, distill
+from onnxopt.distill.keras_student import DistillConfig, DistillResult, distill
+from onnxopt.errors import ConversionError
 
 __all__ = ["ConversionError", "DistillConfig", "DistillResult", "distill"]

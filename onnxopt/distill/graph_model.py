@@ -35,7 +35,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxopt.errors import OnnxoptError
+from onnxopt.errors import OnnxoptError, one_line
 
 #: input positions of each op that hold trainable weights (when they are float initializers)
 TRAINABLE_INPUTS = {
@@ -122,7 +122,7 @@ class GraphModel:
             except Exception as e:  # a TF kernel refusing a shape or type: name the node
                 raise UnsupportedOp(
                     f"fine-tuning: {node.op_type} node {node.name or node.output[0]!r} failed in TensorFlow: "
-                    f"{' '.join(str(e).split())[:160]}"
+                    f"{one_line(e, 160)}"
                 ) from e
             if not isinstance(outputs, (list, tuple)):
                 outputs = [outputs]

@@ -25,6 +25,7 @@ import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,9 +33,13 @@ from onnxopt import io
 from onnxopt.convert import tf_import
 from onnxopt.convert.sources import ConversionError, from_keras_model
 from onnxopt.data import open_dataset
-from onnxopt.errors import DataError, ModelLoadError, OnnxoptError
+from onnxopt.errors import DataError, ModelLoadError, OnnxoptError, one_line
 from onnxopt.evaluate.compare import classifier_output_index
 from onnxopt.runtime import Runner
+
+#: ``narrow(teacher, ratio, seed)``: the ONNX teacher with ``ratio`` of each prunable group's channels removed
+#: (a ``ModelProto``): how ``width=F`` of an ONNX teacher is built (:func:`onnxopt.api.distill` gives it)
+Narrow = Callable[[Path, float, int], Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,16 +106,21 @@ def distill(
     keras_output: str | os.PathLike[str] | None = None,
     eval_data: str | None = None,
     on_epoch: Callable[[str], None] | None = None,
+    narrow: Narrow | None = None,
 ) -> DistillResult:
     """Train ``student`` on ``teacher``'s soft targets over ``data``; write it to ``output`` as ONNX.
 
     ``eval_data``: evaluate on this data instead of a ``holdout`` split of ``data`` (then all of ``data``
-    trains) -- use it when ``data`` is what the teacher was trained on."""
+    trains) -- use it when ``data`` is what the teacher was trained on. ``narrow`` builds the student of
+    ``width=F`` with an ONNX teacher (the optimizer prunes it, from above this package: ``onnxopt.api.distill``
+    gives it)."""
     config = config or DistillConfig()
     output = Path(output)
     io.check_writable(output.parent if str(output.parent) else Path("."))
     if _onnx_student(teacher, student):
-        return _distill_onnx(Path(teacher), student, data, output, config, eval_data=eval_data, on_epoch=on_epoch)
+        return _distill_onnx(
+            Path(teacher), student, data, output, config, eval_data=eval_data, on_epoch=on_epoch, narrow=narrow
+        )
     keras = tf_import.keras()
     tf = tf_import.tensorflow()
     keras.utils.set_random_seed(config.seed)
@@ -213,7 +223,7 @@ def _onnx_student(teacher: str | os.PathLike[str], student: str) -> bool:
 
 def _distill_onnx(
     teacher: Path, student: str, data: str, output: Path, config: DistillConfig, *, eval_data: str | None,
-    on_epoch: Callable[[str], None] | None,
+    on_epoch: Callable[[str], None] | None, narrow: Narrow | None,
 ) -> DistillResult:  # fmt: skip
     """The ONNX path: the student graph (given, or the teacher with ``1 - F`` of its channels pruned) is
     fine-tuned on the teacher's outputs (:mod:`onnxopt.distill.finetune`) and written with its weights."""
@@ -222,7 +232,7 @@ def _distill_onnx(
     from onnxopt.distill.finetune import FinetuneConfig, agreement_with, finetune
 
     teacher_proto = io.read_supported(teacher).proto
-    student_proto = _narrower_onnx(teacher, student, config.seed) if student.startswith("width=") else (
+    student_proto = _narrower_onnx(teacher, student, config.seed, narrow) if student.startswith("width=") else (
         io.read_supported(Path(student)).proto
     )  # fmt: skip
     teacher_runner = Runner(teacher_proto.SerializeToString())
@@ -256,21 +266,18 @@ def _distill_onnx(
     )  # fmt: skip
 
 
-def _narrower_onnx(teacher: Path, spec: str, seed: int):
+def _narrower_onnx(teacher: Path, spec: str, seed: int, narrow: Narrow | None):
     """``width=F`` of an ONNX teacher: the teacher with ``1 - F`` of each prunable group's channels removed
-    (lowest L2 norm first, kept counts a multiple of 8; ``prune-channels``), as the student to train."""
-    import tempfile
-
-    from onnxopt.optimizer.run import OptimizeOptions, optimize_file
-
+    (``narrow``: lowest L2 norm first, kept counts a multiple of 8; ``prune-channels``), as the student to
+    train."""
     factor = _width(spec)
     if not 0 < factor < 1:
         raise OnnxoptError(f"--student {spec}: an ONNX teacher can only be narrowed: F must be in (0, 1)")
-    with tempfile.TemporaryDirectory(prefix="onnxopt-student-") as folder:
-        out = Path(folder) / "student.onnx"
-        options = OptimizeOptions(passes=f"lossless,prune-channels:ratio={1 - factor:.6g};multiple=8", seed=seed)
-        optimize_file(teacher, out, options)
-        return io.read_supported(out).proto
+    if narrow is None:
+        raise OnnxoptError(
+            f"--student {spec}: narrowing an ONNX teacher prunes it with the optimizer: call onnxopt.api.distill"
+        )
+    return narrow(teacher, 1 - factor, seed)
 
 
 def _width(spec: str) -> float:
@@ -331,7 +338,7 @@ def _teacher(path: Path):
         try:
             model = keras.models.load_model(str(path), compile=False)
         except Exception as e:
-            raise ModelLoadError(f"{path}: cannot load the Keras teacher: {' '.join(str(e).split())[:200]}") from e
+            raise ModelLoadError(f"{path}: cannot load the Keras teacher: {one_line(e, 200)}") from e
         converted = from_keras_model(model, opset=17, nchw=False)
         return model, Runner(converted.proto.SerializeToString())
     source = io.read_supported(path)
@@ -379,7 +386,7 @@ def _student(spec: str, teacher_keras, keras):
     try:
         return keras.models.load_model(str(path), compile=False)
     except Exception as e:
-        raise ModelLoadError(f"{path}: cannot load the Keras student: {' '.join(str(e).split())[:200]}") from e
+        raise ModelLoadError(f"{path}: cannot load the Keras student: {one_line(e, 200)}") from e
 
 
 def _narrower(teacher, factor: float, keras):

@@ -15,7 +15,7 @@ import onnx.version_converter
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from onnxopt.errors import ModelLoadError, UnsupportedModelError
+from onnxopt.errors import ModelLoadError, UnsupportedModelError, one_line
 from onnxopt.io.external_data import is_self_contained
 from onnxopt.io.model_checks import structural_problem
 from onnxopt.io.sparse_storage import densify
@@ -78,7 +78,7 @@ def to_model(file: ModelFile, *, target_opset: int | None = None) -> ir.Model:
     try:
         return ir.serde.deserialize_model(proto)
     except Exception as e:  # onnx_ir raises several types for malformed graphs
-        raise ModelLoadError(f"{where}: cannot read the graph: {_first_line(e)}") from e
+        raise ModelLoadError(f"{where}: cannot read the graph: {one_line(e)}") from e
 
 
 def proto_opset(proto: onnx.ModelProto) -> int:
@@ -93,9 +93,7 @@ def _convert_opset(proto: onnx.ModelProto, target: int, where: str) -> onnx.Mode
     try:
         return onnx.version_converter.convert_version(proto, target)
     except Exception as e:  # the converter raises RuntimeError and bare C++ errors
-        raise UnsupportedModelError(
-            f"{where}: cannot convert from opset {current} to {target}: {_first_line(e)}"
-        ) from e
+        raise UnsupportedModelError(f"{where}: cannot convert from opset {current} to {target}: {one_line(e)}") from e
 
 
 def read_model(path: Path) -> ModelFile:
@@ -113,7 +111,7 @@ def read_model(path: Path) -> ModelFile:
     try:
         proto = onnx.ModelProto.FromString(raw)
     except (DecodeError, RuntimeWarning, ValueError, UnicodeDecodeError) as e:
-        raise ModelLoadError(f"{path}: not an ONNX model or truncated ({_first_line(e)})") from e
+        raise ModelLoadError(f"{path}: not an ONNX model or truncated ({one_line(e)})") from e
     if not proto.graph.node and not proto.graph.output:
         raise ModelLoadError(f"{path}: not an ONNX model (no graph found in {len(raw)} bytes)")
     self_contained = is_self_contained(proto)
@@ -122,7 +120,7 @@ def read_model(path: Path) -> ModelFile:
         try:
             onnx.load_external_data_for_model(proto, str(path.parent))
         except (OSError, ValueError, onnx.checker.ValidationError) as e:
-            raise ModelLoadError(f"{path}: external data cannot be read: {_first_line(e)}") from e
+            raise ModelLoadError(f"{path}: external data cannot be read: {one_line(e)}") from e
     if proto.ir_version > onnx.IR_VERSION:
         raise UnsupportedModelError(
             f"{path}: IR version {proto.ir_version} is newer than this onnx supports ({onnx.IR_VERSION})"
@@ -133,7 +131,7 @@ def read_model(path: Path) -> ModelFile:
     try:
         onnx.checker.check_model(raw if self_contained else str(path))  # no re-serialization
     except onnx.checker.ValidationError as e:
-        raise ModelLoadError(f"{path}: invalid ONNX model: {_first_line(e)}") from e
+        raise ModelLoadError(f"{path}: invalid ONNX model: {one_line(e)}") from e
     except UnicodeDecodeError as e:  # the checker's message quotes a name that is not UTF-8
         raise ModelLoadError(f"{path}: invalid ONNX model: a name or string is not valid UTF-8") from e
     return ModelFile(path, raw, proto, self_contained)
@@ -199,9 +197,3 @@ def upgrade_opset(model: ir.Model, target: int) -> ir.Model:
     if opset_version(model) >= target:
         return model
     return from_proto(_convert_opset(to_proto(model), target, "the model"))
-
-
-def _first_line(error: BaseException) -> str:
-    """The error's message as one line (the checker spreads one message over several)."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 300 else text[:297] + "..."

@@ -19,20 +19,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt.data import Dataset, batch_size_for, fixed_batch
-from onnxopt.runtime import TensorSpec
 from onnxopt.shared_weights import SharedWeightsModel
-
-
-def input_specs(model: ir.Model) -> list[TensorSpec]:
-    """The model's data inputs (initializers excluded) as :class:`TensorSpec` -- what a Dataset is shaped by."""
-    specs = []
-    for value in model.graph.inputs:
-        if value.name in model.graph.initializers:
-            continue
-        dims = tuple(d if isinstance(d, int) else str(d) for d in value.shape) if value.shape is not None else None
-        dtype = value.dtype.numpy() if value.dtype is not None else np.dtype(np.float32)
-        specs.append(TensorSpec(value.name, np.dtype(dtype), dims))
-    return specs
 
 
 def activations(

@@ -1,15 +1,19 @@
 """The Context: what the passes of one run share, and the only way they reach onnxruntime.
 
-It holds the run's Dataset (the user's data, or seeded random inputs decided
-once by :meth:`Context.resolve_dataset`, flagged ``is_random``), the seed,
-progress, the execution providers, the deployment batch, and the original
-model. Passes see it through :class:`onnxopt.passes.base.PassContext`; every
+It is two things kept apart: the run's :class:`RunSettings` (frozen: what the
+user asked for -- the data, seed, deployment batch, providers, guard samples,
+input shapes, plan) and the pipeline's :class:`RunState` (what it learns and
+sets while it runs -- seeded random inputs once decided, the original model
+and its outputs, the running pass's position, the quality probes, whether
+measurements are carried from a plan). A rerun starts from a fresh state.
+Passes see it through :class:`onnxopt.passes.base.PassContext`; every
 measurement they need -- activations, the quality probe, per-node profiles,
 interleaved latency ratios, per-layer errors -- is a method here.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -27,47 +31,116 @@ from onnxopt.errors import PassPreconditionError
 from onnxopt.evaluate.compare import KnownOutputs
 from onnxopt.evaluate.layers import LayerReport, layer_errors
 from onnxopt.optimizer.budget import AccuracyBudget, SnrBudget
-from onnxopt.optimizer.calibration import activations, input_specs
+from onnxopt.optimizer.calibration import activations
 from onnxopt.optimizer.node_profile import NodeProfile, profile_nodes
 from onnxopt.optimizer.plan import Plan
 from onnxopt.optimizer.quality import QualityProbe
 from onnxopt.progress import NullProgress, Progress
-from onnxopt.runtime import Runner, TensorSpec
+from onnxopt.runtime import Runner, TensorSpec, input_specs
 
 DEFAULT_GUARD_SAMPLES = 64
 
 
-@dataclasses.dataclass
-class Context:
-    """What the passes of one run share: data, seed, progress, guard settings, the original model.
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """What one run was asked to do, fixed before any pass runs."""
 
-    ``dataset`` is the user's data, or ``None`` until :meth:`resolve_dataset` (called by the pipeline
-    before any pass) puts seeded random inputs there; ``is_random`` says which.
-    """
-
-    dataset: Dataset | None = None
+    dataset: Dataset | None = None  # the user's data; None: seeded random inputs, decided once (RunState)
     seed: int = 0
     guard_samples: int = DEFAULT_GUARD_SAMPLES
     progress: Progress = dataclasses.field(default_factory=NullProgress)
     providers: Sequence[str] = ("CPUExecutionProvider",)
     reference: Runner | None = None  # a session on the input model, if the caller already has one
-    original: Callable[[], ir.Model] | None = None  # the input model, as the pipeline received it (set by it)
-    original_outputs: KnownOutputs | None = None  # its outputs on the guard's feeds (set by the pipeline)
     batch: int = 1  # the deployment batch size latency decisions are measured at
-    is_random: bool = False  # the dataset is seeded random inputs, not the user's data
     input_shapes: InputShapes | None = None  # --input-shape: how random inputs are shaped
     plan: Plan | None = None  # decisions to replay (--plan) or to record (--save-plan)
-    pass_index: int = -1  # the recipe position of the pass running now (set by the pipeline)
+
+
+@dataclasses.dataclass
+class RunState:
+    """What the pipeline learns and sets while it runs the passes (a rerun starts from a fresh one)."""
+
+    random_data: Dataset | None = None  # seeded random inputs, once decided (the settings have no dataset)
+    original: Callable[[], ir.Model] | None = None  # the input model, as the pipeline received it
+    original_outputs: KnownOutputs | None = None  # its outputs on the guard's feeds
+    pass_index: int = -1  # the recipe position of the pass running now
     # a verified replay: what passes measure only for their log is the plan's (onnxopt.optimizer.verified_replay)
     measurements_carried: bool = False
-    _probes: dict[int, QualityProbe] = dataclasses.field(default_factory=dict, repr=False)
+    probes: dict[int, QualityProbe] = dataclasses.field(default_factory=dict)  # quality probes by sample limit
+
+
+class Context:
+    """What the passes of one run share: its :class:`RunSettings` and the pipeline's :class:`RunState`.
+
+    ``Context(settings)``, or the settings' fields by keyword (``Context(dataset=..., guard_samples=4)``).
+    The data is the settings' dataset, or -- once :meth:`resolve_dataset` (called by the pipeline before any
+    pass) decided it -- seeded random inputs; ``is_random`` says which.
+    """
+
+    def __init__(self, settings: RunSettings | None = None, *, state: RunState | None = None, **fields: Any) -> None:
+        self.settings = dataclasses.replace(settings or RunSettings(), **fields)
+        self.state = state or RunState()
+
+    def rerun(self) -> Context:
+        """The same settings from a fresh state: a run of the passes from the start, as if it were the first."""
+        fresh = copy.copy(self)
+        fresh.state = RunState()
+        return fresh
+
+    # the settings (and what the run decided of its data) as passes read them
+
+    @property
+    def dataset(self) -> Dataset | None:
+        """The run's data: the user's, the seeded random inputs once decided, else None."""
+        return self.settings.dataset if self.settings.dataset is not None else self.state.random_data
+
+    @property
+    def is_random(self) -> bool:
+        """The data is seeded random inputs, not the user's."""
+        return self.state.random_data is not None
+
+    @property
+    def seed(self) -> int:
+        return self.settings.seed
+
+    @property
+    def batch(self) -> int:
+        return self.settings.batch
+
+    @property
+    def providers(self) -> Sequence[str]:
+        return self.settings.providers
+
+    @property
+    def progress(self) -> Progress:
+        return self.settings.progress
+
+    @property
+    def guard_samples(self) -> int:
+        return self.settings.guard_samples
+
+    @property
+    def input_shapes(self) -> InputShapes | None:
+        return self.settings.input_shapes
+
+    @property
+    def plan(self) -> Plan | None:
+        return self.settings.plan
+
+    @property
+    def reference(self) -> Runner | None:
+        return self.settings.reference
+
+    @property
+    def measurements_carried(self) -> bool:
+        return self.state.measurements_carried
 
     def resolve_dataset(self, inputs: Sequence[TensorSpec]) -> Dataset:
         """The run's data: the user's, or -- decided here, once -- seeded random inputs shaped by ``inputs``."""
-        if self.dataset is None:
-            self.dataset = default_random(list(inputs), self.seed, self.input_shapes)
-            self.is_random = True
-        return self.dataset
+        if self.dataset is not None:
+            return self.dataset
+        self.state.random_data = default_random(list(inputs), self.seed, self.input_shapes)
+        return self.state.random_data
 
     def data(self, model: ir.Model) -> Dataset:
         """The run's dataset (resolved from ``model``'s inputs if no pipeline did it yet)."""
@@ -99,12 +172,12 @@ class Context:
 
     def planned(self) -> dict[str, Any] | None:
         """The running pass's decisions from a replayed plan; None when they are to be measured."""
-        return self.plan.decisions_for(self.pass_index) if self.plan is not None else None
+        return self.plan.decisions_for(self.state.pass_index) if self.plan is not None else None
 
     def record_decisions(self, pass_name: str, decisions: dict[str, Any]) -> None:
         """Write the running pass's measured decisions into the plan being recorded (if any)."""
         if self.plan is not None:
-            self.plan.record(self.pass_index, pass_name, decisions)
+            self.plan.record(self.state.pass_index, pass_name, decisions)
 
     def saves_plan(self) -> bool:
         """Whether the plan being recorded is written to a file (``--save-plan``)."""
@@ -112,20 +185,19 @@ class Context:
 
     def original_model(self) -> ir.Model:
         """A fresh copy of the input model, as the pipeline received it."""
-        if self.original is None:
+        if self.state.original is None:
             raise PassPreconditionError("the Context has no original model (Pipeline.run sets it)")
-        return self.original()
+        return self.state.original()
 
     def quality_probe(self, limit: int) -> QualityProbe:
         """The original model's outputs on about ``limit`` samples, to score candidates against (accuracy
         budgets: ``max_drop``). Built once per run and limit."""
-        probe = self._probes.get(limit)
+        probe = self.state.probes.get(limit)
         if probe is None:
             original = self.original_model()
-            probe = QualityProbe(
-                original, self.data(original), limit=limit, providers=self.providers, known=self.original_outputs
-            )
-            self._probes[limit] = probe
+            known = self.state.original_outputs
+            probe = QualityProbe(original, self.data(original), limit=limit, providers=self.providers, known=known)
+            self.state.probes[limit] = probe
         return probe
 
     def budget(self, max_drop: float, limit: int) -> AccuracyBudget:
@@ -136,15 +208,19 @@ class Context:
         """A budget of ``max_db_loss`` dB of output SNR beyond ``reference``'s, on about ``limit`` samples."""
         return SnrBudget(self.quality_probe(limit), reference, max_db_loss)
 
-    def profile(self, model: ir.Model, *, batch: int = 1) -> NodeProfile:
-        """Per-node latency of ``model`` at ``batch`` (or its fixed batch) on the run's providers, with every
-        onnxruntime optimization on (how it will be deployed)."""
-        return profile_nodes(model, self._timing_feeds(model, batch), providers=self.providers)
+    def profile(self, model: ir.Model, *, batch: int | None = None) -> NodeProfile:
+        """Per-node latency of ``model`` at ``batch`` (default: the run's deployment batch; or the model's fixed
+        batch) on the run's providers, with every onnxruntime optimization on (how it will be deployed)."""
+        feeds = self._timing_feeds(model, self.batch if batch is None else batch)
+        return profile_nodes(model, feeds, providers=self.providers)
 
-    def latency_ratio(self, baseline: ir.Model, candidate: ir.Model, *, batch: int = 1, seconds: float = 1.0) -> Ratio:
-        """``candidate``'s latency over ``baseline``'s at ``batch`` on the run's first provider, interleaved
-        (:func:`onnxopt.bench.run.paired_ratio`), every onnxruntime optimization on."""
-        feeds = self._timing_feeds(baseline, batch)
+    def latency_ratio(
+        self, baseline: ir.Model, candidate: ir.Model, *, batch: int | None = None, seconds: float = 1.0
+    ) -> Ratio:
+        """``candidate``'s latency over ``baseline``'s at ``batch`` (default: the run's deployment batch) on the
+        run's first provider, interleaved (:func:`onnxopt.bench.run.paired_ratio`), every onnxruntime
+        optimization on."""
+        feeds = self._timing_feeds(baseline, self.batch if batch is None else batch)
         with tempfile.TemporaryDirectory(prefix="onnxopt-latency-") as folder:
             paths = [Path(folder) / "baseline.onnx", Path(folder) / "candidate.onnx"]
             for model, path in zip((baseline, candidate), paths, strict=True):

@@ -35,7 +35,7 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
-from onnxopt.errors import UnsupportedModelError
+from onnxopt.errors import UnsupportedModelError, one_line
 from onnxopt.runtime import session_with_empty_dims_open, share_initializers
 from onnxopt.shared_weights import SharedWeightsModel
 
@@ -94,9 +94,7 @@ def profile_nodes(
                 session.run(None, dict(feeds))
                 count += 1
         except Exception as e:  # onnxruntime raises its own exception types
-            raise UnsupportedModelError(
-                f"onnxruntime cannot profile the model: {' '.join(str(e).split())[:200]}"
-            ) from e
+            raise UnsupportedModelError(f"onnxruntime cannot profile the model: {one_line(e, 200)}") from e
         path = session.end_profiling()
         del session  # before the weights it reads
         with open(path, encoding="utf-8") as f:

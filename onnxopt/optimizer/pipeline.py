@@ -31,10 +31,9 @@ model (shape tensors, sequences, strings), step 3 is replaced by a structural
 check -- the same output names, element types and shapes -- lossy passes
 decline, and the result says that outputs were not compared.
 
-A replay of a plan that recorded its result (:mod:`onnxopt.optimizer.verified_replay`) on the same guard
-data runs every pass unguarded and checks at the end that it rebuilt the planned model (sha256): then the
-plan's measurements are the records'; else the result says why (``diverged``) and the caller runs again
-with the guard.
+A replay of a plan that recorded its result does not come here: :mod:`onnxopt.optimizer.verified_replay`
+starts the run as :meth:`Pipeline.start` does and, on the same guard data, runs the passes unguarded
+(:meth:`Pipeline.run_pass`, deferred), checking at the end that it rebuilt the planned model.
 
 A pass whose ``required_opset`` is above the model's gets the model upgraded by
 onnx's version converter first; when the converter fails, that pass alone
@@ -44,9 +43,10 @@ declines with the converter's reason and the others run at the model's opset.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -55,42 +55,60 @@ import onnx_ir as ir
 
 from onnxopt import io
 from onnxopt.data import RandomDataset, batch_size_for, fixed_batch
-from onnxopt.errors import OnnxoptError
+from onnxopt.errors import OnnxoptError, one_line
 from onnxopt.evaluate.agreement import OutputAgreement, agreement
 from onnxopt.evaluate.compare import KnownOutputs
 from onnxopt.evaluate.reference_check import uninformative_reference
 from onnxopt.model_stats import ModelStats
 from onnxopt.optimizer.branches import more_feeds_for_branches
 from onnxopt.optimizer.context import Context
+from onnxopt.optimizer.plan import data_digest
 from onnxopt.optimizer.rounding_floor import FLOOR_CAP, FLOOR_FACTOR, lossless_allowance, rounding_floor
-from onnxopt.optimizer.verified_replay import Verification, data_digest, model_sha256
-from onnxopt.passes.base import OptPass, PassOutcome
+from onnxopt.passes.base import Decline, OptPass, PassOutcome
 from onnxopt.runtime import Runner
 from onnxopt.shapes import annotate_shapes
 from onnxopt.shared_weights import SharedWeightsModel
+
+
+class PassStatus(enum.StrEnum):
+    """How a pass ended (a record's ``status``; reports and plans hold its text)."""
+
+    APPLIED = "applied"  # changed the model, and the guard verified it
+    UNCHANGED = "unchanged"  # nothing matched, or the pass declined (its declines say why)
+    ROLLED_BACK = "rolled back"  # changed the model but failed the guard or raised: undone
+    ABORTED = "aborted"  # raised in a verified replay, which then runs again guarded (verified_replay)
 
 
 @dataclasses.dataclass
 class PassRecord:
     """What one pass did and what it cost.
 
-    ``status``: ``applied`` (changed and verified), ``unchanged`` (nothing
-    matched), ``rolled back`` (changed but failed the guard or raised).
+    ``status``: a :class:`PassStatus`. ``declines``: what the pass declined and why.
     ``max_drift``: max relative output change against the model before the pass.
     """
 
     name: str
     params: dict[str, Any]
-    status: str
+    status: PassStatus
     seconds: float
     before: ModelStats
     after: ModelStats
     max_drift: float = 0.0
     counts: dict[str, int] = dataclasses.field(default_factory=dict)
-    skipped: list[str] = dataclasses.field(default_factory=list)
+    declines: list[Decline] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
     details: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # per-layer rows of the pass
     missed: list[str] = dataclasses.field(default_factory=list)  # budgets the kept result does not meet
+
+    @property
+    def skipped(self) -> list[str]:
+        """The declines as text (``"where: reason"``), as reports show them."""
+        return [str(d) for d in self.declines]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as the report's JSON holds it: plain values, the declines as text under ``skipped``."""
+        plain = {**dataclasses.asdict(self), "status": str(self.status), "declines": self.skipped}
+        return {("skipped" if key == "declines" else key): value for key, value in plain.items()}
 
 
 @dataclasses.dataclass
@@ -118,12 +136,38 @@ class _GuardFailure(Exception):
     pass
 
 
-class _GroupAbort(Exception):
-    """A pass of a group verified together would have to be rolled back: the group runs again pass by pass."""
+class PassAborted(Exception):
+    """A pass run deferred (not verified on its own) would have to be rolled back: a group verified together
+    runs again pass by pass; a verified replay records the pass ``aborted``."""
 
 
 @dataclasses.dataclass
-class _State:
+class Start:
+    """What a run of the passes starts from (:meth:`Pipeline.start`)."""
+
+    model: ir.Model
+    snapshot: _Snapshot  # the input, verified: the rollback point and the reference session
+    original: ModelStats
+    data: str  # the run's data, described
+    names: list[str]  # the outputs compared
+    notes: list[str]
+    feeds: list[dict[str, np.ndarray]] = dataclasses.field(default_factory=list)  # the guard's batches
+    digest: str = ""  # data_digest of the guard's batches
+    structural: str | None = None  # why outputs cannot be compared (random inputs do not fit); None: they are
+
+    def structural_only(self, error: OnnxoptError) -> None:
+        """Random inputs cannot run the model (``error``): the guard checks structure only, and says so."""
+        self.structural = f"random inputs cannot run the model ({one_line(error)})"
+        self.feeds, self.digest = [], ""
+        self.notes.append(
+            f"outputs NOT compared: {self.structural}; each pass was checked structurally only (full checker, an "
+            "onnxruntime session, output types and shapes unchanged) and lossy passes were declined; give --data "
+            "(or --input-shape) to compare outputs"
+        )
+
+
+@dataclasses.dataclass
+class Position:
     """The pipeline's position: the model, its last verified snapshot, and that snapshot's guard outputs."""
 
     model: ir.Model
@@ -132,7 +176,6 @@ class _State:
     feeds: list[dict[str, np.ndarray]]  # the guard's batches, the same for every pass
     names: list[str]  # the outputs compared
     structural: str | None = None  # why outputs cannot be compared (random inputs do not fit); None: they are
-    unguarded: bool = False  # a verified replay: passes run without the guard, checked by the final sha256
 
 
 class Pipeline:
@@ -152,6 +195,13 @@ class Pipeline:
         a large model once more.
         """
         context = context or Context()
+        return self.guarded(self.start(model, context, source), context)
+
+    def start(self, model: ir.Model, context: Context, source: io.ModelFile | None = None) -> Start:
+        """What a run of the passes starts from: ``model`` with inferred shapes, its verified snapshot (the
+        input's reference session), the run's data resolved, and the guard's batches (with draws for the If
+        branches the first ones miss) and their digest -- or, where random inputs cannot run the model, the
+        reason the guard is structural only."""
         notes: list[str] = []
         _infer_shapes(model, notes)
         try:
@@ -159,118 +209,86 @@ class Pipeline:
         except OnnxoptError as e:
             raise type(e)(f"the input model: {e}") from e
         runner = snapshot.runner
-        if context.original is None:
-            context.original = snapshot.restore
+        if context.state.original is None:
+            context.state.original = snapshot.restore
         dataset = context.resolve_dataset(runner.inputs)
         batch = batch_size_for(runner.inputs)
         exact = fixed_batch(runner.inputs) is not None
-        names = runner.output_names
-        structural = None
+        start = Start(model, snapshot, ModelStats.of(model), dataset.description, runner.output_names, notes)
         try:
             feeds = [b.feeds for b in dataset.batches(batch, context.guard_samples, exact=exact)]
             feeds, coverage = more_feeds_for_branches(model, feeds, _extra_draws(context, runner, batch, exact))
             notes += coverage
-            guard_digest = data_digest(feeds)
-            verification = _verification(context, guard_digest)
-            original_outputs = [] if verification else [runner.run(f) for f in feeds]
-            if verification is None:
-                context.original_outputs = KnownOutputs.of(names, feeds, original_outputs)
+            start.feeds, start.digest = feeds, data_digest(feeds)
         except OnnxoptError as e:
             if not context.is_random:
                 raise  # the user's data does not fit: that is theirs to fix, and the message says how
-            structural = f"random inputs cannot run the model ({_line(e)})"
-            feeds, original_outputs, guard_digest, verification = [], [], "", None
-            notes.append(
-                f"outputs NOT compared: {structural}; each pass was checked structurally only (full checker, an "
-                "onnxruntime session, output types and shapes unchanged) and lossy passes were declined; give --data "
-                "(or --input-shape) to compare outputs"
-            )
-        original = ModelStats.of(model)
-        state = _State(model, snapshot, original_outputs, feeds, names, structural, unguarded=verification is not None)
-        context.measurements_carried = state.unguarded
+            start.structural_only(e)
+        return start
+
+    def guarded(self, start: Start, context: Context) -> PipelineResult:
+        """Run every pass from ``start``, each verified by the guard against the model before it."""
+        original_outputs: list[list[np.ndarray]] = []
+        if start.structural is None:
+            try:
+                original_outputs = [start.snapshot.runner.run(f) for f in start.feeds]
+                context.state.original_outputs = KnownOutputs.of(start.names, start.feeds, original_outputs)
+            except OnnxoptError as e:
+                if not context.is_random:
+                    raise  # the user's data does not fit: that is theirs to fix, and the message says how
+                start.structural_only(e)
+        names, feeds, structural = start.names, start.feeds, start.structural
+        state = Position(start.model, start.snapshot, original_outputs, feeds, names, structural)
         records: list[PassRecord] = []
-        index = 0
-        while index < len(self.passes):
-            end = index + 1
-            while self.passes[index].lossless and end < len(self.passes) and self.passes[end].lossless:
-                end += 1
-            records.extend(self._run_group(range(index, end), state, context))
-            if records and records[-1].status == "aborted":  # a verified replay that cannot end as planned
-                break
-            index = end
+        for group in self.groups():
+            records.extend(self._run_group(group, state, context))
         context.progress.finish()
-        context.measurements_carried = False
-        if verification is not None:
-            return self._carried(state, records, original, verification, dataset.description, notes, guard_digest)
         drift = _max_rel(agreement(original_outputs, state.outputs, names))
         final = state.good
         return PipelineResult(
             state.model,
             records,
-            original,
+            start.original,
             ModelStats.of(state.model),
             drift,
-            dataset.description,
-            notes,
+            start.data,
+            start.notes,
             runner=final.runner,
             unchanged_input=final.input_bytes,
             outputs_compared=structural is None,
             guard_outputs=None if structural else KnownOutputs.of(names, feeds, original_outputs, state.outputs),
-            guard_digest=guard_digest,
+            guard_digest=start.digest,
             reference_problem=uninformative_reference(names, original_outputs) if structural is None else None,
         )
 
-    @staticmethod
-    def _carried(
-        state: _State, records: list[PassRecord], original: ModelStats, verification: Verification, data: str,
-        notes: list[str], guard_digest: str,
-    ) -> PipelineResult:  # fmt: skip
-        """The result of an unguarded replay: the plan's measurements if it rebuilt the planned model, else
-        ``diverged`` says why."""
-        why = next((f"{r.name} raised or could not be upgraded" for r in records if r.status == "aborted"), None)
-        why = why or verification.mismatch(model_sha256(state.model), records)
-        if why is None:
-            verification.carry(records)
-        applied = any(r.status == "applied" for r in records)
-        return PipelineResult(
-            state.model,
-            records,
-            original,
-            ModelStats.of(state.model),
-            verification.max_drift if why is None else math.nan,
-            data,
-            notes,
-            runner=None,
-            unchanged_input=None if applied else state.good.input_bytes,
-            guard_digest=guard_digest,
-            carried=why is None,
-            diverged=why,
-        )
+    def groups(self) -> Iterator[range]:
+        """The recipe positions in the runs the guard verifies at once: a lossy pass alone, lossless passes in
+        a row together."""
+        index = 0
+        while index < len(self.passes):
+            end = index + 1
+            while self.passes[index].lossless and end < len(self.passes) and self.passes[end].lossless:
+                end += 1
+            yield range(index, end)
+            index = end
 
-    def _run_group(self, indices: range, state: _State, context: Context) -> list[PassRecord]:
+    def _run_group(self, indices: range, state: Position, context: Context) -> list[PassRecord]:
         """Run the passes at ``indices`` (one pass, or lossless passes in a row verified together) on ``state``
         and return their records."""
-        if state.unguarded:  # checked at the end, by the model's sha256
-            out: list[PassRecord] = []
-            for i in indices:
-                out.append(self._run_unguarded(i, state, context))
-                if out[-1].status == "aborted":
-                    break
-            return out
         if len(indices) == 1:
-            return [self._run_one(indices[0], state, context)]
+            return [self.run_pass(indices[0], state, context)]
         start_good, start_outputs = state.good, state.outputs
         try:
-            pending = [self._run_one(i, state, context, deferred=True) for i in indices]
-            applied = [r for r in pending if r.status == "applied"]
+            pending = [self.run_pass(i, state, context, deferred=True) for i in indices]
+            applied = [r for r in pending if r.status == PassStatus.APPLIED]
             if not applied:
                 return pending
             started = time.perf_counter()
             tolerance = min(self.passes[i].tolerance for i in indices)
             candidate, outputs, drift = self._verify(state, context, tolerance)
-        except (_GroupAbort, _GuardFailure):  # find the culprit: again from the group's start, pass by pass
+        except (PassAborted, _GuardFailure):  # find the culprit: again from the group's start, pass by pass
             state.model, state.good, state.outputs = start_good.restore(), start_good, start_outputs
-            return [self._run_one(i, state, context) for i in indices]
+            return [self.run_pass(i, state, context) for i in indices]
         state.good, state.outputs = candidate, outputs
         for r in applied:
             r.max_drift = drift
@@ -279,7 +297,7 @@ class Pipeline:
         return pending
 
     def _verify(
-        self, state: _State, context: Context, tolerance: float
+        self, state: Position, context: Context, tolerance: float
     ) -> tuple[_Snapshot, list[list[np.ndarray]], float]:
         """The guard on ``state.model`` (structural when outputs cannot be compared); ``tolerance`` applies to
         lossless passes (``inf`` for lossy ones)."""
@@ -289,25 +307,13 @@ class Pipeline:
             state.model, state.outputs, state.feeds, state.names, context, tolerance, lambda: _floor(state, context)
         )
 
-    def _run_unguarded(self, index: int, state: _State, context: Context) -> PassRecord:
-        """A pass of a verified replay: not verified; one that raises (or cannot be upgraded to) is recorded as
-        ``aborted`` -- the planned model cannot have come out, and the run is repeated with the guard."""
-        started = time.perf_counter()
-        try:
-            return self._run_one(index, state, context, deferred=True)
-        except _GroupAbort:
-            stats = ModelStats.of(state.model)
-            opt_pass = self.passes[index]
-            params = dataclasses.asdict(opt_pass.config)
-            return PassRecord(opt_pass.name, params, "aborted", time.perf_counter() - started, stats, stats)
-
-    def _run_one(self, index: int, state: _State, context: Context, *, deferred: bool = False) -> PassRecord:
+    def run_pass(self, index: int, state: Position, context: Context, *, deferred: bool = False) -> PassRecord:
         """Run the pass at ``index`` on ``state`` (advanced, or rolled back) under its progress bar and return its
         record. ``deferred``: the pass is not verified (its record says ``applied`` if it changed the model) and
-        anything that would roll it back raises ``_GroupAbort`` instead (the last good model is from before the
-        group)."""
+        anything that would roll it back raises :class:`PassAborted` instead (the last good model is from before
+        the group, or a verified replay checks the model only at its end)."""
         opt_pass = self.passes[index]
-        context.pass_index = index  # a plan's decisions are keyed by recipe position
+        context.state.pass_index = index  # a plan's decisions are keyed by recipe position
         # a bar per pass (a pass may show its own steps in between): which pass runs, of how many
         context.progress.start(f"{opt_pass.name} ({index + 1}/{len(self.passes)})", len(self.passes))
         context.progress.advance(index)
@@ -316,15 +322,16 @@ class Pipeline:
         finally:
             context.progress.advance()
 
-    def _apply_pass(self, opt_pass: OptPass, state: _State, context: Context, deferred: bool) -> PassRecord:
-        """:meth:`_run_one` without the progress bar."""
+    def _apply_pass(self, opt_pass: OptPass, state: Position, context: Context, deferred: bool) -> PassRecord:
+        """:meth:`run_pass` without the progress bar."""
         params = dataclasses.asdict(opt_pass.config)
         before = ModelStats.of(state.model)
         notes: list[str] = []
         start = time.perf_counter()
 
-        def record(status: str, outcome: PassOutcome | None = None, drift: float = 0.0) -> PassRecord:
-            after = before if status == "rolled back" else ModelStats.of(state.model)
+        def record(status: PassStatus, outcome: PassOutcome | None = None, drift: float = 0.0) -> PassRecord:
+            rolled_back = status == PassStatus.ROLLED_BACK
+            after = before if rolled_back else ModelStats.of(state.model)
             return PassRecord(
                 opt_pass.name,
                 params,
@@ -334,15 +341,15 @@ class Pipeline:
                 after,
                 drift,
                 outcome.counts if outcome else {},
-                outcome.skipped if outcome else [],
+                outcome.declines if outcome else [],
                 notes,
-                outcome.details if outcome and status != "rolled back" else [],
-                outcome.missed if outcome and status != "rolled back" else [],
+                outcome.details if outcome and not rolled_back else [],
+                outcome.missed if outcome and not rolled_back else [],
             )
 
         if state.structural is not None and not opt_pass.lossless:  # declined before anything (an upgrade) changes
-            reason = f"model: a lossy pass needs outputs to compare, and {state.structural}; give --data"
-            return record("unchanged", PassOutcome(state.model, False, skipped=[reason]))
+            reason = f"a lossy pass needs outputs to compare, and {state.structural}; give --data"
+            return record(PassStatus.UNCHANGED, PassOutcome(state.model, False, declines=[_whole_model(reason)]))
         needed = opt_pass.required_opset(state.model)
         if needed and io.opset_version(state.model) < needed:
             old = io.opset_version(state.model)
@@ -350,43 +357,45 @@ class Pipeline:
                 state.model = io.upgrade_opset(state.model, needed)
             except OnnxoptError as e:  # only this pass declines: the others run at the model's own opset
                 if deferred:
-                    raise _GroupAbort from e
+                    raise PassAborted from e
                 state.model = state.good.restore()
-                outcome = PassOutcome(state.model, False, skipped=[f"model: needs opset {needed}; {_line(e)}"])
-                return record("unchanged", outcome)
+                outcome = PassOutcome(
+                    state.model, False, declines=[_whole_model(f"needs opset {needed}; {one_line(e)}")]
+                )
+                return record(PassStatus.UNCHANGED, outcome)
             notes.append(f"opset upgraded {old} -> {needed}")
-        opt_pass.context = context  # passes that learn from data reach onnxruntime through it
         try:
-            outcome: PassOutcome = opt_pass(state.model)
+            with opt_pass.bound(context):  # passes that learn from data reach onnxruntime through it
+                outcome: PassOutcome = opt_pass(state.model)
         except Exception as e:  # a pass bug must not lose the user's model: roll back and say so
             if deferred:
-                raise _GroupAbort from e
+                raise PassAborted from e
             state.model = state.good.restore()
-            notes.append(f"pass raised {type(e).__name__}: {_line(e)}")
-            return record("rolled back")
+            notes.append(f"pass raised {type(e).__name__}: {one_line(e)}")
+            return record(PassStatus.ROLLED_BACK)
         upgraded = bool(notes)
         notes.extend(outcome.notes)
         if not outcome.modified:
             if upgraded or ModelStats.of(state.model) != before:
                 # a pass that declined leaves the model as it came: not upgraded for it, nor half-rewritten
                 if deferred:  # the last good model is from before the group: find this pass on its own
-                    raise _GroupAbort
+                    raise PassAborted
                 state.model = state.good.restore()
                 if upgraded:
                     notes[0] = f"{notes[0]} for this pass, undone: it changed nothing"
-            return record("unchanged", outcome)
+            return record(PassStatus.UNCHANGED, outcome)
         if deferred:
-            return record("applied", outcome)
+            return record(PassStatus.APPLIED, outcome)
         try:
             tolerance = opt_pass.tolerance if opt_pass.lossless else float("inf")
             candidate, outputs, drift = self._verify(state, context, tolerance)
         except _GuardFailure as e:
             state.model = state.good.restore()
             notes.append(str(e))
-            return record("rolled back", outcome)
+            return record(PassStatus.ROLLED_BACK, outcome)
         state.good, state.outputs = candidate, outputs
         notes.extend([candidate.widened] if candidate.widened else [])
-        return record("applied", outcome, drift)
+        return record(PassStatus.APPLIED, outcome, drift)
 
     @staticmethod
     def _structural_guard(
@@ -398,7 +407,7 @@ class Pipeline:
         try:
             runner = frozen.runner(context.providers)
         except OnnxoptError as e:
-            raise _GuardFailure(f"onnxruntime rejected the result: {_line(e)}") from e
+            raise _GuardFailure(f"onnxruntime rejected the result: {one_line(e)}") from e
         before = [(s.name, s.dtype, _fixed_dims(s.shape)) for s in previous.outputs]
         after = [(s.name, s.dtype, _fixed_dims(s.shape)) for s in runner.outputs]
         if before != after:
@@ -412,9 +421,9 @@ class Pipeline:
             frozen = SharedWeightsModel(model)
             frozen.check()
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-            raise _GuardFailure(f"checker rejected the result: {_line(e)}") from e
+            raise _GuardFailure(f"checker rejected the result: {one_line(e)}") from e
         except Exception as e:  # serializing a malformed graph raises onnx_ir's own errors
-            raise _GuardFailure(f"the result cannot be serialized: {_line(e)}") from e
+            raise _GuardFailure(f"the result cannot be serialized: {one_line(e)}") from e
         return frozen
 
     @staticmethod
@@ -435,7 +444,7 @@ class Pipeline:
             runner = frozen.runner(context.providers)
             outputs = [runner.run(f, names) for f in feeds]
         except OnnxoptError as e:
-            raise _GuardFailure(f"onnxruntime rejected the result: {_line(e)}") from e
+            raise _GuardFailure(f"onnxruntime rejected the result: {one_line(e)}") from e
         try:
             drift = _max_rel(agreement(reference, outputs, names))
         except ValueError as e:
@@ -454,15 +463,6 @@ class Pipeline:
                 "does to its outputs): float rounding"
             )
         return snapshot, outputs, drift
-
-
-def _verification(context: Context, guard_digest: str) -> Verification | None:
-    """The planned result's measurements, when this run replays a plan that has them, on the same guard data."""
-    plan = context.plan
-    if plan is None or not plan.replay or not plan.verification:
-        return None
-    verification = Verification.from_dict(plan.verification)
-    return verification if verification.guard_data == guard_digest else None
 
 
 def _extra_draws(
@@ -524,7 +524,7 @@ def _fixed_dims(shape: tuple[int | str | None, ...] | None) -> tuple[int | None,
     return None if shape is None else tuple(d if isinstance(d, int) else None for d in shape)
 
 
-def _floor(state: _State, context: Context) -> float:
+def _floor(state: Position, context: Context) -> float:
     """The rounding floor of the last verified model (the one a pass's drift is measured from), measured once."""
     good = state.good
     if good.floor is None:
@@ -534,10 +534,10 @@ def _floor(state: _State, context: Context) -> float:
     return good.floor
 
 
+def _whole_model(reason: str) -> Decline:
+    return Decline(Decline.MODEL, reason)
+
+
 def _max_rel(results: Sequence[OutputAgreement]) -> float:
     values = [r.max_rel for r in results]
     return float(np.max(values)) if values else 0.0
-
-
-def _line(error: BaseException) -> str:
-    return " ".join(str(error).split())[:300] or type(error).__name__

@@ -15,7 +15,9 @@ The file (JSON, schema :data:`SCHEMA`)::
      "passes": {"17": {"pass": "quantize", "timed": true, "nodes": {"conv1": "int8", ...}, ...}}}
 
 ``verification`` (when the run compared outputs) is what the run measured about its result and how a replay
-tells it rebuilt that very model (:mod:`onnxopt.optimizer.verified_replay`).
+tells it rebuilt that very model (a :class:`Verification`: the sha256 of its final model, digests of the data
+its guard and its evaluation ran on, each pass's outcome and the comparison; how a replay uses it:
+:mod:`onnxopt.optimizer.verified_replay`).
 
 A quantize pass also records what calibration gave it -- ranges, bias-correction means and GPTQ's levels
 (:mod:`onnxopt.passes.quantize.planned_calibration`) -- so a replay builds the model without running it.
@@ -32,22 +34,23 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnx_ir as ir
+
 from onnxopt.bench.machine import machine_description
-from onnxopt.errors import RecipeError
+from onnxopt.errors import PlanError, one_line
+from onnxopt.evaluate.agreement import OutputAgreement
+from onnxopt.evaluate.compare import Comparison, feeds_key
 from onnxopt.io.writing import write_bytes
-from onnxopt.optimizer.verified_replay import Verification
 
 SCHEMA = "onnxopt.plan/1"
 #: Entries of a pass's ``calibration`` that are data, not decisions a person reads (bias means, GPTQ's levels:
 #: megabytes on a large model), left out of reports: :meth:`Plan.to_dict` ``bulky=False``
 BULKY = ("means", "learned_rounding")
-
-
-class PlanError(RecipeError):
-    """A plan file is unreadable or was made for another input, recipe or seed."""
 
 
 @dataclasses.dataclass
@@ -62,7 +65,7 @@ class Plan:
     replay: bool = False
     saved: bool = False  # recorded for --save-plan (passes then also record what only a replay needs)
     # what the planning run measured about its result, for a replay that rebuilds it exactly
-    # (onnxopt.optimizer.verified_replay.Verification.to_dict)
+    # (Verification.to_dict)
     verification: dict[str, Any] | None = None
 
     @classmethod
@@ -110,7 +113,7 @@ class Plan:
         try:
             data = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise PlanError(f"{path}: cannot read plan: {' '.join(str(e).split())[:160]}") from e
+            raise PlanError(f"{path}: cannot read plan: {one_line(e, 160)}") from e
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise PlanError(f"{path}: not an onnxopt plan (expected schema {SCHEMA})")
         try:
@@ -138,6 +141,77 @@ class Plan:
         """Where the decisions came from, for the summary."""
         features = ", ".join(self.machine.get("cpu_features") or []) or "none detected"
         return f"{self.machine.get('cpu') or 'an unnamed CPU'} (integer features: {features})"
+
+
+#: The parts of a pass record that are measurements (carried from the plan); the rest the replay redoes itself.
+MEASURED = ("max_drift", "details", "missed")
+
+
+def model_sha256(model: ir.Model) -> str:
+    """The sha256 of ``model`` serialized (weights included): equal models, equal digests."""
+    return hashlib.sha256(ir.serde.serialize_model(model).SerializeToString(deterministic=True)).hexdigest()
+
+
+def data_digest(batches: Iterable[Any]) -> str:
+    """A digest of data batches (:class:`onnxopt.data.Batch`, or plain feed dicts): feeds and labels."""
+    digest = hashlib.blake2b(digest_size=16)
+    for item in batches:
+        feeds = item if isinstance(item, dict) else item.feeds
+        digest.update(feeds_key(feeds))
+        labels = None if isinstance(item, dict) else item.labels
+        if labels is not None:
+            digest.update(np.ascontiguousarray(labels).view(np.uint8).reshape(-1))
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass
+class Verification:
+    """What a planning run measured about its final model, and how to tell a replay rebuilt that model."""
+
+    model_sha256: str
+    guard_data: str  # data_digest of the guard's feeds
+    eval_data: str  # data_digest of what the comparison ran on
+    max_drift: float
+    records: list[dict[str, Any]]  # per pass record: name, status and the MEASURED fields
+    comparison: dict[str, Any]  # Comparison.to_dict(), without per-layer errors
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Verification:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+    @classmethod
+    def of_run(cls, digest: str, guard_data: str, eval_data: str, result: Any, comparison: Comparison) -> Verification:
+        """From a planning run's PipelineResult ``result`` and its comparison."""
+        records = [
+            {"name": r.name, "status": str(r.status), **{k: getattr(r, k) for k in MEASURED}} for r in result.records
+        ]
+        compared = {**comparison.to_dict(), "layers": None}
+        return cls(digest, guard_data, eval_data, float(result.max_drift), records, compared)
+
+    def mismatch(self, digest: str, records: list[Any]) -> str | None:
+        """Why a replay's result is not the planned one (None: it is)."""
+        statuses = [(r.name, r.status) for r in records]
+        planned = [(r["name"], r["status"]) for r in self.records]
+        if statuses != planned:
+            changed = next((f"{a[0]} {b[1]} -> {a[1]}" for a, b in zip(statuses, planned, strict=False) if a != b), "")
+            return f"the passes did not end as planned ({changed or 'another pass list'})"
+        if digest != self.model_sha256:
+            return "the rebuilt model differs from the planned one (sha256; another onnxruntime or onnxopt?)"
+        return None
+
+    def carry(self, records: list[Any]) -> None:
+        """Give the replay's pass records the planned measurements (their counts and notes are the replay's)."""
+        for record, planned in zip(records, self.records, strict=True):
+            for key in MEASURED:
+                setattr(record, key, planned[key])
+
+    def planned_comparison(self) -> Comparison:
+        data = dict(self.comparison)
+        outputs = [OutputAgreement(**o) for o in data.pop("outputs")]
+        return Comparison(outputs=outputs, **data)
 
 
 def file_sha256(path: Path) -> str:

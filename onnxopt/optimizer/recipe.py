@@ -21,7 +21,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from onnxopt.errors import RecipeError
+from onnxopt.errors import RecipeError, one_line
 from onnxopt.passes import REGISTRY, OptPass
 
 RecipeEntry = tuple[str, dict[str, Any]]
@@ -150,7 +150,7 @@ def load_recipe(name_or_path: str) -> list[RecipeEntry]:
 
             data = yaml.safe_load(text)
     except Exception as e:  # json and yaml raise many error types
-        raise RecipeError(f"{path}: cannot parse recipe: {' '.join(str(e).split())[:200]}") from e
+        raise RecipeError(f"{path}: cannot parse recipe: {one_line(e, 200)}") from e
     return _entries_from_data(data, path)
 
 
@@ -259,31 +259,9 @@ def describe_passes() -> list[dict[str, Any]]:
 
 
 def _field_comments(config: type) -> dict[str, str]:
-    """``field -> the comment on its line`` in ``config``'s source (where each parameter is explained once)."""
-    import inspect
-    import io as text_io
-    import tokenize
-
-    try:
-        source = inspect.getsource(config)
-    except (OSError, TypeError):
-        return {}
-    comments: dict[int, str] = {}
-    names: dict[int, str] = {}
-    for token in tokenize.generate_tokens(text_io.StringIO(source).readline):
-        row = token.start[0]
-        if token.type == tokenize.COMMENT:
-            comments[row] = token.string.lstrip("#").strip()
-        elif token.type == tokenize.NAME and token.start[1] == 4 and row not in names:
-            names[row] = token.string
-    fields = {f.name for f in dataclasses.fields(config)}
-    out = {}
-    for row, name in names.items():
-        if name not in fields:
-            continue
-        text = comments.get(row) or comments.get(row - 1, "")  # beside the field, or the line above it
-        out[name] = text.replace("fmt: skip", "").strip()
-    return out
+    """``field -> its help``: the ``metadata["help"]`` each Config field carries (where each parameter is
+    explained once)."""
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(config)}
 
 
 def _type_name(hint: Any) -> str:

@@ -1,5 +1,8 @@
 """The main job: load a model, run a recipe through the verified pipeline, measure, save.
 
+One spine per run (:func:`_optimize`): prepare (validate and open everything before any pass) -> run the
+pipeline (a plan's verified replay when it applies) -> evaluate -> write -> bench.
+
 ``optimize_file`` is what ``onnxopt optimize`` runs; it also backs the
 ``onnxopt.optimize`` library call.
 """
@@ -31,11 +34,11 @@ from onnxopt.evaluate.compare import Comparison, KnownOutputs, compare
 from onnxopt.evaluate.layers import layer_errors
 from onnxopt.io.output_lock import exclusive_output
 from onnxopt.io.writing import check_writable
-from onnxopt.optimizer.context import Context
-from onnxopt.optimizer.pipeline import Pipeline, PipelineResult
-from onnxopt.optimizer.plan import Plan
+from onnxopt.optimizer import verified_replay
+from onnxopt.optimizer.context import DEFAULT_GUARD_SAMPLES, Context, RunSettings
+from onnxopt.optimizer.pipeline import PassStatus, Pipeline, PipelineResult
+from onnxopt.optimizer.plan import Plan, Verification, data_digest, model_sha256
 from onnxopt.optimizer.recipe import RecipeEntry, build_passes, requested_lossy_passes, resolve_recipe
-from onnxopt.optimizer.verified_replay import Verification, data_digest, model_sha256
 from onnxopt.passes.base import OptPass
 from onnxopt.passes.quantize.quantize_qdq import QuantizeQDQPass, already_quantized
 from onnxopt.progress import NullProgress, Progress
@@ -180,9 +183,59 @@ def optimize_file(
         return _optimize(model_path, target, recipe, options, progress or NullProgress())
 
 
+@dataclasses.dataclass
+class _Prepared:
+    """A run validated and opened before any pass runs: what the later steps read."""
+
+    model_path: Path
+    recipe: list[RecipeEntry]
+    options: OptimizeOptions
+    passes: list[OptPass]
+    plan: Plan
+    source: io.ModelFile  # the input file, validated
+    model: ir.Model  # read from it (converted to --target-opset when asked)
+    converted: bool  # the opset was converted: the pipeline cannot start from the file's own bytes
+    input_file_bytes: int
+    reference: Runner  # the validation session on the input: the reference of the guard and the evaluation
+    dataset: Dataset | None  # --data, opened (None: seeded random inputs, decided by the pipeline)
+    held_out: Dataset | None  # --eval-data, opened: scored on data no pass saw
+    settings: RunSettings
+
+
 def _optimize(
     model_path: Path, target: Path | None, recipe: list[RecipeEntry], options: OptimizeOptions, progress: Progress
 ) -> OptimizeResult:
+    """The spine of a run: prepare -> run the pipeline -> evaluate -> write -> bench."""
+    run = _prepare(model_path, recipe, options, progress)
+    result, context = _run_pipeline(run)
+    comparison, eval_data = _evaluate(run, result, context)
+    written = _write(run, result, target)
+    latency = _bench(run, result, written)
+    asked = requested_lossy_passes(options.recipe, options.passes, recipe)
+    untrusted = _untrusted(result, context.is_random)
+    return OptimizeResult(
+        recipe_name=None if options.passes else (options.recipe or "lossless"),
+        fallbacks=_fallbacks(result, asked) + untrusted,
+        untrusted=untrusted,
+        plan=run.plan.to_dict(bulky=False),  # the report's copy: GPTQ's levels stay in the plan file
+        latency=latency,
+        input_path=model_path,
+        output_path=written,
+        recipe=recipe,
+        pipeline=result,
+        comparison=comparison,
+        data=eval_data.description,
+        held_out=run.held_out is not None,
+        fit_data=context.dataset.description if context.dataset is not None else None,
+        seed=options.seed,
+        input_file_bytes=run.input_file_bytes,
+        output_file_bytes=io.file_bytes(written) if written else None,
+    )
+
+
+def _prepare(model_path: Path, recipe: list[RecipeEntry], options: OptimizeOptions, progress: Progress) -> _Prepared:
+    """Everything checked and opened before any pass runs (a bad plan, model or data fails here): the passes,
+    the plan to replay or record, the model, the data, the run's settings."""
     passes = build_passes(recipe)
     if options.plan is not None:
         plan = Plan.load(options.plan)
@@ -194,14 +247,12 @@ def _optimize(
     input_file_bytes = model_path.stat().st_size if source.self_contained else io.file_bytes(model_path)
     model = io.to_model(source, target_opset=options.target_opset)
     _refuse_quantizing_twice(model_path, model, passes)
-    converted = io.opset_version(model) != source.opset
     reference = valid.runner
-    seed = options.seed
-    shapes = options.input_shapes
+    seed, shapes = options.seed, options.input_shapes
     dataset = options.data.open(reference.inputs, seed=seed, shapes=shapes) if options.data else None
     # scored on data no pass saw (opened now: a bad --eval-data fails before any work)
     held_out = _open_eval_data(options.eval_data, reference.inputs, seed, shapes) if options.eval_data else None
-    context = Context(
+    settings = RunSettings(
         dataset=dataset,
         seed=seed,
         progress=progress,
@@ -209,46 +260,73 @@ def _optimize(
         batch=options.batch or 1,
         input_shapes=shapes,
         plan=plan,
+        guard_samples=options.guard_samples or DEFAULT_GUARD_SAMPLES,
     )
-    if options.guard_samples is not None:
-        context.guard_samples = options.guard_samples
-    result = Pipeline(passes).run(model, context, source=None if converted else source)
+    converted = io.opset_version(model) != source.opset
+    return _Prepared(
+        model_path, recipe, options, passes, plan, source, model, converted, input_file_bytes, reference, dataset,
+        held_out, settings,
+    )  # fmt: skip
+
+
+def _run_pipeline(run: _Prepared) -> tuple[PipelineResult, Context]:
+    """The passes over the model (a plan's verified replay when it applies), and the notes the run's data and
+    decisions call for; a replay that did not rebuild the planned model runs again, guarded, from a fresh
+    state."""
+    context = Context(run.settings)
+    source = None if run.converted else run.source
+    result = verified_replay.run(Pipeline(run.passes), run.model, context, source=source)
     if result.diverged is not None:  # a replay that did not rebuild the planned model: verified from scratch
-        why, plan.verification = result.diverged, None
-        model = io.to_model(source, target_opset=options.target_opset)
-        context = dataclasses.replace(context, original=None, original_outputs=None, pass_index=-1)
-        result = Pipeline(build_passes(recipe)).run(model, context, source=None if converted else source)
+        why, run.plan.verification = result.diverged, None
+        model = io.to_model(run.source, target_opset=run.options.target_opset)
+        context = context.rerun()
+        result = Pipeline(build_passes(run.recipe)).run(model, context, source=source)
         result.notes.append(f"replay not verified by the plan ({why}): every pass was guarded and measured again")
-    if converted:
-        result.notes.insert(0, f"opset converted {source.opset} -> {options.target_opset} before the passes")
-    for flag, data in (("--data", dataset), ("--eval-data", held_out)):
+    _add_run_notes(run, result, context)
+    return result, context
+
+
+def _add_run_notes(run: _Prepared, result: PipelineResult, context: Context) -> None:
+    """What the summary must say about the run: a converted opset, data left out, learning from random inputs,
+    a single sample, uninformative reference outputs, decisions timed or replayed."""
+    options, plan, notes = run.options, run.plan, result.notes
+    if run.converted:
+        notes.insert(0, f"opset converted {run.source.opset} -> {options.target_opset} before the passes")
+    for flag, data in (("--data", run.dataset), ("--eval-data", run.held_out)):
         if isinstance(data, FiniteSamples):
-            result.notes.append(
+            notes.append(
                 f"{flag} {data.inner.description}: {data.dropped} of {data.dropped + data.num_samples} samples held "
                 "NaN or Inf and were left out (--drop-nonfinite)"
             )
-    applied = {r.name for r in result.records if r.status == "applied"}
-    learners = sorted({p.name for p in passes if p.learns_from_data and p.name in applied})
+    applied = {r.name for r in result.records if r.status == PassStatus.APPLIED}
+    learners = sorted({p.name for p in run.passes if p.learns_from_data and p.name in applied})
     if context.is_random and learners:
-        result.notes.append(
+        notes.append(
             f"WARNING: no --data given: {', '.join(learners)} learned from random inputs; accuracy is unmeasured"
         )
-    if not context.is_random and dataset is not None and dataset.num_samples == 1:
-        result.notes.append(
+    if not context.is_random and run.dataset is not None and run.dataset.num_samples == 1:
+        notes.append(
             "WARNING: --data has 1 sample: the guard and calibration saw one input; give a few dozen for a "
             "comparison that means something"
         )
     if result.reference_problem is not None and applied:
-        result.notes.append(f"WARNING: the guard's reference outputs say nothing: {result.reference_problem}")
+        notes.append(f"WARNING: the guard's reference outputs say nothing: {result.reference_problem}")
     if plan.replay:
-        result.notes.append(f"decisions replayed from {options.plan} (measured on {plan.describe()}): nothing timed")
+        notes.append(f"decisions replayed from {options.plan} (measured on {plan.describe()}): nothing timed")
     elif plan.timed:
         hint = f"saved to {options.save_plan}" if options.save_plan else "--save-plan PLAN.json keeps them"
-        result.notes.append(
+        notes.append(
             f"decisions of {', '.join(sorted(set(plan.timed)))} were timed on this machine ({plan.describe()}); "
             f"{hint}, --plan replays them"
         )
-    eval_data = held_out or context.resolve_dataset(reference.inputs)
+
+
+def _evaluate(run: _Prepared, result: PipelineResult, context: Context) -> tuple[Comparison, Dataset]:
+    """The optimized model against the input on the evaluation data (the plan's measurements when a verified
+    replay rebuilt the planned model on the same data), recorded in the plan when it is saved, localized per
+    layer when asked; and that data."""
+    options, plan, reference = run.options, run.plan, run.reference
+    eval_data = run.held_out or context.resolve_dataset(reference.inputs)
     verifies = result.outputs_compared and _plan_verifies(plan, options)
     eval_digest = _eval_digest(reference, eval_data) if verifies else ""
     carried = Verification.from_dict(plan.verification) if result.carried and plan.verification else None
@@ -260,60 +338,50 @@ def _optimize(
         )
     elif result.outputs_compared:
         # held-out data is new to both models; the fit data's first batches were run by the guard already
-        known = None if held_out is not None else result.guard_outputs
+        known = None if run.held_out is not None else result.guard_outputs
         runner = result.runner or SharedWeightsModel(result.model).runner(context.providers)
-        comparison = _evaluate(reference, runner, eval_data, progress, known)
+        comparison = _compare(reference, runner, eval_data, run.settings.progress, known)
     else:  # random inputs cannot run the model: nothing to compare (the pipeline's note says so)
         comparison = Comparison(0, [], data=eval_data.description, random_inputs=True)
     if options.save_plan is not None:
         if result.outputs_compared:  # what a replay that rebuilds this very model may take over
             digest, guard = model_sha256(result.model), result.guard_digest
             plan.verification = Verification.of_run(digest, guard, eval_digest, result, comparison).to_dict()
-        plan.save(options.save_plan, model_path)
+        plan.save(options.save_plan, run.model_path)
     if options.per_layer and result.outputs_compared:
+        progress = run.settings.progress
         progress.start("comparing layers", None)
         try:
-            layers = layer_errors(source.proto, result.model, eval_data, on_batch=progress.advance)
+            layers = layer_errors(run.source.proto, result.model, eval_data, on_batch=progress.advance)
         finally:
             progress.finish()
         comparison = dataclasses.replace(comparison, layers=layers)
-    written = None
-    if target is not None:
-        # When no pass changed anything, the input's own bytes are written unchanged.
-        storage, external_data = options.storage, options.external_data
-        keep_bytes = result.unchanged_input is not None and not external_data and storage == "dense"
-        final = result.unchanged_input if keep_bytes else result.model
-        protect = () if options.in_place else (model_path,)
-        written = io.save(final, target, external_data=external_data, storage=storage, protect=protect)
-    latency = None
-    bench = options.bench
-    if bench is not None and written is not None and (dataset is not None or result.outputs_compared):
+    return comparison, eval_data
+
+
+def _write(run: _Prepared, result: PipelineResult, target: Path | None) -> Path | None:
+    """The optimized model written to ``target`` (atomically; None: no file is written). When no pass changed
+    anything, the input's own bytes are written unchanged."""
+    if target is None:
+        return None
+    storage, external_data = run.options.storage, run.options.external_data
+    keep_bytes = result.unchanged_input is not None and not external_data and storage == "dense"
+    final = result.unchanged_input if keep_bytes else result.model
+    protect = () if run.options.in_place else (run.model_path,)
+    return io.save(final, target, external_data=external_data, storage=storage, protect=protect)
+
+
+def _bench(run: _Prepared, result: PipelineResult, written: Path | None) -> BenchResult | None:
+    """The input and the written output benchmarked interleaved, when asked for (at the deployment batch)."""
+    bench, options = run.options.bench, run.options
+    if bench is not None and written is not None and (run.dataset is not None or result.outputs_compared):
         if options.batch is not None:
             bench = dataclasses.replace(bench, batches=(options.batch,))
-        bench = dataclasses.replace(bench, input_shapes=shapes)
-        latency = benchmark([model_path, written], bench, dataset=dataset, progress=progress)
-    elif bench is not None:
+        bench = dataclasses.replace(bench, input_shapes=options.input_shapes)
+        return benchmark([run.model_path, written], bench, dataset=run.dataset, progress=run.settings.progress)
+    if bench is not None:
         result.notes.append("not benchmarked: random inputs cannot run the model; give --data to time it")
-    asked = requested_lossy_passes(options.recipe, options.passes, recipe)
-    untrusted = _untrusted(result, context.is_random)
-    return OptimizeResult(
-        recipe_name=None if options.passes else (options.recipe or "lossless"),
-        fallbacks=_fallbacks(result, asked) + untrusted,
-        untrusted=untrusted,
-        plan=plan.to_dict(bulky=False),  # the report's copy: GPTQ's levels stay in the plan file
-        latency=latency,
-        input_path=model_path,
-        output_path=written,
-        recipe=recipe,
-        pipeline=result,
-        comparison=comparison,
-        data=eval_data.description,
-        held_out=held_out is not None,
-        fit_data=context.dataset.description if context.dataset is not None else None,
-        seed=seed,
-        input_file_bytes=input_file_bytes,
-        output_file_bytes=io.file_bytes(written) if written else None,
-    )
+    return None
 
 
 def _refuse_quantizing_twice(model_path: Path, model: ir.Model, passes: list[OptPass]) -> None:
@@ -332,7 +400,7 @@ def _untrusted(result: PipelineResult, random: bool) -> list[str]:
     """Why the run's own measurements cannot vouch for the written model (a fallback each: exit 3 unless
     --allow-fallback): the guard's reference outputs say nothing, or the weights-only int8 yardstick of the
     quantizer's budget is itself far below anything a budget of a few dB could mean."""
-    if not any(r.status == "applied" for r in result.records):
+    if not any(r.status == PassStatus.APPLIED for r in result.records):
         return []
     hint = "; give --data with real inputs" if random else ""
     out = []
@@ -340,7 +408,7 @@ def _untrusted(result: PipelineResult, random: bool) -> list[str]:
         out.append(f"guard data: {result.reference_problem}, so no comparison can vouch for the result{hint}")
     for r in result.records:
         low = [d for d in r.details if d.get("weights_only_snr_db", math.inf) < YARDSTICK_FLOOR_DB]
-        if r.status == "applied" and low:
+        if r.status == PassStatus.APPLIED and low:
             worst = min(low, key=lambda d: d["weights_only_snr_db"])
             out.append(
                 f"{r.name}: even rounding only the weights leaves '{worst['output']}' at {worst['weights_only_snr_db']}"
@@ -375,11 +443,12 @@ def _fallbacks(result: PipelineResult, asked: set[str]) -> list[str]:
     out = []
     for name in sorted(asked):
         runs = [r for r in result.records if r.name == name]
-        if not runs or any(r.status == "applied" for r in runs):
+        if not runs or any(r.status == PassStatus.APPLIED for r in runs):
             continue
         last = runs[-1]
-        reasons = [s for s in last.skipped if s.startswith("model:")] or last.notes[-1:] or last.skipped[:1]
-        what = "rolled back" if last.status == "rolled back" else "declined"
+        whole = [str(d) for d in last.declines if d.whole_model]
+        reasons = whole or last.notes[-1:] or [str(d) for d in last.declines[:1]]
+        what = "rolled back" if last.status == PassStatus.ROLLED_BACK else "declined"
         out.append(f"{name} {what}: {reasons[0] if reasons else 'nothing matched'}")
     # a budget a kept pass missed is a fallback whatever was asked: a collapsed model never passes silently
     out.extend(f"{r.name} missed its budget: {reason}" for r in result.records for reason in r.missed)
@@ -402,7 +471,7 @@ def _resolve_output(model_path: Path, output_path: str | os.PathLike[str] | None
     return target
 
 
-def _evaluate(
+def _compare(
     reference: Runner, candidate: Runner, dataset: Dataset, progress: Progress, known: KnownOutputs | None
 ) -> Comparison:
     progress.start("evaluating", dataset.num_samples)

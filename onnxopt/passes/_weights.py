@@ -1,17 +1,8 @@
 """Which weights a weight-editing pass (clipping, pruning) touches, and their axes.
 
 A *layer* is a Conv, ConvTranspose, Gemm or MatMul whose weight (input 1) is
-a float initializer. Its weight layout decides the axes:
-
-============== ================= ==================== ====================
-op             weight layout     output-channel axis  input-channel axis
-============== ================= ==================== ====================
-Conv           [C_out, C_in/g..] 0                    1
-ConvTranspose  [C_in, C_out/g..] 1                    0
-Gemm transB=0  [K, N]            1                    0
-Gemm transB=1  [N, K]            0                    1
-MatMul         [..., K, N]       -1                   -2
-============== ================= ==================== ====================
+a float initializer: the weight ops of the quantize policy
+(:mod:`onnxopt.passes.quantize.policy`, which holds each op's weight layout and axes).
 
 Layers are selected by op type and by regular expressions on the node name
 (``include``/``exclude``); a weight shared with a node outside the selection
@@ -28,8 +19,10 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt.passes._graph_edit import attribute
+from onnxopt.passes.quantize import policy
 
-WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+#: The op types whose input 1 is a weight (the quantize policy's weight ops).
+WEIGHT_OPS = policy.weight_ops()
 
 
 @dataclass
@@ -56,14 +49,8 @@ def scaled_gemm(node: ir.Node) -> bool:
 
 
 def weight_axes(node: ir.Node, ndim: int) -> tuple[int, int]:
-    """(output-channel axis, input-channel axis) of ``node``'s weight, as non-negative axes."""
-    if node.op_type == "Conv":
-        return 0, 1
-    if node.op_type == "ConvTranspose":
-        return 1, 0
-    if node.op_type == "Gemm":
-        return (0, 1) if attribute(node, "transB", 0) else (1, 0)
-    return ndim - 1, ndim - 2  # MatMul
+    """(output-channel axis, input-channel axis) of ``node``'s weight, as non-negative axes (the policy's rule)."""
+    return policy.weight_axes(node, ndim)
 
 
 def check_filters(ops: str, include: str, exclude: str) -> None:

@@ -3,15 +3,17 @@
 A pass subclasses :class:`OptPass`, names itself in ``name`` (the recipe
 key, e.g. ``fold-bn``), states its contract in its docstring, is configured
 by a frozen dataclass ``Config`` validated on construction, and writes what it
-rewrote and what it declined (with reasons) to the :class:`PassLog` that
-:meth:`OptPass.rewrite` receives; the log becomes its :class:`PassOutcome`.
-Passes never run onnxruntime: the pipeline verifies them, and passes that
-learn from data ask the run's Context through the :class:`PassContext`
-protocol (activations, the quality probe, timing).
+rewrote and what it declined (a :class:`Decline`: where, and why) to the
+:class:`PassLog` that :meth:`OptPass.rewrite` receives; the log becomes its
+:class:`PassOutcome`. Passes never run onnxruntime: the pipeline verifies
+them, and passes that learn from data ask the run's Context -- bound around
+each call (:meth:`OptPass.bound`) -- through the :class:`PassContext`
+protocol (activations, the quality probe, timing at the run's batch).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -42,15 +44,39 @@ class NoConfig:
     """Configuration of a pass that takes no parameters."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Decline:
+    """What a pass declined and why: ``where`` names the node, tensor or group (``model`` for the whole model),
+    ``reason`` says why. ``str()`` gives ``"where: reason"``, the text reports and summaries show."""
+
+    where: str
+    reason: str
+
+    #: ``where`` of a decline about the whole model (the pass did nothing anywhere for this reason)
+    MODEL: ClassVar[str] = "model"
+
+    @property
+    def whole_model(self) -> bool:
+        return self.where == self.MODEL
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}"
+
+
 @dataclasses.dataclass
 class PassOutcome(ir.passes.PassResult):
     """A pass's result: the model, whether it changed, and what was done or declined."""
 
     counts: dict[str, int] = dataclasses.field(default_factory=dict)
-    skipped: list[str] = dataclasses.field(default_factory=list)
+    declines: list[Decline] = dataclasses.field(default_factory=list)
     details: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # per-layer rows, for the report
     notes: list[str] = dataclasses.field(default_factory=list)  # facts about the run (a detected target, a budget)
     missed: list[str] = dataclasses.field(default_factory=list)  # budgets the result does not meet (exit 3)
+
+    @property
+    def skipped(self) -> list[str]:
+        """The declines as text (``"where: reason"``)."""
+        return [str(d) for d in self.declines]
 
 
 @dataclasses.dataclass
@@ -62,7 +88,7 @@ class PassLog:
     """
 
     counts: Counter[str] = dataclasses.field(default_factory=Counter)
-    skipped: list[str] = dataclasses.field(default_factory=list)
+    declines: list[Decline] = dataclasses.field(default_factory=list)
     details: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
     missed: list[str] = dataclasses.field(default_factory=list)
@@ -89,13 +115,18 @@ class PassLog:
         self.missed.append(reason)
 
     def skip(self, where: str, reason: str) -> None:
-        """Record that ``where`` was declined and why."""
-        self.skipped.append(f"{where}: {reason}")
+        """Record that ``where`` was declined and why (a :class:`Decline`)."""
+        self.declines.append(Decline(where, reason))
+
+    @property
+    def skipped(self) -> list[str]:
+        """The declines so far as text (``"where: reason"``)."""
+        return [str(d) for d in self.declines]
 
     def outcome(self, model: ir.Model) -> PassOutcome:
         modified = self.modified or any(self.counts.values())
         return PassOutcome(
-            model, modified, dict(self.counts), list(self.skipped), list(self.details), list(self.notes),
+            model, modified, dict(self.counts), list(self.declines), list(self.details), list(self.notes),
             list(self.missed),
         )  # fmt: skip
 
@@ -161,12 +192,15 @@ class PassContext(Protocol):
         """A budget of ``max_db_loss`` dB of output SNR beyond ``reference``'s (weights-only quantization)."""
         ...
 
-    def profile(self, model: ir.Model, *, batch: int = 1) -> NodeProfile:
-        """Per-node latency of ``model`` at ``batch``, every onnxruntime optimization on."""
+    def profile(self, model: ir.Model, *, batch: int | None = None) -> NodeProfile:
+        """Per-node latency of ``model`` at ``batch`` (default: the run's ``batch``), every onnxruntime
+        optimization on."""
         ...
 
-    def latency_ratio(self, baseline: ir.Model, candidate: ir.Model, *, batch: int = 1, seconds: float = 1.0) -> Ratio:
-        """``candidate``'s latency over ``baseline``'s, interleaved."""
+    def latency_ratio(
+        self, baseline: ir.Model, candidate: ir.Model, *, batch: int | None = None, seconds: float = 1.0
+    ) -> Ratio:
+        """``candidate``'s latency over ``baseline``'s at ``batch`` (default: the run's ``batch``), interleaved."""
         ...
 
     def layer_errors(self, reference: ir.Model, candidate: ir.Model, limit: int = 32) -> LayerReport:
@@ -199,13 +233,23 @@ class OptPass(ir.passes.InPlacePass):
     def __init__(self, config: Any = None) -> None:
         super().__init__()
         self.config = config if config is not None else self.Config()
-        self.context: PassContext | None = None  # the run's Context, set by the pipeline before each run
+        self.context: PassContext | None = None  # the run's Context while bound (:meth:`bound`), else None
+
+    @contextlib.contextmanager
+    def bound(self, context: PassContext | None) -> Iterator[OptPass]:
+        """Run this pass with ``context`` as its view of the run (the pipeline binds it around each call);
+        the pass forgets it on leaving, so no run's data outlives the run."""
+        previous, self.context = self.context, context
+        try:
+            yield self
+        finally:
+            self.context = previous
 
     def require_context(self) -> PassContext:
         """The run's Context, for passes that learn from data; a typed error outside a pipeline."""
         if self.context is None:
             raise PassPreconditionError(
-                f"pass '{self.name}' needs data: run it through a Pipeline (which sets its Context)"
+                f"pass '{self.name}' needs data: run it through a Pipeline (which binds its Context)"
             )
         return self.context
 

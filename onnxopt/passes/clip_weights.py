@@ -28,33 +28,49 @@ shared with unselected nodes.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Literal
 
 import numpy as np
 import onnx_ir as ir
 
+from onnxopt.passes._config import validate_literals
 from onnxopt.passes._weights import WEIGHT_OPS, Layer, check_filters, replace_weight, select_layers
 from onnxopt.passes.base import OptPass, PassLog
 
-MODES = ("threshold", "percentile", "sigma", "mse")
+Mode = Literal["threshold", "percentile", "sigma", "mse"]
+MODES: tuple[str, ...] = typing.get_args(Mode)
 _DEFAULT_VALUE = {"threshold": None, "percentile": 99.99, "sigma": 3.0, "mse": 8.0}
 
 
 @dataclasses.dataclass(frozen=True)
 class ClipWeightsConfig:
-    mode: str = "mse"
-    value: float | None = None  # h, a percentile, k, or bits -- by mode (None: the mode's default)
-    granularity: Literal["channel", "layer"] = "channel"  # one clipping range per output channel, or per layer
-    ops: str = ",".join(WEIGHT_OPS)
-    include: str = ""  # regex on node names; empty: every node
-    exclude: str = ""
+    mode: Mode = dataclasses.field(
+        default="mse",
+        metadata={
+            "help": "how the bound h is chosen: an absolute threshold, a percentile of |w|, k sigmas, "
+            "or the h minimizing the quantization MSE at `value` bits"
+        },
+    )
+    value: float | None = dataclasses.field(
+        default=None, metadata={"help": "h, a percentile, k, or bits -- by mode (None: the mode's default)"}
+    )
+    granularity: Literal["channel", "layer"] = dataclasses.field(
+        default="channel", metadata={"help": "one clipping range per output channel, or per layer"}
+    )
+    ops: str = dataclasses.field(
+        default=",".join(WEIGHT_OPS), metadata={"help": "comma-separated op types whose weights are clipped"}
+    )
+    include: str = dataclasses.field(
+        default="", metadata={"help": "regex on node names: only matching layers are clipped; empty: every node"}
+    )
+    exclude: str = dataclasses.field(
+        default="", metadata={"help": "regex on node names: matching layers are left alone; empty: none"}
+    )
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        validate_literals(self)
         check_filters(self.ops, self.include, self.exclude)
-        if self.granularity not in ("channel", "layer"):
-            raise ValueError(f"granularity must be 'channel' or 'layer', not {self.granularity!r}")
         value = self.resolved_value
         if value is None:
             raise ValueError("mode=threshold needs value=h (the absolute bound)")

@@ -29,30 +29,55 @@ import onnx_ir as ir
 
 from onnxopt.distill.finetune import FinetuneConfig, FinetuneResult, agreement_with, finetune, held_back_split
 from onnxopt.errors import OnnxoptError
+from onnxopt.passes._config import validate_literals
 from onnxopt.passes.base import INPUTS_PRUNED, KEPT_OUTPUTS, OptPass, PassLog
 
 
 @dataclasses.dataclass(frozen=True)
 class DistillPassConfig:
-    epochs: int = 5
-    batch: int = 32
-    learning_rate: float = 1e-3  # Adam, cosine-decayed over the epochs
-    temperature: float = 2.0
-    alpha: float = 0.9  # weight of the teacher's soft targets when the data has labels
-    holdout: float = 0.1  # of the data, held back from training to pick the best epoch
-    time_budget: float | None = None  # seconds of training at most
-    mixup: float = 0.0  # > 0: train on Beta(mixup, mixup) blends of two samples, the teacher run on the blend
-    hard: float = 0.0  # weight of a cross-entropy with the original's top-1 class per position
+    epochs: int = dataclasses.field(default=5, metadata={"help": "passes over the training samples"})
+    batch: int = dataclasses.field(default=32, metadata={"help": "training batch size (samples per optimizer step)"})
+    learning_rate: float = dataclasses.field(default=1e-3, metadata={"help": "Adam, cosine-decayed over the epochs"})
+    temperature: float = dataclasses.field(
+        default=2.0, metadata={"help": "softens the teacher's and the student's outputs in the distillation loss"}
+    )
+    alpha: float = dataclasses.field(
+        default=0.9, metadata={"help": "weight of the teacher's soft targets when the data has labels"}
+    )
+    holdout: float = dataclasses.field(
+        default=0.1, metadata={"help": "of the data, held back from training to pick the best epoch"}
+    )
+    time_budget: float | None = dataclasses.field(default=None, metadata={"help": "seconds of training at most"})
+    mixup: float = dataclasses.field(
+        default=0.0,
+        metadata={"help": "> 0: train on Beta(mixup, mixup) blends of two samples, the teacher run on the blend"},
+    )
+    hard: float = dataclasses.field(
+        default=0.0, metadata={"help": "weight of a cross-entropy with the original's top-1 class per position"}
+    )
     # -- the pass's own parameters (the ones above are FinetuneConfig's)
-    samples: int = 4096  # samples of --data trained on (all of them when fewer)
-    # the result must stay within this of the original on the held-back samples (accuracy with labels, else
-    # top-1 agreement); missing it exits 3 -- the model is still written, never passed off as fine
-    max_drop: float | None = None
-    # which weights train: all of them, or only the layers pruning changed (lost output channels or input
-    # slices) -- the rest keeps what it learned, which holds up better when the data is small
-    train: Literal["all", "pruned"] = "all"
+    samples: int = dataclasses.field(
+        default=4096, metadata={"help": "samples of --data trained on (all of them when fewer)"}
+    )
+    # missing it exits 3 -- the model is still written, never passed off as fine
+    max_drop: float | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "the result must stay within this of the original on the held-back samples "
+            "(accuracy with labels, else top-1 agreement)"
+        },
+    )
+    # the rest keeps what it learned, which holds up better when the data is small
+    train: Literal["all", "pruned"] = dataclasses.field(
+        default="all",
+        metadata={
+            "help": "which weights train: all of them, or only the layers pruning changed "
+            "(lost output channels or input slices)"
+        },
+    )
 
     def __post_init__(self) -> None:
+        validate_literals(self)
         if self.samples < 2:
             raise ValueError("samples must be at least 2")
         if self.max_drop is not None and not 0 <= self.max_drop < 1:

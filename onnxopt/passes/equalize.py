@@ -39,6 +39,7 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
+from onnxopt.passes._config import validate_literals
 from onnxopt.passes._graph_edit import NameSource, attribute, constant_array
 from onnxopt.passes._weights import weight_axes
 from onnxopt.passes.base import OptPass, PassLog
@@ -51,10 +52,15 @@ RENAME_SUFFIX = "_equalized"
 
 @dataclasses.dataclass(frozen=True)
 class EqualizeConfig:
-    iterations: int = 20
-    min_range: float = 1e-8  # channels whose range is below this (dead) are left alone
+    iterations: int = dataclasses.field(
+        default=20, metadata={"help": "sweeps over the chains (each pair's scaling changes its neighbours' ranges)"}
+    )
+    min_range: float = dataclasses.field(
+        default=1e-8, metadata={"help": "channels whose range is below this (dead) are left alone"}
+    )
 
     def __post_init__(self) -> None:
+        validate_literals(self)
         if self.iterations < 1:
             raise ValueError("iterations must be at least 1")
         if self.min_range < 0:

@@ -39,6 +39,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt.passes._channel_affine import ChannelAffine, fold_into_consumer_convs, fold_into_producer
+from onnxopt.passes._config import validate_literals
 from onnxopt.passes._graph_edit import (
     NameSource,
     attribute,
@@ -51,9 +52,14 @@ from onnxopt.passes.base import OptPass, PassLog
 
 @dataclasses.dataclass(frozen=True)
 class FoldBatchNormConfig:
-    # a BN with no layer to fold into: rewrite it as Mul+Add, or keep it (onnxruntime's CPU provider runs a
-    # kept BN as one blocked 1x1 Conv; the Mul+Add stays two elementwise ops, 3 % slower on the digits CNN)
-    standalone: Literal["mul_add", "keep"] = "mul_add"
+    # onnxruntime's CPU provider runs a kept BN as one blocked 1x1 Conv; the Mul+Add stays two elementwise
+    # ops, 3 % slower on the digits CNN
+    standalone: Literal["mul_add", "keep"] = dataclasses.field(
+        default="mul_add", metadata={"help": "a BN with no layer to fold into: rewrite it as Mul+Add, or keep it"}
+    )
+
+    def __post_init__(self) -> None:
+        validate_literals(self)
 
 
 class FoldBatchNormPass(OptPass):

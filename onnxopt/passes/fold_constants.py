@@ -25,17 +25,21 @@ import onnx_ir.passes.common as common
 import onnxscript.optimizer
 
 from onnxopt.model_stats import graph_size
+from onnxopt.passes._config import validate_literals
 from onnxopt.passes.base import OptPass, PassLog
 
 
 @dataclasses.dataclass(frozen=True)
 class FoldConstantsConfig:
-    """``max_input``/``max_output``: element limits of the tensors folding may read/produce."""
-
-    max_input: int = 16 * 1024 * 1024
-    max_output: int = 16 * 1024 * 1024
+    max_input: int = dataclasses.field(
+        default=16 * 1024 * 1024, metadata={"help": "the most elements of a tensor folding may read"}
+    )
+    max_output: int = dataclasses.field(
+        default=16 * 1024 * 1024, metadata={"help": "the most elements of a tensor folding may produce"}
+    )
 
     def __post_init__(self) -> None:
+        validate_literals(self)
         if self.max_input < 0 or self.max_output < 0:
             raise ValueError("max_input and max_output must be >= 0")
 

@@ -58,6 +58,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
+from onnxopt.passes._config import validate_literals
 from onnxopt.passes._graph_edit import (
     NameSource,
     add_initializer,
@@ -85,18 +86,37 @@ MAX_CHECK_ROWS = 8192
 
 @dataclasses.dataclass(frozen=True)
 class LowRankConfig:
-    rank: int = 0  # 0: the smallest of RANKS that keeps `agreement` of held-back rows' argmax
-    rescore: int = 16  # best candidates per row scored again with the exact weights (0: plain low rank)
-    agreement: float = 0.9999  # fraction of held-back rows whose argmax the factored layer must keep
-    min_outputs: int = 1024  # only layers with at least this many outputs (large heads)
-    max_ratio: float = 0.5  # only factorizations costing at most this fraction of the layer's MACs
-    samples: int = 512  # calibration samples read
-    ridge: float = 1e-6  # added to X^T X, relative to its mean diagonal (keeps the Cholesky defined)
-    convs: int = 0  # also factor up to this many of the largest Convs (by MACs), largest first
-    conv_agreement: float = 0.98  # share of held-back samples whose every top-1 the factored Convs must keep
-    conv_max_ratio: float = 0.75  # only Conv factorizations costing at most this fraction of the Conv's MACs
+    rank: int = dataclasses.field(
+        default=0, metadata={"help": "0: the smallest of RANKS that keeps `agreement` of held-back rows' argmax"}
+    )
+    rescore: int = dataclasses.field(
+        default=16, metadata={"help": "best candidates per row scored again with the exact weights (0: plain low rank)"}
+    )
+    agreement: float = dataclasses.field(
+        default=0.9999, metadata={"help": "fraction of held-back rows whose argmax the factored layer must keep"}
+    )
+    min_outputs: int = dataclasses.field(
+        default=1024, metadata={"help": "only layers with at least this many outputs (large heads)"}
+    )
+    max_ratio: float = dataclasses.field(
+        default=0.5, metadata={"help": "only factorizations costing at most this fraction of the layer's MACs"}
+    )
+    samples: int = dataclasses.field(default=512, metadata={"help": "calibration samples read"})
+    ridge: float = dataclasses.field(
+        default=1e-6, metadata={"help": "added to X^T X, relative to its mean diagonal (keeps the Cholesky defined)"}
+    )
+    convs: int = dataclasses.field(
+        default=0, metadata={"help": "also factor up to this many of the largest Convs (by MACs), largest first"}
+    )
+    conv_agreement: float = dataclasses.field(
+        default=0.98, metadata={"help": "share of held-back samples whose every top-1 the factored Convs must keep"}
+    )
+    conv_max_ratio: float = dataclasses.field(
+        default=0.75, metadata={"help": "only Conv factorizations costing at most this fraction of the Conv's MACs"}
+    )
 
     def __post_init__(self) -> None:
+        validate_literals(self)
         if self.rank < 0 or self.rescore < 0:
             raise ValueError("rank and rescore must be 0 or more")
         if not 0.0 < self.agreement <= 1.0:

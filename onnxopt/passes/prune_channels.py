@@ -49,6 +49,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import typing
 from typing import Literal
 
 import numpy as np
@@ -56,6 +57,7 @@ import onnx_ir as ir
 
 from onnxopt.model_stats import estimate_macs
 from onnxopt.passes._channel_groups import ChannelGroups, Edit, Layout
+from onnxopt.passes._config import validate_literals
 from onnxopt.passes._graph_edit import NameSource, attribute, constant_array, name_unnamed_nodes, set_constant_input
 from onnxopt.passes._im2col import sampled_patches
 from onnxopt.passes._weights import check_pattern
@@ -63,33 +65,57 @@ from onnxopt.passes.base import INPUTS_PRUNED, KEPT_OUTPUTS, OptPass, PassLog
 from onnxopt.passes.reconstruct import ReconstructPass
 from onnxopt.shapes import annotate_shapes
 
-IMPORTANCES = ("l1", "l2", "bn", "activation", "thinet")
+Importance = Literal["l1", "l2", "bn", "activation", "thinet"]
+IMPORTANCES: tuple[str, ...] = typing.get_args(Importance)
 
 
 @dataclasses.dataclass(frozen=True)
 class PruneChannelsConfig:
-    ratio: float = 0.3  # of each prunable group's channels removed
-    # how channels are ranked; l2 held accuracy best on the digits CNN, held out (tools/bench_prune_importance.py)
-    importance: Literal["l1", "l2", "bn", "activation", "thinet"] = "l2"
-    min_channels: int = 1
-    multiple: int = 1
-    exclude: str = ""
-    samples: int = 256  # calibration samples for importance=activation/thinet
-    positions: int = 8  # sampled output positions per image for importance=thinet
-    max_drop: float | None = None  # accuracy budget: the largest ratio up to `ratio` within it
-    refit: bool = True  # the budget judges each trial after reconstruct (as the prune recipe runs it)
-    budget_steps: int = 5  # trials of the bisection over the ratio
-    eval_samples: int = 256
-    # with fewer than min_samples samples of real data (random inputs count as none), prune this ratio instead:
+    ratio: float = dataclasses.field(default=0.3, metadata={"help": "of each prunable group's channels removed"})
+    # l2 held accuracy best on the digits CNN, held out (tools/bench_prune_importance.py)
+    importance: Importance = dataclasses.field(default="l2", metadata={"help": "how channels are ranked"})
+    min_channels: int = dataclasses.field(
+        default=1, metadata={"help": "channels every group keeps at least (per block of a grouped convolution)"}
+    )
+    multiple: int = dataclasses.field(
+        default=1, metadata={"help": "the kept channel count is rounded up to a multiple of this"}
+    )
+    exclude: str = dataclasses.field(
+        default="", metadata={"help": "regex on node names: matching sources keep their groups whole; empty: none"}
+    )
+    samples: int = dataclasses.field(
+        default=256, metadata={"help": "calibration samples for importance=activation/thinet"}
+    )
+    positions: int = dataclasses.field(
+        default=8, metadata={"help": "sampled output positions per image for importance=thinet"}
+    )
+    max_drop: float | None = dataclasses.field(
+        default=None, metadata={"help": "accuracy budget: the largest ratio up to `ratio` within it"}
+    )
+    refit: bool = dataclasses.field(
+        default=True,
+        metadata={"help": "the budget judges each trial after reconstruct (as the prune recipe runs it)"},
+    )
+    budget_steps: int = dataclasses.field(default=5, metadata={"help": "trials of the bisection over the ratio"})
+    eval_samples: int = dataclasses.field(
+        default=256, metadata={"help": "samples each budget trial is scored on against the original"}
+    )
     # nothing can refit or fine-tune what pruning removed, so prune less
-    without_data_ratio: float | None = None
-    min_samples: int = 256
+    without_data_ratio: float | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "the ratio pruned instead with fewer than min_samples samples of real data "
+            "(random inputs count as none)"
+        },
+    )
+    min_samples: int = dataclasses.field(
+        default=256, metadata={"help": "samples of real data below which without_data_ratio applies"}
+    )
 
     def __post_init__(self) -> None:
+        validate_literals(self)
         if not 0 <= self.ratio < 1:
             raise ValueError(f"ratio must be in [0, 1), not {self.ratio}")
-        if self.importance not in IMPORTANCES:
-            raise ValueError(f"importance must be one of {', '.join(IMPORTANCES)}, not {self.importance!r}")
         if self.min_channels < 1 or self.multiple < 1 or self.samples < 1 or self.positions < 1:
             raise ValueError("min_channels, multiple, samples and positions must be at least 1")
         if self.max_drop is not None and not 0 <= self.max_drop < 1:
@@ -185,8 +211,8 @@ class PruneChannelsPass(OptPass):
             self._prune(PassLog(), trial, ratio, scores)  # a trial's record is thrown away
             if self.config.refit:
                 refit = ReconstructPass()
-                refit.context = context
-                refit(trial)
+                with refit.bound(context):
+                    refit(trial)
             drop = budget.drop(trial)
             log.detail(trial_ratio=round(ratio, 4), metric=budget.metric, drop=round(drop, 4))
             return drop

@@ -25,37 +25,50 @@ Lossy: each layer's sparsity before and after is in the record's details.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Literal
 
 import numpy as np
 import onnx_ir as ir
 
+from onnxopt.passes._config import validate_literals
 from onnxopt.passes._weights import WEIGHT_OPS, Layer, check_filters, replace_weight, select_layers
 from onnxopt.passes.base import OptPass, PassLog
 
-IMPORTANCES = ("magnitude", "l1", "l2")
+Importance = Literal["magnitude", "l1", "l2"]
+IMPORTANCES: tuple[str, ...] = typing.get_args(Importance)
 
 
 @dataclasses.dataclass(frozen=True)
 class PruneMagnitudeConfig:
-    sparsity: float = 0.5  # fraction of weights zeroed (unstructured)
-    scope: Literal["layer", "global"] = "layer"  # one threshold per layer, or one for the whole model
-    importance: str = "magnitude"  # or "l1" / "l2" (layer-normalized, for global scope)
-    pattern: str = ""  # "N:M", e.g. "2:4"; empty: unstructured
-    protect_first: bool = True
-    protect_last: bool = True
-    ops: str = ",".join(WEIGHT_OPS)
-    include: str = ""
-    exclude: str = ""
+    sparsity: float = dataclasses.field(default=0.5, metadata={"help": "fraction of weights zeroed (unstructured)"})
+    scope: Literal["layer", "global"] = dataclasses.field(
+        default="layer", metadata={"help": "one threshold per layer, or one for the whole model"}
+    )
+    importance: Importance = dataclasses.field(
+        default="magnitude",
+        metadata={"help": "|w|, or |w| over the layer's mean |w| (l1) or RMS (l2), for global scope"},
+    )
+    pattern: str = dataclasses.field(default="", metadata={"help": '"N:M", e.g. "2:4"; empty: unstructured'})
+    protect_first: bool = dataclasses.field(
+        default=True, metadata={"help": "leave the first selected layer unpruned (the most sensitive)"}
+    )
+    protect_last: bool = dataclasses.field(default=True, metadata={"help": "leave the last selected layer unpruned"})
+    ops: str = dataclasses.field(
+        default=",".join(WEIGHT_OPS), metadata={"help": "comma-separated op types whose weights are pruned"}
+    )
+    include: str = dataclasses.field(
+        default="", metadata={"help": "regex on node names: only matching layers are pruned; empty: every node"}
+    )
+    exclude: str = dataclasses.field(
+        default="", metadata={"help": "regex on node names: matching layers are left alone; empty: none"}
+    )
 
     def __post_init__(self) -> None:
+        validate_literals(self)
         check_filters(self.ops, self.include, self.exclude)
         if not 0 <= self.sparsity < 1:
             raise ValueError(f"sparsity must be in [0, 1), not {self.sparsity}")
-        if self.scope not in ("layer", "global"):
-            raise ValueError(f"scope must be 'layer' or 'global', not {self.scope!r}")
-        if self.importance not in IMPORTANCES:
-            raise ValueError(f"importance must be one of {', '.join(IMPORTANCES)}, not {self.importance!r}")
         if self.pattern:
             self.n_m  # noqa: B018  (validates)
 

@@ -35,6 +35,7 @@ from typing import Literal
 import numpy as np
 import onnx_ir as ir
 
+from onnxopt.passes._config import validate_literals
 from onnxopt.passes._graph_edit import NameSource, attribute, constant_array, set_constant_input
 from onnxopt.passes._im2col import patches_at, pick_positions
 from onnxopt.passes._weights import scaled_gemm
@@ -45,14 +46,16 @@ _LINEAR = ("Conv", "Gemm", "MatMul")
 
 @dataclasses.dataclass(frozen=True)
 class ReconstructConfig:
-    layers: Literal["changed", "all"] = "changed"  # which layers to refit: those whose inputs changed, or every one
-    samples: int = 1024
-    positions: int = 64  # sampled output positions per image (Conv)
-    ridge: float = 1e-2  # relative to mean diagonal: 1e-2 generalized best on held-out digits data
+    layers: Literal["changed", "all"] = dataclasses.field(
+        default="changed", metadata={"help": "which layers to refit: those whose inputs changed, or every one"}
+    )
+    samples: int = dataclasses.field(default=1024, metadata={"help": "calibration samples the refit reads"})
+    positions: int = dataclasses.field(default=64, metadata={"help": "sampled output positions per image (Conv)"})
+    # 1e-2 generalized best on held-out digits data
+    ridge: float = dataclasses.field(default=1e-2, metadata={"help": "added to X^T X, relative to its mean diagonal"})
 
     def __post_init__(self) -> None:
-        if self.layers not in ("changed", "all"):
-            raise ValueError(f"layers must be 'changed' or 'all', not {self.layers!r}")
+        validate_literals(self)
         if self.samples < 1 or self.positions < 1:
             raise ValueError("samples and positions must be positive")
         if self.ridge < 0:

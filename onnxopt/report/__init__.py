@@ -2,7 +2,7 @@
 
 Schema ``onnxopt.report/2``. Every report has
 
-* ``schema`` (this string), ``kind`` (``optimize``, ``compare`` or ``bench``),
+* ``schema`` (this string), ``kind`` (``optimize``, ``compare``, ``bench`` or ``tune``),
   ``created`` (UTC, ISO 8601), ``versions`` (onnxopt, onnx, onnx_ir,
   onnxruntime, numpy), ``machine`` (cpu, cores, system, python, providers).
 
@@ -33,6 +33,10 @@ batch, file_bytes, session_s, latency: {runs, mean_ms, std_ms, min_ms,
 p50_ms, p90_ms, p99_ms, throughput}, ratio: null | {median, low, high},
 peak_rss_bytes, session_bytes, active_providers}``.
 
+``kind: tune`` (:meth:`onnxopt.tune.TuneResult.to_dict`) adds ``input``, ``output`` (the model, its recipe and
+plan), ``objective``, ``max_drop``, ``split``, ``trials`` (:meth:`onnxopt.tune.trial.TrialRecord.to_dict`),
+``chosen`` (its trial, without the cached model's path), ``held_out``, ``notes`` and ``reproduce``.
+
 JSON has no infinity: an infinite SNR is written as the string ``"inf"``.
 ``onnxopt report A.json B.json ...`` reads reports of any kind back
 (:func:`load_report`) and compares them.
@@ -41,32 +45,28 @@ JSON has no infinity: an infinite SNR is written as the string ``"inf"``.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnxopt.errors import OutputError, RecipeError
+from onnxopt.errors import OutputError, RecipeError, one_line
 from onnxopt.io.writing import write_bytes
 from onnxopt.report.document import to_html, to_markdown
 from onnxopt.report.render import percent_change, render
+from onnxopt.report.schema import KINDS, SCHEMA, envelope, json_safe
 
 if TYPE_CHECKING:
     from onnxopt.bench import BenchResult
     from onnxopt.evaluate.compare import Comparison
-    from onnxopt.optimizer.run import OptimizeResult
-    from onnxopt.tune.run import TuneResult
 
-SCHEMA = "onnxopt.report/2"
-KINDS = ("optimize", "compare", "bench", "tune")
 FORMATS = (".json", ".md", ".html")
 
 
-def optimize_report(result: OptimizeResult) -> dict[str, Any]:
-    """An optimization run (schema :data:`SCHEMA`, kind ``optimize``)."""
+def optimize_report(result: Any) -> dict[str, Any]:
+    """An optimization run, an :class:`onnxopt.optimizer.run.OptimizeResult` (schema :data:`SCHEMA`, kind
+    ``optimize``). Typed loosely: the report stands below the optimizer and never imports it."""
     pipeline = result.pipeline
-    return _envelope(
+    return envelope(
         "optimize",
         input={"path": str(result.input_path), "file_bytes": result.input_file_bytes},
         output={
@@ -82,7 +82,7 @@ def optimize_report(result: OptimizeResult) -> dict[str, Any]:
         seed=result.seed,
         before=dataclasses.asdict(pipeline.original),
         after=dataclasses.asdict(pipeline.final),
-        passes=[dataclasses.asdict(r) for r in pipeline.records],
+        passes=[r.to_dict() for r in pipeline.records],
         guard_max_drift=pipeline.max_drift,
         comparison=result.comparison.to_dict(),
         latency=result.latency.to_dict() if result.latency else None,
@@ -91,32 +91,14 @@ def optimize_report(result: OptimizeResult) -> dict[str, Any]:
     )
 
 
-def tune_report(result: TuneResult) -> dict[str, Any]:
-    """One model's tune (kind ``tune``): every trial, the finalists' latency, the chosen recipe and its
-    held-out metric."""
-    return _envelope(
-        "tune",
-        input={"path": str(result.model), "file_bytes": result.model.stat().st_size},
-        output={"path": str(result.output), "recipe": str(result.recipe_file), "plan": str(result.plan_file)},
-        objective=result.objective,
-        max_drop=result.max_drop,
-        split=result.split,
-        trials=result.trials,
-        chosen={k: v for k, v in result.chosen.items() if k != "model"},
-        held_out=result.held_out,
-        notes=result.notes,
-        reproduce=result.reproduce,
-    )
-
-
 def compare_report(reference: str, candidate: str, comparison: Comparison) -> dict[str, Any]:
     """A comparison of two models (kind ``compare``)."""
-    return _envelope("compare", reference=reference, candidate=candidate, comparison=comparison.to_dict())
+    return envelope("compare", reference=reference, candidate=candidate, comparison=comparison.to_dict())
 
 
 def bench_report(result: BenchResult) -> dict[str, Any]:
     """A benchmark (kind ``bench``)."""
-    return _envelope("bench", bench=result.to_dict())
+    return envelope("bench", bench=result.to_dict())
 
 
 def check_report_path(path: str | Path) -> Path:
@@ -154,7 +136,7 @@ def load_report(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise RecipeError(f"{path}: no such report") from None
     except (OSError, ValueError) as e:
-        raise RecipeError(f"{path}: not a JSON report ({' '.join(str(e).split())[:120]})") from e
+        raise RecipeError(f"{path}: not a JSON report ({one_line(e, 120)})") from e
     if not isinstance(data, dict) or data.get("schema") != SCHEMA or data.get("kind") not in KINDS:
         found = data.get("schema") if isinstance(data, dict) else type(data).__name__
         raise RecipeError(f"{path}: not an {SCHEMA} report (schema: {found})")
@@ -162,54 +144,13 @@ def load_report(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def json_safe(value: Any) -> Any:
-    """JSON has no infinity: write it as the string "inf"."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def _envelope(kind: str, **content: Any) -> dict[str, Any]:
-    from onnxopt.bench import machine_description
-
-    return json_safe(
-        {
-            "schema": SCHEMA,
-            "kind": kind,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "versions": _versions(),
-            "machine": machine_description(),
-            **content,
-        }
-    )
-
-
-def _versions() -> dict[str, str]:
-    import numpy
-    import onnx
-    import onnx_ir
-    import onnxruntime
-
-    from onnxopt import __version__
-
-    return {
-        "onnxopt": __version__,
-        "onnx": onnx.__version__,
-        "onnx_ir": onnx_ir.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "numpy": numpy.__version__,
-    }
-
-
 __all__ = [
+    "KINDS",
     "SCHEMA",
     "bench_report",
     "check_report_path",
     "compare_report",
+    "envelope",
     "format_report",
     "json_safe",
     "load_report",

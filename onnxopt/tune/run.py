@@ -34,7 +34,7 @@ import yaml
 
 from onnxopt.bench import BenchConfig, benchmark
 from onnxopt.data import open_dataset
-from onnxopt.errors import OutputError
+from onnxopt.errors import OutputError, TuneError
 from onnxopt.io.validation import validate
 from onnxopt.io.writing import write_bytes
 from onnxopt.model_stats import estimate_macs
@@ -43,11 +43,12 @@ from onnxopt.optimizer.quality import QualityProbe
 from onnxopt.optimizer.recipe import parse_spec
 from onnxopt.optimizer.run import OptimizeOptions, optimize_file
 from onnxopt.progress import NullProgress, Progress
+from onnxopt.report.schema import envelope
 from onnxopt.runtime import Runner
 from onnxopt.tune import space
 from onnxopt.tune.split import Split, split_data
-from onnxopt.tune.trial import TrialTask, run_trial
-from onnxopt.tune.workers import TuneError, Workers, default_processes, open_workers
+from onnxopt.tune.trial import TrialRecord, TrialTask, run_trial
+from onnxopt.tune.workers import Workers, default_processes, open_workers
 
 OBJECTIVES = ("latency", "size", "balanced")
 FINALISTS = 6  # sampled finalists timed per model (the feasible built-ins are timed besides)
@@ -102,8 +103,8 @@ class TuneResult:
     recipe_file: Path
     plan_file: Path
     split: dict[str, Any]
-    trials: list[dict[str, Any]]  # every trial, built-ins first, with latency ratios where timed
-    chosen: dict[str, Any]
+    trials: list[TrialRecord]  # every trial, built-ins first, with latency ratios where timed
+    chosen: TrialRecord
     held_out: dict[str, Any]  # the chosen model's metric on the held-out part, measured once
     objective: str
     max_drop: float
@@ -111,9 +112,21 @@ class TuneResult:
     reproduce: list[str]  # the onnxopt command that rebuilds the output byte for byte from its recipe and plan
 
     def to_dict(self) -> dict[str, Any]:
-        from onnxopt.report import tune_report
-
-        return tune_report(self)
+        """The tune as the report JSON (:data:`onnxopt.report.SCHEMA`, kind ``tune``): every trial, the finalists'
+        latency, the chosen recipe and its held-out metric."""
+        return envelope(
+            "tune",
+            input={"path": str(self.model), "file_bytes": self.model.stat().st_size},
+            output={"path": str(self.output), "recipe": str(self.recipe_file), "plan": str(self.plan_file)},
+            objective=self.objective,
+            max_drop=self.max_drop,
+            split=self.split,
+            trials=[t.to_dict() for t in self.trials],
+            chosen={k: v for k, v in self.chosen.to_dict().items() if k != "model"},
+            held_out=self.held_out,
+            notes=self.notes,
+            reproduce=self.reproduce,
+        )
 
 
 @dataclasses.dataclass
@@ -128,7 +141,7 @@ class _Subject:
     select_digest: str
     study: Any
     macs: int  # the original's MACs per sample (the latency proxy's denominator)
-    trials: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    trials: list[TrialRecord] = dataclasses.field(default_factory=list)
     asked: int = 0
     notes: list[str] = dataclasses.field(default_factory=list)
 
@@ -236,38 +249,46 @@ def _search(
         progress.phase(f"tune: {len(batch)} trial(s) on {workers.size} worker(s)")
         for (subject, asked, _), result in zip(batch, workers.map(run_trial, [t for _, _, t in batch]), strict=True):
             subject.trials.append(result)
-            if result["status"] == "ok":
+            if result.status == "ok":
                 subject.study.tell(asked, _proxy(result, subject, options))
             else:
-                state = optuna.trial.TrialState.PRUNED if result["status"] == "pruned" else optuna.trial.TrialState.FAIL
+                state = optuna.trial.TrialState.PRUNED if result.status == "pruned" else optuna.trial.TrialState.FAIL
                 subject.study.tell(asked, state=state)
 
 
-def _proxy(result: dict[str, Any], subject: _Subject, options: TuneOptions) -> float:
+def _proxy(result: TrialRecord, subject: _Subject, options: TuneOptions) -> float:
     """What the sampler minimizes: the objective as far as an untimed trial knows it, or the budget's excess."""
-    if not result["feasible"]:
-        return 10.0 + 100.0 * (result["drop"] - options.max_drop)
-    size = result["size_bytes"] / subject.path.stat().st_size
-    macs = result["macs"] / max(subject.macs, 1)
+    assert result.drop is not None and result.size_bytes is not None and result.macs is not None  # status ok
+    if not result.feasible:
+        return 10.0 + 100.0 * (result.drop - options.max_drop)
+    size = result.size_bytes / subject.path.stat().st_size
+    macs = result.macs / max(subject.macs, 1)
     return {"size": size, "latency": macs, "balanced": math.sqrt(size * macs)}[options.objective]
 
 
-def _finalists(subject: _Subject) -> list[dict[str, Any]]:
+def _finalists(subject: _Subject) -> list[TrialRecord]:
     """Feasible trials no other feasible trial beats on drop, size and MACs at once (one per distinct model,
     at most FINALISTS sampled ones by proxy order), and every feasible built-in."""
-    feasible = [t for t in subject.trials if t.get("status") == "ok" and t["feasible"]]
-    unique: dict[str, dict[str, Any]] = {}
+    feasible = [t for t in subject.trials if t.status == "ok" and t.feasible and t.model]
+    unique: dict[str, TrialRecord] = {}
     for t in feasible:  # built-ins first: a sampled trial that rebuilt a built-in's model is that built-in
-        unique.setdefault(file_digest(Path(t["model"])), t)
+        unique.setdefault(file_digest(Path(str(t.model))), t)
     candidates = list(unique.values())
 
-    def beaten(t: dict[str, Any]) -> bool:
-        keys = ("drop", "size_bytes", "macs")
-        return any(all(o[k] <= t[k] for k in keys) and any(o[k] < t[k] for k in keys) for o in candidates)
+    def measures(t: TrialRecord) -> tuple[float, int, int]:
+        return (t.drop or 0.0, t.size_bytes or 0, t.macs or 0)
 
-    builtin = [t for t in candidates if not t["name"].startswith("trial ")]
-    front = [t for t in candidates if t["name"].startswith("trial ") and not beaten(t)]
-    front.sort(key=lambda t: (t["size_bytes"] * max(t["macs"], 1), t["name"]))
+    def beaten(t: TrialRecord) -> bool:
+        mine = measures(t)
+        return any(
+            all(a <= b for a, b in zip(measures(o), mine, strict=True))
+            and any(a < b for a, b in zip(measures(o), mine, strict=True))
+            for o in candidates
+        )
+
+    builtin = [t for t in candidates if not t.name.startswith("trial ")]
+    front = [t for t in candidates if t.name.startswith("trial ") and not beaten(t)]
+    front.sort(key=lambda t: ((t.size_bytes or 0) * max(t.macs or 0, 1), t.name))
     return builtin + front[:FINALISTS]
 
 
@@ -281,23 +302,23 @@ def _finish(subject: _Subject, options: TuneOptions, progress: Progress) -> Tune
     inputs = Runner(str(subject.path)).inputs
     dataset = open_dataset(str(subject.split.select), inputs, seed=options.seed)
     config = BenchConfig(batches=(options.batch,) if options.batch else None, seconds=1.0, memory=False)
-    bench = benchmark([subject.path, *[Path(t["model"]) for t in finalists]], config, dataset=dataset)
+    bench = benchmark([subject.path, *[Path(str(t.model)) for t in finalists]], config, dataset=dataset)
     ratios = [m.ratio.median for m in bench.measurements[1:] if m.ratio is not None]
     size = subject.path.stat().st_size
     for trial, ratio in zip(finalists, ratios, strict=True):
-        trial["latency_ratio"] = ratio
-        trial["size_ratio"] = trial["size_bytes"] / size
-        trial["score"] = {
-            "size": trial["size_ratio"], "latency": ratio, "balanced": math.sqrt(trial["size_ratio"] * ratio),
-        }[options.objective]  # fmt: skip
-        trial["finalist"] = True
-    chosen = min(finalists, key=lambda t: (t["score"], t["size_bytes"], t["name"]))
-    chosen["chosen"] = True
+        size_ratio = (trial.size_bytes or 0) / size
+        trial.latency_ratio = ratio
+        trial.size_ratio = size_ratio
+        scores = {"size": size_ratio, "latency": ratio, "balanced": math.sqrt(size_ratio * ratio)}
+        trial.score = scores[options.objective]
+        trial.finalist = True
+    chosen = min(finalists, key=lambda t: (t.score or 0.0, t.size_bytes or 0, t.name))
+    chosen.chosen = True
     recipe_file = subject.output.with_name(subject.output.stem + ".recipe.yaml")
     plan_file = subject.output.with_name(subject.output.stem + ".plan.json")
-    entries = [{"name": name, **params} if params else name for name, params in parse_spec(chosen["spec"])]
+    entries = [{"name": name, **params} if params else name for name, params in parse_spec(chosen.spec)]
     write_bytes(recipe_file, yaml.safe_dump({"passes": entries}, sort_keys=False).encode())
-    progress.phase(f"tune {subject.path.name}: building {chosen['name']} and scoring it on the held-out part")
+    progress.phase(f"tune {subject.path.name}: building {chosen.name} and scoring it on the held-out part")
     rebuild = OptimizeOptions(
         recipe=str(recipe_file), data=str(subject.split.fit), eval_data=str(subject.split.held_out),
         seed=options.seed, batch=options.batch, save_plan=plan_file,
@@ -310,10 +331,10 @@ def _finish(subject: _Subject, options: TuneOptions, progress: Progress) -> Tune
     held = open_dataset(str(subject.split.held_out), inputs, seed=options.seed)
     probe = QualityProbe(ir.load(str(subject.path)), held, limit=held.num_samples)
     drop = probe.drop(ir.load(str(subject.output)))
-    same = file_digest(subject.output) == file_digest(Path(chosen["model"]))
+    same = file_digest(subject.output) == file_digest(Path(str(chosen.model)))
     if not same:
         notes.append(
-            f"the rebuilt {chosen['name']} differs from its trial's model (a decision timed on this machine "
+            f"the rebuilt {chosen.name} differs from its trial's model (a decision timed on this machine "
             "came out otherwise); the held-out metric is the rebuilt model's"
         )
     if built.fallbacks:
@@ -328,9 +349,8 @@ def _finish(subject: _Subject, options: TuneOptions, progress: Progress) -> Tune
         "counts": list(subject.split.counts), "labels": subject.split.labels,
     }  # fmt: skip
     for trial in subject.trials:
-        trial.pop("has_model", None)
-        if trial.get("spec"):
-            trial["recipe"] = space.short(trial["spec"])
+        if trial.spec:
+            trial.recipe = space.short(trial.spec)
     reproduce = [
         "onnxopt", "optimize", str(subject.path), str(subject.output), "--recipe", str(recipe_file), "--plan",
         str(plan_file), "--data", split["fit"], "--eval-data", split["held_out"], "--seed", str(options.seed),

@@ -1,8 +1,8 @@
 """One trial of ``onnxopt tune``: build a point's model on the fitting data, score it on the selection data.
 
 :func:`run_trial` is what a worker runs (a local process or a Ray task): it takes a picklable
-:class:`TrialTask` naming files, and returns a plain dict, the same one the cache stores. Nothing in a
-trial is timed -- trials run side by side.
+:class:`TrialTask` naming files, and returns a :class:`TrialRecord` (the cache stores its
+:meth:`~TrialRecord.to_dict`). Nothing in a trial is timed -- trials run side by side.
 
 A trial stops early when it is hopeless: after its float stage (pruning, refitting, clipping) and
 again before the whole selection set, its drop is scored on the first quarter of the selection
@@ -19,12 +19,12 @@ import math
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import onnx_ir as ir
 
 from onnxopt.data import open_dataset
-from onnxopt.errors import OnnxoptError
+from onnxopt.errors import OnnxoptError, one_line
 from onnxopt.model_stats import estimate_macs
 from onnxopt.optimizer.quality import QualityProbe
 from onnxopt.optimizer.run import OptimizeOptions, optimize_file
@@ -35,6 +35,8 @@ from onnxopt.tune.space import Point
 #: The first rung scores this fraction of the selection samples (at least MIN_RUNG).
 RUNG_FRACTION = 0.25
 MIN_RUNG = 16
+#: Fields a trial's JSON holds only when true.
+_ONLY_WHEN_TRUE = ("finalist", "chosen")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,34 +63,80 @@ class TrialTask:
         )  # fmt: skip
 
 
-def run_trial(task: TrialTask) -> dict[str, Any]:
-    """The trial's result (from the cache when it already ran): ``status`` ``ok``, ``pruned`` or ``failed``;
+@dataclasses.dataclass
+class TrialRecord:
+    """One trial of a tune, as the report lists it (:meth:`to_dict`: a field that does not apply -- None, or a
+    False finalist/chosen -- is left out, as the trial's JSON always had it)."""
+
+    name: str  # a built-in's name, or "trial <n>"
+    spec: str  # the recipe as one pass list
+    params: dict[str, Any]  # what the sampler chose ({} for built-ins)
+    status: Literal["ok", "pruned", "failed"]
+    seconds: float = 0.0  # building and scoring it (as first run, for a cached trial)
+    cached: bool = False  # taken from the trial cache, not run by this tune
+    model: str | None = None  # its model's path in the trial cache (when it made one)
+    error: str | None = None  # why it failed
+    # -- scored on the selection part (status ok; `metric` also when pruned)
+    metric: str | None = None
+    baseline: float | None = None  # the original's metric
+    drop: float | None = None  # the metric lost against the original
+    feasible: bool | None = None  # drop within the budget
+    size_bytes: int | None = None
+    macs: int | None = None  # per sample
+    fallbacks: list[str] | None = None  # what the optimizer fell back on while building it
+    samples: int | None = None
+    # -- stopped early (status pruned): the drop on the first rung, its samples, and where it stopped
+    rung_drop: float | None = None
+    rung_samples: int | None = None
+    pruned: str | None = None
+    # -- finalists, timed against the original; the one chosen
+    latency_ratio: float | None = None
+    size_ratio: float | None = None
+    score: float | None = None  # on the tune's objective
+    finalist: bool = False
+    chosen: bool = False
+    recipe: str | None = None  # the spec, shortened for people
+
+    def to_dict(self) -> dict[str, Any]:
+        """The trial's JSON: ``name, spec, params, status, seconds, cached``, and each other field that applies."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {k: v for k, v in sorted(out.items()) if v is not None and (v or k not in _ONLY_WHEN_TRUE)}
+
+    @classmethod
+    def of(cls, stored: dict[str, Any]) -> TrialRecord:
+        """A record from its :meth:`to_dict` (a trial cache's result; its ``has_model`` flag is the cache's)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in stored.items() if k in names})
+
+
+def run_trial(task: TrialTask) -> TrialRecord:
+    """The trial's record (from the cache when it already ran): ``status`` ``ok``, ``pruned`` or ``failed``;
     for ``ok``, ``drop`` (selection metric lost against the original), ``size_bytes``, ``macs`` and
     ``model`` (its path in the cache)."""
     cache = TrialCache(Path(task.cache))
     key = task.key
     hit = cache.get(key)
     if hit is not None:  # named as this run names it (a sampled point may repeat an earlier one)
-        return {**hit, "name": task.point.name, "params": task.point.params, "cached": True}
+        return TrialRecord.of({**hit, "name": task.point.name, "params": task.point.params, "cached": True})
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="onnxopt-trial-") as folder:
         keep = True
         try:
             result, model = _run(task, cache, Path(folder))
         except OnnxoptError as e:  # the recipe cannot work on this model: remembered
-            result, model = {"status": "failed", "error": " ".join(str(e).split())[:300]}, None
+            result, model = {"status": "failed", "error": one_line(e, 300)}, None
         except Exception as e:  # an internal error: this trial fails, the tune goes on, a rerun tries again
             result, model, keep = (
-                {"status": "failed", "error": f"internal error ({type(e).__name__}): {e}"[:300]},
+                {"status": "failed", "error": one_line(f"internal error ({type(e).__name__}): {e}", 300)},
                 None,
                 False,
             )
         result.update(name=task.point.name, spec=task.point.spec, params=task.point.params)
         result["seconds"] = round(time.perf_counter() - started, 2)
         if not keep:
-            return {**result, "cached": False}
+            return TrialRecord.of(result)
         stored = cache.put(key, result, model)
-    return {**stored, "cached": False}
+    return TrialRecord.of(stored)
 
 
 def _run(task: TrialTask, cache: TrialCache, work: Path) -> tuple[dict[str, Any], Path | None]:

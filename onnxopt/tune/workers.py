@@ -15,11 +15,7 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from onnxopt.errors import OnnxoptError
-
-
-class TuneError(OnnxoptError):
-    """A tune that cannot start: a bad objective or budget, no data, an unreachable Ray cluster."""
+from onnxopt.errors import TuneError, one_line
 
 
 class Workers(Protocol):
@@ -61,7 +57,7 @@ class RayPool:
                 ray.init(address=None if address == "auto" else address, ignore_reinit_error=True,
                          log_to_driver=False, include_dashboard=False)  # fmt: skip
             except (ConnectionError, RuntimeError, ValueError) as e:
-                raise TuneError(f"--ray {address}: cannot connect ({' '.join(str(e).split())[:160]})") from e
+                raise TuneError(f"--ray {address}: cannot connect ({one_line(e, 160)})") from e
         self.size = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._remote: dict[Callable, Any] = {}
 

@@ -25,14 +25,19 @@ import onnx_ir as ir
 
 from onnxopt.passes._graph_edit import NameSource, attribute, constant_array
 from onnxopt.passes.base import OptPass, PassLog
-from onnxopt.passes.quantize import cpu_target
+from onnxopt.passes.quantize import cpu_target, policy
 from onnxopt.passes.quantize.weight_rounding import apply_shift, channel_means, rounding_shift
 
 
 @dataclasses.dataclass(frozen=True)
 class BiasCorrectConfig:
-    target: str = "auto"  # the quantizer's target: the same rounding (onnxopt.passes.quantize.cpu_target)
-    samples: int = 256
+    target: str = dataclasses.field(
+        default="auto",
+        metadata={"help": "the quantizer's target: the same rounding (onnxopt.passes.quantize.cpu_target)"},
+    )
+    samples: int = dataclasses.field(
+        default=256, metadata={"help": "samples of the run's data the layers' input means are taken over"}
+    )
 
     def __post_init__(self) -> None:
         if self.target not in cpu_target.TARGETS:
@@ -71,7 +76,7 @@ class BiasCorrectPass(OptPass):
             self._correct(log, node, sums[name] / counts[name], target.weight_max, names)
 
     def _eligible(self, log: PassLog, node: ir.Node) -> bool:
-        if node.op_type not in ("Conv", "Gemm") or node.domain != "" or len(node.inputs) < 2:
+        if not policy.bias_corrected(node) or node.domain != "" or len(node.inputs) < 2:
             return False
         weight, x = node.inputs[1], node.inputs[0]
         where = node.name or node.op_type

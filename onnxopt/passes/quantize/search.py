@@ -1,6 +1,6 @@
 """Which nodes a quantization keeps float: by measured speed (``fallback=profile``) and by an accuracy budget
-(``max_drop``). Used by the ``quantize`` pass (:mod:`onnxopt.passes.quantize.quantize_qdq`), whose docstring states the
-contract; this module holds the two searches.
+(``max_drop``, ``max_db_loss``). Used by the ``quantize`` pass (:mod:`onnxopt.passes.quantize.quantize_qdq`), whose
+docstring states the contract; this module holds the two searches.
 
 Both work on *trials*: quantized copies of the float model with a given set of nodes kept float, made by
 the pass. Every measurement goes through the pipeline's Context (onnxruntime's per-node profiler, interleaved
@@ -9,6 +9,7 @@ latency ratios, the quality probe, per-layer errors), never onnxruntime directly
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -17,10 +18,10 @@ import onnx_ir as ir
 
 from onnxopt.evaluate.agreement import SNR_CAP_DB, finite_db
 from onnxopt.passes.base import PassContext, PassLog
+from onnxopt.passes.quantize.config import QuantizeConfig
 
 if TYPE_CHECKING:
     from onnxopt.optimizer.node_profile import NodeProfile
-    from onnxopt.passes.quantize.quantize_qdq import QuantizeConfig
 
 
 #: Samples the max_db_loss budget scores each trial on (output SNR needs fewer than a task metric).
@@ -29,6 +30,13 @@ DB_LOSS_SAMPLES = 32
 #: sample weighs thousands of values per layer (16 gave the same top 10 as 32 and 64 on the digits CNN and
 #: ResNet-50, in half the time of 32).
 SENSITIVITY_SAMPLES = 16
+
+
+class SearchOutcome(enum.StrEnum):
+    """Why a search declined int8 compute (``FloatFallbackSearch.declined``)."""
+
+    SPEED = "speed"  # int8 is not faster than float, with the slower nodes kept float
+    BUDGET = "budget"  # no float fallback short of nothing quantized meets the accuracy budget
 
 
 class FloatFallbackSearch:
@@ -55,7 +63,7 @@ class FloatFallbackSearch:
         self.batch = batch
         self.reference = reference
         self.kept_for_speed: set[str] = set()  # nodes kept float because their int8 kernel was slower
-        self.declined: str | None = None  # why run() returned None: "speed" or "budget"
+        self.declined: SearchOutcome | None = None  # why run() returned None
         self.measured: dict[str, Any] = {}  # what the decisions rest on, for the plan (JSON values)
 
     def run(self, excluded: set[str]) -> set[str] | None:
@@ -70,17 +78,17 @@ class FloatFallbackSearch:
             # sensitivity ranking and trials where int8 loses anyway (a CPU without VNNI).
             if budgeted:
                 if not self._faster_than_float(current):
-                    self.declined = "speed"
+                    self.declined = SearchOutcome.SPEED
                     return None
                 self.measured["int8_over_float_before_budget"] = self.measured.pop("int8_over_float")
         if budgeted:
             decided = self._fit_budget(excluded)
             if decided is None:
-                self.declined = "budget"
+                self.declined = SearchOutcome.BUDGET
                 return None
             excluded = decided
         if self.config.fallback == "profile" and not self._faster_than_float(self.trial(excluded)):
-            self.declined = "speed"
+            self.declined = SearchOutcome.SPEED
             return None
         return excluded
 

@@ -14,7 +14,7 @@ bit for bit), and no call pays for the decoding. ``DequantizeLinear`` is
 the graph (they are QDQ markers to it) and runs them on every call.
 
 What it stores: input 1 of Conv, ConvTranspose, Gemm and MatMul (per output
-channel, :func:`onnxopt.passes._weights.weight_axes`), inputs 1 and 2 (W, R)
+channel, :func:`onnxopt.passes.quantize.policy.weight_axes`), inputs 1 and 2 (W, R)
 of LSTM, GRU and RNN (per gate row, axis 1), input 0 of a Gather of rows from a matrix (per row: an
 embedding table, the exact head rows ``low-rank`` keeps) -- float32 constants of at least
 :data:`MIN_ELEMENTS` elements whose storage saves a quarter of their bytes (any size when every weight is
@@ -35,31 +35,15 @@ import onnx_ir as ir
 from onnxopt.passes._graph_edit import (
     NameSource,
     add_initializer,
-    attribute,
     constant_array,
     remove_node_and_orphans,
 )
-from onnxopt.passes._weights import weight_axes
+from onnxopt.passes.quantize import policy
 from onnxopt.passes.quantize.weight_rounding import quantize_weight
 
 #: Smaller weights stay float; above it a weight is stored when that saves a quarter of its bytes (a
 #: depthwise [32, 1, 3, 3] kernel does: 288 + 128 + ~200 bytes against 1,152).
 MIN_ELEMENTS = 128
-MATRIX_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-RECURRENT_OPS = ("LSTM", "GRU", "RNN")
-
-
-def storage_axis(node: ir.Node, index: int, ndim: int) -> int | None:
-    """The per-channel axis weight input ``index`` of ``node`` is stored along; None if it is not a weight."""
-    if node.domain not in ("", "ai.onnx"):
-        return None
-    if node.op_type in MATRIX_OPS and index == 1 and ndim >= 2:
-        return weight_axes(node, ndim)[0]
-    if node.op_type in RECURRENT_OPS and index in (1, 2) and ndim == 3:
-        return 1  # [directions, gates * hidden, inputs]: one scale per gate row
-    if node.op_type == "Gather" and index == 0 and ndim == 2 and attribute(node, "axis", 0) in (0, -2):
-        return 0  # a table read by rows (embeddings, low-rank's exact head rows): one scale per row
-    return None
 
 
 def int8_per_channel(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
@@ -130,7 +114,9 @@ def _common_axis(value: ir.Value, ndim: int, keep_exact: set[str]) -> int | None
     (or is kept exact, or two readers disagree): one rounding must serve them all."""
     if value.is_graph_output():
         return None
-    axes = {None if use.node.name in keep_exact else storage_axis(use.node, use.idx, ndim) for use in value.uses()}
+    axes = {
+        None if use.node.name in keep_exact else policy.storage_axis(use.node, use.idx, ndim) for use in value.uses()
+    }
     return axes.pop() if len(axes) == 1 else None
 
 

@@ -1,0 +1,64 @@
+"""The ``quantize`` pass's configuration (:class:`QuantizeConfig`); the pass's docstring states what each does."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from onnxopt.passes._config import validate_literals
+from onnxopt.passes._weights import check_pattern
+
+
+def _option(default, help: str):  # "help": the metadata key every config's help is read from
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeConfig:
+    calibration: Literal["minmax", "percentile", "entropy", "mse", "auto"] = _option(
+        "minmax", "how activation ranges are chosen; auto: per tensor, the method whose error its readers feel least"
+    )
+    percentile: float = _option(99.99, "calibration=percentile: the quantile kept")
+    activations: Literal["uint8", "int8", "int16"] = _option("uint8", "uint8 asymmetric, int8 symmetric, int16 = A16W8")
+    weights_only: bool = _option(False, "int8 weight storage only: float compute, a 4x smaller file")
+    target: Literal["auto", "vnni", "avx2", "arm", "gpu"] = _option(
+        "auto", "the CPU the integer kernels are rounded for (7-bit weights without VNNI); auto: this machine's"
+    )
+    samples: int = _option(256, "calibration samples of --data")
+    exclude: str = _option("", "regex on node names kept in float")
+    fallback: Literal["none", "profile"] = _option("none", "profile: keep float compute where int8 runs slower")
+    max_drop: float | None = _option(None, "accuracy budget (onnxopt.optimizer.quality)")
+    max_db_loss: float | None = _option(
+        None, "or: at most this many dB of output SNR (worst output) lost beyond the weights-only int8 model"
+    )
+    eval_samples: int = _option(256, "samples the budgets score on")
+    bias_correct: bool = _option(False, "fold each layer's mean weight-rounding error into its bias")
+    profile_batch: int | None = _option(None, "the batch fallback=profile times (default: the run's --batch, else 1)")
+    min_gain: float = _option(
+        0.03,
+        "fallback=profile keeps int8 compute only when it runs at most (1 - min_gain) x float's latency: else float "
+        "compute with int8 weight storage (float's speed, less error) serves better; a near-tie is noise",
+    )
+    rounding: Literal["nearest", "gptq"] = _option("nearest", "gptq: weight levels learned on the calibration data")
+    float_weights: Literal["int8", "float"] = _option("int8", "how nodes that keep float compute store weights")
+
+    def __post_init__(self) -> None:
+        validate_literals(self)
+        if not 50 < self.percentile <= 100:
+            raise ValueError("percentile must be in (50, 100]")
+        if self.max_drop is not None and not 0 <= self.max_drop < 1:
+            raise ValueError("max_drop must be in [0, 1)")
+        if self.max_db_loss is not None and not 0 <= self.max_db_loss <= 100:
+            raise ValueError("max_db_loss must be in [0, 100] dB")
+        if self.max_drop is not None and self.max_db_loss is not None:
+            raise ValueError("give max_drop or max_db_loss, not both")
+        if self.samples < 1 or self.eval_samples < 1 or (self.profile_batch is not None and self.profile_batch < 1):
+            raise ValueError("samples, eval_samples and profile_batch must be positive")
+        if not -1 < self.min_gain < 1:
+            raise ValueError("min_gain must be in (-1, 1)")
+        check_pattern(self.exclude)
+
+    @property
+    def budgeted(self) -> bool:
+        """Whether an accuracy budget (``max_drop`` or ``max_db_loss``; 0 is a budget too) is set."""
+        return self.max_drop is not None or self.max_db_loss is not None

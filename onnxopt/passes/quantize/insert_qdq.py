@@ -1,0 +1,279 @@
+"""The quantize pass's rewrite: Q/DQ pairs on activations, int8 weights, int32 biases, quantized constants.
+
+:class:`InsertQDQ` applies one decision (which nodes keep float compute, which of those keep exact weights)
+to a model, with the ranges and learned levels of one :class:`~onnxopt.passes.quantize.calibration.Calibration`;
+the pass runs it on the model it writes and on every trial copy its searches measure. Which inputs of an op
+are activations, weights or biases is the policy's (:mod:`onnxopt.passes.quantize.policy`); the math is the
+pass's docstring's (:mod:`onnxopt.passes.quantize.quantize_qdq`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxopt.passes._graph_edit import (
+    NameSource,
+    add_initializer,
+    attribute,
+    bypass_node,
+    constant_array,
+    drop_unused_initializers,
+    subgraph_reads,
+)
+from onnxopt.passes.base import PassLog
+from onnxopt.passes.quantize import policy
+from onnxopt.passes.quantize.activation_ranges import Ranges
+from onnxopt.passes.quantize.calibration import Calibration
+from onnxopt.passes.quantize.config import QuantizeConfig
+from onnxopt.passes.quantize.cpu_target import IntegerTarget
+from onnxopt.passes.quantize.weight_rounding import apply_shift, quantize_weight, rounding_shift
+from onnxopt.passes.quantize.weight_storage import MIN_ELEMENTS, store_weights_int8
+
+_FLOAT = (ir.DataType.FLOAT, ir.DataType.FLOAT16)
+ZERO_DTYPE = {"uint8": np.uint8, "int8": np.int8, "int16": np.int16}
+
+
+class InsertQDQ:
+    """One run's rewrite: ``apply`` quantizes a model in place with the given nodes kept float."""
+
+    def __init__(self, config: QuantizeConfig, calibration: Calibration, target: IntegerTarget) -> None:
+        self.config = config
+        self.calibration = calibration
+        self.target = target
+
+    @property
+    def weight_max(self) -> int:
+        """The target's weight range for int8 kernels; 8 bits with int16 activations, which onnxruntime runs
+        through float kernels (no u8*s8 pair sums to saturate, so 7 bits would only add error)."""
+        return 127 if self.config.activations == "int16" else self.target.weight_max
+
+    def apply(self, log: PassLog, model: ir.Model, excluded: set[str], *, exact: set[str]) -> None:
+        """Quantize ``model`` in place with ``excluded`` kept float; every float weight left (nodes kept float,
+        ops without integer kernels) is stored int8 unless its node is in ``exact`` or ``float_weights=float``."""
+        graph, config, ranges = model.graph, self.config, self.calibration.ranges
+        nodes = chosen(graph, excluded)
+        names = NameSource(model)
+        if self.calibration.means:
+            weight_max = 127 if config.weights_only else self.weight_max  # storage rounds to 8 bits
+            self._correct_biases(log, nodes, weight_max, names)
+        if not config.weights_only:
+            float_tensors = touching(graph, excluded)
+            folded = set()
+            if config.activations == "uint8":
+                folded = fold_relus(log, graph, nodes, ranges, float_tensors)
+            nodes = [n for n in nodes if id(n) not in folded]
+            for value in activation_tensors(graph, nodes, touching(graph, excluded)):
+                low, high = ranges.get(value.name or "", (np.inf, -np.inf))
+                if not (np.isfinite(low) and np.isfinite(high)):
+                    log.skip(value.name or "?", "no finite calibration range")
+                    continue
+                insert_pair(log, graph, value, activation_params(low, high, config.activations), names, config)
+        for node in [] if config.weights_only else nodes:
+            if policy.has_weight(node):
+                self._quantize_weight(log, graph, node, names)
+            elif policy.quantizes_constants(node):
+                quantize_constants(graph, node, names, config.activations)
+        if config.float_weights == "int8" or config.weights_only:
+            everything = 1 if config.weights_only else MIN_ELEMENTS  # asked for: every weight, however small
+            learned = self.calibration.learned
+            stored = store_weights_int8(
+                graph, names, exact, min_elements=everything, rounder=lambda n, w, axis: learned(n, w, 127)
+            )
+            if stored:
+                log.count("weights stored int8 for float compute", len(stored))
+
+    def _correct_biases(self, log: PassLog, nodes: list[ir.Node], weight_max: int, names: NameSource) -> None:
+        """Before rounding: each Conv/Gemm bias absorbs the mean output error its weight's rounding will cause."""
+        means = self.calibration.means
+        for node in nodes:
+            x = node.inputs[0] if node.inputs else None
+            if not policy.bias_corrected(node) or x is None or x.name not in means:
+                continue
+            gemm_scaled = attribute(node, "transA", 0) or attribute(node, "alpha", 1.0) != 1.0
+            if node.op_type == "Gemm" and (gemm_scaled or attribute(node, "beta", 1.0) != 1.0):
+                continue
+            weight = node.inputs[1] if len(node.inputs) > 1 else None
+            if weight is None or len(weight.uses()) != 1:
+                continue
+            weight_array = constant_array(weight)
+            rounded = self.calibration.learned(node, weight_array, weight_max) if weight_array is not None else None
+            shift = rounding_shift(node, means[x.name], weight_max, rounded)
+            if shift is not None and apply_shift(node, shift, names):
+                log.count("biases corrected for weight rounding")
+
+    def _quantize_weight(self, log: PassLog, graph: ir.Graph, node: ir.Node, names: NameSource) -> None:
+        weight_max = self.weight_max
+        weight_value = node.inputs[1] if len(node.inputs) > 1 else None
+        weight = constant_array(weight_value)
+        where = node.name or node.op_type
+        if weight is None or weight.dtype.kind != "f" or weight.ndim < 2 or weight_value is None:
+            log.skip(where, "its weight is not a float constant matrix or kernel")
+            return
+        if node.op_type == "Gemm" and (attribute(node, "transA", 0) or attribute(node, "alpha", 1.0) != 1.0):
+            log.skip(where, "Gemm with transA or alpha != 1 stays float")
+            return
+        axis, _ = policy.weight_axes(node, weight.ndim)
+        w_q, w_scale = self.calibration.learned(node, weight, weight_max) or quantize_weight(weight, axis, weight_max)
+        base = weight_value.name or f"{where}_weight"
+        dq = dequantize(graph, names, base, w_q, w_scale, np.zeros_like(w_scale, dtype=np.int8), axis)
+        node.replace_input_with(1, dq)
+        drop_unused_initializers(graph, [weight_value])
+        log.count("weights quantized")
+        x = node.inputs[0]
+        at = policy.bias_index(node)
+        bias_value = node.inputs[at] if at is not None and len(node.inputs) > at else None
+        bias = constant_array(bias_value) if bias_value is not None else None
+        x_params = input_params(x)
+        if bias is None or bias_value is None or x_params is None or bias.ndim != 1 or bias.size != w_scale.size:
+            return
+        b_scale = (x_params[0] * w_scale.astype(np.float64)).astype(np.float32)
+        levels = np.round(bias.astype(np.float64) / np.where(b_scale > 0, b_scale, 1.0))
+        if not np.isfinite(levels).all() or np.abs(levels).max(initial=0) > np.iinfo(np.int32).max:
+            # a bias that int32 cannot hold at scale s_x * s_w (a near-constant input): kept float, so
+            # onnxruntime runs this node in float rather than with a wrapped-around bias
+            log.skip(where, "its bias overflows int32 at the input's scale: bias kept float")
+            return
+        b_q = levels.astype(np.int32)
+        zeros = np.zeros(b_q.size, np.int32)
+        bias_name = bias_value.name or f"{where}_bias"
+        node.replace_input_with(at, dequantize(graph, names, bias_name, b_q, b_scale, zeros, 0))  # type: ignore[arg-type]
+        drop_unused_initializers(graph, [bias_value])
+        log.count("biases quantized")
+
+
+# ------------------------------------------------------------------ which nodes and tensors
+
+
+def chosen(graph: ir.Graph, excluded: set[str]) -> list[ir.Node]:
+    """The nodes the pass quantizes: the policy's quantized ops, less ``excluded``."""
+    return [n for n in graph if policy.quantizable(n) and n.name not in excluded]
+
+
+def activation_tensors(graph: ir.Graph, nodes: list[ir.Node], keep_float: set[int] = frozenset()) -> list[ir.Value]:
+    """The float tensors ``nodes`` read as activations or write (first output): each gets one Q/DQ pair. Graph
+    outputs, ``keep_float`` (by id), tensors subgraphs read and initializers stay float."""
+    outputs = {id(v) for v in graph.outputs} | set(keep_float) | subgraph_reads(graph)  # those stay float
+    seen: dict[int, ir.Value] = {}
+    for node in nodes:
+        for value in [*policy.activation_inputs(node), *node.outputs[:1]]:
+            if value is None or id(value) in outputs or value.is_initializer() or value.dtype not in _FLOAT:
+                continue
+            if value.producer() is not None and value.producer().op_type in ("QuantizeLinear", "DequantizeLinear"):
+                continue
+            seen.setdefault(id(value), value)
+    return list(seen.values())
+
+
+def touching(graph: ir.Graph, excluded: set[str]) -> set[int]:
+    """The tensors read or written by nodes kept float: they stay float, so onnxruntime cannot fuse those nodes
+    back into integer kernels (a Q/DQ pair on either side would let it); readers of them run float too."""
+    return {id(v) for n in graph if n.name in excluded for v in (*n.inputs, *n.outputs) if v is not None}
+
+
+# ------------------------------------------------------------------ rewriting
+
+
+def fold_relus(
+    log: PassLog, graph: ir.Graph, nodes: list[ir.Node], ranges: Ranges, float_tensors: set[int]
+) -> set[int]:
+    """Remove Relus right after a weight op; the op's output takes the Relu's name, so its range."""
+    folded = set()
+    chosen_ids = {id(n) for n in nodes}
+    for node in nodes:
+        if not policy.has_weight(node):
+            continue
+        out = node.outputs[0]
+        uses = list(out.uses())
+        if out.is_graph_output() or len(uses) != 1 or uses[0].node.op_type != "Relu":
+            continue
+        relu = uses[0].node
+        if id(relu) not in chosen_ids or relu.outputs[0].is_graph_output() or relu.outputs[0].name not in ranges:
+            continue
+        if id(relu.outputs[0]) in float_tensors:  # stays float: nothing would clamp it in the Relu's place
+            continue
+        bypass_node(graph, relu, out, relu.outputs[0], x_now_equals_y=True)
+        folded.add(id(relu))
+        log.count("Relu folded into the quantizer")
+    return folded
+
+
+def insert_pair(
+    log: PassLog,
+    graph: ir.Graph,
+    value: ir.Value,
+    params: tuple[float, int],
+    names: NameSource,
+    config: QuantizeConfig,
+) -> None:
+    """One QuantizeLinear -> DequantizeLinear pair after ``value`` at (scale, zero point), read by all its readers."""
+    scale, zero = params
+    readers = [(u.node, u.idx) for u in value.uses()]  # before the Q node becomes a reader too
+    base = value.name or "t"
+    s = add_initializer(graph, names.fresh(f"{base}_scale"), np.array(scale, np.float32))
+    z = add_initializer(graph, names.fresh(f"{base}_zero_point"), np.array(zero, ZERO_DTYPE[config.activations]))
+    q = ir.node("QuantizeLinear", [value, s, z], name=names.fresh(f"{base}_Q"))
+    q.outputs[0].name = names.fresh(f"{base}_quantized")
+    dq = ir.node("DequantizeLinear", [q.outputs[0], s, z], name=names.fresh(f"{base}_DQ"))
+    dq.outputs[0].name = names.fresh(f"{base}_dequantized")
+    dq.outputs[0].dtype, dq.outputs[0].shape = value.dtype, value.shape
+    producer = value.producer()
+    if producer is not None:
+        graph.insert_after(producer, [q, dq])
+    else:
+        graph.insert_before(next(iter(graph)), [q, dq])
+    for reader, index in readers:
+        reader.replace_input_with(index, dq.outputs[0])
+    log.count("tensors quantized")
+
+
+def input_params(x: ir.Value | None) -> tuple[float, int] | None:
+    """The scale of the quantized tensor a node reads (through its DequantizeLinear)."""
+    producer = x.producer() if x is not None else None
+    if producer is None or producer.op_type != "DequantizeLinear":
+        return None
+    scale = constant_array(producer.inputs[1])
+    return (float(scale), 0) if scale is not None and scale.size == 1 else None
+
+
+def quantize_constants(graph: ir.Graph, node: ir.Node, names: NameSource, kind: str) -> None:
+    """Every float constant ``node`` reads, quantized per tensor like an activation of ``kind``."""
+    for index, value in enumerate(node.inputs):
+        array = constant_array(value)
+        if array is None or array.dtype.kind != "f" or value is None:
+            continue
+        low, high = float(min(array.min(), 0.0)), float(max(array.max(), 0.0))
+        scale, zero = activation_params(low, high, kind)
+        dtype = ZERO_DTYPE[kind]
+        info = np.iinfo(dtype)
+        q = np.clip(np.round(array / scale) + zero, info.min, info.max).astype(dtype)
+        base = value.name or f"{node.name}_const{index}"
+        dq = dequantize(graph, names, base, q, np.float32(scale), dtype(zero), None)
+        node.replace_input_with(index, dq)
+        drop_unused_initializers(graph, [value])
+
+
+def dequantize(graph, names, base, q, scale, zero, axis) -> ir.Value:
+    """A DequantizeLinear of the constant ``q`` at ``scale``/``zero`` (along ``axis``), placed first in ``graph``."""
+    q_value = add_initializer(graph, names.fresh(f"{base}_quantized"), q)
+    s_value = add_initializer(graph, names.fresh(f"{base}_scale"), np.asarray(scale, np.float32))
+    z_value = add_initializer(graph, names.fresh(f"{base}_zero_point"), np.asarray(zero))
+    attrs = {} if axis is None else {"axis": axis}
+    dq = ir.node("DequantizeLinear", [q_value, s_value, z_value], attributes=attrs, name=names.fresh(f"{base}_DQ"))
+    dq.outputs[0].name = names.fresh(f"{base}_dequantized")
+    graph.insert_before(next(iter(graph)), dq)
+    return dq.outputs[0]
+
+
+def activation_params(low: float, high: float, kind: str) -> tuple[float, int]:
+    """(scale, zero point) of a tensor in [low, high] as ``kind`` (uint8 asymmetric, int8/int16 symmetric)."""
+    low, high = min(low, 0.0), max(high, 0.0)  # zero must be exactly representable
+    if kind in ("int8", "int16"):
+        peak = max(abs(low), abs(high))
+        top = 127.0 if kind == "int8" else 32767.0
+        return (peak / top if peak > 0 else 1.0), 0
+    span = high - low
+    if span <= 0:
+        return 1.0, 0
+    scale = span / 255.0
+    return scale, int(np.clip(np.round(-low / scale), 0, 255))
