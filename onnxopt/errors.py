@@ -52,6 +52,10 @@ class PassPreconditionError(OnnxoptError):
     """A pass was run without what it needs (data, the original model): run it through a Pipeline."""
 
 
+class UnsupportedOp(OnnxoptError):
+    """The graph holds an op (or an attribute of one) that fine-tuning's trainable twin does not implement."""
+
+
 def one_line(error_or_text: BaseException | object, limit: int | None = 300) -> str:
     """``error_or_text`` as one line for a message: whitespace (the checker's and onnxruntime's line breaks)
     squashed to single spaces, an error without a message named by its type, and text longer than ``limit``

@@ -35,7 +35,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxopt.errors import OnnxoptError, one_line
+from onnxopt.errors import UnsupportedOp, one_line
 
 #: input positions of each op that hold trainable weights (when they are float initializers)
 TRAINABLE_INPUTS = {
@@ -47,10 +47,6 @@ TRAINABLE_INPUTS = {
     "PRelu": (1,),
     "LSTM": (1, 2, 3),
 }
-
-
-class UnsupportedOp(OnnxoptError):
-    """The graph holds an op (or an attribute of one) the trainable twin does not implement."""
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, object]:

@@ -241,11 +241,11 @@ def _convert(pass_name: str, key: str, value: Any, hint: Any) -> Any:
 
 def describe_passes() -> list[dict[str, Any]]:
     """Every registered pass with its one-line doc and parameters -- type, allowed values, default and what
-    it means (the comment beside the field in the pass's Config) -- for ``onnxopt passes``."""
+    it means (the ``help`` in the field's metadata in the pass's Config) -- for ``onnxopt passes``."""
     out = []
     for name, cls in sorted(REGISTRY.items()):
         hints = typing.get_type_hints(cls.Config)
-        meanings = _field_comments(cls.Config)
+        meanings = _field_help(cls.Config)
         params = []
         for f in dataclasses.fields(cls.Config):
             hint = hints[f.name]
@@ -258,7 +258,7 @@ def describe_passes() -> list[dict[str, Any]]:
     return out
 
 
-def _field_comments(config: type) -> dict[str, str]:
+def _field_help(config: type) -> dict[str, str]:
     """``field -> its help``: the ``metadata["help"]`` each Config field carries (where each parameter is
     explained once)."""
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(config)}

@@ -18,7 +18,8 @@ session per pass), and passes skip measurements that only go to their log
 At the end the replay's model is hashed: the same sha256 -- and every pass
 with the same status -- and the plan's measurements are the replay's, said so
 in the summary; anything else (another onnxruntime, onnxopt or data, a pass
-that would have been rolled back: ``aborted``) and the result says why
+that raised or could not be upgraded to: ``aborted``; one the guard would have rolled back shows as another
+sha256) and the result says why
 (``diverged``): the caller runs again with the guard, from a fresh run state,
 measured from scratch, saying why. Nothing unverified is ever reported.
 """
@@ -49,12 +50,14 @@ def run(pipeline: Pipeline, model: ir.Model, context: Context, *, source: io.Mod
     state = Position(start.model, start.snapshot, [], start.feeds, start.names)
     context.state.measurements_carried = True
     records: list[PassRecord] = []
-    for index in range(len(pipeline.passes)):
-        records.append(_run_unguarded(pipeline, index, state, context))
-        if records[-1].status == PassStatus.ABORTED:  # the planned model cannot come out of this run
-            break
-    context.progress.finish()
-    context.state.measurements_carried = False
+    try:
+        for index in range(len(pipeline.passes)):
+            records.append(_run_unguarded(pipeline, index, state, context))
+            if records[-1].status == PassStatus.ABORTED:  # the planned model cannot come out of this run
+                break
+    finally:
+        context.progress.finish()
+        context.state.measurements_carried = False
     return _carried(start, state, records, verification)
 
 

@@ -22,7 +22,8 @@ Weights are computed in at least float32 (float64 weights in float64) and
 cast back to their dtype, so fp16 weights are folded in fp32; the small
 per-channel vectors are derived in float64. A weight shared with other nodes
 is cloned, never changed under another user. Each function returns ``None``
-when it folded, or the reason it declined -- before changing anything.
+when it folded, or a :class:`~onnxopt.passes.base.Decline` (the value or node
+it judged, and why) -- before changing anything.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt.passes._graph_edit import NameSource, attribute, constant_array, copy_type, set_constant_input
+from onnxopt.passes.base import Decline
 
 LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -80,6 +82,12 @@ def _like(vector: np.ndarray, weight: np.ndarray) -> np.ndarray:
     return vector.astype(np.promote_types(weight.dtype, np.float32))
 
 
+def _declined(judged: ir.Node | ir.Value, reason: str) -> Decline:
+    """``judged`` declined for ``reason``, named by its name (an unnamed node by its op type)."""
+    fallback = judged.op_type if isinstance(judged, ir.Node) else "value"
+    return Decline(judged.name or fallback, reason)
+
+
 def channel_axis_rank(node: ir.Node) -> tuple[int, int | None] | None:
     """(channel axis, output rank or None) of a foldable linear op; axis -1 means last."""
     if node.op_type in ("Conv", "ConvTranspose"):
@@ -95,48 +103,47 @@ def channel_axis_rank(node: ir.Node) -> tuple[int, int | None] | None:
 
 def fold_into_producer(
     value: ir.Value, affine: ChannelAffine, names: NameSource, *, new_bias: bool = True
-) -> ir.Value | str:
+) -> ir.Value | Decline:
     """Fold ``affine`` applied to ``value`` into the node producing ``value``.
 
     Returns the value that now holds ``affine(value)`` -- ``value`` itself, or
-    the output of a new bias Add after a MatMul -- or the reason it declined.
+    the output of a new bias Add after a MatMul -- or why it declined.
     ``new_bias=False`` declines a MatMul without a bias Add when the shift is
     non-zero (the fold would only move the Add, not remove it).
     """
     producer = value.producer()
     if producer is None:
-        return "its input is not produced by a node"
-    reason = _single_private_use(value)
-    if reason:
-        return reason
+        return _declined(value, "its input is not produced by a node")
+    declined = _single_private_use(value)
+    if declined:
+        return declined
     if producer.op_type == "Add" and producer.domain == "":
-        reason = _fold_into_bias_add(producer, affine, names)
-        return reason if reason else value
+        return _fold_into_bias_add(producer, affine, names) or value
     if producer.op_type == "MatMul" and producer.domain == "":
         return _fold_matmul_with_bias(producer, affine, names, new_bias=new_bias)
-    reason = _fold_into_linear(producer, affine, names)
-    return reason if reason else value
+    return _fold_into_linear(producer, affine, names) or value
 
 
-def _single_private_use(value: ir.Value) -> str | None:
+def _single_private_use(value: ir.Value) -> Decline | None:
     if value.is_graph_output():
-        return f"'{value.name}' is a graph output"
+        return _declined(value, f"'{value.name}' is a graph output")
     if len(value.uses()) != 1:
-        return f"'{value.name}' has {len(value.uses())} consumers; scaling its producer would change the others"
+        uses = len(value.uses())
+        return _declined(value, f"'{value.name}' has {uses} consumers; scaling its producer would change the others")
     return None
 
 
-def _fold_into_linear(node: ir.Node, affine: ChannelAffine, names: NameSource) -> str | None:
+def _fold_into_linear(node: ir.Node, affine: ChannelAffine, names: NameSource) -> Decline | None:
     """Scale ``node``'s output channels by ``affine`` (a MatMul only when the shift is zero)."""
     if node.domain != "" or node.op_type not in LINEAR_OPS:
-        return f"producer {node.op_type} is not Conv/ConvTranspose/Gemm/MatMul"
+        return _declined(node, f"producer {node.op_type} is not Conv/ConvTranspose/Gemm/MatMul")
     weight = constant_array(node.inputs[1] if len(node.inputs) > 1 else None)
     if weight is None or weight.dtype.kind != "f":
-        return f"{node.op_type} weight is not a float constant"
+        return _declined(node, f"{node.op_type} weight is not a float constant")
     layout = channel_axis_rank(node)
     assert layout is not None
     if not affine.along(layout):
-        return f"the affine's channel axis is not {node.op_type}'s output-channel axis"
+        return _declined(node, f"the affine's channel axis is not {node.op_type}'s output-channel axis")
     if node.op_type == "Conv":
         return _fold_conv(node, weight, affine, names)
     if node.op_type == "ConvTranspose":
@@ -146,27 +153,27 @@ def _fold_into_linear(node: ir.Node, affine: ChannelAffine, names: NameSource) -
     return _fold_matmul(node, weight, affine, names)
 
 
-def _check_channels(affine: ChannelAffine, channels: int, what: str) -> str | None:
+def _check_channels(node: ir.Node, affine: ChannelAffine, channels: int, what: str) -> Decline | None:
     if affine.channels not in (1, channels):
-        return f"{affine.channels} affine channels do not match {channels} {what} channels"
+        return _declined(node, f"{affine.channels} affine channels do not match {channels} {what} channels")
     return None
 
 
-def _bias(node: ir.Node, index: int, channels: int) -> np.ndarray | str:
+def _bias(node: ir.Node, index: int, channels: int) -> np.ndarray | Decline:
     if index >= len(node.inputs) or node.inputs[index] is None:
         return np.zeros(channels)
     bias = constant_array(node.inputs[index])
     if bias is None:
-        return f"{node.op_type} bias is not a constant"
+        return _declined(node, f"{node.op_type} bias is not a constant")
     return bias.astype(np.float64)
 
 
-def _fold_conv(node: ir.Node, weight: np.ndarray, affine: ChannelAffine, names: NameSource) -> str | None:
+def _fold_conv(node: ir.Node, weight: np.ndarray, affine: ChannelAffine, names: NameSource) -> Decline | None:
     channels = weight.shape[0]
     bias = _bias(node, 2, channels)
-    reason = _check_channels(affine, channels, "output") or (bias if isinstance(bias, str) else None)
-    if reason:
-        return reason
+    declined = _check_channels(node, affine, channels, "output") or (bias if isinstance(bias, Decline) else None)
+    if declined:
+        return declined
     s, t = affine.full(channels)
     new_w = _wide(weight) * _like(s, weight).reshape(-1, *[1] * (weight.ndim - 1))
     new_b = np.broadcast_to(bias, (channels,)) * s + t
@@ -183,14 +190,14 @@ def _set_bias(node: ir.Node, index: int, bias: np.ndarray, names: NameSource) ->
     set_constant_input(node, index, bias, names, "folded")
 
 
-def _fold_conv_transpose(node: ir.Node, weight: np.ndarray, affine: ChannelAffine, names: NameSource) -> str | None:
+def _fold_conv_transpose(node: ir.Node, weight: np.ndarray, affine: ChannelAffine, names: NameSource) -> Decline | None:
     group = node.attributes.get_int("group", 1)
     per_group = weight.shape[1]
     channels = per_group * group
     bias = _bias(node, 2, channels)
-    reason = _check_channels(affine, channels, "output") or (bias if isinstance(bias, str) else None)
-    if reason:
-        return reason
+    declined = _check_channels(node, affine, channels, "output") or (bias if isinstance(bias, Decline) else None)
+    if declined:
+        return declined
     s, t = affine.full(channels)
     blocks = _wide(weight).reshape(group, weight.shape[0] // group, per_group, *weight.shape[2:])
     blocks = blocks * _like(s, weight).reshape(group, 1, per_group, *[1] * (weight.ndim - 2))
@@ -200,14 +207,14 @@ def _fold_conv_transpose(node: ir.Node, weight: np.ndarray, affine: ChannelAffin
     return None
 
 
-def _fold_gemm(node: ir.Node, weight: np.ndarray, affine: ChannelAffine, names: NameSource) -> str | None:
+def _fold_gemm(node: ir.Node, weight: np.ndarray, affine: ChannelAffine, names: NameSource) -> Decline | None:
     trans_b = node.attributes.get_int("transB", 0)
     channels = weight.shape[0] if trans_b else weight.shape[1]
     beta = node.attributes.get_float("beta", 1.0)
     c = _bias(node, 2, channels)
-    reason = _check_channels(affine, channels, "output") or (c if isinstance(c, str) else None)
-    if reason:
-        return reason
+    declined = _check_channels(node, affine, channels, "output") or (c if isinstance(c, Decline) else None)
+    if declined:
+        return declined
     s, t = affine.full(channels)
     s_w = _like(s, weight)
     new_w = _wide(weight) * (s_w.reshape(-1, 1) if trans_b else s_w.reshape(1, -1))
@@ -218,16 +225,16 @@ def _fold_gemm(node: ir.Node, weight: np.ndarray, affine: ChannelAffine, names: 
     return None
 
 
-def _fold_matmul(node: ir.Node, weight: np.ndarray, affine: ChannelAffine, names: NameSource) -> str | None:
+def _fold_matmul(node: ir.Node, weight: np.ndarray, affine: ChannelAffine, names: NameSource) -> Decline | None:
     if weight.ndim != 2:
-        return f"MatMul weight has rank {weight.ndim}, expected 2"
+        return _declined(node, f"MatMul weight has rank {weight.ndim}, expected 2")
     channels = weight.shape[1]
-    reason = _check_channels(affine, channels, "output")
-    if reason:
-        return reason
+    declined = _check_channels(node, affine, channels, "output")
+    if declined:
+        return declined
     s, t = affine.full(channels)
     if np.any(t != 0):
-        return "MatMul has no bias to absorb the shift"
+        return _declined(node, "MatMul has no bias to absorb the shift")
     new_w = _wide(weight) * _like(s, weight).reshape(1, -1)
     set_constant_input(node, 1, new_w.astype(weight.dtype, copy=False), names, "folded")
     return None
@@ -235,15 +242,15 @@ def _fold_matmul(node: ir.Node, weight: np.ndarray, affine: ChannelAffine, names
 
 def _fold_matmul_with_bias(
     node: ir.Node, affine: ChannelAffine, names: NameSource, *, new_bias: bool
-) -> ir.Value | str:
+) -> ir.Value | Decline:
     """Scale the MatMul's weight; put a non-zero shift in a new bias Add (if ``new_bias``)."""
     scale_only = ChannelAffine(affine.scale, np.zeros(1), affine.axis, affine.rank)
     has_shift = bool(np.any(affine.shift != 0))
     if has_shift and not new_bias:
-        return "MatMul has no bias Add to absorb the shift"
-    reason = _fold_into_linear(node, scale_only, names)
-    if reason:
-        return reason
+        return _declined(node, "MatMul has no bias Add to absorb the shift")
+    declined = _fold_into_linear(node, scale_only, names)
+    if declined:
+        return declined
     out = node.outputs[0]
     if not has_shift:
         return out
@@ -262,7 +269,7 @@ def _fold_matmul_with_bias(
     return add.outputs[0]
 
 
-def _fold_into_bias_add(add: ir.Node, affine: ChannelAffine, names: NameSource) -> str | None:
+def _fold_into_bias_add(add: ir.Node, affine: ChannelAffine, names: NameSource) -> Decline | None:
     """``y = (P(in) + c) * s + t`` -> ``P'(in) + c'`` with ``P' = P * s`` and ``c' = c s + t``."""
     for data_index in (0, 1):
         data, const_value = add.inputs[data_index], add.inputs[1 - data_index]
@@ -273,24 +280,24 @@ def _fold_into_bias_add(add: ir.Node, affine: ChannelAffine, names: NameSource) 
         assert producer is not None
         layout = channel_axis_rank(producer) if producer.domain == "" else None
         if layout is None:
-            return f"Add's input comes from {producer.op_type}, not a linear op"
+            return _declined(add, f"Add's input comes from {producer.op_type}, not a linear op")
         if not per_channel(c, axis=layout[0], rank=layout[1]):
-            return f"Add constant of shape {list(c.shape)} is not a per-channel bias"
-        reason = _single_private_use(data)
-        if reason:
-            return reason
+            return _declined(add, f"Add constant of shape {list(c.shape)} is not a per-channel bias")
+        declined = _single_private_use(data)
+        if declined:
+            return declined
         if c.size > 1 and affine.channels > 1 and c.size != affine.channels:
-            return f"Add bias has {c.size} channels, the affine {affine.channels}"
+            return _declined(add, f"Add bias has {c.size} channels, the affine {affine.channels}")
         unit = ChannelAffine(affine.scale, np.zeros(1), affine.axis, affine.rank)
-        reason = _fold_into_linear(producer, unit, names)
-        if reason:
-            return reason
+        declined = _fold_into_linear(producer, unit, names)
+        if declined:
+            return declined
         s, t = affine.full(max(affine.channels, c.size))
         new_c = c.reshape(-1).astype(np.float64) * s + t
         shape = c.shape if c.size == new_c.size else _channel_shape(layout, new_c.size)
         set_constant_input(add, 1 - data_index, new_c.reshape(shape).astype(c.dtype), names, "folded")
         return None
-    return "Add has no constant bias operand"
+    return _declined(add, "Add has no constant bias operand")
 
 
 def _channel_shape(layout: tuple[int, int | None], size: int) -> tuple[int, ...]:
@@ -315,27 +322,27 @@ def per_channel(c: np.ndarray, *, axis: int, rank: int | None) -> bool:
     return all(d == 1 for i, d in enumerate(aligned) if i != axis)
 
 
-def fold_into_consumer_convs(value: ir.Value, affine: ChannelAffine, names: NameSource) -> str | None:
+def fold_into_consumer_convs(value: ir.Value, affine: ChannelAffine, names: NameSource) -> Decline | None:
     """Fold ``affine`` (applied to produce ``value``) into every consumer, all zero-padding Convs."""
     if value.is_graph_output():
-        return f"'{value.name}' is a graph output"
+        return _declined(value, f"'{value.name}' is a graph output")
     consumers = [use.node for use in value.uses()]
     if not consumers:
-        return "no consumers"
+        return _declined(value, "no consumers")
     plans = []
     for conv in consumers:
-        reason = _forward_reason(conv, value)
-        if reason:
-            return reason
+        declined = _forward_decline(conv, value)
+        if declined:
+            return declined
         weight = constant_array(conv.inputs[1])
         assert weight is not None
         group = conv.attributes.get_int("group", 1)
         channels = weight.shape[1] * group
-        reason = _check_channels(affine, channels, "Conv input")
-        if reason:
-            return reason
+        declined = _check_channels(conv, affine, channels, "Conv input")
+        if declined:
+            return declined
         bias = _bias(conv, 2, weight.shape[0])
-        if isinstance(bias, str):
+        if isinstance(bias, Decline):
             return bias
         plans.append((conv, weight, group, channels, bias))
     for conv, weight, group, channels, bias in plans:
@@ -355,18 +362,19 @@ def fold_into_consumer_convs(value: ir.Value, affine: ChannelAffine, names: Name
     return None
 
 
-def _forward_reason(conv: ir.Node, value: ir.Value) -> str | None:
+def _forward_decline(conv: ir.Node, value: ir.Value) -> Decline | None:
+    """Why the affine producing ``value`` cannot move into its consumer ``conv``, or None."""
     if conv.op_type != "Conv" or conv.domain != "":
-        return f"a consumer is {conv.op_type}, not Conv"
+        return _declined(conv, f"a consumer is {conv.op_type}, not Conv")
     if conv.inputs[0] is not value or any(v is value for v in conv.inputs[1:]):
-        return "the value is not only the Conv's data input"
+        return _declined(conv, "the value is not only the Conv's data input")
     weight = constant_array(conv.inputs[1])
     if weight is None or weight.dtype.kind != "f":
-        return "Conv weight is not a float constant"
+        return _declined(conv, "Conv weight is not a float constant")
     auto_pad = attribute(conv, "auto_pad", "NOTSET")
     if auto_pad not in ("NOTSET", "VALID"):
-        return f"Conv auto_pad={auto_pad} pads with zeros that the shift would have moved"
+        return _declined(conv, f"Conv auto_pad={auto_pad} pads with zeros that the shift would have moved")
     pads = attribute(conv, "pads", None)
     if pads is not None and any(int(p) != 0 for p in pads):  # type: ignore[attr-defined]
-        return "Conv pads with zeros that the shift would have moved"
+        return _declined(conv, "Conv pads with zeros that the shift would have moved")
     return None

@@ -21,26 +21,28 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt.passes._graph_edit import NameSource, add_initializer, attribute, constant_array, remove_node_and_orphans
+from onnxopt.passes.base import Decline
 
 #: Ranks tried are multiples of this (onnxruntime's CPU convolutions are fastest on channel counts in 8s).
 RANK_STEP = 8
 
 
-def conv_unsupported(node: ir.Node) -> str | None:
+def conv_unsupported(node: ir.Node) -> Decline | None:
     """Why ``node`` (a Conv) cannot be factored, or None."""
+    where = node.name or node.op_type
     weight = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
     if node.inputs[0] is None or constant_array(node.inputs[0]) is not None:
-        return "its input is a constant (nothing to fit on data)"
+        return Decline(where, "its input is a constant (nothing to fit on data)")
     if weight is None or weight.dtype != np.float32 or weight.ndim != 4 or not np.isfinite(weight).all():
-        return "its weight is not a finite float32 2-D kernel"
+        return Decline(where, "its weight is not a finite float32 2-D kernel")
     if len(node.inputs[1].uses()) != 1:
-        return "its weight is shared"
+        return Decline(where, "its weight is shared")
     if attribute(node, "group", 1) != 1:
-        return "grouped or depthwise (each group is already thin)"
+        return Decline(where, "grouped or depthwise (each group is already thin)")
     if attribute(node, "auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
-        return "auto_pad is not supported; explicit pads only"
+        return Decline(where, "auto_pad is not supported; explicit pads only")
     if len(node.inputs) > 2 and node.inputs[2] is not None and constant_array(node.inputs[2]) is None:
-        return "its bias is not a constant"
+        return Decline(where, "its bias is not a constant")
     return None
 
 

@@ -118,6 +118,10 @@ class PassLog:
         """Record that ``where`` was declined and why (a :class:`Decline`)."""
         self.declines.append(Decline(where, reason))
 
+    def decline(self, declined: Decline) -> None:
+        """Record a :class:`Decline` a match helper returned."""
+        self.declines.append(declined)
+
     @property
     def skipped(self) -> list[str]:
         """The declines so far as text (``"where: reason"``)."""

@@ -20,7 +20,7 @@ import onnx_ir.passes.common as common
 
 from onnxopt.model_stats import graph_size
 from onnxopt.passes._graph_edit import replace_value
-from onnxopt.passes.base import OptPass, PassLog
+from onnxopt.passes.base import Decline, OptPass, PassLog
 
 
 class EliminateIdentityPass(OptPass):
@@ -31,9 +31,9 @@ class EliminateIdentityPass(OptPass):
     def rewrite(self, model: ir.Model, log: PassLog) -> None:
         for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
             if node.op_type == "Dropout" and node.domain in ("", "ai.onnx"):
-                reason = _dropout_not_identity(node)
-                if reason:
-                    log.skip(node.name or "Dropout", reason)
+                declined = _dropout_not_identity(node)
+                if declined:
+                    log.decline(declined)
                     continue
                 _turn_into_identity(node)
                 log.count("dropouts removed")
@@ -43,15 +43,17 @@ class EliminateIdentityPass(OptPass):
         log.count("identities removed", nodes_before - nodes_after - log.counts["dropouts removed"])
 
 
-def _dropout_not_identity(node: ir.Node) -> str | None:
+def _dropout_not_identity(node: ir.Node) -> Decline | None:
+    """Why the Dropout ``node`` is not an identity in inference, or None."""
+    where = node.name or node.op_type
     if len(node.outputs) > 1 and (node.outputs[1].uses() or node.outputs[1].is_graph_output()):
-        return "its mask output is used"
+        return Decline(where, "its mask output is used")
     if len(node.inputs) > 2 and node.inputs[2] is not None:
         mode = node.inputs[2].const_value
         if mode is None:
-            return "training_mode is not a constant"
+            return Decline(where, "training_mode is not a constant")
         if bool(np.asarray(mode.numpy()).any()):
-            return "training_mode is true"
+            return Decline(where, "training_mode is true")
     return None
 
 

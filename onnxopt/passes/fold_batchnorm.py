@@ -47,7 +47,7 @@ from onnxopt.passes._graph_edit import (
     constant_array,
     copy_type,
 )
-from onnxopt.passes.base import OptPass, PassLog
+from onnxopt.passes.base import Decline, OptPass, PassLog
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,16 +78,13 @@ class FoldBatchNormPass(OptPass):
         for node in list(model.graph):
             if node.op_type != "BatchNormalization" or node.domain not in ("", "ai.onnx"):
                 continue
-            where = node.name or node.outputs[0].name or "BatchNormalization"
             affine = _inference_affine(node)
-            if isinstance(affine, str):
-                log.skip(where, affine)
+            if isinstance(affine, Decline):
+                log.decline(affine)
                 continue
-            self._fold(log, model.graph, node, affine, names, where)
+            self._fold(log, model.graph, node, affine, names)
 
-    def _fold(
-        self, log: PassLog, graph: ir.Graph, bn: ir.Node, affine: ChannelAffine, names: NameSource, where: str
-    ) -> None:
+    def _fold(self, log: PassLog, graph: ir.Graph, bn: ir.Node, affine: ChannelAffine, names: NameSource) -> None:
         x, y = bn.inputs[0], bn.outputs[0]
         assert x is not None
         backward = fold_into_producer(x, affine, names)
@@ -100,30 +97,37 @@ class FoldBatchNormPass(OptPass):
         if forward is None:
             log.count("folded into following Conv")
             return
+        # the BN is declined: what each direction said about the node it judged, in the BN's name
+        where = _where(bn)
         if self.config.standalone == "keep":
-            log.skip(where, f"kept (standalone=keep): backward: {backward}; forward: {forward}")
+            log.skip(where, f"kept (standalone=keep): backward: {backward.reason}; forward: {forward.reason}")
             return
         if x.shape is None:
-            log.skip(where, f"backward: {backward}; forward: {forward}; and x's rank is unknown")
+            log.skip(where, f"backward: {backward.reason}; forward: {forward.reason}; and x's rank is unknown")
             return
         _replace_with_mul_add(graph, bn, affine, len(x.shape), names)
         log.count("rewritten as Mul+Add")
 
 
-def _inference_affine(bn: ir.Node) -> ChannelAffine | str:
+def _where(bn: ir.Node) -> str:
+    """How declines name a BN: its name, else its output's."""
+    return bn.name or bn.outputs[0].name or "BatchNormalization"
+
+
+def _inference_affine(bn: ir.Node) -> ChannelAffine | Decline:
     """The BN's ``(s, t)``, or why it cannot be treated as a fixed affine map."""
     if bn.attributes.get_int("training_mode", 0):
-        return "training_mode=1 (uses batch statistics)"
+        return Decline(_where(bn), "training_mode=1 (uses batch statistics)")
     if len(bn.outputs) > 1:
-        return "training-mode BN (running-statistics outputs present)"
+        return Decline(_where(bn), "training-mode BN (running-statistics outputs present)")
     if attribute(bn, "spatial", 1) != 1:
-        return "spatial=0 BN is not a per-channel map"
+        return Decline(_where(bn), "spatial=0 BN is not a per-channel map")
     params = [constant_array(v) for v in bn.inputs[1:5]]
     if any(p is None for p in params):
-        return "scale, bias, mean or variance is not a constant"
+        return Decline(_where(bn), "scale, bias, mean or variance is not a constant")
     gamma, beta, mean, var = (np.asarray(p, dtype=np.float64).reshape(-1) for p in params)  # type: ignore[arg-type]
     if params[0].dtype.kind != "f":  # type: ignore[union-attr]
-        return "parameters are not floating point"
+        return Decline(_where(bn), "parameters are not floating point")
     eps = bn.attributes.get_float("epsilon", 1e-5)
     scale = gamma / np.sqrt(var + eps)
     x = bn.inputs[0]
@@ -131,7 +135,7 @@ def _inference_affine(bn: ir.Node) -> ChannelAffine | str:
     return ChannelAffine(scale, beta - mean * scale, axis=1, rank=rank)
 
 
-def _fold_forward(graph: ir.Graph, bn: ir.Node, affine: ChannelAffine, names: NameSource) -> str | None:
+def _fold_forward(graph: ir.Graph, bn: ir.Node, affine: ChannelAffine, names: NameSource) -> Decline | None:
     """Fold into the Conv consumers of ``y``, hopping over MaxPools when every scale is positive.
 
     The hopped MaxPool outputs no longer hold normalized values, so they get
@@ -149,14 +153,14 @@ def _fold_forward(graph: ir.Graph, bn: ir.Node, affine: ChannelAffine, names: Na
     ):
         value = pool.outputs[0]
         hopped.append(value)
-    reason = fold_into_consumer_convs(value, affine, names)
-    if reason is None:
+    declined = fold_into_consumer_convs(value, affine, names)
+    if declined is None:
         x = bn.inputs[0]
         assert x is not None
         bypass_node(graph, bn, x, bn.outputs[0])
         for pooled in hopped:
             pooled.name = names.fresh(f"{pooled.name}_before_bn")
-    return reason
+    return declined
 
 
 def _replace_with_mul_add(graph: ir.Graph, bn: ir.Node, affine: ChannelAffine, rank: int, names: NameSource) -> None:

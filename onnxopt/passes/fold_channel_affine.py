@@ -26,7 +26,7 @@ import onnx_ir as ir
 
 from onnxopt.passes._channel_affine import ChannelAffine, channel_axis_rank, fold_into_producer, per_channel
 from onnxopt.passes._graph_edit import NameSource, bypass_node, constant_array
-from onnxopt.passes.base import OptPass, PassLog
+from onnxopt.passes.base import Decline, OptPass, PassLog
 
 _OPS = ("Mul", "Div", "Add", "Sub")
 
@@ -50,8 +50,8 @@ class FoldChannelAffinePass(OptPass):
             if x is None or affine is None:
                 continue
             result = fold_into_producer(x, affine, names, new_bias=False)
-            if isinstance(result, str):
-                log.skip(node.name or node.op_type, result)
+            if isinstance(result, Decline):  # about the producer it judged; reported in this node's name
+                log.skip(node.name or node.op_type, result.reason)
                 continue
             bypass_node(model.graph, node, result, node.outputs[0], x_now_equals_y=True)
             log.count(f"{node.op_type} folded")

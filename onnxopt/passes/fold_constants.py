@@ -26,7 +26,7 @@ import onnxscript.optimizer
 
 from onnxopt.model_stats import graph_size
 from onnxopt.passes._config import validate_literals
-from onnxopt.passes.base import OptPass, PassLog
+from onnxopt.passes.base import Decline, OptPass, PassLog
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +53,7 @@ class FoldConstantsPass(OptPass):
     def rewrite(self, model: ir.Model, log: PassLog) -> None:
         unsafe = _opset_unsafe_rewrites(model)
         if unsafe:
-            log.skip("model", unsafe)
+            log.decline(unsafe)
             return
         nodes_before, inits_before = graph_size(model)
         ir_version = model.ir_version
@@ -86,7 +86,7 @@ class FoldConstantsPass(OptPass):
         return int(np.prod(shape.numpy())) <= self.config.max_output
 
 
-def _opset_unsafe_rewrites(model: ir.Model) -> str | None:
+def _opset_unsafe_rewrites(model: ir.Model) -> Decline | None:
     """Why onnxscript's folder would write nodes invalid for this model's opset, if it would.
 
     Its ConcatFromSequence and SplitToSequence rewrites emit ``Unsqueeze(x, axes)``
@@ -97,5 +97,8 @@ def _opset_unsafe_rewrites(model: ir.Model) -> str | None:
         return None
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
         if node.op_type in ("ConcatFromSequence", "SplitToSequence") and node.domain == "":
-            return f"{node.op_type} at opset {opset}: onnxscript's folding would emit opset-13-only Unsqueeze/Split"
+            return Decline(
+                Decline.MODEL,
+                f"{node.op_type} at opset {opset}: onnxscript's folding would emit opset-13-only Unsqueeze/Split",
+            )
     return None

@@ -70,7 +70,7 @@ from onnxopt.passes._graph_edit import (
 from onnxopt.passes._im2col import sampled_patches
 from onnxopt.passes._low_rank_conv import ConvFactors, conv_macs_ratio, conv_ranks, conv_unsupported, rewrite_conv
 from onnxopt.passes._weights import scaled_gemm
-from onnxopt.passes.base import OptPass, PassLog
+from onnxopt.passes.base import Decline, OptPass, PassLog
 
 #: The ranks ``rank=0`` (auto) tries, smallest first.
 RANKS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
@@ -82,6 +82,8 @@ CONV_POSITIONS = 256
 FIT_BATCH = 4
 #: Held-back rows kept for scoring (memory bound: rows x K floats).
 MAX_CHECK_ROWS = 8192
+#: Why a layer whose input or output a subgraph reads is left alone.
+_READ_BY_SUBGRAPH = "a subgraph reads its input or output (lossy passes leave those tensors alone)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,11 +174,11 @@ class LowRankPass(OptPass):
             if weight is None:
                 continue
             where = node.name or node.op_type
-            reason = _unsupported(node, weight)
-            if reason is None and {id(node.inputs[0]), id(node.outputs[0])} & inside:
-                reason = "a subgraph reads its input or output (lossy passes leave those tensors alone)"
-            if reason:
-                log.skip(where, reason)
+            declined = _unsupported(node, weight)
+            if declined is None and {id(node.inputs[0]), id(node.outputs[0])} & inside:
+                declined = Decline(where, _READ_BY_SUBGRAPH)
+            if declined:
+                log.decline(declined)
                 continue
             k, n = weight.shape
             fit = self._fit(model, node, weight)
@@ -210,13 +212,14 @@ class LowRankPass(OptPass):
         for node in model.graph:
             if node.op_type != "Conv" or node.domain not in ("", "ai.onnx"):
                 continue
-            reason = conv_unsupported(node)
-            if reason is None and {id(node.inputs[0]), id(node.outputs[0])} & inside:
-                reason = "a subgraph reads its input or output (lossy passes leave those tensors alone)"
-            if reason is None and not conv_ranks(constant_array(node.inputs[1]), cfg.conv_max_ratio):
-                reason = f"no rank costs at most {cfg.conv_max_ratio:.0%} of its MACs"
-            if reason:
-                log.skip(node.name or "Conv", reason)
+            where = node.name or node.op_type
+            declined = conv_unsupported(node)
+            if declined is None and {id(node.inputs[0]), id(node.outputs[0])} & inside:
+                declined = Decline(where, _READ_BY_SUBGRAPH)
+            if declined is None and not conv_ranks(constant_array(node.inputs[1]), cfg.conv_max_ratio):
+                declined = Decline(where, f"no rank costs at most {cfg.conv_max_ratio:.0%} of its MACs")
+            if declined:
+                log.decline(declined)
             else:
                 candidates.append(node)
         if not candidates:
@@ -410,20 +413,22 @@ def _bias(node: ir.Node, n: int) -> np.ndarray | None:
     return None if c is None else np.broadcast_to(c.astype(np.float32).reshape(-1), (n,))
 
 
-def _unsupported(node: ir.Node, weight: np.ndarray) -> str | None:
+def _unsupported(node: ir.Node, weight: np.ndarray) -> Decline | None:
+    """Why the Gemm or MatMul head ``node`` cannot be factored, or None."""
+    where = node.name or node.op_type
     if node.inputs[0] is None or constant_array(node.inputs[0]) is not None:
-        return "its input is a constant (nothing to fit on data)"
+        return Decline(where, "its input is a constant (nothing to fit on data)")
     if weight.dtype != np.float32 or not np.isfinite(weight).all():
-        return "its weight is not a finite float32 constant"
+        return Decline(where, "its weight is not a finite float32 constant")
     if len(node.inputs[1].uses()) != 1:
-        return "its weight is shared"
+        return Decline(where, "its weight is shared")
     if node.op_type == "Gemm":
         if scaled_gemm(node):
-            return "Gemm with transA or alpha/beta other than 1"
+            return Decline(where, "Gemm with transA or alpha/beta other than 1")
         if len(node.inputs) > 2 and node.inputs[2] is not None:
             c = constant_array(node.inputs[2])
             if c is None or c.size not in (1, weight.shape[1]) or c.ndim > 2 or (c.ndim == 2 and c.shape[0] != 1):
-                return "its bias is not a constant vector over the outputs"
+                return Decline(where, "its bias is not a constant vector over the outputs")
     return None
 
 

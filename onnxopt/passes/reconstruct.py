@@ -39,7 +39,7 @@ from onnxopt.passes._config import validate_literals
 from onnxopt.passes._graph_edit import NameSource, attribute, constant_array, set_constant_input
 from onnxopt.passes._im2col import patches_at, pick_positions
 from onnxopt.passes._weights import scaled_gemm
-from onnxopt.passes.base import INPUTS_PRUNED, KEPT_OUTPUTS, OptPass, PassContext, PassLog
+from onnxopt.passes.base import INPUTS_PRUNED, KEPT_OUTPUTS, Decline, OptPass, PassContext, PassLog
 
 _LINEAR = ("Conv", "Gemm", "MatMul")
 
@@ -77,28 +77,27 @@ class ReconstructPass(OptPass):
         # (after fold-bn a Conv's output carries the name of the BN output it now equals).
         targets = {v.name: node for node in original.graph for v in node.outputs if v.name}
         names = NameSource(model)
-        self._upstream_changed = False
         candidates = [
             n for n in model.graph
             if n.op_type in _LINEAR and n.outputs and n.outputs[0].name in targets and not _unsupported(n)
         ]  # fmt: skip
-        self._reference = _reference_rows(context, original, candidates, self.config.samples, self.config.positions)
+        reference = _reference_rows(context, original, candidates, self.config.samples, self.config.positions)
+        upstream_changed = False  # an earlier layer was refit: every later one's inputs moved
         for node in list(model.graph):
-            where = node.name or node.op_type
             if node.op_type not in _LINEAR or not node.outputs or node.outputs[0].name not in targets:
                 continue
-            reason = _unsupported(node)
-            if reason:
-                if self._wanted(node, targets):
-                    log.skip(where, reason)
+            declined = _unsupported(node)
+            if declined:
+                if self._wanted(node, targets, upstream_changed):
+                    log.decline(declined)
                 continue
-            if not self._wanted(node, targets):
+            if not self._wanted(node, targets, upstream_changed):
                 continue
-            self._refit(log, model, original, node, names)
+            upstream_changed |= self._refit(log, model, node, reference[node.outputs[0].name], names)
 
-    def _wanted(self, node: ir.Node, targets: dict[str, ir.Node]) -> bool:
+    def _wanted(self, node: ir.Node, targets: dict[str, ir.Node], upstream_changed: bool) -> bool:
         """``all``; or ``changed``: its inputs lost features, or an earlier layer was refit (so its inputs moved)."""
-        if self.config.layers == "all" or self._upstream_changed or node.meta.get(INPUTS_PRUNED):
+        if self.config.layers == "all" or upstream_changed or node.meta.get(INPUTS_PRUNED):
             return True
         then = targets[node.outputs[0].name]
         if then.op_type not in _LINEAR:
@@ -110,13 +109,15 @@ class ReconstructPass(OptPass):
         in_axis = 1 if node.op_type == "Conv" else (1 if node.op_type == "Gemm" and attribute(node, "transB", 0) else 0)
         return before.shape[in_axis] != now.shape[in_axis]
 
-    def _refit(self, log: PassLog, model: ir.Model, original: ir.Model, node: ir.Node, names: NameSource) -> None:
+    def _refit(
+        self, log: PassLog, model: ir.Model, node: ir.Node, reference: _ReferenceRows, names: NameSource
+    ) -> bool:
+        """Refit ``node`` to the original's outputs ``reference`` on the current model's inputs; whether it was."""
         context = self.require_context()
-        x_name, y_name = node.inputs[0].name, node.outputs[0].name
+        x_name = node.inputs[0].name
         weight = constant_array(node.inputs[1])
         assert weight is not None
         current = context.activations(model, [x_name], self.config.samples)
-        reference = self._reference[y_name]
         kept = node.meta.get(KEPT_OUTPUTS)  # this layer lost output channels too: compare only the kept ones
         gram = cross = None
         y_square = 0.0
@@ -135,7 +136,7 @@ class ReconstructPass(OptPass):
             rows += x.shape[0]
         if gram is None or cross is None:
             log.skip(node.name or node.op_type, "no calibration data")
-            return
+            return False
         fit_bias = node.op_type != "MatMul"
         if not fit_bias:
             gram, cross = gram[:-1, :-1], cross[:-1]
@@ -157,24 +158,27 @@ class ReconstructPass(OptPass):
         if better:
             _write(node, new, weight, fit_bias, names)
             log.count("layers refit")
-            self._upstream_changed = True
+            return True
+        return False
 
 
-def _unsupported(node: ir.Node) -> str | None:
+def _unsupported(node: ir.Node) -> Decline | None:
+    """Why ``node`` (a Conv, Gemm or MatMul) cannot be refit, or None."""
+    where = node.name or node.op_type
     weight = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
     if weight is None or weight.dtype.kind != "f":
-        return "its weight is not a float constant"
+        return Decline(where, "its weight is not a float constant")
     if node.inputs[1] is None or len(node.inputs[1].uses()) != 1:
-        return "its weight is shared"
+        return Decline(where, "its weight is shared")
     if node.op_type == "Conv":
         if weight.ndim != 4 or attribute(node, "group", 1) != 1:
-            return "only 2-D, ungrouped Conv is refit"
+            return Decline(where, "only 2-D, ungrouped Conv is refit")
         if attribute(node, "auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
-            return "auto_pad is not supported; explicit pads only"
+            return Decline(where, "auto_pad is not supported; explicit pads only")
     if node.op_type == "Gemm" and scaled_gemm(node):
-        return "Gemm with transA or alpha/beta other than 1"
+        return Decline(where, "Gemm with transA or alpha/beta other than 1")
     if node.op_type in ("Gemm", "MatMul") and weight.ndim != 2:
-        return "its weight is not a matrix"
+        return Decline(where, "its weight is not a matrix")
     return None
 
 
