@@ -26,7 +26,7 @@ from onnxopt.data import DataSpec, ImageOptions, parse_input_shapes
 from onnxopt.errors import OnnxoptError, one_line
 from onnxopt.evaluate.compare import Comparison, random_inputs_warning
 from onnxopt.evaluate.layers import DEFAULT_THRESHOLD_DB, LayerReport
-from onnxopt.inspection import inspect_model
+from onnxopt.inspection import audit_runtime, inspect_model, runtime_text
 from onnxopt.optimizer.recipe import BUILTIN_RECIPES, describe_passes, parse_spec
 from onnxopt.optimizer.run import OptimizeResult
 from onnxopt.progress import NullProgress, RichProgress
@@ -67,6 +67,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "inspect": (
         "onnxopt inspect model.onnx",
         "onnxopt inspect model.onnx --json",
+        "onnxopt inspect model_int8.onnx --runtime --threads 1",
     ),
     "report": (
         "onnxopt report run.json -o run.html",
@@ -306,6 +307,13 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument(
         "--input-shape", help="shapes for the MAC count, e.g. images:1x3x640x640 (default: as random data)"
     )
+    ins.add_argument(
+        "--runtime",
+        action="store_true",
+        help="also audit what onnxruntime runs: its kernels, the quantized nodes run in float, the Q/DQ left",
+    )
+    ins.add_argument("--ep", default="cpu", help="execution provider of --runtime (default cpu)")
+    ins.add_argument("--threads", type=int, default=0, help="intra-op threads of --runtime (default: its own)")
     ins.add_argument("--json", action="store_true")
     ins.set_defaults(func=_cmd_inspect)
 
@@ -663,8 +671,9 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     model = io.to_model(io.validate(args.model).file)  # the validation every command runs
     summary = inspect_model(model, input_shapes=parse_input_shapes(args.input_shape))
+    audit = audit_runtime(args.model, provider=args.ep, threads=args.threads) if args.runtime else None
     if args.json:
-        print(json.dumps(summary.to_dict(), indent=2))
+        print(json.dumps({**summary.to_dict(), **({"runtime": audit.to_dict()} if audit else {})}, indent=2))
         return 0
     opsets = ", ".join(f"{d or 'ai.onnx'} {v}" for d, v in summary.opset.items())
     lines = [
@@ -676,6 +685,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         f"  MACs per sample {summary.macs:,}"
         + (f" (not counted: {len(summary.macs_unknown)} nodes)" if summary.macs_unknown else ""),
         "  ops: " + ", ".join(f"{op} {n}" for op, n in summary.op_histogram.items()),
+        *([runtime_text(audit)] if audit else []),
     ]
     print("\n".join(lines))
     return 0
@@ -746,6 +756,8 @@ def format_optimize_summary(
     for out in cmp.outputs:
         if out.top1_agreement is not None:
             lines.append(f"  {'top-1 agree':<14}{'':>14}{out.top1_agreement:>14.4f}  ({out.name})")
+    if result.runtime is not None:
+        lines.append(f"  runtime: {result.runtime.summary()} (see --report)")
     lines.extend(f"  {note}" for note in pipe.notes)
     return "\n".join(lines)
 

@@ -1,4 +1,5 @@
-"""Model inspection: opset, IR version, signature, op histogram, size and MACs.
+"""Model inspection: opset, IR version, signature, op histogram, size and MACs; with ``--runtime``, what
+onnxruntime actually runs (:mod:`onnxopt.bench.runtime_audit`).
 
 Sizes and MACs come from :mod:`onnxopt.model_stats`.
 """
@@ -11,12 +12,15 @@ from typing import Any
 
 import onnx_ir as ir
 
+from onnxopt.bench.runtime_audit import RuntimeAudit, audit_runtime
 from onnxopt.data import RandomDataset
 from onnxopt.data.input_shapes import InputShapes
 from onnxopt.errors import OnnxoptError
 from onnxopt.model_stats import ModelStats, estimate_macs
 from onnxopt.runtime import input_specs
 from onnxopt.shared_weights import SharedWeightsModel
+
+__all__ = ["ModelSummary", "audit_runtime", "count_macs", "inspect_model", "runtime_text"]
 
 
 @dataclasses.dataclass
@@ -93,3 +97,21 @@ def _measured_shapes(model: ir.Model, nodes: list[str], input_shapes: InputShape
 def _describe(value: ir.Value) -> dict[str, Any]:
     shape = None if value.shape is None else [d if isinstance(d, int) else str(d.value or "?") for d in value.shape]
     return {"name": value.name, "dtype": value.dtype.name if value.dtype else None, "shape": shape}
+
+
+def runtime_text(audit: RuntimeAudit) -> str:
+    """The runtime audit for people: the kernel counts, the quantized nodes run in float, the Q/DQ and layout
+    kernels left with the reason of each."""
+    threads = "default" if audit.threads == 0 else str(audit.threads)
+    lines = [
+        f"  kernels onnxruntime runs ({audit.provider}, threads {threads}, onnxruntime {audit.onnxruntime}):",
+        *[f"    {n:>5}  {kernel}" for kernel, n in audit.kernels.items()],
+        f"  runtime: {audit.summary()}",
+    ]
+    int8 = sum(q.int8 and q.runtime_node is not None for q in audit.quantized)
+    floats = audit.float_nodes
+    lines.append(f"  quantized nodes: {len(audit.quantized)}, run in int8 {int8}, in float {len(floats)}")
+    lines += [f"    {q.node} ({q.op_type}): {q.kernel} -- {q.reason}" for q in floats]
+    lines.append(f"  QuantizeLinear / DequantizeLinear / layout kernels left: {len(audit.left)}")
+    lines += [f"    {k.op_type} {k.node}: {k.reason}" for k in audit.left]
+    return "\n".join(lines)

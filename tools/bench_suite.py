@@ -16,7 +16,11 @@ Subjects, and what their rows may claim:
 
 Variants: ``fp32`` (the baseline of every ratio); ``ort-int8`` -- onnxruntime's ``quantize_static``
 (QDQ, per-channel, MinMax, after ``quant_pre_process`` where that works) and ``ort-int8-rr`` (the same with
-``reduce_range=True``, 7-bit weights); ``onnxsim``; ``onnxslim`` (lossless peers); ``onnxopt:<recipe>`` --
+``reduce_range=True``, 7-bit weights), both with onnxruntime's default signed activations (S8S8);
+``ort-u8s8`` -- the same with uint8 activations and int8 weights, the form onnxruntime's x86 kernels fuse
+(the baseline int8 compute must beat); ``onnxopt:int8-forced`` (``--forced``) -- ``lossless,equalize,
+quantize:fallback=none``, int8 compute everywhere, to hold against ``ort-u8s8``; ``onnxsim``;
+``onnxslim`` (lossless peers); ``onnxopt:<recipe>`` --
 every built-in recipe at the subject's batch. Latency of all variants of a subject is measured by
 ``onnxopt.bench`` interleaved (round-robin, same inputs); the machine line records the CPU model and its
 integer features, on which int8 speed depends. Results: one Markdown table and the JSON behind it.
@@ -96,6 +100,7 @@ def main() -> None:
     parser.add_argument("--no-mobilenet", action="store_true", help="leave the MobileNet-style model out")
     parser.add_argument("--seconds", type=float, default=4.0, help="latency budget per variant (default 4)")
     parser.add_argument("--recipes", default=",".join(BUILTIN_RECIPES), help="onnxopt recipes to run")
+    parser.add_argument("--forced", action="store_true", help="add onnxopt with int8 compute forced everywhere")
     parser.add_argument("--out", type=Path, default=ROOT / "tools" / "bench_suite_results")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -103,7 +108,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="onnxopt-suite-") as tmp:
         work = Path(tmp)
         subjects = _subjects(args, work)
-        results = {s.name: run_subject(s, work / s.name, args.seconds, recipes) for s in subjects}
+        results = {s.name: run_subject(s, work / s.name, args.seconds, recipes, args.forced) for s in subjects}
         kinds = {s.name: s.kind for s in subjects}
     total = time.perf_counter() - started
     document = {
@@ -174,7 +179,9 @@ def _subjects(args: argparse.Namespace, work: Path) -> list[Subject]:
     return subjects
 
 
-def run_subject(subject: Subject, folder: Path, seconds: float, recipes: list[str]) -> list[Variant]:
+def run_subject(
+    subject: Subject, folder: Path, seconds: float, recipes: list[str], forced: bool = False
+) -> list[Variant]:
     folder.mkdir(parents=True, exist_ok=True)
     print(f"== {subject.name}", file=sys.stderr)
     variants = [Variant("fp32", subject.path, 0.0)]
@@ -182,8 +189,22 @@ def run_subject(subject: Subject, folder: Path, seconds: float, recipes: list[st
     variants.append(
         _timed("ort-int8-rr", folder / "ort_int8_rr.onnx", lambda out: ort_quantize(subject, out, reduce_range=True))
     )
+    variants.append(
+        _timed("ort-u8s8", folder / "ort_u8s8.onnx", lambda out: ort_quantize(subject, out, activations="uint8"))
+    )
     variants.append(_timed("onnxsim", folder / "onnxsim.onnx", lambda out: simplify(subject.path, out)))
     variants.append(_timed("onnxslim", folder / "onnxslim.onnx", lambda out: slim(subject.path, out)))
+    if forced:  # int8 compute everywhere: the graph to hold against ort-u8s8
+        passes = "lossless,equalize,quantize:fallback=none"
+        variants.append(
+            _timed(
+                "onnxopt:int8-forced",
+                folder / "onnxopt_int8_forced.onnx",
+                lambda o: _onnxopt_notes(
+                    optimize(subject.path, o, passes=passes, data=str(subject.calibration), batch=subject.batch)
+                ),
+            )
+        )
     for recipe in recipes:
         out = folder / f"onnxopt_{recipe.replace('+', '_')}.onnx"
         variants.append(
@@ -267,8 +288,8 @@ def _timed(name: str, out: Path, make: Callable[[Path], list[str] | None]) -> Va
     return Variant(name, out, time.perf_counter() - start, notes=notes)
 
 
-def ort_quantize(subject: Subject, out: Path, *, reduce_range: bool = False) -> list[str]:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+def ort_quantize(subject: Subject, out: Path, *, reduce_range: bool = False, activations: str = "int8") -> list[str]:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     notes = []
@@ -303,7 +324,14 @@ def ort_quantize(subject: Subject, out: Path, *, reduce_range: bool = False) -> 
             return next(self.items, None)
 
     quantize_static(
-        str(source), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range
+        str(source),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        reduce_range=reduce_range,
+        activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
+        weight_type=QuantType.QInt8,
     )
     return notes
 

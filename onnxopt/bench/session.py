@@ -27,15 +27,23 @@ from onnxopt.errors import UnsupportedModelError
 from onnxopt.runtime import session_with_empty_dims_open
 
 
+def benchmark_options(*, threads: int = 0, spinning: bool = False) -> ort.SessionOptions:
+    """The options of every benchmark session: all of onnxruntime's graph optimizations, ``threads`` intra-op
+    threads (0: its default), spin-waiting as asked; also what the runtime audit
+    (:mod:`onnxopt.bench.runtime_audit`) builds, so it reads the graph the benchmark times."""
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 4
+    return options
+
+
 class TimedSession:
     """A session over ``path`` on ``provider``; :meth:`run` times one inference in seconds."""
 
     def __init__(self, path: Path, provider: str, *, threads: int = 0, spinning: bool = False) -> None:
-        options = ort.SessionOptions()
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 4
+        options = benchmark_options(threads=threads, spinning=spinning)
         start = time.perf_counter()
         try:
             session = ort.InferenceSession(str(path), options, providers=session_providers(provider))

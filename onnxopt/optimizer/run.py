@@ -20,6 +20,7 @@ import onnx_ir as ir
 
 from onnxopt import io
 from onnxopt.bench import BenchConfig, BenchResult, benchmark
+from onnxopt.bench.runtime_audit import RuntimeAudit, audit_if_quantized
 from onnxopt.data import (
     Dataset,
     DataSpec,
@@ -129,6 +130,7 @@ class OptimizeResult:
     fit_data: str | None = None  # what the passes calibrated and fitted on (--data, or random inputs)
     # why the run's comparisons cannot vouch for the written model (also fallbacks: exit 3 unless allowed)
     untrusted: list[str] = dataclasses.field(default_factory=list)
+    runtime: RuntimeAudit | None = None  # what onnxruntime runs of the written model, when quantize applied
 
     @property
     def model(self) -> onnx.ModelProto:
@@ -211,6 +213,7 @@ def _optimize(
     comparison, eval_data = _evaluate(run, result, context)
     written = _write(run, result, target)
     latency = _bench(run, result, written)
+    runtime = audit_if_quantized(written, result.records, options.bench)  # what onnxruntime runs of int8
     asked = requested_lossy_passes(options.recipe, options.passes, recipe)
     untrusted = _untrusted(result, context.is_random)
     return OptimizeResult(
@@ -219,6 +222,7 @@ def _optimize(
         untrusted=untrusted,
         plan=run.plan.to_dict(bulky=False),  # the report's copy: GPTQ's levels stay in the plan file
         latency=latency,
+        runtime=runtime,
         input_path=model_path,
         output_path=written,
         recipe=recipe,

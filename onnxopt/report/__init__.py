@@ -23,6 +23,19 @@ Schema ``onnxopt.report/2``. Every report has
   unmatched, first_bad, largest_added`` and per layer ``{tensor,
   candidate_tensor, op_type, node, snr_db, cosine, max_rel, own_snr_db}``)
 * ``latency``: null, or a ``bench`` object (below) over input and output.
+* ``runtime``: null, or -- whenever a ``quantize`` pass applied -- the runtime audit of the written model
+  (:mod:`onnxopt.bench.runtime_audit`): what onnxruntime runs after its own graph optimizations, in the
+  session the benchmark builds. ``provider, threads, onnxruntime`` (its version); ``kernels``: kernel ->
+  count (``op_type``, prefixed by its domain outside ``ai.onnx``, e.g. ``com.microsoft.QLinearConv``);
+  ``quantize_linear``, ``dequantize_linear``: QuantizeLinear / DequantizeLinear kernels left running;
+  ``weight_dequantize_linear``: those of them that dequantize a constant for a float op at every inference;
+  ``quantized``: per quantized node of the written model (a node reading a DequantizeLinear output)
+  ``{node, op_type, kernel, int8, runtime_node, matched_by, reason}`` -- ``kernel`` is what runs it
+  (``QLinearConv``, ``QLinearMatMul``, ``QGemm``, ``QLinearAdd``, ``MaxPool on int8``, ``float:
+  DequantizeLinear -> op -> QuantizeLinear``, ``removed: ...``), ``matched_by`` how onnxruntime's node was
+  found (``name``, ``tensors``, ``neighbours`` or ``none``), ``reason`` why it runs float; ``left``: per
+  QuantizeLinear, DequantizeLinear, Transpose, ReorderInput or ReorderOutput kernel running on its own
+  ``{op_type, node, tensor, reason, weight}``.
 
 ``kind: compare`` adds ``reference``, ``candidate`` (paths) and ``comparison``.
 
@@ -86,6 +99,7 @@ def optimize_report(result: Any) -> dict[str, Any]:
         guard_max_drift=pipeline.max_drift,
         comparison=result.comparison.to_dict(),
         latency=result.latency.to_dict() if result.latency else None,
+        runtime=result.runtime.to_dict() if getattr(result, "runtime", None) is not None else None,
         notes=pipeline.notes,
         plan=result.plan,
     )

@@ -63,8 +63,46 @@ def _optimize(r: dict[str, Any]) -> list[Block]:
         blocks += _tradeoff([r])
     if cmp.get("layers"):
         blocks += _layers(cmp["layers"])
+    if r.get("runtime"):
+        blocks += _runtime(r["runtime"])
     blocks += _passes(r)
     blocks += _plan(r.get("plan"))
+    return blocks
+
+
+def _runtime(audit: dict[str, Any]) -> list[Block]:
+    """The runtime audit (schema key ``runtime``): the kernels onnxruntime runs, the quantized nodes it runs in
+    float, and the Q/DQ and layout kernels left, each with its reason (grouped: a reason, its kernels)."""
+    threads = "its default threads" if not audit["threads"] else f"{audit['threads']} thread(s)"
+    quantized = audit["quantized"]
+    floats = [q for q in quantized if not q["int8"] and q["runtime_node"] is not None]
+    weights = audit.get("weight_dequantize_linear", 0)
+    blocks: list[Block] = [
+        Heading("What onnxruntime runs"),
+        Paragraph(
+            f"The written model as onnxruntime {audit['onnxruntime']} runs it on {audit['provider']} with "
+            f"{threads}, after its own graph optimizations (the session the benchmark builds). "
+            f"{len(quantized) - len(floats)} of {len(quantized)} quantized nodes run in int8; "
+            f"**{audit['quantize_linear']} QuantizeLinear + {audit['dequantize_linear']} DequantizeLinear** kernels "
+            f"run on their own" + (f" ({weights} dequantize weights at every inference)." if weights else ".")
+        ),
+        Table(["kernel", "count"], [[f"`{k}`", str(n)] for k, n in audit["kernels"].items()], {1}),
+    ]
+    if floats:
+        rows = [[f"`{q['node']}`", q["op_type"], q["kernel"], q["reason"]] for q in floats]
+        blocks += [Heading("Quantized nodes run in float", 3), Table(["node", "op", "kernel", "why"], rows)]
+    groups: dict[tuple[str, str], list[str]] = {}
+    for k in audit["left"]:
+        groups.setdefault((k["op_type"], k["reason"]), []).append(k["node"])
+    if groups:
+        rows = [
+            [op, str(len(nodes)), reason, ", ".join(f"`{n}`" for n in nodes[:6]) + (" …" if len(nodes) > 6 else "")]
+            for (op, reason), nodes in sorted(groups.items(), key=lambda g: (g[0][0], -len(g[1]), g[0][1]))
+        ]
+        blocks += [
+            Heading("Q/DQ and layout kernels left, and why", 3),
+            Table(["kernel", "count", "why", "nodes"], rows, {1}),
+        ]
     return blocks
 
 

@@ -61,7 +61,7 @@ class InsertQDQ:
             float_tensors = touching(graph, excluded)
             folded = set()
             if config.activations == "uint8":
-                folded = fold_relus(log, graph, nodes, ranges, float_tensors)
+                folded = fold_activations(log, graph, nodes, ranges, float_tensors)
             nodes = [n for n in nodes if id(n) not in folded]
             for value in activation_tensors(graph, nodes, touching(graph, excluded)):
                 low, high = ranges.get(value.name or "", (np.inf, -np.inf))
@@ -151,13 +151,22 @@ def chosen(graph: ir.Graph, excluded: set[str]) -> list[ir.Node]:
 
 
 def activation_tensors(graph: ir.Graph, nodes: list[ir.Node], keep_float: set[int] = frozenset()) -> list[ir.Value]:
-    """The float tensors ``nodes`` read as activations or write (first output): each gets one Q/DQ pair. Graph
-    outputs, ``keep_float`` (by id), tensors subgraphs read and initializers stay float."""
-    outputs = {id(v) for v in graph.outputs} | set(keep_float) | subgraph_reads(graph)  # those stay float
+    """The float tensors ``nodes`` read as activations or write (first output): each gets one Q/DQ pair.
+
+    ``keep_float`` (by id), tensors subgraphs read and initializers stay float. A graph output stays float
+    unless one of ``nodes`` writes it and runs as an integer kernel only with a quantized output (a Conv, an
+    Add, ...): then the pair lets onnxruntime fuse that last node too, and its DequantizeLinear is the model's
+    last step, as in onnxruntime's own quantizer. A Gemm or MatMul output is quantized only for a reader in
+    ``nodes``: their integer kernels write float (QGemm, MatMulIntegerToFloat)."""
+    graph_outputs = {id(v) for v in graph.outputs}
+    keep = set(keep_float) | subgraph_reads(graph)  # those stay float
     seen: dict[int, ir.Value] = {}
     for node in nodes:
-        for value in [*policy.activation_inputs(node), *node.outputs[:1]]:
-            if value is None or id(value) in outputs or value.is_initializer() or value.dtype not in _FLOAT:
+        outputs = [] if policy.float_output(node) else node.outputs[:1]
+        for value in [*policy.activation_inputs(node), *outputs]:
+            if value is None or id(value) in keep or value.is_initializer() or value.dtype not in _FLOAT:
+                continue
+            if id(value) in graph_outputs and not (value.producer() is node and policy.fused_output(node)):
                 continue
             if value.producer() is not None and value.producer().op_type in ("QuantizeLinear", "DequantizeLinear"):
                 continue
@@ -174,27 +183,38 @@ def touching(graph: ir.Graph, excluded: set[str]) -> set[int]:
 # ------------------------------------------------------------------ rewriting
 
 
-def fold_relus(
+def fold_activations(
     log: PassLog, graph: ir.Graph, nodes: list[ir.Node], ranges: Ranges, float_tensors: set[int]
 ) -> set[int]:
-    """Remove Relus right after a weight op; the op's output takes the Relu's name, so its range."""
+    """Remove each Relu, or Clip with constant bounds ``low <= 0 <= high`` (ReLU6), that alone reads the output of
+    a node onnxruntime fuses into an integer kernel; that output takes the activation's name, so its calibrated
+    range, and the quantizer's clamp does the activation's work.
+
+    Exact, for uint8 activations: the range is the activation's output range, ``[min(r_lo, 0), max(r_hi, 0)]``
+    with ``low <= r_lo`` and ``r_hi <= high``, so the quantizer's clamp lies within the activation's. Without
+    it, onnxruntime requantizes -- ``QLinearConv -> DequantizeLinear -> Clip -> QuantizeLinear -> QLinearConv``
+    -- a ReLU6 MobileNet's every block. Returns the removed nodes (by id)."""
     folded = set()
     chosen_ids = {id(n) for n in nodes}
     for node in nodes:
-        if not policy.has_weight(node):
+        if not policy.fused_output(node):
             continue
         out = node.outputs[0]
         uses = list(out.uses())
-        if out.is_graph_output() or len(uses) != 1 or uses[0].node.op_type != "Relu":
+        if out.is_graph_output() or len(uses) != 1:
             continue
-        relu = uses[0].node
-        if id(relu) not in chosen_ids or relu.outputs[0].is_graph_output() or relu.outputs[0].name not in ranges:
+        activation = uses[0].node
+        bounds = policy.clamp_bounds(activation)
+        if bounds is None or not bounds[0] <= 0.0 <= bounds[1] or uses[0].idx != 0:
             continue
-        if id(relu.outputs[0]) in float_tensors:  # stays float: nothing would clamp it in the Relu's place
+        result = activation.outputs[0]
+        if id(activation) not in chosen_ids or result.name not in ranges:
             continue
-        bypass_node(graph, relu, out, relu.outputs[0], x_now_equals_y=True)
-        folded.add(id(relu))
-        log.count("Relu folded into the quantizer")
+        if id(result) in float_tensors:  # stays float: nothing would clamp it in the activation's place
+            continue
+        bypass_node(graph, activation, out, result, x_now_equals_y=True)
+        folded.add(id(activation))
+        log.count(f"{activation.op_type} folded into the quantizer")
     return folded
 
 
@@ -210,6 +230,7 @@ def insert_pair(
     scale, zero = params
     readers = [(u.node, u.idx) for u in value.uses()]  # before the Q node becomes a reader too
     base = value.name or "t"
+    output_at = [i for i, v in enumerate(graph.outputs) if v is value]
     s = add_initializer(graph, names.fresh(f"{base}_scale"), np.array(scale, np.float32))
     z = add_initializer(graph, names.fresh(f"{base}_zero_point"), np.array(zero, ZERO_DTYPE[config.activations]))
     q = ir.node("QuantizeLinear", [value, s, z], name=names.fresh(f"{base}_Q"))
@@ -222,8 +243,15 @@ def insert_pair(
         graph.insert_after(producer, [q, dq])
     else:
         graph.insert_before(next(iter(graph)), [q, dq])
-    for reader, index in readers:
-        reader.replace_input_with(index, dq.outputs[0])
+    for reader, index in readers:  # a Shape or Size reads only the shape: the quantized tensor has it, no DQ
+        shape_only = reader.op_type in ("Shape", "Size") and reader.domain in ("", "ai.onnx")
+        reader.replace_input_with(index, q.outputs[0] if shape_only else dq.outputs[0])
+    if output_at:  # the model's output is now the dequantized value, under its own name
+        name = value.name
+        value.name = names.fresh(f"{base}_float")
+        dq.outputs[0].name = name
+        for i in output_at:
+            graph.outputs[i] = dq.outputs[0]
     log.count("tensors quantized")
 
 

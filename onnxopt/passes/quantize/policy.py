@@ -33,7 +33,7 @@ from typing import Literal
 
 import onnx_ir as ir
 
-from onnxopt.passes._graph_edit import attribute
+from onnxopt.passes._graph_edit import attribute, constant_array
 
 #: (node, weight rank) -> (output-channel axis, input-channel axis), both non-negative
 AxisRule = Callable[[ir.Node, int], "tuple[int, int]"]
@@ -90,6 +90,20 @@ class OpPolicy:
     output: Literal["requantized", "carried"] = "requantized"
     constants: bool = False  # float constants among its inputs are quantized per tensor (per-tensor Q)
     kernel: str = FLOAT_KERNEL  # what onnxruntime's CPU provider runs the QDQ group as
+    # its integer kernel may write a float output (QGemm, MatMulIntegerToFloat): no Q after it unless an int8
+    # consumer reads it -- one kernel fewer, and no 8-bit rounding of what float consumers read
+    float_output: bool = False
+
+    @property
+    def fused_output(self) -> bool:
+        """Whether onnxruntime fuses this op into an integer kernel only when its output is quantized too (so a
+        graph output it writes gets a Q/DQ pair: the last DequantizeLinear is then the model's only float step)."""
+        return (
+            self.quantized
+            and self.output == "requantized"
+            and not self.float_output
+            and self.kernel not in (FLOAT_KERNEL, ABSORBED, ON_INT8)
+        )
 
     @property
     def weights(self) -> tuple[WeightInput, ...]:
@@ -111,8 +125,9 @@ _FIRST = (0,)  # only the data input: shapes, scales, sizes and indices are not 
 POLICY: dict[str, OpPolicy] = dict([
     _row("Conv", activations=_FIRST, weight=_CONV, bias=2, bias_corrected=True, kernel="QLinearConv"),
     _row("ConvTranspose", activations=_FIRST, weight=WeightInput(1, _fixed(1, 0)), bias=2),
-    _row("Gemm", activations=_FIRST, weight=WeightInput(1, _gemm_axes), bias=2, bias_corrected=True, kernel="QGemm"),
-    _row("MatMul", activations=_FIRST, weight=WeightInput(1, _matmul_axes), kernel="QLinearMatMul"),
+    _row("Gemm", activations=_FIRST, weight=WeightInput(1, _gemm_axes), bias=2, bias_corrected=True, kernel="QGemm",
+         float_output=True),
+    _row("MatMul", activations=_FIRST, weight=WeightInput(1, _matmul_axes), kernel="QLinearMatMul", float_output=True),
     _row("Add", constants=True, kernel="QLinearAdd"),
     _row("Mul", constants=True, kernel="QLinearMul"),
     _row("Concat", constants=True, output="carried", kernel="QLinearConcat"),
@@ -185,6 +200,42 @@ def quantizes_constants(node: ir.Node) -> bool:
     """Whether ``node``'s float constant inputs are quantized per tensor (Add, Mul, Concat)."""
     row = POLICY.get(node.op_type)
     return row is not None and row.constants
+
+
+def fused_output(node: ir.Node) -> bool:
+    """Whether ``node`` runs as an integer kernel only with its output quantized (see :attr:`OpPolicy.fused_output`)."""
+    row = of(node)
+    return row is not None and row.fused_output
+
+
+def float_output(node: ir.Node) -> bool:
+    """Whether ``node``'s integer kernel can write a float output (QGemm, MatMulIntegerToFloat)."""
+    row = of(node)
+    return row is not None and row.float_output
+
+
+def clamp_bounds(node: ir.Node) -> tuple[float, float] | None:
+    """(low, high) of an activation a quantizer's clamp can do the work of -- Relu (0, inf), Clip with constant
+    bounds -- or None for any other node (or a Clip whose bounds are not constants)."""
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "Relu":
+        return 0.0, float("inf")
+    if node.op_type != "Clip":
+        return None
+    if len(node.inputs) <= 1 and ("min" in node.attributes or "max" in node.attributes):  # opset < 11
+        return attribute(node, "min", float("-inf")), attribute(node, "max", float("inf"))
+    bounds = []
+    for index, default in ((1, float("-inf")), (2, float("inf"))):
+        value = node.inputs[index] if len(node.inputs) > index else None
+        if value is None:
+            bounds.append(default)
+            continue
+        array = constant_array(value)
+        if array is None or array.size != 1:
+            return None
+        bounds.append(float(array.reshape(-1)[0]))
+    return bounds[0], bounds[1]
 
 
 def carries(node: ir.Node) -> bool:

@@ -19,9 +19,14 @@ What it quantizes:
   pair shared by all its readers, per tensor: ``uint8`` asymmetric (default),
   ``int8`` symmetric, or ``int16`` symmetric (A16W8; needs opset 21, upgraded
   to). Float constants read by Add/Mul/Concat are quantized per tensor too.
-  Graph inputs stay float at the interface; graph outputs and Softmax stay
-  float. ``weights_only=true`` stores the weights int8 alone (a 4x smaller file,
-  float compute, :mod:`onnxopt.passes.quantize.weight_storage`).
+  Graph inputs stay float at the interface, and Softmax stays float. A graph
+  output written by an op onnxruntime fuses only with a quantized output (Conv,
+  Add, Sigmoid, ...) gets a pair too, so that last op runs int8 and its
+  DequantizeLinear is the model's last step (as onnxruntime's own quantizer
+  writes it); a Gemm or MatMul output gets one only for an int8 reader: their
+  kernels (QGemm, MatMulIntegerToFloat) write float. ``weights_only=true``
+  stores the weights int8 alone (a 4x smaller file, float compute,
+  :mod:`onnxopt.passes.quantize.weight_storage`).
 * **weights of nodes that keep float compute** (kept float by the speed search,
   or ops without an integer kernel such as LSTM/GRU): stored int8 per channel
   and decoded by a Cast+Mul that onnxruntime folds when it creates the session
@@ -32,9 +37,12 @@ What it quantizes:
 * **Concats of mixed ranges** (inputs' ranges more than 8x apart: a detector's
   pixel boxes beside its [0, 1] scores) stay float, with the data-movement
   nodes after them: one shared scale would erase the narrow input.
-* **Relu after a weight op** (uint8 activations): the Relu is removed and the
-  op's output is quantized with the Relu's range -- zero point 0, so the
-  quantizer's clamp *is* the Relu.
+* **Relu, or Clip with constant bounds around 0 (ReLU6), after an op onnxruntime
+  fuses** (uint8 activations; the op's output read by the activation alone): the
+  activation is removed and the op's output is quantized with its range -- within
+  the activation's bounds, so the quantizer's clamp *is* the activation, and no
+  ``DequantizeLinear -> Clip -> QuantizeLinear`` requantization runs between two
+  int8 convolutions.
 
 Ranges come from calibration through onnxruntime on the run's data, over
 ``samples`` samples, streamed (:class:`onnxopt.passes.quantize.activation_ranges.RangeCollector`):

@@ -1,0 +1,174 @@
+"""The QDQ graph the quantize pass writes is one int8 chain in what onnxruntime runs (issue 35).
+
+Each graph is built here, quantized with int8 compute forced (``fallback=none``), and opened the way the
+benchmark opens it (every graph optimization): in the graph onnxruntime then runs, every Conv is a
+QLinearConv and the only QuantizeLinear / DequantizeLinear kernels left are the model's input and output --
+no requantization inside the chain (a ReLU6 between two convolutions used to leave one per block). Counts of
+kernels are deterministic for a given onnxruntime; outputs are compared with the float model too.
+"""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxopt.cli import main
+
+
+class _Graph:
+    """A small NCHW CNN under construction, with seeded weights."""
+
+    def __init__(self) -> None:
+        self.rng = np.random.default_rng(0)
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+
+    def _name(self, prefix: str) -> str:
+        return f"{prefix}{len(self.nodes) + len(self.inits)}"
+
+    def const(self, array: np.ndarray) -> str:
+        name = self._name("c")
+        self.inits.append(numpy_helper.from_array(np.asarray(array, np.float32), name))
+        return name
+
+    def op(self, op_type: str, *inputs: str, **attrs) -> str:  # type: ignore[no-untyped-def]
+        out = self._name(op_type.lower())
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=f"{op_type}_{out}", **attrs))
+        return out
+
+    def conv(self, x: str, cin: int, cout: int, k: int = 3, group: int = 1) -> str:
+        w = self.rng.normal(0, (2.0 / (cin // group * k * k)) ** 0.5, (cout, cin // group, k, k))
+        return self.op(
+            "Conv", x, self.const(w), self.const(self.rng.normal(0, 0.1, cout)), pads=[k // 2] * 4, group=group
+        )
+
+    def relu6(self, x: str) -> str:
+        return self.op("Clip", x, self.const(np.array(0.0)), self.const(np.array(6.0)))
+
+    def save(self, out: str, path: Path, opset: int = 13) -> Path:
+        graph = helper.make_graph(
+            self.nodes,
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+            [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["n", "c", "h", "w"])],
+            self.inits,
+        )
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), path)
+        return path
+
+
+def _relu6_chain(g: _Graph) -> str:  # MobileNetV2's block: pointwise, ReLU6, depthwise, ReLU6, pointwise
+    x = g.relu6(g.conv("x", 3, 16))
+    x = g.relu6(g.conv(x, 16, 16, group=16))
+    x = g.relu6(g.conv(x, 16, 32, k=1))
+    return g.conv(x, 32, 32, k=1)
+
+
+def _relu_maxpool(g: _Graph) -> str:
+    x = g.op("MaxPool", g.op("Relu", g.conv("x", 3, 16)), kernel_shape=[2, 2], strides=[2, 2])
+    return g.conv(g.op("Relu", g.conv(x, 16, 32)), 32, 32)
+
+
+def _silu(g: _Graph) -> str:
+    x = g.conv("x", 3, 16)
+    return g.conv(g.op("Mul", x, g.op("Sigmoid", x)), 16, 32)
+
+
+def _residual(g: _Graph) -> str:
+    x = g.op("Relu", g.conv("x", 3, 16))
+    y = g.conv(g.op("Relu", g.conv(x, 16, 16)), 16, 16)
+    return g.conv(g.op("Relu", g.op("Add", x, y)), 16, 16)
+
+
+def _concat(g: _Graph) -> str:
+    x = g.op("Relu", g.conv("x", 3, 16))
+    a, b = g.op("Relu", g.conv(x, 16, 16)), g.op("Relu", g.conv(x, 16, 16, k=1))
+    return g.conv(g.op("Concat", a, b, axis=1), 32, 32)
+
+
+def _resize(g: _Graph) -> str:
+    x = g.op("Relu", g.conv("x", 3, 16))
+    x = g.op("Resize", x, g.const(np.array([])), g.const(np.array([1, 1, 2, 2])), mode="nearest")
+    return g.conv(x, 16, 16)
+
+
+def _se_block(g: _Graph) -> str:
+    x = g.relu6(g.conv("x", 3, 32))
+    s = g.conv(g.op("Relu", g.conv(g.op("GlobalAveragePool", x), 32, 8, k=1)), 8, 32, k=1)
+    return g.conv(g.op("Mul", x, g.op("Sigmoid", s)), 32, 32, k=1)
+
+
+GRAPHS = {
+    "relu6_chain": (_relu6_chain, {"QLinearConv": 4}),
+    "relu_maxpool": (_relu_maxpool, {"QLinearConv": 3}),
+    "silu": (_silu, {"QLinearConv": 2, "QLinearSigmoid": 1, "QLinearMul": 1}),
+    "residual": (_residual, {"QLinearConv": 4, "QLinearAdd": 1}),
+    "concat": (_concat, {"QLinearConv": 4, "QLinearConcat": 1}),
+    "resize": (_resize, {"QLinearConv": 2}),
+    "se_block": (_se_block, {"QLinearConv": 4, "QLinearGlobalAveragePool": 1, "QLinearSigmoid": 1, "QLinearMul": 1}),
+}
+
+
+def _runtime_kernels(path: Path) -> collections.Counter[str]:
+    """The kernels onnxruntime runs for ``path`` with every graph optimization (as the benchmark opens it)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(path.with_suffix(".runtime.onnx"))
+    options.log_severity_level = 3
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+
+
+@pytest.mark.parametrize("name", sorted(GRAPHS))
+def test_int8_chains_run_without_requantization(name: str, tmp_path: Path) -> None:
+    build, fused = GRAPHS[name]
+    g = _Graph()
+    model = g.save(build(g), tmp_path / "float.onnx")
+    x = np.random.default_rng(1).uniform(0, 1, (48, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "fit.npz", x=x[:32])
+    np.savez(tmp_path / "held.npz", x=x[32:])
+    out = tmp_path / "int8.onnx"
+    passes = "lossless,quantize:fallback=none"
+    args = ["optimize", str(model), str(out), "--passes", passes, "--data", str(tmp_path / "fit.npz"), "-q"]
+    assert main([*args, "--eval-data", str(tmp_path / "held.npz")]) == 0
+    kernels = _runtime_kernels(out)
+    assert kernels["QuantizeLinear"] == 1, kernels  # the model's input, once
+    assert kernels["DequantizeLinear"] == 1, kernels  # the model's output, once
+    for op, count in fused.items():
+        assert kernels[op] == count, kernels
+    assert not {"Conv", "FusedConv", "Clip", "Relu", "Sigmoid", "Add", "Mul"} & set(kernels), kernels
+    reference = ort.InferenceSession(str(model)).run(None, {"x": x[32:33]})[0]
+    got = ort.InferenceSession(str(out)).run(None, {"x": x[32:33]})[0]
+    snr = 10 * np.log10(np.sum(reference**2) / np.sum((reference - got) ** 2))
+    assert snr > 20, snr  # one int8 chain, still the same function
+
+
+def test_a_gemm_head_keeps_a_float_output(tmp_path: Path) -> None:
+    """QGemm writes float: a Gemm read only by float consumers (here the model's output) gets no QuantizeLinear,
+    so its output is not rounded to 8 bits."""
+    g = _Graph()
+    x = g.op("Flatten", g.op("GlobalAveragePool", g.op("Relu", g.conv("x", 3, 16))))
+    y = g.op("Gemm", x, g.const(g.rng.normal(0, 0.3, (10, 16))), g.const(np.zeros(10)), transB=1)
+    graph = helper.make_graph(
+        g.nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 10])],
+        g.inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "f.onnx")
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(1).uniform(0, 1, (32, 3, 16, 16)).astype(np.float32))
+    out = tmp_path / "q.onnx"
+    args = ["optimize", str(tmp_path / "f.onnx"), str(out), "--passes", "quantize:fallback=none"]
+    assert main([*args, "--data", str(tmp_path / "d.npz"), "-q"]) == 0
+    written = onnx.load(out)
+    assert written.graph.node[-1].op_type == "Gemm"  # the output is the Gemm's own, not a DequantizeLinear's
+    kernels = _runtime_kernels(out)
+    assert kernels["QGemm"] == 1 and kernels["QLinearConv"] == 1, kernels
+    assert kernels["DequantizeLinear"] == 0, kernels
