@@ -59,6 +59,7 @@ from zoo_models import input_shape, light_model
 from onnxopt import io
 from onnxopt.api import bench_files, compare_files, optimize
 from onnxopt.bench import BenchConfig, machine_description
+from onnxopt.bench.runtime_audit import audit_runtime
 from onnxopt.errors import OnnxoptError
 from onnxopt.optimizer.recipe import BUILTIN_RECIPES
 
@@ -237,6 +238,7 @@ def run_subject(
             "ratio_ci": None if m.ratio is None else [m.ratio.low, m.ratio.high],
             "batch": m.batch,
             "rounds": m.latency.runs,
+            **_runtime_qdq(variant.path),
         }
         try:
             variant.row.update(_quality(subject, variant, reference_outputs, charset))
@@ -244,6 +246,14 @@ def run_subject(
             traceback.print_exc()
             variant.notes.append(f"scoring failed: {' '.join(str(e).split())[:160]}")
     return variants
+
+
+def _runtime_qdq(path: Path) -> dict[str, int]:
+    """QuantizeLinear and DequantizeLinear kernels still running in what onnxruntime runs for ``path`` (the
+    runtime audit: the benchmark's session, every graph optimization), and its QLinearConv count."""
+    audit = audit_runtime(path)
+    return {k: audit.count(op) for k, op in (("rt_q", "QuantizeLinear"), ("rt_dq", "DequantizeLinear"),
+                                             ("rt_qlinearconv", "QLinearConv"))}  # fmt: skip
 
 
 def _quality(subject: Subject, variant: Variant, reference_outputs, charset) -> dict[str, object]:
@@ -382,11 +392,13 @@ def render(document: dict[str, object]) -> str:
         "as a ratio to fp32 with its 95 % bootstrap interval. Task metric and SNR (dB, mean over outputs, "
         "against fp32) on held-out data only: real models on rendered task data the tools never saw "
         f"({REAL_EVALUATION} samples; calibration on {REAL_CALIBRATION} others), digits on {DIGITS_CALIBRATION} "
-        "calibration / the other 744 evaluation samples. Speed-only rows have random weights: no accuracy claim.",
+        "calibration / the other 744 evaluation samples. Speed-only rows have random weights: no accuracy claim. "
+        "Q + DQ run: QuantizeLinear and DequantizeLinear kernels left in the graph onnxruntime runs (the runtime "
+        "audit, the benchmark's session).",
         "",
         "| model | variant | latency ratio [95% CI] | p50 ms | size ratio | task metric (held out) | SNR dB "
-        "| tool s | notes |",
-        "|---|---|---:|---:|---:|---|---:|---:|---|",
+        "| Q + DQ run | tool s | notes |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---|",
     ]
     kinds = document.get("kinds", {})
     for model, variants in document["results"].items():
@@ -394,16 +406,17 @@ def render(document: dict[str, object]) -> str:
         label = f"{model} (speed only)" if kinds.get(model) == "speed-only" else model
         for v in variants:
             if v["failed"]:
-                lines.append(f"| {label} | {v['variant']} | failed | | | | | {v['tool_seconds']} | {v['failed']} |")
+                lines.append(f"| {label} | {v['variant']} | failed | | | | | | {v['tool_seconds']} | {v['failed']} |")
                 continue
             ci = v["ratio_ci"]
             ratio = f"{v['latency_ratio']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
             size = v["file_bytes"] / base["file_bytes"] if base and base.get("file_bytes") else float("nan")
             task = v.get("task")
             snr = "" if not task else task["snr_db"] if isinstance(task["snr_db"], str) else f"{task['snr_db']:.1f}"
+            qdq = f"{v['rt_q']} + {v['rt_dq']}" if "rt_q" in v else ""
             lines.append(
                 f"| {label} | {v['variant']} | {ratio} | {v['p50_ms']:.3f} | {size:.3f} | {task_metric(task)} | {snr} "
-                f"| {v['tool_seconds']} | {'; '.join(v['notes'])} |"
+                f"| {qdq} | {v['tool_seconds']} | {'; '.join(v['notes'])} |"
             )
     return "\n".join(lines) + "\n"
 
