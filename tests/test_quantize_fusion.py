@@ -104,6 +104,12 @@ def _se_block(g: _Graph) -> str:
     return g.conv(g.op("Mul", x, g.op("Sigmoid", s)), 32, 32, k=1)
 
 
+def _paddle_hardswish(g: _Graph) -> str:  # x * Clip(x + 3, 0, 6) / 6, as paddle2onnx writes HardSwish; a Sub too
+    x = g.op("Sub", g.conv("x", 3, 16), g.const(np.array(0.5)))
+    gate = g.relu6(g.op("Add", x, g.const(np.array(3.0))))
+    return g.conv(g.op("Div", g.op("Mul", x, gate), g.const(np.array(6.0))), 16, 16)
+
+
 GRAPHS = {
     "relu6_chain": (_relu6_chain, {"QLinearConv": 4}),
     "relu_maxpool": (_relu_maxpool, {"QLinearConv": 3}),
@@ -111,6 +117,8 @@ GRAPHS = {
     "residual": (_residual, {"QLinearConv": 4, "QLinearAdd": 1}),
     "concat": (_concat, {"QLinearConv": 4, "QLinearConcat": 1}),
     "resize": (_resize, {"QLinearConv": 2}),
+    # the Sub after the first Conv is folded into its bias by fold-affine before quantize sees it
+    "paddle_hardswish": (_paddle_hardswish, {"QLinearConv": 2, "QLinearAdd": 1, "QLinearMul": 2}),
     "se_block": (_se_block, {"QLinearConv": 4, "QLinearGlobalAveragePool": 1, "QLinearSigmoid": 1, "QLinearMul": 1}),
 }
 
@@ -142,7 +150,7 @@ def test_int8_chains_run_without_requantization(name: str, tmp_path: Path) -> No
     assert kernels["DequantizeLinear"] == 1, kernels  # the model's output, once
     for op, count in fused.items():
         assert kernels[op] == count, kernels
-    assert not {"Conv", "FusedConv", "Clip", "Relu", "Sigmoid", "Add", "Mul"} & set(kernels), kernels
+    assert not {"Conv", "FusedConv", "Clip", "Relu", "Sigmoid", "Add", "Mul", "Sub", "Div"} & set(kernels), kernels
     reference = ort.InferenceSession(str(model)).run(None, {"x": x[32:33]})[0]
     got = ort.InferenceSession(str(out)).run(None, {"x": x[32:33]})[0]
     snr = 10 * np.log10(np.sum(reference**2) / np.sum((reference - got) ** 2))
@@ -172,3 +180,36 @@ def test_a_gemm_head_keeps_a_float_output(tmp_path: Path) -> None:
     kernels = _runtime_kernels(out)
     assert kernels["QGemm"] == 1 and kernels["QLinearConv"] == 1, kernels
     assert kernels["DequantizeLinear"] == 0, kernels
+
+
+def test_sub_and_div_by_constants_become_add_and_mul() -> None:
+    """Sub(x, c) -> Add(x, -c) (exact); Div(x, c) -> Mul(x, 1/c), asked for when activations are quantized, and
+    always when 1/c is exact (a power of two); a Div of a constant by x is left alone."""
+    import onnx_ir as ir
+
+    from onnxopt import io
+    from onnxopt.passes.base import PassLog
+    from onnxopt.passes.canonicalize import canonicalize
+
+    proto = onnx.parser.parse_model(
+        """<ir_version: 8, opset_import: ["": 13]>
+        g (float[1, 4] x) => (float[1, 4] a, float[1, 4] b, float[1, 4] c, float[1, 4] d)
+        <float three = {3.0}, float six = {6.0}, float[4] quarter = {4.0, 0.5, 2.0, 0.25}> {
+            a = Sub(x, three)
+            b = Div(x, six)
+            c = Div(x, quarter)
+            d = Div(six, x)
+        }"""
+    )
+    x = np.random.default_rng(0).normal(size=(1, 4)).astype(np.float32)
+    expected = ort.InferenceSession(proto.SerializeToString()).run(None, {"x": x})
+    for activations, ops in ((True, ["Add", "Mul", "Mul", "Div"]), (False, ["Add", "Div", "Mul", "Div"])):
+        model = io.from_proto(proto)
+        canonicalize(PassLog(), model, activations=activations)
+        assert [n.op_type for n in model.graph] == ops
+        got = ort.InferenceSession(io.to_proto(model).SerializeToString()).run(None, {"x": x})
+        np.testing.assert_array_equal(got[0], expected[0])  # Sub -> Add: bit for bit
+        np.testing.assert_allclose(got[1], expected[1], rtol=2e-7)  # x * (1/6): within one ulp
+        np.testing.assert_array_equal(got[2], expected[2])  # powers of two: exact
+        np.testing.assert_array_equal(got[3], expected[3])
+        assert isinstance(model, ir.Model)

@@ -4,9 +4,16 @@
 * :func:`shuffles_to_gathers` -- a channel shuffle (Reshape [N,g,C/g,H,W], Transpose [0,2,1,3,4], Reshape
   [N,C,H,W]) is one ``Gather`` of the permuted channels along axis 1: the same values, copied as whole planes.
 
-Both are exact (the same values, bit for bit) and keep the rewritten node's name and output. They are plain
+* :func:`constant_divisions_to_products` -- ``Sub(x, c)`` is ``Add(x, -c)`` and ``Div(x, c)`` is ``Mul(x, 1/c)``
+  for a float constant ``c``: Add and Mul have integer kernels (QLinearAdd, QLinearMul), Sub and Div none. A
+  converted HardSwish (``x * Clip(x + 3, 0, 6) / 6``: PaddleOCR's and PicoDet's 94 of them in one detector) ran
+  its Div in float between a DequantizeLinear and a QuantizeLinear.
+
+All keep the rewritten node's name and output. All but ``Div`` are exact (the same values, bit for bit); ``x *
+(1/c)`` differs from ``x / c`` by at most one unit in the last place (none when ``c`` is a power of two), far
+below int8 rounding, so the quantize pass asks for it only when it quantizes activations. They are plain
 functions the quantize pass calls first (:mod:`onnxopt.passes.quantize.quantize_qdq`), not a pass of their own:
-in a float model neither is faster.
+in a float model none is faster.
 """
 
 from __future__ import annotations
@@ -25,13 +32,43 @@ from onnxopt.passes._graph_edit import (
 from onnxopt.passes.base import PassLog
 
 
-def canonicalize(log: PassLog, model: ir.Model) -> NameSource:
+def canonicalize(log: PassLog, model: ir.Model, *, activations: bool = True) -> NameSource:
     """Every clean-up, in order, on ``model``'s main graph; returns the fresh-name source the rewrites drew from
-    (the caller goes on naming with it)."""
+    (the caller goes on naming with it). ``activations``: the caller quantizes activations, so a Div by a
+    constant may become a Mul (off by one ulp at most)."""
     sums_to_adds(log, model.graph)
     names = NameSource(model)
     shuffles_to_gathers(log, model.graph, names)
+    constant_divisions_to_products(log, model.graph, names, inexact=activations)
     return names
+
+
+def constant_divisions_to_products(log: PassLog, graph: ir.Graph, names: NameSource, *, inexact: bool) -> None:
+    """``Sub(x, c)`` -> ``Add(x, -c)``; ``Div(x, c)`` -> ``Mul(x, 1/c)`` for a float constant ``c`` with no zero
+    (with ``inexact`` only, unless every ``1/c`` is exact: a power of two). ``x`` stays the first input."""
+    for node in list(graph):
+        if node.op_type not in ("Sub", "Div") or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+            continue
+        c = constant_array(node.inputs[1])
+        if c is None or c.dtype.kind != "f" or not np.isfinite(c).all() or node.inputs[0] is None:
+            continue
+        if node.op_type == "Sub":
+            op, value = "Add", -c
+        else:
+            if (c == 0).any():
+                continue
+            value = (1.0 / c.astype(np.float64)).astype(c.dtype)
+            exact = bool(np.all(np.abs(np.frexp(c)[0]) == 0.5))  # a power of two: its reciprocal is exact
+            if not (inexact or exact):
+                continue
+            op = "Mul"
+        constant = add_initializer(graph, names.fresh(f"{node.name or node.op_type}_{op.lower()}_constant"), value)
+        new = ir.node(op, [node.inputs[0], constant], name=node.name)
+        graph.insert_before(node, new)
+        out = node.outputs[0]
+        new.outputs[0].dtype, new.outputs[0].shape = out.dtype, out.shape
+        bypass_node(graph, node, new.outputs[0], out, x_now_equals_y=True)
+        log.count(f"{node.op_type} by a constant rewritten as {op}")
 
 
 def sums_to_adds(log: PassLog, graph: ir.Graph) -> None:

@@ -185,7 +185,8 @@ class QuantizeQDQPass(OptPass):
     def rewrite(self, model: ir.Model, log: PassLog) -> None:
         if _refused(model, log):  # before any work
             return
-        name_unnamed_nodes(model, canonicalize(log, model))  # 1. canonicalize (exclusions and the report name nodes)
+        names = canonicalize(log, model, activations=not self.config.weights_only)
+        name_unnamed_nodes(model, names)  # 1. canonicalize (exclusions and the report name nodes)
         run = self._start(model, log)
         if not self._calibrate(run):  # 2. calibrate, or replay the plan's calibration
             return
