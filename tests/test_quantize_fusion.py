@@ -118,7 +118,7 @@ GRAPHS = {
     "concat": (_concat, {"QLinearConv": 4, "QLinearConcat": 1}),
     "resize": (_resize, {"QLinearConv": 2}),
     # the Sub after the first Conv is folded into its bias by fold-affine before quantize sees it
-    "paddle_hardswish": (_paddle_hardswish, {"QLinearConv": 2, "QLinearAdd": 1, "QLinearMul": 2}),
+    "paddle_hardswish": (_paddle_hardswish, {"QLinearConv": 2, "QLinearAdd": 1, "QLinearMul": 1}),
     "se_block": (_se_block, {"QLinearConv": 4, "QLinearGlobalAveragePool": 1, "QLinearSigmoid": 1, "QLinearMul": 1}),
 }
 

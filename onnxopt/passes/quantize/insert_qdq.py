@@ -19,6 +19,7 @@ from onnxopt.passes._graph_edit import (
     bypass_node,
     constant_array,
     drop_unused_initializers,
+    remove_node_and_orphans,
     subgraph_reads,
 )
 from onnxopt.passes.base import PassLog
@@ -69,6 +70,8 @@ class InsertQDQ:
                     log.skip(value.name or "?", "no finite calibration range")
                     continue
                 insert_pair(log, graph, value, activation_params(low, high, config.activations), names, config)
+            absorbed = absorb_scalar_products(log, graph, nodes, names)
+            nodes = [n for n in nodes if id(n) not in absorbed]
         for node in [] if config.weights_only else nodes:
             if policy.has_weight(node):
                 self._quantize_weight(log, graph, node, names)
@@ -216,6 +219,50 @@ def fold_activations(
         folded.add(id(activation))
         log.count(f"{activation.op_type} folded into the quantizer")
     return folded
+
+
+def absorb_scalar_products(log: PassLog, graph: ir.Graph, nodes: list[ir.Node], names: NameSource) -> set[int]:
+    """Remove each Mul of a quantized tensor by a positive scalar constant ``c``, folding ``c`` into the quantizer
+    before it: ``Q(x, s1) -> DQ -> Mul(c) -> Q(y, s2)`` becomes ``Q(x, s2 / c, z2)``, whose integers read as
+    ``y = c * x`` at ``(s2, z2)`` by the DequantizeLinear that follows.
+
+    The same integers as the QLinearMul it replaces, less one rounding (``x`` is no longer rounded at ``s1``
+    first), and one elementwise kernel fewer: a HardSwish written as ``x * Clip(x + 3, 0, 6) / 6`` ran two
+    QLinearMul where one is now left. Only where the quantizer of ``x`` feeds nothing else and the Mul's output
+    only its own quantizer. Returns the removed Mul nodes (by id)."""
+    removed: set[int] = set()
+    for node in nodes:
+        if node.op_type != "Mul" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+            continue
+        constants = [constant_array(v) for v in node.inputs]
+        at = next((i for i, c in enumerate(constants) if c is not None and c.size == 1), None)
+        if at is None or not (float(constants[at].reshape(-1)[0]) > 0):  # type: ignore[union-attr]
+            continue
+        c = float(constants[at].reshape(-1)[0])  # type: ignore[union-attr]
+        dq = node.inputs[1 - at].producer() if node.inputs[1 - at] is not None else None
+        q1 = dq.inputs[0].producer() if dq is not None and dq.op_type == "DequantizeLinear" and dq.inputs[0] else None
+        out_uses = list(node.outputs[0].uses())
+        q2 = out_uses[0].node if len(out_uses) == 1 else None
+        if (
+            q1 is None or q1.op_type != "QuantizeLinear" or q2 is None or q2.op_type != "QuantizeLinear"
+            or len(q1.outputs[0].uses()) != 1 or len(dq.outputs[0].uses()) != 1  # type: ignore[union-attr]
+            or node.outputs[0].is_graph_output() or len(q2.inputs) < 3
+        ):  # fmt: skip
+            continue
+        s2 = constant_array(q2.inputs[1])
+        if s2 is None or s2.size != 1:
+            continue
+        scale = add_initializer(
+            graph, names.fresh(f"{node.name or 'mul'}_absorbed_scale"), np.asarray(s2 / c, np.float32)
+        )
+        q1.replace_input_with(1, scale)
+        q1.replace_input_with(2, q2.inputs[2])
+        ir.convenience.replace_all_uses_with(q2.outputs[0], q1.outputs[0])
+        for gone in (q2, node, dq):
+            remove_node_and_orphans(graph, gone)
+        removed.add(id(node))
+        log.count("Mul by a scalar folded into a quantizer")
+    return removed
 
 
 def insert_pair(

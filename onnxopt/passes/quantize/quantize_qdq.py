@@ -43,6 +43,11 @@ What it quantizes:
   the activation's bounds, so the quantizer's clamp *is* the activation, and no
   ``DequantizeLinear -> Clip -> QuantizeLinear`` requantization runs between two
   int8 convolutions.
+* **a Mul by a positive scalar constant** ``c`` (the ``/ 6`` of a converted
+  HardSwish, once Div by a constant became a Mul) is folded into the quantizer
+  before it: ``Q(x, s2 / c, z2)`` holds ``c * x`` at the Mul's own ``(s2, z2)``,
+  one elementwise kernel fewer and one rounding less
+  (:func:`~onnxopt.passes.quantize.insert_qdq.absorb_scalar_products`).
 
 Ranges come from calibration through onnxruntime on the run's data, over
 ``samples`` samples, streamed (:class:`onnxopt.passes.quantize.activation_ranges.RangeCollector`):
