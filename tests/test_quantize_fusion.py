@@ -213,3 +213,24 @@ def test_sub_and_div_by_constants_become_add_and_mul() -> None:
         np.testing.assert_array_equal(got[2], expected[2])  # powers of two: exact
         np.testing.assert_array_equal(got[3], expected[3])
         assert isinstance(model, ir.Model)
+
+
+def test_a_conv_whose_output_stays_float_keeps_no_weight_dequantize(tmp_path: Path) -> None:
+    """A chosen Conv read only by a node kept float gets no QuantizeLinear on its output, so onnxruntime runs it in
+    float: its weight is then stored the float-compute way (folded at session creation), never a
+    DequantizeLinear running at every inference (the runtime audit's "weight of a float op")."""
+    from onnxopt.bench.runtime_audit import audit_runtime
+
+    g = _Graph()
+    first = g.conv("x", 3, 16)
+    g.nodes[-1].name = "first"
+    kept = g.conv(first, 16, 16)
+    g.nodes[-1].name = "kept_float"
+    model = g.save(g.conv(g.op("Relu", kept), 16, 16), tmp_path / "float.onnx")
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(1).uniform(0, 1, (16, 3, 16, 16)).astype(np.float32))
+    out = tmp_path / "q.onnx"
+    passes = "quantize:fallback=none;exclude=^kept_float$"
+    assert main(["optimize", str(model), str(out), "--passes", passes, "--data", str(tmp_path / "d.npz"), "-q"]) == 0
+    audit = audit_runtime(out)
+    assert audit.weight_dequantize == 0, audit.summary()
+    assert audit.count("QLinearConv") == 1, audit.kernels  # the last Conv, after the float island

@@ -47,9 +47,11 @@ def main() -> None:
         reference = run_model(model, held_out)
         for label, how in variants.items():
             out = Path(folder) / "candidate.onnx"
-            optimize(model, out, data=str(data), **how)
+            result = optimize(model, out, data=str(data), **how)
             metrics = evaluate_task(MODEL, reference, run_model(out, held_out), held_out)
             results[label] = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+            # what onnxruntime runs (the runtime audit): int8 compute or float compute with int8 weights
+            results[label]["runtime"] = result.runtime.summary() if result.runtime is not None else None
             print(label, json.dumps(results[label]), flush=True)
     document = {
         "model": MODEL,

@@ -73,7 +73,7 @@ class InsertQDQ:
             absorbed = absorb_scalar_products(log, graph, nodes, names)
             nodes = [n for n in nodes if id(n) not in absorbed]
         for node in [] if config.weights_only else nodes:
-            if policy.has_weight(node):
+            if policy.has_weight(node) and not _runs_float(node):
                 self._quantize_weight(log, graph, node, names)
             elif policy.quantizes_constants(node):
                 quantize_constants(graph, node, names, config.activations)
@@ -146,6 +146,16 @@ class InsertQDQ:
 
 
 # ------------------------------------------------------------------ which nodes and tensors
+
+
+def _runs_float(node: ir.Node) -> bool:
+    """Whether onnxruntime will run ``node`` in float although it was chosen: an op it fuses only with a quantized
+    output (a Conv) whose output got no QuantizeLinear (its readers stay float). A DequantizeLinear on its weight
+    would then run at every inference; left float, the weight is stored int8 the float-compute way (a Cast and
+    a Mul onnxruntime folds when the session is created)."""
+    if not policy.fused_output(node):
+        return False
+    return not any(u.node.op_type == "QuantizeLinear" for u in node.outputs[0].uses())
 
 
 def chosen(graph: ir.Graph, excluded: set[str]) -> list[ir.Node]:
