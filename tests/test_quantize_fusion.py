@@ -185,8 +185,6 @@ def test_a_gemm_head_keeps_a_float_output(tmp_path: Path) -> None:
 def test_sub_and_div_by_constants_become_add_and_mul() -> None:
     """Sub(x, c) -> Add(x, -c) (exact); Div(x, c) -> Mul(x, 1/c), asked for when activations are quantized, and
     always when 1/c is exact (a power of two); a Div of a constant by x is left alone."""
-    import onnx_ir as ir
-
     from onnxopt import io
     from onnxopt.passes.base import PassLog
     from onnxopt.passes.canonicalize import canonicalize
@@ -212,7 +210,6 @@ def test_sub_and_div_by_constants_become_add_and_mul() -> None:
         np.testing.assert_allclose(got[1], expected[1], rtol=2e-7)  # x * (1/6): within one ulp
         np.testing.assert_array_equal(got[2], expected[2])  # powers of two: exact
         np.testing.assert_array_equal(got[3], expected[3])
-        assert isinstance(model, ir.Model)
 
 
 def test_a_conv_whose_output_stays_float_keeps_no_weight_dequantize(tmp_path: Path) -> None:

@@ -331,7 +331,8 @@ class Pipeline:
 
         def record(status: PassStatus, outcome: PassOutcome | None = None, drift: float = 0.0) -> PassRecord:
             rolled_back = status == PassStatus.ROLLED_BACK
-            after = before if rolled_back else ModelStats.of(state.model)
+            # a pass that rolled back or changed nothing leaves the model as it came (restored if need be)
+            after = before if status != PassStatus.APPLIED else ModelStats.of(state.model)
             return PassRecord(
                 opt_pass.name,
                 params,

@@ -11,9 +11,11 @@ is declined (editing it would change that node too).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -51,6 +53,27 @@ def scaled_gemm(node: ir.Node) -> bool:
 def weight_axes(node: ir.Node, ndim: int) -> tuple[int, int]:
     """(output-channel axis, input-channel axis) of ``node``'s weight, as non-negative axes (the policy's rule)."""
     return policy.weight_axes(node, ndim)
+
+
+def ops_field(verb: str) -> Any:
+    """The ``ops`` field of a config whose pass selects layers (:func:`select_layers`): op types, comma-separated."""
+    return dataclasses.field(
+        default=",".join(WEIGHT_OPS), metadata={"help": f"comma-separated op types whose weights are {verb}"}
+    )
+
+
+def include_field(verb: str) -> Any:
+    """The ``include`` field of such a config: a regex on node names."""
+    return dataclasses.field(
+        default="", metadata={"help": f"regex on node names: only matching layers are {verb}; empty: every node"}
+    )
+
+
+def exclude_field() -> Any:
+    """The ``exclude`` field of such a config: a regex on node names."""
+    return dataclasses.field(
+        default="", metadata={"help": "regex on node names: matching layers are left alone; empty: none"}
+    )
 
 
 def check_filters(ops: str, include: str, exclude: str) -> None:

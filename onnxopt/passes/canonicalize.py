@@ -58,6 +58,8 @@ def constant_divisions_to_products(log: PassLog, graph: ir.Graph, names: NameSou
             if (c == 0).any():
                 continue
             value = (1.0 / c.astype(np.float64)).astype(c.dtype)
+            if not np.isfinite(value).all():  # 1/c beyond the float range (c a subnormal power of two)
+                continue
             exact = bool(np.all(np.abs(np.frexp(c)[0]) == 0.5))  # a power of two: its reciprocal is exact
             if not (inexact or exact):
                 continue

@@ -35,7 +35,15 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt.passes._config import validate_literals
-from onnxopt.passes._weights import WEIGHT_OPS, Layer, check_filters, replace_weight, select_layers
+from onnxopt.passes._weights import (
+    Layer,
+    check_filters,
+    exclude_field,
+    include_field,
+    ops_field,
+    replace_weight,
+    select_layers,
+)
 from onnxopt.passes.base import OptPass, PassLog
 
 Mode = Literal["threshold", "percentile", "sigma", "mse"]
@@ -58,15 +66,9 @@ class ClipWeightsConfig:
     granularity: Literal["channel", "layer"] = dataclasses.field(
         default="channel", metadata={"help": "one clipping range per output channel, or per layer"}
     )
-    ops: str = dataclasses.field(
-        default=",".join(WEIGHT_OPS), metadata={"help": "comma-separated op types whose weights are clipped"}
-    )
-    include: str = dataclasses.field(
-        default="", metadata={"help": "regex on node names: only matching layers are clipped; empty: every node"}
-    )
-    exclude: str = dataclasses.field(
-        default="", metadata={"help": "regex on node names: matching layers are left alone; empty: none"}
-    )
+    ops: str = ops_field("clipped")
+    include: str = include_field("clipped")
+    exclude: str = exclude_field()
 
     def __post_init__(self) -> None:
         validate_literals(self)

@@ -32,7 +32,15 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt.passes._config import validate_literals
-from onnxopt.passes._weights import WEIGHT_OPS, Layer, check_filters, replace_weight, select_layers
+from onnxopt.passes._weights import (
+    Layer,
+    check_filters,
+    exclude_field,
+    include_field,
+    ops_field,
+    replace_weight,
+    select_layers,
+)
 from onnxopt.passes.base import OptPass, PassLog
 
 Importance = Literal["magnitude", "l1", "l2"]
@@ -54,15 +62,9 @@ class PruneMagnitudeConfig:
         default=True, metadata={"help": "leave the first selected layer unpruned (the most sensitive)"}
     )
     protect_last: bool = dataclasses.field(default=True, metadata={"help": "leave the last selected layer unpruned"})
-    ops: str = dataclasses.field(
-        default=",".join(WEIGHT_OPS), metadata={"help": "comma-separated op types whose weights are pruned"}
-    )
-    include: str = dataclasses.field(
-        default="", metadata={"help": "regex on node names: only matching layers are pruned; empty: every node"}
-    )
-    exclude: str = dataclasses.field(
-        default="", metadata={"help": "regex on node names: matching layers are left alone; empty: none"}
-    )
+    ops: str = ops_field("pruned")
+    include: str = include_field("pruned")
+    exclude: str = exclude_field()
 
     def __post_init__(self) -> None:
         validate_literals(self)

@@ -140,6 +140,7 @@ def validation_cases() -> dict[str, bytes]:
         "raw_data_too_long.onnx": _raw_data_too_long().SerializeToString(),
         "typed_data_too_long.onnx": _typed_data_too_long().SerializeToString(),
         "no_kernel.onnx": _no_kernel().SerializeToString(),
+        "no_outputs.onnx": _no_outputs().SerializeToString(),
     }
 
 
@@ -163,6 +164,13 @@ def _typed_data_too_long() -> onnx.ModelProto:
     tensor = model.graph.initializer[0]
     tensor.ClearField("raw_data")
     tensor.float_data.extend([0.5] * 20)
+    return model
+
+
+def _no_outputs() -> onnx.ModelProto:
+    """A graph that declares no output: the checker accepts it, and onnxruntime can run nothing."""
+    model = _model([helper.make_node("Relu", ["x"], ["y"])])
+    del model.graph.output[:]
     return model
 
 

@@ -150,12 +150,14 @@ class InsertQDQ:
 
 def _runs_float(node: ir.Node) -> bool:
     """Whether onnxruntime will run ``node`` in float although it was chosen: an op it fuses only with a quantized
-    output (a Conv) whose output got no QuantizeLinear (its readers stay float). A DequantizeLinear on its weight
+    output (a Conv) whose output got no QuantizeLinear (its readers stay float), or whose input got no
+    DequantizeLinear (its producer stays float). A DequantizeLinear on its weight
     would then run at every inference; left float, the weight is stored int8 the float-compute way (a Cast and
     a Mul onnxruntime folds when the session is created)."""
     if not policy.fused_output(node):
         return False
-    return not any(u.node.op_type == "QuantizeLinear" for u in node.outputs[0].uses())
+    unquantized_input = bool(node.inputs) and input_params(node.inputs[0]) is None
+    return unquantized_input or not any(u.node.op_type == "QuantizeLinear" for u in node.outputs[0].uses())
 
 
 def chosen(graph: ir.Graph, excluded: set[str]) -> list[ir.Node]:
@@ -221,7 +223,10 @@ def fold_activations(
         if bounds is None or not bounds[0] <= 0.0 <= bounds[1] or uses[0].idx != 0:
             continue
         result = activation.outputs[0]
-        if id(activation) not in chosen_ids or result.name not in ranges:
+        low, high = ranges.get(result.name or "", (np.inf, -np.inf))
+        if id(activation) not in chosen_ids or not (np.isfinite(low) and np.isfinite(high)):
+            continue  # no quantizer would be placed to clamp in the activation's place
+        if id(result) in subgraph_reads(graph):  # read inside a subgraph: it stays float, unclamped
             continue
         if id(result) in float_tensors:  # stays float: nothing would clamp it in the activation's place
             continue
@@ -249,7 +254,10 @@ def absorb_scalar_products(log: PassLog, graph: ir.Graph, nodes: list[ir.Node], 
         if at is None or not (float(constants[at].reshape(-1)[0]) > 0):  # type: ignore[union-attr]
             continue
         c = float(constants[at].reshape(-1)[0])  # type: ignore[union-attr]
-        dq = node.inputs[1 - at].producer() if node.inputs[1 - at] is not None else None
+        x = node.inputs[1 - at]
+        if constants[at].ndim != 0 and (x is None or x.shape is None or node.outputs[0].shape != x.shape):  # type: ignore[union-attr]
+            continue  # a [1, 1, 1, 1] constant may broadcast x to a higher rank: the Mul is not a pure scaling
+        dq = x.producer() if x is not None else None
         q1 = dq.inputs[0].producer() if dq is not None and dq.op_type == "DequantizeLinear" and dq.inputs[0] else None
         out_uses = list(node.outputs[0].uses())
         q2 = out_uses[0].node if len(out_uses) == 1 else None
