@@ -37,6 +37,11 @@ class _Graph:
         self.inits.append(numpy_helper.from_array(np.asarray(array, np.float32), name))
         return name
 
+    def const_int(self, values: list[int]) -> str:
+        name = self._name("i")
+        self.inits.append(numpy_helper.from_array(np.asarray(values, np.int64), name))
+        return name
+
     def op(self, op_type: str, *inputs: str, **attrs) -> str:  # type: ignore[no-untyped-def]
         out = self._name(op_type.lower())
         self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=f"{op_type}_{out}", **attrs))
@@ -110,6 +115,24 @@ def _paddle_hardswish(g: _Graph) -> str:  # x * Clip(x + 3, 0, 6) / 6, as paddle
     return g.conv(g.op("Div", g.op("Mul", x, gate), g.const(np.array(6.0))), 16, 16)
 
 
+def _focus_spp(g: _Graph) -> str:  # YOLOX's stem (space-to-depth by four Slices) and SPP (three MaxPools of SiLU)
+    parts = []
+    for h, w in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        starts, ends, axes, steps = (g.const_int(v) for v in ([h, w], [99, 99], [2, 3], [2, 2]))
+        parts.append(g.op("Slice", "x", starts, ends, axes, steps))
+    x = g.conv(g.op("Concat", *parts, axis=1), 12, 16)
+    x = g.op("Mul", x, g.op("Sigmoid", x))  # SiLU: a negative minimum the MaxPools raise
+    pools = [g.op("MaxPool", x, kernel_shape=[k, k], pads=[k // 2] * 4, strides=[1, 1]) for k in (3, 5, 7)]
+    return g.conv(g.op("Concat", x, *pools, axis=1), 64, 16, k=1)
+
+
+def _split(g: _Graph) -> str:  # CSP-style: one Conv's output split in two branches
+    x = g.op("Relu", g.conv("x", 3, 16))
+    a, b = (f"split_{i}" for i in range(2))
+    g.nodes.append(helper.make_node("Split", [x, g.const_int([8, 8])], [a, b], name="Split_csp", axis=1))
+    return g.conv(g.op("Add", g.conv(a, 8, 8), g.conv(b, 8, 8)), 8, 8)
+
+
 GRAPHS = {
     "relu6_chain": (_relu6_chain, {"QLinearConv": 4}),
     "relu_maxpool": (_relu_maxpool, {"QLinearConv": 3}),
@@ -119,6 +142,12 @@ GRAPHS = {
     "resize": (_resize, {"QLinearConv": 2}),
     # the Sub after the first Conv is folded into its bias by fold-affine before quantize sees it
     "paddle_hardswish": (_paddle_hardswish, {"QLinearConv": 2, "QLinearAdd": 1, "QLinearMul": 1}),
+    # one QuantizeLinear at the input before the Slices; the MaxPools run on int8 (same scale in and out)
+    "focus_spp": (
+        _focus_spp,
+        {"QLinearConv": 2, "QLinearSigmoid": 1, "QLinearMul": 1, "QLinearConcat": 2, "NhwcMaxPool": 3, "Slice": 4},
+    ),
+    "split": (_split, {"QLinearConv": 4, "QLinearAdd": 1, "Split": 1}),
     "se_block": (_se_block, {"QLinearConv": 4, "QLinearGlobalAveragePool": 1, "QLinearSigmoid": 1, "QLinearMul": 1}),
 }
 
@@ -231,3 +260,40 @@ def test_a_conv_whose_output_stays_float_keeps_no_weight_dequantize(tmp_path: Pa
     audit = audit_runtime(out)
     assert audit.weight_dequantize == 0, audit.summary()
     assert audit.count("QLinearConv") == 1, audit.kernels  # the last Conv, after the float island
+
+
+def test_spatial_means_and_pads_become_integer_friendly_ops(tmp_path: Path) -> None:
+    """ReduceMean over H, W -> GlobalAveragePool (+ Squeeze for keepdims=0); a zero Pad before a Conv -> the Conv's
+    pads: the same function, and with int8 compute forced no float ReduceMean or Pad runs and every Conv is a
+    QLinearConv."""
+    from onnxopt import io
+    from onnxopt.passes.base import PassLog
+    from onnxopt.passes.canonicalize import canonicalize
+
+    g = _Graph()
+    x = g.op("Relu", g.conv("x", 3, 16))
+    pads = g.const_int([0, 0, 1, 2, 0, 0, 2, 1])
+    padded = g.op("Pad", x, pads, g.const(np.array(0.0)), mode="constant")
+    w = g.rng.normal(0, 0.2, (16, 16, 3, 3))
+    x = g.op("Relu", g.op("Conv", padded, g.const(w), g.const(np.zeros(16)), pads=[1, 0, 0, 1]))
+    kept = g.op("ReduceMean", x, axes=[2, 3], keepdims=1)
+    flat = g.op("ReduceMean", x, axes=[-1, -2], keepdims=0)
+    out = g.op("Add", g.op("Mul", x, g.op("Sigmoid", kept)), g.op("Unsqueeze", flat, g.const_int([2, 3])))
+    path = g.save(g.conv(out, 16, 8, k=1), tmp_path / "float.onnx")
+    proto = onnx.shape_inference.infer_shapes(onnx.load(path))  # as the pipeline reads a model: with shapes
+    inputs = {"x": np.random.default_rng(2).uniform(0, 1, (1, 3, 16, 16)).astype(np.float32)}
+    expected = ort.InferenceSession(str(path)).run(None, inputs)[0]
+    model = io.from_proto(proto)
+    canonicalize(PassLog(), model)
+    ops = [n.op_type for n in model.graph]
+    assert "ReduceMean" not in ops and "Pad" not in ops and ops.count("GlobalAveragePool") == 2, ops
+    got = ort.InferenceSession(io.to_proto(model).SerializeToString()).run(None, inputs)[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+    np.savez(tmp_path / "fit.npz", x=np.random.default_rng(1).uniform(0, 1, (32, 3, 16, 16)).astype(np.float32))
+    out_path = tmp_path / "int8.onnx"
+    args = ["optimize", str(path), str(out_path), "--passes", "quantize:fallback=none", "-q"]
+    assert main([*args, "--data", str(tmp_path / "fit.npz")]) == 0
+    kernels = _runtime_kernels(out_path)
+    assert kernels["QLinearConv"] == 3 and kernels["QLinearGlobalAveragePool"] == 2, kernels
+    assert not {"Conv", "ReduceMean", "Pad", "GlobalAveragePool"} & set(kernels), kernels

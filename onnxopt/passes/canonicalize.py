@@ -9,9 +9,17 @@
   converted HardSwish (``x * Clip(x + 3, 0, 6) / 6``: PaddleOCR's and PicoDet's 94 of them in one detector) ran
   its Div in float between a DequantizeLinear and a QuantizeLinear.
 
+* :func:`spatial_means_to_pools` -- ``ReduceMean`` over every spatial axis of an NCHW tensor is
+  ``GlobalAveragePool`` (then a ``Squeeze`` when ``keepdims=0``): QLinearGlobalAveragePool is an integer kernel,
+  ReduceMean has none (a squeeze-excitation block written by TF converters ran it in float).
+* :func:`pads_into_convs` -- a zero ``Pad`` of the spatial axes read only by a ``Conv`` becomes the Conv's own
+  ``pads``: onnxruntime folds it in float models, but between a DequantizeLinear and a QuantizeLinear the Pad ran
+  in float on its own. Exact: the integer Conv pads with the zero point, which stands for 0.0.
+
 All keep the rewritten node's name and output. All but ``Div`` are exact (the same values, bit for bit); ``x *
 (1/c)`` differs from ``x / c`` by at most one unit in the last place (none when ``c`` is a power of two), far
-below int8 rounding, so the quantize pass asks for it only when it quantizes activations. They are plain
+below int8 rounding, so the quantize pass asks for it only when it quantizes activations (so too for a mean
+that becomes a pool: the same sum, perhaps in another order). They are plain
 functions the quantize pass calls first (:mod:`onnxopt.passes.quantize.quantize_qdq`), not a pass of their own:
 in a float model none is faster.
 """
@@ -40,7 +48,92 @@ def canonicalize(log: PassLog, model: ir.Model, *, activations: bool = True) -> 
     names = NameSource(model)
     shuffles_to_gathers(log, model.graph, names)
     constant_divisions_to_products(log, model.graph, names, inexact=activations)
+    if activations:  # both matter only to integer kernels: onnxruntime already folds a Pad into a float Conv
+        spatial_means_to_pools(log, model.graph, names)
+        pads_into_convs(log, model.graph)
     return names
+
+
+def _axes(node: ir.Node) -> list[int] | None:
+    """A reduction's constant axes (the attribute before opset 18, the second input from it); None if unknown."""
+    if "axes" in node.attributes:
+        return [int(a) for a in attribute(node, "axes", [])]
+    array = constant_array(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+    return None if array is None else [int(a) for a in array.reshape(-1)]
+
+
+def spatial_means_to_pools(log: PassLog, graph: ir.Graph, names: NameSource) -> None:
+    """``ReduceMean(x, axes=[2, 3])`` of a rank-4 float ``x`` -> ``GlobalAveragePool(x)``; with ``keepdims=0``
+    followed by ``Squeeze(axes=[2, 3])``. The output keeps its name."""
+    for node in list(graph):
+        x = node.inputs[0] if node.op_type == "ReduceMean" and node.inputs else None
+        if x is None or node.domain not in ("", "ai.onnx") or x.shape is None or len(x.shape) != 4:
+            continue
+        axes = _axes(node)
+        if axes is None or sorted(a % 4 for a in axes) != [2, 3] or x.dtype not in (ir.DataType.FLOAT,):
+            continue
+        out = node.outputs[0]
+        pool = ir.node("GlobalAveragePool", [x], name=node.name)
+        graph.insert_before(node, pool)
+        result = pool.outputs[0]
+        result.dtype, result.shape = out.dtype, ir.Shape([x.shape[0], x.shape[1], 1, 1])
+        if not attribute(node, "keepdims", 1):
+            squeeze_axes = add_initializer(graph, names.fresh(f"{node.name or 'mean'}_axes"), np.array([2, 3]))
+            squeeze = ir.node("Squeeze", [result, squeeze_axes], name=names.fresh(f"{node.name or 'mean'}_squeeze"))
+            graph.insert_after(pool, squeeze)
+            result = squeeze.outputs[0]
+            result.dtype = out.dtype
+        result.shape = out.shape
+        bypass_node(graph, node, result, out, x_now_equals_y=True)
+        log.count("spatial ReduceMean rewritten as GlobalAveragePool")
+
+
+def pads_into_convs(log: PassLog, graph: ir.Graph) -> None:
+    """A ``Pad`` (constant mode, value 0, non-negative pads on the spatial axes only) whose output only a Conv
+    with explicit pads reads is removed and its pads added to the Conv's."""
+    for pad in list(graph):
+        if pad.op_type != "Pad" or pad.domain not in ("", "ai.onnx") or not pad.inputs or pad.inputs[0] is None:
+            continue
+        uses = list(pad.outputs[0].uses())
+        conv = uses[0].node if len(uses) == 1 and uses[0].idx == 0 else None
+        if conv is None or conv.op_type != "Conv" or conv.domain not in ("", "ai.onnx"):
+            continue
+        if attribute(conv, "auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET") or pad.outputs[0].is_graph_output():
+            continue
+        if attribute(pad, "mode", "constant") not in ("constant", b"constant"):
+            continue
+        amounts = _pad_amounts(pad)
+        rank = len(amounts) // 2 if amounts is not None else 0
+        if amounts is None or rank < 3 or any(a < 0 for a in amounts):
+            continue
+        begins, ends = amounts[:rank], amounts[rank:]
+        if any(begins[:2]) or any(ends[:2]):  # batch or channels padded: not a Conv's padding
+            continue
+        spatial = rank - 2
+        old = list(attribute(conv, "pads", [0] * (2 * spatial)))
+        new = [old[i] + begins[2 + i] for i in range(spatial)]
+        new += [old[spatial + i] + ends[2 + i] for i in range(spatial)]
+        conv.attributes["pads"] = ir.AttrInt64s("pads", new)
+        conv.replace_input_with(0, pad.inputs[0])
+        remove_node_and_orphans(graph, pad)
+        log.count("Pad folded into the Conv after it")
+
+
+def _pad_amounts(pad: ir.Node) -> list[int] | None:
+    """A zero-valued Pad's constant pads over every axis ([begins..., ends...]); None otherwise (a non-zero value,
+    pads or value not constant, or an ``axes`` input)."""
+    if "pads" in pad.attributes:  # before opset 11
+        if float(attribute(pad, "value", 0.0)) != 0.0:
+            return None
+        return [int(a) for a in attribute(pad, "pads", [])]
+    if len(pad.inputs) < 2 or pad.inputs[1] is None or (len(pad.inputs) > 3 and pad.inputs[3] is not None):
+        return None
+    if len(pad.inputs) > 2 and pad.inputs[2] is not None:
+        value = constant_array(pad.inputs[2])
+        if value is None or value.size != 1 or float(value.reshape(-1)[0]) != 0.0:
+            return None
+    amounts = constant_array(pad.inputs[1])
+    return None if amounts is None else [int(a) for a in amounts.reshape(-1)]
 
 
 def constant_divisions_to_products(log: PassLog, graph: ir.Graph, names: NameSource, *, inexact: bool) -> None:

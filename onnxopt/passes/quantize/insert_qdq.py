@@ -64,7 +64,9 @@ class InsertQDQ:
             if config.activations == "uint8":
                 folded = fold_activations(log, graph, nodes, ranges, float_tensors)
             nodes = [n for n in nodes if id(n) not in folded]
-            for value in activation_tensors(graph, nodes, touching(graph, excluded)):
+            tensors = activation_tensors(graph, nodes, touching(graph, excluded))
+            ranges = shared_input_ranges(nodes, ranges, {id(v) for v in tensors})
+            for value in tensors:
                 low, high = ranges.get(value.name or "", (np.inf, -np.inf))
                 if not (np.isfinite(low) and np.isfinite(high)):
                     log.skip(value.name or "?", "no finite calibration range")
@@ -177,7 +179,7 @@ def activation_tensors(graph: ir.Graph, nodes: list[ir.Node], keep_float: set[in
     keep = set(keep_float) | subgraph_reads(graph)  # those stay float
     seen: dict[int, ir.Value] = {}
     for node in nodes:
-        outputs = [] if policy.float_output(node) else node.outputs[:1]
+        outputs = [] if policy.float_output(node) else node.outputs if policy.runs_on_int8(node) else node.outputs[:1]
         for value in [*policy.activation_inputs(node), *outputs]:
             if value is None or id(value) in keep or value.is_initializer() or value.dtype not in _FLOAT:
                 continue
@@ -234,6 +236,28 @@ def fold_activations(
         folded.add(id(activation))
         log.count(f"{activation.op_type} folded into the quantizer")
     return folded
+
+
+def shared_input_ranges(nodes: list[ir.Node], ranges: Ranges, quantized: set[int]) -> Ranges:
+    """``ranges`` with the output of every op onnxruntime runs directly on int8 (MaxPool, Resize, Slice, Reshape,
+    Transpose, ...: :data:`~onnxopt.passes.quantize.policy.ON_INT8`) given its input's range, so both get the same
+    scale and zero point.
+
+    onnxruntime drops ``DequantizeLinear -> op -> QuantizeLinear`` only when the two share them; calibrated on
+    their own they differ wherever the op changes the extremes (a MaxPool raises the minimum of a SiLU's
+    output), and the op then runs in float between a DequantizeLinear and a QuantizeLinear. Exact for data
+    movement and MaxPool (the output's values are some of the input's); a Resize's interpolation stays within
+    its input's range. ``quantized`` (by id) are the tensors that get a pair: both ends must. Graph order, so a
+    chain of such ops shares its first input's range."""
+    shared = dict(ranges)
+    for node in nodes:
+        if not policy.runs_on_int8(node) or not node.inputs or node.inputs[0] is None:
+            continue
+        x = node.inputs[0]
+        for y in node.outputs:  # a Split's every part
+            if id(x) in quantized and id(y) in quantized and x.name in shared:
+                shared[y.name or ""] = shared[x.name or ""]
+    return shared
 
 
 def absorb_scalar_products(log: PassLog, graph: ir.Graph, nodes: list[ir.Node], names: NameSource) -> set[int]:

@@ -7,8 +7,7 @@ holds the input's values, moved or selected one for one, so a shared scale passe
 kernel onnxruntime's CPU provider runs the DequantizeLinear -> op -> QuantizeLinear group as.
 
 Ops with ``quantized=False`` get no Q/DQ pairs: their rows say only how their constant weights are
-stored when compute stays float (LSTM/GRU/RNN, an embedding Gather) or that they carry data (Slice,
-Split: the mixed-range search follows them). An op without a row is left alone.
+stored when compute stays float (LSTM/GRU/RNN, an embedding Gather). An op without a row is left alone.
 
 The fusion work adds rows here rather than branches to the pass.
 
@@ -147,9 +146,9 @@ POLICY: dict[str, OpPolicy] = dict([
     _row("Squeeze", activations=_FIRST, output="carried", kernel=ON_INT8),
     _row("Unsqueeze", activations=_FIRST, output="carried", kernel=ON_INT8),
     _row("Gather", activations=_FIRST, stored=(_EMBEDDING,), output="carried", kernel=ON_INT8),
-    # no Q/DQ of their own: data movement the mixed-range search follows, and float-compute weight storage
-    _row("Slice", quantized=False, output="carried"),
-    _row("Split", quantized=False, output="carried"),
+    _row("Slice", activations=_FIRST, output="carried", kernel=ON_INT8),
+    _row("Split", activations=_FIRST, output="carried", kernel=ON_INT8),
+    # no Q/DQ of their own: float-compute weight storage
     _row("LSTM", quantized=False, stored=_RECURRENT),  # [directions, gates * hidden, inputs]: a scale per row
     _row("GRU", quantized=False, stored=_RECURRENT),
     _row("RNN", quantized=False, stored=_RECURRENT),
@@ -236,6 +235,13 @@ def clamp_bounds(node: ir.Node) -> tuple[float, float] | None:
             return None
         bounds.append(float(array.reshape(-1)[0]))
     return bounds[0], bounds[1]
+
+
+def runs_on_int8(node: ir.Node) -> bool:
+    """Whether onnxruntime runs ``node`` directly on the int8 tensor once its input and output share a scale and
+    zero point (:data:`ON_INT8`: MaxPool, Resize, Slice, Reshape, Transpose, ...)."""
+    row = of(node)
+    return row is not None and row.quantized and row.kernel == ON_INT8
 
 
 def carries(node: ir.Node) -> bool:

@@ -15,7 +15,7 @@ What it quantizes:
 * **activations**: every float tensor entering or leaving a quantized op --
   the weight ops above and Add, Mul, Concat, MaxPool, AveragePool,
   GlobalAveragePool, Relu, Clip, LeakyRelu, Sigmoid, HardSigmoid, HardSwish,
-  Resize, Reshape, Transpose, Flatten, Squeeze, Unsqueeze -- gets one Q/DQ
+  Resize, Reshape, Transpose, Flatten, Squeeze, Unsqueeze, Slice, Split -- gets one Q/DQ
   pair shared by all its readers, per tensor: ``uint8`` asymmetric (default),
   ``int8`` symmetric, or ``int16`` symmetric (A16W8; needs opset 21, upgraded
   to). Float constants read by Add/Mul/Concat are quantized per tensor too.
@@ -107,10 +107,11 @@ model, or one already quantized (Q/DQ pairs, QLinear or integer kernels), as a w
 tensors read inside If/Loop/Scan bodies stay float.
 
 How it runs, in five steps (``rewrite``): canonicalize the graph (:mod:`onnxopt.passes.canonicalize`: Sum to Add,
-channel shuffles to Gather); calibrate (:func:`onnxopt.passes.quantize.calibration.calibrate`, one pass over the
-data) or replay the plan's calibration; decide each node's precision (the plan's, or the searches',
-:mod:`onnxopt.passes.quantize.search`); insert the Q/DQ pairs, int8 weights and int32 biases
-(:mod:`onnxopt.passes.quantize.insert_qdq`); record the decisions (:mod:`onnxopt.passes.quantize.plan_entry`).
+channel shuffles to Gather, Sub/Div by constants to Add/Mul, spatial means to pools, Pads into Convs); calibrate
+(:func:`onnxopt.passes.quantize.calibration.calibrate`, one pass over the data) or replay the plan's calibration;
+decide each node's precision (the plan's, or the searches', :mod:`onnxopt.passes.quantize.search`); insert the
+Q/DQ pairs, int8 weights and int32 biases (:mod:`onnxopt.passes.quantize.insert_qdq`); record the decisions
+(:mod:`onnxopt.passes.quantize.plan_entry`).
 Which inputs of each op are weights, activations or biases, and what onnxruntime runs it as, is one table:
 :mod:`onnxopt.passes.quantize.policy`. What one run learns and decides travels in a :class:`QuantizeRun`.
 """
