@@ -232,3 +232,29 @@ def test_max_db_loss_ranks_layers_against_the_weights_only_model_and_sees_the_he
     assert record.status == "applied" and decoded, record.notes
     assert decoded == [True]  # the weights-only model, not the float one
     assert model.graph.output[0].name in tensors[0]
+
+
+def test_conversions_left_running_are_charged_to_the_int8_nodes_they_serve() -> None:
+    """The per-node profile charges an int8 node with the QuantizeLinear / DequantizeLinear kernels onnxruntime
+    runs on their own around it: a DequantizeLinear to its readers, a QuantizeLinear to its producer."""
+    from onnxopt.passes.quantize.search import conversion_costs
+
+    model = io.from_proto(
+        parse(
+            """<ir_version: 8, opset_import: ["": 13]>
+            g (float[1, 4] x) => (float[1, 4] y) <float s = {0.1}, uint8 z = {128}> {
+                q = QuantizeLinear(x, s, z)
+                d = DequantizeLinear(q, s, z)
+                a = Sigmoid(d)
+                b = Relu(d)
+                q2 = QuantizeLinear(a, s, z)
+                d2 = DequantizeLinear(q2, s, z)
+                y = Add(d2, b)
+            }"""
+        )
+    )
+    for i, node in enumerate(model.graph):
+        node.name = f"{node.op_type}_{i}"
+    times = {"QuantizeLinear_0": 3.0, "DequantizeLinear_1": 4.0, "QuantizeLinear_4": 5.0, "Sigmoid_2": 7.0}
+    charged = conversion_costs(model, NodeProfile(times, {}), {"Sigmoid_2", "Relu_3", "Add_6"})
+    assert charged == {"Sigmoid_2": 2.0 + 5.0, "Relu_3": 2.0}, charged

@@ -67,10 +67,12 @@ Two searches decide which nodes stay float (besides ``exclude``):
 
 * ``fallback=profile`` (the ``int8`` recipe's default): onnxruntime's per-node
   profiler times the float model and the quantized one on the run's provider
-  (:mod:`onnxopt.optimizer.node_profile`); nodes whose int8 kernel is slower than their
-  float kernel are kept float, a round is kept only if the whole model got
-  faster, and when the int8 model is still not faster than the float one
-  every node keeps float compute (with int8 weight storage; with
+  (:mod:`onnxopt.optimizer.node_profile`); nodes whose int8 kernel -- with the
+  QuantizeLinear / DequantizeLinear kernels onnxruntime still runs on their own
+  around it, charged to it (:func:`~onnxopt.passes.quantize.search.conversion_costs`)
+  -- is slower than their float kernel are kept float, a round is kept only if
+  the whole model got faster, and when the int8 model is still not faster than
+  the float one every node keeps float compute (with int8 weight storage; with
   ``float_weights=float`` the pass declines) -- quantization never makes a
   model slower. Nodes are decided one by one by their own timings first, then
   by op type. The record has each node's float and int8 microseconds.

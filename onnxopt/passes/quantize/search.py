@@ -107,8 +107,10 @@ class FloatFallbackSearch:
         current = self.trial(excluded)
         profile = self._profile(current)
         lost: dict[str, dict[str, tuple[float, float]]] = {}  # op type -> node -> (float µs, int8 µs)
+        conversions = conversion_costs(current, profile, set(ops))
         for name, op_type in ops.items():
-            float_us, int8_us = float_profile.times.get(name, 0.0), profile.times.get(name, 0.0)
+            float_us = float_profile.times.get(name, 0.0)
+            int8_us = profile.times.get(name, 0.0) + conversions.get(name, 0.0)
             if int8_us > float_us + 1.0:
                 lost.setdefault(op_type, {})[name] = (float_us, int8_us)
         self.measured["profile_us"] = {"float": round(float_profile.total, 1), "int8": round(profile.total, 1)}
@@ -266,3 +268,27 @@ class FloatFallbackSearch:
                 if node.name in quantizable:
                     added[node.name] = max(added.get(node.name, -np.inf), lost)
         return sorted(added.items(), key=lambda item: (-item[1], item[0]))
+
+
+def conversion_costs(quantized: ir.Model, profile: NodeProfile, nodes: set[str]) -> dict[str, float]:
+    """Microseconds of the QuantizeLinear / DequantizeLinear kernels onnxruntime still runs on their own in
+    ``quantized`` (the ones it did not fuse into an integer kernel: they keep their names in its profile),
+    charged to the quantized nodes among ``nodes`` they serve -- a DequantizeLinear to the nodes reading it, a
+    QuantizeLinear to the node whose output it quantizes, shared evenly.
+
+    A node's int8 time then counts the conversions its int8 kernel forces where a float neighbour breaks the
+    chain: an int8 Sigmoid between two float ops is one QLinearSigmoid plus a QuantizeLinear and a
+    DequantizeLinear, and its own kernel alone would call it faster than the float Sigmoid."""
+    charged: dict[str, float] = {}
+    for node in quantized.graph:
+        spent = profile.times.get(node.name or "", 0.0)
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or spent <= 0.0 or not node.inputs:
+            continue
+        if node.op_type == "DequantizeLinear":
+            served = {u.node.name for u in node.outputs[0].uses() if u.node.name in nodes}
+        else:
+            producer = node.inputs[0].producer() if node.inputs[0] is not None else None
+            served = {producer.name} if producer is not None and producer.name in nodes else set()
+        for name in served:
+            charged[name] = charged.get(name, 0.0) + spent / len(served)
+    return charged
