@@ -133,6 +133,14 @@ def _split(g: _Graph) -> str:  # CSP-style: one Conv's output split in two branc
     return g.conv(g.op("Add", g.conv(a, 8, 8), g.conv(b, 8, 8)), 8, 8)
 
 
+def _mobilenet_v3_block(g: _Graph) -> str:  # HardSwish, depthwise, SE gated by HardSigmoid (onnx ops, opset 14)
+    x = g.op("HardSwish", g.conv("x", 3, 16))
+    x = g.op("HardSwish", g.conv(x, 16, 16, group=16))
+    s = g.conv(g.op("Relu", g.conv(g.op("GlobalAveragePool", x), 16, 8, k=1)), 8, 16, k=1)
+    x = g.op("Mul", x, g.op("HardSigmoid", s, alpha=1 / 6, beta=0.5))
+    return g.conv(x, 16, 16, k=1)
+
+
 GRAPHS = {
     "relu6_chain": (_relu6_chain, {"QLinearConv": 4}),
     "relu_maxpool": (_relu_maxpool, {"QLinearConv": 3}),
@@ -148,6 +156,11 @@ GRAPHS = {
         {"QLinearConv": 2, "QLinearSigmoid": 1, "QLinearMul": 1, "QLinearConcat": 2, "NhwcMaxPool": 3, "Slice": 4},
     ),
     "split": (_split, {"QLinearConv": 4, "QLinearAdd": 1, "Split": 1}),
+    # HardSwish -> QLinearAdd (clamped to [0, 6]) + QLinearMul; HardSigmoid -> QLinearAdd (clamped to [0, 1])
+    "mobilenet_v3_block": (
+        _mobilenet_v3_block,
+        {"QLinearConv": 5, "QLinearAdd": 3, "QLinearMul": 3, "QLinearGlobalAveragePool": 1},
+    ),
     "se_block": (_se_block, {"QLinearConv": 4, "QLinearGlobalAveragePool": 1, "QLinearSigmoid": 1, "QLinearMul": 1}),
 }
 
@@ -166,7 +179,7 @@ def _runtime_kernels(path: Path) -> collections.Counter[str]:
 def test_int8_chains_run_without_requantization(name: str, tmp_path: Path) -> None:
     build, fused = GRAPHS[name]
     g = _Graph()
-    model = g.save(build(g), tmp_path / "float.onnx")
+    model = g.save(build(g), tmp_path / "float.onnx", opset=14)
     x = np.random.default_rng(1).uniform(0, 1, (48, 3, 16, 16)).astype(np.float32)
     np.savez(tmp_path / "fit.npz", x=x[:32])
     np.savez(tmp_path / "held.npz", x=x[32:])
@@ -179,7 +192,8 @@ def test_int8_chains_run_without_requantization(name: str, tmp_path: Path) -> No
     assert kernels["DequantizeLinear"] == 1, kernels  # the model's output, once
     for op, count in fused.items():
         assert kernels[op] == count, kernels
-    assert not {"Conv", "FusedConv", "Clip", "Relu", "Sigmoid", "Add", "Mul", "Sub", "Div"} & set(kernels), kernels
+    floats = {"Conv", "FusedConv", "Clip", "Relu", "Sigmoid", "Add", "Mul", "Sub", "Div", "HardSigmoid", "HardSwish"}
+    assert not floats & set(kernels), kernels
     reference = ort.InferenceSession(str(model)).run(None, {"x": x[32:33]})[0]
     got = ort.InferenceSession(str(out)).run(None, {"x": x[32:33]})[0]
     snr = 10 * np.log10(np.sum(reference**2) / np.sum((reference - got) ** 2))

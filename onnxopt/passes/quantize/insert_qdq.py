@@ -28,6 +28,7 @@ from onnxopt.passes.quantize.activation_ranges import Ranges
 from onnxopt.passes.quantize.calibration import Calibration
 from onnxopt.passes.quantize.config import QuantizeConfig
 from onnxopt.passes.quantize.cpu_target import IntegerTarget
+from onnxopt.passes.quantize.expand_activations import expand_hard_activations
 from onnxopt.passes.quantize.weight_rounding import apply_shift, quantize_weight, rounding_shift
 from onnxopt.passes.quantize.weight_storage import MIN_ELEMENTS, store_weights_int8
 
@@ -62,6 +63,7 @@ class InsertQDQ:
             float_tensors = touching(graph, excluded)
             folded = set()
             if config.activations == "uint8":
+                nodes, ranges = expand_hard_activations(log, graph, nodes, ranges, names)
                 folded = fold_activations(log, graph, nodes, ranges, float_tensors)
             nodes = [n for n in nodes if id(n) not in folded]
             tensors = activation_tensors(graph, nodes, touching(graph, excluded))
