@@ -141,6 +141,13 @@ def _mobilenet_v3_block(g: _Graph) -> str:  # HardSwish, depthwise, SE gated by 
     return g.conv(x, 16, 16, k=1)
 
 
+def _batchnorm_after_relu(g: _Graph) -> str:  # Keras: Conv, Relu, BatchNormalization, MaxPool (fold-bn cannot)
+    x = g.op("Relu", g.conv("x", 3, 16))
+    stats = [g.rng.uniform(0.5, 2, 16), g.rng.normal(0, 0.3, 16), g.rng.normal(0.5, 0.2, 16), g.rng.uniform(0.5, 2, 16)]
+    x = g.op("BatchNormalization", x, *(g.const(a) for a in stats), epsilon=1e-3)
+    return g.conv(g.op("MaxPool", x, kernel_shape=[2, 2], strides=[2, 2]), 16, 16)
+
+
 GRAPHS = {
     "relu6_chain": (_relu6_chain, {"QLinearConv": 4}),
     "relu_maxpool": (_relu_maxpool, {"QLinearConv": 3}),
@@ -161,6 +168,7 @@ GRAPHS = {
         _mobilenet_v3_block,
         {"QLinearConv": 5, "QLinearAdd": 3, "QLinearMul": 3, "QLinearGlobalAveragePool": 1},
     ),
+    "batchnorm_after_relu": (_batchnorm_after_relu, {"QLinearConv": 3, "NhwcMaxPool": 1}),  # BN: a depthwise Conv
     "se_block": (_se_block, {"QLinearConv": 4, "QLinearGlobalAveragePool": 1, "QLinearSigmoid": 1, "QLinearMul": 1}),
 }
 

@@ -15,6 +15,10 @@
 * :func:`pads_into_convs` -- a zero ``Pad`` of the spatial axes read only by a ``Conv`` becomes the Conv's own
   ``pads``: onnxruntime folds it in float models, but between a DequantizeLinear and a QuantizeLinear the Pad ran
   in float on its own. Exact: the integer Conv pads with the zero point, which stands for 0.0.
+* :func:`batchnorms_to_depthwise` -- a ``BatchNormalization`` left standing (after a Relu or a pool, where
+  fold-bn cannot fold it into a Conv) is a depthwise 1x1 ``Conv`` with one weight and one bias per channel:
+  a QLinearConv, where BatchNormalization has no integer kernel (the digits CNN's ran in float between a
+  DequantizeLinear and a QuantizeLinear). One weight per channel is exact at its per-channel int8 scale.
 
 All keep the rewritten node's name and output. All but ``Div`` are exact (the same values, bit for bit); ``x *
 (1/c)`` differs from ``x / c`` by at most one unit in the last place (none when ``c`` is a power of two), far
@@ -51,7 +55,38 @@ def canonicalize(log: PassLog, model: ir.Model, *, activations: bool = True) -> 
     if activations:  # both matter only to integer kernels: onnxruntime already folds a Pad into a float Conv
         spatial_means_to_pools(log, model.graph, names)
         pads_into_convs(log, model.graph)
+        batchnorms_to_depthwise(log, model.graph, names)
     return names
+
+
+def batchnorms_to_depthwise(log: PassLog, graph: ir.Graph, names: NameSource) -> None:
+    """An inference ``BatchNormalization`` of a rank-4 float tensor with constant parameters -> ``Conv(x, W, B,
+    group=C)`` with ``W[c] = scale[c] / sqrt(var[c] + eps)`` (shape [C, 1, 1, 1]) and ``B = bias - mean * W``."""
+    for node in list(graph):
+        x = node.inputs[0] if node.op_type == "BatchNormalization" and node.inputs else None
+        if x is None or node.domain not in ("", "ai.onnx") or len(node.inputs) != 5 or len(node.outputs) != 1:
+            continue
+        if x.shape is None or len(x.shape) != 4 or x.dtype != ir.DataType.FLOAT or attribute(node, "training_mode", 0):
+            continue
+        scale, bias, mean, var = (constant_array(v) for v in node.inputs[1:])
+        if any(a is None or a.ndim != 1 for a in (scale, bias, mean, var)):
+            continue
+        eps = float(attribute(node, "epsilon", 1e-5))
+        gain = scale.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps)  # type: ignore[union-attr]
+        shift = bias.astype(np.float64) - mean.astype(np.float64) * gain  # type: ignore[union-attr]
+        base = node.name or "batchnorm"
+        weight = add_initializer(
+            graph, names.fresh(f"{base}_depthwise_weight"), gain.reshape(-1, 1, 1, 1).astype(np.float32)
+        )
+        offset = add_initializer(graph, names.fresh(f"{base}_depthwise_bias"), shift.astype(np.float32))
+        conv = ir.node(
+            "Conv", [x, weight, offset], attributes={"group": int(gain.size), "kernel_shape": [1, 1]}, name=node.name
+        )
+        graph.insert_before(node, conv)
+        out = node.outputs[0]
+        conv.outputs[0].dtype, conv.outputs[0].shape = out.dtype, out.shape
+        bypass_node(graph, node, conv.outputs[0], out, x_now_equals_y=True)
+        log.count("BatchNormalization rewritten as a depthwise 1x1 Conv")
 
 
 def _axes(node: ir.Node) -> list[int] | None:
