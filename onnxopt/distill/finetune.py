@@ -23,6 +23,9 @@ early at ``time_budget`` seconds. The trained weights are written into the stude
 (names, shapes and graph unchanged) and the result is checked against the twin in onnxruntime.
 
 Deterministic for a seed: TensorFlow op determinism, oneDNN off, seeded shuffles.
+
+:func:`train` is the loop alone (any twin, variable groups at their own learning rates): quantization-aware
+fine-tuning (:mod:`onnxopt.distill.qat`) runs it on a fake-quantized twin.
 """
 
 from __future__ import annotations
@@ -146,6 +149,28 @@ def agreement_with(
     return total / max(count, 1)
 
 
+@dataclasses.dataclass(frozen=True)
+class VariableGroup:
+    """Twin variables trained at their own learning rate (their own Adam, cosine-decayed like the rest)."""
+
+    names: frozenset[str]
+    learning_rate: float
+
+
+@dataclasses.dataclass
+class Training:
+    """What :func:`train` kept: the best epoch's variables (also assigned to the twin) and how it got there."""
+
+    weights: dict[str, np.ndarray]
+    history: list[dict[str, float]]
+    before: float
+    after: float
+    best_epoch: int
+    stopped_by_budget: bool
+    teacher_accuracy: float | None = None
+    student_accuracy: float | None = None
+
+
 def finetune(
     student: onnx.ModelProto,
     teacher: onnx.ModelProto,
@@ -159,11 +184,7 @@ def finetune(
     """Train ``student`` on ``teacher``'s outputs over ``inputs`` (every array ``[N, ...]``); ``progress``
     gets one step per batch of each epoch."""
     config = config or FinetuneConfig()
-    from onnxopt.convert import tf_import
-
-    tf = tf_import.tensorflow()
-    tf.keras.utils.set_random_seed(config.seed)
-    tf.config.experimental.enable_op_determinism()
+    deterministic(config.seed)
     started = time.perf_counter()
 
     train_idx, hold_idx = held_back_split(len(next(iter(inputs.values()))), config.holdout, config.seed)
@@ -171,10 +192,57 @@ def finetune(
     twin = GraphModel(student, only=set(config.only) if config.only is not None else None)
     first = {k: v[train_idx[: config.batch]] for k, v in inputs.items()}
     twin_error = check_against(twin, Runner(batch_free(student)).run, first)
+    run = train(
+        twin, teacher, inputs, config, (train_idx, hold_idx), labels=labels, on_epoch=on_epoch, progress=progress,
+        started=started,
+    )  # fmt: skip
+    trained = write_back(student, run.weights)
+    check_against(twin, Runner(batch_free(trained)).run, first)
+    return FinetuneResult(
+        model=trained, weights=run.weights, history=run.history, before=run.before, after=run.after,
+        best_epoch=run.best_epoch, twin_error=twin_error,
+        train_samples=len(train_idx), holdout_samples=len(hold_idx), seconds=time.perf_counter() - started,
+        stopped_by_budget=run.stopped_by_budget, teacher_accuracy=run.teacher_accuracy,
+        student_accuracy=run.student_accuracy,
+    )  # fmt: skip
+
+
+def deterministic(seed: int):
+    """TensorFlow seeded and its ops deterministic (oneDNN is off from the import); returns the module."""
+    from onnxopt.convert import tf_import
+
+    tf = tf_import.tensorflow()
+    tf.keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+    return tf
+
+
+def train(
+    twin: GraphModel,
+    teacher: onnx.ModelProto,
+    inputs: dict[str, np.ndarray],
+    config: FinetuneConfig,
+    split: tuple[np.ndarray, np.ndarray],
+    *,
+    labels: np.ndarray | None = None,
+    on_epoch: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
+    started: float | None = None,
+    title: str = "distill",
+    groups: tuple[VariableGroup, ...] = (),
+) -> Training:
+    """Train ``twin`` on ``teacher``'s outputs (the module docstring's losses) over the ``split`` = (training,
+    held-back) samples of ``inputs``; the best epoch's variables end assigned to the twin and returned.
+    ``groups`` train at their own learning rates; ``time_budget`` counts from ``started``."""
+    from onnxopt.convert import tf_import
+
+    tf = tf_import.tensorflow()
+    started = time.perf_counter() if started is None else started
+    train_idx, hold_idx = split
     names = twin.output_names
     if [o.name for o in teacher.graph.output] != names:
         raise OnnxoptError("fine-tuning: the student's outputs must be the teacher's (same names, same order)")
-    kinds = output_kinds(student)
+    kinds = output_kinds(twin.proto)
     teacher_runner = Runner(batch_free(teacher))
     probabilities = {out for node in teacher.graph.node if node.op_type == "Softmax" for out in node.output}
 
@@ -203,8 +271,7 @@ def finetune(
         return loss, agreement
 
     steps = -(-len(train_idx) // config.batch) * config.epochs
-    schedule = tf.keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=max(steps, 1))
-    optimizer = tf.keras.optimizers.Adam(schedule)
+    step = _optimizer_step(tf, twin, config.learning_rate, groups, steps)
     # labels teach only a single [N, C] classifier output (a sequence head has no per-sample class)
     classifier = len(names) == 1 and kinds[names[0]] == "classes" and holdout_targets[0][0].ndim == 2
     use_labels = labels is not None and classifier
@@ -218,7 +285,7 @@ def finetune(
     for epoch in range(config.epochs):
         shuffled = rng.permutation(train_idx)
         losses = []
-        progress.start(f"distill: epoch {epoch + 1}/{config.epochs}", -(-len(shuffled) // config.batch))
+        progress.start(f"{title}: epoch {epoch + 1}/{config.epochs}", -(-len(shuffled) // config.batch))
         for start in range(0, len(shuffled), config.batch):
             idx = np.sort(shuffled[start : start + config.batch])
             feeds = {k: v[idx] for k, v in inputs.items()}
@@ -242,8 +309,7 @@ def finetune(
                     loss = alpha * loss + (1 - alpha) * tf.reduce_mean(
                         tf.nn.sparse_softmax_cross_entropy_with_logits(labels[idx].astype(np.int64), head)
                     )
-            gradients = tape.gradient(loss, twin.trainable)
-            optimizer.apply_gradients([(g, v) for g, v in zip(gradients, twin.trainable, strict=True) if g is not None])
+            step(tape.gradient(loss, twin.trainable))
             losses.append(float(loss))
             progress.advance()
             if config.time_budget is not None and time.perf_counter() - started > config.time_budget:
@@ -259,22 +325,46 @@ def finetune(
             on_epoch(f"epoch {epoch + 1}/{config.epochs}: loss {np.mean(losses):.4f}, held-back {held_score:.4f}")
         if stopped:
             break
-    trained = write_back(student, best_weights)
     for name, value in best_weights.items():
         twin.variables[name].assign(value)
-    teacher_accuracy = student_accuracy = None
+    run = Training(best_weights, history, before, best, best_epoch, stopped)
     if use_labels:
         truth = labels[hold_idx]  # type: ignore[index]
-        teacher_accuracy = float(np.mean(np.concatenate([t[0].argmax(1) for t in holdout_targets]) == truth))
+        run.teacher_accuracy = float(np.mean(np.concatenate([t[0].argmax(1) for t in holdout_targets]) == truth))
         guesses = [np.asarray(_student_outputs(twin, names, inputs, idx)[0]).argmax(1) for idx in batches]
-        student_accuracy = float(np.mean(np.concatenate(guesses) == truth))
-    check_against(twin, Runner(batch_free(trained)).run, first)
-    return FinetuneResult(
-        model=trained, weights=best_weights, history=history, before=before, after=best, best_epoch=best_epoch,
-        twin_error=twin_error,
-        train_samples=len(train_idx), holdout_samples=len(hold_idx), seconds=time.perf_counter() - started,
-        stopped_by_budget=stopped, teacher_accuracy=teacher_accuracy, student_accuracy=student_accuracy,
-    )  # fmt: skip
+        run.student_accuracy = float(np.mean(np.concatenate(guesses) == truth))
+    return run
+
+
+def _optimizer_step(tf, twin: GraphModel, learning_rate: float, groups: tuple[VariableGroup, ...], steps: int):
+    """A function applying one batch's gradients (in ``twin.trainable`` order): Adam with a cosine decay over
+    ``steps``, one per group (the variables in no group at ``learning_rate``)."""
+
+    def adam(rate: float):
+        schedule = tf.keras.optimizers.schedules.CosineDecay(rate, decay_steps=max(steps, 1))
+        return tf.keras.optimizers.Adam(schedule)
+
+    optimizer = adam(learning_rate)
+    if not groups:
+
+        def step(gradients: list) -> None:
+            optimizer.apply_gradients([(g, v) for g, v in zip(gradients, twin.trainable, strict=True) if g is not None])
+
+        return step
+    keys = list(twin.variables)
+    member = {name: i for i, group in enumerate(groups) for name in group.names}
+    optimizers = [adam(group.learning_rate) for group in groups]
+
+    def grouped(gradients: list) -> None:
+        pairs: list[list] = [[] for _ in range(len(groups) + 1)]
+        for key, g, v in zip(keys, gradients, twin.trainable, strict=True):
+            if g is not None:
+                pairs[member.get(key, len(groups))].append((g, v))
+        for opt, chosen in zip([*optimizers, optimizer], pairs, strict=True):
+            if chosen:
+                opt.apply_gradients(chosen)
+
+    return grouped
 
 
 def write_back(proto: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx.ModelProto:

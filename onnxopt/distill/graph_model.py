@@ -15,13 +15,20 @@ Gemm (B, C), MatMul (a constant operand), BatchNormalization (scale, bias),
 PRelu (slope) and LSTM (W, R, B) read. Every other constant stays a constant.
 BatchNormalization runs with its stored statistics (inference form).
 
+QDQ graphs: QuantizeLinear/DequantizeLinear compute onnxruntime's integers
+(:mod:`onnxopt.distill.fake_quant`). With ``train_quantized``, the integer constants
+DequantizeLinear reads (int8 weights, int32 biases) train as float shadows fake-quantized to
+their levels, and with ``learn_scales`` the quantizers' scales train too (quantization-aware
+fine-tuning, :mod:`onnxopt.distill.qat`).
+
 Ops: Conv/ConvTranspose (2-D and 1-D, any group, explicit or auto pads),
 BatchNormalization, Gemm, MatMul, Add/Sub/Mul/Div/Pow/Min/Max, Neg/Abs/Sqrt/Exp/Log/Erf/Reciprocal,
 Relu/Clip/LeakyRelu/PRelu/Sigmoid/HardSigmoid/HardSwish/Tanh/Softplus/Elu,
 Softmax/LogSoftmax, MaxPool/AveragePool/GlobalAveragePool/GlobalMaxPool,
 Concat/Split/Slice/Gather, Reshape/Flatten/Transpose/Squeeze/Unsqueeze/Expand,
 Resize/Upsample (nearest and linear, every coordinate mode),
-Shape/ConstantOfShape/Cast/Constant/Identity/Dropout, ReduceMean/ReduceSum/ReduceMax, LSTM.
+Shape/ConstantOfShape/Cast/Constant/Identity/Dropout, ReduceMean/ReduceSum/ReduceMax, LSTM,
+QuantizeLinear/DequantizeLinear.
 Anything else raises :class:`UnsupportedOp` naming the op; :func:`check_against`
 compares the twin with onnxruntime on data before anyone trains it.
 """
@@ -35,6 +42,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxopt.distill import fake_quant
 from onnxopt.errors import UnsupportedOp, one_line
 
 #: input positions of each op that hold trainable weights (when they are float initializers)
@@ -62,8 +70,17 @@ def _str(value: object, default: str) -> str:
 class GraphModel:
     """``model(feeds)`` -> {output name: tf.Tensor}; ``variables`` hold the trainable initializers."""
 
-    def __init__(self, proto: onnx.ModelProto, *, only: set[str] | None = None) -> None:
-        """``only``: train just these initializers (names); the other weights stay constants."""
+    def __init__(
+        self,
+        proto: onnx.ModelProto,
+        *,
+        only: set[str] | None = None,
+        train_quantized: bool = False,
+        learn_scales: bool = True,
+    ) -> None:
+        """``only``: train just these initializers (names); the other weights stay constants. ``train_quantized``:
+        train the integer constants DequantizeLinear reads as fake-quantized shadows (and, with ``learn_scales``,
+        the quantizers' scales)."""
         from onnxopt.convert import tf_import
 
         self.tf = tf_import.tensorflow()
@@ -85,8 +102,14 @@ class GraphModel:
         self.variables = {
             name: self.tf.Variable(initializers[name], name=_safe(name), trainable=True) for name in sorted(trainable)
         }
+        #: the shadows and learned scales of a quantized graph trained as one (None: its integers stay constants)
+        self.quant = (
+            fake_quant.FakeQuant(self.tf, graph, initializers, learn_scales=learn_scales) if train_quantized else None
+        )
+        if self.quant is not None:
+            self.variables = dict(sorted({**self.variables, **self.quant.variables}.items()))
         self.constants = {
-            name: self.tf.constant(array) for name, array in initializers.items() if name not in trainable
+            name: self.tf.constant(array) for name, array in initializers.items() if name not in self.variables
         }
         self.input_names = [i.name for i in graph.input if i.name not in initializers]
         self.output_names = [o.name for o in graph.output]
@@ -101,10 +124,14 @@ class GraphModel:
     def trainable(self) -> list:
         return list(self.variables.values())
 
-    def __call__(self, feeds: dict[str, np.ndarray], keep: Iterable[str] = ()) -> dict[str, object]:
-        """The graph outputs (and the tensors named in ``keep``) for ``feeds``."""
+    def __call__(
+        self, feeds: dict[str, np.ndarray], keep: Iterable[str] = (), given: dict[str, np.ndarray] | None = None
+    ) -> dict[str, object]:
+        """The graph outputs (and the tensors named in ``keep``) for ``feeds``. ``given`` replaces those tensors
+        once computed: what reads them reads the given values, and ``keep`` returns what the twin computed."""
         tf = self.tf
         values: dict[str, object] = {"": None}
+        computed: dict[str, object] = {}
         values.update(self.constants)
         values.update(self.variables)
         for name in self.input_names:
@@ -125,8 +152,11 @@ class GraphModel:
             for name, value in zip(node.output, outputs, strict=False):
                 if name:
                     values[name] = value
+                    if given is not None and name in given:
+                        computed[name] = value
+                        values[name] = tf.convert_to_tensor(given[name])
         wanted = list(self.output_names) + [k for k in keep if k not in self.output_names]
-        return {name: values[name] for name in wanted}
+        return {name: computed.get(name, values[name]) for name in wanted}
 
     def weights(self) -> dict[str, np.ndarray]:
         """Every trainable initializer's current value."""
@@ -212,6 +242,10 @@ def _spatial_pads(node_attrs: dict, in_sizes: list[int], kernel: list[int], stri
         return [(0, 0)] * rank
     flat = list(node_attrs.get("pads", [0] * (2 * rank)))
     return [(flat[i], flat[i + rank]) for i in range(rank)]
+
+
+_OPS["QuantizeLinear"] = fake_quant.quantize_linear
+_OPS["DequantizeLinear"] = fake_quant.dequantize_linear
 
 
 @_op("Conv")

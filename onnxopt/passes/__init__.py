@@ -18,6 +18,7 @@ from onnxopt.passes.fold_constants import FoldConstantsPass
 from onnxopt.passes.low_rank import LowRankPass
 from onnxopt.passes.prune_channels import PruneChannelsPass
 from onnxopt.passes.prune_magnitude import PruneMagnitudePass
+from onnxopt.passes.qat import QatPass
 from onnxopt.passes.quantize.bias_correct import BiasCorrectPass
 from onnxopt.passes.quantize.quantize_qdq import QuantizeQDQPass
 from onnxopt.passes.reconstruct import ReconstructPass
@@ -45,6 +46,7 @@ REGISTRY: dict[str, type[OptPass]] = {
         DistillPass,
         BiasCorrectPass,
         QuantizeQDQPass,
+        QatPass,
     )
 }
 
@@ -64,6 +66,7 @@ __all__ = [
     "PassOutcome",
     "PruneChannelsPass",
     "PruneMagnitudePass",
+    "QatPass",
     "QuantizeQDQPass",
     "ReconstructPass",
     "RemoveInitializerInputsPass",

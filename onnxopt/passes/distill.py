@@ -103,7 +103,7 @@ class DistillPass(OptPass):
         if context.is_random:
             log.skip("model", "distillation learns from the run's data: give --data (random inputs teach nothing)")
             return
-        inputs, labels = _gather(context, self.config.samples)
+        inputs, labels = gather_samples(context, self.config.samples)
         only = _pruned_weights(model) if self.config.train == "pruned" else None
         if only is not None and not only:
             log.skip("model", "train=pruned: no layer was pruned before distill (run prune-channels first)")
@@ -188,7 +188,7 @@ def _pruned_weights(model: ir.Model) -> frozenset[str]:
     return frozenset(names)
 
 
-def _gather(context, limit: int) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+def gather_samples(context, limit: int) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Up to ``limit`` samples of the run's data in memory: feeds by input name, and labels if all have them."""
     parts: dict[str, list[np.ndarray]] = {}
     labels: list[np.ndarray] = []

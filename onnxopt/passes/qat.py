@@ -1,0 +1,120 @@
+"""Quantization-aware fine-tuning inside the pipeline: the quantized model trained against the float original.
+
+Matches: a QDQ model -- what ``quantize`` writes: QuantizeLinear -> DequantizeLinear pairs on activations,
+int8 weights and int32 biases read through DequantizeLinear -- whose ops the trainable twin implements
+(:mod:`onnxopt.distill.graph_model`) and whose outputs are the original's (same names and order). Run it
+right after ``quantize``: ``quantize,qat:epochs=3``.
+
+The math (:mod:`onnxopt.distill.fake_quant`): the twin computes onnxruntime's integers -- ``q =
+saturate(round_half_to_even(x / s) + z)``, ``x' = (q - z) * s``, per tensor or per channel -- and trains
+through them: straight-through rounding, no gradient where saturated; int8 weights and int32 biases become
+float shadows (``w_q * s_w``, ``b_q * s_x * s_w``) fake-quantized in the forward pass to the levels they
+may take (weights symmetric within the stored bound, 63 or 127); with ``learn_scales`` every scale learns
+with LSQ's step-size gradient (zero points are kept; scales a data-movement op's input and output share
+stay shared). The loss and the held-back selection are the ``distill`` pass's (:mod:`onnxopt.distill.finetune`).
+
+Guarantees: only initializer values change -- the kept epoch's int8 levels, scales and int32 biases
+(recomputed at ``s_x * s_w`` with the new scales) in the same initializers, every node, name, type and
+shape kept, so the runtime audit, plans and later passes apply. The twin is checked against onnxruntime
+before training, and the written model against the twin after (each quantizer within one level); a seeded
+part of the data is held back and picks the best epoch, and none better than the start leaves the model
+unchanged. Deterministic for the run's seed.
+
+Declines (the model unchanged, the reason recorded in one line): random data, TensorFlow not installed
+(the ``tf`` extra), a model that is not quantized, an original that is quantized too (no float teacher), an
+op or attribute the twin lacks (named), a twin or written model that does not match onnxruntime, outputs
+that differ from the original's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import onnx_ir as ir
+
+from onnxopt.distill.qat import QatConfig, is_quantized, qat
+from onnxopt.errors import OnnxoptError, one_line
+from onnxopt.passes.base import OptPass, PassLog
+from onnxopt.passes.distill import gather_samples
+
+
+@dataclasses.dataclass(frozen=True)
+class QatPassConfig:
+    epochs: int = dataclasses.field(default=3, metadata={"help": "passes over the training samples"})
+    batch: int = dataclasses.field(default=32, metadata={"help": "training batch size (samples per optimizer step)"})
+    learning_rate: float = dataclasses.field(
+        default=1e-2,
+        metadata={"help": "Adam's step on the weights' float shadows, in quantization levels (cosine-decayed)"},
+    )
+    scale_learning_rate: float = dataclasses.field(
+        default=1e-3, metadata={"help": "Adam on each learned scale's multiplier: about this relative step at most"}
+    )
+    learn_scales: bool = dataclasses.field(
+        default=True, metadata={"help": "learn the quantizers' scales (LSQ); false: only the integer levels train"}
+    )
+    temperature: float = dataclasses.field(
+        default=2.0, metadata={"help": "softens the original's and the quantized model's class scores in the loss"}
+    )
+    alpha: float = dataclasses.field(
+        default=0.9, metadata={"help": "weight of the original's outputs against the labels, when the data has them"}
+    )
+    holdout: float = dataclasses.field(
+        default=0.1, metadata={"help": "of the samples, held back from training to pick the best epoch"}
+    )
+    time_budget: float | None = dataclasses.field(default=None, metadata={"help": "seconds of fine-tuning at most"})
+    samples: int = dataclasses.field(default=512, metadata={"help": "samples of --data used (all when fewer)"})
+
+    def __post_init__(self) -> None:
+        if self.samples < 2:
+            raise ValueError("samples must be at least 2")
+        self.qat_config(seed=0)  # QatConfig checks the training parameters
+
+    def qat_config(self, *, seed: int) -> QatConfig:
+        shared = {f.name for f in dataclasses.fields(QatConfig)}
+        return QatConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in shared}, seed=seed)
+
+
+class QatPass(OptPass):
+    """Fine-tune a quantized model's integers and scales on the original's outputs (quantization-aware)."""
+
+    name = "qat"
+    Config = QatPassConfig
+    lossless = False
+    learns_from_data = True
+
+    def rewrite(self, model: ir.Model, log: PassLog) -> None:
+        context = self.require_context()
+        if context.is_random:
+            log.skip("model", "qat learns from the run's data: give --data (random inputs teach nothing)")
+            return
+        student = ir.serde.serialize_model(model)
+        if not is_quantized(student):
+            log.skip("model", "the model is not quantized (no QuantizeLinear/DequantizeLinear): run quantize first")
+            return
+        teacher = ir.serde.serialize_model(context.original_model())
+        if is_quantized(teacher):
+            log.skip("model", "the original model is quantized too: qat needs the float model as its teacher")
+            return
+        inputs, labels = gather_samples(context, self.config.samples)
+        try:
+            result = qat(student, teacher, inputs, self.config.qat_config(seed=context.seed), labels=labels,
+                         progress=context.progress)  # fmt: skip
+        except OnnxoptError as e:  # no TensorFlow, an op the twin lacks, a twin unlike onnxruntime
+            log.skip("model", one_line(e))
+            return
+        for row in result.history:
+            log.detail(epoch=row["epoch"], loss=round(row["loss"], 5), held_back_loss=round(row["held_back_loss"], 5),
+                       held_back_agreement=round(row["held_back"], 4))  # fmt: skip
+        budget = " (stopped by time_budget)" if result.stopped_by_budget else ""
+        log.note(
+            f"fine-tuned {len(result.history)} epoch(s) on {result.train_samples} samples in {result.seconds:.0f} s"
+            f"{budget}; twin within {result.twin_levels:g} level(s) of onnxruntime; agreement with the original on "
+            f"{result.holdout_samples} held-back samples {result.before:.4f} -> {result.after:.4f}"
+            + (f" (epoch {result.best_epoch} kept)" if result.best_epoch else " (no epoch improved: unchanged)")
+        )
+        for name, array in result.changed.items():
+            value = model.graph.initializers.get(name)
+            if value is None or value.const_value is None:
+                continue
+            value.const_value = ir.tensor(array, name=name)
+            log.count("integer tensors retrained" if array.dtype.kind in "iu" else "scales and float weights trained")
