@@ -118,8 +118,12 @@ def _paddle_hardswish(g: _Graph) -> str:  # x * Clip(x + 3, 0, 6) / 6, as paddle
 def _focus_spp(g: _Graph) -> str:  # YOLOX's stem (space-to-depth by four Slices) and SPP (three MaxPools of SiLU)
     parts = []
     for h, w in ((0, 0), (1, 0), (0, 1), (1, 1)):
-        starts, ends, axes, steps = (g.const_int(v) for v in ([h, w], [99, 99], [2, 3], [2, 2]))
-        parts.append(g.op("Slice", "x", starts, ends, axes, steps))
+        if h:  # as torch exports x[..., h::2, w::2]: two Slices, one axis each
+            rows = g.op("Slice", "x", *(g.const_int(v) for v in ([h], [2**62], [2], [2])))
+            parts.append(g.op("Slice", rows, *(g.const_int(v) for v in ([w], [2**62], [3], [2]))))
+        else:
+            starts, ends, axes, steps = (g.const_int(v) for v in ([h, w], [99, 99], [2, 3], [2, 2]))
+            parts.append(g.op("Slice", "x", starts, ends, axes, steps))
     x = g.conv(g.op("Concat", *parts, axis=1), 12, 16)
     x = g.op("Mul", x, g.op("Sigmoid", x))  # SiLU: a negative minimum the MaxPools raise
     pools = [g.op("MaxPool", x, kernel_shape=[k, k], pads=[k // 2] * 4, strides=[1, 1]) for k in (3, 5, 7)]
@@ -157,10 +161,19 @@ GRAPHS = {
     "resize": (_resize, {"QLinearConv": 2}),
     # the Sub after the first Conv is folded into its bias by fold-affine before quantize sees it
     "paddle_hardswish": (_paddle_hardswish, {"QLinearConv": 2, "QLinearAdd": 1, "QLinearMul": 1}),
-    # one QuantizeLinear at the input before the Slices; the MaxPools run on int8 (same scale in and out)
+    # the stem as SpaceToDepth + Gather, one QuantizeLinear; the MaxPools run on int8 (same scale in and out)
     "focus_spp": (
         _focus_spp,
-        {"QLinearConv": 2, "QLinearSigmoid": 1, "QLinearMul": 1, "QLinearConcat": 2, "NhwcMaxPool": 3, "Slice": 4},
+        {
+            "QLinearConv": 2,
+            "QLinearSigmoid": 1,
+            "QLinearMul": 1,
+            "QLinearConcat": 1,
+            "NhwcMaxPool": 3,
+            "Slice": 0,
+            "SpaceToDepth": 1,
+            "Gather": 1,
+        },
     ),
     "split": (_split, {"QLinearConv": 4, "QLinearAdd": 1, "Split": 1}),
     # HardSwish -> QLinearAdd (clamped to [0, 6]) + QLinearMul; HardSigmoid -> QLinearAdd (clamped to [0, 1])

@@ -19,6 +19,11 @@
   fold-bn cannot fold it into a Conv) is a depthwise 1x1 ``Conv`` with one weight and one bias per channel:
   a QLinearConv, where BatchNormalization has no integer kernel (the digits CNN's ran in float between a
   DequantizeLinear and a QuantizeLinear). One weight per channel is exact at its per-channel int8 scale.
+* :func:`focus_to_space_to_depth` -- YOLOv5/YOLOX's stem, four strided Slices of the input (each offset of a 2x2
+  block) concatenated on channels, is ``SpaceToDepth`` then a ``Gather`` putting the blocks in the Concat's
+  order: two data-movement kernels (the SpaceToDepth in float on the model's input -- onnxruntime 1.32 does
+  not drop the Q/DQ around one -- the Gather on uint8) where eight Slices and a QLinearConcat ran, as in the
+  graph onnxruntime runs for its own quantizer's glyph detector.
 
 All keep the rewritten node's name and output. All but ``Div`` are exact (the same values, bit for bit); ``x *
 (1/c)`` differs from ``x / c`` by at most one unit in the last place (none when ``c`` is a power of two), far
@@ -56,7 +61,73 @@ def canonicalize(log: PassLog, model: ir.Model, *, activations: bool = True) -> 
         spatial_means_to_pools(log, model.graph, names)
         pads_into_convs(log, model.graph)
         batchnorms_to_depthwise(log, model.graph, names)
+        focus_to_space_to_depth(log, model.graph, names)
     return names
+
+
+def _strided_source(value: ir.Value) -> tuple[ir.Value, dict[int, tuple[int, int]], list[ir.Node]] | None:
+    """``value`` as a chain of Slices of one tensor: (that tensor, {axis: (start, step)} of slices to the end,
+    the Slices); None for anything else (a Slice with an end short of the axis's end, or read twice)."""
+    picks: dict[int, tuple[int, int]] = {}
+    chain: list[ir.Node] = []
+    while (node := value.producer()) is not None and node.op_type == "Slice" and node.domain in ("", "ai.onnx"):
+        if len(value.uses()) != 1 or len(node.inputs) < 4 or node.inputs[0] is None:
+            return None
+        arrays = [constant_array(v) for v in node.inputs[1:5]]
+        if any(a is None for a in arrays[:3]):
+            return None
+        starts, ends, axes = (a.reshape(-1) for a in arrays[:3])  # type: ignore[union-attr]
+        steps = arrays[3].reshape(-1) if len(arrays) > 3 and arrays[3] is not None else np.ones_like(starts)
+        source = node.inputs[0]
+        rank = len(source.shape) if source.shape is not None else 0
+        for start, end, axis, step in zip(starts, ends, axes, steps, strict=False):
+            axis = int(axis) % rank if rank else int(axis)
+            size = source.shape[axis] if source.shape is not None and rank else None
+            reaches_end = int(end) >= 2**30 or (isinstance(size, int) and int(end) >= size)
+            if axis in picks or not reaches_end or int(start) < 0:
+                return None
+            picks[axis] = (int(start), int(step))
+        chain.append(node)
+        value = source
+    return (value, picks, chain) if chain else None
+
+
+def focus_to_space_to_depth(log: PassLog, graph: ir.Graph, names: NameSource) -> None:
+    """``Concat(axis=1)`` of the four ``x[:, :, i::2, j::2]`` (each one Slice or two, in any order) of one rank-4
+    ``x`` with a static channel count -> ``Gather(SpaceToDepth(x, blocksize=2), order, axis=1)``: SpaceToDepth
+    puts block ``(i, j)`` at channels ``(2 i + j) * C ...``; ``order`` reads them in the Concat's order."""
+    for node in list(graph):
+        if node.op_type != "Concat" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 4:
+            continue
+        parts = [_strided_source(v) for v in node.inputs if v is not None]
+        if len(parts) != 4 or any(p is None for p in parts):
+            continue
+        x = parts[0][0]  # type: ignore[index]
+        shape = x.shape
+        if shape is None or len(shape) != 4 or not isinstance(shape[1], int) or attribute(node, "axis", 0) % 4 != 1:
+            continue
+        offsets = []
+        for source, picks, _ in parts:  # type: ignore[misc]
+            if source is not x or set(picks) != {2, 3} or any(step != 2 or start > 1 for start, step in picks.values()):
+                break
+            offsets.append((picks[2][0], picks[3][0]))
+        if len(set(offsets)) != 4:
+            continue
+        channels = shape[1]
+        order = np.array([(2 * i + j) * channels + c for i, j in offsets for c in range(channels)], np.int64)
+        base = node.name or "focus"
+        blocks = ir.node("SpaceToDepth", [x], attributes={"blocksize": 2}, name=names.fresh(f"{base}/space_to_depth"))
+        index = add_initializer(graph, names.fresh(f"{base}_block_order"), order)
+        gather = ir.node("Gather", [blocks.outputs[0], index], attributes={"axis": 1}, name=node.name)
+        graph.insert_before(node, [blocks, gather])
+        out = node.outputs[0]
+        blocks.outputs[0].dtype = gather.outputs[0].dtype = out.dtype
+        gather.outputs[0].shape = out.shape
+        bypass_node(graph, node, gather.outputs[0], out, x_now_equals_y=True)
+        for _, _, chain in parts:  # type: ignore[misc]
+            for slice_node in chain:
+                remove_node_and_orphans(graph, slice_node)
+        log.count("strided-Slice stem rewritten as SpaceToDepth")
 
 
 def batchnorms_to_depthwise(log: PassLog, graph: ir.Graph, names: NameSource) -> None:
