@@ -356,3 +356,25 @@ def test_output_scores_are_not_clamped_at_what_calibration_saw(tmp_path: Path) -
     assert float(expected.min()) > 0.99
     assert float(got.min()) > 0.98, got.min()  # the logit's range reaches 4.6 (0.99): was clamped to 0.03
     assert _runtime_kernels(out)["QLinearSigmoid"] == 1  # still one int8 chain
+
+
+def test_prelu_runs_int8_as_products_and_a_sum(tmp_path: Path) -> None:
+    """onnxruntime has no int8 PRelu: written as a*x + (1-a)*Relu(x) it runs QLinearMul, QLinearAdd and one
+    requantization (the Relu's DequantizeLinear -> QuantizeLinear) instead of a float island."""
+    g = _Graph()
+    x = "x"
+    for cin, slopes in ((3, (16, 1, 1)), (16, (1, 16, 1, 1))):  # tf2onnx's [C, 1, 1] and a 4-D slope
+        x = g.op("PRelu", g.conv(x, cin, 16), g.const(g.rng.uniform(0.05, 0.3, slopes)))
+    path = g.save(g.conv(x, 16, 16), tmp_path / "float.onnx")
+    data = np.random.default_rng(1).normal(0, 1, (24, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "fit.npz", x=data[:16])
+    out = tmp_path / "int8.onnx"
+    args = ["optimize", str(path), str(out), "--passes", "quantize:fallback=none", "-q"]
+    assert main([*args, "--data", str(tmp_path / "fit.npz")]) == 0
+    kernels = _runtime_kernels(out)
+    assert "PRelu" not in kernels and kernels["QLinearConv"] == 3, kernels
+    assert kernels["QLinearMul"] == 4 and kernels["QLinearAdd"] == 2, kernels
+    assert (kernels["QuantizeLinear"], kernels["DequantizeLinear"]) == (1 + 2, 1 + 2), kernels
+    reference = ort.InferenceSession(str(path)).run(None, {"x": data[16:17]})[0]
+    got = ort.InferenceSession(str(out)).run(None, {"x": data[16:17]})[0]
+    assert 10 * np.log10(np.sum(reference**2) / np.sum((reference - got) ** 2)) > 20

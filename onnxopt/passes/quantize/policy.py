@@ -138,6 +138,7 @@ POLICY: dict[str, OpPolicy] = dict([
     _row("LeakyRelu", kernel="QLinearLeakyRelu"),
     _row("Sigmoid", kernel="QLinearSigmoid"),
     _row("HardSigmoid"),
+    _row("PRelu", activations=_FIRST),  # no int8 kernel: written as Mul, Relu, Mul, Add when it runs int8
     _row("HardSwish"),
     _row("Resize", activations=_FIRST, kernel=ON_INT8),
     _row("Reshape", activations=_FIRST, output="carried", kernel=ON_INT8),
