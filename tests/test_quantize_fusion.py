@@ -152,6 +152,12 @@ def _batchnorm_after_relu(g: _Graph) -> str:  # Keras: Conv, Relu, BatchNormaliz
     return g.conv(g.op("MaxPool", x, kernel_shape=[2, 2], strides=[2, 2]), 16, 16)
 
 
+def _max_min_relu6(g: _Graph) -> str:  # TF converters' ReLU6: Min(Max(x, 0), 6), constants either side
+    x = g.op("Min", g.op("Max", g.conv("x", 3, 16), g.const(np.array(0.0))), g.const(np.array(6.0)))
+    x = g.op("Max", g.const(np.array(0.0)), g.conv(x, 16, 16, group=16))
+    return g.conv(x, 16, 16, k=1)
+
+
 GRAPHS = {
     "relu6_chain": (_relu6_chain, {"QLinearConv": 4}),
     "relu_maxpool": (_relu_maxpool, {"QLinearConv": 3}),
@@ -182,6 +188,7 @@ GRAPHS = {
         {"QLinearConv": 5, "QLinearAdd": 3, "QLinearMul": 3, "QLinearGlobalAveragePool": 1},
     ),
     "batchnorm_after_relu": (_batchnorm_after_relu, {"QLinearConv": 3, "NhwcMaxPool": 1}),  # BN: a depthwise Conv
+    "max_min_relu6": (_max_min_relu6, {"QLinearConv": 3}),  # Max/Min with constants as Relu/Clip, absorbed
     "se_block": (_se_block, {"QLinearConv": 4, "QLinearGlobalAveragePool": 1, "QLinearSigmoid": 1, "QLinearMul": 1}),
 }
 
@@ -214,6 +221,7 @@ def test_int8_chains_run_without_requantization(name: str, tmp_path: Path) -> No
     for op, count in fused.items():
         assert kernels[op] == count, kernels
     floats = {"Conv", "FusedConv", "Clip", "Relu", "Sigmoid", "Add", "Mul", "Sub", "Div", "HardSigmoid", "HardSwish"}
+    floats |= {"Max", "Min"}
     assert not floats & set(kernels), kernels
     reference = ort.InferenceSession(str(model)).run(None, {"x": x[32:33]})[0]
     got = ort.InferenceSession(str(out)).run(None, {"x": x[32:33]})[0]

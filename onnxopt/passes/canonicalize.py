@@ -24,6 +24,9 @@
   order: two data-movement kernels (the SpaceToDepth in float on the model's input -- onnxruntime 1.32 does
   not drop the Q/DQ around one -- the Gather on uint8) where eight Slices and a QLinearConcat ran, as in the
   graph onnxruntime runs for its own quantizer's glyph detector.
+* :func:`zero_bounds_to_clamps` -- ``Max(x, 0)`` is ``Relu(x)`` and ``Min(x, c)``/``Max(x, c)`` with a constant
+  scalar ``c`` on the right side of 0 is a one-sided ``Clip``: activations the quantizer after a fused op absorbs
+  (TF converters write ReLU6 as ``Min(Relu(x), 6)``), where Max and Min have no integer kernel.
 
 All keep the rewritten node's name and output. All but ``Div`` are exact (the same values, bit for bit); ``x *
 (1/c)`` differs from ``x / c`` by at most one unit in the last place (none when ``c`` is a power of two), far
@@ -62,7 +65,35 @@ def canonicalize(log: PassLog, model: ir.Model, *, activations: bool = True) -> 
         pads_into_convs(log, model.graph)
         batchnorms_to_depthwise(log, model.graph, names)
         focus_to_space_to_depth(log, model.graph, names)
+        zero_bounds_to_clamps(log, model.graph, names)
     return names
+
+
+def zero_bounds_to_clamps(log: PassLog, graph: ir.Graph, names: NameSource) -> None:
+    """``Max(x, c)`` with a constant scalar ``c <= 0`` -> ``Clip(x, c)`` (``Relu(x)`` when ``c == 0``); ``Min(x, c)``
+    with ``c >= 0`` -> ``Clip(x, -inf, c)``. Either operand order; exact (the same comparisons)."""
+    for node in list(graph):
+        if node.op_type not in ("Max", "Min") or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+            continue
+        constants = [constant_array(v) for v in node.inputs]
+        at = next((i for i, c in enumerate(constants) if c is not None and c.size == 1 and c.dtype.kind == "f"), None)
+        x = node.inputs[1 - at] if at is not None else None
+        out = node.outputs[0]
+        if at is None or x is None or constants[1 - at] is not None or x.shape is None or out.shape != x.shape:
+            continue  # a [1, 1] constant could broadcast x to a higher rank: not a clamp of x
+        c = float(constants[at].reshape(-1)[0])  # type: ignore[union-attr]
+        if (node.op_type == "Max" and c > 0.0) or (node.op_type == "Min" and c < 0.0):
+            continue  # the quantizer's clamp could not do it: the range would not hold 0
+        base = node.name or node.op_type.lower()
+        if node.op_type == "Max" and c == 0.0:
+            new = ir.node("Relu", [x], name=node.name)
+        else:
+            bound = add_initializer(graph, names.fresh(f"{base}_bound"), np.array(c, np.float32))
+            new = ir.node("Clip", [x, bound] if node.op_type == "Max" else [x, None, bound], name=node.name)
+        graph.insert_before(node, new)
+        new.outputs[0].dtype, new.outputs[0].shape = out.dtype, out.shape
+        bypass_node(graph, node, new.outputs[0], out, x_now_equals_y=True)
+        log.count(f"{node.op_type} with a constant rewritten as {new.op_type}")
 
 
 def _strided_source(value: ir.Value) -> tuple[ir.Value, dict[int, tuple[int, int]], list[ir.Node]] | None:
