@@ -228,3 +228,25 @@ def test_the_qat_pass_keeps_held_out_agreement_of_the_bundled_digits_model(tmp_p
     assert after >= before - 1e-3, (before, after)
     accuracy = float(np.mean(run(onnx.load(str(tmp_path / "a.onnx")), {"image": images})[0].argmax(1) == labels))
     assert accuracy >= float(np.mean(reference == labels)) - 0.01
+
+
+def test_the_training_batch_is_capped_to_fit_in_memory() -> None:
+    """Training keeps a batch's every activation: a batch whose estimate exceeds half the available memory is
+    made smaller (the glyph detector at batch 32 was killed for memory), never below 1; nothing known, unchanged."""
+    from onnx import TensorProto, helper
+
+    from onnxopt.distill.batch_memory import BYTES_PER_TENSOR_BYTE, fitting_batch, tensor_bytes_per_sample
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Neg", ["y"], ["z"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 100, 100])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", 4, 100, 100])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    assert tensor_bytes_per_sample(model) == 4 * 100 * 100 * 4  # y (the output z is not an intermediate)
+    per_sample = 160_000 * BYTES_PER_TENSOR_BYTE
+    assert fitting_batch(model, 32, None) == 32
+    assert fitting_batch(model, 32, 2 * per_sample * 100) == 32
+    assert fitting_batch(model, 32, 2 * per_sample * 5) == 5
+    assert fitting_batch(model, 32, 10) == 1

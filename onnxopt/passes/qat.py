@@ -32,6 +32,7 @@ import dataclasses
 
 import onnx_ir as ir
 
+from onnxopt.distill.batch_memory import available_bytes, fitting_batch
 from onnxopt.distill.qat import QatConfig, is_quantized, qat
 from onnxopt.errors import OnnxoptError, one_line
 from onnxopt.passes.base import OptPass, PassLog
@@ -96,9 +97,13 @@ class QatPass(OptPass):
             log.skip("model", "the original model is quantized too: qat needs the float model as its teacher")
             return
         inputs, labels = gather_samples(context, self.config.samples)
+        config = self.config.qat_config(seed=context.seed)
+        batch = fitting_batch(student, config.batch, available_bytes())
+        if batch < config.batch:  # a batch that does not fit gets the process killed, not a slower run
+            log.note(f"batch {config.batch} -> {batch}: the larger one's training would not fit in half the memory")
+            config = dataclasses.replace(config, batch=batch)
         try:
-            result = qat(student, teacher, inputs, self.config.qat_config(seed=context.seed), labels=labels,
-                         progress=context.progress)  # fmt: skip
+            result = qat(student, teacher, inputs, config, labels=labels, progress=context.progress)
         except OnnxoptError as e:  # no TensorFlow, an op the twin lacks, a twin unlike onnxruntime
             log.skip("model", one_line(e))
             return
