@@ -147,7 +147,7 @@ def _trained(seed: int = 0) -> tuple[onnx.ModelProto, object]:
 def test_write_back_keeps_the_graph_and_changes_levels_scales_and_biases() -> None:
     quantized, result = _trained()
     trained = result.model
-    assert result.best_epoch > 0 and result.after > result.before
+    assert result.training.best_epoch > 0 and result.training.after > result.training.before
     assert [(n.op_type, n.name, list(n.input), list(n.output)) for n in trained.graph.node] == [
         (n.op_type, n.name, list(n.input), list(n.output)) for n in quantized.graph.node
     ]
@@ -169,7 +169,7 @@ def test_write_back_keeps_the_graph_and_changes_levels_scales_and_biases() -> No
 
 def test_a_tiny_run_is_byte_reproducible_for_a_seed() -> None:
     (_, first), (_, second) = _trained(seed=4), _trained(seed=4)
-    assert first.best_epoch > 0
+    assert first.training.best_epoch > 0
     assert first.model.SerializeToString() == second.model.SerializeToString()
 
 

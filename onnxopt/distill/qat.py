@@ -26,6 +26,7 @@ import onnx
 from onnxopt.distill.fake_quant import MULTIPLIER
 from onnxopt.distill.finetune import (
     FinetuneConfig,
+    Training,
     VariableGroup,
     batch_free,
     deterministic,
@@ -58,17 +59,11 @@ class QatConfig(FinetuneConfig):
 class QatResult:
     model: onnx.ModelProto  # the quantized model with its trained integers and scales (unchanged: best_epoch 0)
     changed: dict[str, np.ndarray]  # the initializers written, by name (empty when unchanged)
-    history: list[dict[str, float]]
-    before: float  # held-back agreement with the teacher of the model as it came
-    after: float  # ... of the kept epoch
-    best_epoch: int  # 0: no epoch improved on the start
+    training: Training  # per-epoch history, held-back agreement before and after, the kept epoch
     twin_levels: float  # the twin's worst difference from onnxruntime before training, in quantization levels
     train_samples: int
     holdout_samples: int
     seconds: float
-    stopped_by_budget: bool
-    teacher_accuracy: float | None = None
-    student_accuracy: float | None = None
 
 
 def is_quantized(proto: onnx.ModelProto) -> bool:
@@ -112,10 +107,8 @@ def qat(
         trained = write_back(model, changed)
         check_quantized(twin, trained, first, when="after training: the written model")
     return QatResult(
-        model=trained, changed=changed, history=run.history, before=run.before, after=run.after,
-        best_epoch=run.best_epoch, twin_levels=twin_levels, train_samples=len(split[0]),
-        holdout_samples=len(split[1]), seconds=time.perf_counter() - started, stopped_by_budget=run.stopped_by_budget,
-        teacher_accuracy=run.teacher_accuracy, student_accuracy=run.student_accuracy,
+        model=trained, changed=changed, training=run, twin_levels=twin_levels, train_samples=len(split[0]),
+        holdout_samples=len(split[1]), seconds=time.perf_counter() - started,
     )  # fmt: skip
 
 

@@ -107,15 +107,16 @@ class QatPass(OptPass):
         except OnnxoptError as e:  # no TensorFlow, an op the twin lacks, a twin unlike onnxruntime
             log.skip("model", one_line(e))
             return
-        for row in result.history:
+        run = result.training
+        for row in run.history:
             log.detail(epoch=row["epoch"], loss=round(row["loss"], 5), held_back_loss=round(row["held_back_loss"], 5),
                        held_back_agreement=round(row["held_back"], 4))  # fmt: skip
-        budget = " (stopped by time_budget)" if result.stopped_by_budget else ""
+        budget = " (stopped by time_budget)" if run.stopped_by_budget else ""
         log.note(
-            f"fine-tuned {len(result.history)} epoch(s) on {result.train_samples} samples in {result.seconds:.0f} s"
+            f"fine-tuned {len(run.history)} epoch(s) on {result.train_samples} samples in {result.seconds:.0f} s"
             f"{budget}; twin within {result.twin_levels:g} level(s) of onnxruntime; agreement with the original on "
-            f"{result.holdout_samples} held-back samples {result.before:.4f} -> {result.after:.4f}"
-            + (f" (epoch {result.best_epoch} kept)" if result.best_epoch else " (no epoch improved: unchanged)")
+            f"{result.holdout_samples} held-back samples {run.before:.4f} -> {run.after:.4f}"
+            + (f" (epoch {run.best_epoch} kept)" if run.best_epoch else " (no epoch improved: unchanged)")
         )
         for name, array in result.changed.items():
             value = model.graph.initializers.get(name)
