@@ -26,12 +26,12 @@ def int8(tmp_path_factory):
     return result, folder / "int8.onnx"
 
 
-def test_the_int8_recipe_is_the_untimed_one_plus_the_speed_decision_and_its_guard() -> None:
+def test_the_int8_recipe_is_the_untimed_one_plus_the_speed_decision_its_guard_and_qat() -> None:
     from onnxopt.optimizer.recipe import BUILTIN_RECIPES
 
     assert BUILTIN_RECIPES["int8"] == INT8_UNTIMED.replace("lossless", BUILTIN_RECIPES["lossless"]).replace(
         "quantize:bias_correct=true;rounding=gptq",
-        "quantize:fallback=profile;bias_correct=true;rounding=gptq;max_db_loss=3",
+        "quantize:fallback=profile;bias_correct=true;rounding=gptq;max_db_loss=3;qat=auto",
     )
 
 

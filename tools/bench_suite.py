@@ -70,6 +70,7 @@ REAL_CALIBRATION, REAL_EVALUATION = 16, 48
 DIGITS_CALIBRATION = 256
 DEFAULT_LIGHT = ("squeezenet", "shufflenet")
 EVAL_SAMPLES = 32  # speed-only rows: random inputs to time with
+QAT_SECONDS = 900  # --qat: the forced variant's fine-tuning time at most
 
 
 @dataclass
@@ -102,6 +103,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="latency budget per variant (default 4)")
     parser.add_argument("--recipes", default=",".join(BUILTIN_RECIPES), help="onnxopt recipes to run")
     parser.add_argument("--forced", action="store_true", help="add onnxopt with int8 compute forced everywhere")
+    parser.add_argument(
+        "--qat",
+        action="store_true",
+        help="add weights-only int8 (the yardstick of activation error) and forced int8 followed by the qat pass",
+    )
+    parser.add_argument(
+        "--calibration", type=int, default=REAL_CALIBRATION, help=f"real models' fitting samples ({REAL_CALIBRATION})"
+    )
+    parser.add_argument(
+        "--evaluation", type=int, default=REAL_EVALUATION, help=f"real models' held-out samples ({REAL_EVALUATION})"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "tools" / "bench_suite_results")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -109,13 +121,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="onnxopt-suite-") as tmp:
         work = Path(tmp)
         subjects = _subjects(args, work)
-        results = {s.name: run_subject(s, work / s.name, args.seconds, recipes, args.forced) for s in subjects}
+        results = {
+            s.name: run_subject(s, work / s.name, args.seconds, recipes, args.forced, args.qat) for s in subjects
+        }
         kinds = {s.name: s.kind for s in subjects}
     total = time.perf_counter() - started
     document = {
         "date": datetime.date.today().isoformat(),
         "machine": machine_description(),
         "suite_seconds": round(total, 1),
+        "real_split": {"calibration": args.calibration, "evaluation": args.evaluation},
         "kinds": kinds,
         "results": {name: [_variant_json(v) for v in variants] for name, variants in results.items()},
     }
@@ -131,7 +146,7 @@ def _subjects(args: argparse.Namespace, work: Path) -> list[Subject]:
     for name in names:
         folder = work / name
         folder.mkdir(parents=True)
-        calibration, evaluation = make_split(name, REAL_CALIBRATION, REAL_EVALUATION, seed=1)
+        calibration, evaluation = make_split(name, args.calibration, args.evaluation, seed=1)
         subjects.append(
             Subject(
                 name,
@@ -181,7 +196,7 @@ def _subjects(args: argparse.Namespace, work: Path) -> list[Subject]:
 
 
 def run_subject(
-    subject: Subject, folder: Path, seconds: float, recipes: list[str], forced: bool = False
+    subject: Subject, folder: Path, seconds: float, recipes: list[str], forced: bool = False, qat: bool = False
 ) -> list[Variant]:
     folder.mkdir(parents=True, exist_ok=True)
     print(f"== {subject.name}", file=sys.stderr)
@@ -206,6 +221,20 @@ def run_subject(
                 ),
             )
         )
+    if qat:  # the yardstick: weights rounded alone; and int8 compute everywhere, then quantization-aware fine-tuning
+        for name, passes in (
+            ("onnxopt:weights-only", "lossless,equalize,quantize:weights_only=true"),
+            ("onnxopt:int8-forced+qat", f"lossless,equalize,quantize:fallback=none,qat:time_budget={QAT_SECONDS}"),
+        ):
+            variants.append(
+                _timed(
+                    name,
+                    folder / f"{name.split(':')[1].replace('+', '_')}.onnx",
+                    lambda o, p=passes: _onnxopt_notes(
+                        optimize(subject.path, o, passes=p, data=str(subject.calibration), batch=subject.batch)
+                    ),
+                )
+            )
     for recipe in recipes:
         out = folder / f"onnxopt_{recipe.replace('+', '_')}.onnx"
         variants.append(
@@ -284,7 +313,11 @@ def _onnxopt_notes(result) -> list[str]:
         if record.status == "rolled back":
             notes += [f"{record.name} rolled back: {n}" for n in record.notes[-1:]]
         notes += [f"{record.name}: {s}" for s in record.skipped if s.startswith("model:")]
-        notes += [f"{record.name}: {n}" for n in record.notes if "x float at batch" in n or "kept float" in n]
+        notes += [
+            f"{record.name}: {n}"
+            for n in record.notes
+            if "x float at batch" in n or "kept float" in n or n.startswith("qat:") or "fine-tuning" in n
+        ]
     return notes
 
 

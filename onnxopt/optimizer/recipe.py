@@ -52,8 +52,9 @@ BUILTIN_RECIPES["int8"] = ",".join(
         # weights' mean rounding error), uint8 activations calibrated on --data; float compute kept where
         # onnxruntime's int8 kernel is slower, on the layers that cost the outputs more than 3 dB of SNR beyond
         # rounding the weights alone, and everywhere if int8 is then not 3 % faster -- weights stored int8
-        # either way (a file about 26 % of fp32, never slower)
-        "quantize:fallback=profile;bias_correct=true;rounding=gptq;max_db_loss=3",
+        # either way (a file about 26 % of fp32, never slower); before the budget keeps layers float, the int8
+        # model is fine-tuned quantization-aware when --data has enough samples and TensorFlow is installed
+        "quantize:fallback=profile;bias_correct=true;rounding=gptq;max_db_loss=3;qat=auto",
     ]
 )
 BUILTIN_RECIPES["prune"] = ",".join(
@@ -76,7 +77,7 @@ BUILTIN_RECIPES["prune+int8"] = ",".join(
         BUILTIN_RECIPES["prune"],
         "equalize",  # as in int8: the refit weights are balanced before they are rounded
         # last, as in int8: on the pruned, refit model
-        "quantize:fallback=profile;bias_correct=true;rounding=gptq;max_db_loss=3",
+        "quantize:fallback=profile;bias_correct=true;rounding=gptq;max_db_loss=3;qat=auto",
     ]
 )
 

@@ -29,13 +29,15 @@ that differ from the original's.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 
+import onnx
 import onnx_ir as ir
 
 from onnxopt.distill.batch_memory import available_bytes, fitting_batch
-from onnxopt.distill.qat import QatConfig, is_quantized, qat
+from onnxopt.distill.qat import QatConfig, QatResult, is_quantized, qat
 from onnxopt.errors import OnnxoptError, one_line
-from onnxopt.passes.base import OptPass, PassLog
+from onnxopt.passes.base import OptPass, PassContext, PassLog
 from onnxopt.passes.distill import gather_samples
 
 
@@ -96,31 +98,58 @@ class QatPass(OptPass):
         if is_quantized(teacher):
             log.skip("model", "the original model is quantized too: qat needs the float model as its teacher")
             return
-        inputs, labels = gather_samples(context, self.config.samples)
         config = self.config.qat_config(seed=context.seed)
-        batch = fitting_batch(student, config.batch, available_bytes())
-        if batch < config.batch:  # a batch that does not fit gets the process killed, not a slower run
-            log.note(f"batch {config.batch} -> {batch}: the larger one's training would not fit in half the memory")
-            config = dataclasses.replace(config, batch=batch)
-        try:
-            result = qat(student, teacher, inputs, config, labels=labels, progress=context.progress)
-        except OnnxoptError as e:  # no TensorFlow, an op the twin lacks, a twin unlike onnxruntime
-            log.skip("model", one_line(e))
+        result = fine_tune(context, student, teacher, config, self.config.samples, log)
+        if isinstance(result, str):  # no TensorFlow, an op the twin lacks, a twin unlike onnxruntime
+            log.skip("model", result)
             return
-        run = result.training
-        for row in run.history:
-            log.detail(epoch=row["epoch"], loss=round(row["loss"], 5), held_back_loss=round(row["held_back_loss"], 5),
-                       held_back_agreement=round(row["held_back"], 4))  # fmt: skip
-        budget = " (stopped by time_budget)" if run.stopped_by_budget else ""
-        log.note(
-            f"fine-tuned {len(run.history)} epoch(s) on {result.train_samples} samples in {result.seconds:.0f} s"
-            f"{budget}; twin within {result.twin_levels:g} level(s) of onnxruntime; agreement with the original on "
-            f"{result.holdout_samples} held-back samples {run.before:.4f} -> {run.after:.4f}"
-            + (f" (epoch {run.best_epoch} kept)" if run.best_epoch else " (no epoch improved: unchanged)")
-        )
         for name, array in result.changed.items():
             value = model.graph.initializers.get(name)
             if value is None or value.const_value is None:
                 continue
             value.const_value = ir.tensor(array, name=name)
             log.count("integer tensors retrained" if array.dtype.kind in "iu" else "scales and float weights trained")
+
+
+def fine_tune(
+    context: PassContext, student: onnx.ModelProto, teacher: onnx.ModelProto, config: QatConfig, samples: int,
+    log: PassLog, *, skip: int = 0,
+) -> QatResult | str:  # fmt: skip
+    """Quantization-aware fine-tuning of ``student`` on ``teacher``'s outputs over up to ``samples`` of the run's
+    data after its first ``skip`` (those a budget judges the result on), the batch capped to fit memory; each
+    epoch and the outcome recorded in ``log``. Returns the result, or why it could not run (one line): shared by
+    this pass and ``quantize:qat=auto``."""
+    inputs, labels = gather_samples(context, skip + samples)
+    inputs = {name: array[skip:] for name, array in inputs.items()}
+    labels = labels[skip:] if labels is not None else None
+    batch = fitting_batch(student, config.batch, available_bytes())
+    if batch < config.batch:  # a batch that does not fit gets the process killed, not a slower run
+        log.note(f"qat: batch {config.batch} -> {batch}: the larger one's training would not fit in half the memory")
+        config = dataclasses.replace(config, batch=batch)
+    try:
+        result = qat(student, teacher, inputs, config, labels=labels, progress=context.progress)
+    except OnnxoptError as e:
+        return one_line(e)
+    run = result.training
+    for row in run.history:
+        log.detail(epoch=row["epoch"], loss=round(row["loss"], 5), held_back_loss=round(row["held_back_loss"], 5),
+                   held_back_agreement=round(row["held_back"], 4))  # fmt: skip
+    budget = " (stopped by time_budget)" if run.stopped_by_budget else ""
+    log.note(
+        f"qat: fine-tuned {len(run.history)} epoch(s) on {result.train_samples} samples in {result.seconds:.0f} s"
+        f"{budget}; twin within {result.twin_levels:g} level(s) of onnxruntime; agreement with the original on "
+        f"{result.holdout_samples} held-back samples {run.before:.4f} -> {run.after:.4f}"
+        + (f" (epoch {run.best_epoch} kept)" if run.best_epoch else " (no epoch improved: unchanged)")
+    )
+    return result
+
+
+def unavailable(context: PassContext, minimum: int) -> str | None:
+    """Why quantization-aware fine-tuning cannot run here (what it would need), or None."""
+    if context.is_random:
+        return f"it needs --data (at least {minimum} samples; random inputs teach nothing)"
+    if context.real_samples() < minimum:
+        return f"it needs at least {minimum} samples of --data (the run has {context.real_samples()})"
+    if importlib.util.find_spec("tensorflow") is None:
+        return "it needs TensorFlow: pip install 'onnxopt[tf]'"
+    return None

@@ -8,6 +8,9 @@ from typing import Literal
 from onnxopt.passes._config import validate_literals
 from onnxopt.passes._weights import check_pattern
 
+#: Fewer samples than this leave QAT's held-back tenth too small to pick an epoch by.
+QAT_MIN_SAMPLES = 64
+
 
 def _option(default, help: str):  # "help": the metadata key every config's help is read from
     return dataclasses.field(default=default, metadata={"help": help})
@@ -41,6 +44,17 @@ class QuantizeConfig:
     )
     rounding: Literal["nearest", "gptq"] = _option("nearest", "gptq: weight levels learned on the calibration data")
     float_weights: Literal["int8", "float"] = _option("int8", "how nodes that keep float compute store weights")
+    per_channel: bool = _option(
+        True, "false: one scale per weight tensor (what some accelerators take); with rounding=nearest, no bias_correct"
+    )
+    qat: Literal["off", "auto"] = _option(
+        "off",
+        "auto: when int8 compute is faster but misses the budget, fine-tune the quantized model on the float one's "
+        "outputs first (quantization-aware; needs --data and the tf extra) and let the budget judge the result",
+    )
+    qat_epochs: int = _option(3, "qat=auto: passes over the fine-tuning samples")
+    qat_samples: int = _option(512, "qat=auto: samples of --data fine-tuned on (a seeded tenth held back)")
+    qat_time_budget: float = _option(900.0, "qat=auto: seconds of fine-tuning at most")
 
     def __post_init__(self) -> None:
         validate_literals(self)
@@ -57,6 +71,10 @@ class QuantizeConfig:
         if not -1 < self.min_gain < 1:
             raise ValueError("min_gain must be in (-1, 1)")
         check_pattern(self.exclude)
+        if not self.per_channel and (self.rounding != "nearest" or self.bias_correct):
+            raise ValueError("per_channel=false takes rounding=nearest and bias_correct=false (both are per channel)")
+        if self.qat_epochs < 1 or self.qat_samples < QAT_MIN_SAMPLES or self.qat_time_budget <= 0:
+            raise ValueError(f"qat_epochs and qat_time_budget must be positive, qat_samples at least {QAT_MIN_SAMPLES}")
 
     @property
     def budgeted(self) -> bool:

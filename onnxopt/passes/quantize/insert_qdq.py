@@ -29,7 +29,12 @@ from onnxopt.passes.quantize.calibration import Calibration
 from onnxopt.passes.quantize.config import QuantizeConfig
 from onnxopt.passes.quantize.cpu_target import IntegerTarget
 from onnxopt.passes.quantize.expand_activations import expand_hard_activations
-from onnxopt.passes.quantize.weight_rounding import apply_shift, quantize_weight, rounding_shift
+from onnxopt.passes.quantize.weight_rounding import (
+    apply_shift,
+    quantize_weight,
+    quantize_weight_per_tensor,
+    rounding_shift,
+)
 from onnxopt.passes.quantize.weight_storage import MIN_ELEMENTS, store_weights_int8
 
 _FLOAT = (ir.DataType.FLOAT, ir.DataType.FLOAT16)
@@ -121,7 +126,11 @@ class InsertQDQ:
             log.skip(where, "Gemm with transA or alpha != 1 stays float")
             return
         axis, _ = policy.weight_axes(node, weight.ndim)
-        w_q, w_scale = self.calibration.learned(node, weight, weight_max) or quantize_weight(weight, axis, weight_max)
+        if self.config.per_channel:
+            learned = self.calibration.learned(node, weight, weight_max)
+            w_q, w_scale = learned or quantize_weight(weight, axis, weight_max)
+        else:  # one scale: the DequantizeLinear takes no axis, the bias one scale s_x * s_w
+            (w_q, w_scale), axis = quantize_weight_per_tensor(weight, weight_max), None
         base = weight_value.name or f"{where}_weight"
         dq = dequantize(graph, names, base, w_q, w_scale, np.zeros_like(w_scale, dtype=np.int8), axis)
         node.replace_input_with(1, dq)
@@ -132,7 +141,9 @@ class InsertQDQ:
         bias_value = node.inputs[at] if at is not None and len(node.inputs) > at else None
         bias = constant_array(bias_value) if bias_value is not None else None
         x_params = input_params(x)
-        if bias is None or bias_value is None or x_params is None or bias.ndim != 1 or bias.size != w_scale.size:
+        if bias is None or bias_value is None or x_params is None or bias.ndim != 1:
+            return
+        if w_scale.size != bias.size and w_scale.ndim:
             return
         b_scale = (x_params[0] * w_scale.astype(np.float64)).astype(np.float32)
         levels = np.round(bias.astype(np.float64) / np.where(b_scale > 0, b_scale, 1.0))
@@ -142,9 +153,10 @@ class InsertQDQ:
             log.skip(where, "its bias overflows int32 at the input's scale: bias kept float")
             return
         b_q = levels.astype(np.int32)
-        zeros = np.zeros(b_q.size, np.int32)
+        zeros = np.zeros(b_scale.shape, np.int32)
         bias_name = bias_value.name or f"{where}_bias"
-        node.replace_input_with(at, dequantize(graph, names, bias_name, b_q, b_scale, zeros, 0))  # type: ignore[arg-type]
+        bias_axis = 0 if b_scale.ndim else None
+        node.replace_input_with(at, dequantize(graph, names, bias_name, b_q, b_scale, zeros, bias_axis))  # type: ignore[arg-type]
         drop_unused_initializers(graph, [bias_value])
         log.count("biases quantized")
 

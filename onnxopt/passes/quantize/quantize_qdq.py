@@ -4,7 +4,8 @@ What it quantizes:
 
 * **weights** of Conv, ConvTranspose, Gemm and MatMul (constant, float): per
   output channel, symmetric int8 (``scale_c = max|w_c| / 127``; ``/ 63`` when
-  the target CPU lacks VNNI, see :mod:`onnxopt.passes.quantize.cpu_target`), stored as int8
+  the target CPU lacks VNNI, see :mod:`onnxopt.passes.quantize.cpu_target`; ``per_channel=false``: one
+  scale per tensor, for accelerators that take no other), stored as int8
   with a ``DequantizeLinear`` on the right ``axis`` (Conv 0; ConvTranspose 1;
   Gemm 0 with transB=1, else 1; MatMul the last axis); each weight rounded to
   its nearest level, or with ``rounding=gptq`` by GPTQ on the calibration data
@@ -97,6 +98,16 @@ Two searches decide which nodes stay float (besides ``exclude``):
   can undo, and the right yardstick. When no fallback fits, every node keeps
   float compute with int8 weights (which meets it by construction).
 
+``qat=auto`` (the ``int8`` recipe's): when every node the speed search left int8 together misses the
+budget, that trial is first fine-tuned against this pass's float input, quantization-aware
+(:func:`onnxopt.passes.qat.fine_tune`: the same graph, new int8 levels, scales and int32 biases), on up to
+``qat_samples`` of the run's data *after* the samples the budget scores on -- so the budget judges the
+fine-tuned model on data training and its epoch choice never saw. If that lowers the budget's measure, the
+trained values go into every later trial where the tensor is the one trained
+(:mod:`onnxopt.passes.quantize.learned_values`) and into the written model; a plan records them, and
+``--plan`` writes them back without training. Without ``--data`` of enough samples (the budget's plus 64)
+or without TensorFlow (the ``tf`` extra) it does not run, and the record says what it needed.
+
 With ``fallback=profile`` and a budget, speed is checked before the budget as
 well as after it: the budget only moves nodes to float, so a model that is not
 faster than float once its slower nodes are float ends float anyway, and the
@@ -128,15 +139,20 @@ Which inputs of each op are weights, activations or biases, and what onnxruntime
 
 from __future__ import annotations
 
+import binascii
 import dataclasses
 import re
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
+from onnxopt.distill.qat import QatConfig
+from onnxopt.errors import one_line
 from onnxopt.passes._graph_edit import NameSource, constant_array, name_unnamed_nodes
 from onnxopt.passes.base import OptPass, PassLog
 from onnxopt.passes.canonicalize import canonicalize
+from onnxopt.passes.qat import fine_tune, unavailable
 from onnxopt.passes.quantize import cpu_target, policy
 from onnxopt.passes.quantize.activation_ranges import Ranges
 from onnxopt.passes.quantize.calibration import (
@@ -146,14 +162,15 @@ from onnxopt.passes.quantize.calibration import (
     restore,
     weight_op_inputs,
 )
-from onnxopt.passes.quantize.config import QuantizeConfig
+from onnxopt.passes.quantize.config import QAT_MIN_SAMPLES, QuantizeConfig
 from onnxopt.passes.quantize.cpu_target import IntegerTarget
 from onnxopt.passes.quantize.gptq import HessianCollector
 from onnxopt.passes.quantize.insert_qdq import InsertQDQ, activation_tensors, chosen
+from onnxopt.passes.quantize.learned_values import LearnedValues
 from onnxopt.passes.quantize.output_scores import widen_output_scores
 from onnxopt.passes.quantize.plan_entry import Compute, QuantizePlanEntry
 from onnxopt.passes.quantize.planned_calibration import PlannedCalibration, graph_digest
-from onnxopt.passes.quantize.search import FloatFallbackSearch, SearchOutcome
+from onnxopt.passes.quantize.search import DB_LOSS_SAMPLES, FloatFallbackSearch, SearchOutcome
 from onnxopt.passes.quantize.weight_storage import store_weights_int8
 
 __all__ = ["QuantizeConfig", "QuantizeQDQPass", "already_quantized"]
@@ -172,6 +189,8 @@ class QuantizeRun:
     planned: QuantizePlanEntry | None = None  # --plan: this pass's recorded decisions
     digest: str = ""  # graph_digest of the pass's input, when a plan is replayed or saved
     calibration: Calibration = dataclasses.field(default_factory=Calibration)
+    replay_learned: dict[str, Any] | None = None  # --plan: what fine-tuning trained (LearnedValues.to_plan)
+    learned: dict[str, Any] | None = None  # what this run wrote from fine-tuning, for the plan
 
 
 @dataclasses.dataclass
@@ -214,6 +233,7 @@ class QuantizeQDQPass(OptPass):
             exact = decision.exact
             reference = None if self.config.weights_only or carried else self._weights_only(run, exact, learned=False)
             self._inserter(run).apply(log, model, decision.excluded, exact=exact)
+            self._apply_learned(run, decision, model)
         self._record(run, decision)  # 5. record: the plan entry (with every rounding made), the output SNRs
         if reference is not None:
             self._report_snr(log, model, reference)
@@ -277,7 +297,10 @@ class QuantizeQDQPass(OptPass):
         stored, why = PlannedCalibration.of(run.planned.calibration, run.digest)
         if stored is None:
             run.log.note(f"calibrated again: {why}")
+            if run.planned.calibration.get("qat_values"):
+                run.log.note("the plan's fine-tuned values are not applied either: they were trained on that graph")
         else:
+            run.replay_learned = run.planned.calibration.get("qat_values") or None
             run.log.note(
                 "calibration replayed from the plan (ranges, bias means, learned rounding): the model was not run"
             )
@@ -341,8 +364,45 @@ class QuantizeQDQPass(OptPass):
             quantizable=lambda keep: {n.name: n.op_type for n in chosen(run.model.graph, keep)},
             batch=self.config.profile_batch or self.require_context().batch,
             reference=reference,
+            fine_tune=(lambda quantized: self._fine_tune(run, quantized)) if self.config.qat == "auto" else None,
         )
         return search
+
+    def _fine_tune(self, run: QuantizeRun, quantized: ir.Model) -> LearnedValues | None:
+        """``qat=auto``: quantization-aware fine-tuning of the trial ``quantized`` on this pass's float input
+        (:func:`onnxopt.passes.qat.fine_tune`); what it trained, or None (said in the record) when it cannot run
+        or nothing improved."""
+        context, config = self.require_context(), self.config
+        # the budget judges the result on the run's first samples: fine-tuning and its epoch choice never see them
+        limit = config.eval_samples if config.max_drop is not None else min(config.eval_samples, DB_LOSS_SAMPLES)
+        judged = sum(len(next(iter(feeds.values()))) for feeds in context.quality_probe(limit).feeds)
+        why = unavailable(context, judged + QAT_MIN_SAMPLES)
+        if why is not None:
+            run.log.note(f"quantization-aware fine-tuning (qat=auto) did not run: {why}")
+            return None
+        context.progress.phase(f"{self.name}: quantization-aware fine-tuning against the float model")
+        student, teacher = ir.serde.serialize_model(quantized), ir.serde.serialize_model(run.model)
+        qat_config = QatConfig(epochs=config.qat_epochs, time_budget=config.qat_time_budget, seed=context.seed)
+        result = fine_tune(context, student, teacher, qat_config, config.qat_samples, run.log, skip=judged)
+        if isinstance(result, str):
+            run.log.note(f"quantization-aware fine-tuning (qat=auto) did not run: {result}")
+            return None
+        return LearnedValues.trained(quantized, result.changed) if result.changed else None
+
+    def _apply_learned(self, run: QuantizeRun, decision: Decision, model: ir.Model) -> None:
+        """Put what fine-tuning trained -- in this run, or in the plan's -- into the written model."""
+        learned = decision.search.learned if decision.search is not None else None
+        if run.replay_learned is not None:
+            try:
+                learned = LearnedValues.of_plan(run.replay_learned, model.graph)
+            except (ValueError, KeyError, TypeError, binascii.Error) as e:
+                run.log.skip("plan", f"the plan's fine-tuned values do not fit this model ({one_line(e)})")
+                return
+        if learned is None:
+            return
+        applied = learned.apply(model.graph)
+        run.learned = LearnedValues({k: learned.after[k] for k in applied}, {k: learned.before[k] for k in applied})
+        run.log.count("values set by quantization-aware fine-tuning", len(applied))
 
     def _exact_of(self, keep: set[str], search: FloatFallbackSearch, base: set[str]) -> set[str]:
         """Which of the nodes kept float keep exact weights. Nodes kept float for speed store their weights int8.
@@ -380,7 +440,11 @@ class QuantizeQDQPass(OptPass):
             decision.compute,
             timed=search is not None and self.config.fallback == "profile",
             target=run.target.name,
-            calibration={"method": self.config.calibration, **run.calibration.planned(run.digest).to_dict()},
+            calibration={
+                "method": self.config.calibration,
+                **run.calibration.planned(run.digest).to_dict(),
+                **({"qat_values": run.learned.to_plan()} if run.learned is not None and run.learned.after else {}),
+            },
             measured=search.measured if search is not None else {},
         )
         self.context.record_decisions(self.name, entry.to_dict())

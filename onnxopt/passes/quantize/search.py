@@ -21,7 +21,9 @@ from onnxopt.passes.base import PassContext, PassLog
 from onnxopt.passes.quantize.config import QuantizeConfig
 
 if TYPE_CHECKING:
+    from onnxopt.optimizer.budget import AccuracyBudget
     from onnxopt.optimizer.node_profile import NodeProfile
+    from onnxopt.passes.quantize.learned_values import LearnedValues
 
 
 #: Samples the max_db_loss budget scores each trial on (output SNR needs fewer than a task metric).
@@ -53,6 +55,7 @@ class FloatFallbackSearch:
         quantizable: Callable[[set[str]], dict[str, str]],  # kept float -> {node name: op type} still quantized
         batch: int,
         reference: ir.Model | None = None,  # weights-only int8: the yardstick of max_db_loss
+        fine_tune: Callable[[ir.Model], LearnedValues | None] | None = None,  # qat=auto: trains a trial
     ) -> None:
         self.config = config
         self.context = context
@@ -62,6 +65,8 @@ class FloatFallbackSearch:
         self.quantizable = quantizable
         self.batch = batch
         self.reference = reference
+        self.fine_tune = fine_tune
+        self.learned: LearnedValues | None = None  # what fine-tuning trained, when the budget kept it
         self.kept_for_speed: set[str] = set()  # nodes kept float because their int8 kernel was slower
         self.declined: SearchOutcome | None = None  # why run() returned None
         self.measured: dict[str, Any] = {}  # what the decisions rest on, for the plan (JSON values)
@@ -194,12 +199,16 @@ class FloatFallbackSearch:
             self.log.note(f"all int8: {drop:.1f} {budget.metric} (max_db_loss {budget.max_drop:g})")
         if drop <= budget.max_drop:
             return excluded
+        if self.fine_tune is not None:
+            quantized, drop = self._fine_tuned(quantized, drop, budget)
+            if drop <= budget.max_drop:
+                return excluded
         ranked = self._sensitivity(quantized, excluded)
         cache: dict[int, float] = {0: drop}
 
         def drop_with(k: int) -> float:
             if k not in cache:
-                cache[k] = budget.drop(self.trial(excluded | {name for name, _ in ranked[:k]}))
+                cache[k] = budget.drop(self._trained_trial(excluded | {name for name, _ in ranked[:k]}))
             return cache[k]
 
         high = budget.fewest(drop_with, len(ranked))
@@ -215,13 +224,38 @@ class FloatFallbackSearch:
             )
             return None
         kept_float = excluded | {name for name, _ in ranked[:high]}
-        if not any(n.op_type == "DequantizeLinear" for n in self.trial(kept_float).graph):
+        if not any(n.op_type == "DequantizeLinear" for n in self._trained_trial(kept_float).graph):
             self._decline_for_budget(f"{knob}={budget.max_drop} is met only with nothing quantized")
             return None
         for name, added in ranked[:high]:
             self.log.detail(node=name, added_db=round(added, 2), kept="float (accuracy budget)")
         self.log.note(f"kept {high} layer(s) float for the budget: {budget.metric} drop {drop_with(high):.4f}")
         return kept_float
+
+    def _fine_tuned(self, quantized: ir.Model, drop: float, budget: AccuracyBudget) -> tuple[ir.Model, float]:
+        """``quantized`` after quantization-aware fine-tuning, and its drop -- when training made it better;
+        else ``quantized`` and ``drop`` as they were. The values trained are kept for every later trial."""
+        assert self.fine_tune is not None
+        learned = self.fine_tune(quantized)
+        if learned is None or not learned.after:
+            return quantized, drop
+        trained = quantized.clone()
+        learned.apply(trained.graph)
+        after = budget.drop(trained)
+        self.measured["qat"] = {"before": round(drop, 4), "after": round(after, 4), "values": len(learned.after)}
+        self.log.note(f"after quantization-aware fine-tuning, all int8: {after:.1f} {budget.metric} (was {drop:.1f})")
+        if after >= drop:
+            self.log.note("fine-tuning did not lower the budget's measure: its values are not used")
+            return quantized, drop
+        self.learned = learned
+        return trained, after
+
+    def _trained_trial(self, keep: set[str]) -> ir.Model:
+        """A trial with ``keep`` float, carrying what fine-tuning trained where it applies."""
+        model = self.trial(keep)
+        if self.learned is not None:
+            self.learned.apply(model.graph)
+        return model
 
     def _decline_for_budget(self, reason: str) -> None:
         """Say why no int8 compute fits the budget: with ``max_db_loss`` and int8 weight storage the weights-only

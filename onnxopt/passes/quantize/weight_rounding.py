@@ -25,6 +25,15 @@ def quantize_weight(weight: np.ndarray, axis: int, weight_max: int = 127) -> tup
     return q, scale
 
 
+def quantize_weight_per_tensor(weight: np.ndarray, weight_max: int = 127) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 with one scale for the whole tensor: (int8 weights, a float32 scalar scale) -- what
+    accelerators without per-channel weight scales take; a channel of small weights then gets few levels."""
+    peak = float(np.abs(weight.astype(np.float64)).max(initial=0.0))
+    scale = np.float32(peak / weight_max if peak > 0 else 1.0)
+    q = np.clip(np.round(weight / scale), -weight_max, weight_max).astype(np.int8)
+    return q, np.asarray(scale, np.float32)
+
+
 def rounding_shift(
     node: ir.Node, mean_x: np.ndarray, weight_max: int, rounded: tuple[np.ndarray, np.ndarray] | None = None
 ) -> np.ndarray | None:
