@@ -111,6 +111,50 @@ def test_learned_values_apply_only_to_the_tensor_they_were_trained_from() -> Non
     assert learned.apply(model.graph) == []  # w1 no longer holds what training started from
 
 
+def test_a_shared_constants_trained_copy_never_lands_on_another_readers_copy() -> None:
+    """Two Muls read one constant: each gets its own quantized copy (k_quantized, k_quantized_1, ...). With the
+    first Mul kept float the second reader's copy takes the first name, from the same start value: the owner
+    (the reading node) tells them apart."""
+    import onnx_ir as ir
+
+    k = np.random.default_rng(0).normal(0, 1, (4, 1, 1)).astype(np.float32)
+    proto = parse(
+        HEADER + "g (float[N,4,5,5] a) => (float[N,4,5,5] y) {\n m1 = Mul(a, k)\n r = Relu(m1)\n m2 = Mul(r, k)\n"
+        " y = Relu(m2)\n}",
+        k=k,
+    )
+    data = {"a": np.random.default_rng(1).normal(0, 1, (32, 4, 5, 5)).astype(np.float32)}
+    every = ir.serde.deserialize_model(optimize(proto, passes="quantize:fallback=none;target=vnni", data=data).model)
+    first = next(n for n in every.graph if n.op_type == "Mul" and n.inputs[0].name == "a_dequantized")
+    trained_name = first.inputs[1].producer().inputs[1].name  # the first reader's scale
+    one_float = optimize(proto, passes=f"quantize:fallback=none;target=vnni;exclude=^{first.name}$", data=data)
+    other = ir.serde.deserialize_model(one_float.model)
+    start = other.graph.initializers[trained_name].const_value.numpy()
+    assert np.array_equal(start, every.graph.initializers[trained_name].const_value.numpy())  # names alone collide
+    learned = LearnedValues.trained(every, {trained_name: start * 2})
+    assert learned.apply(other.graph) == []
+    assert learned.apply(every.graph) == [trained_name]
+
+
+def test_a_bias_is_requantized_where_its_layers_scales_changed() -> None:
+    import onnx_ir as ir
+
+    from onnxopt.passes.quantize.learned_values import realign_biases
+
+    proto, data = _subject(samples=64)
+    model = ir.serde.deserialize_model(optimize(proto, passes="quantize:fallback=none;target=vnni", data=data).model)
+    conv = next(n for n in model.graph if n.op_type == "Conv")
+    x_scale, b_dq = conv.inputs[0].producer().inputs[1], conv.inputs[2].producer()
+    bias = b_dq.inputs[0].const_value.numpy() * b_dq.inputs[1].const_value.numpy()
+    assert realign_biases(model.graph) == 0  # as inserted: every bias at s_x * s_w
+    x_scale.const_value = ir.tensor(x_scale.const_value.numpy() * 1.5, name=x_scale.name)
+    assert realign_biases(model.graph) == 1
+    w_scale = conv.inputs[1].producer().inputs[1].const_value.numpy()
+    b_scale = b_dq.inputs[1].const_value.numpy()
+    assert np.allclose(b_scale, x_scale.const_value.numpy() * w_scale, rtol=1e-6)
+    assert np.abs(b_dq.inputs[0].const_value.numpy() * b_scale - bias).max() <= b_scale.max()  # the same bias
+
+
 def test_learned_values_survive_the_plan_exactly() -> None:
     import onnx_ir as ir
 

@@ -45,12 +45,14 @@ class QuantizeConfig:
     rounding: Literal["nearest", "gptq"] = _option("nearest", "gptq: weight levels learned on the calibration data")
     float_weights: Literal["int8", "float"] = _option("int8", "how nodes that keep float compute store weights")
     per_channel: bool = _option(
-        True, "false: one scale per weight tensor (what some accelerators take); with rounding=nearest, no bias_correct"
+        True,
+        "false: one scale per weight tensor of int8 compute (what some accelerators take; with rounding=nearest, no "
+        "bias_correct); weights stored for float compute, and the max_db_loss yardstick, stay per channel",
     )
     qat: Literal["off", "auto"] = _option(
         "off",
-        "auto: when int8 compute is faster but misses the budget, fine-tune the quantized model on the float one's "
-        "outputs first (quantization-aware; needs --data and the tf extra) and let the budget judge the result",
+        "auto: when the int8 compute left after the speed search (if any) misses the budget, fine-tune it on the "
+        "float model's outputs first (quantization-aware; needs --data and the tf extra); the budget judges that",
     )
     qat_epochs: int = _option(3, "qat=auto: passes over the fine-tuning samples")
     qat_samples: int = _option(512, "qat=auto: samples of --data fine-tuned on (a seeded tenth held back)")

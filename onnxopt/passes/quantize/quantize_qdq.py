@@ -147,6 +147,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from onnxopt.data.batching import feed_samples
 from onnxopt.distill.qat import QatConfig
 from onnxopt.errors import one_line
 from onnxopt.passes._graph_edit import NameSource, constant_array, name_unnamed_nodes
@@ -190,7 +191,7 @@ class QuantizeRun:
     digest: str = ""  # graph_digest of the pass's input, when a plan is replayed or saved
     calibration: Calibration = dataclasses.field(default_factory=Calibration)
     replay_learned: dict[str, Any] | None = None  # --plan: what fine-tuning trained (LearnedValues.to_plan)
-    learned: dict[str, Any] | None = None  # what this run wrote from fine-tuning, for the plan
+    learned: LearnedValues | None = None  # what this run wrote from fine-tuning, for the plan
 
 
 @dataclasses.dataclass
@@ -297,7 +298,7 @@ class QuantizeQDQPass(OptPass):
         stored, why = PlannedCalibration.of(run.planned.calibration, run.digest)
         if stored is None:
             run.log.note(f"calibrated again: {why}")
-            if run.planned.calibration.get("qat_values"):
+            if isinstance(run.planned.calibration, dict) and run.planned.calibration.get("qat_values"):
                 run.log.note("the plan's fine-tuned values are not applied either: they were trained on that graph")
         else:
             run.replay_learned = run.planned.calibration.get("qat_values") or None
@@ -373,19 +374,25 @@ class QuantizeQDQPass(OptPass):
         (:func:`onnxopt.passes.qat.fine_tune`); what it trained, or None (said in the record) when it cannot run
         or nothing improved."""
         context, config = self.require_context(), self.config
-        # the budget judges the result on the run's first samples: fine-tuning and its epoch choice never see them
-        limit = config.eval_samples if config.max_drop is not None else min(config.eval_samples, DB_LOSS_SAMPLES)
-        judged = sum(len(next(iter(feeds.values()))) for feeds in context.quality_probe(limit).feeds)
-        why = unavailable(context, judged + QAT_MIN_SAMPLES)
+        said = "quantization-aware fine-tuning (qat=auto) did not run"
+        why = unavailable(context, QAT_MIN_SAMPLES)  # random data, no TensorFlow: before any work
+        if why is None:
+            # the budget judges the result on the run's first samples: fine-tuning and its epoch choice never see them
+            limit = config.eval_samples if config.max_drop is not None else min(config.eval_samples, DB_LOSS_SAMPLES)
+            judged = sum(feed_samples(feeds) for feeds in context.quality_probe(limit).feeds)
+            why = unavailable(context, judged + QAT_MIN_SAMPLES)
         if why is not None:
-            run.log.note(f"quantization-aware fine-tuning (qat=auto) did not run: {why}")
+            run.log.note(f"{said}: {why}")
             return None
         context.progress.phase(f"{self.name}: quantization-aware fine-tuning against the float model")
         student, teacher = ir.serde.serialize_model(quantized), ir.serde.serialize_model(run.model)
         qat_config = QatConfig(epochs=config.qat_epochs, time_budget=config.qat_time_budget, seed=context.seed)
-        result = fine_tune(context, student, teacher, qat_config, config.qat_samples, run.log, skip=judged)
+        try:
+            result = fine_tune(context, student, teacher, qat_config, config.qat_samples, run.log, skip=judged)
+        except Exception as e:  # an optional step of the recipe (TensorFlow out of memory, ...): quantize goes on
+            result = f"{type(e).__name__}: {one_line(e)}"
         if isinstance(result, str):
-            run.log.note(f"quantization-aware fine-tuning (qat=auto) did not run: {result}")
+            run.log.note(f"{said}: {result}")
             return None
         return LearnedValues.trained(quantized, result.changed) if result.changed else None
 
@@ -395,14 +402,15 @@ class QuantizeQDQPass(OptPass):
         if run.replay_learned is not None:
             try:
                 learned = LearnedValues.of_plan(run.replay_learned, model.graph)
-            except (ValueError, KeyError, TypeError, binascii.Error) as e:
+            except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as e:
                 run.log.skip("plan", f"the plan's fine-tuned values do not fit this model ({one_line(e)})")
                 return
         if learned is None:
             return
         applied = learned.apply(model.graph)
-        run.learned = LearnedValues({k: learned.after[k] for k in applied}, {k: learned.before[k] for k in applied})
-        run.log.count("values set by quantization-aware fine-tuning", len(applied))
+        if applied:
+            run.learned = learned.subset(applied)
+            run.log.count("values set by quantization-aware fine-tuning", len(applied))
 
     def _exact_of(self, keep: set[str], search: FloatFallbackSearch, base: set[str]) -> set[str]:
         """Which of the nodes kept float keep exact weights. Nodes kept float for speed store their weights int8.

@@ -243,7 +243,10 @@ class FloatFallbackSearch:
         learned.apply(trained.graph)
         after = budget.drop(trained)
         self.measured["qat"] = {"before": round(drop, 4), "after": round(after, 4), "values": len(learned.after)}
-        self.log.note(f"after quantization-aware fine-tuning, all int8: {after:.1f} {budget.metric} (was {drop:.1f})")
+        shown = (lambda v: f"{v:.1f}") if self.config.max_drop is None else (lambda v: f"drop {v:.4f}")
+        self.log.note(
+            f"after quantization-aware fine-tuning, all int8: {shown(after)} {budget.metric} (was {shown(drop)})"
+        )
         if after >= drop:
             self.log.note("fine-tuning did not lower the budget's measure: its values are not used")
             return quantized, drop
