@@ -24,9 +24,10 @@ from onnxopt.api import OptimizeOptions, bench_files, compare_files, optimize
 from onnxopt.bench import BenchConfig, BenchResult, Measurement
 from onnxopt.data import DataSpec, ImageOptions, parse_input_shapes
 from onnxopt.errors import OnnxoptError, one_line
+from onnxopt.evaluate.check import Thresholds
 from onnxopt.evaluate.compare import Comparison, random_inputs_warning
 from onnxopt.evaluate.layers import DEFAULT_THRESHOLD_DB, LayerReport
-from onnxopt.inspection import audit_runtime, inspect_model, runtime_text
+from onnxopt.inspection import ModelSummary, audit_runtime, inspect_model, runtime_text
 from onnxopt.optimizer.recipe import BUILTIN_RECIPES, describe_passes, parse_spec
 from onnxopt.optimizer.run import OptimizeResult
 from onnxopt.progress import NullProgress, RichProgress
@@ -271,6 +272,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     cmp.add_argument("--report", help="write a report: FILE.json, FILE.md or FILE.html")
     cmp.add_argument("--json", action="store_true")
+    check = cmp.add_argument_group(
+        "check", "with any of these, exit 1 when an output misses one, printing a FAIL line per such output"
+    )
+    check.add_argument(
+        "--atol", type=float, metavar="A", help="every element: |cand - ref| <= A + R*|ref|, as numpy allclose"
+    )
+    check.add_argument("--rtol", type=float, metavar="R", help="R of --atol's formula (either alone: the other is 0)")
+    check.add_argument("--min-snr", type=float, metavar="DB", help="each output's SNR at least DB decibels")
+    check.add_argument(
+        "--min-top1",
+        type=float,
+        metavar="F",
+        help="top-1 (arg-max) agreement at least F in [0, 1]; checked on classifier-shaped outputs only "
+        "([N, C] or [N, C, 1, ...]), where it is defined",
+    )
     cmp.set_defaults(func=_cmd_compare)
 
     bench = _command(
@@ -456,9 +472,11 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    """Exit 0 after reporting, or 1 when a --atol/--rtol/--min-snr/--min-top1 check failed."""
     flag, chunk = _renamed(args, "--chunk", "--batch")
     if chunk is not None and chunk <= 0:
         raise OnnxoptError(f"{flag} must be positive")
+    thresholds = Thresholds(atol=args.atol, rtol=args.rtol, min_snr=args.min_snr, min_top1=args.min_top1)
     if args.report:
         check_report_path(args.report)
     comparison = compare_files(
@@ -473,6 +491,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         threshold_db=args.threshold_db,
         input_shapes=parse_input_shapes(args.input_shape),
         progress=RichProgress(),
+        thresholds=thresholds,
     )
     report = compare_report(args.reference, args.candidate, comparison)
     if args.report:
@@ -480,11 +499,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.json:  # the versioned report document, as the other commands print it: onnxopt report renders it
         print(json.dumps(report, indent=2, default=str))
         warning = random_inputs_warning(comparison)
-        if warning:
-            print(warning, file=sys.stderr)  # stdout stays JSON; the JSON says it too (random_inputs)
+        for line in [*([warning] if warning else []), *format_checks(comparison)]:
+            print(line, file=sys.stderr)  # stdout stays JSON; the JSON says it too (random_inputs, failures)
     else:
         print(format_comparison(comparison))
-    return 0
+    return 1 if comparison.passed is False else 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -556,8 +575,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def format_bench(result: BenchResult) -> str:
-    """The tables ``onnxopt bench`` prints: one per (provider, batch)."""
+    """The tables ``onnxopt bench`` prints: one per (provider, batch), the model column as wide as the longest
+    name (names are whole: :func:`onnxopt.bench.run.distinct_names`); the random inputs' shapes, if random."""
     lines = [f"data: {result.data}; machine: {result.machine.get('cpu')}, {result.machine.get('cores')} cores"]
+    if result.inputs:
+        lines.append(f"random inputs: {result.inputs}")
+    width = max([28, *(len(m.model) + 2 for m in result.measurements)])
     cells: dict[tuple[str, int], list[Measurement]] = {}
     for m in result.measurements:
         cells.setdefault((m.provider, m.batch), []).append(m)
@@ -565,7 +588,7 @@ def format_bench(result: BenchResult) -> str:
         lines += [
             "",
             f"{provider}, batch {batch}: {rows[0].latency.runs} interleaved rounds",
-            f"{'model':<28}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'mean':>9}{'std':>8}{'items/s':>10}"
+            f"{'model':<{width}}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'mean':>9}{'std':>8}{'items/s':>10}"
             f"{'session s':>10}{'peak MB':>9}{'file MB':>9}  ratio p50 [95% CI]",
         ]
         for m in rows:
@@ -573,7 +596,7 @@ def format_bench(result: BenchResult) -> str:
             peak = "-" if m.peak_rss_bytes is None else f"{m.peak_rss_bytes / 1e6:.0f}"
             ratio = "baseline" if m.ratio is None else f"{m.ratio.median:.3f} [{m.ratio.low:.3f}, {m.ratio.high:.3f}]"
             lines.append(
-                f"{m.model[:27]:<28}{lat.p50_ms:>9.3f}{lat.p90_ms:>9.3f}{lat.p99_ms:>9.3f}{lat.mean_ms:>9.3f}"
+                f"{m.model:<{width}}{lat.p50_ms:>9.3f}{lat.p90_ms:>9.3f}{lat.p99_ms:>9.3f}{lat.mean_ms:>9.3f}"
                 f"{lat.std_ms:>8.3f}{lat.throughput:>10.1f}{m.session_s:>10.3f}{peak:>9}"
                 f"{m.file_bytes / 1e6:>9.2f}  {ratio}"
             )
@@ -682,13 +705,21 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         *[f"  input  {v['name']}: {v['dtype']} {v['shape']}" for v in summary.inputs],
         *[f"  output {v['name']}: {v['dtype']} {v['shape']}" for v in summary.outputs],
         f"  nodes {summary.nodes}, parameters {summary.parameters:,}, tensor bytes {summary.bytes:,}",
-        f"  MACs per sample {summary.macs:,}"
-        + (f" (not counted: {len(summary.macs_unknown)} nodes)" if summary.macs_unknown else ""),
+        f"  MACs per sample {summary.macs:,}" + _uncounted(summary),
+        *([f"  random inputs (MAC count): {summary.random_inputs}"] if summary.random_inputs else []),
         "  ops: " + ", ".join(f"{op} {n}" for op, n in summary.op_histogram.items()),
         *([runtime_text(audit)] if audit else []),
     ]
     print("\n".join(lines))
     return 0
+
+
+def _uncounted(summary: ModelSummary) -> str:
+    """What the MAC line of ``onnxopt inspect`` adds about the nodes it could not count, and why."""
+    if not summary.macs_unknown:
+        return ""
+    why = f"; {summary.macs_note}" if summary.macs_note else ""
+    return f" (not counted: {len(summary.macs_unknown)} nodes{why})"
 
 
 def _cmd_passes(args: argparse.Namespace) -> int:
@@ -783,7 +814,38 @@ def format_comparison(comparison: Comparison) -> str:
     warning = random_inputs_warning(comparison)
     if warning:
         lines += ["", warning]
+    checks = format_checks(comparison)
+    if checks:
+        lines += ["", *checks]
     return "\n".join(lines)
+
+
+def format_checks(comparison: Comparison) -> list[str]:
+    """``FAIL <output>: <what it missed>`` for each output that missed a threshold, or one ``PASS`` line naming the
+    thresholds met; nothing when none was given."""
+    thresholds = comparison.thresholds
+    if thresholds is None or comparison.passed is None:
+        return []
+    if not comparison.passed:
+        missed: dict[str, list[str]] = {}
+        for failure in comparison.failures:
+            missed.setdefault(failure.output, []).append(failure.message)
+        return [f"FAIL {output}: {'; '.join(messages)}" for output, messages in missed.items()]
+    given = [
+        f"--{flag} {value:g}"
+        for flag, value in (
+            ("atol", thresholds.atol),
+            ("rtol", thresholds.rtol),
+            ("min-snr", thresholds.min_snr),
+            ("min-top1", thresholds.min_top1),
+        )
+        if value is not None
+    ]
+    line = f"PASS: every output meets {' '.join(given)}"
+    if thresholds.min_top1 is not None:
+        top1 = [o.name for o in comparison.outputs if o.top1_agreement is not None]
+        line += f" (--min-top1 on the classifier-shaped: {', '.join(top1)})"
+    return [line]
 
 
 def format_layers(report: LayerReport) -> list[str]:

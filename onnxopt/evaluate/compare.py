@@ -6,7 +6,9 @@ localization (:mod:`.layers`) when it was asked for. ``data`` says what the
 models ran on and ``random_inputs`` whether that was seeded random inputs
 (:class:`~onnxopt.data.RandomDataset`): then the numbers say how closely the
 candidate follows the reference off the data distribution, not how accurate
-it is on real inputs, and whoever shows them must say so.
+it is on real inputs, and whoever shows them must say so. With
+:class:`~onnxopt.evaluate.check.Thresholds`, ``passed`` says whether every
+output met them and ``failures`` lists what each output missed.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from onnxopt.data import Dataset, RandomDataset, batch_size_for, fixed_batch
-from onnxopt.errors import UnsupportedModelError
+from onnxopt.errors import ModelRunError, UnsupportedModelError
 from onnxopt.evaluate.agreement import AccuracyCounter, AgreementAccumulator, OutputAgreement, is_classifier_shape
+from onnxopt.evaluate.check import CheckFailure, Thresholds, ToleranceAccumulator, check_outputs
 from onnxopt.evaluate.layers import LayerReport
 from onnxopt.runtime import Runner
 
@@ -35,6 +38,9 @@ class Comparison:
     layers: LayerReport | None = None  # per-layer error, when asked for
     data: str | None = None  # what the models ran on (the dataset's description)
     random_inputs: bool = False  # seeded random inputs, not real data: agreement only, never accuracy
+    thresholds: Thresholds | None = None  # what the outputs were checked against, when asked
+    passed: bool | None = None  # every output met ``thresholds`` (None: nothing was checked)
+    failures: list[CheckFailure] = field(default_factory=list)  # each threshold an output missed
 
     @property
     def max_rel(self) -> float:
@@ -92,6 +98,20 @@ def classifier_output_index(runner: Runner) -> int | None:
     return None
 
 
+def _run_both(
+    reference: Runner, candidate: Runner, feeds: dict[str, np.ndarray], names: Sequence[str], dataset: Dataset
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Both models' outputs on one batch; onnxruntime failing on random inputs says which shapes they had and
+    how to give others (``--input-shape``, ``--data``)."""
+    try:
+        return reference.run(feeds), candidate.run(feeds, names)
+    except ModelRunError as e:
+        if not isinstance(dataset, RandomDataset):
+            raise  # the user's data: the message is theirs to read
+        batch = next((a.shape[0] for a in feeds.values() if a.ndim), 1)
+        raise dataset.run_failure(e, batch) from e
+
+
 def compare(
     reference: Runner,
     candidate: Runner,
@@ -101,9 +121,11 @@ def compare(
     limit: int | None = None,
     on_batch: Callable[[int], None] | None = None,
     known: KnownOutputs | None = None,
+    thresholds: Thresholds | None = None,
 ) -> Comparison:
     """Run both models on ``dataset`` and measure their agreement (and accuracy, with labels); batches whose
-    outputs are ``known`` are not run again."""
+    outputs are ``known`` are not run again. With ``thresholds`` that set anything, each output is checked
+    against them (per-element tolerances streamed with the batches) and ``passed`` says how it went."""
     names = reference.output_names
     missing = [n for n in names if n not in candidate.output_names]
     if missing:
@@ -111,15 +133,20 @@ def compare(
     fixed = fixed_batch(reference.inputs)
     batch = fixed or batch_size or batch_size_for(reference.inputs)
     accumulators = [AgreementAccumulator(n) for n in names]
+    checks = thresholds if thresholds is not None and thresholds.given else None
+    tolerance = checks.tolerance if checks is not None else None
+    tolerances = [ToleranceAccumulator(*tolerance) for _ in names] if tolerance else []
     cls_index = classifier_output_index(reference)
     ref_acc, cand_acc = AccuracyCounter(), AccuracyCounter()
     samples = 0
     for item in dataset.batches(batch, limit, exact=fixed is not None):
         seen = known.get(names, item.feeds) if known is not None else None
-        ref_out, cand_out = seen if seen is not None else (reference.run(item.feeds), candidate.run(item.feeds, names))
+        ref_out, cand_out = seen if seen is not None else _run_both(reference, candidate, item.feeds, names, dataset)
         try:
             for acc, r, c in zip(accumulators, ref_out, cand_out, strict=True):
                 acc.add(r, c)
+            for tol, r, c in zip(tolerances, ref_out, cand_out, strict=False):
+                tol.add(r, c)
         except ValueError as e:
             raise UnsupportedModelError(f"the models are not comparable: {e}") from e
         if item.labels is not None and cls_index is not None:
@@ -129,13 +156,21 @@ def compare(
         samples += n
         if on_batch:
             on_batch(n)
+    outputs = [a.result() for a in accumulators]
+    failures: list[CheckFailure] = []
+    if checks is not None:
+        results = [t.result() for t in tolerances] if tolerances else [None] * len(outputs)
+        failures = check_outputs(outputs, results, checks)
     return Comparison(
         samples,
-        [a.result() for a in accumulators],
+        outputs,
         ref_acc.result(),
         cand_acc.result(),
         data=getattr(dataset, "description", None),
         random_inputs=isinstance(dataset, RandomDataset),
+        thresholds=checks,
+        passed=None if checks is None else not failures,
+        failures=failures,
     )
 
 

@@ -37,7 +37,10 @@ Schema ``onnxopt.report/2``. Every report has
   QuantizeLinear, DequantizeLinear, Transpose, ReorderInput or ReorderOutput kernel running on its own
   ``{op_type, node, tensor, reason, weight}``.
 
-``kind: compare`` adds ``reference``, ``candidate`` (paths) and ``comparison``.
+``kind: compare`` adds ``reference``, ``candidate`` (paths) and ``comparison``, whose ``thresholds`` (null,
+or ``{atol, rtol, min_snr, min_top1}`` as asked), ``passed`` (null without thresholds) and ``failures`` (per
+missed threshold ``{output, check, measured, threshold, message}``) say how ``--atol``/``--rtol``/
+``--min-snr``/``--min-top1`` went.
 
 ``kind: bench`` adds ``bench``: ``config`` (providers, batches, threads,
 warmup, runs, seconds, memory, seed), ``data``, ``seconds`` and

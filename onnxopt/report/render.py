@@ -203,7 +203,18 @@ def _compare(r: dict[str, Any]) -> list[Block]:
         )
     if cmp.get("layers"):
         blocks += _layers(cmp["layers"])
-    return blocks
+    return blocks + _checks(cmp)
+
+
+def _checks(cmp: dict[str, Any]) -> list[Block]:
+    """How ``onnxopt compare --atol/--rtol/--min-snr/--min-top1`` went: nothing when no threshold was given."""
+    if cmp.get("passed") is None:
+        return []
+    asked = ", ".join(f"{k} {v:g}" for k, v in (cmp.get("thresholds") or {}).items() if v is not None)
+    if cmp["passed"]:
+        return [Paragraph(f"**Check passed**: every output meets {asked}.")]
+    failures = [f"`{f['output']}`: {f['message']}" for f in cmp.get("failures", [])]
+    return [Paragraph(f"**Check failed** ({asked}):"), Bullets(failures)]
 
 
 def _bench(bench: dict[str, Any], r: dict[str, Any]) -> list[Block]:
@@ -214,6 +225,7 @@ def _bench(bench: dict[str, Any], r: dict[str, Any]) -> list[Block]:
             f"data: {bench['data']}; machine: {machine.get('cpu')}, {machine.get('cores')} cores; "
             f"{bench['seconds']:.1f} s in all. {_provenance(r)}"
         ),
+        *([Paragraph(f"random inputs: {bench['inputs']}")] if bench.get("inputs") else []),
         *_cells(bench),
     ]
 
