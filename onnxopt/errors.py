@@ -20,6 +20,11 @@ class UnsupportedModelError(OnnxoptError):
     """The model is valid ONNX but uses something onnxopt does not handle."""
 
 
+class ModelRunError(UnsupportedModelError):
+    """onnxruntime made a session for the model but failed to run it on the inputs given (often random inputs
+    whose guessed sizes the model cannot take: the caller that made them says which, and how to set them)."""
+
+
 class DataError(OnnxoptError):
     """The data given with ``--data`` does not fit the model."""
 
@@ -59,15 +64,16 @@ class UnsupportedOp(OnnxoptError):
 def one_line(error_or_text: BaseException | object, limit: int | None = 300) -> str:
     """``error_or_text`` as one line for a message: whitespace (the checker's and onnxruntime's line breaks)
     squashed to single spaces, an error without a message named by its type, and text longer than ``limit``
-    characters cut at the last space before the limit (a word is never cut in two, unless the only space is
-    in the first half) and ended with "…". ``limit=None`` keeps the whole line."""
+    characters cut at the last space before the limit and ended with "…". A word is never cut in two: text
+    whose first word alone passes the limit keeps that word whole. ``limit=None`` keeps the whole line."""
     text = " ".join(str(error_or_text).split())
     if not text and isinstance(error_or_text, BaseException):
         text = type(error_or_text).__name__
     if limit is None or len(text) <= limit:
         return text
-    cut = text[: max(limit - 1, 0)]  # room for the ellipsis
-    space = cut.rfind(" ")
-    if space >= len(cut) // 2:
-        cut = cut[:space]
-    return cut.rstrip(" ,;:") + "…"
+    space = text.rfind(" ", 0, limit)  # the kept text and its ellipsis fit in ``limit``
+    if space < 0:
+        space = text.find(" ")  # one long first word: whole, then the ellipsis
+    if space < 0:
+        return text  # one word: nothing to cut at
+    return text[:space].rstrip(" ,;:") + "…"

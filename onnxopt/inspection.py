@@ -14,8 +14,8 @@ import onnx_ir as ir
 
 from onnxopt.bench.runtime_audit import RuntimeAudit, audit_runtime
 from onnxopt.data import RandomDataset
-from onnxopt.data.input_shapes import InputShapes
-from onnxopt.errors import OnnxoptError
+from onnxopt.data.input_shapes import InputShapes, check_input_shapes
+from onnxopt.errors import DataError, ModelRunError, OnnxoptError, one_line
 from onnxopt.model_stats import ModelStats, estimate_macs
 from onnxopt.runtime import input_specs
 from onnxopt.shared_weights import SharedWeightsModel
@@ -36,6 +36,8 @@ class ModelSummary:
     bytes: int
     macs: int
     macs_unknown: list[str]
+    random_inputs: str  # the shapes the MAC count (and its measuring run) used: RandomDataset.shapes_line
+    macs_note: str | None = None  # why nodes stay uncounted: the run on random inputs failed, and how to fix it
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -48,7 +50,7 @@ def inspect_model(model: ir.Model, input_shapes: InputShapes | None = None) -> M
         f"{n.domain}.{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
         for n in ir.traversal.RecursiveGraphIterator(model.graph)
     )
-    macs, unknown = count_macs(model, input_shapes)
+    macs, unknown, note = _count_macs(model, input_shapes)
     return ModelSummary(
         opset=dict(model.opset_imports),
         ir_version=model.ir_version,
@@ -61,22 +63,48 @@ def inspect_model(model: ir.Model, input_shapes: InputShapes | None = None) -> M
         bytes=stats.bytes,
         macs=macs,
         macs_unknown=unknown,
+        random_inputs=_random_inputs(model, input_shapes),
+        macs_note=note,
     )
+
+
+def _random_inputs(model: ir.Model, input_shapes: InputShapes | None) -> str:
+    """The shapes random inputs (and the MAC count) take for ``model``, as one line; a ``--input-shape`` that
+    names no input, or contradicts one, is an error."""
+    specs = input_specs(model)
+    if input_shapes:
+        check_input_shapes(input_shapes, specs)
+    try:
+        return RandomDataset(specs, 1, seed=0, shapes=input_shapes).shapes_line()
+    except DataError as e:  # a dimension fixed at 0: random inputs would be empty
+        return f"none ({one_line(e)})"
 
 
 def count_macs(model: ir.Model, input_shapes: InputShapes | None = None) -> tuple[int, list[str]]:
     """:func:`~onnxopt.model_stats.estimate_macs`, and where shape inference cannot follow a node (a Reshape
     target computed from the input's symbolic width, before an LSTM and its classifier) the shapes one run on
     a random sample shaped by ``input_shapes`` measures; returns (MACs per sample, nodes still not counted)."""
-    macs, unknown = estimate_macs(model, input_shapes)
-    if unknown:
-        macs, unknown = estimate_macs(model, input_shapes, _measured_shapes(model, unknown, input_shapes))
+    macs, unknown, _ = _count_macs(model, input_shapes)
     return macs, unknown
+
+
+def _count_macs(model: ir.Model, input_shapes: InputShapes | None) -> tuple[int, list[str], str | None]:
+    """:func:`count_macs`, and why nodes stay uncounted when the measuring run failed (else None)."""
+    macs, unknown = estimate_macs(model, input_shapes)
+    if not unknown:
+        return macs, unknown, None
+    try:
+        measured = _measured_shapes(model, unknown, input_shapes)
+    except OnnxoptError as e:
+        return macs, unknown, one_line(e)
+    macs, unknown = estimate_macs(model, input_shapes, measured)
+    return macs, unknown, None
 
 
 def _measured_shapes(model: ir.Model, nodes: list[str], input_shapes: InputShapes | None) -> dict[str, list[int]]:
     """Shapes of the inputs and outputs of ``nodes`` (names, or first outputs) on one random sample, shaped
-    by the input-shape rule; empty when the model cannot run on random inputs."""
+    by the input-shape rule. Raises :class:`OnnxoptError` when the model cannot run on it (a
+    :class:`ModelRunError` saying which shapes it got and how to give others)."""
     wanted = [
         v.name
         for n in model.graph
@@ -84,13 +112,13 @@ def _measured_shapes(model: ir.Model, nodes: list[str], input_shapes: InputShape
         for v in [*n.inputs, *n.outputs]
         if v is not None and v.name and not v.is_initializer() and v.const_value is None
     ]
+    sample = RandomDataset(input_specs(model), 1, seed=0, shapes=input_shapes)
+    feeds = next(iter(sample.batches(1))).feeds
+    runner = SharedWeightsModel(model, protect=False).runner(outputs=wanted)
     try:
-        inputs = input_specs(model)
-        feeds = next(iter(RandomDataset(inputs, 1, seed=0, shapes=input_shapes).batches(1))).feeds
-        runner = SharedWeightsModel(model, protect=False).runner(outputs=wanted)
         arrays = runner.run(feeds, wanted)
-    except OnnxoptError:
-        return {}
+    except ModelRunError as e:
+        raise sample.run_failure(e) from e
     return {name: list(a.shape) for name, a in zip(wanted, arrays, strict=True)}
 
 

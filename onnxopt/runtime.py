@@ -9,6 +9,7 @@ own fusions would have hidden or added.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -17,7 +18,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxopt.errors import UnsupportedModelError, one_line
+from onnxopt.errors import ModelRunError, UnsupportedModelError, one_line
 
 if TYPE_CHECKING:
     import onnx_ir as ir
@@ -89,7 +90,18 @@ class Runner:
         try:
             return self.session.run(list(outputs) if outputs else None, dict(feeds))
         except Exception as e:
-            raise UnsupportedModelError(f"onnxruntime failed to run the model: {one_line(e, 400)}") from e
+            raise ModelRunError(f"onnxruntime failed to run the model: {ort_error_text(e, 400)}") from e
+
+
+#: What onnxruntime puts before what went wrong: its status code, and the C++ source line and function.
+_ORT_NOISE = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : |\S+\.(?:h|cc|cpp):\d+ (?:[\w:~<>]+\([^()]*\) )?")
+
+
+def ort_error_text(error: BaseException | object, limit: int | None = 300) -> str:
+    """onnxruntime's message for ``error`` as :func:`~onnxopt.errors.one_line` text, less what only its
+    developers read (``[ONNXRuntimeError] : 1 : FAIL :``, the source file and C++ function that raised), so
+    the cut keeps what went wrong (``Input shape:{1,3,48,48}, requested shape:{-1,46080}``)."""
+    return one_line(_ORT_NOISE.sub("", " ".join(str(error).split())) or error, limit)
 
 
 _ORT_TYPES = {

@@ -15,8 +15,10 @@ from hypothesis import strategies as st
 
 from onnxopt.bench import BenchConfig, LatencyStats, benchmark, median_ratio
 from onnxopt.bench.providers import resolve
+from onnxopt.bench.run import distinct_names
 from onnxopt.cli import main
 from onnxopt.errors import DataError, OnnxoptError
+from onnxopt.report.plots import wrap_path
 
 MODEL = BUNDLED / "model.onnx"
 QUICK = BenchConfig(runs=12, warmup=1, memory=False)
@@ -134,6 +136,45 @@ def test_bench_command_json_and_report(tmp_path, capsys) -> None:
     assert printed["kind"] == "bench"
     assert len(printed["bench"]["measurements"]) == 2
     assert "p50" in report.read_text()
+
+
+def test_distinct_names_add_folders_until_names_differ_and_never_shorten(tmp_path) -> None:
+    long = "ch_ppocr_mobile_v2.0_cls_infer"
+    assert distinct_names([f"/m/a/{long}.onnx", f"/m/b/{long}_int8.onnx"]) == [f"{long}.onnx", f"{long}_int8.onnx"]
+    assert distinct_names(["/m/a/x.onnx", "/m/b/x.onnx", "/n/b/x.onnx", "/x.onnx", "/m/y.onnx"]) == [
+        "a/x.onnx",
+        "m/b/x.onnx",
+        "n/b/x.onnx",
+        "/x.onnx",
+        "y.onnx",
+    ]
+    assert distinct_names(["/m/x.onnx", "/m/x.onnx"]) == ["x.onnx", "x.onnx (2)"]  # one file, twice
+    relative = tmp_path / "r" / "x.onnx"
+    assert distinct_names([relative, tmp_path / "s" / "x.onnx"]) == ["r/x.onnx", "s/x.onnx"]
+
+
+def test_bench_table_keeps_long_names_whole_and_distinct(tmp_path, capsys) -> None:
+    model = parse('<ir_version: 8, opset_import: ["": 13]> g (float[N, 3] x) => (float[N, 3] y) { y = Relu(x) }')
+    name = "ch_ppocr_mobile_v2.0_cls_infer_with_a_long_name.onnx"
+    paths = [tmp_path / "first" / name, tmp_path / "second" / name]
+    for path in paths:
+        path.parent.mkdir()
+        onnx.save(model, str(path))
+    assert main(["bench", *map(str, paths), "--runs", "2", "--warmup", "0", "--no-memory"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line for line in lines if name in line]
+    assert [row.split()[0] for row in rows] == [f"first/{name}", f"second/{name}"]
+    header = next(line for line in lines if line.startswith("model"))
+    assert header.index("p50 ms") > len(f"second/{name}")  # the column is as wide as the longest name
+    assert "random inputs: x float32[1,3]" in lines
+
+
+def test_latency_chart_labels_wrap_whole() -> None:
+    label = "second/ch_ppocr_mobile_v2.0_cls_infer_int8.onnx"
+    wrapped = wrap_path(label, 28)
+    assert wrapped.replace("\n", "") == label and "\n" in wrapped
+    assert all(len(line) <= 28 for line in wrapped.splitlines())
+    assert wrap_path("m.onnx") == "m.onnx"
 
 
 @pytest.mark.gpu

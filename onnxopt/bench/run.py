@@ -26,7 +26,7 @@ from onnxopt.bench.providers import resolve, short_name
 from onnxopt.bench.session import TimedSession
 from onnxopt.bench.stats import LatencyStats, Ratio, median_ratio
 from onnxopt.data import Dataset, InputShapes, RandomDataset, fixed_batch
-from onnxopt.errors import DataError, OnnxoptError
+from onnxopt.errors import DataError, ModelRunError, OnnxoptError
 from onnxopt.progress import NullProgress, Progress
 from onnxopt.runtime import TensorSpec
 
@@ -88,11 +88,13 @@ class BenchResult:
     data: str
     machine: dict[str, object] = field(default_factory=dict)
     seconds: float = 0.0
+    inputs: str | None = None  # the random inputs' shapes (RandomDataset.shapes_line); None with --data
 
     def to_dict(self) -> dict[str, object]:
         return {
             "config": asdict(self.config),
             "data": self.data,
+            "inputs": self.inputs,
             "machine": self.machine,
             "seconds": self.seconds,
             "measurements": [asdict(m) for m in self.measurements],
@@ -120,19 +122,27 @@ def benchmark(
                 f"{path}: inputs {[s.name for s in specs]} differ from the baseline's {[s.name for s in inputs[0]]}"
             )
     batches = _batches(models, inputs, config.batches)
-    labels = _labels(models)
+    labels = distinct_names(models)
     sizes = [io.file_bytes(p) for p in models]
     measurements: list[Measurement] = []
     for provider in providers:
         for batch in batches:
-            feeds = _feeds(dataset, inputs[0], batch, config.seed, config.input_shapes)
-            measurements += _measure_cell(models, labels, sizes, provider, batch, feeds, config, progress)
+            source = dataset or RandomDataset(inputs[0], batch, seed=config.seed, shapes=config.input_shapes)
+            feeds = _feeds(source, inputs[0], batch)
+            try:
+                measurements += _measure_cell(models, labels, sizes, provider, batch, feeds, config, progress)
+            except ModelRunError as e:
+                if not isinstance(source, RandomDataset):
+                    raise  # the user's data: the message is theirs to read
+                raise source.run_failure(e, batch) from e
+    shown = RandomDataset(inputs[0], 1, seed=config.seed, shapes=config.input_shapes) if dataset is None else None
     return BenchResult(
         config=config,
         measurements=measurements,
         data=dataset.description if dataset else f"random (seed {config.seed})",
         machine=machine_description(),
         seconds=time.perf_counter() - started,
+        inputs=shown.shapes_line(batches[0] if len(batches) == 1 else "B") if shown else None,
     )
 
 
@@ -239,11 +249,8 @@ def _batches(models: list[Path], inputs: list[list[TensorSpec]], requested: tupl
     return list(dict.fromkeys(requested))
 
 
-def _feeds(
-    dataset: Dataset | None, inputs: list[TensorSpec], batch: int, seed: int, shapes: InputShapes | None = None
-) -> dict[str, np.ndarray]:
-    """One batch of ``batch`` samples for every model (the data's first rows, repeated if too few)."""
-    source = dataset or RandomDataset(inputs, batch, seed=seed, shapes=shapes)
+def _feeds(source: Dataset, inputs: list[TensorSpec], batch: int) -> dict[str, np.ndarray]:
+    """One batch of ``batch`` samples of ``source`` for every model (the data's first rows, repeated if too few)."""
     first = next(iter(source.batches(batch, batch)), None)
     if first is None or not first.feeds:
         raise DataError(f"--data {source.description}: no samples")
@@ -258,6 +265,19 @@ def _feeds(
     return feeds
 
 
-def _labels(models: list[Path]) -> list[str]:
-    names = [p.name for p in models]
-    return [str(p) if names.count(p.name) > 1 else p.name for p in models]
+def distinct_names(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """A name for each of ``paths`` that no other has: its file name, with parent folders added until no other
+    path ends the same (``a/m.onnx`` and ``b/m.onnx``); never shortened. A path given again is numbered
+    (``m.onnx``, ``m.onnx (2)``)."""
+    parts = [Path(p).absolute().parts for p in paths]
+    names = []
+    for i, mine in enumerate(parts):
+        others = {other for other in parts if other != mine}
+        k = next(
+            (k for k in range(1, len(mine)) if all(other[-k:] != mine[-k:] for other in others)),
+            len(mine),
+        )
+        name = str(Path(*mine[-k:]))
+        copy = parts[:i].count(mine)
+        names.append(f"{name} ({copy + 1})" if copy else name)
+    return names

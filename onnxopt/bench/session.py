@@ -23,8 +23,8 @@ import numpy as np
 import onnxruntime as ort
 
 from onnxopt.bench.providers import DEVICE_OF, session_providers
-from onnxopt.errors import UnsupportedModelError
-from onnxopt.runtime import session_with_empty_dims_open
+from onnxopt.errors import ModelRunError, UnsupportedModelError
+from onnxopt.runtime import ort_error_text, session_with_empty_dims_open
 
 
 def benchmark_options(*, threads: int = 0, spinning: bool = False) -> ort.SessionOptions:
@@ -49,7 +49,9 @@ class TimedSession:
             session = ort.InferenceSession(str(path), options, providers=session_providers(provider))
             self.session = session_with_empty_dims_open(session, str(path), options, session_providers(provider))
         except Exception as e:  # onnxruntime raises its own exception types
-            raise UnsupportedModelError(f"{path}: onnxruntime cannot create a session on {provider}: {e}") from e
+            raise UnsupportedModelError(
+                f"{path}: onnxruntime cannot create a session on {provider}: {ort_error_text(e, 400)}"
+            ) from e
         self.creation_s = time.perf_counter() - start
         self.provider = provider
         self.active_providers = self.session.get_providers()
@@ -83,4 +85,6 @@ class TimedSession:
             self.session.run(self.output_names, self._feeds)
             return time.perf_counter() - start
         except Exception as e:
-            raise UnsupportedModelError(f"onnxruntime failed to run the model on {self.provider}: {e}") from e
+            raise ModelRunError(
+                f"onnxruntime failed to run the model on {self.provider}: {ort_error_text(e, 400)}"
+            ) from e

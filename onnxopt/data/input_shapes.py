@@ -13,7 +13,8 @@ values random inputs should take there. The rule, per input, in order:
    :data:`DEFAULT_IMAGE_SIZE` (224): a realistic image, not a 1×1 one that breaks
    a detector's Resize or a classifier's pooling.
 3. Any other unknown dimension: the value already chosen for a dimension of the
-   same name (symbolic names are shared across inputs), else 1.
+   same name (symbolic names are shared across inputs; a size ``--input-shape``
+   gives one input holds in all), else 1.
 
 The model itself is never changed: these shapes only shape random inputs.
 """
@@ -79,6 +80,11 @@ def sample_shapes(
     dimensions by name first."""
     shapes = shapes or {}
     named: dict[str, int] = dict(dims or {})
+    for spec in inputs:  # a size --input-shape gives a named dimension holds in every input that shares it
+        if spec.name in shapes and spec.shape and len(spec.shape) == len(shapes[spec.name]):
+            for dim, given in zip(spec.shape[1:], shapes[spec.name][1:], strict=True):
+                if isinstance(dim, str) and dim:
+                    named.setdefault(dim, given)
     out: dict[str, tuple[int, ...] | None] = {}
     for spec in inputs:
         if spec.name in shapes:
@@ -106,6 +112,47 @@ def sample_shapes(
             resolved.append(value)
         out[spec.name] = tuple(resolved)
     return out
+
+
+def guessed_dims(
+    inputs: Sequence[TensorSpec], samples: Mapping[str, tuple[int, ...] | None], shapes: InputShapes | None = None
+) -> dict[str, int]:
+    """The dimensions after the batch axis that the model leaves open and the rule filled (``--input-shape``
+    gave none of them), by label -- the symbolic name (``W``), or ``x[3]`` for an unnamed one -- with the
+    size ``samples`` (:func:`sample_shapes`) gave each; a name shared by several inputs is listed once."""
+    guessed: dict[str, int] = {}
+    for spec in inputs:
+        sample = samples.get(spec.name)
+        if spec.name in (shapes or {}) or not spec.shape or sample is None:
+            continue
+        for axis, (dim, value) in enumerate(zip(spec.shape[1:], sample, strict=True), start=1):
+            if not _known(dim):
+                guessed.setdefault(_label(spec.name, axis, dim), value)
+    return guessed
+
+
+def input_shape_template(
+    inputs: Sequence[TensorSpec], samples: Mapping[str, tuple[int, ...] | None], shapes: InputShapes | None = None
+) -> str:
+    """The ``--input-shape`` value to give for the inputs with guessed dimensions, those left as their labels
+    for the user to fill (``x:1x3x48xW``; an unnamed dimension is ``?``); the batch axis is 1 unless fixed."""
+    items = []
+    for spec in inputs:
+        sample = samples.get(spec.name)
+        if spec.name in (shapes or {}) or not spec.shape or sample is None:
+            continue
+        dims = [str(spec.shape[0]) if _known(spec.shape[0]) else "1"]
+        dims += [
+            str(value) if _known(dim) else (dim if isinstance(dim, str) and dim else "?")
+            for dim, value in zip(spec.shape[1:], sample, strict=True)
+        ]
+        if any(not _known(dim) for dim in spec.shape[1:]):
+            items.append(f"{spec.name}:{'x'.join(dims)}")
+    return ",".join(items)
+
+
+def _label(name: str, axis: int, dim: int | str | None) -> str:
+    return dim if isinstance(dim, str) and dim else f"{name}[{axis}]"
 
 
 def _known(dim: int | str | None) -> bool:

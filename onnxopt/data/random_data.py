@@ -7,9 +7,15 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 
 from onnxopt.data.batching import Batch, fixed_batch, sample_ranges
-from onnxopt.data.input_shapes import InputShapes, check_input_shapes, sample_shapes
-from onnxopt.errors import DataError
-from onnxopt.runtime import TensorSpec
+from onnxopt.data.input_shapes import (
+    InputShapes,
+    check_input_shapes,
+    guessed_dims,
+    input_shape_template,
+    sample_shapes,
+)
+from onnxopt.errors import DataError, ModelRunError
+from onnxopt.runtime import TensorSpec, ort_error_text
 
 DEFAULT_RANDOM_SAMPLES = 8
 #: A random batch larger than this is refused (a model's absurd static shape, not a real need).
@@ -44,6 +50,7 @@ class RandomDataset:
         self.inputs = list(inputs)
         self.num_samples = count
         self.seed = seed
+        self.shapes = dict(shapes or {})
         if shapes:
             check_input_shapes(shapes, self.inputs)
         for spec in self.inputs:
@@ -56,6 +63,43 @@ class RandomDataset:
                 )
         self.sample_shapes = sample_shapes(self.inputs, shapes, dims)
         self.description = f"random:{count} (seed {seed})"
+
+    def shapes_line(self, batch: int | str = 1) -> str:
+        """The inputs this data makes, in one line, with a batch axis of ``batch``: ``x float32[1,3,48,48]
+        (dynamic dims filled: W=48; set --input-shape x:1x3x48xW)``."""
+        guessed = guessed_dims(self.inputs, self.sample_shapes, self.shapes)
+        if not guessed:
+            return self._tensors(batch) + (" (from --input-shape)" if self.shapes else "")
+        filled = ", ".join(f"{label}={size}" for label, size in guessed.items())
+        template = input_shape_template(self.inputs, self.sample_shapes, self.shapes)
+        return f"{self._tensors(batch)} (dynamic dims filled: {filled}; set --input-shape {template})"
+
+    def run_failure(self, error: Exception, batch: int | str = 1) -> ModelRunError:
+        """``error`` -- onnxruntime failing on a batch of ``batch`` samples of this data -- as one line that says
+        which inputs the model got and how to give it others (``--input-shape`` for guessed sizes, ``--data``)."""
+        guessed = guessed_dims(self.inputs, self.sample_shapes, self.shapes)
+        filled = ", ".join(f"{label}={size}" for label, size in guessed.items())
+        given = self._tensors(batch) + (f" (dynamic dims filled: {filled})" if guessed else "")
+        if guessed:
+            template = input_shape_template(self.inputs, self.sample_shapes, self.shapes)
+            fix = f"give --input-shape {template} with the sizes the model needs, or --data"
+        else:
+            fix = "give --data with real inputs, or --input-shape with the sizes the model needs"
+        cause = ort_error_text(error.__cause__ or error, 300)
+        return ModelRunError(f"onnxruntime cannot run the model on random inputs {given}: {cause}; {fix}")
+
+    def _tensors(self, batch: int | str) -> str:
+        """``x float32[1,3,48,48], mask bool[1,48]``: each input with its dtype and the shape it is made in."""
+        parts = []
+        for spec in self.inputs:
+            sample = self.sample_shapes[spec.name]
+            if spec.shape == ():
+                parts.append(f"{spec.name} {spec.dtype.name} scalar")
+            elif sample is None:
+                parts.append(f"{spec.name} {spec.dtype.name}[unknown rank]")
+            else:
+                parts.append(f"{spec.name} {spec.dtype.name}[{','.join(str(d) for d in (batch, *sample))}]")
+        return ", ".join(parts)
 
     def _sample_shape(self, spec: TensorSpec) -> tuple[int, ...]:
         shape = self.sample_shapes[spec.name]

@@ -7,6 +7,7 @@ install); the report then says so instead of failing.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -69,6 +70,18 @@ def layer_snr(names: Sequence[str], snr_db: Sequence[float], threshold_db: float
     return _svg(fig)
 
 
+def wrap_path(label: str, width: int = 28) -> str:
+    """``label`` (a model's name, maybe with folders) in lines of about ``width`` characters, broken after a
+    ``/``, ``_`` or ``.`` where it can be: whole and readable under a bar, never cut."""
+    lines, line = [], ""
+    for piece in re.findall(r"[^/_.]*[/_.]?", label):
+        if line and len(line) + len(piece) > width:
+            lines.append(line)
+            line = ""
+        line += piece
+    return "\n".join([*lines, line] if line else lines)
+
+
 def latency_bars(labels: Sequence[str], p50: Sequence[float], p90: Sequence[float]) -> str | None:
     """p50 latency per model with a whisker up to p90."""
     if not available() or not labels:
@@ -76,7 +89,7 @@ def latency_bars(labels: Sequence[str], p50: Sequence[float], p90: Sequence[floa
     fig, ax = _figure()
     errors = [[0.0] * len(p50), [hi - lo for lo, hi in zip(p50, p90, strict=True)]]
     ax.bar(range(len(labels)), p50, yerr=errors, capsize=4)
-    ax.set_xticks(range(len(labels)), [label[-28:] for label in labels], rotation=30, ha="right", fontsize=8)
+    ax.set_xticks(range(len(labels)), [wrap_path(label) for label in labels], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("latency p50 (ms), whisker to p90")
     ax.grid(alpha=0.3, axis="y")
     return _svg(fig)
