@@ -43,6 +43,7 @@ from onnxopt.report import (
     write_report,
 )
 from onnxopt.report.verdict import verdict
+from onnxopt.tune import TuneResult
 
 #: Exit status when a lossy pass the user asked for did not apply (the output is still written).
 EXIT_FALLBACK = 3
@@ -412,32 +413,60 @@ def _add_tune_command(sub: argparse._SubParsersAction, common: argparse.Argument
         parents=[common],
         help="search recipes (pruning, clipping, int8, their settings) for the best model within an accuracy budget",
     )
-    tun.add_argument("models", nargs="+", metavar="MODEL")
-    tun.add_argument("-o", "--output", required=True, help="the tuned model (a folder when several models are given)")
+    tun.add_argument("models", nargs="+", metavar="MODEL", help="the ONNX model(s) to tune")
+    tun.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="the tuned model (a folder when several models are given); its recipe, plan and the data its rebuild "
+        "reads are written beside it",
+    )
     tun.add_argument(
         "--data",
         action="append",
         default=[],
         metavar="D",
-        help="samples to split into fitting, selection and held-out parts (once, or once per model)",
+        help="samples to split into fitting, selection and held-out parts (once, or once per model; required)",
     )
     tun.add_argument(
         "--eval-data",
         action="append",
         default=[],
         metavar="E",
-        help="the held-out part, instead of a fifth of --data (once per --data)",
+        help="the held-out part, instead of a fifth of --data (once per --data; default: a fifth of --data)",
     )
-    tun.add_argument("--max-drop", type=float, default=0.01, help="largest allowed metric drop (0.01 = one point)")
-    tun.add_argument("--objective", default="balanced", help="latency, size or balanced (default)")
-    tun.add_argument("--batch", type=int, help="the deployment batch the finalists are timed at")
-    tun.add_argument("--trials", type=int, default=12, help="sampled trials per model, besides the built-in recipes")
-    tun.add_argument("--time-budget", type=float, metavar="S", help="start no new round of trials after S seconds")
-    tun.add_argument("--ray", metavar="auto|ADDRESS", help="run trials as Ray tasks (the ray extra)")
-    tun.add_argument("--cache", help="the trial cache folder (default: .onnxopt-tune-cache beside the output)")
+    tun.add_argument(
+        "--max-drop",
+        type=float,
+        default=0.01,
+        help="largest allowed metric drop, 0.01 = one point (default: %(default)s)",
+    )
+    tun.add_argument("--objective", default="balanced", help="latency, size or balanced (default: %(default)s)")
+    tun.add_argument(
+        "--batch", type=int, help="the deployment batch the finalists are timed at (default: the model's, else 1)"
+    )
+    tun.add_argument(
+        "--trials",
+        type=int,
+        default=12,
+        help="sampled trials per model, besides the built-in recipes (default: %(default)s)",
+    )
+    tun.add_argument(
+        "--time-budget", type=float, metavar="S", help="start no new round of trials after S seconds (default: none)"
+    )
+    tun.add_argument(
+        "--ray", metavar="auto|ADDRESS", help="run trials as Ray tasks, the ray extra (default: local processes)"
+    )
+    tun.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="the trial cache folder (default: $XDG_CACHE_HOME/onnxopt/tune, else ~/.cache/onnxopt/tune)",
+    )
     tun.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
-    tun.add_argument("--seed", type=int, default=0)
-    tun.add_argument("--report", help="R.json, R.md or R.html (one per model when several: R-<model>.html)")
+    tun.add_argument("--seed", type=int, default=0, help="seeds the split and the sampler (default: %(default)s)")
+    tun.add_argument(
+        "--report", help="R.json, R.md or R.html, one per model when several: R-<model>.html (default: none)"
+    )
     tun.set_defaults(func=_cmd_tune)
 
 
@@ -453,22 +482,59 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         check_report_path(args.report)
     results = tune(args.models, args.output, options, progress=RichProgress())
     for result in results:
-        held, chosen = result.held_out, result.chosen
-        print(
-            f"{result.model} -> {result.output}: {chosen.name} ({chosen.spec}); held out ({held['samples']}): "
-            f"{held['metric']} {held['value']:.4f} vs {held['baseline']:.4f} (drop {held['drop']:+.4f}, "
-            f"{'within' if held['within_budget'] else 'OVER'} {result.max_drop:g}); size {held['size_ratio']:.2f}x; "
-            f"latency {chosen.latency_ratio:.2f}x; recipe {result.recipe_file}, plan {result.plan_file}"
-        )
-        for note in result.notes:
-            print(f"  note: {note}")
-        print(f"  rebuild: {shlex.join(result.reproduce)}")
+        print(format_tune(result))
         if args.report:
             path = Path(args.report)
             if len(results) > 1:
                 path = path.with_name(f"{path.stem}-{result.model.stem}{path.suffix}")
             write_report(result.to_dict(), path)
     return 0
+
+
+def format_tune(result: TuneResult) -> str:
+    """What ``onnxopt tune`` prints for one model: the trial table (recipe, drop on the selection part, size and
+    MACs against the original, latency where timed, verdict and why), the chosen model's held-out metric, the
+    files written, where the trial cache is, and the command that rebuilds the output."""
+    from onnxopt.tune.cache import folder_bytes
+    from onnxopt.tune.space import label
+
+    def ratio(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}x"
+
+    rows = [["trial", "recipe", "drop", "size", "MACs", "latency", "verdict", "why"]]
+    for t in result.trials:
+        drop = t.drop if t.drop is not None else t.rung_drop
+        rows.append([
+            t.name + ("*" if t.cached else ""), label(t.name, t.params), "-" if drop is None else f"{drop:+.4f}",
+            ratio(t.size_ratio), ratio(t.macs_ratio), ratio(t.latency_ratio), t.verdict or "-", t.why or "",
+        ])  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    numeric = {2, 3, 4, 5}
+    lines = [
+        f"{result.model} -> {result.output}: {len(result.trials)} trials, scored on the selection part "
+        f"({result.split['counts'][1]} samples); budget: --max-drop {result.max_drop:g}; objective {result.objective}"
+    ]
+    for row in rows:
+        cells = [
+            c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row[:-1], widths, strict=True))
+        ]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    held, chosen = result.held_out, result.chosen
+    cached = sum(t.cached for t in result.trials)
+    lines += [
+        f"chosen: {chosen.name}{f' ({label(chosen.name, chosen.params)})' if chosen.params else ''}; held out "
+        f"({held['samples']} samples, once): "
+        f"{held['metric']} {held['value']:.4f} vs {held['baseline']:.4f} (drop {held['drop']:+.4f}, "
+        f"{'within' if held['within_budget'] else 'OVER'} --max-drop {result.max_drop:g}); size "
+        f"{held['size_ratio']:.2f}x; latency {ratio(chosen.latency_ratio)}",
+        f"written: {result.output}; recipe {result.recipe_file}; plan {result.plan_file}; the rebuild's data "
+        f"{', '.join(str(p) for p in result.rebuild_data)}",
+        f"trial cache: {result.cache} ({folder_bytes(result.cache) / 1e6:.1f} MB; {cached} of {len(result.trials)} "
+        "trials (*) taken from it; --cache DIR puts it elsewhere)",
+        *(f"note: {note}" for note in result.notes),
+        f"rebuild: {shlex.join(result.reproduce)}",
+    ]
+    return "\n".join(lines)
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:

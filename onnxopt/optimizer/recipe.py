@@ -208,6 +208,19 @@ def make_config(cls: type[OptPass], params: dict[str, Any]) -> Any:
         raise RecipeError(f"pass '{cls.name}': {e}") from e
 
 
+def typed_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` of pass ``name`` with each string converted to its field's type (``"0.25"`` to 0.25, ``"true"``
+    to True), as a recipe file writes them natively; a one-line RecipeError for an unknown pass or parameter."""
+    cls = REGISTRY.get(name)
+    if cls is None:
+        raise RecipeError(f"unknown pass '{name}'{did_you_mean(name, REGISTRY)}")
+    hints = typing.get_type_hints(cls.Config)
+    unknown = [key for key in params if key not in hints]
+    if unknown:
+        raise RecipeError(f"pass '{name}' has no parameter '{unknown[0]}'{did_you_mean(unknown[0], hints)}")
+    return {key: _convert(name, key, value, hints[key]) for key, value in params.items()}
+
+
 def _convert(pass_name: str, key: str, value: Any, hint: Any) -> Any:
     if not isinstance(value, str):
         return value

@@ -5,6 +5,9 @@ bytes, the seed, the budget and onnxopt's version (:func:`trial_key`). Each entr
 the trial's model (when it made one) and ``result.json``, written last: an entry without it was
 interrupted and does not count. Entries are written under a temporary name and renamed, so two workers
 finishing the same trial at once leave one whole entry.
+
+The cache lives in the user's cache folder (:func:`default_folder`) unless ``--cache`` names another: a tune
+leaves nothing beside its output but the model, its recipe, its plan and the data its rebuild reads.
 """
 
 from __future__ import annotations
@@ -22,6 +25,23 @@ from onnxopt import __version__
 
 RESULT = "result.json"
 MODEL = "model.onnx"
+
+
+def default_folder() -> Path:
+    """Where trials are cached without ``--cache``: ``$XDG_CACHE_HOME/onnxopt/tune`` (an absolute
+    ``XDG_CACHE_HOME``, as the XDG spec asks), else ``~/.cache/onnxopt/tune``."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    root = Path(base) if base and Path(base).is_absolute() else Path.home() / ".cache"
+    return root / "onnxopt" / "tune"
+
+
+def folder_bytes(folder: Path) -> int:
+    """The bytes of every file under ``folder`` (0 when it does not exist): what the cache holds on disk."""
+    total = 0
+    for path in Path(folder).rglob("*"):
+        with contextlib.suppress(OSError):  # a staging entry renamed or removed while we walk
+            total += path.stat().st_size if path.is_file() else 0
+    return total
 
 
 def trial_key(*parts: str) -> str:

@@ -16,6 +16,9 @@ For each model:
 5. the best finalist on the objective (``size``: the file; ``latency``: the latency ratio; ``balanced``:
    the geometric mean of both ratios) is built once more, by ``onnxopt optimize`` from the recipe file
    written beside the output, with ``--save-plan``; its metric is measured on the held-out part, once.
+   Beside the output go its recipe (``OUT.recipe.yaml``), its plan (``OUT.plan.json``) and the two data parts
+   its rebuild reads (``OUT.fit.npz``, ``OUT.held-out.npz``), so the rebuild command names no cache path;
+6. every trial gets a verdict and why (:func:`onnxopt.tune.trial.judge`), from its drop against the budget.
 
 The sampler sees a proxy of the objective trials can know without timing (size ratio; MAC ratio for
 latency; their geometric mean for balanced), and trials over the budget are told the budget's excess.
@@ -40,14 +43,15 @@ from onnxopt.io.writing import write_bytes
 from onnxopt.model_stats import estimate_macs
 from onnxopt.optimizer.plan import file_sha256 as file_digest
 from onnxopt.optimizer.quality import QualityProbe
-from onnxopt.optimizer.recipe import parse_spec
+from onnxopt.optimizer.recipe import parse_spec, typed_params
 from onnxopt.optimizer.run import OptimizeOptions, optimize_file
 from onnxopt.progress import NullProgress, Progress
 from onnxopt.report.schema import envelope
 from onnxopt.runtime import Runner
 from onnxopt.tune import space
+from onnxopt.tune.cache import default_folder
 from onnxopt.tune.split import Split, split_data
-from onnxopt.tune.trial import TrialRecord, TrialTask, run_trial
+from onnxopt.tune.trial import TrialRecord, TrialTask, judge, run_trial, within_budget
 from onnxopt.tune.workers import Workers, default_processes, open_workers
 
 OBJECTIVES = ("latency", "size", "balanced")
@@ -66,7 +70,7 @@ class TuneOptions:
     trials: int = 12  # sampled trials per model, besides the built-ins
     time_budget: float | None = None  # seconds; no new round starts after it
     ray: str | None = None  # "auto" or an address: trials as Ray tasks
-    cache: str | None = None  # the trial cache (default: .onnxopt-tune-cache beside the output)
+    cache: str | None = None  # the trial cache (default: the user's cache folder, cache.default_folder())
     seed: int = 0
     workers: int | None = None  # local processes (default: one per core)
     builtins: tuple[str, ...] | None = None  # built-in recipes to evaluate (default: all that can run)
@@ -110,6 +114,8 @@ class TuneResult:
     max_drop: float
     notes: list[str]
     reproduce: list[str]  # the onnxopt command that rebuilds the output byte for byte from its recipe and plan
+    rebuild_data: tuple[Path, Path]  # the fit and held-out parts the rebuild reads, copied beside the output
+    cache: Path  # the trial cache this tune read and wrote
 
     def to_dict(self) -> dict[str, Any]:
         """The tune as the report JSON (:data:`onnxopt.report.SCHEMA`, kind ``tune``): every trial, the finalists'
@@ -117,7 +123,13 @@ class TuneResult:
         return envelope(
             "tune",
             input={"path": str(self.model), "file_bytes": self.model.stat().st_size},
-            output={"path": str(self.output), "recipe": str(self.recipe_file), "plan": str(self.plan_file)},
+            output={
+                "path": str(self.output),
+                "recipe": str(self.recipe_file),
+                "plan": str(self.plan_file),
+                "data": [str(p) for p in self.rebuild_data],
+            },
+            cache=str(self.cache),
             objective=self.objective,
             max_drop=self.max_drop,
             split=self.split,
@@ -161,7 +173,7 @@ def tune(models: list[str], output: str, options: TuneOptions, progress: Progres
     distill = space.can_distill() if options.distill is None else options.distill
     workers = open_workers(options.ray, options.workers or default_processes())  # an unreachable Ray fails here
     try:
-        cache = Path(options.cache) if options.cache else outputs[0].parent / ".onnxopt-tune-cache"
+        cache = Path(options.cache) if options.cache else default_folder()
         pick = lambda given, i: given[i if len(given) > 1 else 0] if given else None  # noqa: E731
         subjects = [
             _subject(path, out, pick(options.data, i), pick(options.eval_data, i), cache, options)
@@ -181,7 +193,7 @@ def tune(models: list[str], output: str, options: TuneOptions, progress: Progres
         _search(subjects, workers, options, cache, distill, started, progress)
     finally:
         workers.close()
-    return [_finish(subject, options, progress) for subject in subjects]
+    return [_finish(subject, options, cache, progress) for subject in subjects]
 
 
 def _outputs(paths: list[Path], output: Path) -> list[Path]:
@@ -259,17 +271,21 @@ def _search(
 def _proxy(result: TrialRecord, subject: _Subject, options: TuneOptions) -> float:
     """What the sampler minimizes: the objective as far as an untimed trial knows it, or the budget's excess."""
     assert result.drop is not None and result.size_bytes is not None and result.macs is not None  # status ok
-    if not result.feasible:
+    if not within_budget(result.drop, options.max_drop):
         return 10.0 + 100.0 * (result.drop - options.max_drop)
     size = result.size_bytes / subject.path.stat().st_size
     macs = result.macs / max(subject.macs, 1)
     return {"size": size, "latency": macs, "balanced": math.sqrt(size * macs)}[options.objective]
 
 
-def _finalists(subject: _Subject) -> list[TrialRecord]:
+def _finalists(subject: _Subject, max_drop: float) -> list[TrialRecord]:
     """Feasible trials no other feasible trial beats on drop, size and MACs at once (one per distinct model,
     at most FINALISTS sampled ones by proxy order), and every feasible built-in."""
-    feasible = [t for t in subject.trials if t.status == "ok" and t.feasible and t.model]
+    feasible = [
+        t
+        for t in subject.trials
+        if t.status == "ok" and t.drop is not None and within_budget(t.drop, max_drop) and t.model
+    ]
     unique: dict[str, TrialRecord] = {}
     for t in feasible:  # built-ins first: a sampled trial that rebuilt a built-in's model is that built-in
         unique.setdefault(file_digest(Path(str(t.model))), t)
@@ -292,10 +308,10 @@ def _finalists(subject: _Subject) -> list[TrialRecord]:
     return builtin + front[:FINALISTS]
 
 
-def _finish(subject: _Subject, options: TuneOptions, progress: Progress) -> TuneResult:
+def _finish(subject: _Subject, options: TuneOptions, cache: Path, progress: Progress) -> TuneResult:
     notes = subject.notes
     subject.output.parent.mkdir(parents=True, exist_ok=True)  # several models: the output folder
-    finalists = _finalists(subject)
+    finalists = _finalists(subject, options.max_drop)
     if not finalists:
         raise TuneError(f"{subject.path}: no trial met --max-drop {options.max_drop:g} on the selection data")
     progress.phase(f"tune {subject.path.name}: timing {len(finalists)} finalist(s) against the original, interleaved")
@@ -305,30 +321,37 @@ def _finish(subject: _Subject, options: TuneOptions, progress: Progress) -> Tune
     bench = benchmark([subject.path, *[Path(str(t.model)) for t in finalists]], config, dataset=dataset)
     ratios = [m.ratio.median for m in bench.measurements[1:] if m.ratio is not None]
     size = subject.path.stat().st_size
+    _set_ratios(subject)
     for trial, ratio in zip(finalists, ratios, strict=True):
-        size_ratio = (trial.size_bytes or 0) / size
         trial.latency_ratio = ratio
-        trial.size_ratio = size_ratio
+        size_ratio = trial.size_ratio or 0.0
         scores = {"size": size_ratio, "latency": ratio, "balanced": math.sqrt(size_ratio * ratio)}
         trial.score = scores[options.objective]
         trial.finalist = True
     chosen = min(finalists, key=lambda t: (t.score or 0.0, t.size_bytes or 0, t.name))
     chosen.chosen = True
-    recipe_file = subject.output.with_name(subject.output.stem + ".recipe.yaml")
-    plan_file = subject.output.with_name(subject.output.stem + ".plan.json")
-    entries = [{"name": name, **params} if params else name for name, params in parse_spec(chosen.spec)]
-    write_bytes(recipe_file, yaml.safe_dump({"passes": entries}, sort_keys=False).encode())
+    for trial in subject.trials:
+        trial.verdict, trial.why = judge(trial, options.max_drop, chosen)
+        if trial.spec:
+            trial.recipe = space.short(trial.spec)
+    recipe_file, plan_file, fit, held_out_file = (
+        _beside(subject.output, suffix) for suffix in (".recipe.yaml", ".plan.json", ".fit.npz", ".held-out.npz")
+    )
     progress.phase(f"tune {subject.path.name}: building {chosen.name} and scoring it on the held-out part")
     rebuild = OptimizeOptions(
-        recipe=str(recipe_file), data=str(subject.split.fit), eval_data=str(subject.split.held_out),
-        seed=options.seed, batch=options.batch, save_plan=plan_file,
+        recipe=str(recipe_file), data=str(fit), eval_data=str(held_out_file), seed=options.seed,
+        batch=options.batch, save_plan=plan_file,
     )  # fmt: skip
     try:
+        write_bytes(recipe_file, recipe_yaml(chosen.spec).encode())
+        write_bytes(fit, subject.split.fit.read_bytes())  # the rebuild's data, beside it: no cache path in its command
+        write_bytes(held_out_file, subject.split.held_out.read_bytes())
         built = optimize_file(subject.path, subject.output, rebuild)
     except BaseException:
-        recipe_file.unlink(missing_ok=True)  # no recipe beside an output that was not written
+        for path in (recipe_file, fit, held_out_file):  # nothing beside an output that was not written
+            path.unlink(missing_ok=True)
         raise
-    held = open_dataset(str(subject.split.held_out), inputs, seed=options.seed)
+    held = open_dataset(str(held_out_file), inputs, seed=options.seed)
     probe = QualityProbe(ir.load(str(subject.path)), held, limit=held.num_samples)
     drop = probe.drop(ir.load(str(subject.output)))
     same = file_digest(subject.output) == file_digest(Path(str(chosen.model)))
@@ -341,21 +364,39 @@ def _finish(subject: _Subject, options: TuneOptions, progress: Progress) -> Tune
         notes.append(f"in the rebuild, {'; '.join(built.fallbacks)}")
     held_out = {
         "metric": probe.metric, "baseline": probe.baseline, "value": probe.baseline - drop, "drop": drop,
-        "samples": held.num_samples, "within_budget": drop <= options.max_drop, "same_as_trial": same,
+        "samples": held.num_samples, "within_budget": within_budget(drop, options.max_drop), "same_as_trial": same,
         "size_ratio": subject.output.stat().st_size / size,
     }  # fmt: skip
     split = {
         "fit": str(subject.split.fit), "select": str(subject.split.select), "held_out": str(subject.split.held_out),
         "counts": list(subject.split.counts), "labels": subject.split.labels,
     }  # fmt: skip
-    for trial in subject.trials:
-        if trial.spec:
-            trial.recipe = space.short(trial.spec)
     reproduce = [
         "onnxopt", "optimize", str(subject.path), str(subject.output), "--recipe", str(recipe_file), "--plan",
-        str(plan_file), "--data", split["fit"], "--eval-data", split["held_out"], "--seed", str(options.seed),
+        str(plan_file), "--data", str(fit), "--eval-data", str(held_out_file), "--seed", str(options.seed),
     ] + (["--batch", str(options.batch)] if options.batch else [])  # fmt: skip
     return TuneResult(
         subject.path, subject.output, recipe_file, plan_file, split, subject.trials, chosen, held_out,
-        options.objective, options.max_drop, notes, reproduce,
+        options.objective, options.max_drop, notes, reproduce, (fit, held_out_file), cache,
     )  # fmt: skip
+
+
+def _set_ratios(subject: _Subject) -> None:
+    """Every finished trial's size and MACs against the original's (what the trial table shows)."""
+    size = subject.path.stat().st_size
+    for trial in subject.trials:
+        if trial.status == "ok" and trial.size_bytes is not None and trial.macs is not None:
+            trial.size_ratio = trial.size_bytes / size
+            trial.macs_ratio = trial.macs / max(subject.macs, 1)
+
+
+def _beside(output: Path, suffix: str) -> Path:
+    """The file named ``suffix`` beside ``output`` (``tuned.onnx`` -> ``tuned.recipe.yaml``)."""
+    return output.with_name(output.stem + suffix)
+
+
+def recipe_yaml(spec: str) -> str:
+    """``spec`` as a recipe file (``passes:`` one entry per pass), its parameters written as YAML numbers and
+    booleans where the pass's field is one (``ratio: 0.25``, not ``'0.25'``)."""
+    entries = [{"name": name, **typed_params(name, params)} if params else name for name, params in parse_spec(spec)]
+    return yaml.safe_dump({"passes": entries}, sort_keys=False)

@@ -94,6 +94,26 @@ def short(spec: str) -> str:
     return "lossless" + spec[len(lossless) :] if spec.startswith(lossless) else spec
 
 
+def label(name: str, params: dict[str, Any]) -> str:
+    """A point in a few words for a table row: a built-in's name, or a sampled point's choices
+    (``lossless + prune 0.25 l2 + distill + clip + quantize minmax/gptq/uint8``; ``quantize weights`` for int8
+    weight storage alone)."""
+    if not params:
+        return name
+    parts = ["lossless"]
+    if params.get("prune_ratio"):
+        parts.append(f"prune {params['prune_ratio']:g} {params.get('prune_importance', '')}".rstrip())
+        if params.get("distill"):
+            parts.append("distill")
+    if params.get("clip_weights"):
+        parts.append("clip")
+    if params.get("quantize") == "static":
+        parts.append(f"quantize {params.get('calibration')}/{params.get('rounding')}/{params.get('activations')}")
+    elif params.get("quantize") == "weights_only":
+        parts.append("quantize weights")
+    return " + ".join(parts)
+
+
 def with_budget(point: Point, max_drop: float) -> Point:
     """``point`` with the tune's budget written into its quantize stage (``max_drop={max_drop}``)."""
     stages = tuple(s.replace("{max_drop}", f"{max_drop:g}") for s in point.stages)

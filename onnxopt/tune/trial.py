@@ -10,6 +10,10 @@ samples, and it ends ``pruned`` when that drop exceeds the budget by more than t
 a proportion on that many samples (successive halving with one rung: quantization only adds error, and
 a quarter of the samples already tells a hopeless trial from a close one). The float stage's model is
 cached on its own, so trials that prune alike build it once.
+
+When the tune has chosen, :func:`judge` gives every record its verdict and why for people -- from its drop
+against the budget (:func:`within_budget`), never from ``status`` alone: a trial that finished (``ok``) over the
+budget is ``over``.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ from onnxopt.tune.space import Point
 #: The first rung scores this fraction of the selection samples (at least MIN_RUNG).
 RUNG_FRACTION = 0.25
 MIN_RUNG = 16
+#: What a drop may exceed the budget by and still be within it: float subtraction's error only (0.93 - 0.92 is
+#: 0.010000000000000009), never a measurable sample -- one sample in a million is 1e-6.
+BUDGET_SLACK = 1e-9
 #: Fields a trial's JSON holds only when true.
 _ONLY_WHEN_TRUE = ("finalist", "chosen")
 
@@ -91,11 +98,14 @@ class TrialRecord:
     pruned: str | None = None
     # -- finalists, timed against the original; the one chosen
     latency_ratio: float | None = None
-    size_ratio: float | None = None
+    size_ratio: float | None = None  # the file against the original's (every finished trial)
+    macs_ratio: float | None = None  # MACs per sample against the original's (every finished trial)
     score: float | None = None  # on the tune's objective
     finalist: bool = False
     chosen: bool = False
     recipe: str | None = None  # the spec, shortened for people
+    verdict: str | None = None  # chosen, ok, over, pruned or failed (:func:`judge`)
+    why: str | None = None  # the verdict's reason, one line
 
     def to_dict(self) -> dict[str, Any]:
         """The trial's JSON: ``name, spec, params, status, seconds, cached``, and each other field that applies."""
@@ -107,6 +117,50 @@ class TrialRecord:
         """A record from its :meth:`to_dict` (a trial cache's result; its ``has_model`` flag is the cache's)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in stored.items() if k in names})
+
+
+def within_budget(drop: float, max_drop: float) -> bool:
+    """Whether ``drop`` meets the budget: ``drop <= max_drop`` up to float subtraction's error (:data:`BUDGET_SLACK`),
+    the one comparison every verdict of a tune uses."""
+    return drop <= max_drop + BUDGET_SLACK
+
+
+def judge(trial: TrialRecord, max_drop: float, chosen: TrialRecord | None = None) -> tuple[str, str]:
+    """The trial's verdict and why, for people: ``failed`` (its error), ``pruned`` (its early drop),
+    ``over`` (its drop on the selection part is over the budget), ``chosen``, or ``ok`` (within the budget; why
+    it was not chosen, against ``chosen``). Decided from the drop itself, never from ``status`` alone."""
+    if trial.status == "failed":
+        return "failed", one_line(trial.error or "no reason recorded", 120)
+    if trial.status == "pruned":
+        drop = trial.rung_drop if trial.rung_drop is not None else math.nan
+        return "pruned", (
+            f"drop {_drop_text(drop, max_drop)} on the first {trial.rung_samples} samples > --max-drop {max_drop:g} "
+            f"(stopped {trial.pruned})"
+        )
+    if trial.drop is None:
+        return "failed", "finished without a measured drop"
+    if not within_budget(trial.drop, max_drop):
+        return "over", f"drop {_drop_text(trial.drop, max_drop)} > --max-drop {max_drop:g}"
+    if trial.chosen:
+        return "chosen", "within budget; the best score of the finalists timed"
+    reasons = ["within budget"]
+    if not trial.finalist:
+        reasons.append("not among the finalists timed")
+    if trial.latency_ratio is not None and trial.latency_ratio >= 1:
+        reasons.append(f"not faster ({trial.latency_ratio:.2f}x)")
+    if trial.score is not None and chosen is not None and chosen.score is not None:
+        reasons.append(f"score {trial.score:.3f} vs the chosen's {chosen.score:.3f}")
+    return "ok", "; ".join(reasons)
+
+
+def _drop_text(drop: float, max_drop: float) -> str:
+    """``drop`` with 3 decimals, or as many more as it takes to show a drop over ``max_drop`` over it (0.0101 is
+    not written "0.010"; 10 decimals reach past :data:`BUDGET_SLACK`)."""
+    for decimals in range(3, 11):
+        text = f"{drop:.{decimals}f}"
+        if not drop > max_drop or float(text) > max_drop:
+            return text
+    return f"{drop:.10f}"
 
 
 def run_trial(task: TrialTask) -> TrialRecord:
@@ -176,7 +230,7 @@ def _run(task: TrialTask, cache: TrialCache, work: Path) -> tuple[dict[str, Any]
         "metric": whole.metric,
         "baseline": whole.baseline,
         "drop": drop,
-        "feasible": drop <= task.max_drop,
+        "feasible": within_budget(drop, task.max_drop),
         "size_bytes": current.stat().st_size,
         "macs": macs,
         "fallbacks": fell_back,
