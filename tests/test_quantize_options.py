@@ -93,6 +93,21 @@ def test_weights_only_keeps_activations_float(conv_net, tmp_path) -> None:
     assert _snr(result) > 30  # weight rounding alone
 
 
+def test_weights_only_plans_float_compute_on_every_node(conv_net, tmp_path) -> None:
+    """The plan says what runs: float compute everywhere (not int8 on nodes nothing was decided for), and a
+    replay of it writes the same bytes."""
+    import json
+
+    plan = tmp_path / "plan.json"
+    model, data = conv_net
+    optimize(model, tmp_path / "a.onnx", passes="quantize:weights_only=true", data=data, save_plan=plan)
+    entry = next(e for e in json.loads(plan.read_text())["passes"].values() if e["pass"] == "quantize")
+    assert entry["compute"] == "float" and entry["nodes"]
+    assert set(entry["nodes"].values()) == {"float compute, int8 weights"}
+    optimize(model, tmp_path / "b.onnx", passes="quantize:weights_only=true", data=data, plan=plan)
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
 def test_target_without_vnni_limits_weights_to_7_bits(conv_net, tmp_path) -> None:
     result, model = _quantize(conv_net, tmp_path, "quantize:target=avx2")
     weights = [onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]

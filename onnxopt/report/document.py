@@ -8,6 +8,7 @@ self-contained file: inline CSS, figures as inline SVG.
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass, field
 
 
@@ -96,17 +97,25 @@ def _md_cell(text: str) -> str:
 
 
 def _inline(text: str) -> str:
-    """Escape, then render Markdown's `code` and **bold** spans."""
-    parts = html.escape(text).split("`")
-    text = "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+    """Escape, then render Markdown's `code` and **bold** spans; a code span may break after ``,`` ``;`` ``/``
+    (a recipe's passes and parameters, a path's folders) when it wraps."""
+    parts = text.split("`")
+    text = "".join(f"<code>{_break_points(p)}</code>" if i % 2 else html.escape(p) for i, p in enumerate(parts))
     parts = text.split("**")
     return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def _break_points(code: str) -> str:
+    """``code`` escaped, with a <wbr> after each ``,``, ``;`` and ``/``: where a browser may wrap it, nothing
+    added to what a reader copies."""
+    return "<wbr>".join(html.escape(piece) for piece in re.split(r"(?<=[,;/])", code))
 
 
 _CSS = (
     "body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;color:#222}"
     "table{border-collapse:collapse;margin:1rem 0;font-size:.9rem}"
-    "th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:left}td.num{text-align:right}"
+    "th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:left}td.num{text-align:right;white-space:nowrap}"
+    "td code{overflow-wrap:anywhere}"  # a long recipe or tensor name wraps inside its cell, never widens the page
     "th{background:#f3f3f3}code{background:#f3f3f3;padding:0 .2rem}figure{margin:1rem 0}"
     "figcaption{font-size:.85rem;color:#555}svg{max-width:100%;height:auto}"
 )

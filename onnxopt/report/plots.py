@@ -22,6 +22,7 @@ class Candidate:
     latency_ms: float
     quality: float  # accuracy, or top-1 agreement with the reference
     size_bytes: int
+    latency_interval: tuple[float, float] | None = None  # 95 % interval of the median (ms); None: the baseline
 
 
 def available() -> bool:
@@ -33,23 +34,40 @@ def available() -> bool:
 
 
 def tradeoff(candidates: Sequence[Candidate], quality_label: str) -> str | None:
-    """Latency (x) against accuracy or agreement (y); marker area proportional to file size."""
+    """Latency (x, from 0 so that a ratio reads as the distance it is) against accuracy or agreement (y, at least
+    two points tall, so that a tenth of a point does not fill the plot); marker area proportional to file size;
+    a candidate's 95 % latency interval as a horizontal whisker; each point named in a legend beside the plot
+    (labels beside points collide when points coincide)."""
     if not available() or not candidates:
         return None
-    fig, ax = _figure()
+    fig, ax = _figure(width=8)
     biggest = max(c.size_bytes for c in candidates) or 1
     for i, c in enumerate(candidates):
-        ax.scatter(c.latency_ms, c.quality, s=40 + 400 * c.size_bytes / biggest, alpha=0.6)
-        ax.annotate(  # staggered so coinciding points keep readable labels
-            f"{c.label}, {c.size_bytes / 1e6:.2f} MB",
-            (c.latency_ms, c.quality),
-            xytext=(8, 8 - 14 * (i % 4)),
-            textcoords="offset points",
-            fontsize=8,
-        )
-    ax.set_xlabel("latency p50 (ms)")
+        label = f"{c.label}, {c.size_bytes / 1e6:.2f} MB"
+        ax.scatter(c.latency_ms, c.quality, s=40 + 400 * c.size_bytes / biggest, alpha=0.6, label=label)
+        if c.latency_interval is not None:
+            low, high = c.latency_interval
+            whisker = ax.errorbar(
+                c.latency_ms,
+                c.quality,
+                xerr=[[c.latency_ms - low], [high - c.latency_ms]],
+                fmt="none",
+                ecolor="black",
+                capsize=3,
+                linewidth=1,
+            )
+            _name(whisker, f"latency-interval-{i}")
+    slowest = max(max((c.latency_ms, *(c.latency_interval or ()))) for c in candidates)
+    ax.set_xlim(0, 1.1 * slowest)
+    low, high = min(c.quality for c in candidates), max(c.quality for c in candidates)
+    margin = max(high - low, 0.02) * 0.3
+    ax.set_ylim(low - margin, high + margin)
+    ax.set_xlabel("latency p50 (ms), from 0")
     ax.set_ylabel(quality_label)
     ax.grid(alpha=0.3)
+    legend = ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8, borderaxespad=0)
+    for handle in legend.legend_handles:
+        handle.set_sizes([40])  # every entry the same size: the legend names, the plot sizes
     return _svg(fig)
 
 
@@ -82,15 +100,32 @@ def wrap_path(label: str, width: int = 28) -> str:
     return "\n".join([*lines, line] if line else lines)
 
 
-def latency_bars(labels: Sequence[str], p50: Sequence[float], p90: Sequence[float]) -> str | None:
-    """p50 latency per model with a whisker up to p90."""
+def latency_bars(
+    labels: Sequence[str],
+    p50: Sequence[float],
+    intervals: Sequence[tuple[float, float] | None],
+    notes: Sequence[str] = (),
+) -> str | None:
+    """Median (p50) latency per model, bars from 0, each with its 95 % interval in ms as a whisker where it has
+    one (None: no whisker, e.g. the baseline a ratio is taken against); ``notes`` printed above the bars."""
     if not available() or not labels:
         return None
     fig, ax = _figure()
-    errors = [[0.0] * len(p50), [hi - lo for lo, hi in zip(p50, p90, strict=True)]]
-    ax.bar(range(len(labels)), p50, yerr=errors, capsize=4)
+    ax.bar(range(len(labels)), p50, color="#8fb3d9")
+    for i, (median, interval) in enumerate(zip(p50, intervals, strict=True)):
+        if interval is not None:
+            low, high = interval
+            whisker = ax.errorbar(
+                i, median, yerr=[[median - low], [high - median]], fmt="none", ecolor="black", capsize=8, linewidth=1.5
+            )
+            _name(whisker, f"latency-interval-{i}")
+    top = max((*p50, *(high for _, high in filter(None, intervals))))
+    for i, note in enumerate(notes):
+        if note:
+            ax.annotate(note, (i, top), xytext=(0, 6), textcoords="offset points", ha="center", fontsize=8)
+    ax.set_ylim(0, 1.15 * top)
     ax.set_xticks(range(len(labels)), [wrap_path(label) for label in labels], rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("latency p50 (ms), whisker to p90")
+    ax.set_ylabel("latency p50 (ms)")
     ax.grid(alpha=0.3, axis="y")
     return _svg(fig)
 
@@ -113,17 +148,28 @@ def pareto(
     ax.scatter([sizes[i] for i in others], [drops[i] for i in others], s=25, alpha=0.45, label="trials")
     ax.scatter([sizes[i] for i in timed], [drops[i] for i in timed], s=60, label="finalists (timed)")
     for n, i in enumerate(timed):
-        ax.annotate(f"{labels[i]}, {latencies[i]:.2f}x latency", (sizes[i], drops[i]), xytext=(6, 6 - 12 * (n % 4)),
+        ax.annotate(f"{labels[i]}, {latencies[i]:.2f}x latency", (sizes[i], drops[i]), xytext=(6, 6 + 12 * (n % 4)),
                     textcoords="offset points", fontsize=8)  # fmt: skip
     on_front = sorted((sizes[i], drops[i]) for i in range(len(sizes)) if front[i])
     if len(on_front) > 1:
         ax.step(*zip(*on_front, strict=True), where="post", linewidth=1, alpha=0.6, label="Pareto front (size, drop)")
     ax.axhline(max_drop, linestyle="--", linewidth=1, color="grey", label=f"budget {max_drop:g}")
-    ax.set_xlabel("file size / original")
+    ax.axvline(1.0, linewidth=1, color="grey", alpha=0.5)  # the original's size
+    ax.set_xlim(0, 1.08 * max(1.0, *sizes))  # a ratio axis: 0 and 1 (the original) both on it
+    low, high = min(0.0, *drops), max(max_drop, *drops)
+    margin = 0.08 * ((high - low) or 1.0)
+    ax.set_ylim(low - margin, high + margin)  # no drop (0) and the budget on it
+    ax.set_xlabel("file size / original (1 = the original)")
     ax.set_ylabel("metric drop on the selection data")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _svg(fig)
+
+
+def _name(container, gid: str) -> None:  # container: matplotlib ErrorbarContainer
+    """Give an error bar's lines and caps an SVG id (``gid``), so a reader of the SVG (or a test) finds them."""
+    for artist in container.get_children():
+        artist.set_gid(gid)
 
 
 def _figure(width: float = 6.5):  # -> tuple[Figure, Axes]

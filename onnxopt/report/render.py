@@ -14,6 +14,11 @@ from onnxopt.report import plots
 from onnxopt.report.document import Block, Bullets, Figure, Heading, Paragraph, Table
 from onnxopt.report.verdict import verdict
 
+#: What the summary's rows count: ``before``/``after`` (onnxopt.model_stats) and the files written.
+_SIZE_LABELS = {
+    "bytes": "tensor bytes (weights and constants, as stored)",
+    "file_bytes": "file bytes (on disk: the tensors plus the graph, with any external data)",
+}
 _PLOT_HINT = "Figures need matplotlib (an onnxopt dependency), which could not be imported: `pip install matplotlib`."
 
 
@@ -49,10 +54,13 @@ def _optimize(r: dict[str, Any]) -> list[Block]:
             ]
         ),
     ]
-    rows = [[key, f"{before[key]:,}", f"{after[key]:,}", percent_change(before[key], after[key])] for key in before]
+    rows = [
+        [_SIZE_LABELS.get(key, key), f"{before[key]:,}", f"{after[key]:,}", percent_change(before[key], after[key])]
+        for key in before
+    ]
     fb, fa = r["input"]["file_bytes"], r["output"]["file_bytes"]
     if fa is not None:
-        rows.append(["file bytes", f"{fb:,}", f"{fa:,}", percent_change(fb, fa)])
+        rows.append([_SIZE_LABELS["file_bytes"], f"{fb:,}", f"{fa:,}", percent_change(fb, fa)])
     if cmp.get("reference_accuracy") is not None:
         ra, ca = cmp["reference_accuracy"], cmp["candidate_accuracy"]
         rows.append(["accuracy", f"{ra:.4f}", f"{ca:.4f}", f"{100 * (ca - ra):+.2f} pts"])
@@ -66,7 +74,7 @@ def _optimize(r: dict[str, Any]) -> list[Block]:
     if r.get("runtime"):
         blocks += _runtime(r["runtime"])
     blocks += _passes(r)
-    blocks += _plan(r.get("plan"))
+    blocks += _plan(r.get("plan"), r["passes"])
     return blocks
 
 
@@ -106,9 +114,10 @@ def _runtime(audit: dict[str, Any]) -> list[Block]:
     return blocks
 
 
-def _plan(plan: dict[str, Any] | None) -> list[Block]:
-    """The run's measured decisions (``--save-plan``): per pass, how many nodes got each precision, and where
-    they were timed."""
+def _plan(plan: dict[str, Any] | None, records: list[dict[str, Any]]) -> list[Block]:
+    """The run's measured decisions (``--save-plan``): per pass, how many nodes got each precision, where they
+    were timed, and the weights its Passes row counts (``records``: the report's pass records), under the
+    same label as there."""
     entries = (plan or {}).get("passes") or {}
     if not entries:
         return []
@@ -116,17 +125,42 @@ def _plan(plan: dict[str, Any] | None) -> list[Block]:
     features = ", ".join(machine.get("cpu_features") or []) or "none detected"
     rows = []
     for index, entry in sorted(entries.items(), key=lambda item: int(item[0])):
-        counts: dict[str, int] = {}
-        for precision in (entry.get("nodes") or {}).values():
-            counts[precision] = counts.get(precision, 0) + 1
-        shown = ", ".join(f"{n} {p}" for p, n in sorted(counts.items())) or "-"
+        record = records[int(index)] if int(index) < len(records) else None
+        weights = _weight_counts(record) if record and record["name"] == entry.get("pass") else ""
         rows.append([str(index), str(entry.get("pass")), "timed" if entry.get("timed") else "untimed",
-                     str(entry.get("compute", "")), shown])  # fmt: skip
+                     str(entry.get("compute", "")), _plan_nodes(entry), weights or "-"])  # fmt: skip
     return [
         Heading("Plan (measured decisions; replay with --plan)"),
-        Paragraph(f"Measured on {machine.get('cpu', 'an unnamed CPU')} (integer features: {features})."),
-        Table(["#", "pass", "decisions", "compute", "nodes"], rows),
+        Paragraph(
+            f"Measured on {machine.get('cpu', 'an unnamed CPU')} (integer features: {features}). "
+            "**nodes** counts every node the pass decided a precision for, with a weight or without (Relu, "
+            "MaxPool, Reshape); **weights** counts weight tensors, as the pass's row under Passes does."
+        ),
+        Table(["#", "pass", "decisions", "compute", "nodes", "weights"], rows),
     ]
+
+
+#: A plan's node precisions (onnxopt.passes.quantize.plan_entry.Precision) as the plan table says them: what the
+#: node computes in; a node's weights (where it has any) follow from its precision.
+_PRECISIONS = {
+    "int8": "int8 compute",
+    "float": "float compute, exact weights",
+    "float compute, int8 weights": "float compute (weights, if any, stored int8)",
+}
+
+
+def _plan_nodes(entry: dict[str, Any]) -> str:
+    """A plan entry's nodes by precision, e.g. ``18 nodes float compute (weights, if any, stored int8)``."""
+    counts: dict[str, int] = {}
+    for precision in (entry.get("nodes") or {}).values():
+        counts[precision] = counts.get(precision, 0) + 1
+    shown = [f"{n} node{'s' if n != 1 else ''} {_PRECISIONS.get(p, p)}" for p, n in sorted(counts.items())]
+    return ", ".join(shown) or "-"
+
+
+def _weight_counts(record: dict[str, Any]) -> str:
+    """A pass record's counts of weights (``weights quantized: 4``), worded as its Passes row words them."""
+    return ", ".join(f"{k}: {v}" for k, v in record["counts"].items() if v and k.startswith("weights"))
 
 
 def _tune(r: dict[str, Any]) -> list[Block]:
@@ -166,21 +200,45 @@ def _tune(r: dict[str, Any]) -> list[Block]:
         )  # fmt: skip
         if svg:
             blocks.append(Figure(svg, "Every finished trial: size against drop on the selection data"))
+    shared = _shared_passes([spec for t in trials if (spec := t.get("recipe") or t.get("spec"))])
     rows = []
     for t in trials:
         ratio = t.get("latency_ratio")
         name = t["name"] + (" (chosen)" if t.get("chosen") else "")
-        status = t["status"] + (" (cached)" if t.get("cached") else "")
+        # the verdict judged from the drop (a finished trial over budget is "over", never "ok"); older files: status
+        status = (t.get("verdict") or t["status"]) + (" (cached)" if t.get("cached") else "")
         drop = _opt(t.get("drop", t.get("rung_drop")), "+.4f")
         relative = _opt(t["size_bytes"] / size if "size_bytes" in t else None, ".2f")
-        recipe = f"`{t.get('recipe') or t['spec']}`" if t.get("spec") else ""
-        why = t.get("error") or t.get("pruned") or ""
+        recipe = _recipe_cell(t.get("recipe") or t.get("spec") or "", shared)
+        why = t.get("why") or t.get("error") or t.get("pruned") or ""
         rows.append([name, status, drop, relative, _opt(ratio, ".2f"), f"{t.get('seconds', 0):.1f}", recipe, why])
-    blocks += [
-        Heading("Trials"),
-        Table(["trial", "status", "drop", "size", "latency", "seconds", "recipe", "why"], rows, {2, 3, 4, 5}),
-    ]
-    return blocks
+    blocks.append(Heading("Trials"))
+    if shared:
+        blocks.append(Paragraph(f"Every trial's recipe starts with `{shared}`; the table shows what follows (…)."))
+    header = ["trial", "verdict", "drop", "size ratio", "latency ratio", "seconds", "recipe", "why"]
+    return [*blocks, Table(header, rows, {2, 3, 4, 5})]
+
+
+def _recipe_cell(spec: str, shared: str) -> str:
+    """A trial's recipe as its table cell: what follows the ``shared`` passes (said once above the table)."""
+    if not spec or not shared:
+        return f"`{spec}`" if spec else ""
+    rest = spec[len(shared) :].lstrip(",")
+    return f"… `{rest}`" if rest else "… (the shared passes only)"
+
+
+def _shared_passes(specs: list[str]) -> str:
+    """The leading passes (whole ``,``-separated entries) every one of ``specs`` starts with; empty for fewer
+    than two specs or none shared."""
+    if len(specs) < 2:
+        return ""
+    entries = [spec.split(",") for spec in specs]
+    shared = []
+    for column in zip(*entries, strict=False):
+        if len(set(column)) > 1:
+            break
+        shared.append(column[0])
+    return ",".join(shared)
 
 
 def _compare(r: dict[str, Any]) -> list[Block]:
@@ -263,11 +321,29 @@ def _cells(bench: dict[str, Any]) -> list[Block]:
             Paragraph(f"**{provider}, batch {batch}**: {rows[0]['latency']['runs']} interleaved rounds"),
             Table(header, table, set(range(1, 10))),
         ]
+        notes = [
+            "baseline" if m["ratio"] is None else f"{m['ratio']['median']:.3f}x [{m['ratio']['low']:.3f}, "
+            f"{m['ratio']['high']:.3f}]" for m in rows
+        ]  # fmt: skip
         svg = plots.latency_bars(
-            [m["model"] for m in rows], [m["latency"]["p50_ms"] for m in rows], [m["latency"]["p90_ms"] for m in rows]
+            [m["model"] for m in rows], [m["latency"]["p50_ms"] for m in rows], [_median_interval(m) for m in rows],
+            notes,
+        )  # fmt: skip
+        caption = (
+            f"latency, {provider}, batch {batch}: each model's median (p50), from 0; whisker: the 95 % interval of "
+            "that median, from the bootstrap interval of its ratio to the first model (printed above its bar)"
         )
-        blocks.append(Figure(svg, f"latency, {provider}, batch {batch}") if svg else Paragraph(_PLOT_HINT))
+        blocks.append(Figure(svg, caption) if svg else Paragraph(_PLOT_HINT))
     return blocks
+
+
+def _median_interval(m: dict[str, Any]) -> tuple[float, float] | None:
+    """A measurement's 95 % interval of its median latency (ms), read from its ratio to the baseline: the ratio's
+    bootstrap bounds scaled by the median (``median * low / ratio``); None for the baseline (no ratio)."""
+    ratio, p50 = m.get("ratio"), m["latency"]["p50_ms"]
+    if not ratio or not ratio["median"]:
+        return None
+    return p50 * ratio["low"] / ratio["median"], p50 * ratio["high"] / ratio["median"]
 
 
 def _outputs(cmp: dict[str, Any]) -> list[Block]:
@@ -338,14 +414,14 @@ def _passes(r: dict[str, Any]) -> list[Block]:
         )
     blocks: list[Block] = [
         Heading("Passes"),
-        Table(["pass", "status", "nodes", "parameters", "drift", "seconds", "counts"], rows, {4, 5}),
+        Table(["pass", "status", "nodes", "parameters", "drift", "seconds", "counts"], rows, {2, 3, 4, 5}),
     ]
     notes = [f"**{rec['name']}**: {n}" for rec in r["passes"] for n in rec["notes"]]
     notes += [f"**pipeline**: {n}" for n in r["notes"]]
     declined = [f"**{rec['name']}**: {s}" for rec in r["passes"] for s in rec["skipped"]]
     for rec in r["passes"]:
         if rec.get("details"):
-            blocks += [Heading(f"{rec['name']}: per layer", 3), _details_table(rec["details"])]
+            blocks += [Heading(f"{rec['name']}: per layer", 3), *_details_tables(rec["details"])]
     if notes:
         blocks += [Heading("Notes"), Bullets(notes)]
     if declined:
@@ -353,14 +429,20 @@ def _passes(r: dict[str, Any]) -> list[Block]:
     return blocks
 
 
-def _details_table(rows: list[dict[str, Any]], limit: int = 200) -> Table:
-    """A pass's per-layer rows as a table (numbers formatted, at most ``limit`` rows)."""
-    header = list(dict.fromkeys(key for row in rows[:limit] for key in row))  # rows of several kinds: every column
-    body = [[_cell(row.get(key, "")) for key in header] for row in rows[:limit]]
-    numeric = {
-        i for i, key in enumerate(header)
-        if any(isinstance(row.get(key), int | float) for row in rows[:limit])
-    }  # fmt: skip
+def _details_tables(rows: list[dict[str, Any]], limit: int = 200) -> list[Table]:
+    """A pass's per-layer rows (at most ``limit``) as tables, one per kind of row -- rows of one kind share
+    their first key (``epoch``, ``node``, ``output``) -- so no table is padded with another kind's columns."""
+    kinds: dict[str, list[dict[str, Any]]] = {}
+    for row in rows[:limit]:
+        kinds.setdefault(next(iter(row), ""), []).append(row)
+    return [_details_table(group) for group in kinds.values()]
+
+
+def _details_table(rows: list[dict[str, Any]]) -> Table:
+    """Rows of one kind as a table: every key a column, numbers formatted and right-aligned."""
+    header = list(dict.fromkeys(key for row in rows for key in row))
+    body = [[_cell(row.get(key, "")) for key in header] for row in rows]
+    numeric = {i for i, key in enumerate(header) if any(isinstance(row.get(key), int | float) for row in rows)}
     return Table(header, body, numeric)
 
 
@@ -455,11 +537,15 @@ def _tradeoff(reports: list[dict[str, Any]]) -> list[Block]:
         )
         recipe = r.get("recipe_name") or ",".join(e["name"] for e in r["recipe"])
         name = recipe if len(recipe) <= 24 else recipe[:22] + "…"
-        points[r["output"]["path"]] = plots.Candidate(name, cand["latency"]["p50_ms"], cand_q, cand["file_bytes"])
+        p50 = cand["latency"]["p50_ms"]
+        points[r["output"]["path"]] = plots.Candidate(name, p50, cand_q, cand["file_bytes"], _median_interval(cand))
     if not points:
         return []
     svg = plots.tradeoff(list(points.values()), label)
-    caption = f"{label} against latency (p50, CPU); marker area ∝ file size"
+    caption = (
+        f"{label} against latency (p50, CPU; the axis starts at 0, so distances read as ratios; whisker: 95 % "
+        "interval of the median); marker area ∝ file size"
+    )
     return [Heading("Trade-off"), Figure(svg, caption) if svg else Paragraph(_PLOT_HINT)]
 
 

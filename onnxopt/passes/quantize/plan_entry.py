@@ -51,6 +51,8 @@ class QuantizePlanEntry:
         def precision(name: str) -> Precision:
             if compute == Compute.NONE or (name in excluded and name in exact):
                 return Precision.FLOAT
+            if compute == Compute.FLOAT:  # float compute everywhere (weights_only, or int8 not faster)
+                return Precision.FLOAT if name in exact else Precision.FLOAT_COMPUTE
             return Precision.FLOAT_COMPUTE if name in excluded else Precision.INT8
 
         return cls(

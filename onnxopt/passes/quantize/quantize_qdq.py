@@ -314,7 +314,9 @@ class QuantizeQDQPass(OptPass):
         config, log = self.config, run.log
         every = {n.name for n in chosen(run.model.graph, set())} | run.excluded
         decision = Decision(every, set(run.excluded), set(run.excluded))
-        if run.planned is not None:  # --plan: the recorded precisions, nothing timed
+        if config.weights_only:  # nothing to decide: float compute everywhere, weights stored int8
+            decision.compute = Compute.FLOAT
+        elif run.planned is not None:  # --plan: the recorded precisions, nothing timed
             decision.excluded, decision.exact, decision.compute = self._replayed(run, every)
             log.note(f"precisions replayed from the plan: {len(every - decision.excluded)} node(s) int8, nothing timed")
         elif config.fallback == "profile" or config.budgeted:  # max_db_loss=0 is a budget too
