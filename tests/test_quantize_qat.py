@@ -185,3 +185,32 @@ def test_per_tensor_weights_refuse_per_channel_rounding() -> None:
     proto, data = _subject(samples=64)
     with pytest.raises(Exception, match="per_channel=false takes rounding=nearest"):
         optimize(proto, passes="quantize:per_channel=false;rounding=gptq", data=data)
+
+
+def test_a_budgeted_search_says_each_step_on_the_progress_line() -> None:
+    """Minutes of a search are never silent: every step of the budget's search is a progress phase."""
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.phases: list[str] = []
+
+        def start(self, description: str, total: int | None = None) -> None:
+            self.phases.append(description)
+
+        def advance(self, units: int = 1) -> None:
+            pass
+
+        def phase(self, description: str) -> None:
+            self.phases.append(description)
+
+        def finish(self) -> None:
+            pass
+
+    proto, data = _subject(samples=64)
+    recorder = Recorder()
+    optimize(proto, passes=BUDGETED, data=data, progress=recorder)
+    said = [p for p in recorder.phases if p.startswith("quantize: ")]
+    assert "quantize: rounding the weights (the budget's yardstick)" in said
+    assert "quantize: scoring all-int8 against the budget (max_db_loss)" in said
+    assert any(p.startswith("quantize: budget: ranking layers by the error each adds") for p in said)
+    assert any(p.startswith("quantize: budget: scoring with the ") for p in said), said

@@ -320,8 +320,10 @@ class QuantizeQDQPass(OptPass):
             decision.excluded, decision.exact, decision.compute = self._replayed(run, every)
             log.note(f"precisions replayed from the plan: {len(every - decision.excluded)} node(s) int8, nothing timed")
         elif config.fallback == "profile" or config.budgeted:  # max_db_loss=0 is a budget too
-            reference = self._weights_only(run, decision.exact) if config.max_db_loss is not None else None
-            self.require_context().progress.phase(f"{self.name}: profiling int8 against float, node by node")
+            reference = None
+            if config.max_db_loss is not None:
+                self.require_context().progress.phase(f"{self.name}: rounding the weights (the budget's yardstick)")
+                reference = self._weights_only(run, decision.exact)
             search = decision.search = self._search(run, reference)
             decided = search.run(run.excluded)
             storage_serves = search.declined == SearchOutcome.SPEED or (

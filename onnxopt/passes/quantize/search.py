@@ -97,8 +97,13 @@ class FloatFallbackSearch:
             return None
         return excluded
 
-    def _profile(self, model: ir.Model) -> NodeProfile:
+    def _profile(self, model: ir.Model, what: str) -> NodeProfile:
+        self._say(f"profiling the {what} model node by node (onnxruntime's profiler)")
         return self.context.profile(model, batch=self.batch)
+
+    def _say(self, what: str) -> None:
+        """One step of the search on the progress line: a long search is never silent."""
+        self.context.progress.phase(f"quantize: {what}")
 
     def _keep_slow_nodes_float(self, excluded: set[str]) -> tuple[set[str], ir.Model]:
         """Keep float the nodes whose int8 kernels the profiler finds slower than their float ones: all of them at
@@ -108,9 +113,9 @@ class FloatFallbackSearch:
         trial built with them."""
         context = self.context
         ops = self.quantizable(excluded)
-        float_profile = self._profile(self.model)
+        float_profile = self._profile(self.model, "float")
         current = self.trial(excluded)
-        profile = self._profile(current)
+        profile = self._profile(current, f"int8 ({len(ops)} quantized nodes)")
         lost: dict[str, dict[str, tuple[float, float]]] = {}  # op type -> node -> (float µs, int8 µs)
         conversions = conversion_costs(current, profile, set(ops))
         for name, op_type in ops.items():
@@ -127,6 +132,7 @@ class FloatFallbackSearch:
         kept_float: dict[str, tuple[float, float]] = {}
         slower = {name: times for nodes in lost.values() for name, times in nodes.items()}
         if slower:  # per node first: every node whose own int8 kernel is slower, whatever its type
+            self._say(f"timing int8 with the {len(slower)} node(s) slower in int8 kept float, against all-int8")
             candidate = self.trial(excluded | set(slower))
             median = context.latency_ratio(current, candidate, batch=self.batch).median
             ratios.append(["every slower node", round(median, 4)])
@@ -136,6 +142,7 @@ class FloatFallbackSearch:
                 self.kept_for_speed |= set(slower)
                 order = []  # nothing slower is left int8
         for op_type in order:  # else one op type at a time: the islands' extra Q/DQ may cost more per node
+            self._say(f"timing int8 with its {len(lost[op_type])} slower {op_type} node(s) kept float")
             candidate = self.trial(excluded | set(lost[op_type]))
             ratio = context.latency_ratio(current, candidate, batch=self.batch)
             ratios.append([op_type, round(ratio.median, 4)])
@@ -160,6 +167,7 @@ class FloatFallbackSearch:
         few rounds in the time (a 912x1200 detector once measured 0.93 in one run and 1.01, 1.00, 0.97 in the
         next) -- it measures twice more and the median of the three decides."""
         batch, context = self.batch, self.context
+        self._say(f"timing int8 against float at batch {batch} (interleaved)")
         first = context.latency_ratio(self.model, quantized, batch=batch, seconds=2.0)
         ratios = [first.median]
         limit = 1.0 - self.config.min_gain
@@ -188,6 +196,7 @@ class FloatFallbackSearch:
             limit = min(self.config.eval_samples, DB_LOSS_SAMPLES)
             budget = self.context.snr_budget(self.reference, self.config.max_db_loss, limit)
         knob = "max_drop" if self.config.max_drop is not None else "max_db_loss"
+        self._say(f"scoring all-int8 against the budget ({knob})")
         quantized = self.trial(excluded)
         drop = budget.drop(quantized)
         if self.config.max_drop is not None:
@@ -208,6 +217,7 @@ class FloatFallbackSearch:
 
         def drop_with(k: int) -> float:
             if k not in cache:
+                self._say(f"budget: scoring with the {k} most error-adding of {len(ranked)} layers kept float")
                 cache[k] = budget.drop(self._trained_trial(excluded | {name for name, _ in ranked[:k]}))
             return cache[k]
 
@@ -285,6 +295,7 @@ class FloatFallbackSearch:
         of its 11.5 dB). Neither sees how later layers amplify an error; this one matches the usual finding
         that the first layer is the most sensitive."""
         base = self.reference if self.config.max_drop is None and self.reference is not None else self.model
+        self._say(f"budget: ranking layers by the error each adds ({SENSITIVITY_SAMPLES} samples)")
         report = self.context.layer_errors(base, quantized, limit=SENSITIVITY_SAMPLES)
         quantizable = set(self.quantizable(excluded))
         snr = {layer.tensor: layer.snr_db for layer in report.layers}
