@@ -16,8 +16,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from helpers import ops as op_types
+from helpers import parse
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxopt.api import optimize
 from onnxopt.cli import main
 
 
@@ -386,3 +389,35 @@ def test_prelu_runs_int8_as_products_and_a_sum(tmp_path: Path) -> None:
     reference = ort.InferenceSession(str(path)).run(None, {"x": data[16:17]})[0]
     got = ort.InferenceSession(str(out)).run(None, {"x": data[16:17]})[0]
     assert 10 * np.log10(np.sum(reference**2) / np.sum((reference - got) ** 2)) > 20
+
+
+def test_float_compute_everywhere_keeps_the_models_own_ops() -> None:
+    """The rewrites only integer kernels need (a standing BatchNormalization as a depthwise Conv, a Pad into the
+    Conv after it, ReduceMean as GlobalAveragePool) are undone when the pass ends in float compute on every node:
+    only the weights' int8 storage is written."""
+    g = np.random.default_rng(0)
+    body = """c1 = Conv<pads=[1,1,1,1]>(x, w1, b1)
+     r1 = Relu(c1)
+     bn = BatchNormalization(r1, s, bb, m, v)
+     pd = Pad(bn, pads)
+     c2 = Conv(pd, w2, b2)
+     y = ReduceMean<axes=[2,3], keepdims=0>(c2)"""
+    weights = {
+        "w1": g.normal(0, 0.4, (8, 3, 3, 3)).astype(np.float32), "b1": g.normal(0, 0.1, 8).astype(np.float32),
+        "s": g.uniform(0.5, 1.5, 8).astype(np.float32), "bb": g.normal(0, 0.1, 8).astype(np.float32),
+        "m": g.normal(0, 0.1, 8).astype(np.float32), "v": g.uniform(0.5, 1.5, 8).astype(np.float32),
+        "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "w2": g.normal(0, 0.3, (4, 8, 3, 3)).astype(np.float32),
+        "b2": g.normal(0, 0.1, 4).astype(np.float32),
+    }  # fmt: skip
+    proto = parse('<ir_version: 8, opset_import: ["": 17]>\ng (float[N,3,8,8] x) => (float[N,4] y) {\n' + body + "\n}",
+                  **weights)  # fmt: skip
+    data = {"x": g.normal(0, 1, (64, 3, 8, 8)).astype(np.float32)}
+    quantized = optimize(proto, passes="quantize:fallback=none", data=data)  # int8: the rewrites stay
+    assert "BatchNormalization" not in op_types(quantized.model) and "Pad" not in op_types(quantized.model)
+    result = optimize(proto, passes="quantize:fallback=none;max_db_loss=0", data=data)  # no fallback fits: float
+    record = result.pipeline.records[-1]
+    assert any("compute kept float on every node" in n for n in record.notes), record.notes
+    own = [op for op in op_types(result.model) if op not in ("Cast", "Mul")]  # the weights' int8 decoding aside
+    assert own == ["Conv", "Relu", "BatchNormalization", "Pad", "Conv", "ReduceMean"]
+    assert set(record.counts) == {"weights stored int8 for float compute"}
+    assert any("rewrites for integer kernels are undone" in n for n in record.notes)

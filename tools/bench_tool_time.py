@@ -14,6 +14,14 @@ output, one after another (nothing else should run on the machine meanwhile):
 
 Reported as seconds and as ratios to ``ort`` measured in this run (targets: ``plan`` at most 2x,
 ``replay`` at most 1x), with the CPU and its integer features.
+
+``--no-data`` times instead what a user without data waits for: ``optimize(recipe="int8")`` with seeded random
+inputs (target: a 3 M-parameter detector within 60 s on 2 cores), and where the time goes -- the seconds
+between the steps the run reports on its progress line (calibration, each profile, each timing, the budget's
+ranking and trials). ``--real NAME`` takes a real model of ``tools/real_models.py`` (e.g. ``ddddocr_det``, a
+5 M-parameter YOLOX-style detector at 416x416) instead of a zoo graph.
+
+    python tools/bench_tool_time.py --real ddddocr_det --no-data --out tools/bench_tool_time_no_data
 """
 
 from __future__ import annotations
@@ -58,18 +66,73 @@ def ort_int8(source: Path, out: Path, calibration: Path) -> None:
     quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
 
 
+class StepClock:
+    """A progress sink that timestamps every step a run reports: where the time of a run goes."""
+
+    def __init__(self) -> None:
+        self.marks: list[tuple[float, str]] = [(time.perf_counter(), "start")]
+
+    def start(self, description: str, total: int | None = None) -> None:
+        self.marks.append((time.perf_counter(), description))
+
+    def advance(self, units: int = 1) -> None:
+        pass
+
+    def phase(self, description: str) -> None:
+        self.marks.append((time.perf_counter(), description))
+
+    def finish(self) -> None:
+        pass
+
+    def steps(self, end: float) -> list[list[object]]:
+        """[step, seconds until the next step] in order, the run's end closing the last."""
+        ends = [t for t, _ in self.marks[1:]] + [end]
+        return [[what, round(stop - begin, 2)] for (begin, what), stop in zip(self.marks, ends, strict=True)]
+
+
+def no_data(source: Path, work: Path) -> dict[str, object]:
+    """``optimize(recipe="int8")`` without data, timed step by step."""
+    clock = StepClock()
+    start = time.perf_counter()
+    result = optimize(source, work / "no_data.onnx", recipe="int8", progress=clock)
+    end = time.perf_counter()
+    slow = sorted(clock.steps(end), key=lambda row: -float(row[1]))[:12]  # type: ignore[arg-type]
+    return {
+        "seconds": round(end - start, 2),
+        "passes_over_half_a_second": {r.name: round(r.seconds, 2) for r in result.pipeline.records if r.seconds >= 0.5},
+        "slowest_steps": slow,
+        "quantize_notes": [n for r in result.pipeline.records if r.name == "quantize" for n in r.notes],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--real", default=None, help="a real model of tools/real_models.py instead of --model")
+    parser.add_argument("--no-data", action="store_true", help="time the int8 recipe without --data, step by step")
     parser.add_argument("--samples", type=int, default=64, help="calibration samples for every tool")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "bench_tool_time_results")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="onnxopt-tooltime-") as folder:
         work = Path(folder)
-        model = light_model(args.model, rng.standard_normal((1, 3, 224, 224), dtype=np.float32))
-        source = work / "fp32.onnx"
-        onnx.save(model, str(source))
+        if args.real:
+            from real_models import fetch
+
+            source = fetch(args.real)
+            model = onnx.load(str(source))
+        else:
+            model = light_model(args.model, rng.standard_normal((1, 3, 224, 224), dtype=np.float32))
+            source = work / "fp32.onnx"
+            onnx.save(model, str(source))
+        if args.no_data:
+            parameters = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+            result = {"model": args.real or f"light_{args.model}", "parameters": parameters,
+                      "machine": machine_description(), **no_data(source, work)}  # fmt: skip
+            text = json.dumps(result, indent=1)
+            print(text)
+            args.out.with_suffix(".json").write_text(text + "\n")
+            return
         name = model.graph.input[0].name
         data = work / "calibration.npz"
         np.savez(data, **{name: rng.standard_normal((args.samples, *input_shape(model)[1:]), dtype=np.float32)})

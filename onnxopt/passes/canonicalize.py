@@ -59,14 +59,23 @@ def canonicalize(log: PassLog, model: ir.Model, *, activations: bool = True) -> 
     sums_to_adds(log, model.graph)
     names = NameSource(model)
     shuffles_to_gathers(log, model.graph, names)
-    constant_divisions_to_products(log, model.graph, names, inexact=activations)
-    if activations:  # both matter only to integer kernels: onnxruntime already folds a Pad into a float Conv
-        spatial_means_to_pools(log, model.graph, names)
-        pads_into_convs(log, model.graph)
-        batchnorms_to_depthwise(log, model.graph, names)
-        focus_to_space_to_depth(log, model.graph, names)
-        zero_bounds_to_clamps(log, model.graph, names)
+    constant_divisions_to_products(log, model.graph, names, inexact=False)
+    if activations:
+        canonicalize_for_integers(log, model, names)
     return names
+
+
+def canonicalize_for_integers(log: PassLog, model: ir.Model, names: NameSource) -> None:
+    """The rewrites that matter only to integer kernels (onnxruntime already folds a Pad into a float Conv, and
+    runs a float BatchNormalization or ReduceMean well): after :func:`canonicalize` without ``activations``, the
+    rest of it -- Div by a constant off by an ulp, means to pools, Pads into Convs, standing BatchNormalization
+    to depthwise Convs, the Focus stem, Max/Min to clamps."""
+    constant_divisions_to_products(log, model.graph, names, inexact=True)
+    spatial_means_to_pools(log, model.graph, names)
+    pads_into_convs(log, model.graph)
+    batchnorms_to_depthwise(log, model.graph, names)
+    focus_to_space_to_depth(log, model.graph, names)
+    zero_bounds_to_clamps(log, model.graph, names)
 
 
 def zero_bounds_to_clamps(log: PassLog, graph: ir.Graph, names: NameSource) -> None:

@@ -152,7 +152,7 @@ from onnxopt.distill.qat import QatConfig
 from onnxopt.errors import one_line
 from onnxopt.passes._graph_edit import NameSource, constant_array, name_unnamed_nodes
 from onnxopt.passes.base import OptPass, PassLog
-from onnxopt.passes.canonicalize import canonicalize
+from onnxopt.passes.canonicalize import canonicalize, canonicalize_for_integers
 from onnxopt.passes.qat import fine_tune, unavailable
 from onnxopt.passes.quantize import cpu_target, policy
 from onnxopt.passes.quantize.activation_ranges import Ranges
@@ -222,8 +222,13 @@ class QuantizeQDQPass(OptPass):
     def rewrite(self, model: ir.Model, log: PassLog) -> None:
         if _refused(model, log):  # before any work
             return
-        names = canonicalize(log, model, activations=not self.config.weights_only)
+        names = canonicalize(log, model, activations=False)
         name_unnamed_nodes(model, names)  # 1. canonicalize (exclusions and the report name nodes)
+        # the rewrites only integer kernels need go in a log of their own, and are undone if compute ends float
+        own_ops, for_integers = None, PassLog()
+        if not self.config.weights_only:
+            own_ops = model.clone()
+            canonicalize_for_integers(for_integers, model, names)
         run = self._start(model, log)
         if not self._calibrate(run):  # 2. calibrate, or replay the plan's calibration
             return
@@ -233,8 +238,15 @@ class QuantizeQDQPass(OptPass):
             carried = self.context is not None and self.context.measurements_carried  # the plan has the SNRs
             exact = decision.exact
             reference = None if self.config.weights_only or carried else self._weights_only(run, exact, learned=False)
+            if decision.compute == Compute.FLOAT and own_ops is not None and for_integers.counts:
+                model.graph = own_ops.graph  # float compute everywhere: the model keeps its own ops
+                undone = _said(for_integers)
+                log.note(f"float compute on every node: the rewrites for integer kernels are undone ({undone})")
+                for_integers = PassLog()
+                decision.excluded = {n.name for n in model.graph if n.name} | decision.excluded
             self._inserter(run).apply(log, model, decision.excluded, exact=exact)
             self._apply_learned(run, decision, model)
+        _merge(log, for_integers)
         self._record(run, decision)  # 5. record: the plan entry (with every rounding made), the output SNRs
         if reference is not None:
             self._report_snr(log, model, reference)
@@ -472,6 +484,19 @@ class QuantizeQDQPass(OptPass):
             shown.append(f"{name} {got[name]:.1f} dB (weights-only int8 {yardstick[name]:.1f} dB)")
         more = f" and {len(shown) - 4} more" if len(shown) > 4 else ""
         log.note(f"output SNR vs float on {len(probe.feeds)} batch(es): {'; '.join(shown[:4])}{more}")
+
+
+def _said(log: PassLog) -> str:
+    """``log``'s counts as text: "Pad folded into the following Conv 1, ..."."""
+    return ", ".join(f"{what} {n}" for what, n in sorted(log.counts.items()))
+
+
+def _merge(log: PassLog, part: PassLog) -> None:
+    """Everything ``part`` recorded, into ``log``."""
+    log.counts.update(part.counts)
+    log.declines.extend(part.declines)
+    log.details.extend(part.details)
+    log.notes.extend(part.notes)
 
 
 def _refused(model: ir.Model, log: PassLog) -> bool:
