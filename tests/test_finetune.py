@@ -109,6 +109,9 @@ CASES = {
         {"sz": np.array([1, 2, 7, 5], np.int64)},
     ),
     "softmax": ("y = Softmax<axis=1>(x)", (3, 7), {}),
+    "space_to_depth": ("y = SpaceToDepth<blocksize=2>(x)", (2, 3, 4, 6), {}),
+    "depth_to_space_dcr": ("y = DepthToSpace<blocksize=2>(x)", (2, 8, 3, 2), {}),
+    "depth_to_space_crd": ('y = DepthToSpace<blocksize=2, mode="CRD">(x)', (2, 8, 3, 2), {}),
     "shape_ops": (
         "s = Shape(x)\n i = Gather<axis=0>(s, k)\n u = Unsqueeze(i, z)\n c = Concat<axis=0>(u, m)\n y = Reshape(x, c)",
         (2, 3, 4),

@@ -38,6 +38,11 @@ def _families() -> dict[str, tuple[str, dict[str, tuple[int, ...]], dict[str, np
         "concat": ("c = Concat<axis=1>(a, b)\n y = Conv(c, w)", pair, {"w": _w(g, 3, 8, 1, 1)}),
         "global_average_pool": ("c = Conv<pads=[1,1,1,1]>(x, w, b)\n r = Relu(c)\n y = GlobalAveragePool(r)", x, conv),
         "sigmoid": ("c = Conv<pads=[1,1,1,1]>(x, w, b)\n y = Sigmoid(c)", x, conv),
+        "space_to_depth": (
+            "s = SpaceToDepth<blocksize=2>(x)\n y = Conv(s, w, b)",
+            x,
+            {"w": _w(g, 4, 12, 1, 1), "b": _w(g, 4, scale=0.1)},
+        ),
         "maxpool": (
             "c = Conv<pads=[1,1,1,1]>(x, w, b)\n r = Relu(c)\n m = MaxPool<kernel_shape=[2,2], strides=[2,2]>(r)\n"
             "y = Conv(m, w2, b2)",

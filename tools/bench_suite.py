@@ -71,6 +71,7 @@ DIGITS_CALIBRATION = 256
 DEFAULT_LIGHT = ("squeezenet", "shufflenet")
 EVAL_SAMPLES = 32  # speed-only rows: random inputs to time with
 QAT_SECONDS = 900  # --qat: the forced variant's fine-tuning time at most
+SKIPPED: set[str] = set()  # --skip: variants left out of this run
 
 
 @dataclass
@@ -114,10 +115,12 @@ def main() -> None:
     parser.add_argument(
         "--evaluation", type=int, default=REAL_EVALUATION, help=f"real models' held-out samples ({REAL_EVALUATION})"
     )
+    parser.add_argument("--skip", default="", help="variants left out, e.g. 'ort-int8,ort-int8-rr,onnxsim,onnxslim'")
     parser.add_argument("--out", type=Path, default=ROOT / "tools" / "bench_suite_results")
     args = parser.parse_args()
     started = time.perf_counter()
     recipes = [r for r in args.recipes.split(",") if r]
+    SKIPPED.update(v.strip() for v in args.skip.split(",") if v.strip())
     with tempfile.TemporaryDirectory(prefix="onnxopt-suite-") as tmp:
         work = Path(tmp)
         subjects = _subjects(args, work)
@@ -200,7 +203,7 @@ def run_subject(
 ) -> list[Variant]:
     folder.mkdir(parents=True, exist_ok=True)
     print(f"== {subject.name}", file=sys.stderr)
-    variants = [Variant("fp32", subject.path, 0.0)]
+    variants: list[Variant | None] = [Variant("fp32", subject.path, 0.0)]
     variants.append(_timed("ort-int8", folder / "ort_int8.onnx", lambda out: ort_quantize(subject, out)))
     variants.append(
         _timed("ort-int8-rr", folder / "ort_int8_rr.onnx", lambda out: ort_quantize(subject, out, reduce_range=True))
@@ -246,13 +249,14 @@ def run_subject(
                 ),
             )
         )
-    for variant in variants:  # a tool's output that is not a valid model is a failure of that tool, not the suite's
+    made = [v for v in variants if v is not None]
+    for variant in made:  # a tool's output that is not a valid model is a failure of that tool, not the suite's
         if variant.failed is None and variant.path is not None:
             try:
                 io.read_supported(variant.path)
             except OnnxoptError as e:
                 variant.failed = f"invalid output: {e}"
-    ok = [v for v in variants if v.failed is None and v.path is not None]
+    ok = [v for v in made if v.failed is None and v.path is not None]
     bench = bench_files(
         [v.path for v in ok],
         BenchConfig(batches=(subject.batch,) if subject.batch else None, seconds=seconds, memory=False),
@@ -274,7 +278,7 @@ def run_subject(
         except Exception as e:  # a variant that runs but cannot be scored is recorded, not fatal
             traceback.print_exc()
             variant.notes.append(f"scoring failed: {' '.join(str(e).split())[:160]}")
-    return variants
+    return made
 
 
 def _runtime_qdq(path: Path) -> dict[str, int]:
@@ -321,7 +325,9 @@ def _onnxopt_notes(result) -> list[str]:
     return notes
 
 
-def _timed(name: str, out: Path, make: Callable[[Path], list[str] | None]) -> Variant:
+def _timed(name: str, out: Path, make: Callable[[Path], list[str] | None]) -> Variant | None:
+    if name in SKIPPED:
+        return None
     start = time.perf_counter()
     try:
         notes = make(out) or []

@@ -621,6 +621,35 @@ def _reshape(m: GraphModel, node, inputs, attrs):
     return tf.reshape(x, shape)
 
 
+def _dims(tf, x) -> list:
+    """``x``'s dimensions: Python ints where the static shape knows them, else dynamic scalars."""
+    dynamic = tf.shape(x)
+    return [int(d) if d is not None else dynamic[i] for i, d in enumerate(x.shape)]
+
+
+@_op("SpaceToDepth")
+def _space_to_depth(m: GraphModel, node, inputs, attrs):
+    """ONNX's NCHW SpaceToDepth: ``y[n, (i * b + j) * C + c, h, w] = x[n, c, h * b + i, w * b + j]``."""
+    tf, b = m.tf, int(attrs["blocksize"])
+    n, c, h, w = _dims(tf, inputs[0])
+    t = tf.reshape(inputs[0], [n, c, h // b, b, w // b, b])
+    return tf.reshape(tf.transpose(t, [0, 3, 5, 1, 2, 4]), [n, c * b * b, h // b, w // b])
+
+
+@_op("DepthToSpace")
+def _depth_to_space(m: GraphModel, node, inputs, attrs):
+    """ONNX's NCHW DepthToSpace, ``mode`` DCR (depth, column, row: the default) or CRD."""
+    tf, b = m.tf, int(attrs["blocksize"])
+    n, c, h, w = _dims(tf, inputs[0])
+    mode = attrs.get("mode", "DCR")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    if mode == "CRD":
+        t = tf.transpose(tf.reshape(inputs[0], [n, c // (b * b), b, b, h, w]), [0, 1, 4, 2, 5, 3])
+    else:
+        t = tf.transpose(tf.reshape(inputs[0], [n, b, b, c // (b * b), h, w]), [0, 3, 4, 1, 5, 2])
+    return tf.reshape(t, [n, c // (b * b), h * b, w * b])
+
+
 @_op("Flatten")
 def _flatten(m: GraphModel, node, inputs, attrs):
     tf = m.tf
