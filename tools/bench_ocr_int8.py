@@ -6,6 +6,12 @@ ddddocr's recognizer (``tools/real_models.py``) is calibrated on ``--calibration
 on ``--evaluation`` others (``tools/real_tasks.py``: disjoint, seeded) against fp32's decoded text, for the
 ``int8`` recipe and for the same recipe with nearest weight rounding instead of GPTQ (what learned rounding
 buys). Accuracy only: no latency is measured here, so the machine need not be idle.
+
+``--qat`` compares quantization-aware fine-tuning instead: the ``int8`` recipe (``qat=auto``) against the same
+recipe with ``qat=off``, and int8 compute forced everywhere before and after the ``qat`` pass; each row keeps
+the quantize and qat passes' notes (what the budget measured, what fine-tuning did).
+
+    python tools/bench_ocr_int8.py --qat --calibration 256 --evaluation 512 --out tools/bench_ocr_qat_results.json
 """
 
 from __future__ import annotations
@@ -32,14 +38,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--evaluation", type=int, default=400)
     parser.add_argument("--calibration", type=int, default=16)
+    parser.add_argument("--qat", action="store_true", help="compare quantization-aware fine-tuning (see above)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "bench_ocr_int8_results.json")
     args = parser.parse_args()
     model = fetch(MODEL)
     calibration, held_out = make_split(MODEL, args.calibration, args.evaluation, seed=0)
-    variants = {
+    variants: dict[str, dict[str, str]] = {
         "int8": {"recipe": "int8"},
         "int8, nearest rounding": {"passes": BUILTIN_RECIPES["int8"].replace("rounding=gptq", "rounding=nearest")},
     }
+    if args.qat:
+        forced = "lossless,equalize,quantize:fallback=none"
+        variants = {
+            "int8 (qat=auto)": {"recipe": "int8"},
+            "int8, qat=off": {"passes": BUILTIN_RECIPES["int8"].replace("qat=auto", "qat=off")},
+            "int8 compute everywhere": {"passes": forced},
+            "int8 compute everywhere + qat": {"passes": f"{forced},qat:time_budget=900"},
+        }
     results: dict[str, dict[str, float | int]] = {}
     with tempfile.TemporaryDirectory(prefix="onnxopt-ocr-") as folder:
         data = Path(folder) / "calibration.npz"
@@ -52,10 +67,14 @@ def main() -> None:
             results[label] = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
             # what onnxruntime runs (the runtime audit): int8 compute or float compute with int8 weights
             results[label]["runtime"] = result.runtime.summary() if result.runtime is not None else None
+            results[label]["notes"] = [  # type: ignore[assignment]
+                f"{r.name}: {n}" for r in result.pipeline.records if r.name in ("quantize", "qat") for n in r.notes
+            ]
             print(label, json.dumps(results[label]), flush=True)
     document = {
         "model": MODEL,
         "calibration_samples": args.calibration,
+        "variants": {label: how.get("recipe") or how.get("passes") for label, how in variants.items()},
         "evaluation_samples": args.evaluation,
         "machine": machine_description(),
         "results": results,
