@@ -420,6 +420,7 @@ def task_metric(task: dict[str, object] | None) -> str:
 def render(document: dict[str, object]) -> str:
     machine = document["machine"]
     features = ", ".join(machine.get("cpu_features") or []) or "none reported"
+    split = document.get("real_split") or {"calibration": REAL_CALIBRATION, "evaluation": REAL_EVALUATION}
     lines = [
         f"# onnxopt suite, {document['date']}",
         "",
@@ -430,8 +431,9 @@ def render(document: dict[str, object]) -> str:
         "Latency: median of interleaved rounds (onnxruntime, all graph optimizations on) at the subject's batch, "
         "as a ratio to fp32 with its 95 % bootstrap interval. Task metric and SNR (dB, mean over outputs, "
         "against fp32) on held-out data only: real models on rendered task data the tools never saw "
-        f"({REAL_EVALUATION} samples; calibration on {REAL_CALIBRATION} others), digits on {DIGITS_CALIBRATION} "
-        "calibration / the other 744 evaluation samples. Speed-only rows have random weights: no accuracy claim. "
+        f"({split['evaluation']} samples; calibration on {split['calibration']} others), "
+        f"digits on {DIGITS_CALIBRATION} calibration / the other 744 evaluation samples. "
+        "Speed-only rows have random weights: no accuracy claim. "
         "Q + DQ run: QuantizeLinear and DequantizeLinear kernels left in the graph onnxruntime runs (the runtime "
         "audit, the benchmark's session).",
         "",
