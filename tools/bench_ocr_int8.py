@@ -74,7 +74,7 @@ def main() -> None:
     document = {
         "model": MODEL,
         "calibration_samples": args.calibration,
-        "variants": {label: how.get("recipe") or how.get("passes") for label, how in variants.items()},
+        "specs": {label: how.get("recipe") or how.get("passes") for label, how in variants.items()},
         "evaluation_samples": args.evaluation,
         "machine": machine_description(),
         "results": results,
