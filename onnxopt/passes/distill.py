@@ -27,7 +27,14 @@ from typing import Literal
 import numpy as np
 import onnx_ir as ir
 
-from onnxopt.distill.finetune import FinetuneConfig, FinetuneResult, agreement_with, finetune, held_back_split
+from onnxopt.distill.finetune import (
+    FinetuneConfig,
+    FinetuneResult,
+    Training,
+    agreement_with,
+    finetune,
+    held_back_split,
+)
 from onnxopt.errors import OnnxoptError
 from onnxopt.passes._config import validate_literals
 from onnxopt.passes.base import INPUTS_PRUNED, KEPT_OUTPUTS, OptPass, PassLog
@@ -117,20 +124,8 @@ class DistillPass(OptPass):
             log.skip("model", str(e))
             self._check_untrained(log, student, teacher, inputs, config)
             return
-        for row in result.history:
-            log.detail(
-                epoch=row["epoch"],
-                loss=round(row["loss"], 5),
-                held_back_loss=round(row["held_back_loss"], 5),
-                held_back_agreement=round(row["held_back"], 4),
-            )
-        budget = " (stopped by time_budget)" if result.stopped_by_budget else ""
-        log.note(
-            f"trained {len(result.history)} epoch(s) on {result.train_samples} samples in {result.seconds:.0f} s"
-            f"{budget}; agreement with the original on {result.holdout_samples} held-back samples "
-            f"{result.before:.4f} -> {result.after:.4f}"
-            + (f" (epoch {result.best_epoch} kept)" if result.best_epoch else " (no epoch improved: unchanged)")
-        )
+        record_training(log, result, verb="trained", samples=result.train_samples,
+                        held_back=result.holdout_samples, seconds=result.seconds)  # fmt: skip
         self._check_budget(log, result)
         if not result.best_epoch:
             return
@@ -186,6 +181,23 @@ def _pruned_weights(model: ir.Model) -> frozenset[str]:
             continue
         names.update(v.name for v in node.inputs[1:] if v is not None and v.name and v.is_initializer())
     return frozenset(names)
+
+
+def record_training(
+    log: PassLog, run: FinetuneResult | Training, *, verb: str, samples: int, held_back: int, seconds: float,
+    also: str = "",
+) -> None:  # fmt: skip
+    """One detail row per epoch and one note on how a fine-tuning went (``distill``, ``qat``): epochs on how many
+    samples in how long, ``also`` (what else was checked), held-back agreement before and after, the kept epoch."""
+    for row in run.history:
+        log.detail(epoch=row["epoch"], loss=round(row["loss"], 5), held_back_loss=round(row["held_back_loss"], 5),
+                   held_back_agreement=round(row["held_back"], 4))  # fmt: skip
+    budget = " (stopped by time_budget)" if run.stopped_by_budget else ""
+    log.note(
+        f"{verb} {len(run.history)} epoch(s) on {samples} samples in {seconds:.0f} s{budget}; {also}"
+        f"agreement with the original on {held_back} held-back samples {run.before:.4f} -> {run.after:.4f}"
+        + (f" (epoch {run.best_epoch} kept)" if run.best_epoch else " (no epoch improved: unchanged)")
+    )
 
 
 def gather_samples(context, limit: int) -> tuple[dict[str, np.ndarray], np.ndarray | None]:

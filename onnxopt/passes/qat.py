@@ -38,7 +38,7 @@ from onnxopt.distill.batch_memory import available_bytes, fitting_batch
 from onnxopt.distill.qat import QatConfig, QatResult, is_quantized, qat
 from onnxopt.errors import OnnxoptError, one_line
 from onnxopt.passes.base import OptPass, PassContext, PassLog
-from onnxopt.passes.distill import gather_samples
+from onnxopt.passes.distill import gather_samples, record_training
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,17 +130,10 @@ def fine_tune(
         result = qat(student, teacher, inputs, config, labels=labels, progress=context.progress)
     except OnnxoptError as e:
         return one_line(e)
-    run = result.training
-    for row in run.history:
-        log.detail(epoch=row["epoch"], loss=round(row["loss"], 5), held_back_loss=round(row["held_back_loss"], 5),
-                   held_back_agreement=round(row["held_back"], 4))  # fmt: skip
-    budget = " (stopped by time_budget)" if run.stopped_by_budget else ""
-    log.note(
-        f"qat: fine-tuned {len(run.history)} epoch(s) on {result.train_samples} samples in {result.seconds:.0f} s"
-        f"{budget}; twin within {result.twin_levels:g} level(s) of onnxruntime; agreement with the original on "
-        f"{result.holdout_samples} held-back samples {run.before:.4f} -> {run.after:.4f}"
-        + (f" (epoch {run.best_epoch} kept)" if run.best_epoch else " (no epoch improved: unchanged)")
-    )
+    record_training(
+        log, result.training, verb="qat: fine-tuned", samples=result.train_samples, held_back=result.holdout_samples,
+        seconds=result.seconds, also=f"twin within {result.twin_levels:g} level(s) of onnxruntime; ",
+    )  # fmt: skip
     return result
 
 
