@@ -27,6 +27,7 @@ from onnxopt.errors import OnnxoptError, one_line
 from onnxopt.evaluate.check import Thresholds
 from onnxopt.evaluate.compare import Comparison, random_inputs_warning
 from onnxopt.evaluate.layers import DEFAULT_THRESHOLD_DB, LayerReport
+from onnxopt.evaluate.readings import METRICS
 from onnxopt.inspection import ModelSummary, audit_runtime, inspect_model, runtime_text
 from onnxopt.optimizer.recipe import BUILTIN_RECIPES, describe_passes, parse_spec
 from onnxopt.optimizer.run import OptimizeResult
@@ -92,6 +93,12 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "onnxopt distill --teacher model.keras --student small.keras --data train.npz -o small.onnx",
     ),
 }
+
+
+_METRIC_HELP = (
+    "how accuracy budgets read the outputs: top1 (classifier), sequence (greedy CTC, whole sequences), detection "
+    "(confident anchors, same class), values (relative error) (default: auto, from the outputs' shapes)"
+)
 
 
 def _command(sub: argparse._SubParsersAction, name: str, **kwargs: Any) -> argparse.ArgumentParser:
@@ -238,6 +245,7 @@ def _parser() -> argparse.ArgumentParser:
         "--batch", type=int, help="deployment batch size: latency decisions and the benchmark use it (default 1)"
     )
     opt.add_argument("--seed", type=int, default=0)
+    opt.add_argument("--metric", default="auto", choices=METRICS, help=_METRIC_HELP)
     opt.add_argument("--save-plan", metavar="PLAN.json", help="write every measured decision (timings, precisions)")
     opt.add_argument("--plan", metavar="PLAN.json", help="replay a saved plan's decisions: nothing is timed")
     opt.add_argument("--guard-samples", type=int, help="samples the per-pass guard runs (default 64)")
@@ -384,6 +392,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         per_layer=args.per_layer,
         batch=args.batch,
         input_shapes=parse_input_shapes(args.input_shape),
+        metric=args.metric,
     )
     result = optimize(args.model, args.output, options, progress=NullProgress() if args.quiet else RichProgress())
     report = optimize_report(result)
@@ -442,6 +451,7 @@ def _add_tune_command(sub: argparse._SubParsersAction, common: argparse.Argument
         help="largest allowed metric drop, 0.01 = one point (default: %(default)s)",
     )
     tun.add_argument("--objective", default="balanced", help="latency, size or balanced (default: %(default)s)")
+    tun.add_argument("--metric", default="auto", choices=METRICS, help=_METRIC_HELP)
     tun.add_argument(
         "--batch", type=int, help="the deployment batch the finalists are timed at (default: the model's, else 1)"
     )
@@ -476,7 +486,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     options = TuneOptions(
         data=tuple(args.data), eval_data=tuple(args.eval_data), max_drop=args.max_drop, objective=args.objective,
         batch=args.batch, trials=args.trials, time_budget=args.time_budget, ray=args.ray, cache=args.cache,
-        seed=args.seed, workers=args.workers,
+        seed=args.seed, workers=args.workers, metric=args.metric,
     )  # fmt: skip
     if args.report:
         check_report_path(args.report)

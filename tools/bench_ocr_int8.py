@@ -12,6 +12,12 @@ recipe with ``qat=off``, and int8 compute forced everywhere before and after the
 the quantize and qat passes' notes (what the budget measured, what fine-tuning did).
 
     python tools/bench_ocr_int8.py --qat --calibration 256 --evaluation 512 --out tools/bench_ocr_qat_results.json
+
+``--prune`` runs the ``prune`` recipe (channel pruning, then distillation with ``max_drop=0.02``) with the
+budget reading whole greedy-decoded sequences (``--metric auto`` chooses it for this CTC head) and with
+``--metric values`` (relative output error), and records whether the run missed its budget (the CLI's exit 3).
+
+    python tools/bench_ocr_int8.py --prune --calibration 512 --evaluation 512 --out tools/bench_ocr_prune_results.json
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ def main() -> None:
     parser.add_argument("--evaluation", type=int, default=400)
     parser.add_argument("--calibration", type=int, default=16)
     parser.add_argument("--qat", action="store_true", help="compare quantization-aware fine-tuning (see above)")
+    parser.add_argument("--prune", action="store_true", help="the prune recipe under two budget readings (see above)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "bench_ocr_int8_results.json")
     args = parser.parse_args()
     model = fetch(MODEL)
@@ -55,6 +62,11 @@ def main() -> None:
             "int8 compute everywhere": {"passes": forced},
             "int8 compute everywhere + qat": {"passes": f"{forced},qat:time_budget=900"},
         }
+    if args.prune:
+        variants = {
+            "prune (--metric auto: sequences)": {"recipe": "prune"},
+            "prune (--metric values)": {"recipe": "prune", "metric": "values"},
+        }
     results: dict[str, dict[str, float | int]] = {}
     with tempfile.TemporaryDirectory(prefix="onnxopt-ocr-") as folder:
         data = Path(folder) / "calibration.npz"
@@ -67,14 +79,19 @@ def main() -> None:
             results[label] = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
             # what onnxruntime runs (the runtime audit): int8 compute or float compute with int8 weights
             results[label]["runtime"] = result.runtime.summary() if result.runtime is not None else None
+            passes = ("quantize", "qat", "prune-channels", "distill")
             results[label]["notes"] = [  # type: ignore[assignment]
-                f"{r.name}: {n}" for r in result.pipeline.records if r.name in ("quantize", "qat") for n in r.notes
+                f"{r.name}: {n}" for r in result.pipeline.records if r.name in passes for n in [*r.notes, *r.missed]
             ]
+            results[label]["missed_budget"] = result.fallbacks  # type: ignore[assignment]  # non-empty: exit 3
             print(label, json.dumps(results[label]), flush=True)
     document = {
         "model": MODEL,
         "calibration_samples": args.calibration,
-        "specs": {label: how.get("recipe") or how.get("passes") for label, how in variants.items()},
+        "specs": {
+            label: (how.get("recipe") or how.get("passes")) + (f" --metric {how['metric']}" if "metric" in how else "")
+            for label, how in variants.items()
+        },
         "evaluation_samples": args.evaluation,
         "machine": machine_description(),
         "results": results,

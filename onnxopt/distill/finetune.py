@@ -14,8 +14,10 @@ grow with the data). The loss per output:
 * **everything else** (boxes, scores after a Sigmoid, regressions): mean squared error, divided by the
   teacher output's mean square so outputs of different scales weigh alike.
 
-A seeded ``holdout`` part of the data is never trained on: the top-1 agreement with the teacher on it (per
-position for sequences; ``1 - relative MSE`` for other outputs) is measured after every epoch, ties broken
+A seeded ``holdout`` part of the data is never trained on: the agreement with the teacher on it, read as the
+outputs are read (:mod:`onnxopt.evaluate.readings`: top-1 for classifiers, whole greedy-decoded sequences for
+CTC heads, confident anchors for detectors; else the mean over outputs of top-1 per position for class scores
+and ``1 - relative MSE`` for the rest), is measured after every epoch, ties broken
 by the distillation loss there, and the best epoch's weights are kept -- training that only hurts returns
 the student unchanged. (The loss alone misleads: on an 8,210-class CTC head the KL kept falling while the
 agreement fell with it.) Adam's step follows a cosine decay over the epochs. Training stops
@@ -40,6 +42,7 @@ from onnx import numpy_helper
 
 from onnxopt.distill.graph_model import GraphModel, UnsupportedOp, check_against
 from onnxopt.errors import DataError, OnnxoptError
+from onnxopt.evaluate.readings import ModelReading, ReadingCounter, read_outputs
 from onnxopt.progress import NullProgress, Progress
 from onnxopt.runtime import Runner
 
@@ -62,6 +65,7 @@ class FinetuneConfig:
     # weight of a cross-entropy with the teacher's top-1 class at every position (hard distillation): what
     # top-1 agreement needs when the soft targets' long tail dominates the KL (8,210 CTC classes)
     hard: float = 0.0
+    metric: str = "auto"  # how the held-back agreement reads the outputs (onnxopt.evaluate.readings)
 
     def __post_init__(self) -> None:
         if self.mixup < 0 or self.hard < 0:
@@ -92,6 +96,7 @@ class FinetuneResult:
     # with labels and one [N, C] output: the held-back accuracy of the teacher and of the kept student
     teacher_accuracy: float | None = None
     student_accuracy: float | None = None
+    agreement: str = "agreement"  # what before/after measure: "sequence agreement", "top-1 agreement", ...
 
 
 def output_kinds(proto: onnx.ModelProto) -> dict[str, str]:
@@ -129,10 +134,11 @@ def held_back_split(count: int, holdout: float, seed: int) -> tuple[np.ndarray, 
 
 
 def agreement_with(
-    student: onnx.ModelProto, teacher: onnx.ModelProto, inputs: dict[str, np.ndarray], batch: int = 32
-) -> float:
-    """Top-1 agreement of ``student`` with ``teacher`` on ``inputs`` in onnxruntime alone (no TensorFlow):
-    per position for sequence outputs, ``1 - relative MSE`` for outputs that are not class scores."""
+    student: onnx.ModelProto, teacher: onnx.ModelProto, inputs: dict[str, np.ndarray], batch: int = 32,
+    metric: str = "auto",
+) -> float:  # fmt: skip
+    """The agreement of ``student`` with ``teacher`` on ``inputs`` in onnxruntime alone (no TensorFlow), read as
+    :class:`AgreementMeter` reads it."""
     runners = [Runner(batch_free(m)) for m in (student, teacher)]
     probabilities = {out for node in teacher.graph.node if node.op_type == "Softmax" for out in node.output}
     names = [o.name for o in teacher.graph.output]
@@ -140,13 +146,44 @@ def agreement_with(
         raise OnnxoptError("the student's outputs must be the teacher's (same names, same order)")
     kinds = output_kinds(student)
     count = len(next(iter(inputs.values())))
-    total = 0.0
+    meter: AgreementMeter | None = None
     for start in range(0, count, batch):
         feeds = {k: v[start : start + batch] for k, v in inputs.items()}
         got, want = (r.run(feeds) for r in runners)
         logs = [_target(n, w, probabilities, kinds) for n, w in zip(names, want, strict=True)]
-        total += len(next(iter(feeds.values()))) * _agreement(got, logs, [kinds[n] for n in names])
-    return total / max(count, 1)
+        if meter is None:
+            meter = AgreementMeter(names, [kinds[n] for n in names], logs, len(next(iter(feeds.values()))), metric)
+        meter.add(got, logs, len(next(iter(feeds.values()))))
+    return meter.value() if meter is not None else 1.0
+
+
+class AgreementMeter:
+    """Held-back agreement of a student's outputs with the teacher's targets, batch by batch: as the outputs are
+    read (:func:`~onnxopt.evaluate.readings.read_outputs`, chosen from the first batch of targets), else the
+    sample-weighted mean over outputs of top-1 per position (class scores) or ``1 - relative MSE``."""
+
+    def __init__(self, names: list[str], kinds: list[str], first: list[np.ndarray], rows: int, metric: str) -> None:
+        self.kinds = kinds
+        self.reading: ModelReading = read_outputs(names, first, rows, metric)
+        self.counter = ReadingCounter(self.reading) if self.reading.outputs else None
+        self.total = self.rows = 0.0
+
+    @property
+    def metric(self) -> str:
+        return self.reading.metric if self.counter is not None else "agreement"
+
+    def add(self, outputs: list[np.ndarray], targets: list[np.ndarray], rows: int) -> None:
+        """One batch of ``rows`` samples: the student's ``outputs`` against the teacher's ``targets``."""
+        if self.counter is not None:
+            self.counter.add(targets, [np.asarray(o) for o in outputs])
+            return
+        self.total += rows * _agreement(outputs, targets, self.kinds)
+        self.rows += rows
+
+    def value(self) -> float:
+        if self.counter is not None:
+            return self.counter.value()
+        return self.total / self.rows if self.rows else 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +206,7 @@ class Training:
     stopped_by_budget: bool
     teacher_accuracy: float | None = None
     student_accuracy: float | None = None
+    agreement: str = "agreement"  # what before/after measure (AgreementMeter.metric)
 
 
 def finetune(
@@ -203,7 +241,7 @@ def finetune(
         best_epoch=run.best_epoch, twin_error=twin_error,
         train_samples=len(train_idx), holdout_samples=len(hold_idx), seconds=time.perf_counter() - started,
         stopped_by_budget=run.stopped_by_budget, teacher_accuracy=run.teacher_accuracy,
-        student_accuracy=run.student_accuracy,
+        student_accuracy=run.student_accuracy, agreement=run.agreement,
     )  # fmt: skip
 
 
@@ -256,9 +294,13 @@ def train(
     batches = [hold_idx[i : i + config.batch] for i in range(0, len(hold_idx), config.batch)]
     holdout_targets = [teacher_targets(idx) for idx in batches]  # per batch: a sequence's batch axis may not be 0
 
+    def meter() -> AgreementMeter:
+        return AgreementMeter(names, [kinds[n] for n in names], holdout_targets[0], len(batches[0]), config.metric)
+
     def score() -> tuple[float, float]:
         """(distillation loss, agreement) of the twin on the held-back samples, batch by batch."""
-        loss = agreement = 0.0
+        loss = 0.0
+        agreement = meter()
         for idx, targets in zip(batches, holdout_targets, strict=True):
             outs = [np.asarray(v) for v in _student_outputs(twin, names, inputs, idx)]
             weight = len(idx) / len(hold_idx)
@@ -267,8 +309,8 @@ def train(
                       else _mse(tf, tf.constant(o), t))
                 for n, o, t in zip(names, outs, targets, strict=True)
             )  # fmt: skip
-            agreement += weight * _agreement(outs, targets, [kinds[n] for n in names])
-        return loss, agreement
+            agreement.add(outs, targets, len(idx))
+        return loss, agreement.value()
 
     steps = -(-len(train_idx) // config.batch) * config.epochs
     step = _optimizer_step(tf, twin, config.learning_rate, groups, steps)
@@ -327,7 +369,7 @@ def train(
             break
     for name, value in best_weights.items():
         twin.variables[name].assign(value)
-    run = Training(best_weights, history, before, best, best_epoch, stopped)
+    run = Training(best_weights, history, before, best, best_epoch, stopped, agreement=meter().metric)
     if use_labels:
         truth = labels[hold_idx]  # type: ignore[index]
         run.teacher_accuracy = float(np.mean(np.concatenate([t[0].argmax(1) for t in holdout_targets]) == truth))

@@ -54,6 +54,7 @@ class RunSettings:
     batch: int = 1  # the deployment batch size latency decisions are measured at
     input_shapes: InputShapes | None = None  # --input-shape: how random inputs are shaped
     plan: Plan | None = None  # decisions to replay (--plan) or to record (--save-plan)
+    metric: str = "auto"  # --metric: how accuracy budgets read the outputs (onnxopt.evaluate.readings)
 
 
 @dataclasses.dataclass
@@ -114,6 +115,10 @@ class Context:
     @property
     def progress(self) -> Progress:
         return self.settings.progress
+
+    @property
+    def metric(self) -> str:
+        return self.settings.metric
 
     @property
     def guard_samples(self) -> int:
@@ -196,7 +201,10 @@ class Context:
         if probe is None:
             original = self.original_model()
             known = self.state.original_outputs
-            probe = QualityProbe(original, self.data(original), limit=limit, providers=self.providers, known=known)
+            probe = QualityProbe(
+                original, self.data(original), limit=limit, providers=self.providers, known=known,
+                metric=self.settings.metric,
+            )  # fmt: skip
             self.state.probes[limit] = probe
         return probe
 

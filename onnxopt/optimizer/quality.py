@@ -1,8 +1,8 @@
 """How good a candidate model still is against the original, as one number: what accuracy budgets spend.
 
 A lossy pass given ``max_drop`` (the quantizer, structured pruning) keeps its
-result only while ``probe.drop(candidate) <= max_drop``. The number is, in
-order of preference:
+result only while ``probe.drop(candidate) <= max_drop``. The number is how the
+output is read (:mod:`onnxopt.evaluate.readings`, or as ``metric`` asks):
 
 * ``accuracy`` -- top-1 accuracy against the data's labels, when the data has
   labels and the model a classifier-shaped output; the drop is in accuracy
@@ -10,8 +10,12 @@ order of preference:
 * ``top-1 agreement`` -- the fraction of samples whose arg-max matches the
   original's, for a classifier-shaped output without labels (the original
   scores 1.0);
+* ``sequence agreement`` -- the fraction of samples whose whole greedy-decoded
+  CTC sequence matches the original's;
+* ``detection agreement`` -- the F1 of a detector's confident anchors (same
+  anchor, same class) against the original's;
 * ``output agreement`` -- ``1 - ||y - y0|| / ||y0||`` over every output (the
-  original scores 1.0), for models that are not classifiers.
+  original scores 1.0), for models that are none of those.
 
 The original's outputs are computed once and kept (the probe is for budgets
 on a few hundred samples, not for whole datasets). Sessions get the weights
@@ -27,21 +31,23 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt.data import Dataset, batch_size_for, fixed_batch
-from onnxopt.evaluate.agreement import AgreementAccumulator, finite_db, is_classifier_shape
+from onnxopt.evaluate.agreement import AgreementAccumulator, finite_db
 from onnxopt.evaluate.compare import KnownOutputs
+from onnxopt.evaluate.readings import ModelReading, ReadingCounter, read_outputs
 from onnxopt.runtime import Runner
 from onnxopt.shared_weights import SharedWeightsModel
 
 
 @dataclasses.dataclass(frozen=True)
 class Quality:
-    metric: str  # "accuracy", "top-1 agreement" or "output agreement"
+    metric: str  # "accuracy", "top-1 agreement", "sequence agreement", "detection agreement", "output agreement"
     value: float
 
 
 class QualityProbe:
     """The original model's outputs on ``limit`` samples of ``dataset`` (those ``known`` already, from the
-    pipeline's guard, are not computed again), and :meth:`score` for candidates."""
+    pipeline's guard, are not computed again), and :meth:`score` for candidates. ``metric`` is ``--metric``
+    (:data:`~onnxopt.evaluate.readings.METRICS`): ``auto`` reads the outputs as their shapes and values say."""
 
     def __init__(
         self,
@@ -51,6 +57,7 @@ class QualityProbe:
         limit: int = 256,
         providers=("CPUExecutionProvider",),
         known: KnownOutputs | None = None,
+        metric: str = "auto",
     ):
         self.providers = tuple(providers)
         runner = _runner(original, self.providers)
@@ -66,17 +73,15 @@ class QualityProbe:
             self.reference.append(seen[0] if seen is not None else runner.run(item.feeds))
             if item.labels is not None:
                 self.labels.append(item.labels)
-        self.classifier = next(
-            (i for i, spec in enumerate(runner.outputs) if spec.shape is not None and is_classifier_shape(spec.shape)),
-            None,
+        self.reading: ModelReading = (
+            read_outputs(self.names, self.reference[0], _rows(self.feeds[0]), metric)
+            if self.feeds
+            else ModelReading("output agreement")
         )
         has_labels = len(self.labels) == len(self.feeds) and bool(self.labels)
-        if self.classifier is not None and has_labels:
-            self.metric = "accuracy"
-        elif self.classifier is not None:
-            self.metric = "top-1 agreement"
-        else:
-            self.metric = "output agreement"
+        top1 = self.reading.metric == "top-1 agreement"
+        self.classifier = self.reading.outputs[0].index if top1 else None
+        self.metric = "accuracy" if top1 and has_labels else self.reading.metric
         self.baseline = self._value(self.reference)
 
     def score(self, candidate: ir.Model) -> Quality:
@@ -105,13 +110,11 @@ class QualityProbe:
                 for o, labels in zip(outputs, self.labels, strict=True)
             )
             return hits / max(sum(labels.size for labels in self.labels), 1)
-        if self.metric == "top-1 agreement":
-            assert self.classifier is not None
-            same = sum(
-                int((_top1(o[self.classifier]) == _top1(r[self.classifier])).sum())
-                for o, r in zip(outputs, self.reference, strict=True)
-            )
-            return same / max(sum(r[self.classifier].shape[0] for r in self.reference), 1)
+        if self.reading.outputs:
+            counter = ReadingCounter(self.reading)
+            for out, ref in zip(outputs, self.reference, strict=True):
+                counter.add(ref, out)
+            return counter.value()
         error = norm = 0.0
         for out, ref in zip(outputs, self.reference, strict=True):
             for o, r in zip(out, ref, strict=True):
@@ -123,6 +126,12 @@ class QualityProbe:
 
 def _top1(scores: np.ndarray) -> np.ndarray:
     return scores.reshape(scores.shape[0], -1).argmax(axis=1)
+
+
+def _rows(feeds: dict[str, np.ndarray]) -> int:
+    """The samples in one batch of feeds (the first input's leading axis)."""
+    first = next(iter(feeds.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 1
 
 
 def _runner(model: ir.Model, providers: tuple[str, ...]) -> Runner:

@@ -33,6 +33,7 @@ from onnxopt.data import (
 from onnxopt.errors import DataError, OutputError, UnsupportedModelError
 from onnxopt.evaluate.compare import Comparison, KnownOutputs, compare
 from onnxopt.evaluate.layers import layer_errors
+from onnxopt.evaluate.readings import METRICS
 from onnxopt.io.output_lock import exclusive_output
 from onnxopt.io.writing import check_writable
 from onnxopt.optimizer import verified_replay
@@ -85,6 +86,7 @@ class OptimizeOptions:
     plan: str | os.PathLike[str] | None = None  # replay this plan's decisions: nothing is timed
     save_plan: str | os.PathLike[str] | None = None  # write every measured decision here
     drop_nonfinite: bool = False  # leave out samples holding NaN/Inf (else such data is refused)
+    metric: str = "auto"  # how accuracy budgets read the outputs: auto, top1, sequence, detection, values
 
     def __post_init__(self) -> None:
         for name in ("data", "eval_data"):  # a plain source is the common case: accept it as one
@@ -100,6 +102,8 @@ class OptimizeOptions:
             raise DataError("--batch must be positive")
         if self.guard_samples is not None and self.guard_samples <= 0:
             raise DataError("--guard-samples must be positive")
+        if self.metric not in METRICS:
+            raise DataError(f"--metric must be one of {', '.join(METRICS)}, not {self.metric!r}")
         if self.storage not in io.STORAGES:
             raise OutputError(f"storage must be one of {', '.join(io.STORAGES)}, not {self.storage!r}")
 
@@ -265,6 +269,7 @@ def _prepare(model_path: Path, recipe: list[RecipeEntry], options: OptimizeOptio
         input_shapes=shapes,
         plan=plan,
         guard_samples=options.guard_samples or DEFAULT_GUARD_SAMPLES,
+        metric=options.metric,
     )
     converted = io.opset_version(model) != source.opset
     return _Prepared(

@@ -145,6 +145,7 @@ class PassContext(Protocol):
     progress: Progress  # long passes report their steps (distill: each epoch's batches)
     # a verified replay: measurements that only go to the pass's log are the plan's, not to be taken again
     measurements_carried: bool
+    metric: str  # --metric: how accuracy budgets read the outputs (onnxopt.evaluate.readings.METRICS)
 
     def activations(
         self,

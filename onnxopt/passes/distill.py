@@ -71,7 +71,7 @@ class DistillPassConfig:
         default=None,
         metadata={
             "help": "the result must stay within this of the original on the held-back samples "
-            "(accuracy with labels, else top-1 agreement)"
+            "(accuracy with labels, else the agreement --metric reads: whole sequences for CTC heads)"
         },
     )
     # the rest keeps what it learned, which holds up better when the data is small
@@ -91,10 +91,10 @@ class DistillPassConfig:
             raise ValueError("max_drop must be in [0, 1)")
         self.finetune_config(seed=0)  # FinetuneConfig checks the training parameters
 
-    def finetune_config(self, *, seed: int, only: frozenset[str] | None = None) -> FinetuneConfig:
+    def finetune_config(self, *, seed: int, only: frozenset[str] | None = None, metric: str = "auto") -> FinetuneConfig:
         shared = {f.name for f in dataclasses.fields(FinetuneConfig)}
         values = {k: v for k, v in dataclasses.asdict(self).items() if k in shared}
-        return FinetuneConfig(**values, seed=seed, only=only)
+        return FinetuneConfig(**values, seed=seed, only=only, metric=metric)
 
 
 class DistillPass(OptPass):
@@ -115,7 +115,7 @@ class DistillPass(OptPass):
         if only is not None and not only:
             log.skip("model", "train=pruned: no layer was pruned before distill (run prune-channels first)")
             return
-        config = self.config.finetune_config(seed=context.seed, only=only)
+        config = self.config.finetune_config(seed=context.seed, only=only, metric=context.metric)
         student = ir.serde.serialize_model(model)
         teacher = ir.serde.serialize_model(context.original_model())
         try:
@@ -146,7 +146,9 @@ class DistillPass(OptPass):
             return
         _, held = held_back_split(len(next(iter(inputs.values()))), config.holdout, config.seed)
         try:
-            agreement = agreement_with(student, teacher, {k: v[held] for k, v in inputs.items()}, config.batch)
+            agreement = agreement_with(
+                student, teacher, {k: v[held] for k, v in inputs.items()}, config.batch, config.metric
+            )
         except OnnxoptError as e:  # outputs unlike the original's: nothing to compare them with
             log.miss(f"max_drop could not be checked: {e}")
             return
@@ -154,13 +156,13 @@ class DistillPass(OptPass):
 
     def _check_budget(self, log: PassLog, result: FinetuneResult) -> None:
         """``max_drop`` on the held-back samples: accuracy against the original's when labels exist, else
-        1 - top-1 agreement with the original."""
+        1 - the agreement with the original, read as the outputs are read (whole sequences for a CTC head)."""
         if result.teacher_accuracy is not None and result.student_accuracy is not None:
             drop = result.teacher_accuracy - result.student_accuracy
             measured = f"accuracy {result.student_accuracy:.4f} vs the original's {result.teacher_accuracy:.4f}"
         else:
             drop = 1.0 - result.after
-            measured = f"agreement with the original {result.after:.4f}"
+            measured = f"{result.agreement} with the original {result.after:.4f}"
         self._judge(log, drop, measured, result.holdout_samples)
 
     def _judge(self, log: PassLog, drop: float, measured: str, samples: int) -> None:

@@ -123,6 +123,7 @@ def fine_tune(
     inputs = {name: array[skip:] for name, array in inputs.items()}
     labels = labels[skip:] if labels is not None else None
     batch = fitting_batch(student, config.batch, available_bytes())
+    config = dataclasses.replace(config, metric=context.metric)  # the epoch kept is chosen as budgets read
     if batch < config.batch:  # a batch that does not fit gets the process killed, not a slower run
         log.note(f"qat: batch {config.batch} -> {batch}: the larger one's training would not fit in half the memory")
         config = dataclasses.replace(config, batch=batch)

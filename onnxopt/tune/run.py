@@ -38,6 +38,7 @@ import yaml
 from onnxopt.bench import BenchConfig, benchmark
 from onnxopt.data import open_dataset
 from onnxopt.errors import OutputError, TuneError
+from onnxopt.evaluate.readings import METRICS
 from onnxopt.io.validation import validate
 from onnxopt.io.writing import write_bytes
 from onnxopt.model_stats import estimate_macs
@@ -75,12 +76,15 @@ class TuneOptions:
     workers: int | None = None  # local processes (default: one per core)
     builtins: tuple[str, ...] | None = None  # built-in recipes to evaluate (default: all that can run)
     distill: bool | None = None  # sample distillation (default: when the tf extra is installed)
+    metric: str = "auto"  # how the budget reads the outputs (onnxopt.evaluate.readings)
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise TuneError(f"--objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
         if not (isinstance(self.max_drop, (int, float)) and 0 <= self.max_drop < 1):
             raise TuneError(f"--max-drop must be in [0, 1) (0.01 = one point), not {self.max_drop}")
+        if self.metric not in METRICS:
+            raise TuneError(f"--metric must be one of {', '.join(METRICS)}, not {self.metric!r}")
         if self.trials < 0:
             raise TuneError("--trials must be 0 or more")
         if self.time_budget is not None and self.time_budget <= 0:
@@ -230,7 +234,7 @@ def _task(subject: _Subject, point: space.Point, options: TuneOptions, cache: Pa
     return TrialTask(
         str(subject.path), subject.digest, space.with_budget(point, options.max_drop), str(subject.split.fit),
         subject.fit_digest, str(subject.split.select), subject.select_digest, options.seed, options.max_drop,
-        str(cache), options.batch,
+        str(cache), options.batch, options.metric,
     )  # fmt: skip
 
 
@@ -340,7 +344,7 @@ def _finish(subject: _Subject, options: TuneOptions, cache: Path, progress: Prog
     progress.phase(f"tune {subject.path.name}: building {chosen.name} and scoring it on the held-out part")
     rebuild = OptimizeOptions(
         recipe=str(recipe_file), data=str(fit), eval_data=str(held_out_file), seed=options.seed,
-        batch=options.batch, save_plan=plan_file,
+        batch=options.batch, save_plan=plan_file, metric=options.metric,
     )  # fmt: skip
     try:
         write_bytes(recipe_file, recipe_yaml(chosen.spec).encode())
@@ -352,7 +356,7 @@ def _finish(subject: _Subject, options: TuneOptions, cache: Path, progress: Prog
             path.unlink(missing_ok=True)
         raise
     held = open_dataset(str(held_out_file), inputs, seed=options.seed)
-    probe = QualityProbe(ir.load(str(subject.path)), held, limit=held.num_samples)
+    probe = QualityProbe(ir.load(str(subject.path)), held, limit=held.num_samples, metric=options.metric)
     drop = probe.drop(ir.load(str(subject.output)))
     same = file_digest(subject.output) == file_digest(Path(str(chosen.model)))
     if not same:

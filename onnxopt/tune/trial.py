@@ -61,12 +61,13 @@ class TrialTask:
     max_drop: float
     cache: str
     batch: int | None = None
+    metric: str = "auto"
 
     @property
     def key(self) -> str:
         return trial_key(
             self.model_digest, self.point.spec, self.fit_digest, self.select_digest, str(self.seed),
-            f"{self.max_drop:g}", str(self.batch),
+            f"{self.max_drop:g}", str(self.batch), self.metric,
         )  # fmt: skip
 
 
@@ -198,18 +199,20 @@ def _run(task: TrialTask, cache: TrialCache, work: Path) -> tuple[dict[str, Any]
     inputs = Runner(task.model).inputs
     select = open_dataset(task.select, inputs, seed=task.seed)
     rung = max(MIN_RUNG, int(select.num_samples * RUNG_FRACTION))
-    first = QualityProbe(original, select, limit=rung)
+    first = QualityProbe(original, select, limit=rung, metric=task.metric)
     margin = 2 * math.sqrt(0.25 / rung)  # two standard errors of a proportion near 1/2, the widest
     current = Path(task.model)
     stages = [s for s in task.point.stages if s]
     fell_back: list[str] = []
     for index, stage in enumerate(stages):
         prefix = ",".join(stages[: index + 1])
-        key = trial_key(task.model_digest, prefix, task.fit_digest, str(task.seed), str(task.batch), "stage")
+        key = trial_key(
+            task.model_digest, prefix, task.fit_digest, str(task.seed), str(task.batch), task.metric, "stage"
+        )
         built = cache.get(key)
         if built is None:
             out = work / f"stage{index}.onnx"
-            options = OptimizeOptions(passes=stage, data=task.fit, seed=task.seed, batch=task.batch)
+            options = OptimizeOptions(passes=stage, data=task.fit, seed=task.seed, batch=task.batch, metric=task.metric)
             result = optimize_file(current, out, options)
             built = cache.put(key, {"status": "ok", "fallbacks": result.fallbacks}, out)
         current = Path(built["model"])
@@ -222,7 +225,7 @@ def _run(task: TrialTask, cache: TrialCache, work: Path) -> tuple[dict[str, Any]
     drop = first.drop(final)
     if drop > task.max_drop + margin:
         return _pruned(first.metric, drop, rung, "on the first rung"), None
-    whole = QualityProbe(original, select, limit=select.num_samples)
+    whole = QualityProbe(original, select, limit=select.num_samples, metric=task.metric)
     drop = whole.drop(final)
     macs, _ = estimate_macs(final)
     return {
