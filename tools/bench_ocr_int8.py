@@ -17,7 +17,7 @@ the quantize and qat passes' notes (what the budget measured, what fine-tuning d
 budget reading whole greedy-decoded sequences (``--metric auto`` chooses it for this CTC head) and with
 ``--metric values`` (relative output error), and records whether the run missed its budget (the CLI's exit 3).
 
-    python tools/bench_ocr_int8.py --prune --calibration 512 --evaluation 512 --out tools/bench_ocr_prune_results.json
+    python tools/bench_ocr_int8.py --prune --calibration 512 --evaluation 1024 --out tools/bench_ocr_prune_results.json
 """
 
 from __future__ import annotations

@@ -117,14 +117,17 @@ class ReconstructPass(OptPass):
         x_name = node.inputs[0].name
         weight = constant_array(node.inputs[1])
         assert weight is not None
-        current = context.activations(model, [x_name], self.config.samples)
+        # Gemm/MatMul rows come one sample at a time, like the reference's: a time-major [T, N, C] input has no
+        # batch axis 0 to count samples on, and its rows must pair with the same sample's targets
+        per_sample = node.op_type != "Conv"
+        current = context.activations(model, [x_name], self.config.samples, batch_size=1 if per_sample else 32)
         kept = node.meta.get(KEPT_OUTPUTS)  # this layer lost output channels too: compare only the kept ones
         gram = cross = None
         y_square = 0.0
         rows = 0
         done = 0  # images consumed so far: the reference rows are kept per image, in the data's order
         for now in current:
-            n = now[x_name].shape[0]
+            n = 1 if per_sample else now[x_name].shape[0]
             x, y = reference.rows(node, now[x_name], done, n)
             done += n
             if kept is not None:
@@ -191,14 +194,15 @@ class _ReferenceRows:
         self.targets: list[np.ndarray] = []  # per image: [rows, C_out]
 
     def add(self, node: ir.Node, y: np.ndarray, positions: int, rng: np.random.Generator) -> None:
+        """The targets of ``y``, one sample's output (Gemm/MatMul: every row of it, whatever its batch axis)."""
+        if node.op_type != "Conv":
+            self.targets.append(y.reshape(-1, y.shape[-1]).astype(np.float64))
+            return
         for image in y:  # one image at a time, so the draws do not depend on how the data was batched
-            if node.op_type == "Conv":
-                oh, ow = image.shape[1:]
-                picks = pick_positions(oh, ow, positions, rng)
-                self.picks.append(picks)
-                self.targets.append(image[:, picks // ow, picks % ow].T.astype(np.float64))
-            else:
-                self.targets.append(image.reshape(-1, image.shape[-1]).astype(np.float64))
+            oh, ow = image.shape[1:]
+            picks = pick_positions(oh, ow, positions, rng)
+            self.picks.append(picks)
+            self.targets.append(image[:, picks // ow, picks % ow].T.astype(np.float64))
 
     def rows(self, node: ir.Node, x: np.ndarray, start: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Least-squares rows of images ``start .. start + n`` (whose layer input is ``x``): inputs [P, D] and
