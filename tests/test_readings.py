@@ -92,7 +92,8 @@ def test_shapes_and_values_choose_the_reading() -> None:
 
 
 def test_a_forced_reading_no_output_fits_is_one_clear_error() -> None:
-    with pytest.raises(DataError, match=r"--metric detection: no output reads as detection scores \(outputs: y \[4, 7\]"):
+    expected = r"--metric detection: no output reads as detection scores \(outputs: y \[4, 7\]"
+    with pytest.raises(DataError, match=expected):
         read_outputs(["y"], [np.zeros((4, 7), np.float32)], batch=4, metric="detection")
     with pytest.raises(DataError, match="--metric must be one of auto, top1, sequence, detection, values"):
         read_outputs(["y"], [np.zeros((4, 7), np.float32)], batch=4, metric="f1")
