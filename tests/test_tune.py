@@ -62,17 +62,53 @@ def test_tune_within_budget_rebuilt_by_its_recipe_and_plan_and_the_same_on_ray(d
 
     try:
         import ray
+        from ray.cluster_utils import Cluster
     except ImportError:
         pytest.skip("ray is not installed (the ray extra): the Ray half of this test did not run")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # a real cluster of two nodes (a head and a second node, one CPU each), joined by its address as --ray takes it
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
-        options = TuneOptions(data=(str(digits_data),), ray="auto", cache=str(tmp_path / "ray-cache"), **SMALL)
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        options = TuneOptions(data=(str(digits_data),), ray=cluster.address, cache=str(tmp_path / "ray-cache"), **SMALL)
         on_ray = tune([str(DIGITS)], str(tmp_path / "on-ray.onnx"), options)[0]
+        nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     finally:
         ray.shutdown()
+        cluster.shutdown()
     assert not any(t.cached for t in on_ray.trials)  # its own cache: every trial ran on Ray
+    assert len(nodes) == 2 and {t.node for t in on_ray.trials} == nodes  # both nodes ran trials
+    assert all(t.model is None or t.model.startswith(str(tmp_path / "ray-cache")) for t in on_ray.trials)
     assert _specs(on_ray) == _specs(result)
     assert on_ray.chosen.spec == result.chosen.spec
+
+
+def test_a_shipped_trial_names_no_file_of_the_tune(digits_data, tmp_path) -> None:
+    """On Ray a trial carries the model and data as object references, never the tune's paths (another node
+    may not see them): what a task receives holds no path of this machine."""
+    import pickle
+
+    from onnxopt.tune.run import _subject, _task
+    from onnxopt.tune.space import builtin_points
+    from onnxopt.tune.trial import ShippedTrial, run_trials
+
+    class Shipping:  # a pool that records what would travel, and answers nothing
+        size, ships_files, sent = 1, True, []
+
+        def put(self, path: str, digest: str) -> str:
+            return f"<object {digest[:8]}>"
+
+        def map(self, fn, items):
+            self.sent.extend(items)
+            return [({"status": "failed", "error": "not run", "name": "x", "spec": "", "params": {}}, None, False)]
+
+    options = TuneOptions(data=(str(digits_data),), cache=str(tmp_path / "cache"), **SMALL)
+    subject = _subject(DIGITS, tmp_path / "out.onnx", str(digits_data), None, tmp_path / "cache", options)
+    [record] = run_trials(Shipping(), [_task(subject, builtin_points(False)[0], options, tmp_path / "cache")])
+    [sent] = Shipping.sent
+    assert isinstance(sent, ShippedTrial) and record.status == "failed"
+    assert str(tmp_path).encode() not in pickle.dumps(sent) and str(DIGITS).encode() not in pickle.dumps(sent)
+    assert sent.model.startswith("<object ") and sent.fit.startswith("<object ")
 
 
 def test_an_interrupted_tune_resumes_from_its_cache(digits_data, tmp_path, monkeypatch) -> None:

@@ -52,7 +52,7 @@ from onnxopt.runtime import Runner
 from onnxopt.tune import space
 from onnxopt.tune.cache import default_folder
 from onnxopt.tune.split import Split, split_data
-from onnxopt.tune.trial import TrialRecord, TrialTask, judge, run_trial, within_budget
+from onnxopt.tune.trial import TrialRecord, TrialTask, judge, run_trials, within_budget
 from onnxopt.tune.workers import Workers, default_processes, open_workers
 
 OBJECTIVES = ("latency", "size", "balanced")
@@ -193,7 +193,7 @@ def tune(models: list[str], output: str, options: TuneOptions, progress: Progres
         for subject in subjects:  # one at a time: the int8 recipe times int8 against float
             for point in builtins:
                 progress.phase(f"tune {subject.path.name}: built-in {point.name}")
-                subject.trials += workers.map(run_trial, [_task(subject, point, options, cache)])
+                subject.trials += run_trials(workers, [_task(subject, point, options, cache)])
         _search(subjects, workers, options, cache, distill, started, progress)
     finally:
         workers.close()
@@ -263,7 +263,7 @@ def _search(
         if not batch:
             return
         progress.phase(f"tune: {len(batch)} trial(s) on {workers.size} worker(s)")
-        for (subject, asked, _), result in zip(batch, workers.map(run_trial, [t for _, _, t in batch]), strict=True):
+        for (subject, asked, _), result in zip(batch, run_trials(workers, [t for _, _, t in batch]), strict=True):
             subject.trials.append(result)
             if result.status == "ok":
                 subject.study.tell(asked, _proxy(result, subject, options))

@@ -1,8 +1,9 @@
 """One trial of ``onnxopt tune``: build a point's model on the fitting data, score it on the selection data.
 
-:func:`run_trial` is what a worker runs (a local process or a Ray task): it takes a picklable
-:class:`TrialTask` naming files, and returns a :class:`TrialRecord` (the cache stores its
-:meth:`~TrialRecord.to_dict`). Nothing in a trial is timed -- trials run side by side.
+:func:`run_trial` is what a local worker process runs: it takes a picklable :class:`TrialTask` naming files,
+and returns a :class:`TrialRecord` (the cache stores its :meth:`~TrialRecord.to_dict`). A Ray task runs
+:func:`run_shipped_trial` instead, the files coming through the object store (:func:`run_trials` chooses).
+Nothing in a trial is timed -- trials run side by side.
 
 A trial stops early when it is hopeless: after its float stage (pruning, refitting, clipping) and
 again before the whole selection set, its drop is scored on the first quarter of the selection
@@ -29,12 +30,14 @@ import onnx_ir as ir
 
 from onnxopt.data import open_dataset
 from onnxopt.errors import OnnxoptError, one_line
+from onnxopt.io.writing import write_bytes
 from onnxopt.model_stats import estimate_macs
 from onnxopt.optimizer.quality import QualityProbe
 from onnxopt.optimizer.run import OptimizeOptions, optimize_file
 from onnxopt.runtime import Runner
 from onnxopt.tune.cache import TrialCache, trial_key
 from onnxopt.tune.space import Point
+from onnxopt.tune.workers import Workers
 
 #: The first rung scores this fraction of the selection samples (at least MIN_RUNG).
 RUNG_FRACTION = 0.25
@@ -83,6 +86,7 @@ class TrialRecord:
     seconds: float = 0.0  # building and scoring it (as first run, for a cached trial)
     cached: bool = False  # taken from the trial cache, not run by this tune
     model: str | None = None  # its model's path in the trial cache (when it made one)
+    node: str | None = None  # the Ray node that ran it (on Ray)
     error: str | None = None  # why it failed
     # -- scored on the selection part (status ok; `metric` also when pruned)
     metric: str | None = None
@@ -173,25 +177,109 @@ def run_trial(task: TrialTask) -> TrialRecord:
     hit = cache.get(key)
     if hit is not None:  # named as this run names it (a sampled point may repeat an earlier one)
         return TrialRecord.of({**hit, "name": task.point.name, "params": task.point.params, "cached": True})
-    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="onnxopt-trial-") as folder:
-        keep = True
-        try:
-            result, model = _run(task, cache, Path(folder))
-        except OnnxoptError as e:  # the recipe cannot work on this model: remembered
-            result, model = {"status": "failed", "error": one_line(e, 300)}, None
-        except Exception as e:  # an internal error: this trial fails, the tune goes on, a rerun tries again
-            result, model, keep = (
-                {"status": "failed", "error": one_line(f"internal error ({type(e).__name__}): {e}", 300)},
-                None,
-                False,
-            )
-        result.update(name=task.point.name, spec=task.point.spec, params=task.point.params)
-        result["seconds"] = round(time.perf_counter() - started, 2)
+        result, model, keep = _attempt(task, cache, Path(folder))
         if not keep:
             return TrialRecord.of(result)
         stored = cache.put(key, result, model)
     return TrialRecord.of(stored)
+
+
+def _attempt(task: TrialTask, cache: TrialCache, work: Path) -> tuple[dict[str, Any], Path | None, bool]:
+    """``(result, model, keep)``: the trial's result and model, and whether the cache may keep them (not after
+    an internal error, which a rerun tries again)."""
+    started = time.perf_counter()
+    keep = True
+    try:
+        result, model = _run(task, cache, work)
+    except OnnxoptError as e:  # the recipe cannot work on this model: remembered
+        result, model = {"status": "failed", "error": one_line(e, 300)}, None
+    except Exception as e:  # an internal error: this trial fails, the tune goes on, a rerun tries again
+        result, model, keep = (
+            {"status": "failed", "error": one_line(f"internal error ({type(e).__name__}): {e}", 300)},
+            None,
+            False,
+        )
+    result.update(name=task.point.name, spec=task.point.spec, params=task.point.params)
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    return result, model, keep
+
+
+@dataclasses.dataclass(frozen=True)
+class ShippedTrial:
+    """A trial for a worker that shares no storage with the tune (another node of a Ray cluster): the task's
+    paths are blank, and the model and data parts travel as object references to their bytes."""
+
+    task: TrialTask
+    model: Any  # ray.ObjectRef of the model file's bytes
+    fit: Any
+    select: Any
+
+
+def run_shipped_trial(shipped: ShippedTrial) -> tuple[dict[str, Any], bytes | None, bool]:
+    """What a Ray task runs: the files written to this node's scratch folder under their digests (once per node),
+    the trial run there with a cache of its own; returns ``(result, model bytes, keep)`` for the tune to store.
+    ``result["node"]`` names the Ray node that ran it."""
+    import ray
+
+    task = shipped.task
+    scratch = Path(tempfile.gettempdir()) / "onnxopt-ray"
+    scratch.mkdir(parents=True, exist_ok=True)
+    local = {}
+    for field, digest, ref, suffix in (
+        ("model", task.model_digest, shipped.model, ".onnx"),
+        ("fit", task.fit_digest, shipped.fit, ".npz"),
+        ("select", task.select_digest, shipped.select, ".npz"),
+    ):
+        path = scratch / f"{digest}{suffix}"
+        if not path.is_file():
+            write_bytes(path, ray.get(ref))  # atomic: two tasks on one node may write the same file
+        local[field] = str(path)
+    task = dataclasses.replace(task, **local, cache=str(scratch / "cache"))
+    with tempfile.TemporaryDirectory(prefix="onnxopt-trial-") as folder:
+        result, model, keep = _attempt(task, TrialCache(Path(task.cache)), Path(folder))
+        data = model.read_bytes() if model is not None else None
+    result["node"] = ray.get_runtime_context().get_node_id()
+    return result, data, keep
+
+
+def run_trials(workers: Workers, tasks: list[TrialTask]) -> list[TrialRecord]:
+    """Every task's record, in order: on local processes each reads its files by path; on Ray (``ships_files``)
+    the tune's own cache answers first and the rest travel through the object store, their results stored in
+    the tune's cache as if run here."""
+    if not workers.ships_files:
+        return workers.map(run_trial, tasks)
+    records: list[TrialRecord | None] = []
+    pending: list[int] = []
+    for index, task in enumerate(tasks):
+        hit = TrialCache(Path(task.cache)).get(task.key)
+        if hit is not None:
+            records.append(
+                TrialRecord.of({**hit, "name": task.point.name, "params": task.point.params, "cached": True})
+            )
+        else:
+            records.append(None)
+            pending.append(index)
+    shipped = [
+        ShippedTrial(
+            dataclasses.replace(tasks[i], model="", fit="", select="", cache=""),
+            workers.put(tasks[i].model, tasks[i].model_digest),
+            workers.put(tasks[i].fit, tasks[i].fit_digest),
+            workers.put(tasks[i].select, tasks[i].select_digest),
+        )
+        for i in pending
+    ]
+    for index, (result, data, keep) in zip(pending, workers.map(run_shipped_trial, shipped), strict=True):
+        if not keep:
+            records[index] = TrialRecord.of(result)
+            continue
+        with tempfile.TemporaryDirectory(prefix="onnxopt-trial-") as folder:
+            model = None
+            if data is not None:
+                model = Path(folder) / "model.onnx"
+                model.write_bytes(data)
+            records[index] = TrialRecord.of(TrialCache(Path(tasks[index].cache)).put(tasks[index].key, result, model))
+    return [r for r in records if r is not None]
 
 
 def _run(task: TrialTask, cache: TrialCache, work: Path) -> tuple[dict[str, Any], Path | None]:

@@ -2,8 +2,11 @@
 
 Both map a function over tasks and return the results in the tasks' order, whichever finishes first, so
 the search sees the same sequence either way (the same seed chooses the same recipe locally and on Ray).
-Trials read the model and the data from paths: on a Ray cluster of several machines those paths must
-be on storage every node sees (the cache folder included).
+Local trials read the model and the data from paths. Ray trials share no storage with the tune
+(``ships_files``): the model and data parts go into Ray's object store once each (:meth:`RayPool.put`), every
+node writes them to its own scratch folder, and each trial's model comes back as bytes
+(:func:`onnxopt.tune.trial.run_trials`) -- so the nodes of a cluster need no shared filesystem. Ray tasks are
+spread over the cluster's nodes.
 """
 
 from __future__ import annotations
@@ -20,14 +23,19 @@ from onnxopt.errors import TuneError, one_line
 
 class Workers(Protocol):
     size: int
+    ships_files: bool  # the workers may not see the tune's files: they travel with the tasks (put)
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]: ...
+
+    def put(self, path: str, digest: str) -> Any: ...
 
     def close(self) -> None: ...
 
 
 class LocalPool:
     """``size`` worker processes (spawned: onnxruntime's threads do not survive a fork)."""
+
+    ships_files = False
 
     def __init__(self, size: int) -> None:
         self.size = max(1, size)
@@ -36,6 +44,9 @@ class LocalPool:
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         return list(self._pool.map(fn, items))
 
+    def put(self, path: str, digest: str) -> Any:
+        return path  # local workers read the file where it is
+
     def close(self) -> None:
         self._pool.shutdown(cancel_futures=True)
 
@@ -43,6 +54,8 @@ class LocalPool:
 class RayPool:
     """Ray tasks of one CPU each, on the cluster at ``address`` (``auto``: what ``ray.init()`` finds -- the
     ``RAY_ADDRESS`` cluster or the latest ``ray start`` on this machine -- else a new local instance)."""
+
+    ships_files = True
 
     def __init__(self, address: str) -> None:
         try:
@@ -60,10 +73,18 @@ class RayPool:
                 raise TuneError(f"--ray {address}: cannot connect ({one_line(e, 160)})") from e
         self.size = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._remote: dict[Callable, Any] = {}
+        self._objects: dict[str, Any] = {}  # digest -> ObjectRef of the file's bytes
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-        remote = self._remote.setdefault(fn, self._ray.remote(num_cpus=1)(fn))
+        remote = self._remote.setdefault(fn, self._ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(fn))
         return self._ray.get([remote.remote(item) for item in items])
+
+    def put(self, path: str, digest: str) -> Any:
+        """The object reference of the file's bytes, put into the object store once per digest."""
+        if digest not in self._objects:
+            with open(path, "rb") as f:
+                self._objects[digest] = self._ray.put(f.read())
+        return self._objects[digest]
 
     def close(self) -> None:
         pass  # the cluster (or the caller's ray.init) outlives the tune
