@@ -17,7 +17,8 @@ the quantize and qat passes' notes (what the budget measured, what fine-tuning d
 budget reading whole greedy-decoded sequences (``--metric auto`` chooses it for this CTC head) and with
 ``--metric values`` (relative output error), and records whether the run missed its budget (the CLI's exit 3).
 
-    python tools/bench_ocr_int8.py --prune --calibration 512 --evaluation 1024 --out tools/bench_ocr_prune_results.json
+    python tools/bench_ocr_int8.py --prune --calibration 512 --evaluation 1024 \
+        --out tools/bench_ocr_int8_results_prune.json
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -86,6 +88,7 @@ def main() -> None:
             results[label]["missed_budget"] = result.fallbacks  # type: ignore[assignment]  # non-empty: exit 3
             print(label, json.dumps(results[label]), flush=True)
     document = {
+        "date": time.strftime("%Y-%m-%d"),
         "model": MODEL,
         "calibration_samples": args.calibration,
         "specs": {

@@ -197,7 +197,7 @@ def record_training(
     budget = " (stopped by time_budget)" if run.stopped_by_budget else ""
     log.note(
         f"{verb} {len(run.history)} epoch(s) on {samples} samples in {seconds:.0f} s{budget}; {also}"
-        f"agreement with the original on {held_back} held-back samples {run.before:.4f} -> {run.after:.4f}"
+        f"{run.agreement} with the original on {held_back} held-back samples {run.before:.4f} -> {run.after:.4f}"
         + (f" (epoch {run.best_epoch} kept)" if run.best_epoch else " (no epoch improved: unchanged)")
     )
 
