@@ -1,4 +1,4 @@
-"""Does the budget's detection reading follow what a detector's user sees? Anchor F1 against decoded-box recall/precision.
+"""Does the budget's detection reading follow what a detector's user sees? Anchor F1 against decoded boxes.
 
     python tools/check_detection_reading.py [--calibration 32] [--evaluation 128]
         [--out tools/check_detection_reading_results.json]

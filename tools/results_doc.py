@@ -372,6 +372,12 @@ KINDS = [  # the order of the sections
         lambda d: isinstance(d.get("variants"), dict),
         render_variants,
     ),
+    Kind(
+        "The budget's detection reading against decoded boxes",
+        "check_detection_reading.py",
+        lambda d: _rows_with(d, "detection_agreement"),
+        render_rows,
+    ),
     Kind("PRelu in int8", "bench_prelu_int8.py", lambda d: _rows_with(d, "float_prelu"), render_rows),
     Kind(
         "Channel importance for pruning",
