@@ -19,9 +19,11 @@ Reported as seconds and as ratios to ``ort`` measured in this run (targets: ``pl
 inputs (target: a 3 M-parameter detector within 60 s on 2 cores), and where the time goes -- the seconds
 between the steps the run reports on its progress line (calibration, each profile, each timing, the budget's
 ranking and trials). ``--real NAME`` takes a real model of ``tools/real_models.py`` (e.g. ``ddddocr_det``, a
-5 M-parameter YOLOX-style detector at 416x416) instead of a zoo graph.
+5 M-parameter YOLOX-style detector at 416x416) instead of a zoo graph; ``--yolov8n`` the YOLOv8n-architecture
+graph of ``tools/yolov8n_graph.py`` (3.2 M parameters, 640x640, random weights: what the target names).
 
-    python tools/bench_tool_time.py --real ddddocr_det --no-data --out tools/bench_tool_time_no_data
+    python tools/bench_tool_time.py --real ddddocr_det --no-data --out tools/bench_tool_time_results_no_data
+    python tools/bench_tool_time.py --yolov8n --no-data --out tools/bench_tool_time_results_no_data_yolov8n
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--real", default=None, help="a real model of tools/real_models.py instead of --model")
+    parser.add_argument("--yolov8n", action="store_true", help="the YOLOv8n-architecture graph (yolov8n_graph.py)")
     parser.add_argument("--no-data", action="store_true", help="time the int8 recipe without --data, step by step")
     parser.add_argument("--samples", type=int, default=64, help="calibration samples for every tool")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "bench_tool_time_results")
@@ -121,13 +124,20 @@ def main() -> None:
 
             source = fetch(args.real)
             model = onnx.load(str(source))
+        elif args.yolov8n:
+            from yolov8n_graph import build
+
+            model = build()
+            source = work / "yolov8n_like.onnx"
+            onnx.save(model, str(source))
         else:
             model = light_model(args.model, rng.standard_normal((1, 3, 224, 224), dtype=np.float32))
             source = work / "fp32.onnx"
             onnx.save(model, str(source))
         if args.no_data:
             parameters = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
-            result = {"model": args.real or f"light_{args.model}", "parameters": parameters,
+            label = args.real or ("yolov8n_like (random weights, 640x640)" if args.yolov8n else f"light_{args.model}")
+            result = {"date": time.strftime("%Y-%m-%d"), "model": label, "parameters": parameters,
                       "machine": machine_description(), **no_data(source, work)}  # fmt: skip
             text = json.dumps(result, indent=1)
             print(text)

@@ -234,6 +234,18 @@ def render_tool_time(doc: Doc) -> list[str]:
     ]
 
 
+def render_tool_time_no_data(doc: Doc) -> list[str]:
+    steps = [{"step": step, "seconds": s} for step, s in doc["slowest_steps"]]
+    return [
+        f'Model: {doc.get("model")}, {doc.get("parameters"):,} parameters. `optimize(recipe="int8")` without data: '
+        f"**{doc['seconds']} s** in all; the slowest steps of its progress line:",
+        "",
+        *table(steps),
+        "",
+        *[f"- quantize: {note}" for note in doc.get("quantize_notes", [])],
+    ]
+
+
 def render_lossless(doc: Doc) -> list[str]:
     rows = [
         {"step": "onnx.load + onnx.save", "median s": doc["median_load_save_s"], "runs s": doc["load_save_s"]},
@@ -359,6 +371,12 @@ KINDS = [  # the order of the sections
         "bench_tool_time.py",
         lambda d: isinstance(d.get("seconds"), dict) and {"ort", "plan"} <= set(d["seconds"]),
         render_tool_time,
+    ),
+    Kind(
+        "Tool time: int8 without data",
+        "bench_tool_time.py",
+        lambda d: isinstance(d.get("seconds"), (int, float)) and "slowest_steps" in d,
+        render_tool_time_no_data,
     ),
     Kind(
         "The OCR recognizer's int8 on many strings",
