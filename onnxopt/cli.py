@@ -473,6 +473,12 @@ def _add_tune_command(sub: argparse._SubParsersAction, common: argparse.Argument
         help="the trial cache folder (default: $XDG_CACHE_HOME/onnxopt/tune, else ~/.cache/onnxopt/tune)",
     )
     tun.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
+    tun.add_argument(
+        "--max-memory",
+        type=float,
+        metavar="GB",
+        help="stop a trial whose process passes this resident memory, in GiB (default: none; trials report their peak)",
+    )
     tun.add_argument("--seed", type=int, default=0, help="seeds the split and the sampler (default: %(default)s)")
     tun.add_argument(
         "--report", help="R.json, R.md or R.html, one per model when several: R-<model>.html (default: none)"
@@ -486,7 +492,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     options = TuneOptions(
         data=tuple(args.data), eval_data=tuple(args.eval_data), max_drop=args.max_drop, objective=args.objective,
         batch=args.batch, trials=args.trials, time_budget=args.time_budget, ray=args.ray, cache=args.cache,
-        seed=args.seed, workers=args.workers, metric=args.metric,
+        seed=args.seed, workers=args.workers, metric=args.metric, max_memory=args.max_memory,
     )  # fmt: skip
     if args.report:
         check_report_path(args.report)
@@ -503,7 +509,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 def format_tune(result: TuneResult) -> str:
     """What ``onnxopt tune`` prints for one model: the trial table (recipe, drop on the selection part, size and
-    MACs against the original, latency where timed, verdict and why), the chosen model's held-out metric, the
+    MACs against the original, latency where timed, the peak resident memory of the process that ran it, verdict
+    and why), the chosen model's held-out metric, the
     files written, where the trial cache is, and the command that rebuilds the output."""
     from onnxopt.tune.cache import folder_bytes
     from onnxopt.tune.space import label
@@ -511,15 +518,16 @@ def format_tune(result: TuneResult) -> str:
     def ratio(value: float | None) -> str:
         return "-" if value is None else f"{value:.2f}x"
 
-    rows = [["trial", "recipe", "drop", "size", "MACs", "latency", "verdict", "why"]]
+    rows = [["trial", "recipe", "drop", "size", "MACs", "latency", "peak GB", "verdict", "why"]]
     for t in result.trials:
         drop = t.drop if t.drop is not None else t.rung_drop
+        memory = "-" if t.peak_memory is None else f"{t.peak_memory / 2**30:.1f}"
         rows.append([
             t.name + ("*" if t.cached else ""), label(t.name, t.params), "-" if drop is None else f"{drop:+.4f}",
-            ratio(t.size_ratio), ratio(t.macs_ratio), ratio(t.latency_ratio), t.verdict or "-", t.why or "",
+            ratio(t.size_ratio), ratio(t.macs_ratio), ratio(t.latency_ratio), memory, t.verdict or "-", t.why or "",
         ])  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    numeric = {2, 3, 4, 5}
+    numeric = {2, 3, 4, 5, 6}
     lines = [
         f"{result.model} -> {result.output}: {len(result.trials)} trials, scored on the selection part "
         f"({result.split['counts'][1]} samples); budget: --max-drop {result.max_drop:g}; objective {result.objective}"

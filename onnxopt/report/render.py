@@ -211,12 +211,15 @@ def _tune(r: dict[str, Any]) -> list[Block]:
         relative = _opt(t["size_bytes"] / size if "size_bytes" in t else None, ".2f")
         recipe = _recipe_cell(t.get("recipe") or t.get("spec") or "", shared)
         why = t.get("why") or t.get("error") or t.get("pruned") or ""
-        rows.append([name, status, drop, relative, _opt(ratio, ".2f"), f"{t.get('seconds', 0):.1f}", recipe, why])
+        memory = _opt(t["peak_memory"] / 2**30 if t.get("peak_memory") else None, ".1f")
+        rows.append(
+            [name, status, drop, relative, _opt(ratio, ".2f"), f"{t.get('seconds', 0):.1f}", memory, recipe, why]
+        )
     blocks.append(Heading("Trials"))
     if shared:
         blocks.append(Paragraph(f"Every trial's recipe starts with `{shared}`; the table shows what follows (…)."))
-    header = ["trial", "verdict", "drop", "size ratio", "latency ratio", "seconds", "recipe", "why"]
-    return [*blocks, Table(header, rows, {2, 3, 4, 5})]
+    header = ["trial", "verdict", "drop", "size ratio", "latency ratio", "seconds", "peak GB", "recipe", "why"]
+    return [*blocks, Table(header, rows, {2, 3, 4, 5, 6})]
 
 
 def _recipe_cell(spec: str, shared: str) -> str:

@@ -77,6 +77,7 @@ class TuneOptions:
     builtins: tuple[str, ...] | None = None  # built-in recipes to evaluate (default: all that can run)
     distill: bool | None = None  # sample distillation (default: when the tf extra is installed)
     metric: str = "auto"  # how the budget reads the outputs (onnxopt.evaluate.readings)
+    max_memory: float | None = None  # GiB of resident memory per trial; a trial past it is stopped
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -85,6 +86,8 @@ class TuneOptions:
             raise TuneError(f"--max-drop must be in [0, 1) (0.01 = one point), not {self.max_drop}")
         if self.metric not in METRICS:
             raise TuneError(f"--metric must be one of {', '.join(METRICS)}, not {self.metric!r}")
+        if self.max_memory is not None and not self.max_memory > 0:
+            raise TuneError(f"--max-memory must be positive (GB), not {self.max_memory}")
         if self.trials < 0:
             raise TuneError("--trials must be 0 or more")
         if self.time_budget is not None and self.time_budget <= 0:
@@ -235,6 +238,7 @@ def _task(subject: _Subject, point: space.Point, options: TuneOptions, cache: Pa
         str(subject.path), subject.digest, space.with_budget(point, options.max_drop), str(subject.split.fit),
         subject.fit_digest, str(subject.split.select), subject.select_digest, options.seed, options.max_drop,
         str(cache), options.batch, options.metric,
+        int(options.max_memory * 2**30) if options.max_memory is not None else None,
     )  # fmt: skip
 
 

@@ -13,10 +13,13 @@ quantization last, on float weights; equalization right before it, on the weight
 * ``prune-channels`` (ratio 0.25 or 0.5 of every prunable group's channels, ``l2`` or ``thinet``
   importance, multiples of 8) with ``reconstruct`` after it, and ``distill`` when the ``tf`` extra is
   installed -- only with data to fit on;
+* ``low-rank`` or not: data-aware factorization of the large heads (a recognizer's or classifier's), and
+  with ``convs=4`` also of the four largest Convs, each rank chosen by the pass on held-back data;
 * ``clip-weights`` (``mse``) or not;
 * ``quantize`` or not: static int8 (calibration ``minmax``, ``percentile`` or ``auto``; rounding ``nearest``
   or ``gptq``; ``uint8`` or ``int16`` activations; the tune's accuracy budget as its mixed-precision budget,
-  ``max_drop``) after ``equalize``, or int8 weight storage alone (``weights_only``).
+  ``max_drop``) after ``equalize``, then quantization-aware fine-tuning (``qat``, at most 600 s) or not when
+  the ``tf`` extra is installed; or int8 weight storage alone (``weights_only``).
 
 Sampled quantization never times anything (``fallback=none``): trials run side by side, so their timings
 would be measured against each other; the finalists' latency is measured once, interleaved, by the tuner.
@@ -70,8 +73,7 @@ def sample(trial: Any, number: int, *, distill: bool) -> Point:
         if distill and trial.suggest_categorical("distill", [False, True]):
             parts.append("distill:max_drop=0.02")
         parts.append("remove-unused")
-    if trial.suggest_categorical("clip_weights", [False, True]):
-        parts.append("clip-weights:mode=mse")
+    clip = trial.suggest_categorical("clip_weights", [False, True])
     mode = trial.suggest_categorical("quantize", ["none", "static", "weights_only"])
     tail = ""
     if mode == "static":
@@ -82,8 +84,16 @@ def sample(trial: Any, number: int, *, distill: bool) -> Point:
             f"equalize,quantize:calibration={calibration};rounding={rounding};activations={activations};"
             f"bias_correct=true;max_drop={{max_drop}}"
         )
+        if distill and trial.suggest_categorical("qat", [False, True]):
+            tail += ",qat:time_budget=600"
     elif mode == "weights_only":
         tail = "quantize:weights_only=true"
+    # suggested after the earlier choices, so that adding it left their seeded sequence as it was
+    low_rank = trial.suggest_categorical("low_rank", ["none", "heads", "heads+convs"])
+    if low_rank != "none":
+        parts.append("low-rank:convs=4" if low_rank == "heads+convs" else "low-rank")
+    if clip:
+        parts.append("clip-weights:mode=mse")
     return Point(f"trial {number}", (",".join(parts), tail), dict(trial.params))
 
 
@@ -105,10 +115,14 @@ def label(name: str, params: dict[str, Any]) -> str:
         parts.append(f"prune {params['prune_ratio']:g} {params.get('prune_importance', '')}".rstrip())
         if params.get("distill"):
             parts.append("distill")
+    if params.get("low_rank", "none") != "none":
+        parts.append("low-rank" if params["low_rank"] == "heads" else "low-rank + convs")
     if params.get("clip_weights"):
         parts.append("clip")
     if params.get("quantize") == "static":
         parts.append(f"quantize {params.get('calibration')}/{params.get('rounding')}/{params.get('activations')}")
+        if params.get("qat"):
+            parts.append("qat")
     elif params.get("quantize") == "weights_only":
         parts.append("quantize weights")
     return " + ".join(parts)

@@ -36,6 +36,7 @@ from onnxopt.optimizer.quality import QualityProbe
 from onnxopt.optimizer.run import OptimizeOptions, optimize_file
 from onnxopt.runtime import Runner
 from onnxopt.tune.cache import TrialCache, trial_key
+from onnxopt.tune.memory_watch import MemoryLimitExceeded, MemoryWatch
 from onnxopt.tune.space import Point
 from onnxopt.tune.workers import Workers
 
@@ -65,6 +66,7 @@ class TrialTask:
     cache: str
     batch: int | None = None
     metric: str = "auto"
+    max_memory: int | None = None  # bytes of resident memory past which the trial is stopped (not in the key)
 
     @property
     def key(self) -> str:
@@ -87,6 +89,7 @@ class TrialRecord:
     cached: bool = False  # taken from the trial cache, not run by this tune
     model: str | None = None  # its model's path in the trial cache (when it made one)
     node: str | None = None  # the Ray node that ran it (on Ray)
+    peak_memory: int | None = None  # the largest resident size (bytes) of the process while it ran (Linux)
     error: str | None = None  # why it failed
     # -- scored on the selection part (status ok; `metric` also when pruned)
     metric: str | None = None
@@ -190,8 +193,17 @@ def _attempt(task: TrialTask, cache: TrialCache, work: Path) -> tuple[dict[str, 
     an internal error, which a rerun tries again)."""
     started = time.perf_counter()
     keep = True
+    watch = MemoryWatch(task.max_memory)
     try:
-        result, model = _run(task, cache, work)
+        with watch:
+            result, model = _run(task, cache, work)
+    except MemoryLimitExceeded:  # stopped, not remembered: a rerun with more memory tries again
+        limit = (task.max_memory or 0) / 2**30
+        result, model, keep = (
+            {"status": "failed", "error": f"stopped: resident memory passed --max-memory {limit:.3g} GB"},
+            None,
+            False,
+        )
     except OnnxoptError as e:  # the recipe cannot work on this model: remembered
         result, model = {"status": "failed", "error": one_line(e, 300)}, None
     except Exception as e:  # an internal error: this trial fails, the tune goes on, a rerun tries again
@@ -202,6 +214,7 @@ def _attempt(task: TrialTask, cache: TrialCache, work: Path) -> tuple[dict[str, 
         )
     result.update(name=task.point.name, spec=task.point.spec, params=task.point.params)
     result["seconds"] = round(time.perf_counter() - started, 2)
+    result["peak_memory"] = watch.peak
     return result, model, keep
 
 

@@ -1,0 +1,92 @@
+"""A trial's peak resident memory, and a stop when it passes ``--max-memory``.
+
+:class:`MemoryWatch` wraps one trial in the process that runs it (a local worker or a Ray task): it resets
+Linux's high-water mark of resident memory (``/proc/self/clear_refs``), polls the resident size from a thread,
+and -- past the limit -- raises :class:`MemoryLimitExceeded` in the trial's thread at its next Python step (the
+check cannot interrupt a single native call, so a trial stops shortly after it passes the limit, not before).
+``peak`` is the kernel's high-water mark (``VmHWM``) where it could be reset, else the largest size polled.
+The exception is a ``BaseException``: the pipeline's rollback of a failing pass must not swallow it.
+Elsewhere than Linux nothing is measured and nothing is stopped.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from pathlib import Path
+from types import TracebackType
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+POLL_SECONDS = 0.2
+
+
+class MemoryLimitExceeded(BaseException):
+    """A trial's resident memory passed ``--max-memory``."""
+
+
+def _status_bytes(field: str) -> int | None:
+    """``VmRSS`` or ``VmHWM`` of this process in bytes, None where /proc does not say."""
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+class MemoryWatch:
+    """``with MemoryWatch(limit) as watch: ...`` then ``watch.peak`` (bytes or None) and ``watch.stopped``."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.peak: int | None = None
+        self.stopped = False
+        self._polled = 0
+        self._reset = False
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._target = threading.get_ident()
+        self._thread = threading.Thread(target=self._poll, name="onnxopt-memory-watch", daemon=True)
+
+    def __enter__(self) -> MemoryWatch:
+        try:
+            _CLEAR_REFS.write_text("5")  # the high-water mark starts again from the current size
+            self._reset = True
+        except OSError:
+            self._reset = False
+        self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self._done.is_set():
+            size = _status_bytes("VmRSS")
+            if size is None:
+                return
+            self._polled = max(self._polled, size)
+            if self.limit is not None and size > self.limit:
+                with self._lock:
+                    if not self._done.is_set() and not self.stopped:
+                        self.stopped = True
+                        _raise_in(self._target, MemoryLimitExceeded)
+                return
+            self._done.wait(POLL_SECONDS)
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        with self._lock:
+            self._done.set()
+            if self.stopped and not isinstance(error, MemoryLimitExceeded):
+                _raise_in(self._target, None)  # scheduled but not delivered: withdraw it
+        self._thread.join()
+        final = _status_bytes("VmRSS") or 0
+        high = _status_bytes("VmHWM") if self._reset else None
+        self.peak = max(high or 0, self._polled, final) or None
+
+
+def _raise_in(thread_id: int, exception: type[BaseException] | None) -> None:
+    """Schedule ``exception`` in the thread ``thread_id`` (None: cancel a scheduled one)."""
+    given = ctypes.py_object(exception) if exception is not None else None  # None passes NULL: cancel
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), given)
