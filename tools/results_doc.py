@@ -288,8 +288,10 @@ def render_tune(doc: Doc) -> list[str]:
         f"{fmt(held.get('baseline'))} on {held.get('samples')} samples "
         f"(drop {fmt(held.get('drop'))}, within budget: {fmt(held.get('within_budget'))}), size ratio "
         f"{fmt(held.get('size_ratio'))}.",
+        *([f"Task metric of the chosen model against fp32 on the held-out part: {doc['task_held_out']}."]
+          if doc.get("task_held_out") else []),
         *[f"- {note}" for note in doc.get("notes", [])],
-    ]
+    ]  # fmt: skip
 
 
 def render_large_model(doc: Doc) -> list[str]:
