@@ -56,8 +56,12 @@ class MemoryWatch:
             self._reset = True
         except OSError:
             self._reset = False
-        self._thread.start()
-        return self
+        try:
+            self._thread.start()
+            return self
+        except MemoryLimitExceeded:  # over the limit from the first poll: the body never starts
+            self._finish(withdraw=False)
+            raise
 
     def _poll(self) -> None:
         while not self._done.is_set():
@@ -76,10 +80,18 @@ class MemoryWatch:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
+        try:
+            self._finish(withdraw=self.stopped and not isinstance(error, MemoryLimitExceeded))
+        except MemoryLimitExceeded:  # delivered while finishing: finish all the same, then it stops the trial
+            self._finish(withdraw=False)
+            raise
+
+    def _finish(self, *, withdraw: bool) -> None:
+        """Stop the poll (withdrawing a stop scheduled but not delivered) and take the peak."""
         with self._lock:
             self._done.set()
-            if self.stopped and not isinstance(error, MemoryLimitExceeded):
-                _raise_in(self._target, None)  # scheduled but not delivered: withdraw it
+            if withdraw:
+                _raise_in(self._target, None)
         self._thread.join()
         final = _status_bytes("VmRSS") or 0
         high = _status_bytes("VmHWM") if self._reset else None
