@@ -160,10 +160,16 @@ def agreement_with(
 class AgreementMeter:
     """Held-back agreement of a student's outputs with the teacher's targets, batch by batch: as the outputs are
     read (:func:`~onnxopt.evaluate.readings.read_outputs`, chosen from the first batch of targets), else the
-    sample-weighted mean over outputs of top-1 per position (class scores) or ``1 - relative MSE``."""
+    sample-weighted mean over outputs of top-1 per position (class scores) or ``1 - relative MSE``.
+
+    A graph that reshapes with a fixed batch of 1 (YOLOX exports), run batch-free, folds a batch of ``rows``
+    samples into its second axis (``[1, rows * A, K]``): such outputs are read unfolded, ``[rows, A, K]``."""
 
     def __init__(self, names: list[str], kinds: list[str], first: list[np.ndarray], rows: int, metric: str) -> None:
         self.kinds = kinds
+        self.folded = rows > 1 and all(_folded(t, rows) for t in first)
+        if self.folded:
+            first = [_unfold(t, rows) for t in first]
         self.reading: ModelReading = read_outputs(names, first, rows, metric)
         self.counter = ReadingCounter(self.reading) if self.reading.outputs else None
         self.total = self.rows = 0.0
@@ -175,7 +181,10 @@ class AgreementMeter:
     def add(self, outputs: list[np.ndarray], targets: list[np.ndarray], rows: int) -> None:
         """One batch of ``rows`` samples: the student's ``outputs`` against the teacher's ``targets``."""
         if self.counter is not None:
-            self.counter.add(targets, [np.asarray(o) for o in outputs])
+            outputs = [np.asarray(o) for o in outputs]
+            if self.folded:
+                targets, outputs = [_unfold(t, rows) for t in targets], [_unfold(o, rows) for o in outputs]
+            self.counter.add(targets, outputs)
             return
         self.total += rows * _agreement(outputs, targets, self.kinds)
         self.rows += rows
@@ -184,6 +193,17 @@ class AgreementMeter:
         if self.counter is not None:
             return self.counter.value()
         return self.total / self.rows if self.rows else 1.0
+
+
+def _folded(array: np.ndarray, rows: int) -> bool:
+    """An output of ``rows`` samples whose batch a fixed-batch Reshape folded into axis 1: ``[1, rows * A, ...]``."""
+    shape = np.shape(array)
+    return len(shape) >= 2 and shape[0] == 1 and shape[1] % rows == 0 and shape[1] >= rows
+
+
+def _unfold(array: np.ndarray, rows: int) -> np.ndarray:
+    shape = np.shape(array)
+    return np.reshape(array, (rows, shape[1] // rows, *shape[2:]))
 
 
 @dataclasses.dataclass(frozen=True)
