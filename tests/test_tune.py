@@ -148,6 +148,8 @@ def _free_port() -> int:
         (["--max-drop", "-0.1"], "--max-drop must be in [0, 1)"),
         (["--ray", f"127.0.0.1:{_free_port()}"], "--ray 127.0.0.1:"),
         (None, "give --data"),
+        (["--metric", "sequence"], "--metric sequence: no output reads as sequence scores (outputs: probabilities"),
+        (["--max-memory", "-1"], "--max-memory must be positive (GB), not -1.0"),
     ],
 )
 def test_bad_tune_input_is_one_line_and_writes_nothing(extra, expected, digits_data, tmp_path, capsys) -> None:

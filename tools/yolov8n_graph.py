@@ -6,7 +6,7 @@ The layers of Ultralytics' ``yolov8n.yaml`` (depth 0.33, width 0.25) as its ONNX
 normalization folded: Conv + SiLU (``Sigmoid``, ``Mul``) blocks, C2f (``Split``, bottlenecks, ``Concat``),
 SPPF (three ``MaxPool`` 5x5), the PAN neck (``Resize`` nearest x2), and the decoupled head with its DFL
 (``Softmax`` over 16 bins, a fixed 1x1 ``Conv``) and the box decoding against the anchor grid, giving
-``[1, 84, 8400]`` at 640x640 (``x, y, w, h`` in pixels, then 80 class probabilities). 3.16 M parameters.
+``[1, 84, 8400]`` at 640x640 (``x, y, w, h`` in pixels, then 80 class probabilities). 3.18 M parameters.
 Weights are random (He-normal, scaled for SiLU): latency and tool time are the trained model's, accuracy
 is not -- no accuracy claim rests on this graph. No trained YOLOv8n ships in a package of the registry.
 """

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from onnxopt.errors import DataError
+from onnxopt.evaluate.agreement import is_classifier_shape
 
 #: what ``--metric`` accepts: ``auto`` chooses from the outputs
 METRICS = ("auto", "top1", "sequence", "detection", "values")
@@ -106,7 +107,7 @@ def read_outputs(names: Sequence[str], arrays: Sequence[np.ndarray], batch: int,
 def _read_one(index: int, name: str, array: np.ndarray, batch: int, metric: str) -> OutputReading | None:
     if array.dtype.kind != "f" or array.ndim < 2:
         return None
-    if array.shape[0] == batch and array.shape[1] > 1 and all(d == 1 for d in array.shape[2:]):
+    if array.shape[0] == batch and is_classifier_shape(array.shape):
         return OutputReading(index, name, "top-1")
     if array.ndim != 3:
         return None
@@ -204,7 +205,7 @@ class ReadingCounter:
         for out in self.reading.outputs:
             ref, cand = np.asarray(reference[out.index]), np.asarray(candidate[out.index])
             if out.kind == "top-1":
-                same = _top1(ref) == _top1(cand)
+                same = top1(ref) == top1(cand)
             else:
                 same = np.array([a == b for a, b in zip(ctc_paths(ref, out.batch_axis), ctc_paths(cand, out.batch_axis),
                                                        strict=True)])  # fmt: skip
@@ -221,5 +222,6 @@ class ReadingCounter:
         return self.same / self.rows if self.rows else 1.0
 
 
-def _top1(scores: np.ndarray) -> np.ndarray:
+def top1(scores: np.ndarray) -> np.ndarray:
+    """The arg-max class of each row of classifier scores (``[N, C]`` or ``[N, C, 1, ...]``)."""
     return scores.reshape(scores.shape[0], -1).argmax(axis=1)

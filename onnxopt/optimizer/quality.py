@@ -33,7 +33,7 @@ import onnx_ir as ir
 from onnxopt.data import Dataset, batch_size_for, fixed_batch
 from onnxopt.evaluate.agreement import AgreementAccumulator, finite_db
 from onnxopt.evaluate.compare import KnownOutputs
-from onnxopt.evaluate.readings import ModelReading, ReadingCounter, read_outputs
+from onnxopt.evaluate.readings import ModelReading, ReadingCounter, read_outputs, top1
 from onnxopt.runtime import Runner
 from onnxopt.shared_weights import SharedWeightsModel
 
@@ -106,7 +106,7 @@ class QualityProbe:
         if self.metric == "accuracy":
             assert self.classifier is not None
             hits = sum(
-                int((_top1(o[self.classifier]) == labels.reshape(-1)).sum())
+                int((top1(o[self.classifier]) == labels.reshape(-1)).sum())
                 for o, labels in zip(outputs, self.labels, strict=True)
             )
             return hits / max(sum(labels.size for labels in self.labels), 1)
@@ -124,8 +124,16 @@ class QualityProbe:
         return 1.0 - float(np.sqrt(error / norm)) if norm > 0 else (1.0 if error == 0 else 0.0)
 
 
-def _top1(scores: np.ndarray) -> np.ndarray:
-    return scores.reshape(scores.shape[0], -1).argmax(axis=1)
+def check_metric(reference: Runner, dataset: Dataset, metric: str) -> None:
+    """A forced ``--metric`` some output of the model must fit, checked on one batch of ``dataset`` before any
+    work (a one-line :class:`~onnxopt.errors.DataError` naming the outputs' shapes); ``auto`` and ``values``
+    always fit."""
+    if metric in ("auto", "values"):
+        return
+    size = batch_size_for(reference.inputs)
+    batch = next(iter(dataset.batches(size, size, exact=fixed_batch(reference.inputs) is not None)), None)
+    if batch is not None:
+        read_outputs(reference.output_names, reference.run(batch.feeds), _rows(batch.feeds), metric)
 
 
 def _rows(feeds: dict[str, np.ndarray]) -> int:

@@ -33,13 +33,14 @@ from onnxopt.data import (
 from onnxopt.errors import DataError, OutputError, UnsupportedModelError
 from onnxopt.evaluate.compare import Comparison, KnownOutputs, compare
 from onnxopt.evaluate.layers import layer_errors
-from onnxopt.evaluate.readings import METRICS, read_outputs
+from onnxopt.evaluate.readings import METRICS
 from onnxopt.io.output_lock import exclusive_output
 from onnxopt.io.writing import check_writable
 from onnxopt.optimizer import verified_replay
 from onnxopt.optimizer.context import DEFAULT_GUARD_SAMPLES, Context, RunSettings
 from onnxopt.optimizer.pipeline import PassStatus, Pipeline, PipelineResult
 from onnxopt.optimizer.plan import Plan, Verification, data_digest, model_sha256
+from onnxopt.optimizer.quality import check_metric
 from onnxopt.optimizer.recipe import RecipeEntry, build_passes, requested_lossy_passes, resolve_recipe
 from onnxopt.passes.base import OptPass
 from onnxopt.passes.quantize.quantize_qdq import QuantizeQDQPass, already_quantized
@@ -241,15 +242,6 @@ def _optimize(
     )
 
 
-def _check_metric(reference: Runner, dataset: Dataset, metric: str) -> None:
-    """A forced ``--metric`` some output must fit, checked on one batch before any pass runs (a DataError)."""
-    size = batch_size_for(reference.inputs)
-    batch = next(iter(dataset.batches(size, size, exact=fixed_batch(reference.inputs) is not None)), None)
-    if batch is not None:
-        rows = int(next(iter(batch.feeds.values())).shape[0])
-        read_outputs(reference.output_names, reference.run(batch.feeds), rows, metric)
-
-
 def _prepare(model_path: Path, recipe: list[RecipeEntry], options: OptimizeOptions, progress: Progress) -> _Prepared:
     """Everything checked and opened before any pass runs (a bad plan, model or data fails here): the passes,
     the plan to replay or record, the model, the data, the run's settings."""
@@ -269,8 +261,8 @@ def _prepare(model_path: Path, recipe: list[RecipeEntry], options: OptimizeOptio
     dataset = options.data.open(reference.inputs, seed=seed, shapes=shapes) if options.data else None
     # scored on data no pass saw (opened now: a bad --eval-data fails before any work)
     held_out = _open_eval_data(options.eval_data, reference.inputs, seed, shapes) if options.eval_data else None
-    if dataset is not None and options.metric not in ("auto", "values"):
-        _check_metric(reference, dataset, options.metric)
+    if dataset is not None:
+        check_metric(reference, dataset, options.metric)
     settings = RunSettings(
         dataset=dataset,
         seed=seed,

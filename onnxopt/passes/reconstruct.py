@@ -117,9 +117,10 @@ class ReconstructPass(OptPass):
         x_name = node.inputs[0].name
         weight = constant_array(node.inputs[1])
         assert weight is not None
-        # Gemm/MatMul rows come one sample at a time, like the reference's: a time-major [T, N, C] input has no
-        # batch axis 0 to count samples on, and its rows must pair with the same sample's targets
-        per_sample = node.op_type != "Conv"
+        # a Gemm/MatMul whose rows are not batch-first (a time-major [T, N, C] input, or [T, C] at a fixed batch
+        # of 1) has no axis 0 to count samples on: its rows come one sample at a time, like the reference's, so
+        # they pair with the same sample's targets
+        per_sample = not reference.batch_first
         current = context.activations(model, [x_name], self.config.samples, batch_size=1 if per_sample else 32)
         kept = node.meta.get(KEPT_OUTPUTS)  # this layer lost output channels too: compare only the kept ones
         gram = cross = None
@@ -192,10 +193,12 @@ class _ReferenceRows:
     def __init__(self) -> None:
         self.picks: list[np.ndarray] = []  # per image: flat output positions (Conv)
         self.targets: list[np.ndarray] = []  # per image: [rows, C_out]
+        self.batch_first = True  # one sample's output leads with a batch axis of 1 (Conv: always)
 
     def add(self, node: ir.Node, y: np.ndarray, positions: int, rng: np.random.Generator) -> None:
         """The targets of ``y``, one sample's output (Gemm/MatMul: every row of it, whatever its batch axis)."""
         if node.op_type != "Conv":
+            self.batch_first = self.batch_first and y.shape[0] == 1
             self.targets.append(y.reshape(-1, y.shape[-1]).astype(np.float64))
             return
         for image in y:  # one image at a time, so the draws do not depend on how the data was batched

@@ -43,7 +43,7 @@ from onnxopt.io.validation import validate
 from onnxopt.io.writing import write_bytes
 from onnxopt.model_stats import estimate_macs
 from onnxopt.optimizer.plan import file_sha256 as file_digest
-from onnxopt.optimizer.quality import QualityProbe
+from onnxopt.optimizer.quality import QualityProbe, check_metric
 from onnxopt.optimizer.recipe import parse_spec, typed_params
 from onnxopt.optimizer.run import OptimizeOptions, optimize_file
 from onnxopt.progress import NullProgress, Progress
@@ -224,7 +224,11 @@ def _subject(path: Path, output: Path, data: str, held_out: str | None, cache: P
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    split = split_data(data, Runner(str(path)).inputs, cache / "data", options.seed, held_out)
+    runner = Runner(str(path))
+    # a forced --metric no output fits fails here, once and before the split is written, not in every trial
+    if options.metric not in ("auto", "values"):
+        check_metric(runner, open_dataset(data, runner.inputs, seed=options.seed), options.metric)
+    split = split_data(data, runner.inputs, cache / "data", options.seed, held_out)
     sampler = optuna.samplers.TPESampler(seed=options.seed, n_startup_trials=4)
     study = optuna.create_study(direction="minimize", sampler=sampler)
     macs, _ = estimate_macs(ir.load(str(path)))

@@ -177,15 +177,24 @@ def run_trial(task: TrialTask) -> TrialRecord:
     ``model`` (its path in the cache)."""
     cache = TrialCache(Path(task.cache))
     key = task.key
-    hit = cache.get(key)
-    if hit is not None:  # named as this run names it (a sampled point may repeat an earlier one)
-        return TrialRecord.of({**hit, "name": task.point.name, "params": task.point.params, "cached": True})
+    hit = _cached(task)
+    if hit is not None:
+        return hit
     with tempfile.TemporaryDirectory(prefix="onnxopt-trial-") as folder:
         result, model, keep = _attempt(task, cache, Path(folder))
         if not keep:
             return TrialRecord.of(result)
         stored = cache.put(key, result, model)
     return TrialRecord.of(stored)
+
+
+def _cached(task: TrialTask) -> TrialRecord | None:
+    """The task's record from the tune's cache, named as this run names it (a sampled point may repeat an earlier
+    one), or None."""
+    hit = TrialCache(Path(task.cache)).get(task.key)
+    if hit is None:
+        return None
+    return TrialRecord.of({**hit, "name": task.point.name, "params": task.point.params, "cached": True})
 
 
 def _attempt(task: TrialTask, cache: TrialCache, work: Path) -> tuple[dict[str, Any], Path | None, bool]:
@@ -265,13 +274,8 @@ def run_trials(workers: Workers, tasks: list[TrialTask]) -> list[TrialRecord]:
     records: list[TrialRecord | None] = []
     pending: list[int] = []
     for index, task in enumerate(tasks):
-        hit = TrialCache(Path(task.cache)).get(task.key)
-        if hit is not None:
-            records.append(
-                TrialRecord.of({**hit, "name": task.point.name, "params": task.point.params, "cached": True})
-            )
-        else:
-            records.append(None)
+        records.append(_cached(task))
+        if records[-1] is None:
             pending.append(index)
     shipped = [
         ShippedTrial(
