@@ -211,6 +211,53 @@ def test_layers_kept_float_for_max_db_loss_still_store_their_weights_int8(mobile
     assert any(n.op_type == "QuantizeLinear" for n in result.model.graph)  # the rest computes in int8
 
 
+def _all_int8_reading_drop(notes: list[str]) -> float:
+    line = next(n for n in notes if n.startswith("all int8: ") and "max_reading_drop" in n)
+    return float(line.split()[2])
+
+
+def test_max_reading_drop_judges_int8_compute_by_the_task_reading_beyond_weights_only(mobilenet) -> None:
+    # the int8 recipe's pair: with the user's data and a classifier's output the task reading judges, and
+    # max_db_loss=0 (which would keep every node float) does not
+    model, data = mobilenet
+    dataset = open_dataset(str(data), Runner(model.SerializeToString()).inputs, seed=0)
+    spec = "lossless,quantize:target=avx2;max_db_loss=0;max_reading_drop=0.02;eval_samples=128"
+    record, result = _run(spec, Context(dataset=dataset), model)
+    assert record.status == "applied", record.skipped
+    assert not any("(max_db_loss" in n for n in record.notes), record.notes
+    assert _all_int8_reading_drop(record.notes) > 0.02  # all int8 misses it: layers are kept float for it
+    kept_note = next(n for n in record.notes if n.startswith("kept ") and "for the budget" in n)
+    assert "top-1 agreement lost beyond weights-only int8" in kept_note
+    assert float(kept_note.rsplit(" ", 1)[1]) <= 0.02
+    kept = {row["node"] for row in record.details if row.get("kept") == "float (accuracy budget)"}
+    assert kept and any(n.op_type == "QuantizeLinear" for n in result.model.graph)
+    for node in (n for n in result.model.graph if n.name in kept and n.op_type == "Conv"):
+        assert node.inputs[1].producer().op_type == "Mul"  # weights still stored int8: the yardstick has them
+
+
+def test_max_reading_drop_leaves_judging_to_max_db_loss_where_no_task_is_read(mobilenet) -> None:
+    model, data = mobilenet
+    dataset = open_dataset(str(data), Runner(model.SerializeToString()).inputs, seed=0)
+    spec = "lossless,quantize:target=avx2;max_db_loss=100;max_reading_drop=0;eval_samples=32"
+    for context, why in (
+        (Context(dataset=dataset, metric="values"), "the outputs read as output agreement, not a task"),
+        (Context(), "the run has no --data"),
+    ):
+        record, _ = _run(spec, context, model)
+        said = " ".join(record.notes)
+        assert f"max_reading_drop does not judge: {why}" in said and "max_db_loss does" in said
+        assert any(n.startswith("all int8:") and "(max_db_loss 100)" in n for n in record.notes)
+
+
+def test_max_drop_and_a_budget_beyond_weights_only_are_not_given_together() -> None:
+    from onnxopt.passes.quantize.config import QuantizeConfig
+
+    with pytest.raises(ValueError, match="not both kinds"):
+        QuantizeConfig(max_drop=0.01, max_reading_drop=0.01)
+    with pytest.raises(ValueError, match="max_reading_drop must be in"):
+        QuantizeConfig(max_reading_drop=1.5)
+
+
 def test_max_db_loss_ranks_layers_against_the_weights_only_model_and_sees_the_head(mobilenet) -> None:
     # the ranking's yardstick is the budget's own (int8 weights decoded to float, float activations), and the
     # graph output, where only the classifier's error shows, is one of the layers it ranks

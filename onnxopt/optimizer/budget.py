@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import onnx_ir as ir
 
-from onnxopt.optimizer.quality import QualityProbe
+from onnxopt.optimizer.quality import TASK_METRICS, QualityProbe
 
 
 class AccuracyBudget:
@@ -95,3 +95,30 @@ class SnrBudget(AccuracyBudget):
     def drop(self, candidate: ir.Model) -> float:
         got = self.probe.output_snr(candidate)
         return max(0.0, *(self.reference[name] - got[name] for name in self.reference))
+
+
+class ReadingBudget(AccuracyBudget):
+    """``max_reading_drop``: how much of the task reading (accuracy, top-1, whole-sequence or detection agreement
+    with the original) a candidate may lose beyond a *reference* candidate -- for quantization, the weights-only
+    int8 model, as :class:`SnrBudget`. The drop is ``reference's score - candidate's score``, never below 0;
+    :meth:`applies` says whether the probe reads a task at all (output agreement is no task: SNR judges it)."""
+
+    def __init__(self, probe: QualityProbe, reference: ir.Model, max_drop: float) -> None:
+        super().__init__(probe, max_drop)
+        self.reference = probe.score(reference).value
+
+    @staticmethod
+    def applies(probe: QualityProbe) -> bool:
+        """Whether ``probe`` reads the outputs as a task (a class, a sequence, detections), not as raw values."""
+        return probe.metric in TASK_METRICS
+
+    @property
+    def metric(self) -> str:
+        return f"{self.probe.metric} lost beyond weights-only int8"
+
+    @property
+    def baseline(self) -> float:
+        return self.reference
+
+    def drop(self, candidate: ir.Model) -> float:
+        return max(0.0, self.reference - self.probe.score(candidate).value)

@@ -30,7 +30,7 @@ from onnxopt.data import Batch, Dataset, InputShapes, RandomDataset, batch_size_
 from onnxopt.errors import PassPreconditionError
 from onnxopt.evaluate.compare import KnownOutputs
 from onnxopt.evaluate.layers import LayerReport, layer_errors
-from onnxopt.optimizer.budget import AccuracyBudget, SnrBudget
+from onnxopt.optimizer.budget import AccuracyBudget, ReadingBudget, SnrBudget
 from onnxopt.optimizer.calibration import activations
 from onnxopt.optimizer.node_profile import NodeProfile, profile_nodes
 from onnxopt.optimizer.plan import Plan
@@ -215,6 +215,10 @@ class Context:
     def snr_budget(self, reference: ir.Model, max_db_loss: float, limit: int) -> SnrBudget:
         """A budget of ``max_db_loss`` dB of output SNR beyond ``reference``'s, on about ``limit`` samples."""
         return SnrBudget(self.quality_probe(limit), reference, max_db_loss)
+
+    def reading_budget(self, reference: ir.Model, max_drop: float, limit: int) -> ReadingBudget:
+        """A budget of ``max_drop`` of the task reading beyond ``reference``'s, on about ``limit`` samples."""
+        return ReadingBudget(self.quality_probe(limit), reference, max_drop)
 
     def profile(self, model: ir.Model, *, batch: int | None = None) -> NodeProfile:
         """Per-node latency of ``model`` at ``batch`` (default: the run's deployment batch; or the model's fixed

@@ -37,6 +37,9 @@ from onnxopt.evaluate.readings import ModelReading, ReadingCounter, read_outputs
 from onnxopt.runtime import Runner
 from onnxopt.shared_weights import SharedWeightsModel
 
+#: The metrics that read the outputs as the task does (the rest is output agreement).
+TASK_METRICS = ("accuracy", "top-1 agreement", "sequence agreement", "detection agreement")
+
 
 @dataclasses.dataclass(frozen=True)
 class Quality:

@@ -197,6 +197,10 @@ class PassContext(Protocol):
         """A budget of ``max_db_loss`` dB of output SNR beyond ``reference``'s (weights-only quantization)."""
         ...
 
+    def reading_budget(self, reference: ir.Model, max_drop: float, limit: int) -> AccuracyBudget:
+        """A budget of ``max_drop`` of the task reading beyond ``reference``'s (weights-only quantization)."""
+        ...
+
     def profile(self, model: ir.Model, *, batch: int | None = None) -> NodeProfile:
         """Per-node latency of ``model`` at ``batch`` (default: the run's ``batch``), every onnxruntime
         optimization on."""

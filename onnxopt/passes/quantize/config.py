@@ -34,6 +34,12 @@ class QuantizeConfig:
     max_db_loss: float | None = _option(
         None, "or: at most this many dB of output SNR (worst output) lost beyond the weights-only int8 model"
     )
+    max_reading_drop: float | None = _option(
+        None,
+        "or, where the run has the user's --data and its outputs read as a task (top-1, sequence, detection; "
+        "--metric): at most this much of that reading lost beyond the weights-only int8 model; max_db_loss, when "
+        "given too, judges the rest",
+    )
     eval_samples: int = _option(256, "samples the budgets score on")
     bias_correct: bool = _option(False, "fold each layer's mean weight-rounding error into its bias")
     profile_batch: int | None = _option(None, "the batch fallback=profile times (default: the run's --batch, else 1)")
@@ -66,8 +72,10 @@ class QuantizeConfig:
             raise ValueError("max_drop must be in [0, 1)")
         if self.max_db_loss is not None and not 0 <= self.max_db_loss <= 100:
             raise ValueError("max_db_loss must be in [0, 100] dB")
-        if self.max_drop is not None and self.max_db_loss is not None:
-            raise ValueError("give max_drop or max_db_loss, not both")
+        if self.max_reading_drop is not None and not 0 <= self.max_reading_drop < 1:
+            raise ValueError("max_reading_drop must be in [0, 1)")
+        if self.max_drop is not None and (self.max_db_loss is not None or self.max_reading_drop is not None):
+            raise ValueError("give max_drop, or max_db_loss and/or max_reading_drop, not both kinds")
         if self.samples < 1 or self.eval_samples < 1 or (self.profile_batch is not None and self.profile_batch < 1):
             raise ValueError("samples, eval_samples and profile_batch must be positive")
         if not -1 < self.min_gain < 1:
@@ -80,5 +88,12 @@ class QuantizeConfig:
 
     @property
     def budgeted(self) -> bool:
-        """Whether an accuracy budget (``max_drop`` or ``max_db_loss``; 0 is a budget too) is set."""
-        return self.max_drop is not None or self.max_db_loss is not None
+        """Whether an accuracy budget (``max_drop``, ``max_db_loss`` or ``max_reading_drop``; 0 is a budget too)
+        is set."""
+        return self.max_drop is not None or self.beyond_weights_only
+
+    @property
+    def beyond_weights_only(self) -> bool:
+        """Whether the budget's yardstick is the weights-only int8 model (``max_db_loss``, ``max_reading_drop``)
+        rather than the float original (``max_drop``)."""
+        return self.max_db_loss is not None or self.max_reading_drop is not None

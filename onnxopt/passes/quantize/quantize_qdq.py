@@ -33,8 +33,9 @@ What it quantizes:
   and decoded by a Cast+Mul that onnxruntime folds when it creates the session
   -- the file shrinks, the speed stays float's (``float_weights=float`` keeps
   them float32; nodes kept float by ``exclude`` or the ``max_drop`` budget keep
-  exact weights; the ``max_db_loss`` budget, whose yardstick is the
-  weights-only int8 model, keeps its float nodes' weights int8 too).
+  exact weights; the ``max_db_loss`` and ``max_reading_drop`` budgets, whose
+  yardstick is the weights-only int8 model, keep their float nodes' weights
+  int8 too).
 * **scores the model outputs** -- a Sigmoid, HardSigmoid or Tanh reaching a graph output through data
   movement -- are quantized over the function's whole range, not the calibrated one
   (:mod:`onnxopt.passes.quantize.output_scores`): a detector head whose objects calibration rarely saw
@@ -97,6 +98,14 @@ Two searches decide which nodes stay float (besides ``exclude``):
   loses beyond the *weights-only* int8 model -- the error no activation scheme
   can undo, and the right yardstick. When no fallback fits, every node keeps
   float compute with int8 weights (which meets it by construction).
+* ``max_reading_drop=d`` (the ``int8`` recipe's, 0.01): the same yardstick, but the drop is in the
+  task reading (:mod:`onnxopt.evaluate.readings`: accuracy with labels, top-1, whole-sequence or detection
+  agreement, on ``eval_samples``). It judges where the run has the user's ``--data`` and the outputs read
+  as a task; elsewhere (random inputs, outputs read as values, ``--metric values``) ``max_db_loss`` does,
+  when given, and the record says why. Output SNR counts every value alike -- a detector's thousands of
+  background anchors, a classifier's losing logits -- so it can refuse int8 compute that reads the same:
+  the glyph detector with every node int8 lost 33.7 dB of SNR beyond weights-only and kept recall 0.988 /
+  precision 0.992 of its decoded boxes (``tools/check_detection_reading.py``).
 
 ``qat=auto`` (the ``int8`` recipe's): when every node the speed search left int8 together misses the
 budget, that trial is first fine-tuned against this pass's float input, quantization-aware
@@ -142,7 +151,7 @@ from __future__ import annotations
 import binascii
 import dataclasses
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx_ir as ir
@@ -171,8 +180,11 @@ from onnxopt.passes.quantize.learned_values import LearnedValues
 from onnxopt.passes.quantize.output_scores import widen_output_scores
 from onnxopt.passes.quantize.plan_entry import Compute, QuantizePlanEntry
 from onnxopt.passes.quantize.planned_calibration import PlannedCalibration, graph_digest
-from onnxopt.passes.quantize.search import DB_LOSS_SAMPLES, FloatFallbackSearch, SearchOutcome
+from onnxopt.passes.quantize.search import FloatFallbackSearch, SearchOutcome
 from onnxopt.passes.quantize.weight_storage import store_weights_int8
+
+if TYPE_CHECKING:
+    from onnxopt.optimizer.quality import QualityProbe
 
 __all__ = ["QuantizeConfig", "QuantizeQDQPass", "already_quantized"]
 
@@ -333,7 +345,7 @@ class QuantizeQDQPass(OptPass):
             log.note(f"precisions replayed from the plan: {len(every - decision.excluded)} node(s) int8, nothing timed")
         elif config.fallback == "profile" or config.budgeted:  # max_db_loss=0 is a budget too
             reference = None
-            if config.max_db_loss is not None:
+            if config.beyond_weights_only:
                 self.require_context().progress.phase(f"{self.name}: rounding the weights (the budget's yardstick)")
                 reference = self._weights_only(run, decision.exact)
             search = decision.search = self._search(run, reference)
@@ -381,21 +393,20 @@ class QuantizeQDQPass(OptPass):
             quantizable=lambda keep: {n.name: n.op_type for n in chosen(run.model.graph, keep)},
             batch=self.config.profile_batch or self.require_context().batch,
             reference=reference,
-            fine_tune=(lambda quantized: self._fine_tune(run, quantized)) if self.config.qat == "auto" else None,
+            fine_tune=(lambda model, probe: self._fine_tune(run, model, probe)) if self.config.qat == "auto" else None,
         )
         return search
 
-    def _fine_tune(self, run: QuantizeRun, quantized: ir.Model) -> LearnedValues | None:
+    def _fine_tune(self, run: QuantizeRun, quantized: ir.Model, judge: QualityProbe) -> LearnedValues | None:
         """``qat=auto``: quantization-aware fine-tuning of the trial ``quantized`` on this pass's float input
-        (:func:`onnxopt.passes.qat.fine_tune`); what it trained, or None (said in the record) when it cannot run
-        or nothing improved."""
+        (:func:`onnxopt.passes.qat.fine_tune`), never on the samples ``judge`` (the budget's probe) scores; what it
+        trained, or None (said in the record) when it cannot run or nothing improved."""
         context, config = self.require_context(), self.config
         said = "quantization-aware fine-tuning (qat=auto) did not run"
         why = unavailable(context, QAT_MIN_SAMPLES)  # random data, no TensorFlow: before any work
         if why is None:
             # the budget judges the result on the run's first samples: fine-tuning and its epoch choice never see them
-            limit = config.eval_samples if config.max_drop is not None else min(config.eval_samples, DB_LOSS_SAMPLES)
-            judged = sum(feed_samples(feeds) for feeds in context.quality_probe(limit).feeds)
+            judged = sum(feed_samples(feeds) for feeds in judge.feeds)
             why = unavailable(context, judged + QAT_MIN_SAMPLES)
         if why is not None:
             run.log.note(f"{said}: {why}")
@@ -431,8 +442,9 @@ class QuantizeQDQPass(OptPass):
     def _exact_of(self, keep: set[str], search: FloatFallbackSearch, base: set[str]) -> set[str]:
         """Which of the nodes kept float keep exact weights. Nodes kept float for speed store their weights int8.
         Nodes kept float for a ``max_drop`` budget keep them exact (that budget is measured against float);
-        under ``max_db_loss`` they store them int8 too, because that budget's yardstick is the weights-only int8
-        model: a layer kept float for it still has its weights rounded, and the file stays small."""
+        under ``max_db_loss`` or ``max_reading_drop`` they store them int8 too, because those budgets' yardstick
+        is the weights-only int8 model: a layer kept float for it still has its weights rounded, and the file
+        stays small."""
         if self.config.max_drop is not None:
             return keep - search.kept_for_speed
         return keep & base

@@ -17,12 +17,14 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt.evaluate.agreement import SNR_CAP_DB, finite_db
+from onnxopt.optimizer.budget import ReadingBudget
 from onnxopt.passes.base import PassContext, PassLog
 from onnxopt.passes.quantize.config import QuantizeConfig
 
 if TYPE_CHECKING:
     from onnxopt.optimizer.budget import AccuracyBudget
     from onnxopt.optimizer.node_profile import NodeProfile
+    from onnxopt.optimizer.quality import QualityProbe
     from onnxopt.passes.quantize.learned_values import LearnedValues
 
 
@@ -55,7 +57,8 @@ class FloatFallbackSearch:
         quantizable: Callable[[set[str]], dict[str, str]],  # kept float -> {node name: op type} still quantized
         batch: int,
         reference: ir.Model | None = None,  # weights-only int8: the yardstick of max_db_loss
-        fine_tune: Callable[[ir.Model], LearnedValues | None] | None = None,  # qat=auto: trains a trial
+        # qat=auto: trains a trial, never on the samples of the probe the budget judges on
+        fine_tune: Callable[[ir.Model, QualityProbe], LearnedValues | None] | None = None,
     ) -> None:
         self.config = config
         self.context = context
@@ -70,9 +73,10 @@ class FloatFallbackSearch:
         self.kept_for_speed: set[str] = set()  # nodes kept float because their int8 kernel was slower
         self.declined: SearchOutcome | None = None  # why run() returned None
         self.measured: dict[str, Any] = {}  # what the decisions rest on, for the plan (JSON values)
+        self._chosen: tuple[str, AccuracyBudget] | None = None  # the budget that judges, once chosen
 
     def run(self, excluded: set[str]) -> set[str] | None:
-        budgeted = self.config.max_drop is not None or self.config.max_db_loss is not None
+        budgeted = self.config.budgeted
         if self.config.fallback == "profile":
             # ``current``: the last trial the speed search timed. Its speed-kept nodes may keep exact weights where
             # a fresh trial stores them int8 (decoded at session creation: the same speed), so it serves the speed
@@ -186,30 +190,58 @@ class FloatFallbackSearch:
             return False
         return True
 
+    def _budget(self) -> tuple[str, AccuracyBudget]:
+        """The budget that judges int8 compute, and its knob: ``max_drop`` (against float); else, beyond the
+        weights-only reference, ``max_reading_drop`` where the run's data is the user's and the outputs read as a
+        task, ``max_db_loss`` (output SNR) otherwise -- saying why when the reading budget does not apply."""
+        if self._chosen is not None:
+            return self._chosen
+        config, context = self.config, self.context
+        if config.max_drop is not None:
+            self._chosen = "max_drop", context.budget(config.max_drop, config.eval_samples)
+            return self._chosen
+        assert self.reference is not None
+        why = None
+        if config.max_reading_drop is not None:
+            probe = context.quality_probe(config.eval_samples)
+            if context.is_random:
+                why = "the run has no --data (seeded random inputs read no task)"
+            elif not ReadingBudget.applies(probe):
+                why = f"the outputs read as {probe.metric}, not a task (--metric)"
+            if why is None or config.max_db_loss is None:
+                budget = context.reading_budget(self.reference, config.max_reading_drop, config.eval_samples)
+                self._chosen = "max_reading_drop", budget
+                return self._chosen
+            self.log.note(f"max_reading_drop does not judge: {why}; max_db_loss does")
+        assert config.max_db_loss is not None
+        limit = min(config.eval_samples, DB_LOSS_SAMPLES)
+        self._chosen = "max_db_loss", context.snr_budget(self.reference, config.max_db_loss, limit)
+        return self._chosen
+
     def _fit_budget(self, excluded: set[str]) -> set[str] | None:
         """The fewest most error-adding layers to keep float so the drop stays within ``max_drop`` (of the
-        quality probe's metric) or ``max_db_loss`` (dB of output SNR beyond the weights-only reference)."""
-        if self.config.max_drop is not None:
-            budget = self.context.budget(self.config.max_drop, self.config.eval_samples)
-        else:
-            assert self.config.max_db_loss is not None and self.reference is not None
-            limit = min(self.config.eval_samples, DB_LOSS_SAMPLES)
-            budget = self.context.snr_budget(self.reference, self.config.max_db_loss, limit)
-        knob = "max_drop" if self.config.max_drop is not None else "max_db_loss"
+        quality probe's metric), ``max_reading_drop`` (of the task reading, beyond the weights-only reference) or
+        ``max_db_loss`` (dB of output SNR beyond the weights-only reference)."""
+        knob, budget = self._budget()
         self._say(f"scoring all-int8 against the budget ({knob})")
         quantized = self.trial(excluded)
         drop = budget.drop(quantized)
-        if self.config.max_drop is not None:
+        if knob == "max_drop":
             self.log.note(
                 f"{budget.metric}: float {budget.baseline:.4f}, all int8 {budget.baseline - drop:.4f} "
                 f"(drop {drop:.4f}, budget {budget.max_drop})"
+            )
+        elif knob == "max_reading_drop":
+            self.log.note(
+                f"all int8: {drop:.4f} {budget.metric} (weights-only int8 {budget.baseline:.4f}; "
+                f"max_reading_drop {budget.max_drop:g})"
             )
         else:
             self.log.note(f"all int8: {drop:.1f} {budget.metric} (max_db_loss {budget.max_drop:g})")
         if drop <= budget.max_drop:
             return excluded
         if self.fine_tune is not None:
-            quantized, drop = self._fine_tuned(quantized, drop, budget)
+            quantized, drop = self._fine_tuned(quantized, drop, budget, knob)
             if drop <= budget.max_drop:
                 return excluded
         ranked = self._sensitivity(quantized, excluded)
@@ -242,18 +274,20 @@ class FloatFallbackSearch:
         self.log.note(f"kept {high} layer(s) float for the budget: {budget.metric} drop {drop_with(high):.4f}")
         return kept_float
 
-    def _fine_tuned(self, quantized: ir.Model, drop: float, budget: AccuracyBudget) -> tuple[ir.Model, float]:
+    def _fine_tuned(
+        self, quantized: ir.Model, drop: float, budget: AccuracyBudget, knob: str
+    ) -> tuple[ir.Model, float]:
         """``quantized`` after quantization-aware fine-tuning, and its drop -- when training made it better;
         else ``quantized`` and ``drop`` as they were. The values trained are kept for every later trial."""
         assert self.fine_tune is not None
-        learned = self.fine_tune(quantized)
+        learned = self.fine_tune(quantized, budget.probe)
         if learned is None or not learned.after:
             return quantized, drop
         trained = quantized.clone()
         learned.apply(trained.graph)
         after = budget.drop(trained)
         self.measured["qat"] = {"before": round(drop, 4), "after": round(after, 4), "values": len(learned.after)}
-        shown = (lambda v: f"{v:.1f}") if self.config.max_drop is None else (lambda v: f"drop {v:.4f}")
+        shown = (lambda v: f"{v:.1f}") if knob == "max_db_loss" else (lambda v: f"{v:.4f}")
         self.log.note(
             f"after quantization-aware fine-tuning, all int8: {shown(after)} {budget.metric} (was {shown(drop)})"
         )
