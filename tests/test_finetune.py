@@ -250,3 +250,35 @@ def test_a_time_budget_stops_training_and_says_so() -> None:
     inputs = {"x": RNG.normal(0, 1, (64, 1, 8, 8)).astype(np.float32)}
     result = finetune(student, teacher, inputs, FinetuneConfig(epochs=1000, batch=8, time_budget=1e-3, seed=0))
     assert result.stopped_by_budget and len(result.history) == 1  # the epoch running at the limit is the last
+
+
+def _fixed_batch_detector(batch: str | int = 1) -> onnx.ModelProto:
+    """A YOLOX-like head exported with batch 1: Reshape to [1, 6, -1] then Transpose, so a batch-free run of several
+    samples mixes them with the channels; boxes raw, the last two columns scores."""
+    g = np.random.default_rng(4)
+    body = f"""<ir_version: 8, opset_import: ["": 17]>
+    g (float[{batch}, 3, 10, 10] x) => (float[1, 100, 6] output) {{
+        c = Conv(x, w)
+        r = Reshape(c, shape)
+        t = Transpose<perm=[0, 2, 1]>(r)
+        box, score = Split<axis=2>(t, sizes)
+        s = Sigmoid(score)
+        output = Concat<axis=2>(box, s)
+    }}"""
+    return parse(body, w=g.normal(0, 1, (6, 3, 1, 1)).astype(np.float32), shape=np.array([1, 6, -1], np.int64),
+                 sizes=np.array([4, 2], np.int64))  # fmt: skip
+
+
+def test_a_fixed_batch_graph_is_read_one_sample_at_a_time() -> None:
+    """Run batch-free, a batch of the glyph detector came out as [1, N * A, 6] with samples and channels mixed,
+    and the held-back meter read it as a sequence (agreement 0): it reads such graphs one sample at a time."""
+    from onnxopt.distill.finetune import reading_batch
+    from onnxopt.distill.graph_model import GraphModel  # noqa: F401  (the tf extra: imported above)
+
+    teacher = _fixed_batch_detector()
+    assert reading_batch(teacher, 16) == 1 and reading_batch(_fixed_batch_detector("N"), 16) == 16
+    student = onnx.ModelProto()
+    student.CopyFrom(teacher)
+    inputs = {"x": np.random.default_rng(5).normal(0, 1, (40, 3, 10, 10)).astype(np.float32)}
+    result = finetune(student, teacher, inputs, FinetuneConfig(epochs=1, batch=8, seed=0))
+    assert result.agreement == "detection agreement" and result.before == 1.0

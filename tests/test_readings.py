@@ -160,16 +160,3 @@ def test_optimize_takes_metric_and_refuses_a_reading_no_output_fits(tmp_path: Pa
     code = main([*args, *budget, "-v"])
     out = capsys.readouterr().out
     assert code in (0, 3) and "sequence agreement" in out and "pass raised" not in out  # time-major refits
-
-
-def test_distills_held_back_meter_unfolds_a_batch_a_fixed_batch_reshape_folded() -> None:
-    """A YOLOX export reshapes with batch 1: run batch-free, two samples come out as one [1, 2 * A, 6] array."""
-    from onnxopt.distill.finetune import AgreementMeter
-
-    first, second = _yolox_head(300, {5: (0.9, 0.95)}), _yolox_head(300, {40: (0.8, 0.9)})
-    folded = np.concatenate([first, second], axis=1)  # [1, 600, 6]
-    meter = AgreementMeter(["output"], ["values"], [folded], 2, "auto")
-    assert meter.metric == "detection agreement"
-    moved = np.concatenate([first, _yolox_head(300, {41: (0.8, 0.9)})], axis=1)  # the second sample's anchor moved
-    meter.add([moved], [folded], 2)
-    assert meter.value() == pytest.approx(2 * 1 / (2 + 2))

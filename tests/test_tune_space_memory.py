@@ -69,3 +69,23 @@ def test_a_trial_past_max_memory_is_stopped_and_not_cached(tmp_path) -> None:
     assert record.peak_memory is not None and record.peak_memory > 1000
     roomy = run_trial(dataclasses.replace(task, max_memory=None))
     assert roomy.status == "ok" and not roomy.cached and roomy.peak_memory is not None  # the stop was not cached
+
+
+@linux_only
+def test_under_a_memory_ceiling_training_plans_on_the_room_left_below_it() -> None:
+    # a trial under --max-memory sizes its training batches to stay below it instead of being stopped
+    from onnxopt.distill.batch_memory import CEILING_SHARE, available_bytes, memory_ceiling, memory_said
+
+    resident = _status_bytes("VmRSS")
+    assert resident is not None
+    free = available_bytes()
+    assert memory_said().endswith("in half the memory")
+    with memory_ceiling(resident + 2**30):
+        under = available_bytes()
+        assert under is not None and under <= 2 * CEILING_SHARE * 2**30 + 1
+        assert under >= 2 * CEILING_SHARE * (2**30 - 2**27)  # what this process grows by meanwhile: well below
+        assert "--max-memory" in memory_said()
+        with memory_ceiling(resident // 2):  # already above it: no room at all
+            assert available_bytes() == 0
+    assert available_bytes() is not None and free is not None  # the ceiling is gone after the block
+    assert memory_said().endswith("in half the memory")

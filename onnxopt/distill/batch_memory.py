@@ -4,10 +4,16 @@ Training a TensorFlow twin holds each float tensor of the graph for every sample
 gradients and the fake-quantized copies. Measured on this project's models: about 4.5x the sum of the
 graph's float tensors per sample on a 416x416 detector (278 MB of tensors; 6.7 GB peak at batch 4, where
 batch 32 was killed for memory on a 24 GB machine) and 8.5x on a CTC recognizer with an LSTM -- so
-:data:`BYTES_PER_TENSOR_BYTE` is 8, against half the memory the system says is available.
+:data:`BYTES_PER_TENSOR_BYTE` is 8, against half the memory the system says is available; or, inside
+:func:`memory_ceiling` (a tune trial under ``--max-memory``), against what is left below that ceiling, so the
+trial trains on smaller batches instead of being stopped.
 """
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
 
 import numpy as np
 import onnx
@@ -29,7 +35,48 @@ def tensor_bytes_per_sample(proto: onnx.ModelProto) -> int:
     return total
 
 
+#: Resident bytes this thread's work may reach (set by :func:`memory_ceiling`), or None.
+_CEILING: contextvars.ContextVar[int | None] = contextvars.ContextVar("onnxopt_memory_ceiling", default=None)
+#: Of the room left below a ceiling, the part training may plan on (the estimate is rough, the stop is not).
+CEILING_SHARE = 0.7
+
+
+@contextlib.contextmanager
+def memory_ceiling(limit: int | None) -> Iterator[None]:
+    """Within the block, :func:`available_bytes` says at most twice the room left below ``limit`` bytes of
+    resident memory (None: no ceiling), so training batches are sized to stay under it."""
+    token = _CEILING.set(limit)
+    try:
+        yield
+    finally:
+        _CEILING.reset(token)
+
+
+def _resident_bytes() -> int:
+    """This process's resident memory (``VmRSS``), 0 where /proc does not say."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return 0
+    return 0
+
+
 def available_bytes() -> int | None:
+    """Twice the memory training may plan on (:func:`fitting_batch` takes half): ``MemAvailable`` of
+    /proc/meminfo, or None where the system does not say; under a :func:`memory_ceiling`, no more than twice
+    :data:`CEILING_SHARE` of the room left below it."""
+    system = _system_available()
+    ceiling = _CEILING.get()
+    if ceiling is None:
+        return system
+    room = 2 * int(max(0, ceiling - _resident_bytes()) * CEILING_SHARE)
+    return room if system is None else min(system, room)
+
+
+def _system_available() -> int | None:
     """``MemAvailable`` of /proc/meminfo, or None where the system does not say."""
     try:
         with open("/proc/meminfo", encoding="ascii") as f:
@@ -43,8 +90,15 @@ def available_bytes() -> int | None:
 
 def fitting_batch(proto: onnx.ModelProto, batch: int, available: int | None) -> int:
     """``batch``, or the largest smaller one whose estimated training memory fits half of ``available``
-    bytes (at least 1; ``batch`` when nothing is known)."""
+    bytes (:func:`available_bytes`; at least 1; ``batch`` when nothing is known)."""
     per_sample = tensor_bytes_per_sample(proto) * BYTES_PER_TENSOR_BYTE
     if available is None or per_sample <= 0:
         return batch
     return max(1, min(batch, int(available // 2 // per_sample)))
+
+
+def memory_said() -> str:
+    """Why a training batch was made smaller, for the run's notes."""
+    if _CEILING.get() is not None:
+        return "the larger one's training would not fit below --max-memory"
+    return "the larger one's training would not fit in half the memory"

@@ -12,7 +12,10 @@ grow with the data). The loss per output:
   With labels (``[N]`` class indices) and one ``[N, C]`` output, ``(1 - alpha)`` of the loss is the
   cross-entropy with them;
 * **everything else** (boxes, scores after a Sigmoid, regressions): mean squared error, divided by the
-  teacher output's mean square so outputs of different scales weigh alike.
+  teacher output's mean square so outputs of different scales weigh alike;
+* with ``features`` (intermediate tensors the student computes at the teacher's width,
+  :mod:`onnxopt.distill.features`), ``feature_weight`` times the mean over them of the same normalized MSE
+  against the teacher's tensor of that name.
 
 A seeded ``holdout`` part of the data is never trained on: the agreement with the teacher on it, read as the
 outputs are read (:mod:`onnxopt.evaluate.readings`: top-1 for classifiers, whole greedy-decoded sequences for
@@ -40,6 +43,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxopt.distill.features import with_outputs
 from onnxopt.distill.graph_model import GraphModel, UnsupportedOp, check_against
 from onnxopt.errors import DataError, OnnxoptError
 from onnxopt.evaluate.readings import ModelReading, ReadingCounter, read_outputs
@@ -66,10 +70,13 @@ class FinetuneConfig:
     # top-1 agreement needs when the soft targets' long tail dominates the KL (8,210 CTC classes)
     hard: float = 0.0
     metric: str = "auto"  # how the held-back agreement reads the outputs (onnxopt.evaluate.readings)
+    # intermediate tensors matched to the teacher's (onnxopt.distill.features), and the weight of their loss
+    features: tuple[str, ...] = ()
+    feature_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.mixup < 0 or self.hard < 0:
-            raise ValueError("mixup and hard must be 0 or more")
+        if self.mixup < 0 or self.hard < 0 or self.feature_weight < 0:
+            raise ValueError("mixup, hard and feature_weight must be 0 or more")
         if self.epochs < 1 or self.batch < 1:
             raise ValueError("epochs and batch must be at least 1")
         if self.learning_rate <= 0 or self.temperature <= 0:
@@ -147,6 +154,7 @@ def agreement_with(
     kinds = output_kinds(student)
     count = len(next(iter(inputs.values())))
     meter: AgreementMeter | None = None
+    batch = reading_batch(teacher, batch)
     for start in range(0, count, batch):
         feeds = {k: v[start : start + batch] for k, v in inputs.items()}
         got, want = (r.run(feeds) for r in runners)
@@ -160,16 +168,11 @@ def agreement_with(
 class AgreementMeter:
     """Held-back agreement of a student's outputs with the teacher's targets, batch by batch: as the outputs are
     read (:func:`~onnxopt.evaluate.readings.read_outputs`, chosen from the first batch of targets), else the
-    sample-weighted mean over outputs of top-1 per position (class scores) or ``1 - relative MSE``.
-
-    A graph that reshapes with a fixed batch of 1 (YOLOX exports), run batch-free, folds a batch of ``rows``
-    samples into its second axis (``[1, rows * A, K]``): such outputs are read unfolded, ``[rows, A, K]``."""
+    sample-weighted mean over outputs of top-1 per position (class scores) or ``1 - relative MSE``. The batches
+    must keep the model's own layout: for a graph with a fixed batch of 1, one sample each (:func:`reading_batch`)."""
 
     def __init__(self, names: list[str], kinds: list[str], first: list[np.ndarray], rows: int, metric: str) -> None:
         self.kinds = kinds
-        self.folded = rows > 1 and all(_folded(t, rows) for t in first)
-        if self.folded:
-            first = [_unfold(t, rows) for t in first]
         self.reading: ModelReading = read_outputs(names, first, rows, metric)
         self.counter = ReadingCounter(self.reading) if self.reading.outputs else None
         self.total = self.rows = 0.0
@@ -181,10 +184,7 @@ class AgreementMeter:
     def add(self, outputs: list[np.ndarray], targets: list[np.ndarray], rows: int) -> None:
         """One batch of ``rows`` samples: the student's ``outputs`` against the teacher's ``targets``."""
         if self.counter is not None:
-            outputs = [np.asarray(o) for o in outputs]
-            if self.folded:
-                targets, outputs = [_unfold(t, rows) for t in targets], [_unfold(o, rows) for o in outputs]
-            self.counter.add(targets, outputs)
+            self.counter.add(targets, [np.asarray(o) for o in outputs])
             return
         self.total += rows * _agreement(outputs, targets, self.kinds)
         self.rows += rows
@@ -195,15 +195,17 @@ class AgreementMeter:
         return self.total / self.rows if self.rows else 1.0
 
 
-def _folded(array: np.ndarray, rows: int) -> bool:
-    """An output of ``rows`` samples whose batch a fixed-batch Reshape folded into axis 1: ``[1, rows * A, ...]``."""
-    shape = np.shape(array)
-    return len(shape) >= 2 and shape[0] == 1 and shape[1] % rows == 0 and shape[1] >= rows
-
-
-def _unfold(array: np.ndarray, rows: int) -> np.ndarray:
-    shape = np.shape(array)
-    return np.reshape(array, (rows, shape[1] // rows, *shape[2:]))
+def reading_batch(model: onnx.ModelProto, batch: int) -> int:
+    """The batch to read ``model``'s outputs in: ``batch``, or 1 when an input of ``model`` has a fixed leading
+    dimension of 1. Such a graph (a YOLOX export) may reshape with that batch: run batch-free, a batch of
+    samples comes out as one ``[1, ...]`` array whose rows mix samples and channels, not one row per sample --
+    training compares it position by position alike in both models, but reading it needs the model's layout."""
+    initializers = {t.name for t in model.graph.initializer}
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if value.name not in initializers and len(dims) and dims[0].HasField("dim_value") and dims[0].dim_value == 1:
+            return 1
+    return batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,18 +303,23 @@ def train(
     if [o.name for o in teacher.graph.output] != names:
         raise OnnxoptError("fine-tuning: the student's outputs must be the teacher's (same names, same order)")
     kinds = output_kinds(twin.proto)
-    teacher_runner = Runner(batch_free(teacher))
+    features = list(config.features) if config.feature_weight > 0 else []
+    teacher_runner = Runner(batch_free(with_outputs(teacher, features)))
     probabilities = {out for node in teacher.graph.node if node.op_type == "Softmax" for out in node.output}
 
     def teacher_outputs(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The targets of the outputs, then the teacher's ``features`` as they are."""
         outs = teacher_runner.run(feeds)
-        return [_target(n, o, probabilities, kinds) for n, o in zip(names, outs, strict=True)]
+        targets = [_target(n, o, probabilities, kinds) for n, o in zip(names, outs, strict=False)]
+        return targets + list(outs[len(names) :])
 
     def teacher_targets(idx: np.ndarray) -> list[np.ndarray]:
         return teacher_outputs({k: v[idx] for k, v in inputs.items()})
 
-    batches = [hold_idx[i : i + config.batch] for i in range(0, len(hold_idx), config.batch)]
-    holdout_targets = [teacher_targets(idx) for idx in batches]  # per batch: a sequence's batch axis may not be 0
+    step = reading_batch(teacher, config.batch)
+    batches = [hold_idx[i : i + step] for i in range(0, len(hold_idx), step)]
+    # per batch (a sequence's batch axis may not be 0); the epoch is chosen on the outputs alone
+    holdout_targets = [teacher_targets(idx)[: len(names)] for idx in batches]
 
     def meter() -> AgreementMeter:
         return AgreementMeter(names, [kinds[n] for n in names], holdout_targets[0], len(batches[0]), config.metric)
@@ -356,9 +363,12 @@ def train(
                 feeds = _mix(feeds, rng, config.mixup)
             targets = teacher_outputs(feeds)
             with tf.GradientTape() as tape:
-                got = twin(feeds, keep=list(twin.logits_of.values()))
+                got = twin(feeds, keep=list(twin.logits_of.values()) + features)
                 loss = 0.0
-                for name, target in zip(names, targets, strict=True):
+                if features:
+                    matched = [_mse(tf, got[f], t) for f, t in zip(features, targets[len(names) :], strict=True)]
+                    loss += config.feature_weight * tf.add_n(matched) / len(matched)
+                for name, target in zip(names, targets, strict=False):
                     student_out = got[twin.logits_of.get(name, name)]
                     if kinds[name] == "classes":
                         loss += _kl(tf, student_out, target, temperature, -1)

@@ -27,6 +27,8 @@ from typing import Literal
 import numpy as np
 import onnx_ir as ir
 
+from onnxopt.distill.batch_memory import available_bytes, fitting_batch, memory_said
+from onnxopt.distill.features import kept_width_features
 from onnxopt.distill.finetune import (
     FinetuneConfig,
     FinetuneResult,
@@ -61,6 +63,13 @@ class DistillPassConfig:
     )
     hard: float = dataclasses.field(
         default=0.0, metadata={"help": "weight of a cross-entropy with the original's top-1 class per position"}
+    )
+    feature_weight: float = dataclasses.field(
+        default=0.0,
+        metadata={
+            "help": "> 0: also match up to 8 intermediate tensors that kept their width (residual streams, the "
+            "heads' inputs) to the original's, normalized MSE at this weight"
+        },
     )
     # -- the pass's own parameters (the ones above are FinetuneConfig's)
     samples: int = dataclasses.field(
@@ -118,6 +127,19 @@ class DistillPass(OptPass):
         config = self.config.finetune_config(seed=context.seed, only=only, metric=context.metric)
         student = ir.serde.serialize_model(model)
         teacher = ir.serde.serialize_model(context.original_model())
+        if config.feature_weight > 0:
+            features = kept_width_features(student, teacher)
+            if features:
+                log.note(
+                    f"matching {len(features)} intermediate tensor(s) that kept their width (last: {features[-1]})"
+                )
+            else:
+                log.note("feature_weight: no intermediate tensor kept its width and changed; the outputs alone teach")
+            config = dataclasses.replace(config, features=tuple(features))
+        batch = fitting_batch(student, config.batch, available_bytes())
+        if batch < config.batch:  # a batch that does not fit gets the process killed, not a slower run
+            log.note(f"batch {config.batch} -> {batch}: {memory_said()}")
+            config = dataclasses.replace(config, batch=batch)
         try:
             result = finetune(student, teacher, inputs, config, labels=labels, progress=context.progress)
         except OnnxoptError as e:  # no TensorFlow, an op the twin lacks, outputs unlike the original's

@@ -34,7 +34,7 @@ import importlib.util
 import onnx
 import onnx_ir as ir
 
-from onnxopt.distill.batch_memory import available_bytes, fitting_batch
+from onnxopt.distill.batch_memory import available_bytes, fitting_batch, memory_said
 from onnxopt.distill.qat import QatConfig, QatResult, is_quantized, qat
 from onnxopt.errors import OnnxoptError, one_line
 from onnxopt.passes.base import OptPass, PassContext, PassLog
@@ -125,7 +125,7 @@ def fine_tune(
     batch = fitting_batch(student, config.batch, available_bytes())
     config = dataclasses.replace(config, metric=context.metric)  # the epoch kept is chosen as budgets read
     if batch < config.batch:  # a batch that does not fit gets the process killed, not a slower run
-        log.note(f"qat: batch {config.batch} -> {batch}: the larger one's training would not fit in half the memory")
+        log.note(f"qat: batch {config.batch} -> {batch}: {memory_said()}")
         config = dataclasses.replace(config, batch=batch)
     try:
         result = qat(student, teacher, inputs, config, labels=labels, progress=context.progress)

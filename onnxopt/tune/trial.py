@@ -29,6 +29,7 @@ from typing import Any, Literal
 import onnx_ir as ir
 
 from onnxopt.data import open_dataset
+from onnxopt.distill.batch_memory import memory_ceiling
 from onnxopt.errors import OnnxoptError, one_line
 from onnxopt.io.writing import write_bytes
 from onnxopt.model_stats import estimate_macs
@@ -204,7 +205,7 @@ def _attempt(task: TrialTask, cache: TrialCache, work: Path) -> tuple[dict[str, 
     keep = True
     watch = MemoryWatch(task.max_memory)
     try:
-        with watch:
+        with watch, memory_ceiling(task.max_memory):  # training batches sized to stay under the limit
             result, model = _run(task, cache, work)
     except MemoryLimitExceeded:  # stopped, not remembered: a rerun with more memory tries again
         limit = (task.max_memory or 0) / 2**30
