@@ -119,10 +119,16 @@ def main() -> None:
         for name in args.models.split(","):
             rows.extend(run_subject(SUBJECTS[name], Path(folder), args.seconds, wanted))
             print(json.dumps(rows[-2:], indent=1), flush=True)
-    document = {"machine": machine_description(), "date": time.strftime("%Y-%m-%d"), "rows": rows}
-    args.out.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(render(document))
+            document = write(args.out, rows)  # after every model: a run that dies keeps what it measured
     print(render(document))
+
+
+def write(out: Path, rows: list[dict[str, object]]) -> dict[str, object]:
+    """The results so far, as ``out``.json and ``out``.md."""
+    document = {"machine": machine_description(), "date": time.strftime("%Y-%m-%d"), "rows": rows}
+    out.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
+    out.with_suffix(".md").write_text(render(document))
+    return document
 
 
 def run_subject(
