@@ -9,8 +9,9 @@ import numpy as np
 import optuna
 import pytest
 
+from onnxopt.bench.proc_memory import status_bytes
 from onnxopt.tune import TuneOptions
-from onnxopt.tune.memory_watch import MemoryLimitExceeded, MemoryWatch, _status_bytes
+from onnxopt.tune.memory_watch import MemoryLimitExceeded, MemoryWatch
 from onnxopt.tune.space import label, sample
 
 DIGITS = Path(__file__).resolve().parents[1] / "models" / "digits_cnn" / "model.onnx"
@@ -38,7 +39,7 @@ def test_the_watch_reports_the_peak_and_stops_past_the_limit() -> None:
         block = np.ones(64 * 2**20, dtype=np.uint8)  # 64 MiB touched
         del block
     assert free.peak is not None and free.peak >= 64 * 2**20 and not free.stopped
-    start = _status_bytes("VmRSS")
+    start = status_bytes("VmRSS")
     assert start is not None
     blocks = []
     with pytest.raises(MemoryLimitExceeded), MemoryWatch(start + 32 * 2**20) as watch:
@@ -76,7 +77,7 @@ def test_under_a_memory_ceiling_training_plans_on_the_room_left_below_it() -> No
     # a trial under --max-memory sizes its training batches to stay below it instead of being stopped
     from onnxopt.distill.batch_memory import CEILING_SHARE, available_bytes, memory_ceiling, memory_said
 
-    resident = _status_bytes("VmRSS")
+    resident = status_bytes("VmRSS")
     assert resident is not None
     free = available_bytes()
     assert memory_said().endswith("in half the memory")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from onnxopt.bench.proc_memory import reset_peak, status_bytes
 from onnxopt.errors import UnsupportedModelError
 
 RUNS = 3
@@ -49,36 +50,18 @@ def measure(path: Path, provider: str, feeds: Mapping[str, np.ndarray], *, threa
     return MemoryUse(result["peak_rss_bytes"], result["session_bytes"])
 
 
-def _status_bytes(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def _probe(path: str, provider: str, inputs: str, threads: int) -> dict[str, int | None]:
     from onnxopt.bench.session import TimedSession
 
     with np.load(inputs) as archive:
         feeds = {k: archive[k] for k in archive.files}
-    before = _status_bytes("VmRSS")
-    resettable = before is not None and _reset_peak()
+    before = status_bytes("VmRSS")
+    resettable = before is not None and reset_peak()
     session = TimedSession(Path(path), provider, threads=threads)
     session.bind(feeds)
     for _ in range(RUNS):
         session.run()
-    peak = _status_bytes("VmHWM") if resettable else None
+    peak = status_bytes("VmHWM") if resettable else None
     if peak is None:
         import resource
 

@@ -18,21 +18,28 @@ from collections.abc import Iterator
 import numpy as np
 import onnx
 
+from onnxopt.bench.proc_memory import status_bytes, system_available_bytes
+
 #: Resident bytes of training per byte of the graph's float tensors, per sample (measured, rounded up).
 BYTES_PER_TENSOR_BYTE = 8
 
 
-def tensor_bytes_per_sample(proto: onnx.ModelProto) -> int:
-    """The bytes of every float32 tensor the graph computes for one sample (shape inference, batch axis left
-    out); tensors whose other dimensions are unknown count nothing."""
+def per_sample_float_shapes(proto: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Every intermediate float32 tensor's shape without its batch axis, from shape inference; tensors whose
+    other dimensions are unknown (or that have none) are left out."""
     inferred = onnx.shape_inference.infer_shapes(proto)
-    total = 0
+    shapes = {}
     for info in inferred.graph.value_info:
         tensor = info.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else 0 for d in tensor.shape.dim]
         if tensor.elem_type == onnx.TensorProto.FLOAT and len(dims) > 1 and all(d > 0 for d in dims[1:]):
-            total += int(np.prod(dims[1:])) * 4
-    return total
+            shapes[info.name] = tuple(dims[1:])
+    return shapes
+
+
+def tensor_bytes_per_sample(proto: onnx.ModelProto) -> int:
+    """The bytes of every float32 tensor the graph computes for one sample (:func:`per_sample_float_shapes`)."""
+    return sum(int(np.prod(shape)) * 4 for shape in per_sample_float_shapes(proto).values())
 
 
 #: Resident bytes this thread's work may reach (set by :func:`memory_ceiling`), or None.
@@ -52,40 +59,16 @@ def memory_ceiling(limit: int | None) -> Iterator[None]:
         _CEILING.reset(token)
 
 
-def _resident_bytes() -> int:
-    """This process's resident memory (``VmRSS``), 0 where /proc does not say."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return 0
-    return 0
-
-
 def available_bytes() -> int | None:
     """Twice the memory training may plan on (:func:`fitting_batch` takes half): ``MemAvailable`` of
     /proc/meminfo, or None where the system does not say; under a :func:`memory_ceiling`, no more than twice
     :data:`CEILING_SHARE` of the room left below it."""
-    system = _system_available()
+    system = system_available_bytes()
     ceiling = _CEILING.get()
     if ceiling is None:
         return system
-    room = 2 * int(max(0, ceiling - _resident_bytes()) * CEILING_SHARE)
+    room = 2 * int(max(0, ceiling - (status_bytes("VmRSS") or 0)) * CEILING_SHARE)
     return room if system is None else min(system, room)
-
-
-def _system_available() -> int | None:
-    """``MemAvailable`` of /proc/meminfo, or None where the system does not say."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 def fitting_batch(proto: onnx.ModelProto, batch: int, available: int | None) -> int:

@@ -17,21 +17,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxopt.distill.batch_memory import per_sample_float_shapes
+
 #: Intermediate tensors matched at most: each costs the teacher an extra output and the twin a kept tensor.
 FEATURE_LIMIT = 8
-
-
-def _per_sample_shapes(proto: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    """Every intermediate float tensor's static shape without its batch axis (shape inference); tensors whose
-    other dimensions are unknown are left out."""
-    inferred = onnx.shape_inference.infer_shapes(proto)
-    shapes = {}
-    for info in inferred.graph.value_info:
-        tensor = info.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in tensor.shape.dim]
-        if tensor.elem_type == onnx.TensorProto.FLOAT and len(dims) >= 3 and all(d > 0 for d in dims[1:]):
-            shapes[info.name] = tuple(dims[1:])
-    return shapes
 
 
 def _changed_tensors(student: onnx.ModelProto, teacher: onnx.ModelProto) -> set[str]:
@@ -60,7 +49,9 @@ def _changed_tensors(student: onnx.ModelProto, teacher: onnx.ModelProto) -> set[
 def kept_width_features(student: onnx.ModelProto, teacher: onnx.ModelProto, limit: int = FEATURE_LIMIT) -> list[str]:
     """Up to ``limit`` intermediate tensors to match between ``student`` and ``teacher`` (the module docstring),
     in the student's node order; empty when the student changed nothing of the teacher's tensors."""
-    mine, theirs = _per_sample_shapes(student), _per_sample_shapes(teacher)
+    # feature maps and sequences (rank 3 or more with the batch), not vectors
+    mine = {k: v for k, v in per_sample_float_shapes(student).items() if len(v) >= 2}
+    theirs = per_sample_float_shapes(teacher)
     changed = _changed_tensors(student, teacher)
     outputs = {o.name for o in student.graph.output} | {o.name for o in teacher.graph.output}
     ordered = [o for node in student.graph.node for o in node.output if o]

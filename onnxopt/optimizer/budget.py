@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import onnx_ir as ir
 
-from onnxopt.optimizer.quality import TASK_METRICS, QualityProbe
+from onnxopt.optimizer.quality import QualityProbe
 
 
 class AccuracyBudget:
@@ -100,17 +100,12 @@ class SnrBudget(AccuracyBudget):
 class ReadingBudget(AccuracyBudget):
     """``max_reading_drop``: how much of the task reading (accuracy, top-1, whole-sequence or detection agreement
     with the original) a candidate may lose beyond a *reference* candidate -- for quantization, the weights-only
-    int8 model, as :class:`SnrBudget`. The drop is ``reference's score - candidate's score``, never below 0;
-    :meth:`applies` says whether the probe reads a task at all (output agreement is no task: SNR judges it)."""
+    int8 model, as :class:`SnrBudget`. The drop is ``reference's score - candidate's score``, never below 0.
+    Meant for probes that read a task (:attr:`QualityProbe.reads_task`)."""
 
     def __init__(self, probe: QualityProbe, reference: ir.Model, max_drop: float) -> None:
         super().__init__(probe, max_drop)
         self.reference = probe.score(reference).value
-
-    @staticmethod
-    def applies(probe: QualityProbe) -> bool:
-        """Whether ``probe`` reads the outputs as a task (a class, a sequence, detections), not as raw values."""
-        return probe.metric in TASK_METRICS
 
     @property
     def metric(self) -> str:

@@ -87,6 +87,11 @@ class QualityProbe:
         self.metric = "accuracy" if top1 and has_labels else self.reading.metric
         self.baseline = self._value(self.reference)
 
+    @property
+    def reads_task(self) -> bool:
+        """Whether the outputs are read as a task (a class, a sequence, detections), not as raw values."""
+        return self.metric in TASK_METRICS
+
     def score(self, candidate: ir.Model) -> Quality:
         runner = _runner(candidate, self.providers)
         outputs = [runner.run(f, self.names) for f in self.feeds]

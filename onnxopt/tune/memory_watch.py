@@ -13,27 +13,15 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from pathlib import Path
 from types import TracebackType
 
-_STATUS = Path("/proc/self/status")
-_CLEAR_REFS = Path("/proc/self/clear_refs")
+from onnxopt.bench.proc_memory import reset_peak, status_bytes
+
 POLL_SECONDS = 0.2
 
 
 class MemoryLimitExceeded(BaseException):
     """A trial's resident memory passed ``--max-memory``."""
-
-
-def _status_bytes(field: str) -> int | None:
-    """``VmRSS`` or ``VmHWM`` of this process in bytes, None where /proc does not say."""
-    try:
-        for line in _STATUS.read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
 
 
 class MemoryWatch:
@@ -51,11 +39,7 @@ class MemoryWatch:
         self._thread = threading.Thread(target=self._poll, name="onnxopt-memory-watch", daemon=True)
 
     def __enter__(self) -> MemoryWatch:
-        try:
-            _CLEAR_REFS.write_text("5")  # the high-water mark starts again from the current size
-            self._reset = True
-        except OSError:
-            self._reset = False
+        self._reset = reset_peak()  # the high-water mark starts again from the current size
         try:
             self._thread.start()
             return self
@@ -65,7 +49,7 @@ class MemoryWatch:
 
     def _poll(self) -> None:
         while not self._done.is_set():
-            size = _status_bytes("VmRSS")
+            size = status_bytes("VmRSS")
             if size is None:
                 return
             self._polled = max(self._polled, size)
@@ -93,8 +77,8 @@ class MemoryWatch:
             if withdraw:
                 _raise_in(self._target, None)
         self._thread.join()
-        final = _status_bytes("VmRSS") or 0
-        high = _status_bytes("VmHWM") if self._reset else None
+        final = status_bytes("VmRSS") or 0
+        high = status_bytes("VmHWM") if self._reset else None
         self.peak = max(high or 0, self._polled, final) or None
 
 

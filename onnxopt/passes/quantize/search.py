@@ -17,7 +17,6 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt.evaluate.agreement import SNR_CAP_DB, finite_db
-from onnxopt.optimizer.budget import ReadingBudget
 from onnxopt.passes.base import PassContext, PassLog
 from onnxopt.passes.quantize.config import QuantizeConfig
 
@@ -201,13 +200,12 @@ class FloatFallbackSearch:
             self._chosen = "max_drop", context.budget(config.max_drop, config.eval_samples)
             return self._chosen
         assert self.reference is not None
-        why = None
         if config.max_reading_drop is not None:
-            probe = context.quality_probe(config.eval_samples)
-            if context.is_random:
+            if context.is_random:  # before any probe: seeded random inputs read no task
                 why = "the run has no --data (seeded random inputs read no task)"
-            elif not ReadingBudget.applies(probe):
-                why = f"the outputs read as {probe.metric}, not a task (--metric)"
+            else:
+                probe = context.quality_probe(config.eval_samples)
+                why = None if probe.reads_task else f"the outputs read as {probe.metric}, not a task (--metric)"
             if why is None or config.max_db_loss is None:
                 budget = context.reading_budget(self.reference, config.max_reading_drop, config.eval_samples)
                 self._chosen = "max_reading_drop", budget
