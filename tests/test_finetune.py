@@ -269,16 +269,22 @@ def _fixed_batch_detector(batch: str | int = 1) -> onnx.ModelProto:
                  sizes=np.array([4, 2], np.int64))  # fmt: skip
 
 
-def test_a_fixed_batch_graph_is_read_one_sample_at_a_time() -> None:
+def test_a_fixed_batch_graph_is_trained_and_read_one_sample_per_row() -> None:
     """Run batch-free, a batch of the glyph detector came out as [1, N * A, 6] with samples and channels mixed,
-    and the held-back meter read it as a sequence (agreement 0): it reads such graphs one sample at a time."""
-    from onnxopt.distill.finetune import reading_batch
-    from onnxopt.distill.graph_model import GraphModel  # noqa: F401  (the tf extra: imported above)
+    and the held-back meter read it as a sequence (agreement 0). Now both graphs are rewritten to carry the batch
+    (confirmed in onnxruntime), so training sees one sample per row (the detection loss reads its columns) and
+    the meter reads detections; a graph the rewrite cannot confirm is still read one sample at a time."""
+    from onnxopt.distill.finetune import in_batch_layout, reading_batch
 
     teacher = _fixed_batch_detector()
     assert reading_batch(teacher, 16) == 1 and reading_batch(_fixed_batch_detector("N"), 16) == 16
     student = onnx.ModelProto()
     student.CopyFrom(teacher)
     inputs = {"x": np.random.default_rng(5).normal(0, 1, (40, 3, 10, 10)).astype(np.float32)}
+    work, taught = in_batch_layout(student, teacher, {"x": inputs["x"][:2]})
+    assert reading_batch(work, 16) == 16 and reading_batch(taught, 16) == 16
     result = finetune(student, teacher, inputs, FinetuneConfig(epochs=1, batch=8, seed=0))
     assert result.agreement == "detection agreement" and result.before == 1.0
+    # the written model is the student's own graph: its fixed batch and shape constant are kept
+    assert result.model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    assert [n.input[1] for n in result.model.graph.node if n.op_type == "Reshape"] == ["shape"]

@@ -255,3 +255,41 @@ def test_the_training_batch_is_capped_to_fit_in_memory() -> None:
     assert fitting_batch(model, 32, 2 * per_sample * 100) == 32
     assert fitting_batch(model, 32, 2 * per_sample * 5) == 5
     assert fitting_batch(model, 32, 10) == 1
+
+
+def test_a_fixed_batch_detector_trains_one_sample_per_row_and_keeps_its_graph() -> None:
+    """A YOLOX-like head exported for one sample (Reshape to the constant [1, 6, -1]) is trained in a rewritten
+    layout that carries the batch, so the detection loss reads its columns; what is written back is the
+    quantized graph as it came: fixed batch, the same shape constant, the same nodes."""
+    g = np.random.default_rng(3)
+    body = """
+    g (float[1, 3, 10, 10] x) => (float[1, 100, 6] output) {
+        c = Conv<pads=[1, 1, 1, 1]>(x, w, b)
+        r = Reshape(c, shape)
+        t = Transpose<perm=[0, 2, 1]>(r)
+        box, score = Split<axis=2>(t, sizes)
+        s = Sigmoid(score)
+        output = Concat<axis=2>(box, s)
+    }"""
+    weights = {"w": _w(g, 6, 3, 3, 3), "b": np.array([0, 0, 0, 0, -2, 0], np.float32)}
+    student = parse(HEADER + body, **weights, shape=np.array([1, 6, -1], np.int64), sizes=np.array([4, 2], np.int64))
+    data = {"x": g.normal(0, 1, (48, 3, 10, 10)).astype(np.float32)}
+    quantized = optimize(student, passes=QUANTIZE, data=data).model
+    teacher = onnx.ModelProto()
+    teacher.CopyFrom(student)
+    for tensor in teacher.graph.initializer:
+        if tensor.name == "w":
+            array = onnx.numpy_helper.to_array(tensor) * 1.1
+            tensor.CopyFrom(onnx.numpy_helper.from_array(array.astype(np.float32), "w"))
+    from onnxopt.distill.finetune import in_batch_layout, reading_batch
+
+    work, _ = in_batch_layout(quantized, teacher, {"x": data["x"][:2]})
+    assert reading_batch(quantized, 8) == 1 and reading_batch(work, 8) == 8  # the QDQ graph carries a batch too
+    result = qat(quantized, teacher, data, QatConfig(epochs=2, batch=8, learning_rate=0.3, holdout=0.25, seed=0))
+    assert result.training.agreement == "detection agreement"
+    trained = result.model
+    assert trained.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    assert [(n.op_type, list(n.input)) for n in trained.graph.node] == [
+        (n.op_type, list(n.input)) for n in quantized.graph.node
+    ]
+    assert {t.name for t in trained.graph.initializer} == {t.name for t in quantized.graph.initializer}

@@ -43,10 +43,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxopt.distill.batch_layout import batched, confirmed_batched, fixed_batch_one
+from onnxopt.distill.detection_loss import detection_loss
 from onnxopt.distill.features import with_outputs
 from onnxopt.distill.graph_model import GraphModel, UnsupportedOp, check_against
 from onnxopt.errors import DataError, OnnxoptError
-from onnxopt.evaluate.readings import ModelReading, ReadingCounter, read_outputs
+from onnxopt.evaluate.readings import ModelReading, OutputReading, ReadingCounter, read_outputs
 from onnxopt.progress import NullProgress, Progress
 from onnxopt.runtime import Runner
 
@@ -199,13 +201,21 @@ def reading_batch(model: onnx.ModelProto, batch: int) -> int:
     """The batch to read ``model``'s outputs in: ``batch``, or 1 when an input of ``model`` has a fixed leading
     dimension of 1. Such a graph (a YOLOX export) may reshape with that batch: run batch-free, a batch of
     samples comes out as one ``[1, ...]`` array whose rows mix samples and channels, not one row per sample --
-    training compares it position by position alike in both models, but reading it needs the model's layout."""
-    initializers = {t.name for t in model.graph.initializer}
-    for value in model.graph.input:
-        dims = value.type.tensor_type.shape.dim
-        if value.name not in initializers and len(dims) and dims[0].HasField("dim_value") and dims[0].dim_value == 1:
-            return 1
-    return batch
+    training compares it position by position alike in both models, but reading it needs the model's layout
+    (:mod:`onnxopt.distill.batch_layout` rewrites such graphs to carry a batch where onnxruntime confirms it)."""
+    return 1 if fixed_batch_one(model) else batch
+
+
+def in_batch_layout(
+    student: onnx.ModelProto, teacher: onnx.ModelProto, probe: dict[str, np.ndarray]
+) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """(student, teacher) to train and read on: both rewritten to carry a batch one sample per row
+    (:func:`~onnxopt.distill.batch_layout.confirmed_batched`, checked on ``probe``) when both rewrites are
+    confirmed, else both as they are (and a graph with a fixed batch of 1 is read one sample at a time)."""
+    pair = confirmed_batched(student, probe), confirmed_batched(teacher, probe)
+    if pair[0] is None or pair[1] is None:
+        return student, teacher
+    return pair[0], pair[1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,15 +259,16 @@ def finetune(
 
     train_idx, hold_idx = held_back_split(len(next(iter(inputs.values()))), config.holdout, config.seed)
 
-    twin = GraphModel(student, only=set(config.only) if config.only is not None else None)
+    work, teacher = in_batch_layout(student, teacher, {k: v[train_idx[:2]] for k, v in inputs.items()})
+    twin = GraphModel(work, only=set(config.only) if config.only is not None else None)
     first = {k: v[train_idx[: config.batch]] for k, v in inputs.items()}
-    twin_error = check_against(twin, Runner(batch_free(student)).run, first)
+    twin_error = check_against(twin, Runner(batch_free(work)).run, first)
     run = train(
         twin, teacher, inputs, config, (train_idx, hold_idx), labels=labels, on_epoch=on_epoch, progress=progress,
         started=started,
     )  # fmt: skip
     trained = write_back(student, run.weights)
-    check_against(twin, Runner(batch_free(trained)).run, first)
+    check_against(twin, Runner(batch_free(batched(trained) if work is not student else trained)).run, first)
     return FinetuneResult(
         model=trained, weights=run.weights, history=run.history, before=run.before, after=run.after,
         best_epoch=run.best_epoch, twin_error=twin_error,
@@ -316,13 +327,20 @@ def train(
     def teacher_targets(idx: np.ndarray) -> list[np.ndarray]:
         return teacher_outputs({k: v[idx] for k, v in inputs.items()})
 
-    step = reading_batch(teacher, config.batch)
-    batches = [hold_idx[i : i + step] for i in range(0, len(hold_idx), step)]
+    rows = reading_batch(teacher, config.batch)
+    batches = [hold_idx[i : i + rows] for i in range(0, len(hold_idx), rows)]
     # per batch (a sequence's batch axis may not be 0); the epoch is chosen on the outputs alone
     holdout_targets = [teacher_targets(idx)[: len(names)] for idx in batches]
 
     def meter() -> AgreementMeter:
         return AgreementMeter(names, [kinds[n] for n in names], holdout_targets[0], len(batches[0]), config.metric)
+
+    # detector outputs get the detection loss where a training batch keeps one sample per row (its columns then
+    # mean objectness, classes, boxes); a value output otherwise, or with --metric values, the relative MSE
+    in_layout = rows == config.batch or config.batch == 1
+    detections: dict[str, OutputReading] = {
+        o.name: o for o in meter().reading.outputs if o.kind == "detection" and kinds[o.name] == "values" and in_layout
+    }
 
     def score() -> tuple[float, float]:
         """(distillation loss, agreement) of the twin on the held-back samples, batch by batch."""
@@ -333,7 +351,7 @@ def train(
             weight = len(idx) / len(hold_idx)
             loss += weight * sum(
                 float(_kl(tf, tf.constant(o), t, config.temperature, -1) if kinds[n] == "classes"
-                      else _mse(tf, tf.constant(o), t))
+                      else _values_loss(tf, tf.constant(o), t, detections.get(n)))
                 for n, o, t in zip(names, outs, targets, strict=True)
             )  # fmt: skip
             agreement.add(outs, targets, len(idx))
@@ -375,7 +393,7 @@ def train(
                         if config.hard:
                             loss += config.hard * _hard_ce(tf, student_out, target)
                     else:
-                        loss += _mse(tf, student_out, target)
+                        loss += _values_loss(tf, student_out, target, detections.get(name))
                 if use_labels and alpha < 1 and not mixed:
                     head = got[twin.logits_of.get(names[0], names[0])]
                     loss = alpha * loss + (1 - alpha) * tf.reduce_mean(
@@ -510,6 +528,11 @@ def _hard_ce(tf, logits, target):
     """Cross-entropy of the student's logits with the teacher's top-1 class at every position."""
     labels = tf.argmax(tf.convert_to_tensor(target), axis=-1)
     return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+
+
+def _values_loss(tf, value, target, reading: OutputReading | None):
+    """A value output's loss: the detection loss where it is read as detections, else the relative MSE."""
+    return _mse(tf, value, target) if reading is None else detection_loss(tf, value, target, reading)
 
 
 def _mse(tf, value, target):

@@ -23,6 +23,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 
+from onnxopt.distill.batch_layout import batched
 from onnxopt.distill.fake_quant import MULTIPLIER
 from onnxopt.distill.finetune import (
     FinetuneConfig,
@@ -31,6 +32,7 @@ from onnxopt.distill.finetune import (
     batch_free,
     deterministic,
     held_back_split,
+    in_batch_layout,
     train,
     write_back,
 )
@@ -90,9 +92,10 @@ def qat(
     deterministic(config.seed)
     started = time.perf_counter()
     split = held_back_split(len(next(iter(inputs.values()))), config.holdout, config.seed)
-    twin = GraphModel(model, only=set(), train_quantized=True, learn_scales=config.learn_scales)
+    work, teacher = in_batch_layout(model, teacher, {k: v[split[0][:2]] for k, v in inputs.items()})
+    twin = GraphModel(work, only=set(), train_quantized=True, learn_scales=config.learn_scales)
     first = {k: v[split[0][: config.batch]] for k, v in inputs.items()}
-    twin_levels = check_quantized(twin, model, first)
+    twin_levels = check_quantized(twin, work, first)
     scales = frozenset(name for name in twin.variables if name.endswith(MULTIPLIER))
     # LSQ's gradient scale sizes the scales' gradients against Adam's epsilon: tiny, noisy ones move little
     groups = (VariableGroup(scales, config.scale_learning_rate),) if scales else ()
@@ -105,7 +108,8 @@ def qat(
     if run.best_epoch:
         changed = _changed(twin, model)
         trained = write_back(model, changed)
-        check_quantized(twin, trained, first, when="after training: the written model")
+        written = batched(trained) if work is not model else trained  # the layout the twin ran
+        check_quantized(twin, written, first, when="after training: the written model")
     return QatResult(
         model=trained, changed=changed, training=run, twin_levels=twin_levels, train_samples=len(split[0]),
         holdout_samples=len(split[1]), seconds=time.perf_counter() - started,
