@@ -19,7 +19,7 @@ Variants: ``fp32`` (the baseline of every ratio); ``ort-int8`` -- onnxruntime's 
 ``reduce_range=True``, 7-bit weights), both with onnxruntime's default signed activations (S8S8);
 ``ort-u8s8`` -- the same with uint8 activations and int8 weights, the form onnxruntime's x86 kernels fuse
 (the baseline int8 compute must beat); ``onnxopt:int8-forced`` (``--forced``) -- ``lossless,equalize,
-quantize:fallback=none``, int8 compute everywhere, to hold against ``ort-u8s8``; ``onnxsim``;
+quantize:calibration=percentile;fallback=none``, int8 compute everywhere, to hold against ``ort-u8s8``; ``onnxsim``;
 ``onnxslim`` (lossless peers); ``onnxopt:<recipe>`` --
 every built-in recipe at the subject's batch. Latency of all variants of a subject is measured by
 ``onnxopt.bench`` interleaved (round-robin, same inputs); the machine line records the CPU model and its
@@ -214,7 +214,7 @@ def run_subject(
     variants.append(_timed("onnxsim", folder / "onnxsim.onnx", lambda out: simplify(subject.path, out)))
     variants.append(_timed("onnxslim", folder / "onnxslim.onnx", lambda out: slim(subject.path, out)))
     if forced:  # int8 compute everywhere: the graph to hold against ort-u8s8
-        passes = "lossless,equalize,quantize:fallback=none"
+        passes = "lossless,equalize,quantize:calibration=percentile;fallback=none"
         variants.append(
             _timed(
                 "onnxopt:int8-forced",
@@ -227,7 +227,10 @@ def run_subject(
     if qat:  # the yardstick: weights rounded alone; and int8 compute everywhere, then quantization-aware fine-tuning
         for name, passes in (
             ("onnxopt:weights-only", "lossless,equalize,quantize:weights_only=true"),
-            ("onnxopt:int8-forced+qat", f"lossless,equalize,quantize:fallback=none,qat:time_budget={QAT_SECONDS}"),
+            (
+                "onnxopt:int8-forced+qat",
+                f"lossless,equalize,quantize:calibration=percentile;fallback=none,qat:time_budget={QAT_SECONDS}",
+            ),
         ):
             variants.append(
                 _timed(
