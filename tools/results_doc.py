@@ -355,6 +355,40 @@ class Kind:
     render: Callable[[Doc], list[str]]
 
 
+def render_qat_losses(doc: Doc) -> list[str]:
+    """QAT of one detector with each loss, beside weights-only and untrained all-int8 (bench_qat_losses.py)."""
+    rows = []
+    for row in doc["rows"]:
+        fit = row.get("qat") or {}
+        held = fit.get("held_back")
+        rows.append({"variant": row["variant"], "task metric (held out)": task_metric(row["task"]),
+                     "snr_db": row["task"]["snr_db"],
+                     "held-back agreement": f"{held[0]:.4f} -> {held[1]:.4f}" if held else "",
+                     "kept_epoch": fit.get("kept_epoch"), "seconds": fit.get("seconds")})  # fmt: skip
+    return [f"model: {doc['model']}; setup: {fmt(doc['setup'])}", "", *table(rows)]
+
+
+def render_calibration(doc: Doc) -> list[str]:
+    """Per model and calibration method: held-out task metric and SNR (compare_calibration.py)."""
+    rows = [
+        {"model": model, "calibration": label, "task metric (held out)": task_metric(row), "snr_db": row["snr_db"],
+         "tool_seconds": row.get("tool_seconds")}
+        for model, variants in doc["models"].items()
+        for label, row in variants.items()
+    ]  # fmt: skip
+    return [f"setup: {fmt(doc['setup'])}", "", *table(rows)]
+
+
+def render_rounding(doc: Doc) -> list[str]:
+    """Per model and rounding: layer output SNR on held-out inputs (compare_rounding.py)."""
+    rows = [
+        {"model": model, "rounding": label, "layers": result["layers_scored"], **summary}
+        for model, result in doc["models"].items()
+        for label, summary in result["summary"].items()
+    ]
+    return [f"setup: {fmt(doc['setup'])}", "", *table(rows)]
+
+
 def _rows_with(doc: Doc, key: str) -> bool:
     return bool(doc.get("rows")) and isinstance(doc["rows"], list) and key in doc["rows"][0]
 
@@ -408,6 +442,24 @@ KINDS = [  # the order of the sections
     Kind("Cost of the lossless recipe", "bench_lossless.py", lambda d: "median_lossless_s" in d, render_lossless),
     Kind("A model over 2 GB", "bench_large_model.py", lambda d: "stages" in d, render_large_model),
     Kind("Backend-test survey", "backend_survey.py", lambda d: "cases" in d and "counts" in d, render_survey),
+    Kind(
+        "Quantization-aware fine-tuning of a detector: the loss",
+        "bench_qat_losses.py",
+        lambda d: _rows_with(d, "task") and "model" in d,
+        render_qat_losses,
+    ),
+    Kind(
+        "Activation calibration for int8 compute",
+        "compare_calibration.py",
+        lambda d: isinstance(d.get("models"), dict) and all("minmax" in v for v in d["models"].values()),
+        render_calibration,
+    ),
+    Kind(
+        "Learned weight rounding: GPTQ and AdaRound",
+        "compare_rounding.py",
+        lambda d: isinstance(d.get("models"), dict) and all("summary" in v for v in d["models"].values()),
+        render_rounding,
+    ),
 ]
 
 
