@@ -285,7 +285,8 @@ def test_a_fixed_batch_detector_trains_one_sample_per_row_and_keeps_its_graph() 
 
     work, _ = in_batch_layout(quantized, teacher, {"x": data["x"][:2]})
     assert reading_batch(quantized, 8) == 1 and reading_batch(work, 8) == 8  # the QDQ graph carries a batch too
-    result = qat(quantized, teacher, data, QatConfig(epochs=2, batch=8, learning_rate=0.3, holdout=0.25, seed=0))
+    config = QatConfig(epochs=2, batch=8, learning_rate=0.3, holdout=0.25, seed=0, detection_loss=True)
+    result = qat(quantized, teacher, data, config)
     assert result.training.agreement == "detection agreement"
     trained = result.model
     assert trained.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1

@@ -75,6 +75,8 @@ class FinetuneConfig:
     # intermediate tensors matched to the teacher's (onnxopt.distill.features), and the weight of their loss
     features: tuple[str, ...] = ()
     feature_weight: float = 0.0
+    # a detector's anchor outputs taught by onnxopt.distill.detection_loss instead of the relative MSE
+    detection_loss: bool = False
 
     def __post_init__(self) -> None:
         if self.mixup < 0 or self.hard < 0 or self.feature_weight < 0:
@@ -335,12 +337,11 @@ def train(
     def meter() -> AgreementMeter:
         return AgreementMeter(names, [kinds[n] for n in names], holdout_targets[0], len(batches[0]), config.metric)
 
-    # detector outputs get the detection loss where a training batch keeps one sample per row (its columns then
+    # with detection_loss, detector outputs get it where a training batch keeps one sample per row (its columns then
     # mean objectness, classes, boxes); a value output otherwise, or with --metric values, the relative MSE
     in_layout = rows == config.batch or config.batch == 1
-    detections: dict[str, OutputReading] = {
-        o.name: o for o in meter().reading.outputs if o.kind == "detection" and kinds[o.name] == "values" and in_layout
-    }
+    read = meter().reading.outputs if config.detection_loss and in_layout else ()
+    detections = {o.name: o for o in read if o.kind == "detection" and kinds[o.name] == "values"}
 
     def score() -> tuple[float, float]:
         """(distillation loss, agreement) of the twin on the held-back samples, batch by batch."""

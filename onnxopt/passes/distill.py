@@ -71,6 +71,13 @@ class DistillPassConfig:
             "heads' inputs) to the original's, normalized MSE at this weight"
         },
     )
+    detection_loss: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "a detector's anchor outputs: KL on the scores and score-weighted box error "
+            "(onnxopt/distill/detection_loss.py) instead of the relative MSE over every anchor"
+        },
+    )
     # -- the pass's own parameters (the ones above are FinetuneConfig's)
     samples: int = dataclasses.field(
         default=4096, metadata={"help": "samples of --data trained on (all of them when fewer)"}

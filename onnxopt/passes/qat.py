@@ -66,6 +66,13 @@ class QatPassConfig:
     )
     time_budget: float | None = dataclasses.field(default=None, metadata={"help": "seconds of fine-tuning at most"})
     samples: int = dataclasses.field(default=512, metadata={"help": "samples of --data used (all when fewer)"})
+    detection_loss: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "a detector's anchor outputs: KL on the scores and score-weighted box error "
+            "(onnxopt/distill/detection_loss.py) instead of the relative MSE over every anchor"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.samples < 2:
