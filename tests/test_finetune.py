@@ -283,8 +283,17 @@ def test_a_fixed_batch_graph_is_trained_and_read_one_sample_per_row() -> None:
     inputs = {"x": np.random.default_rng(5).normal(0, 1, (40, 3, 10, 10)).astype(np.float32)}
     work, taught = in_batch_layout(student, teacher, {"x": inputs["x"][:2]})
     assert reading_batch(work, 16) == 16 and reading_batch(taught, 16) == 16
-    result = finetune(student, teacher, inputs, FinetuneConfig(epochs=1, batch=8, seed=0))
+    result = finetune(student, teacher, inputs, FinetuneConfig(epochs=1, batch=8, seed=0, detection_loss=True))
     assert result.agreement == "detection agreement" and result.before == 1.0
+    assert result.loss_note == "detection loss on output"
     # the written model is the student's own graph: its fixed batch and shape constant are kept
     assert result.model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
     assert [n.input[1] for n in result.model.graph.node if n.op_type == "Reshape"] == ["shape"]
+
+
+def test_a_detection_loss_that_cannot_apply_says_it_used_the_mse() -> None:
+    teacher = _fixed_batch_detector("N")
+    inputs = {"x": np.random.default_rng(5).normal(0, 1, (20, 3, 10, 10)).astype(np.float32)}
+    config = FinetuneConfig(epochs=1, batch=8, seed=0, detection_loss=True, metric="values")
+    result = finetune(teacher, teacher, inputs, config)
+    assert result.loss_note.startswith("detection_loss: no output read as detections")

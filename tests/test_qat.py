@@ -288,6 +288,7 @@ def test_a_fixed_batch_detector_trains_one_sample_per_row_and_keeps_its_graph() 
     config = QatConfig(epochs=2, batch=8, learning_rate=0.3, holdout=0.25, seed=0, detection_loss=True)
     result = qat(quantized, teacher, data, config)
     assert result.training.agreement == "detection agreement"
+    assert result.training.loss_note == "detection loss on output"  # it applied: the layout carries the batch
     trained = result.model
     assert trained.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
     assert [(n.op_type, list(n.input)) for n in trained.graph.node] == [

@@ -108,6 +108,7 @@ class FinetuneResult:
     teacher_accuracy: float | None = None
     student_accuracy: float | None = None
     agreement: str = "agreement"  # what before/after measure: "sequence agreement", "top-1 agreement", ...
+    loss_note: str = ""  # with detection_loss: which outputs it taught, or why none
 
 
 def output_kinds(proto: onnx.ModelProto) -> dict[str, str]:
@@ -241,6 +242,7 @@ class Training:
     teacher_accuracy: float | None = None
     student_accuracy: float | None = None
     agreement: str = "agreement"  # what before/after measure (AgreementMeter.metric)
+    loss_note: str = ""  # with detection_loss: which outputs it taught, or why none
 
 
 def finetune(
@@ -276,7 +278,7 @@ def finetune(
         best_epoch=run.best_epoch, twin_error=twin_error,
         train_samples=len(train_idx), holdout_samples=len(hold_idx), seconds=time.perf_counter() - started,
         stopped_by_budget=run.stopped_by_budget, teacher_accuracy=run.teacher_accuracy,
-        student_accuracy=run.student_accuracy, agreement=run.agreement,
+        student_accuracy=run.student_accuracy, agreement=run.agreement, loss_note=run.loss_note,
     )  # fmt: skip
 
 
@@ -342,6 +344,13 @@ def train(
     in_layout = rows == config.batch or config.batch == 1
     read = meter().reading.outputs if config.detection_loss and in_layout else ()
     detections = {o.name: o for o in read if o.kind == "detection" and kinds[o.name] == "values"}
+    loss_note = ""
+    if config.detection_loss:  # asked for: say where it applied, or why it could not
+        loss_note = (
+            f"detection loss on {', '.join(detections)}"
+            if detections
+            else "detection_loss: no output read as detections one sample per row; relative MSE instead"
+        )
 
     def score() -> tuple[float, float]:
         """(distillation loss, agreement) of the twin on the held-back samples, batch by batch."""
@@ -418,7 +427,8 @@ def train(
             break
     for name, value in best_weights.items():
         twin.variables[name].assign(value)
-    run = Training(best_weights, history, before, best, best_epoch, stopped, agreement=meter().metric)
+    run = Training(best_weights, history, before, best, best_epoch, stopped, agreement=meter().metric,
+                   loss_note=loss_note)  # fmt: skip
     if use_labels:
         truth = labels[hold_idx]  # type: ignore[index]
         run.teacher_accuracy = float(np.mean(np.concatenate([t[0].argmax(1) for t in holdout_targets]) == truth))

@@ -229,6 +229,8 @@ def record_training(
         f"{run.agreement} with the original on {held_back} held-back samples {run.before:.4f} -> {run.after:.4f}"
         + (f" (epoch {run.best_epoch} kept)" if run.best_epoch else " (no epoch improved: unchanged)")
     )
+    if run.loss_note:
+        log.note(run.loss_note)
 
 
 def gather_samples(context, limit: int) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
