@@ -77,7 +77,9 @@ def test_tune_within_budget_rebuilt_by_its_recipe_and_plan_and_the_same_on_ray(d
         ray.shutdown()
         cluster.shutdown()
     assert not any(t.cached for t in on_ray.trials)  # its own cache: every trial ran on Ray
-    assert len(nodes) == 2 and {t.node for t in on_ray.trials} == nodes  # both nodes ran trials
+    # two live nodes, every trial on one of them; SPREAD is best effort, and a fresh-clone CI run put all three
+    # trials on one node, so which node runs which trial is not asserted
+    assert len(nodes) == 2 and {t.node for t in on_ray.trials} <= nodes
     assert all(t.model is None or t.model.startswith(str(tmp_path / "ray-cache")) for t in on_ray.trials)
     assert _specs(on_ray) == _specs(result)
     assert on_ray.chosen.spec == result.chosen.spec
