@@ -8,7 +8,11 @@ For each model:
 3. an Optuna TPE sampler, seeded, proposes points of the space (:mod:`onnxopt.tune.space`) in rounds of
    one trial per worker; the round runs on the pool (local processes or Ray tasks) and its results are
    told to the sampler in the order they were asked -- so the same seed proposes the same points
-   wherever they ran. Every trial is scored on the selection part (:mod:`onnxopt.tune.trial`) and cached
+   wherever they ran. A point that fine-tunes runs first with one epoch of each fine-tuning pass; the best
+   third (rounded up, on the proxy below) of those finished so far is rerun at the passes' own epochs,
+   ahead of new points in the next round (asynchronous successive halving on the epochs,
+   :func:`_promotions`; the reruns are not told to the sampler, which learnt the point from its first rung).
+   Every trial is scored on the selection part (:mod:`onnxopt.tune.trial`) and cached
    (:mod:`onnxopt.tune.cache`). Several models share the pool: each round holds trials of every model;
 4. the *finalists* -- trials within the budget on the selection part that no other beats on drop, size
    and MACs together (a Pareto front), plus every built-in within the budget -- are timed against the
@@ -57,6 +61,7 @@ from onnxopt.tune.workers import Workers, default_processes, open_workers
 
 OBJECTIVES = ("latency", "size", "balanced")
 FINALISTS = 6  # sampled finalists timed per model (the feasible built-ins are timed besides)
+HALVING = 3  # successive halving on fine-tuning epochs: the best 1 in HALVING first-rung trials is rerun
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +168,7 @@ class _Subject:
     trials: list[TrialRecord] = dataclasses.field(default_factory=list)
     asked: int = 0
     notes: list[str] = dataclasses.field(default_factory=list)
+    sampled: dict[str, space.Point] = dataclasses.field(default_factory=dict)  # first-rung trials' full points
 
 
 def tune(models: list[str], output: str, options: TuneOptions, progress: Progress | None = None) -> list[TuneResult]:
@@ -250,34 +256,64 @@ def _search(
     subjects: list[_Subject], workers: Workers, options: TuneOptions, cache: Path, distill: bool, started: float,
     progress: Progress,
 ) -> None:  # fmt: skip
-    """Rounds of sampled trials for every model until ``trials`` each or the time budget."""
+    """Rounds of trials for every model until ``trials`` sampled each (and their due reruns) or the time budget:
+    a round's slots go first to first-rung trials due a rerun at full epochs, then to new points."""
     import optuna
 
     while True:
         if options.time_budget is not None and time.perf_counter() - started > options.time_budget:
             for subject in subjects:
+                due = len(_promotions(subject, options))
                 subject.notes.append(
                     f"--time-budget {options.time_budget:g} s: stopped after {subject.asked} of {options.trials} "
-                    "sampled trials (a rerun with the same cache resumes)"
+                    "sampled trials"
+                    + (f" with {due} rerun(s) at full epochs due" if due else "")
+                    + " (a rerun with the same cache resumes)"
                 )
-            return
+            break
         batch: list[tuple[_Subject, Any, TrialTask]] = []
         for subject in subjects:
-            for _ in range(min(workers.size, options.trials - subject.asked)):
+            slots = workers.size
+            for record in _promotions(subject, options)[:slots]:
+                record.promoted = True
+                point = space.at_full_epochs(subject.sampled[record.name])
+                batch.append((subject, None, _task(subject, point, options, cache)))
+                slots -= 1
+            for _ in range(min(slots, options.trials - subject.asked)):
                 asked = subject.study.ask()
                 subject.asked += 1
                 point = space.sample(asked, subject.asked, distill=distill)
+                if space.fine_tunes(point):
+                    subject.sampled[point.name] = point
+                    point = space.at_low_epochs(point)
                 batch.append((subject, asked, _task(subject, point, options, cache)))
         if not batch:
-            return
+            break
         progress.phase(f"tune: {len(batch)} trial(s) on {workers.size} worker(s)")
         for (subject, asked, _), result in zip(batch, run_trials(workers, [t for _, _, t in batch]), strict=True):
             subject.trials.append(result)
+            if asked is None:  # a rerun at full epochs: the sampler learnt its point from the first rung
+                continue
             if result.status == "ok":
                 subject.study.tell(asked, _proxy(result, subject, options))
             else:
                 state = optuna.trial.TrialState.PRUNED if result.status == "pruned" else optuna.trial.TrialState.FAIL
                 subject.study.tell(asked, state=state)
+    for subject in subjects:
+        first = [t for t in subject.trials if t.epochs is not None]
+        if first:
+            subject.notes.append(
+                f"successive halving on fine-tuning epochs: {len(first)} trial(s) fine-tuned {space.LOW_EPOCHS} "
+                f"epoch first; {sum(t.promoted for t in first)} of them, the best, were rerun at full epochs"
+            )
+
+
+def _promotions(subject: _Subject, options: TuneOptions) -> list[TrialRecord]:
+    """First-rung trials due a rerun at full epochs and not yet rerun: of the first-rung trials finished so far
+    (any status), the best ``ceil(n / HALVING)`` by the sampler's proxy among those that finished ``ok``."""
+    first = [t for t in subject.trials if t.epochs is not None]
+    ranked = sorted((t for t in first if t.status == "ok"), key=lambda t: (_proxy(t, subject, options), t.name))
+    return [t for t in ranked[: math.ceil(len(first) / HALVING)] if not t.promoted]
 
 
 def _proxy(result: TrialRecord, subject: _Subject, options: TuneOptions) -> float:

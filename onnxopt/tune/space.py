@@ -23,6 +23,11 @@ quantization last, on float weights; equalization right before it, on the weight
 
 Sampled quantization never times anything (``fallback=none``): trials run side by side, so their timings
 would be measured against each other; the finalists' latency is measured once, interleaved, by the tuner.
+
+Fine-tuning is the costly part of a trial, so its epochs are a fidelity (successive halving): a sampled point
+that fine-tunes (``distill``, ``qat``) runs first with :data:`LOW_EPOCHS` epoch of each (:func:`at_low_epochs`),
+and the tuner reruns the best of those at the passes' own epochs (:func:`at_full_epochs`). A point's stages
+are cut before each fine-tuning pass, so the rerun reads the stages before it from the trial cache.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ from onnxopt.optimizer.recipe import BUILTIN_RECIPES
 BUILTINS = ("lossless", "int8", "prune", "prune+int8")
 #: Those that distill (the ``tf`` extra): evaluated only where it is installed.
 NEEDS_TF = ("prune", "prune+int8")
+#: The passes that fine-tune, and the epochs a sampled point first runs each of them for.
+FINE_TUNING = ("distill", "qat")
+LOW_EPOCHS = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +54,7 @@ class Point:
     name: str  # a built-in's name, or "trial <n>"
     stages: tuple[str, ...]  # pass lists run one after the other; the recipe is their concatenation
     params: dict[str, Any] = dataclasses.field(default_factory=dict)  # what the sampler chose ({} for built-ins)
+    epochs: int | None = None  # every fine-tuning pass's epochs, where the tuner set them (LOW_EPOCHS)
 
     @property
     def spec(self) -> str:
@@ -94,7 +103,54 @@ def sample(trial: Any, number: int, *, distill: bool) -> Point:
         parts.append("low-rank:convs=4" if low_rank == "heads+convs" else "low-rank")
     if clip:
         parts.append("clip-weights:mode=mse")
-    return Point(f"trial {number}", (",".join(parts), tail), dict(trial.params))
+    return Point(f"trial {number}", cut_before_fine_tuning((",".join(parts), tail)), dict(trial.params))
+
+
+def _name(entry: str) -> str:
+    return entry.split(":", 1)[0]
+
+
+def fine_tunes(point: Point) -> bool:
+    """Whether any pass of ``point`` fine-tunes (``distill``, ``qat``)."""
+    return any(_name(e) in FINE_TUNING for stage in point.stages for e in stage.split(",") if e)
+
+
+def starts_fine_tuning(stage: str) -> bool:
+    """Whether ``stage`` begins with a fine-tuning pass (a trial is not judged early right before one: the
+    training may win back what the stages before it lost)."""
+    return bool(stage) and _name(stage.split(",", 1)[0]) in FINE_TUNING
+
+
+def cut_before_fine_tuning(stages: tuple[str, ...]) -> tuple[str, ...]:
+    """``stages`` with a new stage starting at each fine-tuning pass (what a rerun at other epochs reads from
+    the trial cache: the stages before it). Empty stages are kept where they were not cut."""
+    out: list[str] = []
+    for stage in stages:
+        current: list[str] = []
+        for entry in [e for e in stage.split(",") if e]:
+            if _name(entry) in FINE_TUNING and current:
+                out.append(",".join(current))
+                current = []
+            current.append(entry)
+        out.append(",".join(current))
+    return tuple(out)
+
+
+def _with_epochs(entry: str, epochs: int) -> str:
+    if _name(entry) not in FINE_TUNING:
+        return entry
+    return f"{entry};epochs={epochs}" if ":" in entry else f"{entry}:epochs={epochs}"
+
+
+def at_low_epochs(point: Point) -> Point:
+    """``point`` with every fine-tuning pass run for :data:`LOW_EPOCHS` epoch (the first rung of the halving)."""
+    stages = tuple(",".join(_with_epochs(e, LOW_EPOCHS) for e in s.split(",") if e) for s in point.stages)
+    return dataclasses.replace(point, stages=stages, epochs=LOW_EPOCHS)
+
+
+def at_full_epochs(point: Point) -> Point:
+    """The sampled ``point`` as it was sampled (each fine-tuning pass at its own epochs), named as its rerun."""
+    return dataclasses.replace(point, name=f"{point.name}, full epochs", epochs=None)
 
 
 def short(spec: str) -> str:

@@ -5,7 +5,7 @@ and returns a :class:`TrialRecord` (the cache stores its :meth:`~TrialRecord.to_
 :func:`run_shipped_trial` instead, the files coming through the object store (:func:`run_trials` chooses).
 Nothing in a trial is timed -- trials run side by side.
 
-A trial stops early when it is hopeless: after its float stage (pruning, refitting, clipping) and
+A trial stops early when it is hopeless: after each stage but one that a fine-tuning stage follows, and
 again before the whole selection set, its drop is scored on the first quarter of the selection
 samples, and it ends ``pruned`` when that drop exceeds the budget by more than two standard errors of
 a proportion on that many samples (successive halving with one rung: quantization only adds error, and
@@ -38,7 +38,7 @@ from onnxopt.optimizer.run import OptimizeOptions, optimize_file
 from onnxopt.runtime import Runner
 from onnxopt.tune.cache import TrialCache, trial_key
 from onnxopt.tune.memory_watch import MemoryLimitExceeded, MemoryWatch
-from onnxopt.tune.space import Point
+from onnxopt.tune.space import Point, starts_fine_tuning
 from onnxopt.tune.workers import Workers
 
 #: The first rung scores this fraction of the selection samples (at least MIN_RUNG).
@@ -48,7 +48,7 @@ MIN_RUNG = 16
 #: 0.010000000000000009), never a measurable sample -- one sample in a million is 1e-6.
 BUDGET_SLACK = 1e-9
 #: Fields a trial's JSON holds only when true.
-_ONLY_WHEN_TRUE = ("finalist", "chosen")
+_ONLY_WHEN_TRUE = ("finalist", "chosen", "promoted")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +92,8 @@ class TrialRecord:
     node: str | None = None  # the Ray node that ran it (on Ray)
     peak_memory: int | None = None  # the largest resident size (bytes) of the process while it ran (Linux)
     error: str | None = None  # why it failed
+    epochs: int | None = None  # every fine-tuning pass's epochs where the tuner cut them (the halving's first rung)
+    promoted: bool = False  # a first-rung trial the tuner reran at full epochs (as "<name>, full epochs")
     # -- scored on the selection part (status ok; `metric` also when pruned)
     metric: str | None = None
     baseline: float | None = None  # the original's metric
@@ -148,11 +150,17 @@ def judge(trial: TrialRecord, max_drop: float, chosen: TrialRecord | None = None
         )
     if trial.drop is None:
         return "failed", "finished without a measured drop"
+    short = ""
+    if trial.epochs is not None:
+        short = f"after {trial.epochs} epoch of fine-tuning; " + (
+            "rerun at full epochs" if trial.promoted else "not among the best third at that, so not rerun"
+        )
     if not within_budget(trial.drop, max_drop):
-        return "over", f"drop {_drop_text(trial.drop, max_drop)} > --max-drop {max_drop:g}"
+        over = f"drop {_drop_text(trial.drop, max_drop)} > --max-drop {max_drop:g}"
+        return "over", f"{over} {short}" if short else over
     if trial.chosen:
-        return "chosen", "within budget; the best score of the finalists timed"
-    reasons = ["within budget"]
+        return "chosen", "within budget; the best score of the finalists timed" + (f"; {short}" if short else "")
+    reasons = ["within budget"] + ([short] if short else [])
     if not trial.finalist:
         reasons.append("not among the finalists timed")
     if trial.latency_ratio is not None and trial.latency_ratio >= 1:
@@ -222,7 +230,7 @@ def _attempt(task: TrialTask, cache: TrialCache, work: Path) -> tuple[dict[str, 
             None,
             False,
         )
-    result.update(name=task.point.name, spec=task.point.spec, params=task.point.params)
+    result.update(name=task.point.name, spec=task.point.spec, params=task.point.params, epochs=task.point.epochs)
     result["seconds"] = round(time.perf_counter() - started, 2)
     result["peak_memory"] = watch.peak
     return result, model, keep
@@ -323,7 +331,7 @@ def _run(task: TrialTask, cache: TrialCache, work: Path) -> tuple[dict[str, Any]
             built = cache.put(key, {"status": "ok", "fallbacks": result.fallbacks}, out)
         current = Path(built["model"])
         fell_back += built.get("fallbacks", [])
-        if index < len(stages) - 1:
+        if index < len(stages) - 1 and not starts_fine_tuning(stages[index + 1]):
             drop = first.drop(ir.load(current))
             if drop > task.max_drop + margin:
                 return _pruned(first.metric, drop, rung, f"after stage {index + 1} of {len(stages)}"), None
