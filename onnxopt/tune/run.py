@@ -237,6 +237,7 @@ def _subject(path: Path, output: Path, data: str, held_out: str | None, cache: P
     split = split_data(data, runner.inputs, cache / "data", options.seed, held_out)
     sampler = optuna.samplers.TPESampler(seed=options.seed, n_startup_trials=4)
     study = optuna.create_study(direction="minimize", sampler=sampler)
+    study.enqueue_trial(space.FIRST_POINT)
     macs, _ = estimate_macs(ir.load(str(path)))
     return _Subject(
         path, output, file_digest(path), split, file_digest(split.fit), file_digest(split.select), study, macs
@@ -304,7 +305,8 @@ def _search(
         if first:
             subject.notes.append(
                 f"successive halving on fine-tuning epochs: {len(first)} trial(s) fine-tuned {space.LOW_EPOCHS} "
-                f"epoch first; {sum(t.promoted for t in first)} of them, the best, were rerun at full epochs"
+                f"epoch first; {sum(t.promoted for t in first)} of them rerun at full epochs (the best third, rounded "
+                "up, of those that finished their first run)"
             )
 
 
