@@ -93,8 +93,9 @@ def test_the_best_third_of_first_rung_trials_is_rerun_at_full_epochs_and_not_tol
     workers = _Scripted()
     _search([subject], workers, options, tmp_path / "cache", True, time.perf_counter(), NullProgress())
 
-    assert subject.trials[0].name == "trial 1" and subject.trials[0].spec.endswith(",quantize:weights_only=true")
-    assert "prune-channels" not in subject.trials[0].spec  # the search's first point: int8 storage alone
+    # the search's first points: float16, then int8 weight storage alone
+    assert [t.spec.rsplit(",", 1)[1] for t in subject.trials[:2]] == ["float16-weights", "quantize:weights_only=true"]
+    assert not any("prune-channels" in t.spec or "low-rank" in t.spec for t in subject.trials[:2])
     first = [t for t in subject.trials if t.epochs == LOW_EPOCHS]
     reruns = [t for t in subject.trials if t.name.endswith(", full epochs")]
     assert len(first) >= 3  # the seeded sampler fine-tuned in at least three of its twelve points

@@ -12,6 +12,7 @@ from onnxopt.passes.dedup_initializers import DeduplicateInitializersPass
 from onnxopt.passes.distill import DistillPass
 from onnxopt.passes.eliminate_identity import EliminateIdentityPass
 from onnxopt.passes.equalize import EqualizeLayersPass
+from onnxopt.passes.float16_weights import StoreWeightsFloat16Pass
 from onnxopt.passes.fold_batchnorm import FoldBatchNormPass
 from onnxopt.passes.fold_channel_affine import FoldChannelAffinePass
 from onnxopt.passes.fold_constants import FoldConstantsPass
@@ -47,6 +48,7 @@ REGISTRY: dict[str, type[OptPass]] = {
         BiasCorrectPass,
         QuantizeQDQPass,
         QatPass,
+        StoreWeightsFloat16Pass,
     )
 }
 
@@ -71,5 +73,6 @@ __all__ = [
     "ReconstructPass",
     "RemoveInitializerInputsPass",
     "RemoveUnusedPass",
+    "StoreWeightsFloat16Pass",
     "TopologicalSortPass",
 ]

@@ -237,7 +237,8 @@ def _subject(path: Path, output: Path, data: str, held_out: str | None, cache: P
     split = split_data(data, runner.inputs, cache / "data", options.seed, held_out)
     sampler = optuna.samplers.TPESampler(seed=options.seed, n_startup_trials=4)
     study = optuna.create_study(direction="minimize", sampler=sampler)
-    study.enqueue_trial(space.FIRST_POINT)
+    for point in space.FIRST_POINTS:
+        study.enqueue_trial(point)
     macs, _ = estimate_macs(ir.load(str(path)))
     return _Subject(
         path, output, file_digest(path), split, file_digest(split.fit), file_digest(split.select), study, macs

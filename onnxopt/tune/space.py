@@ -6,9 +6,9 @@ distillation, weight clipping), then quantization. The built-in recipes are poin
 (:func:`builtin_points`); tune evaluates them beside the sampled ones, so what it returns is never worse
 on the objective than the best built-in that meets the budget.
 
-The search tries :data:`FIRST_POINT` (int8 weight storage alone) first. What a sampled point may hold, always in
-this order (the one in which each pass's precondition holds:
-quantization last, on float weights; equalization right before it, on the weights it rounds):
+The search tries :data:`FIRST_POINTS` (float16, then int8 weight storage alone) first. What a sampled point
+may hold, always in this order (the one in which each pass's precondition holds: quantization last, on float
+weights; equalization right before it, on the weights it rounds):
 
 * the ``lossless`` recipe, always;
 * ``prune-channels`` (ratio 0.25 or 0.5 of every prunable group's channels, ``l2`` or ``thinet``
@@ -20,7 +20,8 @@ quantization last, on float weights; equalization right before it, on the weight
 * ``quantize`` or not: static int8 (calibration ``minmax``, ``percentile`` or ``auto``; rounding ``nearest``
   or ``gptq``; ``uint8`` or ``int16`` activations; the tune's accuracy budget as its mixed-precision budget,
   ``max_drop``) after ``equalize``, then quantization-aware fine-tuning (``qat``, at most 600 s) or not when
-  the ``tf`` extra is installed; or int8 weight storage alone (``weights_only``).
+  the ``tf`` extra is installed; or int8 weight storage alone (``weights_only``); or float16 weight storage
+  (``float16-weights``).
 
 Sampled quantization never times anything (``fallback=none``): trials run side by side, so their timings
 would be measured against each other; the finalists' latency is measured once, interleaved, by the tuner.
@@ -73,12 +74,13 @@ def builtin_points(distill: bool) -> list[Point]:
     return [Point(name, _stages(BUILTIN_RECIPES[name])) for name in BUILTINS if distill or name not in NEEDS_TF]
 
 
-#: The first point every search tries (Optuna's ``enqueue_trial``): int8 weight storage alone, the least lossy
-#: recipe that shrinks the file (float compute, about a quarter of the bytes), which random points need not reach
-#: in a dozen trials.
-FIRST_POINT: dict[str, Any] = {
-    "prune_ratio": 0.0, "clip_weights": False, "quantize": "weights_only", "low_rank": "none"
-}  # fmt: skip
+#: The first points every search tries (Optuna's ``enqueue_trial``): float16 and int8 weight storage alone, the
+#: least lossy recipes that shrink the file (float compute; half and about a quarter of the bytes), which random
+#: points need not reach in a dozen trials.
+FIRST_POINTS: tuple[dict[str, Any], ...] = tuple(
+    {"prune_ratio": 0.0, "clip_weights": False, "quantize": storage, "low_rank": "none"}
+    for storage in ("float16", "weights_only")
+)
 
 
 def sample(trial: Any, number: int, *, distill: bool) -> Point:
@@ -92,7 +94,7 @@ def sample(trial: Any, number: int, *, distill: bool) -> Point:
             parts.append("distill:max_drop=0.02")
         parts.append("remove-unused")
     clip = trial.suggest_categorical("clip_weights", [False, True])
-    mode = trial.suggest_categorical("quantize", ["none", "static", "weights_only"])
+    mode = trial.suggest_categorical("quantize", ["none", "static", "weights_only", "float16"])
     tail = ""
     if mode == "static":
         calibration = trial.suggest_categorical("calibration", ["minmax", "percentile", "auto"])
@@ -106,6 +108,8 @@ def sample(trial: Any, number: int, *, distill: bool) -> Point:
             tail += ",qat:time_budget=600"
     elif mode == "weights_only":
         tail = "quantize:weights_only=true"
+    elif mode == "float16":
+        tail = "float16-weights"
     # suggested after the earlier choices, so that adding it left their seeded sequence as it was
     low_rank = trial.suggest_categorical("low_rank", ["none", "heads", "heads+convs"])
     if low_rank != "none":
@@ -190,6 +194,8 @@ def label(name: str, params: dict[str, Any]) -> str:
             parts.append("qat")
     elif params.get("quantize") == "weights_only":
         parts.append("quantize weights")
+    elif params.get("quantize") == "float16":
+        parts.append("float16 weights")
     return " + ".join(parts)
 
 
