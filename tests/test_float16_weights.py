@@ -4,6 +4,7 @@ the file, float32 compute, names kept; declines what float16 cannot hold."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 from helpers import BUNDLED, apply, fused_ops, parse, run
 from onnx import TensorProto
 
@@ -59,9 +60,21 @@ def test_what_float16_cannot_hold_is_declined_and_nothing_to_store_leaves_the_mo
     reasons = dict(d.split(": ", 1) for d in outcome.skipped)
     assert reasons["w"].startswith("|w| reaches 1e+05, beyond float16's 65504")
     assert reasons["g"].startswith("float16 would change it by") and "max_error 0.001" in reasons["g"]
-    assert reasons["model"] == "no float32 initializer of at least 128 elements to store"
-    small = _model(big[:2], tiny[:2, :2])  # 54 and 4 elements: under min_elements
-    assert not apply(small, StoreWeightsFloat16Pass(Float16WeightsConfig(max_error=0.5)))[1].modified
+    assert reasons["model"] == "no weight stored (none of at least 128 elements that float16 holds)"
+    clean = rng.normal(0, 1, (16, 3, 3, 3)).astype(np.float32)
+    small = _model(clean[:2], clean[:4, :2, 0, 0])  # 54 and 8 elements: under min_elements
+    assert not apply(small, StoreWeightsFloat16Pass())[1].modified
+    assert apply(small, StoreWeightsFloat16Pass(Float16WeightsConfig(min_elements=8)))[1].modified
+
+
+def test_an_initializer_that_is_a_graph_input_is_declined() -> None:
+    rng = np.random.default_rng(2)
+    model = _model(rng.normal(0, 1, (16, 3, 3, 3)).astype(np.float32), rng.normal(0, 1, (10, 16)).astype(np.float32))
+    graph_input = onnx.helper.make_tensor_value_info("g", TensorProto.FLOAT, [10, 16])
+    model.graph.input.append(graph_input)  # overridable: its value is the caller's
+    out, outcome = apply(model, StoreWeightsFloat16Pass())
+    assert dict(d.split(": ", 1) for d in outcome.skipped)["g"] == "a graph input (its value may be overridden)"
+    assert {t.name for t in out.graph.initializer} == {"w_fp16", "g"}
 
 
 def test_the_bundled_cnn_is_half_the_file_and_rebuilt_byte_for_byte(tmp_path) -> None:

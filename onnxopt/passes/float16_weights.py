@@ -9,7 +9,8 @@ session: the running graph is the float32 one with the rounded weights, and no c
 Contract:
 
 * Matches float32 initializers of the main graph with at least ``min_elements`` elements, whatever reads them
-  (convolutions, matrix products, LSTM gates, embedding tables, biases).
+  (convolutions, matrix products, LSTM gates, embedding tables, biases; nodes of subgraphs too). Initializers
+  nothing reads are left to ``remove-unused``.
 * Guarantees: each stored weight differs from the original by its float16 rounding only (about 2^-12 of each
   value; the pipeline measures what that does to the outputs); the model's inputs, outputs and every value name
   are kept.
@@ -67,8 +68,8 @@ class StoreWeightsFloat16Pass(OptPass):
             if value.dtype != ir.DataType.FLOAT or value.const_value is None:
                 continue
             array = value.const_value.numpy()
-            if array.size < self.config.min_elements:
-                continue
+            if array.size < self.config.min_elements or not value.uses():
+                continue  # small, or read by nothing (remove-unused's to drop)
             reason = self._refusal(value, array)
             if reason is not None:
                 log.skip(value.name or "?", reason)
@@ -77,7 +78,9 @@ class StoreWeightsFloat16Pass(OptPass):
             log.count("weights stored as float16")
             log.count("bytes saved", 2 * int(array.size))
         if not casts:
-            log.skip("model", f"no float32 initializer of at least {self.config.min_elements} elements to store")
+            log.skip(
+                "model", f"no weight stored (none of at least {self.config.min_elements} elements that float16 holds)"
+            )
             return
         graph.insert_before(next(iter(graph)), casts)  # they read only constants: first is topologically sound
         log.mark_modified()

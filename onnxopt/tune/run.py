@@ -8,10 +8,12 @@ For each model:
 3. an Optuna TPE sampler, seeded, proposes points of the space (:mod:`onnxopt.tune.space`) in rounds of
    one trial per worker; the round runs on the pool (local processes or Ray tasks) and its results are
    told to the sampler in the order they were asked -- so the same seed proposes the same points
-   wherever they ran. A point that fine-tunes runs first with one epoch of each fine-tuning pass; the best
-   third (rounded up, on the proxy below) of those finished so far is rerun at the passes' own epochs,
-   ahead of new points in the next round (asynchronous successive halving on the epochs,
-   :func:`_promotions`; the reruns are not told to the sampler, which learnt the point from its first rung).
+   wherever they ran. A point that fine-tunes runs first with one epoch of each fine-tuning pass; of those
+   finished so far, the ones that missed the budget by least -- up to a third of them -- are
+   rerun at the passes' own epochs, ahead of new points in the next round (asynchronous successive halving
+   on the epochs, :func:`_promotions`; a first run within the budget is not rerun: more epochs change
+   neither its size nor its MACs; the reruns are not told to the sampler, which learnt the point from its
+   first run).
    Every trial is scored on the selection part (:mod:`onnxopt.tune.trial`) and cached
    (:mod:`onnxopt.tune.cache`). Several models share the pool: each round holds trials of every model;
 4. the *finalists* -- trials within the budget on the selection part that no other beats on drop, size
@@ -61,7 +63,7 @@ from onnxopt.tune.workers import Workers, default_processes, open_workers
 
 OBJECTIVES = ("latency", "size", "balanced")
 FINALISTS = 6  # sampled finalists timed per model (the feasible built-ins are timed besides)
-HALVING = 3  # successive halving on fine-tuning epochs: the best 1 in HALVING first-rung trials is rerun
+HALVING = 3  # successive halving on fine-tuning epochs: at most 1 in HALVING first runs is rerun at full epochs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,17 +308,33 @@ def _search(
         if first:
             subject.notes.append(
                 f"successive halving on fine-tuning epochs: {len(first)} trial(s) fine-tuned {space.LOW_EPOCHS} "
-                f"epoch first; {sum(t.promoted for t in first)} of them rerun at full epochs (the best third, rounded "
-                "up, of those that finished their first run)"
+                f"epoch first; {sum(t.promoted for t in first)} of them, over the budget by least, rerun at full "
+                "epochs"
             )
 
 
 def _promotions(subject: _Subject, options: TuneOptions) -> list[TrialRecord]:
-    """First-rung trials due a rerun at full epochs and not yet rerun: of the first-rung trials finished so far
-    (any status), the best ``ceil(n / HALVING)`` by the sampler's proxy among those that finished ``ok``."""
+    """First runs (one epoch of fine-tuning) due a rerun at full epochs and not yet rerun: of the first runs
+    finished so far (``n``, any status), those over the budget -- finished over it, or stopped early -- that
+    missed it by least, at most ``n // HALVING`` of them (asynchronous successive halving's rule), one per
+    recipe; once every point has been asked, at least the closest miss. A first run within the budget is a
+    finished trial already; a rerun could lower only its drop, which the objective does not count."""
     first = [t for t in subject.trials if t.epochs is not None]
-    ranked = sorted((t for t in first if t.status == "ok"), key=lambda t: (_proxy(t, subject, options), t.name))
-    return [t for t in ranked[: math.ceil(len(first) / HALVING)] if not t.promoted]
+    rerun = len(first) // HALVING
+    if subject.asked >= options.trials:
+        rerun = max(rerun, 1)
+
+    def missed(t: TrialRecord) -> float | None:
+        if t.status == "ok" and t.drop is not None and not within_budget(t.drop, options.max_drop):
+            return t.drop
+        return t.rung_drop if t.status == "pruned" else None
+
+    over = sorted(((missed(t), t.name, t) for t in first if missed(t) is not None), key=lambda m: (m[0], m[1]))
+    closest: dict[str, TrialRecord] = {}  # one per recipe: TPE may propose a point twice
+    for _, _, trial in over:
+        closest.setdefault(trial.spec, trial)
+    promoted = {t.spec for t in first if t.promoted}
+    return [t for t in list(closest.values())[:rerun] if t.spec not in promoted]
 
 
 def _proxy(result: TrialRecord, subject: _Subject, options: TuneOptions) -> float:

@@ -28,8 +28,9 @@ would be measured against each other; the finalists' latency is measured once, i
 
 Fine-tuning is the costly part of a trial, so its epochs are a fidelity (successive halving): a sampled point
 that fine-tunes (``distill``, ``qat``) runs first with :data:`LOW_EPOCHS` epoch of each (:func:`at_low_epochs`),
-and the tuner reruns the best of those at the passes' own epochs (:func:`at_full_epochs`). A point's stages
-are cut before each fine-tuning pass, so the rerun reads the stages before it from the trial cache.
+and the tuner reruns those that more training may bring within the budget at the passes' own epochs
+(:func:`at_full_epochs`). The stages are not cut before a fine-tuning pass: each stage is one ``optimize`` run,
+whose input is its passes' original, and a fine-tuning pass must learn from the model the trial started from.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def sample(trial: Any, number: int, *, distill: bool) -> Point:
         parts.append("low-rank:convs=4" if low_rank == "heads+convs" else "low-rank")
     if clip:
         parts.append("clip-weights:mode=mse")
-    return Point(f"trial {number}", cut_before_fine_tuning((",".join(parts), tail)), dict(trial.params))
+    return Point(f"trial {number}", (",".join(parts), tail), dict(trial.params))
 
 
 def _name(entry: str) -> str:
@@ -126,27 +127,6 @@ def _name(entry: str) -> str:
 def fine_tunes(point: Point) -> bool:
     """Whether any pass of ``point`` fine-tunes (``distill``, ``qat``)."""
     return any(_name(e) in FINE_TUNING for stage in point.stages for e in stage.split(",") if e)
-
-
-def starts_fine_tuning(stage: str) -> bool:
-    """Whether ``stage`` begins with a fine-tuning pass (a trial is not judged early right before one: the
-    training may win back what the stages before it lost)."""
-    return bool(stage) and _name(stage.split(",", 1)[0]) in FINE_TUNING
-
-
-def cut_before_fine_tuning(stages: tuple[str, ...]) -> tuple[str, ...]:
-    """``stages`` with a new stage starting at each fine-tuning pass (what a rerun at other epochs reads from
-    the trial cache: the stages before it). Empty stages are kept where they were not cut."""
-    out: list[str] = []
-    for stage in stages:
-        current: list[str] = []
-        for entry in [e for e in stage.split(",") if e]:
-            if _name(entry) in FINE_TUNING and current:
-                out.append(",".join(current))
-                current = []
-            current.append(entry)
-        out.append(",".join(current))
-    return tuple(out)
 
 
 def _with_epochs(entry: str, epochs: int) -> str:

@@ -5,8 +5,8 @@ and returns a :class:`TrialRecord` (the cache stores its :meth:`~TrialRecord.to_
 :func:`run_shipped_trial` instead, the files coming through the object store (:func:`run_trials` chooses).
 Nothing in a trial is timed -- trials run side by side.
 
-A trial stops early when it is hopeless: after each stage but one that a fine-tuning stage follows, and
-again before the whole selection set, its drop is scored on the first quarter of the selection
+A trial stops early when it is hopeless: after its float stage (pruning, refitting, distillation, clipping)
+and again before the whole selection set, its drop is scored on the first quarter of the selection
 samples, and it ends ``pruned`` when that drop exceeds the budget by more than two standard errors of
 a proportion on that many samples (successive halving with one rung: quantization only adds error, and
 a quarter of the samples already tells a hopeless trial from a close one). The float stage's model is
@@ -38,7 +38,7 @@ from onnxopt.optimizer.run import OptimizeOptions, optimize_file
 from onnxopt.runtime import Runner
 from onnxopt.tune.cache import TrialCache, trial_key
 from onnxopt.tune.memory_watch import MemoryLimitExceeded, MemoryWatch
-from onnxopt.tune.space import Point, starts_fine_tuning
+from onnxopt.tune.space import Point
 from onnxopt.tune.workers import Workers
 
 #: The first rung scores this fraction of the selection samples (at least MIN_RUNG).
@@ -144,20 +144,23 @@ def judge(trial: TrialRecord, max_drop: float, chosen: TrialRecord | None = None
         return "failed", one_line(trial.error or "no reason recorded", 120)
     if trial.status == "pruned":
         drop = trial.rung_drop if trial.rung_drop is not None else math.nan
-        return "pruned", (
+        pruned = (
             f"drop {_drop_text(drop, max_drop)} on the first {trial.rung_samples} samples > --max-drop {max_drop:g} "
             f"(stopped {trial.pruned})"
         )
+        if trial.epochs is not None:
+            pruned += f"; after {trial.epochs} epoch of fine-tuning" + (
+                "; rerun at full epochs" if trial.promoted else ""
+            )
+        return "pruned", pruned
     if trial.drop is None:
         return "failed", "finished without a measured drop"
     short = ""
     if trial.epochs is not None:
-        short = f"after {trial.epochs} epoch of fine-tuning; " + (
-            "rerun at full epochs" if trial.promoted else "not among the best third at that, so not rerun"
-        )
+        short = f"after {trial.epochs} epoch of fine-tuning" + ("; rerun at full epochs" if trial.promoted else "")
     if not within_budget(trial.drop, max_drop):
         over = f"drop {_drop_text(trial.drop, max_drop)} > --max-drop {max_drop:g}"
-        return "over", f"{over} {short}" if short else over
+        return "over", f"{over}; {short}" if short else over
     if trial.chosen:
         return "chosen", "within budget; the best score of the finalists timed" + (f"; {short}" if short else "")
     reasons = ["within budget"] + ([short] if short else [])
@@ -331,7 +334,7 @@ def _run(task: TrialTask, cache: TrialCache, work: Path) -> tuple[dict[str, Any]
             built = cache.put(key, {"status": "ok", "fallbacks": result.fallbacks}, out)
         current = Path(built["model"])
         fell_back += built.get("fallbacks", [])
-        if index < len(stages) - 1 and not starts_fine_tuning(stages[index + 1]):
+        if index < len(stages) - 1:
             drop = first.drop(ir.load(current))
             if drop > task.max_drop + margin:
                 return _pruned(first.metric, drop, rung, f"after stage {index + 1} of {len(stages)}"), None
