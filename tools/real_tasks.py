@@ -915,6 +915,10 @@ def mean_snr_db(reference: list[list[np.ndarray]], candidate: list[list[np.ndarr
     return float(np.mean(values))
 
 
+#: An anchor fp32 reads as a detection: ``obj × class`` at least this (onnxopt's budget threshold, before NMS).
+READ_SCORE = 0.25
+
+
 def evaluate_task(
     model_name: str,
     reference_outputs: Outputs,
@@ -928,7 +932,9 @@ def evaluate_task(
     orientation -- ``accuracy``, ``reference_accuracy``, ``agreement`` (same class as fp32);
     OCR -- ``exact_string_agreement`` (same text as fp32), ``accuracy`` and ``reference_accuracy``
     (exact match with the rendered strings); detectors -- ``recall`` and ``precision`` of the
-    candidate's boxes against fp32's (same class, IoU ≥ 0.5), ``reference_boxes``, ``candidate_boxes``.
+    candidate's boxes against fp32's (same class, IoU ≥ 0.5), ``reference_boxes``, ``candidate_boxes``;
+    the YOLOX glyph detector also ``read_snr_db``, the SNR over the anchors fp32 reads as detections
+    (``obj × class ≥`` :data:`READ_SCORE`, before NMS), every column, and ``read_anchors``.
     All include ``snr_db`` (mean over outputs) and ``samples``. ``charset`` (OCR) defaults to the
     cached ddddocr charset.
     """
@@ -958,6 +964,12 @@ def evaluate_task(
         result["recall"], result["precision"] = recall, precision
         result["reference_boxes"] = int(sum(len(b) for b in ref_pred))
         result["candidate_boxes"] = int(sum(len(b) for b in cand_pred))
+    if task == "yolox_det":
+        ref_rows = np.concatenate([s[0][0] for s in reference])  # [samples × anchors, x y w h obj class]
+        cand_rows = np.concatenate([s[0][0] for s in candidate])
+        read = ref_rows[:, 4] * ref_rows[:, 5:].max(axis=1) >= READ_SCORE
+        result["read_anchors"] = int(read.sum())
+        result["read_snr_db"] = snr_db(ref_rows[read], cand_rows[read]) if read.any() else float("nan")
     result["snr_db"] = mean_snr_db(reference, candidate, OUTPUT_BATCH_AXIS.get(model_name, 0))
     return result
 

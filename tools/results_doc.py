@@ -372,6 +372,7 @@ def render_calibration(doc: Doc) -> list[str]:
     """Per model and calibration method: held-out task metric and SNR (compare_calibration.py)."""
     rows = [
         {"model": model, "calibration": label, "task metric (held out)": task_metric(row), "snr_db": row["snr_db"],
+         **({"snr_db on the anchors fp32 reads": row["read_snr_db"]} if "read_snr_db" in row else {}),
          "tool_seconds": row.get("tool_seconds")}
         for model, variants in doc["models"].items()
         for label, row in variants.items()
