@@ -523,8 +523,9 @@ def format_tune(result: TuneResult) -> str:
         drop = t.drop if t.drop is not None else t.rung_drop
         memory = "-" if t.peak_memory is None else f"{t.peak_memory / 2**30:.1f}"
         rows.append([
-            t.name + ("*" if t.cached else ""), label(t.name, t.params), "-" if drop is None else f"{drop:+.4f}",
-            ratio(t.size_ratio), ratio(t.macs_ratio), ratio(t.latency_ratio), memory, t.verdict or "-", t.why or "",
+            t.name + ("*" if t.cached else ""), label(t.name, t.params, t.epochs),
+            "-" if drop is None else f"{drop:+.4f}", ratio(t.size_ratio), ratio(t.macs_ratio),
+            ratio(t.latency_ratio), memory, t.verdict or "-", t.why or "",
         ])  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     numeric = {2, 3, 4, 5, 6}

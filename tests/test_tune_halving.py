@@ -11,7 +11,7 @@ import optuna
 
 from onnxopt.progress import NullProgress
 from onnxopt.tune import TuneOptions
-from onnxopt.tune.space import LOW_EPOCHS, at_full_epochs, at_low_epochs, fine_tunes, sample
+from onnxopt.tune.space import LOW_EPOCHS, at_full_epochs, at_low_epochs, fine_tunes, label, sample
 from onnxopt.tune.trial import TrialRecord, judge, within_budget
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -35,6 +35,9 @@ def test_a_point_that_fine_tunes_runs_one_epoch_first_and_its_rerun_is_the_point
     assert [e for e in entries if not e.startswith(("distill", "qat"))] == [
         e for e in point.spec.split(",") if not e.startswith(("distill", "qat"))
     ]
+    assert label(low.name, low.params, low.epochs).endswith(
+        " + distill 1 epoch + quantize minmax/nearest/uint8 + qat 1 epoch"
+    )
     full = at_full_epochs(point)
     assert full.spec == point.spec and full.epochs is None and full.name == "trial 1, full epochs"
     plain = sample(optuna.trial.FixedTrial({**EVERYTHING, "distill": False, "qat": False}), 2, distill=True)

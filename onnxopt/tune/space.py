@@ -153,17 +153,19 @@ def short(spec: str) -> str:
     return "lossless" + spec[len(lossless) :] if spec.startswith(lossless) else spec
 
 
-def label(name: str, params: dict[str, Any]) -> str:
+def label(name: str, params: dict[str, Any], epochs: int | None = None) -> str:
     """A point in a few words for a table row: a built-in's name, or a sampled point's choices
     (``lossless + prune 0.25 l2 + distill + clip + quantize minmax/gptq/uint8``; ``quantize weights`` for int8
-    weight storage alone)."""
+    weight storage alone); ``epochs``, where the tuner cut the fine-tuning, follows ``distill`` and ``qat``
+    (``distill 1 epoch``)."""
     if not params:
         return name
+    cut = f" {epochs} epoch" if epochs is not None else ""
     parts = ["lossless"]
     if params.get("prune_ratio"):
         parts.append(f"prune {params['prune_ratio']:g} {params.get('prune_importance', '')}".rstrip())
         if params.get("distill"):
-            parts.append("distill")
+            parts.append("distill" + cut)
     if params.get("low_rank", "none") != "none":
         parts.append("low-rank" if params["low_rank"] == "heads" else "low-rank + convs")
     if params.get("clip_weights"):
@@ -171,7 +173,7 @@ def label(name: str, params: dict[str, Any]) -> str:
     if params.get("quantize") == "static":
         parts.append(f"quantize {params.get('calibration')}/{params.get('rounding')}/{params.get('activations')}")
         if params.get("qat"):
-            parts.append("qat")
+            parts.append("qat" + cut)
     elif params.get("quantize") == "weights_only":
         parts.append("quantize weights")
     elif params.get("quantize") == "float16":
