@@ -30,7 +30,9 @@ Fine-tuning is the costly part of a trial, so its epochs are a fidelity (success
 that fine-tunes (``distill``, ``qat``) runs first with :data:`LOW_EPOCHS` epoch of each (:func:`at_low_epochs`),
 and the tuner reruns those that more training may bring within the budget at the passes' own epochs
 (:func:`at_full_epochs`). The stages are not cut before a fine-tuning pass: each stage is one ``optimize`` run,
-whose input is its passes' original, and a fine-tuning pass must learn from the model the trial started from.
+whose input is the original its passes see, so ``distill`` (in the float stage) learns from the model the trial
+started from and ``qat`` (in the quantization stage) from the float model it quantized; a cut would make the
+stage before it the teacher.
 """
 
 from __future__ import annotations
