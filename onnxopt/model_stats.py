@@ -83,6 +83,15 @@ def estimate_macs(
     Unknown input dimensions are resolved as random inputs would be (:mod:`onnxopt.data.input_shapes`:
     ``input_shapes`` overrides, an image's H/W 224 or its known sibling, else 1), the batch set to 1.
     ``measured``: tensor shapes observed by running the model (for what shape inference cannot follow)."""
+    per_node, unknown = macs_per_node(model, input_shapes, measured)
+    return sum(per_node.values()), unknown
+
+
+def macs_per_node(
+    model: ir.Model, input_shapes: InputShapes | None = None, measured: Mapping[str, list[int]] | None = None
+) -> tuple[dict[str, int], list[str]]:
+    """:func:`estimate_macs` node by node: each counted node's MACs per sample, keyed by its name (its first
+    output where it has none), and the nodes not counted."""
     proto = ir.serde.serialize_model(model)
     weights = {t.name for t in proto.graph.initializer}
     specs = [_spec(v) for v in proto.graph.input if v.name not in weights]
@@ -110,18 +119,20 @@ def estimate_macs(
     for name, shape in (measured or {}).items():
         if not _known(shapes.get(name)):
             shapes[name] = list(shape)
-    total, unknown = 0, []
+    counted: dict[str, int] = {}
+    unknown: list[str] = []
     for node in proto.graph.node:
         if node.domain not in ("", "ai.onnx") or node.op_type not in _COUNTERS:
             continue
         ins = [shapes.get(name) for name in node.input]
         out = shapes.get(node.output[0])
         macs = _COUNTERS[node.op_type](node, ins, out)
+        key = node.name or node.output[0]
         if macs is None:
-            unknown.append(node.name or node.output[0])
+            unknown.append(key)
         else:
-            total += macs
-    return total, unknown
+            counted[key] = counted.get(key, 0) + macs
+    return counted, unknown
 
 
 def _spec(value: onnx.ValueInfoProto) -> TensorSpec:

@@ -6,9 +6,9 @@ distillation, weight clipping), then quantization. The built-in recipes are poin
 (:func:`builtin_points`); tune evaluates them beside the sampled ones, so what it returns is never worse
 on the objective than the best built-in that meets the budget.
 
-The search tries :data:`FIRST_POINTS` (float16, then int8 weight storage alone) first. What a sampled point
-may hold, always in this order (the one in which each pass's precondition holds: quantization last, on float
-weights; equalization right before it, on the weights it rounds):
+The search tries :data:`FIRST_POINTS` (float16, then int8 weight storage alone, then int8 compute) first.
+What a sampled point may hold, always in this order (the one in which each pass's precondition holds:
+quantization last, on float weights; equalization right before it, on the weights it rounds):
 
 * the ``lossless`` recipe, always;
 * ``prune-channels`` (ratio 0.25 or 0.5 of every prunable group's channels, ``l2`` or ``thinet``
@@ -79,11 +79,20 @@ def builtin_points(distill: bool) -> list[Point]:
 
 #: The first points every search tries (Optuna's ``enqueue_trial``): float16 and int8 weight storage alone, the
 #: least lossy recipes that shrink the file (float compute; half and about a quarter of the bytes), which random
-#: points need not reach in a dozen trials.
-FIRST_POINTS: tuple[dict[str, Any], ...] = tuple(
-    {"prune_ratio": 0.0, "clip_weights": False, "quantize": storage, "low_rank": "none"}
-    for storage in ("float16", "weights_only")
-)
+#: points need not reach in a dozen trials; then int8 compute as the ``int8`` recipe calibrates and rounds it
+#: (percentile ranges, GPTQ, uint8 activations), kept float only where the tune's budget needs it -- the recipe
+#: that makes a model faster where onnxruntime's int8 kernels win, which the sampler's proxy (size and MACs)
+#: cannot tell from weight storage.
+FIRST_POINTS: tuple[dict[str, Any], ...] = (
+    *(
+        {"prune_ratio": 0.0, "clip_weights": False, "quantize": storage, "low_rank": "none"}
+        for storage in ("float16", "weights_only")
+    ),
+    {
+        "prune_ratio": 0.0, "clip_weights": False, "quantize": "static", "calibration": "percentile",
+        "rounding": "gptq", "activations": "uint8", "qat": False, "low_rank": "none",
+    },
+)  # fmt: skip
 
 
 def sample(trial: Any, number: int, *, distill: bool) -> Point:
