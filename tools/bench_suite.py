@@ -54,6 +54,7 @@ from mobilenet_like import INPUT_SHAPE as MOBILENET_INPUT
 from mobilenet_like import mobilenet_like
 from real_models import REAL_MODELS, fetch, load_charset
 from real_tasks import TaskData, evaluate_task, make_split, run_model
+from task_metrics import describe
 from zoo_models import input_shape, light_model
 
 from onnxopt import io
@@ -407,19 +408,6 @@ def _variant_json(v: Variant) -> dict[str, object]:
     return {"variant": v.name, "tool_seconds": round(v.tool_seconds, 2), "failed": v.failed, "notes": v.notes, **v.row}
 
 
-def task_metric(task: dict[str, object] | None) -> str:
-    """The row's task metric in words: what the real model is for, measured on held-out data."""
-    if not task:
-        return ""
-    if "recall" in task:
-        return f"recall {task['recall']:.3f} / precision {task['precision']:.3f}"
-    if "exact_string_agreement" in task:
-        return f"exact {task['exact_string_agreement']:.3f} (vs text {task['accuracy']:.3f})"
-    if task.get("accuracy") is not None:
-        return f"accuracy {task['accuracy']:.4f}"
-    return ""
-
-
 def render(document: dict[str, object]) -> str:
     machine = document["machine"]
     features = ", ".join(machine.get("cpu_features") or []) or "none reported"
@@ -459,7 +447,7 @@ def render(document: dict[str, object]) -> str:
             snr = "" if not task else task["snr_db"] if isinstance(task["snr_db"], str) else f"{task['snr_db']:.1f}"
             qdq = f"{v['rt_q']} + {v['rt_dq']}" if "rt_q" in v else ""
             lines.append(
-                f"| {label} | {v['variant']} | {ratio} | {v['p50_ms']:.3f} | {size:.3f} | {task_metric(task)} | {snr} "
+                f"| {label} | {v['variant']} | {ratio} | {v['p50_ms']:.3f} | {size:.3f} | {describe(task)} | {snr} "
                 f"| {qdq} | {v['tool_seconds']} | {'; '.join(v['notes'])} |"
             )
     return "\n".join(lines) + "\n"

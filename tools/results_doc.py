@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from task_metrics import describe  # tools/ is this script's folder: on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ROOT / "tools"
 Doc = dict[str, Any]
@@ -134,7 +136,7 @@ def render_suite(doc: Doc) -> list[str]:
                 if base.get("file_bytes") and v.get("file_bytes"):
                     row["size ratio"] = f"{v['file_bytes'] / base['file_bytes']:.3f}"
                 task = v.get("task") or {}
-                row["metric (held out)"] = task_metric(task)
+                row["metric (held out)"] = describe(task)
                 row["SNR dB"] = task.get("snr_db")
                 row["Q + DQ run"] = f"{v['rt_q']} + {v['rt_dq']}" if "rt_q" in v else None
             rows.append(row)
@@ -178,16 +180,6 @@ def suite_summary(doc: Doc) -> list[str]:
     if not rows:
         return []
     return ["", "Summary over the subjects with a held-out metric (computed from the rows above):", "", *table(rows)]
-
-
-def task_metric(task: Doc) -> str:
-    if "recall" in task:
-        return f"recall {task['recall']:.3f} / precision {task['precision']:.3f}"
-    if "exact_string_agreement" in task:
-        return f"exact {task['exact_string_agreement']:.3f} (text {task['accuracy']:.3f})"
-    if task.get("accuracy") is not None:
-        return f"accuracy {task['accuracy']:.4f}"
-    return ""
 
 
 def render_rows(doc: Doc) -> list[str]:
@@ -361,7 +353,7 @@ def render_qat_losses(doc: Doc) -> list[str]:
     for row in doc["rows"]:
         fit = row.get("qat") or {}
         held = fit.get("held_back")
-        rows.append({"variant": row["variant"], "task metric (held out)": task_metric(row["task"]),
+        rows.append({"variant": row["variant"], "task metric (held out)": describe(row["task"]),
                      "snr_db": row["task"]["snr_db"],
                      "held-back agreement": f"{held[0]:.4f} -> {held[1]:.4f}" if held else "",
                      "kept_epoch": fit.get("kept_epoch"), "seconds": fit.get("seconds")})  # fmt: skip
@@ -371,7 +363,7 @@ def render_qat_losses(doc: Doc) -> list[str]:
 def render_calibration(doc: Doc) -> list[str]:
     """Per model and calibration method: held-out task metric and SNR (compare_calibration.py)."""
     rows = [
-        {"model": model, "calibration": label, "task metric (held out)": task_metric(row), "snr_db": row["snr_db"],
+        {"model": model, "calibration": label, "task metric (held out)": describe(row), "snr_db": row["snr_db"],
          **({"snr_db on the anchors fp32 reads": row["read_snr_db"]} if "read_snr_db" in row else {}),
          "tool_seconds": row.get("tool_seconds")}
         for model, variants in doc["models"].items()

@@ -7,7 +7,8 @@ ground truth), rather than how close the raw numbers are:
 * :func:`ctc_greedy_decode` + :func:`exact_string_agreement` -- the text an OCR model reads;
 * :func:`detection_agreement` -- which decoded boxes a candidate detector keeps, matched to the
   reference detector's boxes;
-* :func:`snr_db` -- the raw-output signal-to-noise ratio, for the record.
+* :func:`snr_db` -- the raw-output signal-to-noise ratio, for the record;
+* :func:`describe` -- a row's task metrics in words, for the generated tables.
 
 Boxes everywhere are ``float`` arrays of shape ``(K, 6)``: ``[x1, y1, x2, y2, score, class]``.
 """
@@ -143,3 +144,17 @@ def snr_db(ref: np.ndarray, cand: np.ndarray) -> float:
     if signal == 0.0:
         return float("-inf")
     return 10.0 * float(np.log10(signal / noise))
+
+
+def describe(task: dict[str, object] | None) -> str:
+    """A variant's task metrics (``tools/real_tasks.evaluate_task``'s dict) in words for a table cell:
+    decoded boxes' recall / precision, exact strings, or accuracy; "" when there are none."""
+    if not task:
+        return ""
+    if "recall" in task:
+        return f"recall {task['recall']:.3f} / precision {task['precision']:.3f}"
+    if "exact_string_agreement" in task:
+        return f"exact {task['exact_string_agreement']:.3f} (text {task['accuracy']:.3f})"
+    if task.get("accuracy") is not None:
+        return f"accuracy {task['accuracy']:.4f}"
+    return ""
