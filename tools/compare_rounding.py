@@ -45,7 +45,13 @@ from onnxopt.bench.machine import machine_description  # noqa: E402
 from onnxopt.distill.features import with_outputs  # noqa: E402
 from onnxopt.distill.finetune import batch_free  # noqa: E402
 from onnxopt.passes._graph_edit import constant_array  # noqa: E402
-from onnxopt.passes.quantize.gptq import HessianCollector, _inverse_cholesky, _rows, gptq_round, nearest_levels  # noqa: E402
+from onnxopt.passes.quantize.gptq import (  # noqa: E402
+    HessianCollector,
+    gptq_round,
+    inverse_cholesky_factor,
+    nearest_levels,
+    weight_rows,
+)
 from onnxopt.runtime import Runner  # noqa: E402
 
 WEIGHT_MAX = 127
@@ -93,15 +99,15 @@ def compare_model(name: str, samples: int, iterations: int, lambdas: list[float]
         if h_fit is None or h_held is None:
             continue
         weight = constant_array(node.inputs[1])
-        w_rows, _, scale = _rows(node, weight, WEIGHT_MAX)
+        w_rows, _, scale = weight_rows(node, weight, WEIGHT_MAX)
         started = time.perf_counter()
-        gptq, _ = gptq_round(node, weight, _inverse_cholesky(h_fit), WEIGHT_MAX)
+        gptq, _ = gptq_round(node, weight, inverse_cholesky_factor(h_fit), WEIGHT_MAX)
         gptq_seconds = time.perf_counter() - started
         nearest, _ = nearest_levels(node, weight, WEIGHT_MAX)
         row = {"layer": layer, "op": node.op_type, "groups": groups, "columns": columns, "channels": len(w_rows),
                "gptq_seconds": round(gptq_seconds, 3)}  # fmt: skip
         candidates = {
-            label: _rows(node, q.astype(np.float32), WEIGHT_MAX)[0]
+            label: weight_rows(node, q.astype(np.float32), WEIGHT_MAX)[0]
             for label, q in (("nearest", nearest), ("gptq", gptq))
         }
         for lam in lambdas:

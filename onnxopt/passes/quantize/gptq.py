@@ -129,7 +129,7 @@ class HessianCollector:
             hessian = self._hessian(layer)
             if hessian is None:
                 return None
-            self.factors[layer] = _inverse_cholesky(hessian)
+            self.factors[layer] = inverse_cholesky_factor(hessian)
             self.sums.pop(layer, None)
         return self.factors[layer]
 
@@ -139,7 +139,7 @@ def gptq_round(node: ir.Node, weight: np.ndarray, upper: np.ndarray, weight_max:
     the layer's :meth:`HessianCollector.inverse_factor` ``[G, K, K]``; the scales are max-abs /
     ``weight_max``, as nearest rounding's."""
     groups = upper.shape[0]
-    rows, restore, scale = _rows(node, weight, weight_max)
+    rows, restore, scale = weight_rows(node, weight, weight_max)
     per_group = rows.shape[0] // groups
     # [G, K, R]: one input column of every output channel is a contiguous row
     w = np.ascontiguousarray(rows.reshape(groups, per_group, -1).transpose(0, 2, 1))
@@ -169,13 +169,13 @@ def nearest_levels(node: ir.Node, weight: np.ndarray, weight_max: int) -> tuple[
     """(int8 levels nearest rounding gives ``weight`` in its layout, the scales) at :func:`gptq_round`'s
     scales: what a plan stores GPTQ's levels as the difference from
     (:mod:`onnxopt.passes.quantize.planned_calibration`)."""
-    rows, restore, scale = _rows(node, weight, weight_max)
+    rows, restore, scale = weight_rows(node, weight, weight_max)
     scale32 = scale.astype(np.float32)
     levels = np.clip(np.round(rows / scale32[:, None]), -weight_max, weight_max)
     return np.ascontiguousarray(restore(levels).astype(np.int8)), scale32
 
 
-def _rows(node: ir.Node, weight: np.ndarray, weight_max: int) -> tuple[np.ndarray, Any, np.ndarray]:
+def weight_rows(node: ir.Node, weight: np.ndarray, weight_max: int) -> tuple[np.ndarray, Any, np.ndarray]:
     """(``weight`` as float32 rows of output channels, the map back to its layout, float64 max-abs scales)."""
     if node.op_type == "Conv":
         rows = weight.reshape(weight.shape[0], -1).astype(np.float32)  # [C_out, K*G/G]
@@ -195,7 +195,7 @@ def _rows(node: ir.Node, weight: np.ndarray, weight_max: int) -> tuple[np.ndarra
 _FACTORIZATIONS = ((lapack.spotrf, lapack.strtri, np.float32), (lapack.dpotrf, lapack.dtrtri, np.float64))
 
 
-def _inverse_cholesky(hessian: np.ndarray) -> np.ndarray:
+def inverse_cholesky_factor(hessian: np.ndarray) -> np.ndarray:
     """The float32 upper Cholesky factor of ``(H + damp)^-1`` per group; inputs never seen (zero diagonal)
     get 1.
 
