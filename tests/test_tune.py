@@ -16,8 +16,10 @@ from onnxopt.tune.workers import LocalPool
 MODELS = Path(__file__).resolve().parent.parent / "models"
 DIGITS = MODELS / "digits_cnn" / "model.onnx"
 #: lossless built-in and four sampled trials (the three first points every search tries, then one the sampler
-#: chooses), no distillation: a small space that still prunes and quantizes
-SMALL = {"max_drop": 0.02, "trials": 4, "builtins": ("lossless",), "distill": False, "seed": 3}
+#: chooses), no distillation: a small space that still prunes and quantizes. The objective is the file's size, not
+#: latency: which of two finalists of about the same speed (int8 compute and int8 weight storage) is faster depends
+#: on the machine's load, and a test may not (the Ray run must choose what the local run chose)
+SMALL = {"max_drop": 0.02, "trials": 4, "builtins": ("lossless",), "distill": False, "seed": 3, "objective": "size"}
 
 
 @pytest.fixture(scope="module")
