@@ -45,6 +45,7 @@ from onnxopt.report import (
 )
 from onnxopt.report.verdict import verdict
 from onnxopt.tune import TuneResult
+from onnxopt.tune.trial import TrialRecord
 
 #: Exit status when a lossy pass the user asked for did not apply (the output is still written).
 EXIT_FALLBACK = 3
@@ -509,14 +510,17 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 def format_tune(result: TuneResult) -> str:
     """What ``onnxopt tune`` prints for one model: the trial table (recipe, drop on the selection part, size and
-    MACs against the original, latency where timed, the peak resident memory of the process that ran it, verdict
-    and why), the chosen model's held-out metric, the
-    files written, where the trial cache is, and the command that rebuilds the output."""
+    MACs against the original -- with the share onnxruntime runs in int8 kernels, where the tuner read it --,
+    latency where timed, the peak resident memory of the process that ran it, verdict and why), the chosen model's
+    held-out metric, the files written, where the trial cache is, and the command that rebuilds the output."""
     from onnxopt.tune.cache import folder_bytes
     from onnxopt.tune.space import label
 
     def ratio(value: float | None) -> str:
         return "-" if value is None else f"{value:.2f}x"
+
+    def int8(t: TrialRecord) -> str:  # what onnxruntime runs in int8 kernels, where the tuner read it
+        return f" ({t.int8_macs / t.macs:.0%} int8)" if t.int8_macs and t.macs else ""
 
     rows = [["trial", "recipe", "drop", "size", "MACs", "latency", "peak GB", "verdict", "why"]]
     for t in result.trials:
@@ -524,7 +528,7 @@ def format_tune(result: TuneResult) -> str:
         memory = "-" if t.peak_memory is None else f"{t.peak_memory / 2**30:.1f}"
         rows.append([
             t.name + ("*" if t.cached else ""), label(t.name, t.params, t.epochs),
-            "-" if drop is None else f"{drop:+.4f}", ratio(t.size_ratio), ratio(t.macs_ratio),
+            "-" if drop is None else f"{drop:+.4f}", ratio(t.size_ratio), ratio(t.macs_ratio) + int8(t),
             ratio(t.latency_ratio), memory, t.verdict or "-", t.why or "",
         ])  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]

@@ -71,11 +71,11 @@ def test_int8_compute_stays_a_finalist_beside_more_accurate_weight_storage(tmp_p
     storage = _conv_model(tmp_path / "storage.onnx", None)
     uint8 = _conv_model(tmp_path / "uint8.onnx", TensorProto.UINT8)
     other = _conv_model(tmp_path / "other.onnx", None, seed=1)  # other weights, stored alike
-    assert _int8_macs(storage) == 0 and _int8_macs(other) == 0
-    assert _int8_macs(uint8) == CONV_MACS  # onnxruntime runs the Conv as QLinearConv
+    assert _int8_macs(storage, []) == 0 and _int8_macs(other, []) == 0
+    assert _int8_macs(uint8, []) == CONV_MACS  # onnxruntime runs the Conv as QLinearConv
 
     trials = [_record("trial 1", storage, 0.0), _record("trial 2", uint8, 0.005), _record("trial 3", other, 0.005)]
-    chosen = _finalists(types.SimpleNamespace(trials=trials), max_drop=0.01)
+    chosen = _finalists(types.SimpleNamespace(trials=trials, notes=[]), max_drop=0.01)
     # weight storage (most accurate) and int8 compute (fewest float MACs) are both timed; a less accurate model
     # with as many float MACs is beaten by weight storage on every measure
     assert [t.name for t in chosen] == ["trial 2", "trial 1"]

@@ -88,9 +88,12 @@ def test_the_first_runs_that_missed_the_budget_by_least_are_rerun_at_full_epochs
     workers = _Scripted()
     _search([subject], workers, options, tmp_path / "cache", True, time.perf_counter(), NullProgress())
 
-    # the search's first points: float16, then int8 weight storage alone
+    # the search's first points: float16, then int8 weight storage alone, then int8 compute
     assert [t.spec.rsplit(",", 1)[1] for t in subject.trials[:2]] == ["float16-weights", "quantize:weights_only=true"]
-    assert not any("prune-channels" in t.spec or "low-rank" in t.spec for t in subject.trials[:2])
+    assert subject.trials[2].spec.endswith(
+        ",equalize,quantize:calibration=percentile;rounding=gptq;activations=uint8;bias_correct=true;max_drop=0.02"
+    )
+    assert not any("prune-channels" in t.spec or "low-rank" in t.spec for t in subject.trials[:3])
     first = [t for t in subject.trials if t.epochs == LOW_EPOCHS]
     assert all(f"epochs={LOW_EPOCHS}" in t.spec for t in first)
     missed = {t.name: t.drop if t.status == "ok" else t.rung_drop for t in first}

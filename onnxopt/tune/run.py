@@ -16,8 +16,9 @@ For each model:
    first run).
    Every trial is scored on the selection part (:mod:`onnxopt.tune.trial`) and cached
    (:mod:`onnxopt.tune.cache`). Several models share the pool: each round holds trials of every model;
-4. the *finalists* -- trials within the budget on the selection part that no other beats on drop, size
-   and MACs together (a Pareto front), plus every built-in within the budget -- are timed against the
+4. the *finalists* -- trials within the budget on the selection part that no other beats on drop, size,
+   MACs and float MACs together (a Pareto front; float MACs: those onnxruntime does not run in an int8 kernel),
+   plus every built-in within the budget -- are timed against the
    original in one interleaved benchmark (:mod:`onnxopt.bench`), alone on the machine;
 5. the best finalist on the objective (``size``: the file; ``latency``: the latency ratio; ``balanced``:
    the geometric mean of both ratios) is built once more, by ``onnxopt optimize`` from the recipe file
@@ -44,7 +45,7 @@ import yaml
 from onnxopt.bench import BenchConfig, benchmark
 from onnxopt.bench.runtime_audit import audit_runtime
 from onnxopt.data import open_dataset
-from onnxopt.errors import OutputError, TuneError
+from onnxopt.errors import OutputError, TuneError, UnsupportedModelError
 from onnxopt.evaluate.readings import METRICS
 from onnxopt.io.validation import validate
 from onnxopt.io.writing import write_bytes
@@ -367,10 +368,10 @@ def _finalists(subject: _Subject, max_drop: float) -> list[TrialRecord]:
     candidates = list(unique.values())
     for t in candidates:
         if t.int8_macs is None:
-            t.int8_macs = _int8_macs(Path(str(t.model)))
+            t.int8_macs = _int8_macs(Path(str(t.model)), subject.notes)
 
     def float_macs(t: TrialRecord) -> int:
-        return (t.macs or 0) - (t.int8_macs or 0)
+        return max((t.macs or 0) - (t.int8_macs or 0), 0)
 
     def measures(t: TrialRecord) -> tuple[float, int, int, int]:
         return (t.drop or 0.0, t.size_bytes or 0, t.macs or 0, float_macs(t))
@@ -389,15 +390,22 @@ def _finalists(subject: _Subject, max_drop: float) -> list[TrialRecord]:
     return builtin + front[:FINALISTS]
 
 
-def _int8_macs(model: Path) -> int:
+def _int8_macs(model: Path, notes: list[str]) -> int:
     """MACs per sample that onnxruntime runs in an int8 kernel (QLinearConv, QLinearMatMul, QGemm, ...) for
-    ``model`` in the benchmark's session on the CPU; 0 for a model without QuantizeLinear."""
+    ``model`` in the benchmark's session on the CPU; 0 for a model without QuantizeLinear, and 0 with a line in
+    ``notes`` where onnxruntime cannot save its optimized graph (the front then counts every MAC as float, as
+    though the model had no int8 compute)."""
     loaded = ir.load(str(model))
     if not any(node.op_type == "QuantizeLinear" for node in loaded.graph):
         return 0
     per_node, _ = macs_per_node(loaded)
-    audit = audit_runtime(model)
-    return sum(per_node.get(q.node, 0) for q in audit.quantized if q.int8)
+    try:
+        audit = audit_runtime(model)
+    except UnsupportedModelError as e:
+        notes.append(f"{model.name}: int8 MACs not read, counted as float: {e}")
+        return 0
+    ran_int8 = {q.node for q in audit.quantized if q.int8 and q.runtime_node is not None}  # not "removed"
+    return sum(per_node.get(name, 0) for name in ran_int8)
 
 
 def _finish(subject: _Subject, options: TuneOptions, cache: Path, progress: Progress) -> TuneResult:

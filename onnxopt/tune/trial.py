@@ -101,7 +101,7 @@ class TrialRecord:
     feasible: bool | None = None  # drop within the budget
     size_bytes: int | None = None
     macs: int | None = None  # per sample
-    int8_macs: int | None = None  # of those, what onnxruntime runs in int8 kernels (feasible trials, when chosen)
+    int8_macs: int | None = None  # of those, what onnxruntime runs in int8 kernels (each distinct feasible model)
     fallbacks: list[str] | None = None  # what the optimizer fell back on while building it
     samples: int | None = None
     # -- stopped early (status pruned): the drop on the first rung, its samples, and where it stopped
