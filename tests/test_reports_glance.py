@@ -118,7 +118,7 @@ def test_tune_table_states_the_shared_passes_once_and_wraps_recipes() -> None:
     report = _tune_report(shared, tails)
     text = format_report([report], ".md")
     rows = _table_rows(text, "## Trials")
-    assert [row[7] for row in rows] == ["… (the shared passes only)", f"… `{tails[1]}`", f"… `{tails[2]}`"]
+    assert [row[8] for row in rows] == ["… (the shared passes only)", f"… `{tails[1]}`", f"… `{tails[2]}`"]
     assert text.split("## Trials", 1)[1].count(shared) == 1  # said once above the table, not in every row
     page = format_report([report], ".html")
     assert "quantize:calibration=percentile;<wbr>rounding=gptq;<wbr>activations" in page  # may break between parameters
@@ -131,7 +131,7 @@ def test_tune_table_states_the_shared_passes_once_and_wraps_recipes() -> None:
 def test_tune_table_without_a_shared_prefix_shows_whole_recipes() -> None:
     report = _tune_report("", ["lossless", "int8"])
     rows = _table_rows(format_report([report], ".md"), "## Trials")
-    assert [row[7] for row in rows] == ["`lossless`", "`int8`"]
+    assert [row[8] for row in rows] == ["`lossless`", "`int8`"]
 
 
 def test_details_of_several_kinds_are_one_table_each(quantized: dict[str, Any]) -> None:
@@ -151,4 +151,4 @@ def test_tune_table_shows_each_trials_verdict_not_whether_it_finished() -> None:
     report["trials"][0].update(verdict="ok", why="within budget; score 0.9 vs the chosen's 0.4")
     rows = _table_rows(format_report([report], ".md"), "## Trials")
     assert [row[1] for row in rows] == ["ok", "ok", "over"]  # trial 1 has no verdict: an older file, its status
-    assert rows[2][8] == "drop 0.011 > --max-drop 0.01" and rows[0][8].startswith("within budget")
+    assert rows[2][9] == "drop 0.011 > --max-drop 0.01" and rows[0][9].startswith("within budget")
