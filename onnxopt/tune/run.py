@@ -502,8 +502,8 @@ def _rebuild_difference(rebuilt: Path, trial: Path) -> str:
             "built in stages, which infer shapes once more): the same nodes and weights"
         )
     return (
-        "differs from its trial's model in its nodes or weights (a decision timed on this machine came out "
-        "otherwise); the held-out metric is the rebuilt model's"
+        "differs from its trial's model in its nodes or weights (a decision that depends on this machine's timing, "
+        "or a pass that is not deterministic); the held-out metric is the rebuilt model's"
     )
 
 
