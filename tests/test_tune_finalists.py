@@ -80,16 +80,3 @@ def test_int8_compute_stays_a_finalist_beside_more_accurate_weight_storage(tmp_p
     # with as many float MACs is beaten by weight storage on every measure
     assert [t.name for t in chosen] == ["trial 2", "trial 1"]
     assert [t.int8_macs for t in trials] == [0, CONV_MACS, 0]
-
-
-def test_a_rebuild_that_differs_only_in_declared_shapes_is_said_to_compute_the_same(tmp_path) -> None:
-    from onnxopt.tune.run import _rebuild_difference
-
-    trial = _conv_model(tmp_path / "trial.onnx", None)
-    proto = onnx.load(trial)
-    proto.graph.value_info.append(oh.make_tensor_value_info("w", TensorProto.FLOAT, [8, 3, 3, 3]))
-    declared = tmp_path / "declared.onnx"
-    onnx.save(proto, declared)
-    assert "only in the shapes declared" in _rebuild_difference(declared, trial)
-    other = _conv_model(tmp_path / "other.onnx", None, seed=1)
-    assert "in its nodes or weights" in _rebuild_difference(other, trial)

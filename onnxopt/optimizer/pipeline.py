@@ -245,6 +245,10 @@ class Pipeline:
         context.progress.finish()
         drift = _max_rel(agreement(original_outputs, state.outputs, names))
         final = state.good
+        if final.input_bytes is None:
+            # the values the passes created get their shapes as a later run's start would infer them: a model
+            # built in two runs declares what one run of the same passes declares (same bytes)
+            _infer_shapes(state.model, [])
         return PipelineResult(
             state.model,
             records,

@@ -456,7 +456,10 @@ def _finish(subject: _Subject, options: TuneOptions, cache: Path, progress: Prog
     drop = probe.drop(ir.load(str(subject.output)))
     same = file_digest(subject.output) == file_digest(Path(str(chosen.model)))
     if not same:
-        notes.append(f"the rebuilt {chosen.name} {_rebuild_difference(subject.output, Path(str(chosen.model)))}")
+        notes.append(
+            f"the rebuilt {chosen.name} differs from its trial's model (a decision that depends on this machine's "
+            "timing, or a pass that is not deterministic); the held-out metric is the rebuilt model's"
+        )
     if built.fallbacks:
         notes.append(f"in the rebuild, {'; '.join(built.fallbacks)}")
     held_out = {
@@ -485,26 +488,6 @@ def _set_ratios(subject: _Subject) -> None:
         if trial.status == "ok" and trial.size_bytes is not None and trial.macs is not None:
             trial.size_ratio = trial.size_bytes / size
             trial.macs_ratio = trial.macs / max(subject.macs, 1)
-
-
-def _rebuild_difference(rebuilt: Path, trial: Path) -> str:
-    """How the rebuilt chosen model differs from its trial's (their bytes differ), in words: only in the shapes its
-    graph declares for intermediate tensors -- a trial built in stages infers shapes once more between them, and
-    onnxruntime runs the same nodes and weights -- or in what it computes."""
-    import onnx
-
-    graphs = [onnx.load(str(path), load_external_data=False) for path in (rebuilt, trial)]
-    for proto in graphs:
-        del proto.graph.value_info[:]
-    if graphs[0].SerializeToString(deterministic=True) == graphs[1].SerializeToString(deterministic=True):
-        return (
-            "differs from its trial's model only in the shapes declared for intermediate tensors (the trial was "
-            "built in stages, which infer shapes once more): the same nodes and weights"
-        )
-    return (
-        "differs from its trial's model in its nodes or weights (a decision that depends on this machine's timing, "
-        "or a pass that is not deterministic); the held-out metric is the rebuilt model's"
-    )
 
 
 def _beside(output: Path, suffix: str) -> Path:
