@@ -3,6 +3,8 @@ the distill pass trains deterministically and declines what it cannot train."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import pytest
@@ -286,6 +288,12 @@ def test_a_fixed_batch_graph_is_trained_and_read_one_sample_per_row() -> None:
     result = finetune(student, teacher, inputs, FinetuneConfig(epochs=1, batch=8, seed=0, detection_loss=True))
     assert result.agreement == "detection agreement" and result.before == 1.0
     assert result.loss_note == "detection loss on output"
+    # distill's default (None) teaches it the same way; False keeps the relative MSE
+    auto = finetune(student, teacher, inputs, FinetuneConfig(epochs=1, batch=8, seed=0, detection_loss=None))
+    assert auto.loss_note == "detection loss on output"
+    assert all(np.array_equal(auto.weights[k], v) for k, v in result.weights.items())
+    never = finetune(student, teacher, inputs, FinetuneConfig(epochs=1, batch=8, seed=0, detection_loss=False))
+    assert never.loss_note == ""
     # the written model is the student's own graph: its fixed batch and shape constant are kept
     assert result.model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
     assert [n.input[1] for n in result.model.graph.node if n.op_type == "Reshape"] == ["shape"]
@@ -297,3 +305,12 @@ def test_a_detection_loss_that_cannot_apply_says_it_used_the_mse() -> None:
     config = FinetuneConfig(epochs=1, batch=8, seed=0, detection_loss=True, metric="values")
     result = finetune(teacher, teacher, inputs, config)
     assert result.loss_note.startswith("detection_loss: no output read as detections")
+    # left to itself (distill's default) it applies where outputs read as detections, and says nothing elsewhere
+    quiet = finetune(teacher, teacher, inputs, dataclasses.replace(config, detection_loss=None))
+    assert quiet.loss_note == ""
+
+
+def test_distill_teaches_a_detector_with_the_detection_loss_by_default() -> None:
+    from onnxopt.passes.distill import DistillPassConfig
+
+    assert DistillPassConfig().finetune_config(seed=0).detection_loss is None

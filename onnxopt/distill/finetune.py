@@ -75,8 +75,9 @@ class FinetuneConfig:
     # intermediate tensors matched to the teacher's (onnxopt.distill.features), and the weight of their loss
     features: tuple[str, ...] = ()
     feature_weight: float = 0.0
-    # a detector's anchor outputs taught by onnxopt.distill.detection_loss instead of the relative MSE
-    detection_loss: bool = False
+    # a detector's anchor outputs taught by onnxopt.distill.detection_loss instead of the relative MSE: True (asked
+    # for: a note says where it could not apply), None (wherever an output reads as detections), False (never)
+    detection_loss: bool | None = False
 
     def __post_init__(self) -> None:
         if self.mixup < 0 or self.hard < 0 or self.feature_weight < 0:
@@ -342,15 +343,11 @@ def train(
     # with detection_loss, detector outputs get it where a training batch keeps one sample per row (its columns then
     # mean objectness, classes, boxes); a value output otherwise, or with --metric values, the relative MSE
     in_layout = rows == config.batch or config.batch == 1
-    read = meter().reading.outputs if config.detection_loss and in_layout else ()
+    read = meter().reading.outputs if config.detection_loss is not False and in_layout else ()
     detections = {o.name: o for o in read if o.kind == "detection" and kinds[o.name] == "values"}
-    loss_note = ""
-    if config.detection_loss:  # asked for: say where it applied, or why it could not
-        loss_note = (
-            f"detection loss on {', '.join(detections)}"
-            if detections
-            else "detection_loss: no output read as detections one sample per row; relative MSE instead"
-        )
+    loss_note = f"detection loss on {', '.join(detections)}" if detections else ""
+    if config.detection_loss and not detections:  # asked for: say why it could not apply
+        loss_note = "detection_loss: no output read as detections one sample per row; relative MSE instead"
 
     def score() -> tuple[float, float]:
         """(distillation loss, agreement) of the twin on the held-back samples, batch by batch."""
