@@ -372,6 +372,19 @@ def render_calibration(doc: Doc) -> list[str]:
     return [f"setup: {fmt(doc['setup'])}", "", *table(rows)]
 
 
+def render_distill_losses(doc: Doc) -> list[str]:
+    """A pruned detector distilled with each loss: held-out boxes and held-back agreement
+    (distill_detection_loss.py)."""
+    rows = []
+    for label, row in doc["results"].items():
+        history = row.get("history") or []
+        rows.append({"variant": label, "recall": row["recall"], "precision": row["precision"],
+                     "held-back detection agreement": f"{row['before']:.4f} -> {row['after']:.4f}" if history else "",
+                     "per epoch": ", ".join(f"{h['held_back']:.3f}" for h in history),
+                     "kept_epoch": row.get("best_epoch", ""), "seconds": row.get("seconds")})  # fmt: skip
+    return [f"setup: {fmt(doc['setup'])}", "", *table(rows)]
+
+
 def render_rounding(doc: Doc) -> list[str]:
     """Per model and rounding: layer output SNR on held-out inputs (compare_rounding.py)."""
     rows = [
@@ -444,8 +457,14 @@ KINDS = [  # the order of the sections
     Kind(
         "Activation calibration for int8 compute",
         "compare_calibration.py",
-        lambda d: isinstance(d.get("models"), dict) and all("minmax" in v for v in d["models"].values()),
+        lambda d: isinstance(d.get("models"), dict) and all("percentile" in v for v in d["models"].values()),
         render_calibration,
+    ),
+    Kind(
+        "Distilling a pruned detector: the loss",
+        "distill_detection_loss.py",
+        lambda d: isinstance(d.get("results"), dict) and "pruned" in d["results"],
+        render_distill_losses,
     ),
     Kind(
         "Learned weight rounding: GPTQ and AdaRound",
