@@ -246,9 +246,7 @@ class Pipeline:
         drift = _max_rel(agreement(original_outputs, state.outputs, names))
         final = state.good
         if final.input_bytes is None:
-            # the values the passes created get their shapes as a later run's start would infer them: a model
-            # built in two runs declares what one run of the same passes declares (same bytes)
-            _infer_shapes(state.model, [])
+            declare_shapes(state.model)
         return PipelineResult(
             state.model,
             records,
@@ -483,6 +481,13 @@ def _extra_draws(
         return [b.feeds for b in extra.batches(batch, batch, exact=exact)]
 
     return draw
+
+
+def declare_shapes(model: ir.Model) -> None:
+    """Before a changed model is written: the values its passes created get their shapes as a later run's start
+    would infer them, so a model built in two runs declares what one run of the same passes declares (same
+    bytes, same digest in a plan)."""
+    _infer_shapes(model, [])
 
 
 def _infer_shapes(model: ir.Model, notes: list[str]) -> None:

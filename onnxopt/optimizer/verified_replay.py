@@ -35,7 +35,16 @@ import onnx_ir as ir
 from onnxopt import io
 from onnxopt.model_stats import ModelStats
 from onnxopt.optimizer.context import Context
-from onnxopt.optimizer.pipeline import PassAborted, PassRecord, PassStatus, Pipeline, PipelineResult, Position, Start
+from onnxopt.optimizer.pipeline import (
+    PassAborted,
+    PassRecord,
+    PassStatus,
+    Pipeline,
+    PipelineResult,
+    Position,
+    Start,
+    declare_shapes,
+)
 from onnxopt.optimizer.plan import Verification, model_sha256
 
 
@@ -87,10 +96,12 @@ def _carried(start: Start, state: Position, records: list[PassRecord], verificat
     """The result of an unguarded replay: the plan's measurements if it rebuilt the planned model, else
     ``diverged`` says why."""
     aborted = (f"{r.name} raised or could not be upgraded" for r in records if r.status == PassStatus.ABORTED)
+    applied = any(r.status == PassStatus.APPLIED for r in records)
+    if applied:
+        declare_shapes(state.model)  # as the guarded run that made the plan did before its digest
     why = next(aborted, None) or verification.mismatch(model_sha256(state.model), records)
     if why is None:
         verification.carry(records)
-    applied = any(r.status == PassStatus.APPLIED for r in records)
     return PipelineResult(
         state.model,
         records,
