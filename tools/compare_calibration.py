@@ -56,7 +56,11 @@ def main() -> None:
     parser.add_argument("--rounding", default="nearest", choices=("nearest", "gptq"), help="the weights' rounding")
     parser.add_argument("--out", type=Path, default=ROOT / "tools" / "compare_calibration_results")
     args = parser.parse_args()
-    variants = {label: VARIANTS[label] for label in args.variants.split(",")}
+    labels = [label.strip() for label in args.variants.split(",") if label.strip()]
+    unknown = [label for label in labels if label not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant {unknown[0]!r}; of: {', '.join(VARIANTS)}")
+    variants = {label: VARIANTS[label] for label in labels}
     document: dict = {"date": time.strftime("%Y-%m-%d"), "machine": machine_description(),
                       "setup": vars(args) | {"out": str(args.out)}, "models": {}}  # fmt: skip
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:

@@ -360,6 +360,10 @@ def render_qat_losses(doc: Doc) -> list[str]:
     return [f"model: {doc['model']}; setup: {fmt(doc['setup'])}", "", *table(rows)]
 
 
+#: the rows of compare_calibration.py that calibrate activations (a file has at least one per model)
+CALIBRATIONS = {"minmax", "percentile", "percentile 99.999", "auto"}
+
+
 def render_calibration(doc: Doc) -> list[str]:
     """Per model and calibration method: held-out task metric and SNR (compare_calibration.py)."""
     rows = [
@@ -457,7 +461,7 @@ KINDS = [  # the order of the sections
     Kind(
         "Activation calibration for int8 compute",
         "compare_calibration.py",
-        lambda d: isinstance(d.get("models"), dict) and all("percentile" in v for v in d["models"].values()),
+        lambda d: isinstance(d.get("models"), dict) and all(set(v) & CALIBRATIONS for v in d["models"].values()),
         render_calibration,
     ),
     Kind(

@@ -76,7 +76,8 @@ class FinetuneConfig:
     features: tuple[str, ...] = ()
     feature_weight: float = 0.0
     # a detector's anchor outputs taught by onnxopt.distill.detection_loss instead of the relative MSE: True (asked
-    # for: a note says where it could not apply), None (wherever an output reads as detections), False (never)
+    # for: a note says where it could not apply), None (wherever an output reads as detections: the distill pass's
+    # and command's default), False (never: the default here and for qat)
     detection_loss: bool | None = False
 
     def __post_init__(self) -> None:

@@ -242,7 +242,7 @@ def _distill_onnx(
         student_proto, teacher_proto, {name: inputs[train_idx]},
         FinetuneConfig(epochs=config.epochs, batch=config.batch, learning_rate=config.learning_rate,
                        temperature=config.temperature, alpha=config.alpha, seed=config.seed,
-                       time_budget=config.time_budget),
+                       time_budget=config.time_budget, detection_loss=None),  # as the distill pass
         labels=labels[train_idx] if labels is not None else None, on_epoch=on_epoch,
     )  # fmt: skip
     written = io.save(result.model, output)

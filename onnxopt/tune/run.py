@@ -458,7 +458,8 @@ def _finish(subject: _Subject, options: TuneOptions, cache: Path, progress: Prog
     if not same:
         notes.append(
             f"the rebuilt {chosen.name} differs from its trial's model (a decision that depends on this machine's "
-            "timing, or a pass that is not deterministic); the held-out metric is the rebuilt model's"
+            "timing, a pass that decided on shapes the trial inferred between its stages, or a pass that is not "
+            "deterministic); the held-out metric is the rebuilt model's"
         )
     if built.fallbacks:
         notes.append(f"in the rebuild, {'; '.join(built.fallbacks)}")
