@@ -485,8 +485,8 @@ def _extra_draws(
 
 def declare_shapes(model: ir.Model) -> None:
     """Before a changed model is written: the values its passes created get their shapes as a later run's start
-    would infer them, so a model built in two runs declares what one run of the same passes declares (same
-    bytes, same digest in a plan)."""
+    would infer them, so a model built in two runs declares the shapes one run of the same passes declares,
+    and a plan's digest of the model is taken after it."""
     _infer_shapes(model, [])
 
 
