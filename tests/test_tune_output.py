@@ -122,6 +122,16 @@ def test_the_trial_cache_defaults_to_the_users_cache_folder(tmp_path, monkeypatc
     assert default_folder() == tmp_path / "home" / ".cache" / "onnxopt" / "tune"
 
 
+def test_a_trial_key_changes_with_onnxopt_s_code(monkeypatch) -> None:
+    # the version string stays 0.1.0 across development builds: a cached trial of older passes must not be reused
+    from onnxopt.tune import cache
+
+    key = cache.trial_key("model", "recipe")
+    assert key == cache.trial_key("model", "recipe") and len(cache.code_digest()) == 64
+    monkeypatch.setattr(cache, "code_digest", lambda: "0" * 64)
+    assert cache.trial_key("model", "recipe") != key
+
+
 def test_tune_help_shows_every_default(capsys) -> None:
     from onnxopt.cli import main
 

@@ -1,7 +1,8 @@
 """The tune's trial cache: content-addressed, so an interrupted tune resumes and a wider one reuses.
 
 A trial's key is the sha256 of what decides its result -- the model's bytes, the recipe, the data parts'
-bytes, the seed, the budget and onnxopt's version (:func:`trial_key`). Each entry is a folder holding
+bytes, the seed, the budget, onnxopt's version and its source code (:func:`trial_key`; a development build keeps
+its version string while its passes change). Each entry is a folder holding
 the trial's model (when it made one) and ``result.json``, written last: an entry without it was
 interrupted and does not count. Entries are written under a temporary name and renamed, so two workers
 finishing the same trial at once leave one whole entry.
@@ -13,6 +14,7 @@ leaves nothing beside its output but the model, its recipe, its plan and the dat
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -45,8 +47,19 @@ def folder_bytes(folder: Path) -> int:
 
 
 def trial_key(*parts: str) -> str:
-    """sha256 of ``parts`` and onnxopt's version, one per line."""
-    return hashlib.sha256("\n".join([__version__, *parts]).encode()).hexdigest()
+    """sha256 of ``parts``, onnxopt's version and :func:`code_digest`, one per line."""
+    return hashlib.sha256("\n".join([__version__, code_digest(), *parts]).encode()).hexdigest()
+
+
+@functools.cache
+def code_digest() -> str:
+    """sha256 of onnxopt's own source files (names and bytes): a cached trial is reused only by the code that ran
+    it. The version alone let a tune reuse trials that older passes had built."""
+    package = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 class TrialCache:
