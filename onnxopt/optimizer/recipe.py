@@ -257,7 +257,16 @@ def _convert(pass_name: str, key: str, value: Any, hint: Any) -> Any:
             raise RecipeError(f"pass '{pass_name}': {key} must be one of {', '.join(allowed)}, not '{value}'{hint}")
         elif option is str:
             return value
-    raise RecipeError(f"pass '{pass_name}': parameter {key}={value!r} is not a valid {hint}")
+    raise RecipeError(f"pass '{pass_name}': {key} must be {_expected(options)}, not {value!r}")
+
+
+#: how a parameter's type reads in an error message
+_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "text", type(None): "none"}
+
+
+def _expected(options: tuple[Any, ...]) -> str:
+    """``(bool, NoneType)`` as ``true or false, or none``: what a value of that type is written as."""
+    return ", or ".join(_WORDS.get(o, getattr(o, "__name__", str(o))) for o in options)
 
 
 def describe_passes() -> list[dict[str, Any]]:
