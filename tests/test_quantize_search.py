@@ -235,6 +235,23 @@ def test_max_reading_drop_judges_int8_compute_by_the_task_reading_beyond_weights
         assert node.inputs[1].producer().op_type == "Mul"  # weights still stored int8: the yardstick has them
 
 
+def test_the_budget_scores_samples_calibration_did_not_fit_when_the_data_has_them(mobilenet) -> None:
+    model, data = mobilenet  # 128 samples
+    dataset = open_dataset(str(data), Runner(model.SerializeToString()).inputs, seed=0)
+    spec = "lossless,quantize:target=avx2;max_db_loss=0;max_reading_drop=0.02;samples=32;eval_samples=64"
+    record, _ = _run(spec, Context(dataset=dataset), model)
+    line = next(n for n in record.notes if n.startswith("all int8: "))
+    assert "on samples 32..95" in line and "at 95% confidence" in line, line
+    assert not any("calibration fitted" in n for n in record.notes)
+    spec = "lossless,quantize:target=avx2;max_db_loss=0;max_reading_drop=0.02;samples=96;eval_samples=64"
+    record, _ = _run(spec, Context(dataset=dataset), model)
+    line = next(n for n in record.notes if n.startswith("all int8: "))
+    assert "on samples 0..63" in line, line
+    assert "the budget scores samples calibration fitted: --data has 128, 160 would leave it 64 unseen ones" in (
+        record.notes
+    )
+
+
 def test_max_reading_drop_leaves_judging_to_max_db_loss_where_no_task_is_read(mobilenet) -> None:
     model, data = mobilenet
     dataset = open_dataset(str(data), Runner(model.SerializeToString()).inputs, seed=0)

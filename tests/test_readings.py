@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxopt.cli import main
 from onnxopt.data import open_dataset
 from onnxopt.errors import DataError
-from onnxopt.evaluate.readings import ReadingCounter, anchor_detections, ctc_paths, read_outputs
+from onnxopt.evaluate.readings import ReadingCounter, anchor_detections, ctc_paths, pooled_agreement, read_outputs
 from onnxopt.optimizer.quality import QualityProbe
 from onnxopt.runtime import Runner
 
@@ -160,3 +160,22 @@ def test_optimize_takes_metric_and_refuses_a_reading_no_output_fits(tmp_path: Pa
     code = main([*args, *budget, "-v"])
     out = capsys.readouterr().out
     assert code in (0, 3) and "sequence agreement" in out and "pass raised" not in out  # time-major refits
+
+
+def test_per_sample_rows_add_up_to_the_pooled_agreement() -> None:
+    reference = _yolox_head(300, {5: (0.9, 0.95), 40: (0.8, 0.9), 41: (0.5, 0.9)})
+    candidate = _yolox_head(300, {5: (0.9, 0.95), 40: (0.8, 0.9), 77: (0.6, 0.9)})
+    reading = read_outputs(["output"], [reference], batch=1)
+    counter = ReadingCounter(reading)
+    counter.add([reference], [candidate])
+    counter.add([reference], [reference])
+    rows = counter.rows()
+    assert rows.tolist() == [[2, 3, 3], [3, 3, 3]]  # matched, the reference's, the candidate's: per sample
+    assert counter.value() == pooled_agreement(rows.sum(axis=0)) == pytest.approx(2 * 5 / 12)
+    sequences = np.stack([_steps([1, 0, 2]), _steps([3, 0, 3])])
+    wrong = sequences.copy()
+    wrong[1, 1] = _steps([2])[0]
+    counter = ReadingCounter(read_outputs(["logits"], [sequences], batch=2))
+    counter.add([sequences], [wrong])
+    assert counter.rows().tolist() == [[1, 1], [0, 1]] and counter.value() == 0.5
+    assert pooled_agreement(np.zeros(3)) == 1.0  # nothing detected by either: nothing disagrees

@@ -183,23 +183,24 @@ def anchor_detections(array: np.ndarray, reading: OutputReading) -> list[set[tup
 
 
 class ReadingCounter:
-    """Agreement of candidate outputs with reference outputs under a :class:`ModelReading`, batch by batch."""
+    """Agreement of candidate outputs with reference outputs under a :class:`ModelReading`, batch by batch,
+    kept per sample (:meth:`rows`) so a budget can ask how sure the agreement is, not only what it is."""
 
     def __init__(self, reading: ModelReading) -> None:
         self.reading = reading
-        self.same = self.rows = 0  # top-1 and sequence: samples that agree / samples
-        self.matched = self.reference = self.candidate = 0  # detection: pooled counts
+        self._rows: list[np.ndarray] = []
 
     def add(self, reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> None:
         kind = self.reading.metric
         if kind == "detection agreement":
+            counts: np.ndarray | None = None  # per sample: matched, the reference's and the candidate's detections
             for out in self.reading.outputs:
                 ref = anchor_detections(reference[out.index], out)
                 cand = anchor_detections(candidate[out.index], out)
-                for r, c in zip(ref, cand, strict=True):
-                    self.matched += len(r & c)
-                    self.reference += len(r)
-                    self.candidate += len(c)
+                got = np.array([(len(r & c), len(r), len(c)) for r, c in zip(ref, cand, strict=True)], np.float64)
+                counts = got if counts is None else counts + got
+            if counts is not None:
+                self._rows.append(counts.reshape(-1, 3))
             return
         agree: np.ndarray | None = None
         for out in self.reading.outputs:
@@ -211,15 +212,30 @@ class ReadingCounter:
                                                        strict=True)])  # fmt: skip
             agree = same if agree is None else agree & same
         if agree is not None:
-            self.same += int(agree.sum())
-            self.rows += agree.size
+            self._rows.append(np.stack([agree.reshape(-1), np.ones(agree.size, bool)], axis=1).astype(np.float64))
+
+    def rows(self) -> np.ndarray:
+        """Per sample, what :func:`pooled_agreement` adds up: ``[agrees, 1]`` (top-1, sequence) or ``[matched,
+        reference detections, candidate detections]`` (detection); ``[samples, 2 or 3]``."""
+        width = 3 if self.reading.metric == "detection agreement" else 2
+        return np.concatenate(self._rows) if self._rows else np.zeros((0, width))
 
     def value(self) -> float:
         """The agreement, 1.0 for outputs identical to the reference's."""
-        if self.reading.metric == "detection agreement":
-            total = self.reference + self.candidate
-            return 2 * self.matched / total if total else 1.0
-        return self.same / self.rows if self.rows else 1.0
+        return pooled_agreement(self.rows().sum(axis=0))
+
+
+def pooled_agreement(sums: np.ndarray) -> float | np.ndarray:
+    """The agreement of :meth:`ReadingCounter.rows` summed over samples (``sums``, the last axis the columns;
+    leading axes give one value each, as a bootstrap's resamples do): the fraction of samples that agree, or the
+    F1 of the detections (``2 matched / (reference + candidate)``); 1.0 with nothing to compare."""
+    sums = np.asarray(sums, np.float64)
+    if sums.shape[-1] == 3:
+        agreeing, total = 2 * sums[..., 0], sums[..., 1] + sums[..., 2]
+    else:
+        agreeing, total = sums[..., 0], sums[..., 1]
+    result = np.where(total > 0, agreeing / np.maximum(total, 1e-300), 1.0)
+    return float(result) if result.ndim == 0 else result
 
 
 def top1(scores: np.ndarray) -> np.ndarray:

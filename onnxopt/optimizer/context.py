@@ -67,7 +67,7 @@ class RunState:
     pass_index: int = -1  # the recipe position of the pass running now
     # a verified replay: what passes measure only for their log is the plan's (onnxopt.optimizer.verified_replay)
     measurements_carried: bool = False
-    probes: dict[int, QualityProbe] = dataclasses.field(default_factory=dict)  # quality probes by sample limit
+    probes: dict[tuple[int, int], QualityProbe] = dataclasses.field(default_factory=dict)  # by (limit, skip)
 
 
 class Context:
@@ -194,31 +194,35 @@ class Context:
             raise PassPreconditionError("the Context has no original model (Pipeline.run sets it)")
         return self.state.original()
 
-    def quality_probe(self, limit: int) -> QualityProbe:
-        """The original model's outputs on about ``limit`` samples, to score candidates against (accuracy
-        budgets: ``max_drop``). Built once per run and limit."""
-        probe = self.state.probes.get(limit)
+    def quality_probe(self, limit: int, *, skip: int = 0) -> QualityProbe:
+        """The original model's outputs on about ``limit`` samples (after the data's first ``skip``), to score
+        candidates against (accuracy budgets: ``max_drop``). Built once per run, limit and skip."""
+        probe = self.state.probes.get((limit, skip))
         if probe is None:
             original = self.original_model()
             known = self.state.original_outputs
             probe = QualityProbe(
                 original, self.data(original), limit=limit, providers=self.providers, known=known,
-                metric=self.settings.metric,
+                metric=self.settings.metric, skip=skip,
             )  # fmt: skip
-            self.state.probes[limit] = probe
+            self.state.probes[(limit, skip)] = probe
         return probe
 
     def budget(self, max_drop: float, limit: int) -> AccuracyBudget:
         """An accuracy budget of ``max_drop`` on the quality probe over about ``limit`` samples."""
         return AccuracyBudget(self.quality_probe(limit), max_drop)
 
-    def snr_budget(self, reference: ir.Model, max_db_loss: float, limit: int) -> SnrBudget:
-        """A budget of ``max_db_loss`` dB of output SNR beyond ``reference``'s, on about ``limit`` samples."""
-        return SnrBudget(self.quality_probe(limit), reference, max_db_loss)
+    def snr_budget(self, reference: ir.Model, max_db_loss: float, limit: int, *, skip: int = 0) -> SnrBudget:
+        """A budget of ``max_db_loss`` dB of output SNR beyond ``reference``'s, on about ``limit`` samples (after
+        the data's first ``skip``)."""
+        return SnrBudget(self.quality_probe(limit, skip=skip), reference, max_db_loss)
 
-    def reading_budget(self, reference: ir.Model, max_drop: float, limit: int) -> ReadingBudget:
-        """A budget of ``max_drop`` of the task reading beyond ``reference``'s, on about ``limit`` samples."""
-        return ReadingBudget(self.quality_probe(limit), reference, max_drop)
+    def reading_budget(
+        self, reference: ir.Model, max_drop: float, limit: int, *, confidence: float = 0.95, skip: int = 0
+    ) -> ReadingBudget:
+        """A budget of ``max_drop`` of the task reading beyond ``reference``'s, judged at its upper bound at
+        ``confidence``, on about ``limit`` samples (after the data's first ``skip``)."""
+        return ReadingBudget(self.quality_probe(limit, skip=skip), reference, max_drop, confidence)
 
     def profile(self, model: ir.Model, *, batch: int | None = None) -> NodeProfile:
         """Per-node latency of ``model`` at ``batch`` (default: the run's deployment batch; or the model's fixed

@@ -33,7 +33,7 @@ import onnx_ir as ir
 from onnxopt.data import Dataset, batch_size_for, fixed_batch
 from onnxopt.evaluate.agreement import AgreementAccumulator, finite_db
 from onnxopt.evaluate.compare import KnownOutputs
-from onnxopt.evaluate.readings import ModelReading, ReadingCounter, read_outputs, top1
+from onnxopt.evaluate.readings import ModelReading, ReadingCounter, pooled_agreement, read_outputs, top1
 from onnxopt.runtime import Runner
 from onnxopt.shared_weights import SharedWeightsModel
 
@@ -50,7 +50,8 @@ class Quality:
 class QualityProbe:
     """The original model's outputs on ``limit`` samples of ``dataset`` (those ``known`` already, from the
     pipeline's guard, are not computed again), and :meth:`score` for candidates. ``metric`` is ``--metric``
-    (:data:`~onnxopt.evaluate.readings.METRICS`): ``auto`` reads the outputs as their shapes and values say."""
+    (:data:`~onnxopt.evaluate.readings.METRICS`): ``auto`` reads the outputs as their shapes and values say.
+    ``skip``: the probe's samples follow the data's first ``skip`` (whole batches; those a pass fitted on)."""
 
     def __init__(
         self,
@@ -61,6 +62,7 @@ class QualityProbe:
         providers=("CPUExecutionProvider",),
         known: KnownOutputs | None = None,
         metric: str = "auto",
+        skip: int = 0,
     ):
         self.providers = tuple(providers)
         runner = _runner(original, self.providers)
@@ -70,7 +72,12 @@ class QualityProbe:
         self.feeds: list[dict[str, np.ndarray]] = []
         self.labels: list[np.ndarray] = []
         self.reference: list[list[np.ndarray]] = []
-        for item in dataset.batches(batch, limit, exact=fixed is not None):
+        self.start = self.stop = 0  # the data's samples [start, stop) the probe scores on
+        for item in dataset.batches(batch, skip + limit, exact=fixed is not None):
+            first, self.stop = self.stop, self.stop + _rows(item.feeds)
+            if first < skip:  # a batch that begins among the skipped samples is skipped whole
+                self.start = self.stop
+                continue
             self.feeds.append(item.feeds)
             seen = known.get(self.names, item.feeds) if known is not None else None
             self.reference.append(seen[0] if seen is not None else runner.run(item.feeds))
@@ -93,9 +100,19 @@ class QualityProbe:
         return self.metric in TASK_METRICS
 
     def score(self, candidate: ir.Model) -> Quality:
+        return Quality(self.metric, self._value(self._outputs(candidate)))
+
+    def sample_rows(self, candidate: ir.Model) -> np.ndarray:
+        """Per sample of the probe, what the task reading of ``candidate`` adds up (``[correct, 1]`` for
+        accuracy, :meth:`~onnxopt.evaluate.readings.ReadingCounter.rows` otherwise): :func:`pooled_agreement`
+        of their sum is :meth:`score`'s value, and a bootstrap resamples them. Only for :attr:`reads_task`."""
+        if not self.reads_task:
+            raise ValueError(f"{self.metric} is not read per sample")
+        return self._per_sample(self._outputs(candidate))
+
+    def _outputs(self, candidate: ir.Model) -> list[list[np.ndarray]]:
         runner = _runner(candidate, self.providers)
-        outputs = [runner.run(f, self.names) for f in self.feeds]
-        return Quality(self.metric, self._value(outputs))
+        return [runner.run(f, self.names) for f in self.feeds]
 
     def output_snr(self, candidate: ir.Model) -> dict[str, float]:
         """Each output's SNR (dB, capped) of ``candidate`` against the original on the probe's samples."""
@@ -111,18 +128,8 @@ class QualityProbe:
         return self.baseline - self.score(candidate).value
 
     def _value(self, outputs: list[list[np.ndarray]]) -> float:
-        if self.metric == "accuracy":
-            assert self.classifier is not None
-            hits = sum(
-                int((top1(o[self.classifier]) == labels.reshape(-1)).sum())
-                for o, labels in zip(outputs, self.labels, strict=True)
-            )
-            return hits / max(sum(labels.size for labels in self.labels), 1)
-        if self.reading.outputs:
-            counter = ReadingCounter(self.reading)
-            for out, ref in zip(outputs, self.reference, strict=True):
-                counter.add(ref, out)
-            return counter.value()
+        if self.reads_task:
+            return pooled_agreement(self._per_sample(outputs).sum(axis=0))
         error = norm = 0.0
         for out, ref in zip(outputs, self.reference, strict=True):
             for o, r in zip(out, ref, strict=True):
@@ -130,6 +137,19 @@ class QualityProbe:
                 error += float(np.sum((np.asarray(o, np.float64) - r64) ** 2))
                 norm += float(np.sum(r64**2))
         return 1.0 - float(np.sqrt(error / norm)) if norm > 0 else (1.0 if error == 0 else 0.0)
+
+    def _per_sample(self, outputs: list[list[np.ndarray]]) -> np.ndarray:
+        if self.metric == "accuracy":
+            assert self.classifier is not None
+            hits = [
+                top1(o[self.classifier]) == labels.reshape(-1) for o, labels in zip(outputs, self.labels, strict=True)
+            ]
+            correct = np.concatenate(hits) if hits else np.zeros(0, bool)
+            return np.stack([correct, np.ones(correct.size, bool)], axis=1).astype(np.float64)
+        counter = ReadingCounter(self.reading)
+        for out, ref in zip(outputs, self.reference, strict=True):
+            counter.add(ref, out)
+        return counter.rows()
 
 
 def check_metric(reference: Runner, dataset: Dataset, metric: str) -> None:

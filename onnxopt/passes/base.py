@@ -185,20 +185,24 @@ class PassContext(Protocol):
         (bulky data) is recorded then alone."""
         ...
 
-    def quality_probe(self, limit: int) -> QualityProbe:
-        """The original's outputs on about ``limit`` samples, to score candidates (accuracy budgets)."""
+    def quality_probe(self, limit: int, *, skip: int = 0) -> QualityProbe:
+        """The original's outputs on about ``limit`` samples (after the data's first ``skip``), to score
+        candidates (accuracy budgets)."""
         ...
 
     def budget(self, max_drop: float, limit: int) -> AccuracyBudget:
         """An accuracy budget (``max_drop`` of the quality probe's metric) and the searches that spend it."""
         ...
 
-    def snr_budget(self, reference: ir.Model, max_db_loss: float, limit: int) -> AccuracyBudget:
+    def snr_budget(self, reference: ir.Model, max_db_loss: float, limit: int, *, skip: int = 0) -> AccuracyBudget:
         """A budget of ``max_db_loss`` dB of output SNR beyond ``reference``'s (weights-only quantization)."""
         ...
 
-    def reading_budget(self, reference: ir.Model, max_drop: float, limit: int) -> AccuracyBudget:
-        """A budget of ``max_drop`` of the task reading beyond ``reference``'s (weights-only quantization)."""
+    def reading_budget(
+        self, reference: ir.Model, max_drop: float, limit: int, *, confidence: float = 0.95, skip: int = 0
+    ) -> AccuracyBudget:
+        """A budget of ``max_drop`` of the task reading beyond ``reference``'s (weights-only quantization), judged
+        at its upper bound at ``confidence``."""
         ...
 
     def profile(self, model: ir.Model, *, batch: int | None = None) -> NodeProfile:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 
@@ -120,15 +121,16 @@ class QatPass(OptPass):
 
 def fine_tune(
     context: PassContext, student: onnx.ModelProto, teacher: onnx.ModelProto, config: QatConfig, samples: int,
-    log: PassLog, *, skip: int = 0,
+    log: PassLog, *, judged: tuple[int, int] = (0, 0),
 ) -> QatResult | str:  # fmt: skip
     """Quantization-aware fine-tuning of ``student`` on ``teacher``'s outputs over up to ``samples`` of the run's
-    data after its first ``skip`` (those a budget judges the result on), the batch capped to fit memory; each
-    epoch and the outcome recorded in ``log``. Returns the result, or why it could not run (one line): shared by
-    this pass and ``quantize:qat=auto``."""
-    inputs, labels = gather_samples(context, skip + samples)
-    inputs = {name: array[skip:] for name, array in inputs.items()}
-    labels = labels[skip:] if labels is not None else None
+    data but its samples ``judged`` (``[start, stop)``: those a budget judges the result on), the batch capped to
+    fit memory; each epoch and the outcome recorded in ``log``. Returns the result, or why it could not run (one
+    line): shared by this pass and ``quantize:qat=auto``."""
+    start, stop = judged
+    inputs, labels = gather_samples(context, samples + stop - start)
+    inputs = {name: np.concatenate([array[:start], array[stop:]])[:samples] for name, array in inputs.items()}
+    labels = np.concatenate([labels[:start], labels[stop:]])[:samples] if labels is not None else None
     batch = fitting_batch(student, config.batch, available_bytes())
     config = dataclasses.replace(config, metric=context.metric)  # the epoch kept is chosen as budgets read
     if batch < config.batch:  # a batch that does not fit gets the process killed, not a slower run

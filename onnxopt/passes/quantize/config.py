@@ -40,7 +40,12 @@ class QuantizeConfig:
         "--metric): at most this much of that reading lost beyond the weights-only int8 model; max_db_loss, when "
         "given too, judges the rest",
     )
-    eval_samples: int = _option(256, "samples the budgets score on")
+    reading_confidence: float = _option(
+        0.95,
+        "max_reading_drop judges the drop's one-sided upper bound at this confidence (a paired bootstrap over the "
+        "samples scored), not its point estimate; 0.5 is about the point estimate",
+    )
+    eval_samples: int = _option(256, "samples the budgets score on (after calibration's, when --data has them)")
     bias_correct: bool = _option(False, "fold each layer's mean weight-rounding error into its bias")
     profile_batch: int | None = _option(None, "the batch fallback=profile times (default: the run's --batch, else 1)")
     min_gain: float = _option(
@@ -74,6 +79,8 @@ class QuantizeConfig:
             raise ValueError("max_db_loss must be in [0, 100] dB")
         if self.max_reading_drop is not None and not 0 <= self.max_reading_drop < 1:
             raise ValueError("max_reading_drop must be in [0, 1)")
+        if not 0 < self.reading_confidence < 1:
+            raise ValueError("reading_confidence must be in (0, 1)")
         if self.max_drop is not None and (self.max_db_loss is not None or self.max_reading_drop is not None):
             raise ValueError("give max_drop, or max_db_loss and/or max_reading_drop, not both kinds")
         if self.samples < 1 or self.eval_samples < 1 or (self.profile_batch is not None and self.profile_batch < 1):

@@ -154,7 +154,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx_ir as ir
 
-from onnxopt.data.batching import feed_samples
 from onnxopt.distill.qat import QatConfig
 from onnxopt.errors import one_line
 from onnxopt.passes._graph_edit import NameSource, constant_array, name_unnamed_nodes
@@ -403,9 +402,9 @@ class QuantizeQDQPass(OptPass):
         said = "quantization-aware fine-tuning (qat=auto) did not run"
         why = unavailable(context, QAT_MIN_SAMPLES)  # random data, no TensorFlow: before any work
         if why is None:
-            # the budget judges the result on the run's first samples: fine-tuning and its epoch choice never see them
-            judged = sum(feed_samples(feeds) for feeds in judge.feeds)
-            why = unavailable(context, judged + QAT_MIN_SAMPLES)
+            # fine-tuning and its epoch choice never see the samples the budget judges the result on
+            judged = (judge.start, judge.stop)
+            why = unavailable(context, judge.stop - judge.start + QAT_MIN_SAMPLES)
         if why is not None:
             run.log.note(f"{said}: {why}")
             return None
@@ -413,7 +412,7 @@ class QuantizeQDQPass(OptPass):
         student, teacher = ir.serde.serialize_model(quantized), ir.serde.serialize_model(run.model)
         qat_config = QatConfig(epochs=config.qat_epochs, time_budget=config.qat_time_budget, seed=context.seed)
         try:
-            result = fine_tune(context, student, teacher, qat_config, config.qat_samples, run.log, skip=judged)
+            result = fine_tune(context, student, teacher, qat_config, config.qat_samples, run.log, judged=judged)
         except Exception as e:  # an optional step of the recipe (TensorFlow out of memory, ...): quantize goes on
             result = f"{type(e).__name__}: {one_line(e)}"
         if isinstance(result, str):

@@ -21,7 +21,7 @@ from onnxopt.passes.base import PassContext, PassLog
 from onnxopt.passes.quantize.config import QuantizeConfig
 
 if TYPE_CHECKING:
-    from onnxopt.optimizer.budget import AccuracyBudget
+    from onnxopt.optimizer.budget import AccuracyBudget, ReadingBudget
     from onnxopt.optimizer.node_profile import NodeProfile
     from onnxopt.optimizer.quality import QualityProbe
     from onnxopt.passes.quantize.learned_values import LearnedValues
@@ -73,6 +73,7 @@ class FloatFallbackSearch:
         self.declined: SearchOutcome | None = None  # why run() returned None
         self.measured: dict[str, Any] = {}  # what the decisions rest on, for the plan (JSON values)
         self._chosen: tuple[str, AccuracyBudget] | None = None  # the budget that judges, once chosen
+        self._said_overlap = False  # whether the record says the budget scores calibration's samples
 
     def run(self, excluded: set[str]) -> set[str] | None:
         budgeted = self.config.budgeted
@@ -192,7 +193,9 @@ class FloatFallbackSearch:
     def _budget(self) -> tuple[str, AccuracyBudget]:
         """The budget that judges int8 compute, and its knob: ``max_drop`` (against float); else, beyond the
         weights-only reference, ``max_reading_drop`` where the run's data is the user's and the outputs read as a
-        task, ``max_db_loss`` (output SNR) otherwise -- saying why when the reading budget does not apply."""
+        task, ``max_db_loss`` (output SNR) otherwise -- saying why when the reading budget does not apply. A
+        budget beyond the weights-only reference scores samples calibration did not fit, where the data has them
+        (:meth:`_unseen_skip`)."""
         if self._chosen is not None:
             return self._chosen
         config, context = self.config, self.context
@@ -204,17 +207,36 @@ class FloatFallbackSearch:
             if context.is_random:  # before any probe: seeded random inputs read no task
                 why = "the run has no --data (seeded random inputs read no task)"
             else:
-                probe = context.quality_probe(config.eval_samples)
+                probe = context.quality_probe(config.eval_samples, skip=self._unseen_skip(config.eval_samples))
                 why = None if probe.reads_task else f"the outputs read as {probe.metric}, not a task (--metric)"
             if why is None or config.max_db_loss is None:
-                budget = context.reading_budget(self.reference, config.max_reading_drop, config.eval_samples)
+                budget = context.reading_budget(
+                    self.reference, config.max_reading_drop, config.eval_samples,
+                    confidence=config.reading_confidence, skip=self._unseen_skip(config.eval_samples),
+                )  # fmt: skip
                 self._chosen = "max_reading_drop", budget
                 return self._chosen
             self.log.note(f"max_reading_drop does not judge: {why}; max_db_loss does")
         assert config.max_db_loss is not None
         limit = min(config.eval_samples, DB_LOSS_SAMPLES)
-        self._chosen = "max_db_loss", context.snr_budget(self.reference, config.max_db_loss, limit)
+        budget = context.snr_budget(self.reference, config.max_db_loss, limit, skip=self._unseen_skip(limit))
+        self._chosen = "max_db_loss", budget
         return self._chosen
+
+    def _unseen_skip(self, limit: int) -> int:
+        """How many of the data's first samples the budget's probe skips: calibration's (``samples``; rounding
+        and bias correction fit the same), when the data holds at least ``limit`` more -- a budget that judges on
+        the samples the quantizer fitted is flattered (said once in the record when it must)."""
+        samples, available = self.config.samples, self.context.real_samples()
+        if available >= samples + limit:
+            return samples
+        if not self._said_overlap:
+            self._said_overlap = True
+            self.log.note(
+                f"the budget scores samples calibration fitted: --data has {available}, "
+                f"{samples + limit} would leave it {limit} unseen ones"
+            )
+        return 0
 
     def _fit_budget(self, excluded: set[str]) -> set[str] | None:
         """The fewest most error-adding layers to keep float so the drop stays within ``max_drop`` (of the
@@ -230,9 +252,11 @@ class FloatFallbackSearch:
                 f"(drop {drop:.4f}, budget {budget.max_drop})"
             )
         elif knob == "max_reading_drop":
+            reading: ReadingBudget = budget  # type: ignore[assignment]  # the knob's budget
             self.log.note(
-                f"all int8: {drop:.4f} {budget.metric} (weights-only int8 {budget.baseline:.4f}; "
-                f"max_reading_drop {budget.max_drop:g})"
+                f"all int8: {reading.point:.4f} {budget.metric}, at most {drop:.4f} at {reading.confidence:.0%} "
+                f"confidence (weights-only int8 {budget.baseline:.4f} on samples {budget.probe.start}.."
+                f"{budget.probe.stop - 1}; max_reading_drop {budget.max_drop:g})"
             )
         else:
             self.log.note(f"all int8: {drop:.1f} {budget.metric} (max_db_loss {budget.max_drop:g})")
