@@ -31,7 +31,8 @@ def test_the_int8_recipe_is_the_untimed_one_plus_the_speed_decision_its_guard_an
 
     assert BUILTIN_RECIPES["int8"] == INT8_UNTIMED.replace("lossless", BUILTIN_RECIPES["lossless"]).replace(
         "quantize:calibration=percentile;bias_correct=true;rounding=gptq",
-        "quantize:calibration=percentile;fallback=profile;bias_correct=true;rounding=gptq;max_db_loss=3;qat=auto",
+        "quantize:calibration=percentile;fallback=profile;bias_correct=true;rounding=gptq;max_db_loss=3;"
+        "max_reading_drop=0.01;qat=auto",
     )
 
 

@@ -389,6 +389,17 @@ def render_distill_losses(doc: Doc) -> list[str]:
     return [f"setup: {fmt(doc['setup'])}", "", *table(rows)]
 
 
+def render_reading_budget(doc: Doc) -> list[str]:
+    """Per model, data draw and confidence: what the reading budget kept int8, held out (reading_budget_check.py)."""
+    rows = [
+        {"model": model, "draw": row["draw"], "variant": row["variant"], "QLinearConv run": row["qlinearconv"],
+         **row["held_out"], "the budget's notes": "; ".join(row["budget_notes"])}
+        for model, results in doc["results"].items()
+        for row in results
+    ]  # fmt: skip
+    return [f"setup: {fmt(doc['setup'])}", "", *table(rows)]
+
+
 def render_rounding(doc: Doc) -> list[str]:
     """Per model and rounding: layer output SNR on held-out inputs (compare_rounding.py)."""
     rows = [
@@ -469,6 +480,12 @@ KINDS = [  # the order of the sections
         "distill_detection_loss.py",
         lambda d: isinstance(d.get("results"), dict) and "pruned" in d["results"],
         render_distill_losses,
+    ),
+    Kind(
+        "The reading budget held out: point estimate against upper bound",
+        "reading_budget_check.py",
+        lambda d: isinstance(d.get("results"), dict) and "steps" in d.get("setup", {}),
+        render_reading_budget,
     ),
     Kind(
         "Learned weight rounding: GPTQ and AdaRound",

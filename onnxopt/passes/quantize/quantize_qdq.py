@@ -108,7 +108,7 @@ Two searches decide which nodes stay float (besides ``exclude``):
 ``qat=auto`` (the ``int8`` recipe's): when every node the speed search left int8 together misses the
 budget, that trial is first fine-tuned against this pass's float input, quantization-aware
 (:func:`onnxopt.passes.qat.fine_tune`: the same graph, new int8 levels, scales and int32 biases), on up to
-``qat_samples`` of the run's data *after* the samples the budget scores on -- so the budget judges the
+``qat_samples`` of the run's data *but* the samples the budget scores on -- so the budget judges the
 fine-tuned model on data training and its epoch choice never saw. If that lowers the budget's measure, the
 trained values go into every later trial where the tensor is the one trained
 (:mod:`onnxopt.passes.quantize.learned_values`) and into the written model; a plan records them, and
