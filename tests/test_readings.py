@@ -179,3 +179,37 @@ def test_per_sample_rows_add_up_to_the_pooled_agreement() -> None:
     counter.add([sequences], [wrong])
     assert counter.rows().tolist() == [[1, 1], [0, 1]] and counter.value() == 0.5
     assert pooled_agreement(np.zeros(3)) == 1.0  # nothing detected by either: nothing disagrees
+
+
+def _classifier(path: Path, batch: int | str) -> Path:
+    """``y = x @ W``: a 4-class classifier over 3 features, batch ``batch`` (a number: fixed)."""
+    weight = numpy_helper.from_array(np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "classifier",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4])], [weight],
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("batch", "skip", "limit", "span"),
+    [
+        ("N", 0, 32, (0, 32)),
+        ("N", 40, 32, (64, 96)),  # batches of 32: the one straddling the skip is skipped whole
+        (64, 0, 16, (0, 64)),  # a fixed batch: at least one
+        (64, 32, 16, (64, 128)),  # a fixed batch after a skip: the skip rounds up, the probe never empties
+    ],
+)
+def test_a_probe_after_a_skip_scores_whole_batches_that_begin_after_it(tmp_path, batch, skip, limit, span) -> None:
+    model = _classifier(tmp_path / "c.onnx", batch)
+    x = np.random.default_rng(1).normal(size=(200, 3)).astype(np.float32)
+    labels = np.arange(200) % 4
+    np.savez(tmp_path / "d.npz", x=x, labels=labels)
+    dataset = open_dataset(str(tmp_path / "d.npz"), Runner(str(model)).inputs)
+    probe = QualityProbe(ir.load(str(model)), dataset, limit=limit, skip=skip)
+    assert (probe.start, probe.stop) == span
+    assert np.array_equal(np.concatenate([f["x"] for f in probe.feeds]), x[span[0] : span[1]])
+    assert np.array_equal(np.concatenate(probe.labels), labels[span[0] : span[1]])  # aligned with the feeds
+    assert probe.metric == "accuracy" and len(probe.sample_rows(ir.load(str(model)))) == span[1] - span[0]

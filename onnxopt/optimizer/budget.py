@@ -41,6 +41,10 @@ class AccuracyBudget:
         """How much worse ``candidate`` scores than the original."""
         return self.probe.drop(candidate)
 
+    def describe(self, drop: float) -> str:
+        """A drop this budget measured, as a note says it."""
+        return f"{drop:.4f}"
+
     def largest(self, drop_at: Callable[[float], float], high: float, steps: int) -> float | None:
         """The largest knob in ``(0, high]`` whose drop stays within the budget: ``high`` itself if it does,
         else bisection in ``steps - 1`` more trials; None when no trial did."""
@@ -126,6 +130,9 @@ class ReadingBudget(AccuracyBudget):
     def baseline(self) -> float:
         return self.reference
 
+    def describe(self, drop: float) -> str:
+        return f"at most {drop:.4f} at {self.confidence:.0%} confidence"
+
     def drop(self, candidate: ir.Model) -> float:
         rows = self.probe.sample_rows(candidate)
         self.point = max(0.0, self.reference - pooled_agreement(rows.sum(axis=0)))
@@ -147,6 +154,10 @@ def drop_upper_bound(reference: np.ndarray, candidate: np.ndarray, confidence: f
     if not samples:
         return 0.0
     rng = np.random.default_rng(BOOTSTRAP_SEED)
-    counts = rng.multinomial(samples, np.full(samples, 1.0 / samples), size=RESAMPLES).astype(np.float64)
-    drops = pooled_agreement(counts @ reference) - pooled_agreement(counts @ candidate)
-    return float(np.quantile(drops, confidence))
+    chunk = max(1, min(RESAMPLES, 4_000_000 // samples))  # resamples drawn at once: memory stays under 32 MB
+    drops = []
+    for done in range(0, RESAMPLES, chunk):
+        counts = rng.multinomial(samples, np.full(samples, 1.0 / samples), size=min(chunk, RESAMPLES - done))
+        counts = counts.astype(np.float64)
+        drops.append(pooled_agreement(counts @ reference) - pooled_agreement(counts @ candidate))
+    return float(np.quantile(np.concatenate(drops), confidence))

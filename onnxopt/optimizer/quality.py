@@ -73,9 +73,12 @@ class QualityProbe:
         self.labels: list[np.ndarray] = []
         self.reference: list[list[np.ndarray]] = []
         self.start = self.stop = 0  # the data's samples [start, stop) the probe scores on
-        for item in dataset.batches(batch, skip + limit, exact=fixed is not None):
-            first, self.stop = self.stop, self.stop + _rows(item.feeds)
-            if first < skip:  # a batch that begins among the skipped samples is skipped whole
+        # without a skip, about ``limit`` samples as the data gives them (a fixed batch: at least one batch); with
+        # one, batches are read until ``limit`` follow it: one that begins among the skipped samples is skipped
+        # whole, so a fixed batch rounds the skip up rather than the probe down to nothing
+        for item in dataset.batches(batch, None if skip else limit, exact=fixed is not None):
+            first, self.stop = self.stop, self.stop + item.samples
+            if first < skip:
                 self.start = self.stop
                 continue
             self.feeds.append(item.feeds)
@@ -83,6 +86,8 @@ class QualityProbe:
             self.reference.append(seen[0] if seen is not None else runner.run(item.feeds))
             if item.labels is not None:
                 self.labels.append(item.labels)
+            if skip and self.stop - self.start >= limit:
+                break
         self.reading: ModelReading = (
             read_outputs(self.names, self.reference[0], _rows(self.feeds[0]), metric)
             if self.feeds

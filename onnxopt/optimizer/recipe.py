@@ -59,13 +59,13 @@ BUILTIN_RECIPES["int8"] = ",".join(
         # orientation classifier and the digits CNN, docs/INT8.md); float compute kept where onnxruntime's int8
         # kernel is slower, and on the layers that cost the most beyond rounding the weights alone: where the
         # outputs read as a task (top-1, accuracy, strings, detections) until the reading's 95 % upper bound loses
-        # at most 0.01 beyond the weights-only model, on samples calibration did not fit; elsewhere until no
-        # output loses more than 3 dB of SNR. If int8 is then not 3 % faster, every node computes float -- weights
-        # stored int8 either way (a file about 26 % of fp32, never slower). Before the budget keeps layers float,
-        # the int8 model is fine-tuned quantization-aware when --data has enough samples and TensorFlow is
-        # installed. The bound, not the point estimate: at 0.01 on three draws of --data, the point let the OCR
-        # recognizer lose 0.012 to 0.034 of 1,024 held-out strings beyond weights-only, the bound 0.007 to 0.016
-        # (tools/reading_budget_check.py, docs/INT8.md)
+        # at most 0.01 beyond the weights-only model, on samples calibration did not fit (when --data has 512);
+        # elsewhere until no output loses more than 3 dB of SNR. If int8 is then not 3 % faster, every node
+        # computes float -- weights stored int8 either way (a file about 26 % of fp32, never slower). Before the
+        # budget keeps layers float, the int8 model is fine-tuned quantization-aware when --data has enough
+        # samples and TensorFlow is installed. The bound, not the point estimate: at 0.01 on three draws of
+        # --data, the point let the OCR recognizer lose 0.012 to 0.034 of 1,024 held-out strings beyond
+        # weights-only, the bound 0.007 to 0.016 (tools/reading_budget_check.py, docs/INT8.md)
         INT8_QUANTIZE,
     ]
 )

@@ -127,10 +127,7 @@ def fine_tune(
     data but its samples ``judged`` (``[start, stop)``: those a budget judges the result on), the batch capped to
     fit memory; each epoch and the outcome recorded in ``log``. Returns the result, or why it could not run (one
     line): shared by this pass and ``quantize:qat=auto``."""
-    start, stop = judged
-    inputs, labels = gather_samples(context, samples + stop - start)
-    inputs = {name: np.concatenate([array[:start], array[stop:]])[:samples] for name, array in inputs.items()}
-    labels = np.concatenate([labels[:start], labels[stop:]])[:samples] if labels is not None else None
+    inputs, labels = without_judged(*gather_samples(context, samples + judged[1] - judged[0]), judged, samples)
     batch = fitting_batch(student, config.batch, available_bytes())
     config = dataclasses.replace(config, metric=context.metric)  # the epoch kept is chosen as budgets read
     if batch < config.batch:  # a batch that does not fit gets the process killed, not a slower run
@@ -145,6 +142,18 @@ def fine_tune(
         seconds=result.seconds, also=f"twin within {result.twin_levels:g} level(s) of onnxruntime; ",
     )  # fmt: skip
     return result
+
+
+def without_judged(
+    inputs: dict[str, np.ndarray], labels: np.ndarray | None, judged: tuple[int, int], samples: int
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """The first ``samples`` of ``inputs`` (and ``labels``) outside ``judged`` (``[start, stop)``)."""
+    start, stop = judged
+
+    def keep(array: np.ndarray) -> np.ndarray:
+        return np.concatenate([array[:start], array[stop:]])[:samples]
+
+    return {name: keep(array) for name, array in inputs.items()}, keep(labels) if labels is not None else None
 
 
 def unavailable(context: PassContext, minimum: int) -> str | None:

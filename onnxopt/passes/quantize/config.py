@@ -45,7 +45,9 @@ class QuantizeConfig:
         "max_reading_drop judges the drop's one-sided upper bound at this confidence (a paired bootstrap over the "
         "samples scored), not its point estimate; 0.5 is about the point estimate",
     )
-    eval_samples: int = _option(256, "samples the budgets score on (after calibration's, when --data has them)")
+    eval_samples: int = _option(
+        256, "samples the budgets score on (max_db_loss, max_reading_drop: after calibration's, when --data has them)"
+    )
     bias_correct: bool = _option(False, "fold each layer's mean weight-rounding error into its bias")
     profile_batch: int | None = _option(None, "the batch fallback=profile times (default: the run's --batch, else 1)")
     min_gain: float = _option(

@@ -93,17 +93,22 @@ Two searches decide which nodes stay float (besides ``exclude``):
   are kept float -- the fewest that fit, found by doubling then bisection. The
   record lists them with the dB each added. A budget no float fallback meets
   declines the pass.
-* ``max_db_loss=d`` (the ``int8`` recipe's, 3 dB): the same search, but the
+* ``max_db_loss=d`` (the ``int8`` recipe's where no task is read, 3 dB): the same search, but the
   drop is how many dB of output SNR (worst output, on 32 samples) the model
   loses beyond the *weights-only* int8 model -- the error no activation scheme
   can undo, and the right yardstick. When no fallback fits, every node keeps
   float compute with int8 weights (which meets it by construction).
-* ``max_reading_drop=d``: the same yardstick, but the drop is in the task reading
-  (:mod:`onnxopt.evaluate.readings`: accuracy with labels, top-1, whole-sequence or detection agreement, on
-  ``eval_samples``). It judges where the run has the user's ``--data`` and the outputs read as a task;
-  elsewhere (random inputs, outputs read as values, ``--metric values``) ``max_db_loss`` does, when given, and
-  the record says why. Not the ``int8`` recipe's: on the OCR recognizer its outcome at 0.01 on 256 samples
-  turned on the draw (once 0.992 exact agreement held out, once 0.954; ``docs/INT8.md``).
+* ``max_reading_drop=d`` (the ``int8`` recipe's, 0.01): the same yardstick, but the drop is in the task
+  reading (:mod:`onnxopt.evaluate.readings`: accuracy with labels, top-1, whole-sequence or detection agreement,
+  on ``eval_samples``), judged at its upper bound at ``reading_confidence`` (a paired bootstrap over the
+  samples, :class:`~onnxopt.optimizer.budget.ReadingBudget`). It judges where the run has the user's ``--data``
+  and the outputs read as a task; elsewhere (random inputs, outputs read as values, ``--metric values``)
+  ``max_db_loss`` does, when given, and the record says why. Judged on its point estimate, at 0.01 on 256
+  samples, its outcome on the OCR recognizer turned on the draw (``docs/INT8.md``).
+
+Both budgets beyond the weights-only model score samples after calibration's ``samples`` (which GPTQ and bias
+correction fit too) when ``--data`` holds that many more in whole batches; else calibration's, and the record
+says so.
 
 ``qat=auto`` (the ``int8`` recipe's): when every node the speed search left int8 together misses the
 budget, that trial is first fine-tuned against this pass's float input, quantization-aware

@@ -225,17 +225,19 @@ class FloatFallbackSearch:
 
     def _unseen_skip(self, limit: int) -> int:
         """How many of the data's first samples the budget's probe skips: calibration's (``samples``; rounding
-        and bias correction fit the same), when the data holds at least ``limit`` more -- a budget that judges on
-        the samples the quantizer fitted is flattered (said once in the record when it must)."""
+        and bias correction fit the same), when the data holds at least ``limit`` more in whole batches -- a
+        budget that judges on the samples the quantizer fitted is flattered (said once in the record when it
+        must)."""
         samples, available = self.config.samples, self.context.real_samples()
         if available >= samples + limit:
-            return samples
+            if self.context.quality_probe(limit, skip=samples).feeds:
+                return samples
+            why = f"after its {samples}, --data ({available}) holds no whole batch of the model's"
+        else:
+            why = f"--data has {available}, {samples + limit} would leave it {limit} unseen ones"
         if not self._said_overlap:
             self._said_overlap = True
-            self.log.note(
-                f"the budget scores samples calibration fitted: --data has {available}, "
-                f"{samples + limit} would leave it {limit} unseen ones"
-            )
+            self.log.note(f"the budget scores samples calibration fitted: {why}")
         return 0
 
     def _fit_budget(self, excluded: set[str]) -> set[str] | None:
@@ -254,8 +256,8 @@ class FloatFallbackSearch:
         elif knob == "max_reading_drop":
             reading: ReadingBudget = budget  # type: ignore[assignment]  # the knob's budget
             self.log.note(
-                f"all int8: {reading.point:.4f} {budget.metric}, at most {drop:.4f} at {reading.confidence:.0%} "
-                f"confidence (weights-only int8 {budget.baseline:.4f} on samples {budget.probe.start}.."
+                f"all int8: {reading.point:.4f} {budget.metric}, {budget.describe(drop)} "
+                f"(weights-only int8 {budget.baseline:.4f} on samples {budget.probe.start}.."
                 f"{budget.probe.stop - 1}; max_reading_drop {budget.max_drop:g})"
             )
         else:
@@ -293,7 +295,8 @@ class FloatFallbackSearch:
             return None
         for name, added in ranked[:high]:
             self.log.detail(node=name, added_db=round(added, 2), kept="float (accuracy budget)")
-        self.log.note(f"kept {high} layer(s) float for the budget: {budget.metric} drop {drop_with(high):.4f}")
+        shown = budget.describe(drop_with(high))
+        self.log.note(f"kept {high} layer(s) float for the budget: {budget.metric} drop {shown}")
         return kept_float
 
     def _fine_tuned(
