@@ -214,3 +214,27 @@ def test_a_budgeted_search_says_each_step_on_the_progress_line() -> None:
     assert "quantize: scoring all-int8 against the budget (max_db_loss)" in said
     assert any(p.startswith("quantize: budget: ranking layers by the error each adds") for p in said)
     assert any(p.startswith("quantize: budget: scoring with the ") for p in said), said
+
+
+def test_a_detectors_fine_tuning_learns_from_the_detection_loss() -> None:
+    """``qat=auto`` on outputs that read as detections (YOLOX-like ``x, y, w, h, obj, cls``) trains on the
+    detection loss -- what the reading budget counts -- not the relative MSE over every background anchor."""
+    if importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("the tf extra is not installed")
+    g = np.random.default_rng(3)
+    body = """
+    g (float[N, 3, 10, 10] x) => (float[N, 100, 6] output) {
+        c = Conv<pads=[1, 1, 1, 1]>(x, w, b)
+        r = Reshape(c, shape)
+        t = Transpose<perm=[0, 2, 1]>(r)
+        box, score = Split<axis=2>(t, sizes)
+        s = Sigmoid(score)
+        output = Concat<axis=2>(box, s)
+    }"""
+    weights = {"w": g.normal(0, 0.4, (6, 3, 3, 3)).astype(np.float32), "b": np.array([0, 0, 0, 0, -1, 0], np.float32)}
+    proto = parse(HEADER + body, **weights, shape=np.array([0, 6, -1], np.int64), sizes=np.array([4, 2], np.int64))
+    data = {"x": g.normal(0, 1, (160, 3, 10, 10)).astype(np.float32)}
+    passes = "quantize:fallback=none;target=vnni;samples=32;eval_samples=32;max_db_loss=0;qat=auto;qat_epochs=1"
+    record = _quantize(optimize(proto, passes=passes, data=data))
+    assert any(n.startswith("qat: fine-tuned 1 epoch(s)") for n in record.notes), record.notes
+    assert "detection loss on output" in record.notes, record.notes

@@ -1,7 +1,8 @@
 """Does ``quantize:max_reading_drop`` keep its promise on held-out data? The point estimate against the bound.
 
     python tools/reading_budget_check.py [--models ddddocr_ocr,ddddocr_det] [--draws 0,2,3] [--budget 0.01]
-        [--confidence 0.5,0.95] [--data 512] [--evaluation 1024] [--out tools/reading_budget_check_results.json]
+        [--confidence 0.5,0.95] [--data 512] [--evaluation 1024] [--extra "percentile=99.999"]
+        [--out tools/reading_budget_check_results.json]
 
 For each model and each draw of ``--data`` rendered, unlabelled samples (seeds ``--draws``), the quantize step of
 the ``int8`` recipe is run with the reading budget alone judging int8 compute
@@ -47,10 +48,12 @@ def main() -> None:
     parser.add_argument("--confidence", default="0.5,0.95")
     parser.add_argument("--data", type=int, default=512)
     parser.add_argument("--evaluation", type=int, default=1024)
+    parser.add_argument("--extra", default="", help="quantize options added to every variant")
     parser.add_argument("--out", type=Path, default=ROOT / "tools" / "reading_budget_check_results.json")
     args = parser.parse_args()
+    steps = f"{STEPS};{args.extra}" if args.extra else STEPS
     document: dict = {"date": time.strftime("%Y-%m-%d"), "machine": machine_description(),
-                      "setup": vars(args) | {"out": str(args.out), "steps": STEPS}, "results": {}}  # fmt: skip
+                      "setup": vars(args) | {"out": str(args.out), "steps": steps}, "results": {}}  # fmt: skip
     for model in args.models.split(","):
         source = fetch(model)
         held = make_task(model, args.evaluation, seed=1)
@@ -61,8 +64,8 @@ def main() -> None:
                 work = Path(folder)
                 data = work / "data.npz"
                 np.savez(data, **make_task(model, args.data, seed=draw).inputs)  # unlabelled
-                variants = {"weights-only": f"{STEPS};weights_only=true"} | {
-                    f"confidence {c}": f"{STEPS};fallback=none;max_reading_drop={args.budget:g};reading_confidence={c}"
+                variants = {"weights-only": f"{steps};weights_only=true"} | {
+                    f"confidence {c}": f"{steps};fallback=none;max_reading_drop={args.budget:g};reading_confidence={c}"
                     for c in args.confidence.split(",")
                 }
                 for label, passes in variants.items():

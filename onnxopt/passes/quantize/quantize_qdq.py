@@ -415,7 +415,11 @@ class QuantizeQDQPass(OptPass):
             return None
         context.progress.phase(f"{self.name}: quantization-aware fine-tuning against the float model")
         student, teacher = ir.serde.serialize_model(quantized), ir.serde.serialize_model(run.model)
-        qat_config = QatConfig(epochs=config.qat_epochs, time_budget=config.qat_time_budget, seed=context.seed)
+        # a detector's anchor outputs learn from the detection loss (scores KL, score-weighted boxes): the anchors
+        # the reading budget counts, not the background the relative MSE is mostly made of (tools/bench_qat_losses.py)
+        qat_config = QatConfig(
+            epochs=config.qat_epochs, time_budget=config.qat_time_budget, seed=context.seed, detection_loss=None
+        )
         try:
             result = fine_tune(context, student, teacher, qat_config, config.qat_samples, run.log, judged=judged)
         except Exception as e:  # an optional step of the recipe (TensorFlow out of memory, ...): quantize goes on
