@@ -16,7 +16,7 @@ MODEL, EVAL = BUNDLED / "model.onnx", BUNDLED / "eval.npz"
 
 # The int8 recipe without its timing decision (fallback=profile measures this machine's latency, which a test
 # cannot assert on a shared CI machine; test_quantize_search scripts it instead).
-INT8_UNTIMED = "lossless,equalize,quantize:calibration=percentile;bias_correct=true;rounding=gptq"
+INT8_UNTIMED = "lossless,equalize,quantize:calibration=percentile;percentile=99.999;bias_correct=true;rounding=gptq"
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +30,9 @@ def test_the_int8_recipe_is_the_untimed_one_plus_the_speed_decision_its_guard_an
     from onnxopt.optimizer.recipe import BUILTIN_RECIPES
 
     assert BUILTIN_RECIPES["int8"] == INT8_UNTIMED.replace("lossless", BUILTIN_RECIPES["lossless"]).replace(
-        "quantize:calibration=percentile;bias_correct=true;rounding=gptq",
-        "quantize:calibration=percentile;fallback=profile;bias_correct=true;rounding=gptq;max_db_loss=3;"
-        "max_reading_drop=0.01;qat=auto",
+        "quantize:calibration=percentile;percentile=99.999;bias_correct=true;rounding=gptq",
+        "quantize:calibration=percentile;percentile=99.999;fallback=profile;bias_correct=true;rounding=gptq;"
+        "max_db_loss=3;max_reading_drop=0.01;qat=auto",
     )
 
 

@@ -400,6 +400,19 @@ def render_reading_budget(doc: Doc) -> list[str]:
     return [f"setup: {fmt(doc['setup'])}", "", *table(rows)]
 
 
+def render_float_cascade(doc: Doc) -> list[str]:
+    """Float, all-int8 and the reading budget's model: kernels' time per run, and the Convs the budget's choice
+    leaves float (budget_float_cascade.py)."""
+    rows = []
+    for label, row in doc["models"].items():
+        kernels = sorted(row["kernels"].items(), key=lambda kv: -kv[1]["us"])[:6]
+        convs = f"{row['chosen_float_convs']} / {row['convs_running_float']}" if "chosen" in row else ""
+        shown = "; ".join(f"{k} ({v['nodes']}, {v['us']:.0f})" for k, v in kernels)
+        rows.append({"model": label, "profiled µs": f"{row['total_us']:.0f}",
+                     "Convs chosen float / running float": convs, "kernels (nodes, µs)": shown})  # fmt: skip
+    return [f"setup: {fmt(doc['setup'])}", "", *table(rows)]
+
+
 def render_rounding(doc: Doc) -> list[str]:
     """Per model and rounding: layer output SNR on held-out inputs (compare_rounding.py)."""
     rows = [
@@ -486,6 +499,12 @@ KINDS = [  # the order of the sections
         "reading_budget_check.py",
         lambda d: isinstance(d.get("results"), dict) and "steps" in d.get("setup", {}),
         render_reading_budget,
+    ),
+    Kind(
+        "The reading budget's float layers and what runs float",
+        "budget_float_cascade.py",
+        lambda d: isinstance(d.get("models"), dict) and "reading budget" in d["models"],
+        render_float_cascade,
     ),
     Kind(
         "Learned weight rounding: GPTQ and AdaRound",
