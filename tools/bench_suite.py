@@ -324,7 +324,10 @@ def _onnxopt_notes(result) -> list[str]:
         notes += [
             f"{record.name}: {n}"
             for n in record.notes
-            if "x float at batch" in n or "kept float" in n or n.startswith("qat:") or "fine-tuning" in n
+            if "x float at batch" in n
+            or ("float" in n and "kept" in n)
+            or n.startswith(("qat:", "detection loss", "all int8:"))
+            or "fine-tuning" in n
         ]
     return notes
 

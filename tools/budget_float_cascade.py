@@ -3,15 +3,15 @@
     python tools/budget_float_cascade.py [--model ddddocr_det] [--data 512] [--draw 0] [--budget 0.01]
         [--out tools/budget_float_cascade_results.json]
 
-Three models of one draw of ``--data`` rendered, unlabelled samples: float (``lossless,equalize``), int8 compute
-everywhere, and the reading budget's choice (the ``int8`` recipe's calibration, ``fallback=none``: no timing
-decides, ``max_reading_drop`` at its 95 % bound). Each is profiled node by node at batch 1 (onnxruntime's
-profiler, every optimization on; one sample of the draw) and its time summed per kernel. For the budget's model
-it counts the Convs the budget chose float against the Convs that run float -- a node kept float keeps every
-tensor it reads or writes float (``onnxopt/passes/quantize/insert_qdq.py`` ``touching``), so its producer and
-its readers lose their integer kernels too -- and lists the chosen nodes with the microseconds int8 saved each in
-the all-int8 model. Profiles on a shared machine are noisy: read the kernel totals side by side, not as a
-benchmark (``tools/bench_suite.py`` times models interleaved).
+Three models of one draw of ``--data`` rendered, unlabelled samples: float (``lossless,equalize``), int8
+compute everywhere, and the reading budget's choice (the ``int8`` recipe's calibration, ``fallback=none``: no
+timing decides; ``max_reading_drop`` at its 95 % bound; no fine-tuning). Each is profiled node by node at batch
+1 (onnxruntime's profiler, every optimization on; one sample of the draw) and its time summed per kernel. For
+the budget's model it counts the Convs kept float against the Convs that run float -- a node kept float keeps
+every tensor it reads or writes float (``onnxopt/passes/quantize/insert_qdq.py`` ``touching``), so its producer
+and its readers lose their integer kernels too -- and lists the nodes kept float with their microseconds in the
+float and the all-int8 model (None: fused into another node's kernel). Profiles on a shared machine are noisy:
+read the kernel totals side by side, not as a benchmark (``tools/bench_suite.py`` times models interleaved).
 """
 
 from __future__ import annotations
@@ -91,18 +91,25 @@ def main() -> None:
                 "ops": profile.ops,
             }
             print(label, round(profile.total), dict(count), flush=True)
-        entry = next(e for e in json.loads(plan.read_text())["passes"].values() if e["pass"] == "quantize")
-        chosen = set(entry["float_nodes"])
+        entries = [e for e in json.loads(plan.read_text())["passes"].values() if e["pass"] == "quantize"]
+        entry = entries[0] if entries else {}
+        searched = entry.get("measured", {}).get("budget", {})  # absent where all-int8 met the budget
+        chosen = set(entry.get("float_nodes", ()))  # every node the quantize step kept float
         convs = {n.name for n in onnx.load(work / "reading budget.onnx").graph.node if n.op_type == "Conv"}
         budget = document["models"]["reading budget"]
-        float_convs = {n for n, k in budget["ops"].items() if k == "Conv"}
+        float_convs = {n for n in convs if budget["ops"].get(n) in ("Conv", "FusedConv")}
         every, floating = document["models"]["all int8"]["times"], document["models"]["float"]["times"]
+
+        def us(times: dict[str, float], name: str) -> float | None:  # None: fused into another node's kernel
+            return round(times[name], 1) if name in times else None
+
+        budget["convs"] = len(convs)
         budget["chosen_float"] = len(chosen)
         budget["chosen_float_convs"] = len(chosen & convs)
         budget["convs_running_float"] = len(float_convs)
-        budget["drops"] = entry["measured"]["budget"]["drops"]
-        budget["chosen"] = {n: {"float_us": round(floating.get(n, 0.0), 1), "int8_us": round(every.get(n, 0.0), 1),
-                                "added_db": entry["measured"]["budget"]["added_db"].get(n)}
+        budget["drops"] = searched.get("drops", {})
+        budget["chosen"] = {n: {"float_us": us(floating, n), "int8_us": us(every, n),
+                                "added_db": searched.get("added_db", {}).get(n)}
                             for n in sorted(chosen)}  # fmt: skip
     for row in document["models"].values():
         del row["times"], row["ops"]

@@ -55,9 +55,9 @@ BUILTIN_RECIPES["int8"] = ",".join(
         "equalize",  # lossless: evens out per-channel weight ranges that BN folding left (depthwise blocks)
         # static QDQ: per-channel int8 weights rounded by GPTQ on --data, int32 biases (corrected for the
         # weights' mean rounding error), uint8 activations calibrated on --data at their 99.999th percentile (not
-        # min/max: all-int8 output SNR +8.2 dB on the glyph detector, +0.7 to +2.7 dB on the recognizer, the
+        # min/max: all-int8 output SNR +8.7 dB on the glyph detector, +0.4 to +1.2 dB on the recognizer, the
         # orientation classifier and the digits CNN; not the 99.99th: the glyph detector's all-int8 boxes held out
-        # R/P 0.989/0.990 against 0.972/0.995, its reading budget's drop 0.016 against 0.033, the other three
+        # R/P 0.989/0.990 against 0.971/0.995, its reading budget's drop 0.016 against 0.0325, the other three
         # models within 0.008, docs/INT8.md); float compute kept where onnxruntime's int8
         # kernel is slower, and on the layers that cost the most beyond rounding the weights alone: where the
         # outputs read as a task (top-1, accuracy, strings, detections) until the reading's 95 % upper bound loses

@@ -65,7 +65,8 @@ class QuantizeConfig:
     qat: Literal["off", "auto"] = _option(
         "off",
         "auto: when the int8 compute left after the speed search (if any) misses the budget, fine-tune it on the "
-        "float model's outputs first (quantization-aware; needs --data and the tf extra); the budget judges that",
+        "float model's outputs first (quantization-aware; needs --data and the tf extra; a detector's anchor "
+        "outputs by the detection loss); the budget judges that",
     )
     qat_epochs: int = _option(3, "qat=auto: passes over the fine-tuning samples")
     qat_samples: int = _option(512, "qat=auto: samples of --data fine-tuned on (a seeded tenth held back)")

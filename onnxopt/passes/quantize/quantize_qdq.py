@@ -114,7 +114,9 @@ says so.
 budget, that trial is first fine-tuned against this pass's float input, quantization-aware
 (:func:`onnxopt.passes.qat.fine_tune`: the same graph, new int8 levels, scales and int32 biases), on up to
 ``qat_samples`` of the run's data *but* the samples the budget scores on -- so the budget judges the
-fine-tuned model on data training and its epoch choice never saw. If that lowers the budget's measure, the
+fine-tuned model on data training and its epoch choice never saw. Outputs that read as detections train on
+the detection loss (:mod:`onnxopt.distill.detection_loss`: what the detection reading counts), others on the
+relative MSE or the class scores' KL. If that lowers the budget's measure, the
 trained values go into every later trial where the tensor is the one trained
 (:mod:`onnxopt.passes.quantize.learned_values`) and into the written model; a plan records them, and
 ``--plan`` writes them back without training. Without ``--data`` of enough samples (the budget's plus 64)
