@@ -27,6 +27,26 @@ def parse(text: str, **initializers: np.ndarray) -> onnx.ModelProto:
     return model
 
 
+def yolox_head(g: np.random.Generator, *, batch: int | None, objectness_bias: float) -> onnx.ModelProto:
+    """A YOLOX-like detector head on 3x10x10 inputs: 100 anchors of ``x, y, w, h, obj, cls`` (the scores
+    through a Sigmoid); ``batch`` fixed (the Reshape's shape constant holds it, as an export for one sample
+    does) or None (dynamic). Its weights are the next draws of ``g``."""
+    n = "N" if batch is None else str(batch)
+    text = f"""<ir_version: 8, opset_import: ["": 17]>
+    g (float[{n}, 3, 10, 10] x) => (float[{n}, 100, 6] output) {{
+        c = Conv<pads=[1, 1, 1, 1]>(x, w, b)
+        r = Reshape(c, shape)
+        t = Transpose<perm=[0, 2, 1]>(r)
+        box, score = Split<axis=2>(t, sizes)
+        s = Sigmoid(score)
+        output = Concat<axis=2>(box, s)
+    }}"""
+    weights = {"w": g.normal(0, 0.4, (6, 3, 3, 3)).astype(np.float32),
+               "b": np.array([0, 0, 0, 0, objectness_bias, 0], np.float32)}  # fmt: skip
+    shape = np.array([batch or 0, 6, -1], np.int64)
+    return parse(text, **weights, shape=shape, sizes=np.array([4, 2], np.int64))
+
+
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Outputs of ``model`` in onnxruntime with graph optimizations disabled."""
     options = ort.SessionOptions()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from helpers import BUNDLED, file_digest, parse, run
+from helpers import BUNDLED, file_digest, parse, run, yolox_head
 
 pytest.importorskip("tensorflow", reason="the tf extra is not installed")
 
@@ -262,17 +262,7 @@ def test_a_fixed_batch_detector_trains_one_sample_per_row_and_keeps_its_graph() 
     layout that carries the batch, so the detection loss reads its columns; what is written back is the
     quantized graph as it came: fixed batch, the same shape constant, the same nodes."""
     g = np.random.default_rng(3)
-    body = """
-    g (float[1, 3, 10, 10] x) => (float[1, 100, 6] output) {
-        c = Conv<pads=[1, 1, 1, 1]>(x, w, b)
-        r = Reshape(c, shape)
-        t = Transpose<perm=[0, 2, 1]>(r)
-        box, score = Split<axis=2>(t, sizes)
-        s = Sigmoid(score)
-        output = Concat<axis=2>(box, s)
-    }"""
-    weights = {"w": _w(g, 6, 3, 3, 3), "b": np.array([0, 0, 0, 0, -2, 0], np.float32)}
-    student = parse(HEADER + body, **weights, shape=np.array([1, 6, -1], np.int64), sizes=np.array([4, 2], np.int64))
+    student = yolox_head(g, batch=1, objectness_bias=-2)
     data = {"x": g.normal(0, 1, (48, 3, 10, 10)).astype(np.float32)}
     quantized = optimize(student, passes=QUANTIZE, data=data).model
     teacher = onnx.ModelProto()

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-from helpers import fused_ops, parse, run
+from helpers import fused_ops, parse, run, yolox_head
 
 from onnxopt.api import optimize
 from onnxopt.passes.quantize.learned_values import LearnedValues
@@ -223,17 +223,7 @@ def test_a_detectors_fine_tuning_learns_from_the_detection_loss() -> None:
     if importlib.util.find_spec("tensorflow") is None:
         pytest.skip("the tf extra is not installed")
     g = np.random.default_rng(3)
-    body = """
-    g (float[N, 3, 10, 10] x) => (float[N, 100, 6] output) {
-        c = Conv<pads=[1, 1, 1, 1]>(x, w, b)
-        r = Reshape(c, shape)
-        t = Transpose<perm=[0, 2, 1]>(r)
-        box, score = Split<axis=2>(t, sizes)
-        s = Sigmoid(score)
-        output = Concat<axis=2>(box, s)
-    }"""
-    weights = {"w": g.normal(0, 0.4, (6, 3, 3, 3)).astype(np.float32), "b": np.array([0, 0, 0, 0, -1, 0], np.float32)}
-    proto = parse(HEADER + body, **weights, shape=np.array([0, 6, -1], np.int64), sizes=np.array([4, 2], np.int64))
+    proto = yolox_head(g, batch=None, objectness_bias=-1)
     data = {"x": g.normal(0, 1, (160, 3, 10, 10)).astype(np.float32)}
     passes = "quantize:fallback=none;target=vnni;samples=32;eval_samples=32;max_db_loss=0;qat=auto;qat_epochs=1"
     record = _quantize(optimize(proto, passes=passes, data=data))

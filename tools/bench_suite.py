@@ -19,8 +19,8 @@ Variants: ``fp32`` (the baseline of every ratio); ``ort-int8`` -- onnxruntime's 
 ``reduce_range=True``, 7-bit weights), both with onnxruntime's default signed activations (S8S8);
 ``ort-u8s8`` -- the same with uint8 activations and int8 weights, the form onnxruntime's x86 kernels fuse
 (the baseline int8 compute must beat); ``onnxopt:int8-forced`` (``--forced``) -- ``lossless,equalize,
-quantize:calibration=percentile;fallback=none``, int8 compute everywhere, to hold against ``ort-u8s8``; ``onnxsim``;
-``onnxslim`` (lossless peers); ``onnxopt:<recipe>`` --
+quantize:<the int8 recipe's calibration>;fallback=none``, int8 compute everywhere, to hold against
+``ort-u8s8``; ``onnxsim``; ``onnxslim`` (lossless peers); ``onnxopt:<recipe>`` --
 every built-in recipe at the subject's batch. Latency of all variants of a subject is measured by
 ``onnxopt.bench`` interleaved (round-robin, same inputs); the machine line records the CPU model and its
 integer features, on which int8 speed depends. Results: one Markdown table and the JSON behind it.
@@ -62,7 +62,7 @@ from onnxopt.api import bench_files, compare_files, optimize
 from onnxopt.bench import BenchConfig, machine_description
 from onnxopt.bench.runtime_audit import audit_runtime
 from onnxopt.errors import OnnxoptError
-from onnxopt.optimizer.recipe import BUILTIN_RECIPES
+from onnxopt.optimizer.recipe import BUILTIN_RECIPES, INT8_CALIBRATION
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Real models: calibration samples, and evaluation samples (disjoint, at least twice as many).
@@ -215,7 +215,7 @@ def run_subject(
     variants.append(_timed("onnxsim", folder / "onnxsim.onnx", lambda out: simplify(subject.path, out)))
     variants.append(_timed("onnxslim", folder / "onnxslim.onnx", lambda out: slim(subject.path, out)))
     if forced:  # int8 compute everywhere: the graph to hold against ort-u8s8
-        passes = "lossless,equalize,quantize:calibration=percentile;fallback=none"
+        passes = f"lossless,equalize,quantize:{INT8_CALIBRATION};fallback=none"
         variants.append(
             _timed(
                 "onnxopt:int8-forced",
@@ -230,7 +230,7 @@ def run_subject(
             ("onnxopt:weights-only", "lossless,equalize,quantize:weights_only=true"),
             (
                 "onnxopt:int8-forced+qat",
-                f"lossless,equalize,quantize:calibration=percentile;fallback=none,qat:time_budget={QAT_SECONDS}",
+                f"lossless,equalize,quantize:{INT8_CALIBRATION};fallback=none,qat:time_budget={QAT_SECONDS}",
             ),
         ):
             variants.append(

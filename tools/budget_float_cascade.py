@@ -37,14 +37,7 @@ from real_tasks import make_task  # noqa: E402
 from onnxopt.api import optimize  # noqa: E402
 from onnxopt.bench.machine import machine_description  # noqa: E402
 from onnxopt.optimizer.node_profile import profile_nodes  # noqa: E402
-from onnxopt.optimizer.recipe import INT8_QUANTIZE  # noqa: E402
-
-
-def _calibration() -> str:
-    """The int8 recipe's quantize options that shape the graph and its values (not its search)."""
-    options = INT8_QUANTIZE.removeprefix("quantize:").split(";")
-    kept = ("calibration=", "percentile=", "bias_correct=", "rounding=")
-    return ";".join(o for o in options if o.startswith(kept))
+from onnxopt.optimizer.recipe import INT8_CALIBRATION  # noqa: E402
 
 
 def main() -> None:
@@ -55,7 +48,8 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=0.01)
     parser.add_argument("--out", type=Path, default=ROOT / "tools" / "budget_float_cascade_results.json")
     args = parser.parse_args()
-    steps = f"lossless,equalize,quantize:{_calibration()};fallback=none"
+    # the recipe's values of the graph (calibration, bias correction, GPTQ), not its search
+    steps = f"lossless,equalize,quantize:{INT8_CALIBRATION};bias_correct=true;rounding=gptq;fallback=none"
     variants = {
         "float": "lossless,equalize",
         "all int8": steps,

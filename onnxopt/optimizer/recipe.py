@@ -44,9 +44,11 @@ BUILTIN_RECIPES: dict[str, str] = {
         ]
     ),
 }
+#: How the int8 recipes calibrate activations (the tools' int8-everywhere graphs use it too).
+INT8_CALIBRATION = "calibration=percentile;percentile=99.999"
 #: The int8 recipes' quantize step (``int8``, ``prune+int8``).
 INT8_QUANTIZE = (
-    "quantize:calibration=percentile;percentile=99.999;fallback=profile;bias_correct=true;rounding=gptq;max_db_loss=3;"
+    f"quantize:{INT8_CALIBRATION};fallback=profile;bias_correct=true;rounding=gptq;max_db_loss=3;"
     "max_reading_drop=0.01;qat=auto"
 )
 BUILTIN_RECIPES["int8"] = ",".join(
