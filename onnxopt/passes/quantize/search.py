@@ -73,6 +73,7 @@ class FloatFallbackSearch:
         self.declined: SearchOutcome | None = None  # why run() returned None
         self.measured: dict[str, Any] = {}  # what the decisions rest on, for the plan (JSON values)
         self._chosen: tuple[str, AccuracyBudget] | None = None  # the budget that judges, once chosen
+        self._float_profile: NodeProfile | None = None  # the float model's, once profiled
         self._said_overlap = False  # whether the record says the budget scores calibration's samples
 
     def run(self, excluded: set[str]) -> set[str] | None:
@@ -95,6 +96,8 @@ class FloatFallbackSearch:
             if decided is None:
                 self.declined = SearchOutcome.BUDGET
                 return None
+            if self.config.fallback == "profile" and decided != excluded:
+                decided = self._keep_slow_nodes_float_after_budget(decided)
             excluded = decided
         if self.config.fallback == "profile" and not self._faster_than_float(self.trial(excluded)):
             self.declined = SearchOutcome.SPEED
@@ -117,16 +120,9 @@ class FloatFallbackSearch:
         trial built with them."""
         context = self.context
         ops = self.quantizable(excluded)
-        float_profile = self._profile(self.model, "float")
+        float_profile = self._profile_float()
         current = self.trial(excluded)
-        profile = self._profile(current, f"int8 ({len(ops)} quantized nodes)")
-        lost: dict[str, dict[str, tuple[float, float]]] = {}  # op type -> node -> (float µs, int8 µs)
-        conversions = conversion_costs(current, profile, set(ops))
-        for name, op_type in ops.items():
-            float_us = float_profile.times.get(name, 0.0)
-            int8_us = profile.times.get(name, 0.0) + conversions.get(name, 0.0)
-            if int8_us > float_us + 1.0:
-                lost.setdefault(op_type, {})[name] = (float_us, int8_us)
+        profile, lost = self._slower_in_int8(current, excluded)
         self.measured["profile_us"] = {"float": round(float_profile.total, 1), "int8": round(profile.total, 1)}
         self.measured["slower_nodes_us"] = {
             name: [round(f, 1), round(i, 1)] for nodes in lost.values() for name, (f, i) in sorted(nodes.items())
@@ -162,6 +158,67 @@ class FloatFallbackSearch:
             f"int8 {profile.total:.0f} µs; {len(kept_float)} slower node(s) of {len(lost)} op type(s) tried kept float"
         )
         return excluded, current
+
+    def _profile_float(self) -> NodeProfile:
+        if self._float_profile is None:
+            self._float_profile = self._profile(self.model, "float")
+        return self._float_profile
+
+    def _slower_in_int8(
+        self, quantized: ir.Model, excluded: set[str]
+    ) -> tuple[NodeProfile, dict[str, dict[str, tuple[float, float]]]]:
+        """``quantized``'s profile and its quantized nodes whose int8 kernel -- with the conversions onnxruntime
+        runs on their own around it, charged to it -- is slower than their float one: op type -> node ->
+        (float µs, int8 µs)."""
+        ops = self.quantizable(excluded)
+        float_profile = self._profile_float()
+        profile = self._profile(quantized, f"int8 ({len(ops)} quantized nodes)")
+        lost: dict[str, dict[str, tuple[float, float]]] = {}
+        conversions = conversion_costs(quantized, profile, set(ops))
+        for name, op_type in ops.items():
+            float_us = float_profile.times.get(name, 0.0)
+            int8_us = profile.times.get(name, 0.0) + conversions.get(name, 0.0)
+            if int8_us > float_us + 1.0:
+                lost.setdefault(op_type, {})[name] = (float_us, int8_us)
+        return profile, lost
+
+    def _keep_slow_nodes_float_after_budget(self, excluded: set[str]) -> set[str]:
+        """After the budget moved layers to float: the nodes its mixed model runs slower in int8 than in float,
+        kept float too when that makes the model measurably faster and the budget still holds.
+
+        Float neighbours change what an int8 kernel costs: a MaxPool on uint8 between float Convs runs
+        onnxruntime's plain MaxPool kernel, not the NhwcMaxPool of an all-int8 chain (the glyph detector's three
+        SPP pools: 5.2 ms against 0.33 ms in float, ``tools/budget_float_cascade.py``), and a lone int8 node
+        pays a QuantizeLinear and a DequantizeLinear of its own. Moving nodes to float rounds fewer tensors,
+        but the budget is checked again rather than assumed."""
+        current = self._trained_trial(excluded)
+        _, lost = self._slower_in_int8(current, excluded)
+        slower = {name: times for nodes in lost.values() for name, times in nodes.items()}
+        if not slower:
+            return excluded
+        self._say(f"timing the budget's model with its {len(slower)} node(s) slower in int8 kept float")
+        candidate = self._trained_trial(excluded | set(slower))
+        median = self.context.latency_ratio(current, candidate, batch=self.batch).median
+        _, budget = self._budget()
+        held = median < 0.99 and budget.drop(candidate) <= budget.max_drop
+        self.measured["after_budget"] = {
+            "slower_nodes_us": {name: [round(f, 1), round(i, 1)] for name, (f, i) in sorted(slower.items())},
+            "ratio": round(median, 4),
+            "kept": held,
+        }
+        verdict = "kept float" if held else "left as the budget chose (not measurably faster, or over the budget)"
+        self.log.note(
+            f"after the budget: {len(slower)} node(s) slower in int8 than in float; with them float the model ran "
+            f"{median:.2f}x: {verdict}"
+        )
+        if not held:
+            return excluded
+        for name, (float_us, int8_us) in sorted(slower.items()):
+            kept = "float (slower in int8 after the budget)"
+            op = next(op for op, nodes in lost.items() if name in nodes)
+            self.log.detail(node=name, op=op, float_us=round(float_us, 1), int8_us=round(int8_us, 1), kept=kept)
+        self.kept_for_speed |= set(slower)
+        return excluded | set(slower)
 
     def _faster_than_float(self, quantized: ir.Model) -> bool:
         """Whether ``quantized`` runs at most ``1 - min_gain`` times ``model``'s latency (interleaved timing).
