@@ -113,13 +113,8 @@ class FloatFallbackSearch:
         self.context.progress.phase(f"quantize: {what}")
 
     def _keep_slow_nodes_float(self, excluded: set[str]) -> tuple[set[str], ir.Model]:
-        """Keep float the nodes whose int8 kernels the profiler finds slower than their float ones: all of them at
-        once, each decided by its own timing; if that is not measurably faster than all-int8, one op type at a
-        time, most time lost first, each kept only if the whole model then runs measurably faster (interleaved
-        timing: the islands' extra Q/DQ may cost more than the kernels save). Returns the nodes kept float and the
-        trial built with them."""
-        context = self.context
-        ops = self.quantizable(excluded)
+        """Keep float the nodes whose int8 kernels the profiler finds slower than their float ones
+        (:meth:`_slower_round`). Returns the nodes kept float and the trial built with them."""
         float_profile = self._profile_float()
         current = self.trial(excluded)
         profile, lost = self._slower_in_int8(current, excluded)
@@ -128,36 +123,51 @@ class FloatFallbackSearch:
             name: [round(f, 1), round(i, 1)] for nodes in lost.values() for name, (f, i) in sorted(nodes.items())
         }
         ratios: list[list[Any]] = self.measured.setdefault("fallback_ratios", [])
-        order = sorted(lost, key=lambda op: -sum(i - f for f, i in lost[op].values()))
-        kept_float: dict[str, tuple[float, float]] = {}
-        slower = {name: times for nodes in lost.values() for name, times in nodes.items()}
-        if slower:  # per node first: every node whose own int8 kernel is slower, whatever its type
-            self._say(f"timing int8 with the {len(slower)} node(s) slower in int8 kept float, against all-int8")
-            candidate = self.trial(excluded | set(slower))
-            median = context.latency_ratio(current, candidate, batch=self.batch).median
-            ratios.append(["every slower node", round(median, 4)])
-            if median < 0.99:
-                excluded, current = excluded | set(slower), candidate
-                kept_float.update(slower)
-                self.kept_for_speed |= set(slower)
-                order = []  # nothing slower is left int8
-        for op_type in order:  # else one op type at a time: the islands' extra Q/DQ may cost more per node
-            self._say(f"timing int8 with its {len(lost[op_type])} slower {op_type} node(s) kept float")
-            candidate = self.trial(excluded | set(lost[op_type]))
-            ratio = context.latency_ratio(current, candidate, batch=self.batch)
-            ratios.append([op_type, round(ratio.median, 4)])
-            if ratio.median < 0.99:
-                excluded, current = excluded | set(lost[op_type]), candidate
-                kept_float.update(lost[op_type])
-                self.kept_for_speed |= set(lost[op_type])
-        for name, (float_us, int8_us) in sorted(kept_float.items()):
-            kept = "float (slower in int8)"
-            self.log.detail(node=name, op=ops[name], float_us=round(float_us, 1), int8_us=round(int8_us, 1), kept=kept)
+        excluded, current, kept_float = self._slower_round(excluded, current, lost, ratios, self.trial)
+        self._detail_kept(kept_float, lost, "float (slower in int8)")
         self.log.note(
             f"per-node profile (batch {self.batch}): float {float_profile.total:.0f} µs, "
             f"int8 {profile.total:.0f} µs; {len(kept_float)} slower node(s) of {len(lost)} op type(s) tried kept float"
         )
         return excluded, current
+
+    def _slower_round(
+        self,
+        excluded: set[str],
+        current: ir.Model,
+        lost: dict[str, dict[str, tuple[float, float]]],
+        ratios: list[list[Any]],
+        build: Callable[[set[str]], ir.Model],
+    ) -> tuple[set[str], ir.Model, dict[str, tuple[float, float]]]:
+        """The ``lost`` nodes (op type -> node -> (float µs, int8 µs)) kept float: all of them at once, each
+        decided by its own timing; if that is not measurably faster than ``current``, one op type at a time, most
+        time lost first, each kept only if the whole model then runs measurably faster (interleaved timing: the
+        islands' extra Q/DQ may cost more than the kernels save). ``build`` makes a trial; ``ratios`` records
+        each timing. Returns the nodes kept float, the trial built with them and the nodes added (their times)."""
+        order = sorted(lost, key=lambda op: -sum(i - f for f, i in lost[op].values()))
+        kept_float: dict[str, tuple[float, float]] = {}
+        slower = {name: times for nodes in lost.values() for name, times in nodes.items()}
+        groups = [("every slower node", slower)] if slower else []  # per node first, whatever its type
+        groups += [(op_type, lost[op_type]) for op_type in order]  # else one op type at a time
+        for label, nodes in groups:
+            if set(nodes) <= set(kept_float):
+                continue  # every slower node is float already
+            self._say(f"timing int8 with {len(nodes)} node(s) slower in int8 ({label}) kept float")
+            candidate = build(excluded | set(nodes))
+            median = self.context.latency_ratio(current, candidate, batch=self.batch).median
+            ratios.append([label, round(median, 4)])
+            if median < 0.99:
+                excluded, current = excluded | set(nodes), candidate
+                kept_float.update(nodes)
+                self.kept_for_speed |= set(nodes)
+        return excluded, current, kept_float
+
+    def _detail_kept(
+        self, kept_float: dict[str, tuple[float, float]], lost: dict[str, dict[str, tuple[float, float]]], kept: str
+    ) -> None:
+        for name, (float_us, int8_us) in sorted(kept_float.items()):
+            op = next(op for op, nodes in lost.items() if name in nodes)
+            self.log.detail(node=name, op=op, float_us=round(float_us, 1), int8_us=round(int8_us, 1), kept=kept)
 
     def _profile_float(self) -> NodeProfile:
         if self._float_profile is None:
@@ -183,42 +193,36 @@ class FloatFallbackSearch:
         return profile, lost
 
     def _keep_slow_nodes_float_after_budget(self, excluded: set[str]) -> set[str]:
-        """After the budget moved layers to float: the nodes its mixed model runs slower in int8 than in float,
-        kept float too when that makes the model measurably faster and the budget still holds.
+        """After the budget moved layers to float: the nodes its mixed model runs slower in int8 than in float
+        kept float too (:meth:`_slower_round`), when the budget, checked again, still holds.
 
         Float neighbours change what an int8 kernel costs: a MaxPool on uint8 between float Convs runs
         onnxruntime's plain MaxPool kernel, not the NhwcMaxPool of an all-int8 chain (the glyph detector's three
         SPP pools: 5.2 ms against 0.33 ms in float, ``tools/budget_float_cascade.py``), and a lone int8 node
         pays a QuantizeLinear and a DequantizeLinear of its own. Moving nodes to float rounds fewer tensors,
-        but the budget is checked again rather than assumed."""
+        but the budget is checked rather than assumed."""
         current = self._trained_trial(excluded)
         _, lost = self._slower_in_int8(current, excluded)
-        slower = {name: times for nodes in lost.values() for name, times in nodes.items()}
-        if not slower:
+        if not lost:
             return excluded
-        self._say(f"timing the budget's model with its {len(slower)} node(s) slower in int8 kept float")
-        candidate = self._trained_trial(excluded | set(slower))
-        median = self.context.latency_ratio(current, candidate, batch=self.batch).median
-        _, budget = self._budget()
-        held = median < 0.99 and budget.drop(candidate) <= budget.max_drop
-        self.measured["after_budget"] = {
-            "slower_nodes_us": {name: [round(f, 1), round(i, 1)] for name, (f, i) in sorted(slower.items())},
-            "ratio": round(median, 4),
-            "kept": held,
-        }
-        verdict = "kept float" if held else "left as the budget chose (not measurably faster, or over the budget)"
-        self.log.note(
-            f"after the budget: {len(slower)} node(s) slower in int8 than in float; with them float the model ran "
-            f"{median:.2f}x: {verdict}"
-        )
-        if not held:
+        ratios: list[list[Any]] = []
+        speed_kept = set(self.kept_for_speed)
+        decided, _, kept_float = self._slower_round(excluded, current, lost, ratios, self._trained_trial)
+        held = True
+        if kept_float:
+            _, budget = self._budget()
+            self._say("checking the budget again with them float")
+            held = budget.drop(self._trained_trial(decided)) <= budget.max_drop
+        self.measured["after_budget"] = {"ratios": ratios, "kept": sorted(kept_float) if held else []}
+        tried = sum(len(nodes) for nodes in lost.values())
+        if not kept_float or not held:
+            self.kept_for_speed = speed_kept
+            why = "none measurably faster" if not kept_float else "the budget no longer held"
+            self.log.note(f"after the budget: {tried} node(s) slower in int8 than in float; none kept float ({why})")
             return excluded
-        for name, (float_us, int8_us) in sorted(slower.items()):
-            kept = "float (slower in int8 after the budget)"
-            op = next(op for op, nodes in lost.items() if name in nodes)
-            self.log.detail(node=name, op=op, float_us=round(float_us, 1), int8_us=round(int8_us, 1), kept=kept)
-        self.kept_for_speed |= set(slower)
-        return excluded | set(slower)
+        self._detail_kept(kept_float, lost, "float (slower in int8 after the budget)")
+        self.log.note(f"after the budget: {tried} node(s) slower in int8 than in float; {len(kept_float)} kept float")
+        return decided
 
     def _faster_than_float(self, quantized: ir.Model) -> bool:
         """Whether ``quantized`` runs at most ``1 - min_gain`` times ``model``'s latency (interleaved timing).
