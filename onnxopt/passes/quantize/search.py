@@ -74,6 +74,7 @@ class FloatFallbackSearch:
         self.measured: dict[str, Any] = {}  # what the decisions rest on, for the plan (JSON values)
         self._chosen: tuple[str, AccuracyBudget] | None = None  # the budget that judges, once chosen
         self._float_profile: NodeProfile | None = None  # the float model's, once profiled
+        self._int8_times: dict[str, float] = {}  # each node's int8 µs before the budget (conversions charged)
         self._said_overlap = False  # whether the record says the budget scores calibration's samples
 
     def run(self, excluded: set[str]) -> set[str] | None:
@@ -175,11 +176,13 @@ class FloatFallbackSearch:
         return self._float_profile
 
     def _slower_in_int8(
-        self, quantized: ir.Model, excluded: set[str]
+        self, quantized: ir.Model, excluded: set[str], *, mixed: bool = False
     ) -> tuple[NodeProfile, dict[str, dict[str, tuple[float, float]]]]:
         """``quantized``'s profile and its quantized nodes whose int8 kernel -- with the conversions onnxruntime
         runs on their own around it, charged to it -- is slower than their float one: op type -> node ->
-        (float µs, int8 µs)."""
+        (float µs, int8 µs). ``mixed`` (the budget's model): only those that also take more than twice their
+        time before the budget -- slowed by their float neighbours, not slower in int8 anyway (those the round
+        before the budget judged already)."""
         ops = self.quantizable(excluded)
         float_profile = self._profile_float()
         profile = self._profile(quantized, f"int8 ({len(ops)} quantized nodes)")
@@ -188,13 +191,18 @@ class FloatFallbackSearch:
         for name, op_type in ops.items():
             float_us = float_profile.times.get(name, 0.0)
             int8_us = profile.times.get(name, 0.0) + conversions.get(name, 0.0)
+            if not mixed:
+                self._int8_times[name] = int8_us
+            elif int8_us <= 2.0 * self._int8_times.get(name, np.inf) + 1.0:
+                continue
             if int8_us > float_us + 1.0:
                 lost.setdefault(op_type, {})[name] = (float_us, int8_us)
         return profile, lost
 
     def _keep_slow_nodes_float_after_budget(self, excluded: set[str]) -> set[str]:
-        """After the budget moved layers to float: the nodes its mixed model runs slower in int8 than in float
-        kept float too (:meth:`_slower_round`), when the budget, checked again, still holds.
+        """After the budget moved layers to float: the nodes its mixed model runs slower in int8 than in float,
+        and more than twice as slow as before the budget, kept float too (:meth:`_slower_round`), when the budget,
+        checked again, still holds.
 
         Float neighbours change what an int8 kernel costs: a MaxPool on uint8 between float Convs runs
         onnxruntime's plain MaxPool kernel, not the NhwcMaxPool of an all-int8 chain (the glyph detector's three
@@ -202,7 +210,7 @@ class FloatFallbackSearch:
         pays a QuantizeLinear and a DequantizeLinear of its own. Moving nodes to float rounds fewer tensors,
         but the budget is checked rather than assumed."""
         current = self._trained_trial(excluded)
-        _, lost = self._slower_in_int8(current, excluded)
+        _, lost = self._slower_in_int8(current, excluded, mixed=True)
         if not lost:
             return excluded
         ratios: list[list[Any]] = []
@@ -215,13 +223,14 @@ class FloatFallbackSearch:
             held = budget.drop(self._trained_trial(decided)) <= budget.max_drop
         self.measured["after_budget"] = {"ratios": ratios, "kept": sorted(kept_float) if held else []}
         tried = sum(len(nodes) for nodes in lost.values())
+        said = f"after the budget: {tried} node(s) slowed in int8 by float neighbours"
         if not kept_float or not held:
             self.kept_for_speed = speed_kept
             why = "none measurably faster" if not kept_float else "the budget no longer held"
-            self.log.note(f"after the budget: {tried} node(s) slower in int8 than in float; none kept float ({why})")
+            self.log.note(f"{said}; none kept float ({why})")
             return excluded
         self._detail_kept(kept_float, lost, "float (slower in int8 after the budget)")
-        self.log.note(f"after the budget: {tried} node(s) slower in int8 than in float; {len(kept_float)} kept float")
+        self.log.note(f"{said}; {len(kept_float)} kept float")
         return decided
 
     def _faster_than_float(self, quantized: ir.Model) -> bool:
