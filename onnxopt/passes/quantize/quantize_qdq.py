@@ -129,8 +129,9 @@ budget's ranking and trials are skipped (on a CPU without VNNI, most models).
 Once the budget has moved layers to float, its mixed model is profiled again:
 float neighbours change what an int8 kernel costs (a uint8 MaxPool outside an
 all-int8 chain runs onnxruntime's plain MaxPool, not NhwcMaxPool), so the nodes
-it runs slower in int8 than in float go float too -- when that measured faster
-and the budget, checked again, still holds.
+they slowed (more than twice their time before the budget, and slower than
+float) go float too -- when that measured faster and the budget, checked again,
+still holds.
 
 Whatever was decided, each output's SNR against the original is recorded beside
 that of the plain weights-only reference (nearest rounding, max-abs per
