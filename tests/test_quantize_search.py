@@ -206,7 +206,7 @@ def test_nodes_slower_in_int8_once_the_budget_mixed_precisions_are_kept_float_to
     assert "float (accuracy budget)" in kept.values(), kept  # the budget mixed the precisions
     assert kept.get(pool.name) == "float (slower in int8 after the budget)", kept
     said = "after the budget: 1 node(s) slowed in int8 by float neighbours; 1 kept float"
-    assert said in record.notes, record.notes
+    assert any(n.startswith(said) for n in record.notes), record.notes
     assert pool.inputs[0].producer().op_type != "DequantizeLinear"  # it runs float
     assert any(n.op_type == "QuantizeLinear" for n in result.model.graph), record.notes  # the rest still int8
 

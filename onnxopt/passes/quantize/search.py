@@ -149,7 +149,7 @@ class FloatFallbackSearch:
         kept_float: dict[str, tuple[float, float]] = {}
         slower = {name: times for nodes in lost.values() for name, times in nodes.items()}
         groups = [("every slower node", slower)] if slower else []  # per node first, whatever its type
-        groups += [(op_type, lost[op_type]) for op_type in order]  # else one op type at a time
+        groups += [(op_type, lost[op_type]) for op_type in order if len(order) > 1]  # else one op type at a time
         for label, nodes in groups:
             if set(nodes) <= set(kept_float):
                 continue  # every slower node is float already
@@ -181,8 +181,8 @@ class FloatFallbackSearch:
         """``quantized``'s profile and its quantized nodes whose int8 kernel -- with the conversions onnxruntime
         runs on their own around it, charged to it -- is slower than their float one: op type -> node ->
         (float µs, int8 µs). ``mixed`` (the budget's model): only those that also take more than twice their
-        time before the budget -- slowed by their float neighbours, not slower in int8 anyway (those the round
-        before the budget judged already)."""
+        time in the model the first speed round profiled (int8 everywhere but the user's exclusions) -- slowed
+        by their float neighbours, not slower in int8 anyway (those that round judged already)."""
         ops = self.quantizable(excluded)
         float_profile = self._profile_float()
         profile = self._profile(quantized, f"int8 ({len(ops)} quantized nodes)")
@@ -201,8 +201,8 @@ class FloatFallbackSearch:
 
     def _keep_slow_nodes_float_after_budget(self, excluded: set[str]) -> set[str]:
         """After the budget moved layers to float: the nodes its mixed model runs slower in int8 than in float,
-        and more than twice as slow as before the budget, kept float too (:meth:`_slower_round`), when the budget,
-        checked again, still holds.
+        and more than twice as slow as in the first speed round's profile, kept float too (:meth:`_slower_round`),
+        when the budget, checked again, still holds.
 
         Float neighbours change what an int8 kernel costs: a MaxPool on uint8 between float Convs runs
         onnxruntime's plain MaxPool kernel, not the NhwcMaxPool of an all-int8 chain (the glyph detector's three
@@ -211,26 +211,29 @@ class FloatFallbackSearch:
         but the budget is checked rather than assumed."""
         current = self._trained_trial(excluded)
         _, lost = self._slower_in_int8(current, excluded, mixed=True)
+        tried = sum(len(nodes) for nodes in lost.values())
+        said = f"after the budget: {tried} node(s) slowed in int8 by float neighbours"
         if not lost:
+            self.log.note(said)
             return excluded
         ratios: list[list[Any]] = []
         speed_kept = set(self.kept_for_speed)
         decided, _, kept_float = self._slower_round(excluded, current, lost, ratios, self._trained_trial)
-        held = True
-        if kept_float:
-            _, budget = self._budget()
-            self._say("checking the budget again with them float")
-            held = budget.drop(self._trained_trial(decided)) <= budget.max_drop
-        self.measured["after_budget"] = {"ratios": ratios, "kept": sorted(kept_float) if held else []}
-        tried = sum(len(nodes) for nodes in lost.values())
-        said = f"after the budget: {tried} node(s) slowed in int8 by float neighbours"
-        if not kept_float or not held:
-            self.kept_for_speed = speed_kept
-            why = "none measurably faster" if not kept_float else "the budget no longer held"
-            self.log.note(f"{said}; none kept float ({why})")
+        record: dict[str, Any] = {"ratios": ratios, "kept": sorted(kept_float)}
+        self.measured["after_budget"] = record
+        if not kept_float:
+            self.log.note(f"{said}; none kept float (none measurably faster)")
+            return excluded
+        _, budget = self._budget()
+        self._say("checking the budget again with them float")
+        drop = budget.drop(self._trained_trial(decided))
+        record["drop"], record["held"] = round(drop, 6), drop <= budget.max_drop
+        if drop > budget.max_drop:
+            self.kept_for_speed, record["kept"] = speed_kept, []
+            self.log.note(f"{said}; none kept float (with them float: {budget.metric} drop {budget.describe(drop)})")
             return excluded
         self._detail_kept(kept_float, lost, "float (slower in int8 after the budget)")
-        self.log.note(f"{said}; {len(kept_float)} kept float")
+        self.log.note(f"{said}; {len(kept_float)} kept float ({budget.metric} drop {budget.describe(drop)})")
         return decided
 
     def _faster_than_float(self, quantized: ir.Model) -> bool:
