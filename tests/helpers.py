@@ -27,13 +27,16 @@ def parse(text: str, **initializers: np.ndarray) -> onnx.ModelProto:
     return model
 
 
-def yolox_head(g: np.random.Generator, *, batch: int | None, objectness_bias: float) -> onnx.ModelProto:
+def yolox_head(
+    g: np.random.Generator, *, batch: int | None, objectness_bias: float, declared: str | None = None
+) -> onnx.ModelProto:
     """A YOLOX-like detector head on 3x10x10 inputs: 100 anchors of ``x, y, w, h, obj, cls`` (the scores
     through a Sigmoid); ``batch`` fixed (the Reshape's shape constant holds it, as an export for one sample
-    does) or None (dynamic). Its weights are the next draws of ``g``."""
+    does) or None (dynamic). ``declared``: the input's batch dimension as declared, if not ``batch`` (a graph
+    that declares ``N`` but reshapes to one sample). Its weights are the next draws of ``g``."""
     n = "N" if batch is None else str(batch)
     text = f"""<ir_version: 8, opset_import: ["": 17]>
-    g (float[{n}, 3, 10, 10] x) => (float[{n}, 100, 6] output) {{
+    g (float[{declared or n}, 3, 10, 10] x) => (float[{n}, 100, 6] output) {{
         c = Conv<pads=[1, 1, 1, 1]>(x, w, b)
         r = Reshape(c, shape)
         t = Transpose<perm=[0, 2, 1]>(r)

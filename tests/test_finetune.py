@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import onnx
 import pytest
-from helpers import file_digest, parse, run
+from helpers import file_digest, parse, run, yolox_head
 
 pytest.importorskip("tensorflow", reason="the tf extra is not installed")
 
@@ -255,20 +255,9 @@ def test_a_time_budget_stops_training_and_says_so() -> None:
 
 
 def _fixed_batch_detector(batch: str | int = 1) -> onnx.ModelProto:
-    """A YOLOX-like head exported with batch 1: Reshape to [1, 6, -1] then Transpose, so a batch-free run of several
-    samples mixes them with the channels; boxes raw, the last two columns scores."""
-    g = np.random.default_rng(4)
-    body = f"""<ir_version: 8, opset_import: ["": 17]>
-    g (float[{batch}, 3, 10, 10] x) => (float[1, 100, 6] output) {{
-        c = Conv(x, w)
-        r = Reshape(c, shape)
-        t = Transpose<perm=[0, 2, 1]>(r)
-        box, score = Split<axis=2>(t, sizes)
-        s = Sigmoid(score)
-        output = Concat<axis=2>(box, s)
-    }}"""
-    return parse(body, w=g.normal(0, 1, (6, 3, 1, 1)).astype(np.float32), shape=np.array([1, 6, -1], np.int64),
-                 sizes=np.array([4, 2], np.int64))  # fmt: skip
+    """A YOLOX-like head exported with batch 1 (its input declares ``batch``): Reshape to [1, 6, -1] then
+    Transpose, so a batch-free run of several samples mixes them with the channels."""
+    return yolox_head(np.random.default_rng(4), batch=1, objectness_bias=0.0, declared=str(batch))
 
 
 def test_a_fixed_batch_graph_is_trained_and_read_one_sample_per_row() -> None:

@@ -74,7 +74,7 @@ class FloatFallbackSearch:
         self.measured: dict[str, Any] = {}  # what the decisions rest on, for the plan (JSON values)
         self._chosen: tuple[str, AccuracyBudget] | None = None  # the budget that judges, once chosen
         self._float_profile: NodeProfile | None = None  # the float model's, once profiled
-        self._int8_times: dict[str, float] = {}  # each node's int8 µs before the budget (conversions charged)
+        self._int8_times: dict[str, float] = {}  # each node's int8 µs in the first speed round (conversions charged)
         self._said_overlap = False  # whether the record says the budget scores calibration's samples
 
     def run(self, excluded: set[str]) -> set[str] | None:
@@ -118,7 +118,7 @@ class FloatFallbackSearch:
         (:meth:`_slower_round`). Returns the nodes kept float and the trial built with them."""
         float_profile = self._profile_float()
         current = self.trial(excluded)
-        profile, lost = self._slower_in_int8(current, excluded)
+        profile, lost, self._int8_times = self._slower_in_int8(current, excluded)
         self.measured["profile_us"] = {"float": round(float_profile.total, 1), "int8": round(profile.total, 1)}
         self.measured["slower_nodes_us"] = {
             name: [round(f, 1), round(i, 1)] for nodes in lost.values() for name, (f, i) in sorted(nodes.items())
@@ -176,28 +176,27 @@ class FloatFallbackSearch:
         return self._float_profile
 
     def _slower_in_int8(
-        self, quantized: ir.Model, excluded: set[str], *, mixed: bool = False
-    ) -> tuple[NodeProfile, dict[str, dict[str, tuple[float, float]]]]:
-        """``quantized``'s profile and its quantized nodes whose int8 kernel -- with the conversions onnxruntime
-        runs on their own around it, charged to it -- is slower than their float one: op type -> node ->
-        (float µs, int8 µs). ``mixed`` (the budget's model): only those that also take more than twice their
-        time in the model the first speed round profiled (int8 everywhere but the user's exclusions) -- slowed
-        by their float neighbours, not slower in int8 anyway (those that round judged already)."""
+        self, quantized: ir.Model, excluded: set[str], *, slowed_from: dict[str, float] | None = None
+    ) -> tuple[NodeProfile, dict[str, dict[str, tuple[float, float]]], dict[str, float]]:
+        """``quantized``'s profile, its quantized nodes whose int8 kernel -- with the conversions onnxruntime
+        runs on their own around it, charged to it -- is slower than their float one (op type -> node ->
+        (float µs, int8 µs)), and every quantized node's int8 µs so charged. With ``slowed_from`` (the int8 µs
+        of the model the first speed round profiled) only the nodes that also take more than twice that time:
+        slowed by their float neighbours, not slower in int8 anyway (that round judged those already)."""
         ops = self.quantizable(excluded)
         float_profile = self._profile_float()
         profile = self._profile(quantized, f"int8 ({len(ops)} quantized nodes)")
         lost: dict[str, dict[str, tuple[float, float]]] = {}
+        times: dict[str, float] = {}
         conversions = conversion_costs(quantized, profile, set(ops))
         for name, op_type in ops.items():
             float_us = float_profile.times.get(name, 0.0)
-            int8_us = profile.times.get(name, 0.0) + conversions.get(name, 0.0)
-            if not mixed:
-                self._int8_times[name] = int8_us
-            elif int8_us <= 2.0 * self._int8_times.get(name, np.inf) + 1.0:
+            int8_us = times[name] = profile.times.get(name, 0.0) + conversions.get(name, 0.0)
+            if slowed_from is not None and int8_us <= 2.0 * slowed_from.get(name, np.inf) + 1.0:
                 continue
             if int8_us > float_us + 1.0:
                 lost.setdefault(op_type, {})[name] = (float_us, int8_us)
-        return profile, lost
+        return profile, lost, times
 
     def _keep_slow_nodes_float_after_budget(self, excluded: set[str]) -> set[str]:
         """After the budget moved layers to float: the nodes its mixed model runs slower in int8 than in float,
@@ -210,7 +209,7 @@ class FloatFallbackSearch:
         pays a QuantizeLinear and a DequantizeLinear of its own. Moving nodes to float rounds fewer tensors,
         but the budget is checked rather than assumed."""
         current = self._trained_trial(excluded)
-        _, lost = self._slower_in_int8(current, excluded, mixed=True)
+        _, lost, _ = self._slower_in_int8(current, excluded, slowed_from=self._int8_times)
         tried = sum(len(nodes) for nodes in lost.values())
         said = f"after the budget: {tried} node(s) slowed in int8 by float neighbours"
         if not lost:
