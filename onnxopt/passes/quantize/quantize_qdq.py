@@ -92,7 +92,10 @@ Two searches decide which nodes stay float (besides ``exclude``):
   the layers that add the most error (per-layer SNR, :mod:`onnxopt.evaluate.layers`)
   are kept float -- the fewest that fit, found by doubling then bisection. The
   record lists them with the dB each added. A budget no float fallback meets
-  declines the pass.
+  declines the pass. With ``fallback=profile`` the ranking is by error per µs of
+  int8 speed given up (:mod:`onnxopt.passes.quantize.float_cost`): a node kept
+  float runs its neighbours float too, so its cost is theirs as well, and a
+  neighbour of one already float costs less.
 * ``max_db_loss=d`` (the ``int8`` recipe's where no task is read, 3 dB): the same search, but the
   drop is how many dB of output SNR (worst output, on 32 samples) the model
   loses beyond the *weights-only* int8 model -- the error no activation scheme

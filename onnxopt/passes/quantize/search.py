@@ -19,6 +19,7 @@ import onnx_ir as ir
 from onnxopt.evaluate.agreement import SNR_CAP_DB, finite_db
 from onnxopt.passes.base import PassContext, PassLog
 from onnxopt.passes.quantize.config import QuantizeConfig
+from onnxopt.passes.quantize.float_cost import cheapest_first
 
 if TYPE_CHECKING:
     from onnxopt.optimizer.budget import AccuracyBudget, ReadingBudget
@@ -315,7 +316,11 @@ class FloatFallbackSearch:
     def _fit_budget(self, excluded: set[str]) -> set[str] | None:
         """The fewest most error-adding layers to keep float so the drop stays within ``max_drop`` (of the
         quality probe's metric), ``max_reading_drop`` (of the task reading, beyond the weights-only reference) or
-        ``max_db_loss`` (dB of output SNR beyond the weights-only reference)."""
+        ``max_db_loss`` (dB of output SNR beyond the weights-only reference). Where the speed search profiled the
+        float and the int8 model, "most error-adding" is per µs of int8 speed the layer and the neighbours it
+        takes float with it give up (:func:`~onnxopt.passes.quantize.float_cost.cheapest_first`): the error is
+        spread over many layers on a model like the glyph detector, and which of them go float decides the
+        speed."""
         knob, budget = self._budget()
         self._say(f"scoring all-int8 against the budget ({knob})")
         quantized = self.trial(excluded)
@@ -340,7 +345,13 @@ class FloatFallbackSearch:
             quantized, drop = self._fine_tuned(quantized, drop, budget, knob)
             if drop <= budget.max_drop:
                 return excluded
-        ranked = self._sensitivity(quantized, excluded)
+        ranked, order = self._sensitivity(quantized, excluded), "error added"
+        profiled = self._float_profile is not None and self._int8_times  # the speed search profiled both models
+        if self.config.budget_order == "speed" and profiled:
+            assert self._float_profile is not None
+            float_us, quantized_nodes = self._float_profile.times, self.quantizable(excluded)
+            ranked = cheapest_first(ranked, self.model.graph, quantized_nodes, float_us, self._int8_times)
+            order = "error added per µs of int8 speed given up"
         cache: dict[int, float] = {0: drop}
 
         def drop_with(k: int) -> float:
@@ -352,6 +363,7 @@ class FloatFallbackSearch:
         high = budget.fewest(drop_with, len(ranked))
         self.measured["budget"] = {
             "metric": budget.metric,
+            "order": order,
             "drops": {str(k): round(v, 6) for k, v in sorted(cache.items())},
             "added_db": {name: round(added, 3) for name, added in ranked[: max(high or 0, 1) * 2]},
         }
@@ -368,7 +380,7 @@ class FloatFallbackSearch:
         for name, added in ranked[:high]:
             self.log.detail(node=name, added_db=round(added, 2), kept="float (accuracy budget)")
         shown = budget.describe(drop_with(high))
-        self.log.note(f"kept {high} layer(s) float for the budget: {budget.metric} drop {shown}")
+        self.log.note(f"kept {high} layer(s) float for the budget: {budget.metric} drop {shown} (ranked by {order})")
         return kept_float
 
     def _fine_tuned(
