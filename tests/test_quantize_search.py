@@ -175,6 +175,25 @@ g (float[N, 3, 8, 8] x) => (float[N, 8] y) {
 }"""
 
 
+class SlowWhenMixed(ScriptedContext):
+    """The pool's int8 kernel costs 300 µs more once any Conv runs float."""
+
+    def _times(self, model) -> dict[str, float]:
+        times = super()._times(model)
+        mixed = any(times[n.name] == 10.0 for n in model.graph if n.op_type == "Conv")
+        for node in model.graph:
+            if node.op_type == "GlobalAveragePool" and mixed and times[node.name] == 6.0:
+                times[node.name] += 300.0
+        return times
+
+
+def _chain() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    shapes = {"w1": ((8, 3, 3, 3), 0.5), "w2": ((8, 8, 3, 3), 0.2), "w3": ((8, 8, 3, 3), 0.2)}
+    shapes["w4"] = ((8, 8, 1, 1), 0.3)
+    return parse(CHAIN, **{k: rng.normal(0, sd, shape).astype(np.float32) for k, (shape, sd) in shapes.items()})
+
+
 def test_nodes_slower_in_int8_once_the_budget_mixed_precisions_are_kept_float_too() -> None:
     """An int8 kernel can be fast in an all-int8 chain and slow beside float layers (onnxruntime's uint8 MaxPool
     outside an NHWC chain); the speed round before the budget cannot see it, so the budget's mixed model is
@@ -182,21 +201,7 @@ def test_nodes_slower_in_int8_once_the_budget_mixed_precisions_are_kept_float_to
     budget keeps the stem float, the pool's int8 kernel then costs 300 µs more, and without the second round
     the mixed model would run slower than float and every node would go back to float compute."""
 
-    class SlowWhenMixed(ScriptedContext):
-        """The pool's int8 kernel costs 300 µs more once any Conv runs float."""
-
-        def _times(self, model) -> dict[str, float]:
-            times = super()._times(model)
-            mixed = any(times[n.name] == 10.0 for n in model.graph if n.op_type == "Conv")
-            for node in model.graph:
-                if node.op_type == "GlobalAveragePool" and mixed and times[node.name] == 6.0:
-                    times[node.name] += 300.0
-            return times
-
-    rng = np.random.default_rng(0)
-    shapes = {"w1": ((8, 3, 3, 3), 0.5), "w2": ((8, 8, 3, 3), 0.2), "w3": ((8, 8, 3, 3), 0.2)}
-    shapes["w4"] = ((8, 8, 1, 1), 0.3)
-    model = parse(CHAIN, **{k: rng.normal(0, sd, shape).astype(np.float32) for k, (shape, sd) in shapes.items()})
+    model = _chain()
     dataset = RandomDataset(Runner(model.SerializeToString()).inputs, 32, dims={}, seed=0)
     spec = "quantize:fallback=profile;max_db_loss=1;eval_samples=32"
     record, result = _run(spec, SlowWhenMixed({}, dataset=dataset), model)
@@ -209,6 +214,38 @@ def test_nodes_slower_in_int8_once_the_budget_mixed_precisions_are_kept_float_to
     assert any(n.startswith(said) for n in record.notes), record.notes
     assert pool.inputs[0].producer().op_type != "DequantizeLinear"  # it runs float
     assert any(n.op_type == "QuantizeLinear" for n in result.model.graph), record.notes  # the rest still int8
+
+
+def test_the_round_after_the_budget_is_undone_when_the_budget_then_fails() -> None:
+    """The nodes the round after the budget moves to float change what is rounded, so the budget is checked
+    again: here it is scripted to fail once the pool runs float, the round is undone (the pool stays int8), and
+    the mixed model, slower than float with the slowed pool, goes back to float compute on every node."""
+
+    class FailsWithFloatPool(SlowWhenMixed):
+        def snr_budget(self, reference, max_db_loss, limit, *, skip=0):
+            budget = super().snr_budget(reference, max_db_loss, limit, skip=skip)
+            measured = budget.drop
+
+            def drop(candidate) -> float:
+                pool = next(n for n in candidate.graph if n.op_type == "GlobalAveragePool")
+                source = pool.inputs[0].producer()
+                pool_int8 = source is not None and source.op_type == "DequantizeLinear"
+                return measured(candidate) if pool_int8 else budget.max_drop + 1.0
+
+            budget.drop = drop  # type: ignore[method-assign]  # the script
+            return budget
+
+    model = _chain()
+    dataset = RandomDataset(Runner(model.SerializeToString()).inputs, 32, dims={}, seed=0)
+    spec = "quantize:fallback=profile;max_db_loss=1;eval_samples=32"
+    record, result = _run(spec, FailsWithFloatPool({}, dataset=dataset), model)
+    kept = {row["node"]: row["kept"] for row in record.details if "kept" in row}
+    assert "float (accuracy budget)" in kept.values(), kept  # the budget mixed the precisions
+    assert "float (slower in int8 after the budget)" not in kept.values(), kept
+    said = "after the budget: 1 node(s) slowed in int8 by float neighbours; none kept float (with them float: "
+    assert any(n.startswith(said) for n in record.notes), record.notes
+    assert any("compute kept float on every node" in n for n in record.notes), record.notes
+    assert not any(n.op_type == "QuantizeLinear" for n in result.model.graph)
 
 
 def test_a_budget_only_all_float_meets_declines() -> None:
@@ -388,10 +425,7 @@ def test_with_profiles_the_budget_ranks_layers_by_error_per_microsecond_given_up
                 times[stem.name] = 5000.0
             return times
 
-    rng = np.random.default_rng(0)
-    shapes = {"w1": ((8, 3, 3, 3), 0.5), "w2": ((8, 8, 3, 3), 0.2), "w3": ((8, 8, 3, 3), 0.2)}
-    shapes["w4"] = ((8, 8, 1, 1), 0.3)
-    model = parse(CHAIN, **{k: rng.normal(0, sd, shape).astype(np.float32) for k, (shape, sd) in shapes.items()})
+    model = _chain()
     dataset = RandomDataset(Runner(model.SerializeToString()).inputs, 32, dims={}, seed=0)
     by_error, plain = _run("quantize:max_db_loss=1;eval_samples=32", CostlyStem({}, dataset=dataset), model)
     by_cost, _ = _run("quantize:fallback=profile;max_db_loss=1;eval_samples=32", CostlyStem({}, dataset=dataset), model)

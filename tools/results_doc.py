@@ -413,6 +413,25 @@ def render_float_cascade(doc: Doc) -> list[str]:
     return [f"setup: {fmt(doc['setup'])}", "", *table(rows)]
 
 
+def render_budget_order(doc: Doc) -> list[str]:
+    """The int8 budget's two orders: what each kept float, what runs, its speed against fp32 and its held-out
+    reading (budget_order_check.py)."""
+    rows = []
+    for order, row in doc["orders"].items():
+        drops = {int(k): v for k, v in row["budget_drops"].items()}
+        fitted = min((k for k, v in drops.items() if v <= doc["setup"].get("budget", 0.01)), default=None)
+        low, high = row["latency_vs_fp32"][1:]
+        runtime = row["runtime"]
+        rows.append({"budget_order": order, "layers the budget kept float": fitted,
+                     "nodes the round after it moved": row["after_budget"].get("kept"),
+                     "QLinearConv run": runtime["QLinearConv"],
+                     "Q + DQ left running": f"{runtime['QuantizeLinear']} + {runtime['DequantizeLinear']}",
+                     "latency vs fp32 [95% CI]": f"{row['latency_vs_fp32'][0]:.3f} [{low:.3f}, {high:.3f}]",
+                     **{k: v for k, v in row["held_out"].items() if k in ("samples", "recall", "precision",
+                                                                        "exact_string_agreement")}})  # fmt: skip
+    return [f"setup: {fmt(doc['setup'])}; fp32 p50 {doc['fp32_p50_ms']} ms", "", *table(rows)]
+
+
 def render_rounding(doc: Doc) -> list[str]:
     """Per model and rounding: layer output SNR on held-out inputs (compare_rounding.py)."""
     rows = [
@@ -505,6 +524,12 @@ KINDS = [  # the order of the sections
         "budget_float_cascade.py",
         lambda d: isinstance(d.get("models"), dict) and "reading budget" in d["models"],
         render_float_cascade,
+    ),
+    Kind(
+        "The int8 budget's order: error, or error per µs of speed given up",
+        "budget_order_check.py",
+        lambda d: isinstance(d.get("orders"), dict),
+        render_budget_order,
     ),
     Kind(
         "Learned weight rounding: GPTQ and AdaRound",
