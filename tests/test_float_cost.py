@@ -37,7 +37,7 @@ NODES = ("big", "sig", "mul", "small", "sig2", "mul2", "pool", "add")
 
 
 def test_a_float_node_runs_its_producers_and_its_tensors_readers_float(chain: ir.Graph) -> None:
-    spread = cascade(chain, NODES)
+    spread = cascade(chain, NODES, NODES)
     assert spread["mul"] == {"mul", "big", "sig", "small", "pool"}  # reads c, s; writes m (read by small, pool)
     assert spread["sig2"] == {"sig2", "small", "mul2"}
     assert spread["add"] == {"add", "mul2", "pool"}
@@ -66,3 +66,35 @@ def test_a_node_beside_one_already_float_is_cheaper(chain: ir.Graph) -> None:
 def test_without_costs_the_order_is_the_errors(chain: ir.Graph) -> None:
     ranked = [("mul", 3.0), ("sig2", 2.0), ("pool", 1.0)]
     assert cheapest_first(ranked, chain, NODES, {}, {}) == ranked
+
+
+def test_a_shared_constant_does_not_spread_float() -> None:
+    # weights and constants are rounded per reader: a float Mul leaves the other reader of its constant int8
+    text = """<ir_version: 8, opset_import: ["": 17]>
+    g (float[1, 4] x, float[1, 4] z) => (float[1, 4] y) {
+        a = Mul(x, k)
+        b = Mul(z, k)
+        y = Add(a, b)
+    }"""
+    graph = ir.from_proto(parse(text, k=np.full((4,), 0.5, np.float32))).graph
+    for node, name in zip(graph, ("first", "second", "add"), strict=True):
+        node.name = name
+    names = ["first", "second", "add"]
+    assert cascade(graph, names, names) == {
+        "first": {"first", "add"},
+        "second": {"second", "add"},
+        "add": {"add", "first", "second"},
+    }
+
+
+def test_nodes_beside_those_kept_float_before_the_budget_cost_nothing(chain: ir.Graph) -> None:
+    float_us = {"big": 1000.0, "small": 100.0}
+    int8_us = {"big": 100.0, "small": 90.0}
+    ranked = [("sig", 2.0), ("sig2", 1.0)]
+    # sig alone gives up big's 900 µs; with mul (which runs big float) kept float for speed, nothing
+    assert [n for n, _ in cheapest_first(ranked, chain, NODES, float_us, int8_us)] == ["sig2", "sig"]
+    quantized = [n for n in NODES if n != "mul"]
+    assert [n for n, _ in cheapest_first(ranked, chain, quantized, float_us, int8_us, kept_float=["mul"])] == [
+        "sig",
+        "sig2",
+    ]

@@ -427,15 +427,18 @@ def test_with_profiles_the_budget_ranks_layers_by_error_per_microsecond_given_up
 
     model = _chain()
     dataset = RandomDataset(Runner(model.SerializeToString()).inputs, 32, dims={}, seed=0)
-    by_error, plain = _run("quantize:max_db_loss=1;eval_samples=32", CostlyStem({}, dataset=dataset), model)
-    by_cost, _ = _run("quantize:fallback=profile;max_db_loss=1;eval_samples=32", CostlyStem({}, dataset=dataset), model)
-    stem = next(n.name for n in plain.model.graph if n.op_type == "Conv")  # as the pipeline names it
+    budget = "max_db_loss=1;eval_samples=32"
+    by_error, plain = _run(f"quantize:{budget}", CostlyStem({}, dataset=dataset), model)
+    profiled, _ = _run(f"quantize:fallback=profile;budget_order=error;{budget}", CostlyStem({}, dataset=dataset), model)
+    by_cost, _ = _run(f"quantize:fallback=profile;{budget}", CostlyStem({}, dataset=dataset), model)
+    stem = next(n.name for n in plain.model.graph if n.op_type == "Conv")  # float there: the pipeline's name
+    assert stem in {row.get("node") for row in by_error.details}, by_error.details
     first = {}
-    for label, record in (("error", by_error), ("cost", by_cost)):
+    for label, record in (("error", by_error), ("profiled", profiled), ("cost", by_cost)):
         kept = [row["node"] for row in record.details if row.get("kept") == "float (accuracy budget)"]
         assert kept, record.notes
         first[label] = kept[0]
-    assert first["error"] == stem  # without profiles, the most error first
+    assert first["error"] == first["profiled"] == stem  # by error alone (asked for, or without profiles)
     assert first["cost"] != stem, by_cost.details
     assert any("(ranked by error added per µs of int8 speed given up)" in n for n in by_cost.notes), by_cost.notes
     assert any("(ranked by error added)" in n for n in by_error.notes), by_error.notes

@@ -413,13 +413,17 @@ def render_float_cascade(doc: Doc) -> list[str]:
     return [f"setup: {fmt(doc['setup'])}", "", *table(rows)]
 
 
+#: The int8 recipe's max_reading_drop, which budget_order_check.py's runs keep.
+RECIPE_READING_BUDGET = 0.01
+
+
 def render_budget_order(doc: Doc) -> list[str]:
     """The int8 budget's two orders: what each kept float, what runs, its speed against fp32 and its held-out
     reading (budget_order_check.py)."""
     rows = []
     for order, row in doc["orders"].items():
         drops = {int(k): v for k, v in row["budget_drops"].items()}
-        fitted = min((k for k, v in drops.items() if v <= doc["setup"].get("budget", 0.01)), default=None)
+        fitted = min((k for k, v in drops.items() if v <= RECIPE_READING_BUDGET), default=None)
         low, high = row["latency_vs_fp32"][1:]
         runtime = row["runtime"]
         rows.append({"budget_order": order, "layers the budget kept float": fitted,

@@ -19,27 +19,28 @@ from collections.abc import Iterable, Mapping
 
 import onnx_ir as ir
 
-#: The cost floor, as a fraction of the float model's total time: an error-adding node that costs nothing (or
-#: saves time) is still ranked by its error, not ahead of every other by a division by zero.
+#: Added to every node's cost, as a fraction of the float model's total time: an error-adding node that costs
+#: nothing (or saves time) is still ranked by its error, not ahead of every other by a division by zero.
 COST_FLOOR = 0.01
 
 
-def cascade(graph: ir.Graph, quantized: Iterable[str]) -> dict[str, set[str]]:
-    """Each of ``quantized``'s nodes -> the quantized nodes that run float when it is kept float: itself, the
-    producers of the tensors it reads, and every reader of the tensors it reads or writes."""
-    names = set(quantized)
+def cascade(graph: ir.Graph, nodes: Iterable[str], among: Iterable[str]) -> dict[str, set[str]]:
+    """Each of ``nodes`` -> the nodes of ``among`` (the quantized ones) that run float when it is kept float:
+    itself, the producers of the activations it reads, and every reader of the activations it reads or writes.
+    Weights and constants do not spread it: they are rounded per reader, whatever the others run."""
+    names, among = set(nodes), set(among)
     found: dict[str, set[str]] = {}
     for node in graph:
         if node.name not in names:
             continue
         touched = {node.name}
         for value in (*node.inputs, *node.outputs):
-            if value is None:
+            if value is None or value.const_value is not None or value.is_initializer():
                 continue
             producer = value.producer()
-            if producer is not None and producer.name in names:
+            if producer is not None and producer.name in among:
                 touched.add(producer.name)
-            touched |= {use.node.name for use in value.uses() if use.node.name in names}
+            touched |= {use.node.name for use in value.uses() if use.node.name in among}
         found[node.name] = touched
     return found
 
@@ -50,15 +51,18 @@ def cheapest_first(
     quantized: Iterable[str],
     float_us: Mapping[str, float],
     int8_us: Mapping[str, float],
+    *,
+    kept_float: Iterable[str] = (),
 ) -> list[tuple[str, float]]:
     """``ranked`` ((node, error it adds), from the budget's sensitivity ranking) reordered greedily by error per
-    µs: each step picks the node with the most error for the time its cascade still gives up (nodes already
-    running float cost nothing more), floored at :data:`COST_FLOOR` of the float model's time. Nodes adding no
-    error keep their place after the others. Deterministic: ties go by the earlier place in ``ranked``."""
+    µs: each step picks the node with the most error for the time its cascade still gives up, plus a floor of
+    :data:`COST_FLOOR` of the float model's time. Nodes already running float -- beside ``kept_float`` (kept
+    float before the budget) or an earlier pick -- cost nothing more. Nodes adding no error keep their place
+    after the others. Deterministic: ties go by the earlier place in ``ranked``."""
     quantized = set(quantized)
-    spread = cascade(graph, quantized)
+    spread = cascade(graph, quantized, quantized)
     floor = max(COST_FLOOR * sum(float_us.values()), 1.0)
-    running_float: set[str] = set()
+    running_float = set().union(*cascade(graph, kept_float, quantized).values())
     left = [(name, added) for name, added in ranked if added > 0.0]
     order: list[tuple[str, float]] = []
     while left:
@@ -73,5 +77,6 @@ def cheapest_first(
 
 def given_up(nodes: set[str], float_us: Mapping[str, float], int8_us: Mapping[str, float]) -> float:
     """The µs ``nodes`` give up running float instead of int8, together (never below 0: a node fused into a
-    float kernel saves its int8 time, but whether the whole gets faster is what counts)."""
-    return max(sum(float_us.get(m, 0.0) - int8_us.get(m, 0.0) for m in nodes), 0.0)
+    float kernel saves its int8 time, but whether the whole gets faster is what counts). Summed in name order:
+    the same sum, to the bit, in every process."""
+    return max(sum(float_us.get(m, 0.0) - int8_us.get(m, 0.0) for m in sorted(nodes)), 0.0)

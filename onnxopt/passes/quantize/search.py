@@ -350,13 +350,15 @@ class FloatFallbackSearch:
         if self.config.budget_order == "speed" and profiled:
             assert self._float_profile is not None
             float_us, quantized_nodes = self._float_profile.times, self.quantizable(excluded)
-            ranked = cheapest_first(ranked, self.model.graph, quantized_nodes, float_us, self._int8_times)
+            ranked = cheapest_first(
+                ranked, self.model.graph, quantized_nodes, float_us, self._int8_times, kept_float=excluded
+            )
             order = "error added per µs of int8 speed given up"
         cache: dict[int, float] = {0: drop}
 
         def drop_with(k: int) -> float:
             if k not in cache:
-                self._say(f"budget: scoring with the {k} most error-adding of {len(ranked)} layers kept float")
+                self._say(f"budget: scoring with the first {k} of {len(ranked)} ranked layers kept float")
                 cache[k] = budget.drop(self._trained_trial(excluded | {name for name, _ in ranked[:k]}))
             return cache[k]
 
