@@ -418,16 +418,17 @@ RECIPE_READING_BUDGET = 0.01
 
 
 def render_budget_order(doc: Doc) -> list[str]:
-    """The int8 budget's two orders: what each kept float, what runs, its speed against fp32 and its held-out
-    reading (budget_order_check.py)."""
+    """The int8 budget's two orders beside onnxruntime's U8S8 (where the file has it): what each kept float, what
+    runs, its speed against fp32 and its held-out reading (budget_order_check.py)."""
     rows = []
     for order, row in doc["orders"].items():
-        drops = {int(k): v for k, v in row["budget_drops"].items()}
+        drops = {int(k): v for k, v in row.get("budget_drops", {}).items()}
         fitted = min((k for k, v in drops.items() if v <= RECIPE_READING_BUDGET), default=None)
         low, high = row["latency_vs_fp32"][1:]
         runtime = row["runtime"]
-        rows.append({"budget_order": order, "layers the budget kept float": fitted,
-                     "nodes the round after it moved": row["after_budget"].get("kept"),
+        rows.append({"variant": order if order.startswith("ort-") else f"budget_order={order}",
+                     "layers the budget kept float": fitted,
+                     "nodes the round after it moved": row.get("after_budget", {}).get("kept"),
                      "QLinearConv run": runtime["QLinearConv"],
                      "Q + DQ left running": f"{runtime['QuantizeLinear']} + {runtime['DequantizeLinear']}",
                      "latency vs fp32 [95% CI]": f"{row['latency_vs_fp32'][0]:.3f} [{low:.3f}, {high:.3f}]",

@@ -346,12 +346,11 @@ class FloatFallbackSearch:
             if drop <= budget.max_drop:
                 return excluded
         ranked, order = self._sensitivity(quantized, excluded), "error added"
-        profiled = self._float_profile is not None and self._int8_times  # the speed search profiled both models
-        if self.config.budget_order == "speed" and profiled:
-            assert self._float_profile is not None
-            float_us, quantized_nodes = self._float_profile.times, self.quantizable(excluded)
+        float_profile = self._float_profile  # with the first round's int8 times: the speed search profiled both
+        if self.config.budget_order == "speed" and float_profile is not None and self._int8_times:
+            quantized_nodes = self.quantizable(excluded)
             ranked = cheapest_first(
-                ranked, self.model.graph, quantized_nodes, float_us, self._int8_times, kept_float=excluded
+                ranked, self.model.graph, quantized_nodes, float_profile.times, self._int8_times, kept_float=excluded
             )
             order = "error added per µs of int8 speed given up"
         cache: dict[int, float] = {0: drop}
