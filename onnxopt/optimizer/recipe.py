@@ -62,7 +62,7 @@ BUILTIN_RECIPES["int8"] = ",".join(
         # R/P 0.989/0.990 against 0.971/0.995, its reading budget's drop 0.016 against 0.0325, the other three
         # models within 0.008, docs/INT8.md); float compute kept where onnxruntime's int8
         # kernel is slower, and on the layers that cost the most beyond rounding the weights alone (per µs of
-        # int8 speed they give up: on the glyph detector 0.81x fp32 against 0.91x by error alone,
+        # int8 speed they give up: on the glyph detector 0.80x fp32 against 0.95x by error alone,
         # tools/budget_order_check.py): where the
         # outputs read as a task (top-1, accuracy, strings, detections) until the reading's 95 % upper bound loses
         # at most 0.01 beyond the weights-only model, on samples calibration did not fit (when --data has 512);
