@@ -19,7 +19,7 @@ import onnx_ir as ir
 from onnxopt.evaluate.agreement import SNR_CAP_DB, finite_db
 from onnxopt.passes.base import PassContext, PassLog
 from onnxopt.passes.quantize.config import QuantizeConfig
-from onnxopt.passes.quantize.float_cost import cheapest_first
+from onnxopt.passes.quantize.float_cost import cheapest_first, conversion_rate
 
 if TYPE_CHECKING:
     from onnxopt.optimizer.budget import AccuracyBudget, ReadingBudget
@@ -76,6 +76,7 @@ class FloatFallbackSearch:
         self._chosen: tuple[str, AccuracyBudget] | None = None  # the budget that judges, once chosen
         self._float_profile: NodeProfile | None = None  # the float model's, once profiled
         self._int8_times: dict[str, float] = {}  # each node's int8 µs in the first speed round (conversions charged)
+        self._conversions: list[tuple[str, float]] = []  # (tensor, µs) of each conversion that profile ran alone
         self._said_overlap = False  # whether the record says the budget scores calibration's samples
 
     def run(self, excluded: set[str]) -> set[str] | None:
@@ -120,6 +121,7 @@ class FloatFallbackSearch:
         float_profile = self._profile_float()
         current = self.trial(excluded)
         profile, lost, self._int8_times = self._slower_in_int8(current, excluded)
+        self._conversions = standalone_conversions(current, profile)
         self.measured["profile_us"] = {"float": round(float_profile.total, 1), "int8": round(profile.total, 1)}
         self.measured["slower_nodes_us"] = {
             name: [round(f, 1), round(i, 1)] for nodes in lost.values() for name, (f, i) in sorted(nodes.items())
@@ -349,10 +351,12 @@ class FloatFallbackSearch:
         float_profile = self._float_profile  # with the first round's int8 times: the speed search profiled both
         if self.config.budget_order == "speed" and float_profile is not None and self._int8_times:
             quantized_nodes = self.quantizable(excluded)
+            edges = self._conversion_us(quantized)
             ranked = cheapest_first(
-                ranked, self.model.graph, quantized_nodes, float_profile.times, self._int8_times, kept_float=excluded
-            )
-            order = "error added per µs of int8 speed given up"
+                ranked, self.model.graph, quantized_nodes, float_profile.times, self._int8_times,
+                kept_float=excluded, conversion_us=edges,
+            )  # fmt: skip
+            order = "error added per µs of int8 speed given up" + (", edges counted" if edges else "")
         cache: dict[int, float] = {0: drop}
 
         def drop_with(k: int) -> float:
@@ -383,6 +387,22 @@ class FloatFallbackSearch:
         shown = budget.describe(drop_with(high))
         self.log.note(f"kept {high} layer(s) float for the budget: {budget.metric} drop {shown} (ranked by {order})")
         return kept_float
+
+    def _conversion_us(self, quantized: ir.Model) -> dict[str, float]:
+        """µs of one standalone conversion of each tensor ``quantized`` quantizes, at the rate the all-int8
+        profile's own standalone conversions ran (:func:`~onnxopt.passes.quantize.float_cost.conversion_rate`);
+        empty when it ran none. Recorded in ``measured`` as ns per element."""
+        known = {v.name for v in self.model.graph.inputs} | {v.name for n in self.model.graph for v in n.outputs}
+        names = {n.inputs[0].name for n in quantized.graph if n.op_type == "QuantizeLinear" and n.inputs[0] is not None}
+        names = sorted((names | {name for name, _ in self._conversions}) & known)
+        if not self._conversions or not names:
+            return {}
+        sizes = self.context.tensor_sizes(self.model, names, batch=self.batch)
+        rate = conversion_rate(sizes, self._conversions)
+        if rate is None:
+            return {}
+        self.measured["conversion_ns_per_element"] = round(1000.0 * rate, 4)
+        return {name: rate * size for name, size in sizes.items()}
 
     def _fine_tuned(
         self, quantized: ir.Model, drop: float, budget: AccuracyBudget, knob: str
@@ -460,6 +480,25 @@ class FloatFallbackSearch:
                 if node.name in quantizable:
                     added[node.name] = max(added.get(node.name, -np.inf), lost)
         return sorted(added.items(), key=lambda item: (-item[1], item[0]))
+
+
+def standalone_conversions(quantized: ir.Model, profile: NodeProfile) -> list[tuple[str, float]]:
+    """Each QuantizeLinear / DequantizeLinear of an activation that onnxruntime ran on its own in ``profile``
+    (the ones it did not fuse into an integer kernel keep their names there): (the float tensor it converts,
+    µs), in graph order. A DequantizeLinear of a weight is not one: it is folded or fused, never at an edge."""
+    found = []
+    for node in quantized.graph:
+        spent = profile.times.get(node.name or "", 0.0)
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or spent <= 0.0 or node.inputs[0] is None:
+            continue
+        source = node.inputs[0]
+        if node.op_type == "DequantizeLinear":
+            producer = source.producer()
+            if producer is None or producer.op_type != "QuantizeLinear" or producer.inputs[0] is None:
+                continue  # a weight's
+            source = producer.inputs[0]
+        found.append((source.name or "", spent))
+    return found
 
 
 def conversion_costs(quantized: ir.Model, profile: NodeProfile, nodes: set[str]) -> dict[str, float]:
