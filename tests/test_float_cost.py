@@ -127,21 +127,28 @@ def test_with_conversions_priced_an_island_swallows_a_lone_int8_node_first() -> 
     ranked = [("p2", 1.0), ("n3", 1.0)]
     quantized = [n for n in nodes if n not in ("n1", "n5")]
     # n1 and n5 float leave n3 a lone int8 node: t2 needs a QuantizeLinear of its own (n2 runs float), t3 a
-    # DequantizeLinear (n4 runs float). Keeping n3 float gives up 900 µs of its kernel and removes both; p2 takes
-    # its whole chain float (30 µs) and adds four (x2 and y2: each a Q and a DQ of their own)
+    # DequantizeLinear (n4 runs float). Keeping n3 float gives up 900 µs of its kernel and removes both, which
+    # only the conversions it removes make cheaper than p2's whole chain float (30 µs)
     plain = cheapest_first(ranked, graph, quantized, float_us, int8_us, kept_float=["n1", "n5"])
     assert [name for name, _ in plain] == ["p2", "n3"]
-    tensors = ("x", "t1", "t2", "t3", "t4", "y", "x2", "a1", "a2", "y2")
-    priced = cheapest_first(
-        ranked,
-        graph,
-        quantized,
-        float_us,
-        int8_us,
-        kept_float=["n1", "n5"],
-        conversion_us=dict.fromkeys(tensors, 500.0),
-    )
+    edges = {"t2": 500.0, "t3": 500.0}
+    priced = cheapest_first(ranked, graph, quantized, float_us, int8_us, kept_float=["n1", "n5"], conversion_us=edges)
     assert [name for name, _ in priced] == ["n3", "p2"]
+
+
+def test_a_float_island_that_splits_an_int8_chain_pays_for_its_edges() -> None:
+    graph = _two_chains()
+    nodes = [node.name for node in graph]
+    float_us = {"n3": 100.0, "p2": 100.0}
+    int8_us = {"n3": 90.0, "p2": 50.0}
+    ranked = [("p2", 1.0), ("n3", 1.0)]
+    # p2's whole chain goes float with it: x2 then needs a DequantizeLinear, y2 a QuantizeLinear, each of their
+    # own (x2's Q and y2's DQ run alone already); n3 in the middle of its chain adds a Q on t1 and a DQ on t4
+    plain = cheapest_first(ranked, graph, nodes, float_us, int8_us)
+    assert [name for name, _ in plain] == ["n3", "p2"]  # 10 µs given up against 50
+    edges = dict.fromkeys(("t1", "t4", "x2", "y2"), 10.0) | {"t1": 100.0}
+    priced = cheapest_first(ranked, graph, nodes, float_us, int8_us, conversion_us=edges)
+    assert [name for name, _ in priced] == ["p2", "n3"]  # 10 + 100 + 10 against 50 + 10 + 10
 
 
 def test_the_conversion_rate_is_the_measured_one_with_its_layout_reorder() -> None:

@@ -427,14 +427,17 @@ def test_the_conversions_run_alone_are_named_by_the_float_tensor_they_convert() 
                 a = Mul(d, w)
                 q2 = QuantizeLinear(a, s, z)
                 d2 = DequantizeLinear(q2, s, z)
-                y = Relu(d2)
+                y_float = Relu(d2)
+                q3 = QuantizeLinear(y_float, s, z)
+                y = DequantizeLinear(q3, s, z)
             }"""
         )
     )
     for i, node in enumerate(model.graph):
         node.name = f"{node.op_type}_{i}"
     times = {"QuantizeLinear_0": 3.0, "DequantizeLinear_2": 1.0, "DequantizeLinear_5": 4.0, "Mul_3": 7.0}
-    assert standalone_conversions(model, NodeProfile(times, {})) == [("x", 3.0), ("a", 4.0)]
+    times["DequantizeLinear_8"] = 2.0  # the output's: the float model names that tensor y, as the output keeps
+    assert standalone_conversions(model, NodeProfile(times, {})) == [("x", 3.0), ("a", 4.0), ("y", 2.0)]
 
 
 def test_with_profiles_the_budget_ranks_layers_by_error_per_microsecond_given_up() -> None:

@@ -14,9 +14,11 @@ kernel has no time of its own (0).
 A float island also has edges: each quantized tensor it writes needs a QuantizeLinear of its own, each it reads a
 DequantizeLinear of its own, where int8 kernels would have fused them -- and a layout reorder beside each, since
 float kernels run NCHWc and integer ones NHWC. Where the all-int8 profile ran such conversions (its input's
-QuantizeLinear, at least), their rate per element prices every edge (:func:`conversion_rate`): an island that
+QuantizeLinear, usually), their rate per element prices every edge (:func:`conversion_rate`): an island that
 swallows a lone int8 node between two float ones then saves its two conversions, and one that splits an int8
-chain pays for them. An estimate, not a verdict: the interleaved timing after the budget judges the model.
+chain pays for them. An estimate, not a verdict: the interleaved timing after the budget judges the model. Not
+modelled: a Relu or Clip folded into the int8 kernel before it comes back, with a conversion of its own, when a
+reader goes float; a Shape reader needs no DequantizeLinear; a tensor with several float readers is priced one.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from collections.abc import Iterable, Mapping
 
 import onnx_ir as ir
 
-#: What a standalone conversion costs beside its Q/DQ kernel, as a multiple of that kernel: the layout reorder
-#: (NCHWc <-> NCHW) onnxruntime runs with it. A judgement from one profile of the glyph detector's mixed model
-#: (EPYC, budget ordered without edges): its 67 standalone Q/DQ kernels took 1.6 ms, and its layout reorders 5.9
-#: ms, about 4 of them (the float convolutions' share of the float model's 10 ms) inside the float islands.
+#: A standalone conversion's whole cost -- its Q/DQ kernel and the layout reorder (NCHWc <-> NCHW) onnxruntime
+#: runs beside it -- as a multiple of the kernel alone. A judgement from one profile of the glyph detector's mixed
+#: model (EPYC, budget ordered without edges): its 67 standalone Q/DQ kernels took 1.6 ms, its layout reorders
+#: 5.9 ms, about 4 of them (the float convolutions' share of the float model's 10 ms) inside the float islands.
 CONVERSION_LAYOUT_FACTOR = 2.0
 
 #: Added to every node's cost, as a fraction of the float model's total time: an error-adding node that costs
@@ -74,7 +76,7 @@ def cheapest_first(
     tensor's name -> µs of one standalone Q or DQ of it) the time also counts the conversions the pick adds at
     its island's edges, less those it removes (never below 0 in all). Nodes adding no error keep their place
     after the others. Deterministic: ties go by the earlier place in ``ranked``."""
-    quantized = set(quantized)
+    quantized, kept_float = set(quantized), set(kept_float)
     spread = cascade(graph, quantized, quantized)
     edges = _Edges(graph, quantized, conversion_us or {}, kept_float)
     floor = max(COST_FLOOR * sum(float_us.values()), 1.0)
@@ -117,7 +119,6 @@ class _Edges:
         for node in graph:
             values = {v.name: v for v in (*node.inputs, *node.outputs) if v is not None and v.name in conversion_us}
             self.tensors[node.name] = [values[name] for name in sorted(values)]
-        kept_float = set(kept_float)
         self.float_tensors = {v.name for name in kept_float for v in self.tensors.get(name, ())}
 
     def added(self, name: str, taken: set[str], running_float: set[str]) -> float:

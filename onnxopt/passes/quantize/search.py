@@ -390,19 +390,21 @@ class FloatFallbackSearch:
 
     def _conversion_us(self, quantized: ir.Model) -> dict[str, float]:
         """µs of one standalone conversion of each tensor ``quantized`` quantizes, at the rate the all-int8
-        profile's own standalone conversions ran (:func:`~onnxopt.passes.quantize.float_cost.conversion_rate`);
-        empty when it ran none. Recorded in ``measured`` as ns per element."""
-        known = {v.name for v in self.model.graph.inputs} | {v.name for n in self.model.graph for v in n.outputs}
-        names = {n.inputs[0].name for n in quantized.graph if n.op_type == "QuantizeLinear" and n.inputs[0] is not None}
-        names = sorted((names | {name for name, _ in self._conversions}) & known)
-        if not self._conversions or not names:
+        profile's own standalone conversions ran (:func:`~onnxopt.passes.quantize.float_cost.conversion_rate`,
+        layout reorder included); empty when it ran none. The rate is recorded in ``measured``, in ns per
+        element."""
+        if not self._conversions:
             return {}
-        sizes = self.context.tensor_sizes(self.model, names, batch=self.batch)
+        known = {v.name for v in self.model.graph.inputs} | {v.name for n in self.model.graph for v in n.outputs}
+        priced = {converted_tensor(n) for n in quantized.graph if n.op_type == "QuantizeLinear" and n.inputs}
+        priced = {name for name in priced & known if name}
+        names = sorted(priced | ({name for name, _ in self._conversions} & known))
+        sizes = self.context.tensor_sizes(self.model, names, batch=self.batch) if names else {}
         rate = conversion_rate(sizes, self._conversions)
         if rate is None:
             return {}
         self.measured["conversion_ns_per_element"] = round(1000.0 * rate, 4)
-        return {name: rate * size for name, size in sizes.items()}
+        return {name: rate * sizes[name] for name in sorted(priced)}
 
     def _fine_tuned(
         self, quantized: ir.Model, drop: float, budget: AccuracyBudget, knob: str
@@ -483,22 +485,35 @@ class FloatFallbackSearch:
 
 
 def standalone_conversions(quantized: ir.Model, profile: NodeProfile) -> list[tuple[str, float]]:
-    """Each QuantizeLinear / DequantizeLinear of an activation that onnxruntime ran on its own in ``profile``
-    (the ones it did not fuse into an integer kernel keep their names there): (the float tensor it converts,
-    µs), in graph order. A DequantizeLinear of a weight is not one: it is folded or fused, never at an edge."""
+    """Each QuantizeLinear / DequantizeLinear of an activation that onnxruntime ran on its own in ``profile``:
+    (the float model's name of the tensor it converts, µs), in graph order. A DequantizeLinear of a weight is
+    not one: it is folded or fused, never at an edge."""
     found = []
-    for node in quantized.graph:
-        spent = profile.times.get(node.name or "", 0.0)
-        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or spent <= 0.0 or node.inputs[0] is None:
-            continue
-        source = node.inputs[0]
-        if node.op_type == "DequantizeLinear":
-            producer = source.producer()
-            if producer is None or producer.op_type != "QuantizeLinear" or producer.inputs[0] is None:
-                continue  # a weight's
-            source = producer.inputs[0]
-        found.append((source.name or "", spent))
-    return found
+    for node, spent in _run_alone(quantized, profile):
+        q = node if node.op_type == "QuantizeLinear" else node.inputs[0].producer()
+        if q is not None and q.op_type == "QuantizeLinear" and q.inputs and q.inputs[0] is not None:
+            found.append((converted_tensor(q), spent))
+    return [(name, spent) for name, spent in found if name]
+
+
+def converted_tensor(q: ir.Node) -> str:
+    """The float model's name of the tensor QuantizeLinear ``q`` quantizes: its input's, or -- where the pair
+    ends in a graph output, which keeps its name on the DequantizeLinear's output -- that output's."""
+    for use in q.outputs[0].uses():
+        if use.node.op_type == "DequantizeLinear" and use.node.outputs[0].is_graph_output():
+            return use.node.outputs[0].name or ""
+    return q.inputs[0].name or "" if q.inputs[0] is not None else ""
+
+
+def _run_alone(quantized: ir.Model, profile: NodeProfile) -> list[tuple[ir.Node, float]]:
+    """The QuantizeLinear / DequantizeLinear nodes onnxruntime ran on their own in ``profile`` (the ones it did
+    not fuse into an integer kernel keep their names there), with their µs."""
+    return [
+        (node, spent)
+        for node in quantized.graph
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.inputs and node.inputs[0] is not None
+        and (spent := profile.times.get(node.name or "", 0.0)) > 0.0
+    ]  # fmt: skip
 
 
 def conversion_costs(quantized: ir.Model, profile: NodeProfile, nodes: set[str]) -> dict[str, float]:
@@ -511,14 +526,11 @@ def conversion_costs(quantized: ir.Model, profile: NodeProfile, nodes: set[str])
     chain: an int8 Sigmoid between two float ops is one QLinearSigmoid plus a QuantizeLinear and a
     DequantizeLinear, and its own kernel alone would call it faster than the float Sigmoid."""
     charged: dict[str, float] = {}
-    for node in quantized.graph:
-        spent = profile.times.get(node.name or "", 0.0)
-        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or spent <= 0.0 or not node.inputs:
-            continue
+    for node, spent in _run_alone(quantized, profile):
         if node.op_type == "DequantizeLinear":
             served = {u.node.name for u in node.outputs[0].uses() if u.node.name in nodes}
         else:
-            producer = node.inputs[0].producer() if node.inputs[0] is not None else None
+            producer = node.inputs[0].producer()
             served = {producer.name} if producer is not None and producer.name in nodes else set()
         for name in served:
             charged[name] = charged.get(name, 0.0) + spent / len(served)
