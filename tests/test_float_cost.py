@@ -6,7 +6,7 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from onnxopt.passes.quantize.float_cost import CONVERSION_LAYOUT_FACTOR, cascade, cheapest_first, conversion_rate
+from onnxopt.passes.quantize.float_cost import cascade, cheapest_first
 from tests.helpers import parse
 
 
@@ -98,61 +98,3 @@ def test_nodes_beside_those_kept_float_before_the_budget_cost_nothing(chain: ir.
         "sig",
         "sig2",
     ]
-
-
-def _two_chains() -> ir.Graph:
-    """``n1 -> n2 -> n3 -> n4 -> n5`` on x, and ``p1 -> p2 -> p3`` on x2 (each node a Relu)."""
-    text = """<ir_version: 8, opset_import: ["": 17]>
-    g (float[1, 8] x, float[1, 8] x2) => (float[1, 8] y, float[1, 8] y2) {
-        t1 = Relu(x)
-        t2 = Relu(t1)
-        t3 = Relu(t2)
-        t4 = Relu(t3)
-        y = Relu(t4)
-        a1 = Relu(x2)
-        a2 = Relu(a1)
-        y2 = Relu(a2)
-    }"""
-    graph = ir.from_proto(parse(text)).graph
-    for node, name in zip(graph, ("n1", "n2", "n3", "n4", "n5", "p1", "p2", "p3"), strict=True):
-        node.name = name
-    return graph
-
-
-def test_with_conversions_priced_an_island_swallows_a_lone_int8_node_first() -> None:
-    graph = _two_chains()
-    nodes = [node.name for node in graph]
-    float_us = {"n3": 1000.0, "p1": 100.0, "p2": 100.0, "p3": 100.0}
-    int8_us = {"n3": 100.0, "p1": 90.0, "p2": 90.0, "p3": 90.0}
-    ranked = [("p2", 1.0), ("n3", 1.0)]
-    quantized = [n for n in nodes if n not in ("n1", "n5")]
-    # n1 and n5 float leave n3 a lone int8 node: t2 needs a QuantizeLinear of its own (n2 runs float), t3 a
-    # DequantizeLinear (n4 runs float). Keeping n3 float gives up 900 µs of its kernel and removes both, which
-    # only the conversions it removes make cheaper than p2's whole chain float (30 µs)
-    plain = cheapest_first(ranked, graph, quantized, float_us, int8_us, kept_float=["n1", "n5"])
-    assert [name for name, _ in plain] == ["p2", "n3"]
-    edges = {"t2": 500.0, "t3": 500.0}
-    priced = cheapest_first(ranked, graph, quantized, float_us, int8_us, kept_float=["n1", "n5"], conversion_us=edges)
-    assert [name for name, _ in priced] == ["n3", "p2"]
-
-
-def test_a_float_island_that_splits_an_int8_chain_pays_for_its_edges() -> None:
-    graph = _two_chains()
-    nodes = [node.name for node in graph]
-    float_us = {"n3": 100.0, "p2": 100.0}
-    int8_us = {"n3": 90.0, "p2": 50.0}
-    ranked = [("p2", 1.0), ("n3", 1.0)]
-    # p2's whole chain goes float with it: x2 then needs a DequantizeLinear, y2 a QuantizeLinear, each of their
-    # own (x2's Q and y2's DQ run alone already); n3 in the middle of its chain adds a Q on t1 and a DQ on t4
-    plain = cheapest_first(ranked, graph, nodes, float_us, int8_us)
-    assert [name for name, _ in plain] == ["n3", "p2"]  # 10 µs given up against 50
-    edges = dict.fromkeys(("t1", "t4", "x2", "y2"), 10.0) | {"t1": 100.0}
-    priced = cheapest_first(ranked, graph, nodes, float_us, int8_us, conversion_us=edges)
-    assert [name for name, _ in priced] == ["p2", "n3"]  # 10 + 100 + 10 against 50 + 10 + 10
-
-
-def test_the_conversion_rate_is_the_measured_one_with_its_layout_reorder() -> None:
-    sizes = {"a": 100, "b": 300}
-    rate = conversion_rate(sizes, [("a", 2.0), ("b", 6.0), ("unsized", 50.0)])
-    assert rate == pytest.approx(CONVERSION_LAYOUT_FACTOR * 8.0 / 400)
-    assert conversion_rate(sizes, [("unsized", 50.0)]) is None

@@ -412,34 +412,6 @@ def test_conversions_left_running_are_charged_to_the_int8_nodes_they_serve() -> 
     assert charged == {"Sigmoid_2": 2.0 + 5.0, "Relu_3": 2.0}, charged
 
 
-def test_the_conversions_run_alone_are_named_by_the_float_tensor_they_convert() -> None:
-    """What prices a float island's edges: each activation's QuantizeLinear / DequantizeLinear onnxruntime ran
-    on its own, by the float tensor it converts; a weight's DequantizeLinear is not one."""
-    from onnxopt.passes.quantize.search import standalone_conversions
-
-    model = io.from_proto(
-        parse(
-            """<ir_version: 8, opset_import: ["": 13]>
-            g (float[1, 4] x) => (float[1, 4] y) <float s = {0.1}, uint8 z = {128}, uint8[4] wq = {1, 2, 3, 4}> {
-                q = QuantizeLinear(x, s, z)
-                d = DequantizeLinear(q, s, z)
-                w = DequantizeLinear(wq, s, z)
-                a = Mul(d, w)
-                q2 = QuantizeLinear(a, s, z)
-                d2 = DequantizeLinear(q2, s, z)
-                y_float = Relu(d2)
-                q3 = QuantizeLinear(y_float, s, z)
-                y = DequantizeLinear(q3, s, z)
-            }"""
-        )
-    )
-    for i, node in enumerate(model.graph):
-        node.name = f"{node.op_type}_{i}"
-    times = {"QuantizeLinear_0": 3.0, "DequantizeLinear_2": 1.0, "DequantizeLinear_5": 4.0, "Mul_3": 7.0}
-    times["DequantizeLinear_8"] = 2.0  # the output's: the float model names that tensor y, as the output keeps
-    assert standalone_conversions(model, NodeProfile(times, {})) == [("x", 3.0), ("a", 4.0), ("y", 2.0)]
-
-
 def test_with_profiles_the_budget_ranks_layers_by_error_per_microsecond_given_up() -> None:
     """Where the speed search profiled both models, the budget ranks layers by the error they add per µs of int8
     speed they (and the neighbours they take float) give up: here the stem, whose upstream is the exact input and
@@ -470,26 +442,3 @@ def test_with_profiles_the_budget_ranks_layers_by_error_per_microsecond_given_up
     assert first["cost"] != stem, by_cost.details
     assert any("(ranked by error added per µs of int8 speed given up)" in n for n in by_cost.notes), by_cost.notes
     assert any("(ranked by error added)" in n for n in by_error.notes), by_error.notes
-
-
-def test_where_the_int8_profile_ran_conversions_alone_the_budget_prices_island_edges() -> None:
-    """The input's QuantizeLinear runs on its own in the all-int8 profile: its rate per element prices the
-    conversions each float island adds at its edges, and the note says the order counted them."""
-
-    class InputConversion(ScriptedContext):
-        def profile(self, model, *, batch: int = 1) -> NodeProfile:
-            profile = super().profile(model, batch=batch)
-            for node in model.graph:
-                if node.op_type == "QuantizeLinear" and node.inputs[0].is_graph_input():
-                    profile.times[node.name] = 20.0
-            return profile
-
-    model = _chain()
-    dataset = RandomDataset(Runner(model.SerializeToString()).inputs, 32, dims={}, seed=0)
-    spec = "quantize:fallback=profile;max_db_loss=1;eval_samples=32"
-    record, _ = _run(spec, InputConversion({}, dataset=dataset), model)
-    assert any("(ranked by error added per µs of int8 speed given up, edges counted)" in n for n in record.notes), (
-        record.notes
-    )
-    _, plain = _run(spec, ScriptedContext({}, dataset=dataset), model)
-    assert not any("edges counted" in n for n in plain.records[-1].notes)

@@ -37,7 +37,6 @@ from onnxopt.optimizer.plan import Plan
 from onnxopt.optimizer.quality import QualityProbe
 from onnxopt.progress import NullProgress, Progress
 from onnxopt.runtime import Runner, TensorSpec, input_specs
-from onnxopt.shared_weights import SharedWeightsModel
 
 DEFAULT_GUARD_SAMPLES = 64
 
@@ -230,13 +229,6 @@ class Context:
         batch) on the run's providers, with every onnxruntime optimization on (how it will be deployed)."""
         feeds = self._timing_feeds(model, self.batch if batch is None else batch)
         return profile_nodes(model, feeds, providers=self.providers)
-
-    def tensor_sizes(self, model: ir.Model, names: Sequence[str], *, batch: int | None = None) -> dict[str, int]:
-        """How many elements each of ``model``'s tensors ``names`` holds at ``batch`` (default: the run's
-        deployment batch), from one run on the batch :meth:`profile` times with."""
-        feeds = self._timing_feeds(model, self.batch if batch is None else batch)
-        runner = SharedWeightsModel(model, protect=False).runner(outputs=list(names), only_outputs=True)
-        return {name: int(array.size) for name, array in zip(names, runner.run(feeds, list(names)), strict=True)}
 
     def latency_ratio(
         self, baseline: ir.Model, candidate: ir.Model, *, batch: int | None = None, seconds: float = 1.0

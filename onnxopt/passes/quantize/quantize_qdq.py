@@ -95,9 +95,7 @@ Two searches decide which nodes stay float (besides ``exclude``):
   declines the pass. With ``fallback=profile`` the ranking is by error per µs of
   int8 speed given up (:mod:`onnxopt.passes.quantize.float_cost`): a node kept
   float runs its neighbours float too, so its cost is theirs as well, and a
-  neighbour of one already float costs less; the standalone Q/DQ conversions an
-  island adds at its edges count too, less those it removes, priced at the rate
-  the all-int8 profile's own standalone conversions ran.
+  neighbour of one already float costs less.
 * ``max_db_loss=d`` (the ``int8`` recipe's where no task is read, 3 dB): the same search, but the
   drop is how many dB of output SNR (worst output, on 32 samples) the model
   loses beyond the *weights-only* int8 model -- the error no activation scheme

@@ -19,7 +19,7 @@ import onnx_ir as ir
 from onnxopt.evaluate.agreement import SNR_CAP_DB, finite_db
 from onnxopt.passes.base import PassContext, PassLog
 from onnxopt.passes.quantize.config import QuantizeConfig
-from onnxopt.passes.quantize.float_cost import cheapest_first, conversion_rate
+from onnxopt.passes.quantize.float_cost import cheapest_first
 
 if TYPE_CHECKING:
     from onnxopt.optimizer.budget import AccuracyBudget, ReadingBudget
@@ -76,7 +76,6 @@ class FloatFallbackSearch:
         self._chosen: tuple[str, AccuracyBudget] | None = None  # the budget that judges, once chosen
         self._float_profile: NodeProfile | None = None  # the float model's, once profiled
         self._int8_times: dict[str, float] = {}  # each node's int8 µs in the first speed round (conversions charged)
-        self._conversions: list[tuple[str, float]] = []  # (tensor, µs) of each conversion that profile ran alone
         self._said_overlap = False  # whether the record says the budget scores calibration's samples
 
     def run(self, excluded: set[str]) -> set[str] | None:
@@ -121,7 +120,6 @@ class FloatFallbackSearch:
         float_profile = self._profile_float()
         current = self.trial(excluded)
         profile, lost, self._int8_times = self._slower_in_int8(current, excluded)
-        self._conversions = standalone_conversions(current, profile)
         self.measured["profile_us"] = {"float": round(float_profile.total, 1), "int8": round(profile.total, 1)}
         self.measured["slower_nodes_us"] = {
             name: [round(f, 1), round(i, 1)] for nodes in lost.values() for name, (f, i) in sorted(nodes.items())
@@ -351,12 +349,10 @@ class FloatFallbackSearch:
         float_profile = self._float_profile  # with the first round's int8 times: the speed search profiled both
         if self.config.budget_order == "speed" and float_profile is not None and self._int8_times:
             quantized_nodes = self.quantizable(excluded)
-            edges = self._conversion_us(quantized)
             ranked = cheapest_first(
-                ranked, self.model.graph, quantized_nodes, float_profile.times, self._int8_times,
-                kept_float=excluded, conversion_us=edges,
-            )  # fmt: skip
-            order = "error added per µs of int8 speed given up" + (", edges counted" if edges else "")
+                ranked, self.model.graph, quantized_nodes, float_profile.times, self._int8_times, kept_float=excluded
+            )
+            order = "error added per µs of int8 speed given up"
         cache: dict[int, float] = {0: drop}
 
         def drop_with(k: int) -> float:
@@ -387,24 +383,6 @@ class FloatFallbackSearch:
         shown = budget.describe(drop_with(high))
         self.log.note(f"kept {high} layer(s) float for the budget: {budget.metric} drop {shown} (ranked by {order})")
         return kept_float
-
-    def _conversion_us(self, quantized: ir.Model) -> dict[str, float]:
-        """µs of one standalone conversion of each tensor ``quantized`` quantizes, at the rate the all-int8
-        profile's own standalone conversions ran (:func:`~onnxopt.passes.quantize.float_cost.conversion_rate`,
-        layout reorder included); empty when it ran none. The rate is recorded in ``measured``, in ns per
-        element."""
-        if not self._conversions:
-            return {}
-        known = {v.name for v in self.model.graph.inputs} | {v.name for n in self.model.graph for v in n.outputs}
-        priced = {converted_tensor(n) for n in quantized.graph if n.op_type == "QuantizeLinear" and n.inputs}
-        priced = {name for name in priced & known if name}
-        names = sorted(priced | ({name for name, _ in self._conversions} & known))
-        sizes = self.context.tensor_sizes(self.model, names, batch=self.batch) if names else {}
-        rate = conversion_rate(sizes, self._conversions)
-        if rate is None:
-            return {}
-        self.measured["conversion_ns_per_element"] = round(1000.0 * rate, 4)
-        return {name: rate * sizes[name] for name in sorted(priced)}
 
     def _fine_tuned(
         self, quantized: ir.Model, drop: float, budget: AccuracyBudget, knob: str
@@ -484,38 +462,6 @@ class FloatFallbackSearch:
         return sorted(added.items(), key=lambda item: (-item[1], item[0]))
 
 
-def standalone_conversions(quantized: ir.Model, profile: NodeProfile) -> list[tuple[str, float]]:
-    """Each QuantizeLinear / DequantizeLinear of an activation that onnxruntime ran on its own in ``profile``:
-    (the float model's name of the tensor it converts, µs), in graph order. A DequantizeLinear of a weight is
-    not one: it is folded or fused, never at an edge."""
-    found = []
-    for node, spent in _run_alone(quantized, profile):
-        q = node if node.op_type == "QuantizeLinear" else node.inputs[0].producer()
-        if q is not None and q.op_type == "QuantizeLinear" and q.inputs and q.inputs[0] is not None:
-            found.append((converted_tensor(q), spent))
-    return [(name, spent) for name, spent in found if name]
-
-
-def converted_tensor(q: ir.Node) -> str:
-    """The float model's name of the tensor QuantizeLinear ``q`` quantizes: its input's, or -- where the pair
-    ends in a graph output, which keeps its name on the DequantizeLinear's output -- that output's."""
-    for use in q.outputs[0].uses():
-        if use.node.op_type == "DequantizeLinear" and use.node.outputs[0].is_graph_output():
-            return use.node.outputs[0].name or ""
-    return q.inputs[0].name or "" if q.inputs[0] is not None else ""
-
-
-def _run_alone(quantized: ir.Model, profile: NodeProfile) -> list[tuple[ir.Node, float]]:
-    """The QuantizeLinear / DequantizeLinear nodes onnxruntime ran on their own in ``profile`` (the ones it did
-    not fuse into an integer kernel keep their names there), with their µs."""
-    return [
-        (node, spent)
-        for node in quantized.graph
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.inputs and node.inputs[0] is not None
-        and (spent := profile.times.get(node.name or "", 0.0)) > 0.0
-    ]  # fmt: skip
-
-
 def conversion_costs(quantized: ir.Model, profile: NodeProfile, nodes: set[str]) -> dict[str, float]:
     """Microseconds of the QuantizeLinear / DequantizeLinear kernels onnxruntime still runs on their own in
     ``quantized`` (the ones it did not fuse into an integer kernel: they keep their names in its profile),
@@ -526,11 +472,14 @@ def conversion_costs(quantized: ir.Model, profile: NodeProfile, nodes: set[str])
     chain: an int8 Sigmoid between two float ops is one QLinearSigmoid plus a QuantizeLinear and a
     DequantizeLinear, and its own kernel alone would call it faster than the float Sigmoid."""
     charged: dict[str, float] = {}
-    for node, spent in _run_alone(quantized, profile):
+    for node in quantized.graph:
+        spent = profile.times.get(node.name or "", 0.0)
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or spent <= 0.0 or not node.inputs:
+            continue
         if node.op_type == "DequantizeLinear":
             served = {u.node.name for u in node.outputs[0].uses() if u.node.name in nodes}
         else:
-            producer = node.inputs[0].producer()
+            producer = node.inputs[0].producer() if node.inputs[0] is not None else None
             served = {producer.name} if producer is not None and producer.name in nodes else set()
         for name in served:
             charged[name] = charged.get(name, 0.0) + spent / len(served)
