@@ -223,3 +223,31 @@ def test_a_bias_int32_cannot_hold_stays_float(tmp_path) -> None:
     assert any("overflows int32" in s for s in record.skipped)
     assert not any(t.data_type == onnx.TensorProto.INT32 for t in model.graph.initializer)
     assert result.comparison.outputs[0].snr_db > 40  # the bias is the output here: it must survive exactly
+
+
+def test_a_tensor_between_two_float_running_nodes_gets_no_qdq_pair(tmp_path) -> None:
+    """c1 and c4 kept float: c2 reads c1's float output and c3 writes c4's float input, so both run float, and a
+    Q/DQ pair on t2 between them would fuse into no integer kernel -- it would only round. c5 -> c6 still runs
+    int8."""
+    rng = np.random.default_rng(0)
+    weights = {f"w{i}": rng.normal(0, 0.4, (4, 3 if i == 1 else 4, 3, 3)).astype(np.float32) for i in range(1, 7)}
+    text = """<ir_version: 8, opset_import: ["": 13]>
+    g (float[N, 3, 8, 8] x) => (float[N, 4, 8, 8] y) {
+        t1 = Conv<pads=[1, 1, 1, 1]>(x, w1)
+        t2 = Conv<pads=[1, 1, 1, 1]>(t1, w2)
+        t3 = Conv<pads=[1, 1, 1, 1]>(t2, w3)
+        t4 = Conv<pads=[1, 1, 1, 1]>(t3, w4)
+        t5 = Conv<pads=[1, 1, 1, 1]>(t4, w5)
+        y = Conv<pads=[1, 1, 1, 1]>(t5, w6)
+    }"""
+    model = parse(text, **weights)
+    for i, node in enumerate(model.graph.node, start=1):
+        node.name = f"c{i}"
+    path, data = tmp_path / "m.onnx", tmp_path / "d.npz"
+    onnx.save(model, str(path))
+    np.savez(data, x=rng.normal(0, 1, (32, 3, 8, 8)).astype(np.float32))
+    result, quantized = _quantize((path, data), tmp_path, "quantize:fallback=none;exclude=^c[14]$")
+    assert result.pipeline.records[0].counts["tensors left float between float-running nodes"] == 1
+    read = {i for n in quantized.graph.node if n.op_type == "QuantizeLinear" for i in n.input}
+    assert "t2" not in read and "t5" in read  # t5: c5 runs float, c6 int8 -- its pair feeds QLinearConv
+    assert fused_ops(tmp_path / "q.onnx", tmp_path)["QLinearConv"] == 1

@@ -72,6 +72,10 @@ class InsertQDQ:
                 folded = fold_activations(log, graph, nodes, ranges, float_tensors)
             nodes = [n for n in nodes if id(n) not in folded]
             tensors = activation_tensors(graph, nodes, touching(graph, excluded))
+            trips = round_trips(tensors, nodes, float_tensors)
+            if trips:
+                log.count("tensors left float between float-running nodes", len(trips))
+                tensors = [v for v in tensors if id(v) not in trips]
             ranges = shared_input_ranges(nodes, ranges, {id(v) for v in tensors})
             for value in tensors:
                 low, high = ranges.get(value.name or "", (np.inf, -np.inf))
@@ -203,6 +207,29 @@ def activation_tensors(graph: ir.Graph, nodes: list[ir.Node], keep_float: set[in
                 continue
             seen.setdefault(id(value), value)
     return list(seen.values())
+
+
+def round_trips(tensors: list[ir.Value], nodes: list[ir.Node], float_tensors: set[int]) -> set[int]:
+    """The ``tensors`` (by id) whose producer and every reader run float anyway: not among ``nodes`` (the
+    quantized ones), or reading or writing a tensor kept float (``float_tensors``, :func:`touching`). A Q/DQ
+    pair there feeds no integer kernel: onnxruntime runs it as a standalone QuantizeLinear and DequantizeLinear
+    (with a layout reorder beside each), and it only rounds. A node kept float runs its neighbours float, so the
+    tensors between two such neighbours are these; leaving them float changes no node's kernel."""
+    quantized = {id(n) for n in nodes}
+
+    def runs_float(node: ir.Node) -> bool:
+        return id(node) not in quantized or any(
+            v is not None and id(v) in float_tensors for v in (*node.inputs, *node.outputs)
+        )
+
+    found = set()
+    for value in tensors:
+        producer, readers = value.producer(), [use.node for use in value.uses()]
+        if producer is None and not readers:
+            continue
+        if (producer is None or runs_float(producer)) and all(runs_float(reader) for reader in readers):
+            found.add(id(value))
+    return found
 
 
 def touching(graph: ir.Graph, excluded: set[str]) -> set[int]:

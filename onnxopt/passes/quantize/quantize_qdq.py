@@ -71,7 +71,8 @@ A node kept float (``exclude``, or either search below) keeps the tensors it
 reads and writes float too: with a Q/DQ pair on both sides onnxruntime would
 fuse it back into an integer kernel. Its neighbours then read or write float
 tensors and run in float as well -- a float island, whose cost the speed
-search measures.
+search measures. A tensor between two nodes that both run float so gets no
+Q/DQ pair either: it would feed no integer kernel, only round.
 
 Two searches decide which nodes stay float (besides ``exclude``):
 
