@@ -251,3 +251,49 @@ def test_a_tensor_between_two_float_running_nodes_gets_no_qdq_pair(tmp_path) -> 
     read = {i for n in quantized.graph.node if n.op_type == "QuantizeLinear" for i in n.input}
     assert "t2" not in read and "t5" in read  # t5: c5 runs float, c6 int8 -- its pair feeds QLinearConv
     assert fused_ops(tmp_path / "q.onnx", tmp_path)["QLinearConv"] == 1
+
+
+def test_a_folded_relu_keeps_its_clamping_pair_between_float_running_nodes(tmp_path) -> None:
+    """c1 and c4 kept float run c2 and c3 float, but the Relu between them is folded into the quantizer of c2's
+    output: that pair is the activation, so it stays (without it negative values would reach c3)."""
+    rng = np.random.default_rng(1)
+    weights = {f"w{i}": rng.normal(0, 0.4, (4, 3 if i == 1 else 4, 3, 3)).astype(np.float32) for i in range(1, 6)}
+    text = """<ir_version: 8, opset_import: ["": 13]>
+    g (float[N, 3, 8, 8] x) => (float[N, 4, 8, 8] y) {
+        t1 = Conv<pads=[1, 1, 1, 1]>(x, w1)
+        t2 = Conv<pads=[1, 1, 1, 1]>(t1, w2)
+        r2 = Relu(t2)
+        t3 = Conv<pads=[1, 1, 1, 1]>(r2, w3)
+        t4 = Conv<pads=[1, 1, 1, 1]>(t3, w4)
+        y = Conv<pads=[1, 1, 1, 1]>(t4, w5)
+    }"""
+    model = parse(text, **weights)
+    for node in model.graph.node:
+        node.name = node.output[0]
+    path, data = tmp_path / "m.onnx", tmp_path / "d.npz"
+    onnx.save(model, str(path))
+    np.savez(data, x=rng.normal(0, 1, (32, 3, 8, 8)).astype(np.float32))
+    result, quantized = _quantize((path, data), tmp_path, "quantize:fallback=none;exclude=^t[14]$")
+    read = {i for n in quantized.graph.node if n.op_type in ("QuantizeLinear", "Relu") for i in n.input}
+    assert "r2" in read or "t2" in read, [n.op_type for n in quantized.graph.node]  # clamped by a pair or a Relu
+    assert _snr(result) > 20.0, _snr(result)
+
+
+def test_a_matmul_writing_a_float_output_still_reads_int8(tmp_path) -> None:
+    """A MatMul's integer kernel writes float (MatMulIntegerToFloat): an Add kept float after it does not make it
+    float, so the pair on its input from the graph input stays."""
+    rng = np.random.default_rng(2)
+    text = """<ir_version: 8, opset_import: ["": 13]>
+    g (float[N, 16] x) => (float[N, 8] y) {
+        m = MatMul(x, w)
+        y = Add(m, b)
+    }"""
+    model = parse(text, w=rng.normal(0, 0.3, (16, 8)).astype(np.float32), b=np.zeros(8, np.float32))
+    for node in model.graph.node:
+        node.name = node.output[0]
+    path, data = tmp_path / "m.onnx", tmp_path / "d.npz"
+    onnx.save(model, str(path))
+    np.savez(data, x=rng.normal(0, 1, (64, 16)).astype(np.float32))
+    _, quantized = _quantize((path, data), tmp_path, "quantize:fallback=none;exclude=^y$")
+    read = {i for n in quantized.graph.node if n.op_type == "QuantizeLinear" for i in n.input}
+    assert "x" in read, [n.op_type for n in quantized.graph.node]

@@ -67,12 +67,16 @@ class InsertQDQ:
         if not config.weights_only:
             float_tensors = touching(graph, excluded)
             folded = set()
+            clamped: dict[int, str] = {}  # an activation folded into the quantizer -> the tensor that clamps
             if config.activations == "uint8":
                 nodes, ranges = expand_hard_activations(log, graph, nodes, ranges, names)
+                clamped = {id(n): n.outputs[0].name or "" for n in nodes if policy.clamp_bounds(n) is not None}
                 folded = fold_activations(log, graph, nodes, ranges, float_tensors)
             nodes = [n for n in nodes if id(n) not in folded]
-            tensors = activation_tensors(graph, nodes, touching(graph, excluded))
-            trips = round_trips(tensors, nodes, float_tensors)
+            float_tensors = touching(graph, excluded)
+            tensors = activation_tensors(graph, nodes, float_tensors)
+            clamping = {clamped[i] for i in folded if i in clamped}
+            trips = round_trips([v for v in tensors if v.name not in clamping], nodes, float_tensors)
             if trips:
                 log.count("tensors left float between float-running nodes", len(trips))
                 tensors = [v for v in tensors if id(v) not in trips]
@@ -214,13 +218,18 @@ def round_trips(tensors: list[ir.Value], nodes: list[ir.Node], float_tensors: se
     quantized ones), or reading or writing a tensor kept float (``float_tensors``, :func:`touching`). A Q/DQ
     pair there feeds no integer kernel: onnxruntime runs it as a standalone QuantizeLinear and DequantizeLinear
     (with a layout reorder beside each), and it only rounds. A node kept float runs its neighbours float, so the
-    tensors between two such neighbours are these; leaving them float changes no node's kernel."""
+    tensors between two such neighbours are these; leaving them float changes no node's kernel. Only activations
+    count (a shared constant spreads nothing), and a Gemm or MatMul's float output does not make it float (its
+    integer kernel writes float). The caller leaves out a tensor whose pair clamps in place of a folded Relu or
+    Clip (:func:`fold_activations`): there the pair is the activation."""
     quantized = {id(n) for n in nodes}
 
     def runs_float(node: ir.Node) -> bool:
-        return id(node) not in quantized or any(
-            v is not None and id(v) in float_tensors for v in (*node.inputs, *node.outputs)
-        )
+        if id(node) not in quantized:
+            return True
+        outputs = [] if policy.float_output(node) else node.outputs  # QGemm, MatMulIntegerToFloat: int8 in, float out
+        activations = (v for v in (*policy.activation_inputs(node), *outputs) if v is not None)
+        return any(id(v) in float_tensors for v in activations if not v.is_initializer() and v.const_value is None)
 
     found = set()
     for value in tensors:

@@ -72,7 +72,9 @@ reads and writes float too: with a Q/DQ pair on both sides onnxruntime would
 fuse it back into an integer kernel. Its neighbours then read or write float
 tensors and run in float as well -- a float island, whose cost the speed
 search measures. A tensor between two nodes that both run float so gets no
-Q/DQ pair either: it would feed no integer kernel, only round.
+Q/DQ pair either (the activations above, bar this): it would feed no integer
+kernel, only round -- unless it is a folded Relu or Clip's, whose pair is the
+activation.
 
 Two searches decide which nodes stay float (besides ``exclude``):
 
