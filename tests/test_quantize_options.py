@@ -225,55 +225,54 @@ def test_a_bias_int32_cannot_hold_stays_float(tmp_path) -> None:
     assert result.comparison.outputs[0].snr_db > 40  # the bias is the output here: it must survive exactly
 
 
-def test_a_tensor_between_two_float_running_nodes_gets_no_qdq_pair(tmp_path) -> None:
-    """c1 and c4 kept float: c2 reads c1's float output and c3 writes c4's float input, so both run float, and a
-    Q/DQ pair on t2 between them would fuse into no integer kernel -- it would only round. c5 -> c6 still runs
-    int8."""
-    rng = np.random.default_rng(0)
-    weights = {f"w{i}": rng.normal(0, 0.4, (4, 3 if i == 1 else 4, 3, 3)).astype(np.float32) for i in range(1, 7)}
-    text = """<ir_version: 8, opset_import: ["": 13]>
-    g (float[N, 3, 8, 8] x) => (float[N, 4, 8, 8] y) {
-        t1 = Conv<pads=[1, 1, 1, 1]>(x, w1)
-        t2 = Conv<pads=[1, 1, 1, 1]>(t1, w2)
-        t3 = Conv<pads=[1, 1, 1, 1]>(t2, w3)
-        t4 = Conv<pads=[1, 1, 1, 1]>(t3, w4)
-        t5 = Conv<pads=[1, 1, 1, 1]>(t4, w5)
-        y = Conv<pads=[1, 1, 1, 1]>(t5, w6)
-    }"""
-    model = parse(text, **weights)
-    for i, node in enumerate(model.graph.node, start=1):
-        node.name = f"c{i}"
-    path, data = tmp_path / "m.onnx", tmp_path / "d.npz"
-    onnx.save(model, str(path))
-    np.savez(data, x=rng.normal(0, 1, (32, 3, 8, 8)).astype(np.float32))
-    result, quantized = _quantize((path, data), tmp_path, "quantize:fallback=none;exclude=^c[14]$")
-    assert result.pipeline.records[0].counts["tensors left float between float-running nodes"] == 1
-    read = {i for n in quantized.graph.node if n.op_type == "QuantizeLinear" for i in n.input}
-    assert "t2" not in read and "t5" in read  # t5: c5 runs float, c6 int8 -- its pair feeds QLinearConv
-    assert fused_ops(tmp_path / "q.onnx", tmp_path)["QLinearConv"] == 1
-
-
-def test_a_folded_relu_keeps_its_clamping_pair_between_float_running_nodes(tmp_path) -> None:
-    """c1 and c4 kept float run c2 and c3 float, but the Relu between them is folded into the quantizer of c2's
-    output: that pair is the activation, so it stays (without it negative values would reach c3)."""
-    rng = np.random.default_rng(1)
-    weights = {f"w{i}": rng.normal(0, 0.4, (4, 3 if i == 1 else 4, 3, 3)).astype(np.float32) for i in range(1, 6)}
-    text = """<ir_version: 8, opset_import: ["": 13]>
-    g (float[N, 3, 8, 8] x) => (float[N, 4, 8, 8] y) {
-        t1 = Conv<pads=[1, 1, 1, 1]>(x, w1)
-        t2 = Conv<pads=[1, 1, 1, 1]>(t1, w2)
-        r2 = Relu(t2)
-        t3 = Conv<pads=[1, 1, 1, 1]>(r2, w3)
-        t4 = Conv<pads=[1, 1, 1, 1]>(t3, w4)
-        y = Conv<pads=[1, 1, 1, 1]>(t4, w5)
-    }"""
-    model = parse(text, **weights)
+def _conv_chain(tmp_path, body: str, convs: int, seed: int):
+    """A saved chain of ``convs`` 4-channel 3x3 Convs (weights w1.. drawn from ``seed``) written by ``body``, each
+    node named by its output, and 32 samples of data: (model path, data path)."""
+    rng = np.random.default_rng(seed)
+    weights = {
+        f"w{i}": rng.normal(0, 0.4, (4, 3 if i == 1 else 4, 3, 3)).astype(np.float32) for i in range(1, convs + 1)
+    }
+    model = parse(
+        f"""<ir_version: 8, opset_import: ["": 13]>
+    g (float[N, 3, 8, 8] x) => (float[N, 4, 8, 8] y) {{ {body} }}""",
+        **weights,
+    )
     for node in model.graph.node:
         node.name = node.output[0]
     path, data = tmp_path / "m.onnx", tmp_path / "d.npz"
     onnx.save(model, str(path))
     np.savez(data, x=rng.normal(0, 1, (32, 3, 8, 8)).astype(np.float32))
-    result, quantized = _quantize((path, data), tmp_path, "quantize:fallback=none;exclude=^t[14]$")
+    return path, data
+
+
+_CONV = "Conv<pads=[1, 1, 1, 1]>"
+
+
+def test_a_tensor_between_two_float_running_nodes_gets_no_qdq_pair(tmp_path) -> None:
+    """t1's and t4's Convs kept float: t2's reads t1 and t3's writes t4's input, so both run float, and a Q/DQ
+    pair on t2 between them would fuse into no integer kernel -- it would only round. t5 -> y still runs int8."""
+    body = "\n".join(
+        f"{out} = {_CONV}({src}, w{i})"
+        for i, (src, out) in enumerate(
+            [("x", "t1"), ("t1", "t2"), ("t2", "t3"), ("t3", "t4"), ("t4", "t5"), ("t5", "y")], start=1
+        )
+    )
+    chain = _conv_chain(tmp_path, body, 6, seed=0)
+    result, quantized = _quantize(chain, tmp_path, "quantize:fallback=none;exclude=^t[14]$")
+    assert result.pipeline.records[0].counts["tensors left float between float-running nodes"] == 1
+    read = {i for n in quantized.graph.node if n.op_type == "QuantizeLinear" for i in n.input}
+    assert "t2" not in read and "t5" in read  # t5: its Conv runs float, y's int8 -- its pair feeds QLinearConv
+    assert fused_ops(tmp_path / "q.onnx", tmp_path)["QLinearConv"] == 1
+
+
+def test_a_folded_relu_keeps_its_clamping_pair_between_float_running_nodes(tmp_path) -> None:
+    """t1's and t4's Convs kept float run t2's and t3's float, but the Relu between them is folded into the
+    quantizer of t2: that pair is the activation, so it stays (without it negative values would reach t3's)."""
+    body = (f"t1 = {_CONV}(x, w1)\nt2 = {_CONV}(t1, w2)\nr2 = Relu(t2)\nt3 = {_CONV}(r2, w3)\n"
+            f"t4 = {_CONV}(t3, w4)\ny = {_CONV}(t4, w5)")  # fmt: skip
+    result, quantized = _quantize(
+        _conv_chain(tmp_path, body, 5, seed=1), tmp_path, "quantize:fallback=none;exclude=^t[14]$"
+    )
     read = {i for n in quantized.graph.node if n.op_type in ("QuantizeLinear", "Relu") for i in n.input}
     assert "r2" in read or "t2" in read, [n.op_type for n in quantized.graph.node]  # clamped by a pair or a Relu
     assert _snr(result) > 20.0, _snr(result)
