@@ -225,13 +225,13 @@ def test_a_bias_int32_cannot_hold_stays_float(tmp_path) -> None:
     assert result.comparison.outputs[0].snr_db > 40  # the bias is the output here: it must survive exactly
 
 
-def _conv_chain(tmp_path, body: str, convs: int, seed: int):
-    """A saved chain of ``convs`` 4-channel 3x3 Convs (weights w1.. drawn from ``seed``) written by ``body``, each
-    node named by its output, and 32 samples of data: (model path, data path)."""
+def _conv_chain(tmp_path, body: str, convs: int, seed: int, **constants: np.ndarray):
+    """A saved chain of ``convs`` 4-channel 3x3 Convs (weights w1.. drawn from ``seed``, and ``constants``) written
+    by ``body``, each node named by its output, and 32 samples of data: (model path, data path)."""
     rng = np.random.default_rng(seed)
     weights = {
         f"w{i}": rng.normal(0, 0.4, (4, 3 if i == 1 else 4, 3, 3)).astype(np.float32) for i in range(1, convs + 1)
-    }
+    } | constants
     model = parse(
         f"""<ir_version: 8, opset_import: ["": 13]>
     g (float[N, 3, 8, 8] x) => (float[N, 4, 8, 8] y) {{ {body} }}""",
@@ -276,6 +276,21 @@ def test_a_folded_relu_keeps_its_clamping_pair_between_float_running_nodes(tmp_p
     read = {i for n in quantized.graph.node if n.op_type in ("QuantizeLinear", "Relu") for i in n.input}
     assert "r2" in read or "t2" in read, [n.op_type for n in quantized.graph.node]  # clamped by a pair or a Relu
     assert _snr(result) > 20.0, _snr(result)
+
+
+def test_a_constant_shared_with_a_float_node_spreads_no_float(tmp_path) -> None:
+    """k is read by a0 (kept float) and by a1 and a2: a constant is rounded per reader, so a1 and a2 still run
+    QLinearAdd and the tensors between them keep their pairs -- only activations make a neighbour run float. t1
+    alone, between t1's Conv and a0, both float, is left float."""
+    rng = np.random.default_rng(3)
+    body = (f"t1 = {_CONV}(x, w1)\na0 = Add(t1, k)\nt2 = {_CONV}(a0, w2)\na1 = Add(t2, k)\na2 = Add(a1, k)\n"
+            f"y = {_CONV}(a2, w3)")  # fmt: skip
+    chain = _conv_chain(tmp_path, body, 3, seed=3, k=rng.normal(0, 0.5, (1, 4, 1, 1)).astype(np.float32))
+    result, quantized = _quantize(chain, tmp_path, "quantize:fallback=none;exclude=^a0$")
+    assert result.pipeline.records[0].counts["tensors left float between float-running nodes"] == 1
+    read = {i for n in quantized.graph.node if n.op_type == "QuantizeLinear" for i in n.input}
+    assert {"t2", "a1"} <= read, sorted(read)
+    assert fused_ops(tmp_path / "q.onnx", tmp_path)["QLinearAdd"] == 2
 
 
 def test_a_matmul_writing_a_float_output_still_reads_int8(tmp_path) -> None:
