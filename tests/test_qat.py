@@ -15,6 +15,7 @@ from onnxopt.api import optimize
 from onnxopt.distill.fake_quant import MULTIPLIER, level_range
 from onnxopt.distill.graph_model import GraphModel
 from onnxopt.distill.qat import QatConfig, check_quantized, qat
+from onnxopt.passes.qat import levels_moved
 from onnxopt.runtime import Runner
 
 HEADER = '<ir_version: 8, opset_import: ["": 17]>\n'
@@ -165,6 +166,9 @@ def test_write_back_keeps_the_graph_and_changes_levels_scales_and_biases() -> No
     changed = {name for name in before if not np.array_equal(before[name], after[name])}
     assert changed == set(result.changed)
     assert {"w_quantized", "w2_quantized", "b_quantized", "w_scale", "r_scale"} <= changed
+    moved, total = levels_moved(quantized, result.changed)  # the int8 weights only: not biases, not zero points
+    assert total == before["w_quantized"].size + before["w2_quantized"].size
+    assert moved == sum(np.count_nonzero(before[w] != after[w]) for w in ("w_quantized", "w2_quantized")) > 0
     assert np.abs(after["w_quantized"]).max() <= 127 and np.abs(after["w2_quantized"]).max() <= 127
     # the int32 biases are re-expressed at the new s_x * s_w; MaxPool's input and output keep one scale
     for bias, x_scale, w_scale in (("b", "x_scale", "w_scale"), ("b2", "m_scale", "w2_scale")):
