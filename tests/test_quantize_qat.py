@@ -67,7 +67,8 @@ def test_fine_tuning_lets_all_int8_compute_meet_the_budget_with_the_same_graph(t
     plan = tmp_path / "plan.json"
     tuned = optimize(proto, tmp_path / "a.onnx", passes=BUDGETED + ";qat=auto;qat_epochs=4", data=data, save_plan=plan)
     record = _quantize(tuned)
-    said = next(n for n in record.notes if n.startswith("qat: fine-tuned 4 epoch(s) on 432 samples"))
+    said = next((n for n in record.notes if n.startswith("qat: fine-tuned 4 epoch(s) on 432 samples")), None)
+    assert said, record.notes
     assert re.search(r"; [\d,]+ of [\d,]+ int8 weight levels moved;", said), said
     assert not any("detection loss" in n for n in record.notes)  # a classifier's scores: not a detector's loss
     entry = next(e for e in json.loads(plan.read_text())["passes"].values() if e["pass"] == "quantize")

@@ -149,17 +149,15 @@ def fine_tune(
 
 def levels_moved(student: onnx.ModelProto, changed: dict[str, np.ndarray]) -> tuple[int, int]:
     """(how many int8 weight levels ``changed`` holds other than ``student``'s, how many ``student`` stores): the
-    int8 constants a DequantizeLinear reads as its input 0. Rounding moves a weight only where training carried its
-    float shadow past half a level; where few move, fine-tuning trained scales and biases alone."""
+    int8 constants a DequantizeLinear reads as its input 0, the weights fine-tuning trains."""
     dequantized = {n.input[0] for n in student.graph.node if n.op_type == "DequantizeLinear"}
     moved = total = 0
     for tensor in student.graph.initializer:
         if tensor.name not in dequantized or tensor.data_type != onnx.TensorProto.INT8:
             continue
-        stored = onnx.numpy_helper.to_array(tensor)
-        total += stored.size
+        total += int(np.prod(tensor.dims, dtype=np.int64))
         if tensor.name in changed:
-            moved += int(np.count_nonzero(changed[tensor.name] != stored))
+            moved += int(np.count_nonzero(changed[tensor.name] != onnx.numpy_helper.to_array(tensor)))
     return moved, total
 
 
