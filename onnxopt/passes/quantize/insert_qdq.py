@@ -73,7 +73,7 @@ class InsertQDQ:
                 clamped = {id(n): n.outputs[0].name or "" for n in nodes if policy.clamp_bounds(n) is not None}
                 folded = fold_activations(log, graph, nodes, ranges, float_tensors)
             nodes = [n for n in nodes if id(n) not in folded]
-            float_tensors = touching(graph, excluded)
+            float_tensors = touching(graph, excluded)  # again: folding renamed and rewired the tensors
             tensors = activation_tensors(graph, nodes, float_tensors)
             clamping = {clamped[i] for i in folded if i in clamped}
             trips = round_trips([v for v in tensors if v.name not in clamping], nodes, float_tensors)

@@ -71,10 +71,10 @@ A node kept float (``exclude``, or either search below) keeps the tensors it
 reads and writes float too: with a Q/DQ pair on both sides onnxruntime would
 fuse it back into an integer kernel. Its neighbours then read or write float
 tensors and run in float as well -- a float island, whose cost the speed
-search measures. A tensor between two nodes that both run float so gets no
-Q/DQ pair either (the activations above, bar this): it would feed no integer
-kernel, only round -- unless it is a folded Relu or Clip's, whose pair is the
-activation.
+search measures. A tensor whose producer and readers all run float this way
+gets no Q/DQ pair: it would feed no integer kernel and only round
+(:func:`~onnxopt.passes.quantize.insert_qdq.round_trips`). The exception is
+the pair that takes a folded Relu's or Clip's place: it is the activation.
 
 Two searches decide which nodes stay float (besides ``exclude``):
 
