@@ -223,12 +223,21 @@ def in_batch_layout(
     return pair[0], pair[1]
 
 
+#: Adam's epsilon where a group names none (Keras's default)
+ADAM_EPSILON = 1e-7
+
+
 @dataclasses.dataclass(frozen=True)
 class VariableGroup:
-    """Twin variables trained at their own learning rate (their own Adam, cosine-decayed like the rest)."""
+    """Twin variables trained at their own learning rate (their own Adam, cosine-decayed like the rest).
+
+    ``epsilon`` is that Adam's. Keras adds it before the bias correction: at step ``t`` a steady gradient ``g``
+    moves a variable ``learning_rate * |g| / (|g| + epsilon / sqrt(1 - 0.999^t))``, so a group whose gradients are
+    tiny in its variables' units needs one far below them."""
 
     names: frozenset[str]
     learning_rate: float
+    epsilon: float = ADAM_EPSILON
 
 
 @dataclasses.dataclass
@@ -366,7 +375,7 @@ def train(
         return loss, agreement.value()
 
     steps = -(-len(train_idx) // config.batch) * config.epochs
-    step = _optimizer_step(tf, twin, config.learning_rate, groups, steps)
+    step = optimizer_step(tf, twin, config.learning_rate, groups, steps)
     # labels teach only a single [N, C] classifier output (a sequence head has no per-sample class)
     classifier = len(names) == 1 and kinds[names[0]] == "classes" and holdout_targets[0][0].ndim == 2
     use_labels = labels is not None and classifier
@@ -435,13 +444,13 @@ def train(
     return run
 
 
-def _optimizer_step(tf, twin: GraphModel, learning_rate: float, groups: tuple[VariableGroup, ...], steps: int):
+def optimizer_step(tf, twin: GraphModel, learning_rate: float, groups: tuple[VariableGroup, ...], steps: int):
     """A function applying one batch's gradients (in ``twin.trainable`` order): Adam with a cosine decay over
     ``steps``, one per group (the variables in no group at ``learning_rate``)."""
 
-    def adam(rate: float):
+    def adam(rate: float, epsilon: float = ADAM_EPSILON):
         schedule = tf.keras.optimizers.schedules.CosineDecay(rate, decay_steps=max(steps, 1))
-        return tf.keras.optimizers.Adam(schedule)
+        return tf.keras.optimizers.Adam(schedule, epsilon=epsilon)
 
     optimizer = adam(learning_rate)
     if not groups:
@@ -452,7 +461,7 @@ def _optimizer_step(tf, twin: GraphModel, learning_rate: float, groups: tuple[Va
         return step
     keys = list(twin.variables)
     member = {name: i for i, group in enumerate(groups) for name in group.names}
-    optimizers = [adam(group.learning_rate) for group in groups]
+    optimizers = [adam(group.learning_rate, group.epsilon) for group in groups]
 
     def grouped(gradients: list) -> None:
         pairs: list[list] = [[] for _ in range(len(groups) + 1)]
