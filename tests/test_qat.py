@@ -137,10 +137,11 @@ def test_weight_bounds_follow_the_stored_levels() -> None:
 def test_a_shadow_steps_the_learning_rate_in_levels_however_small_its_gradient() -> None:
     """Adam's first step moves every shadow by the learning rate, in levels, for a gradient of 1e-10 per level
     (weight gradients on the suite's recognizer have a median of 5e-10): with Keras's epsilon of 1e-7 it moved
-    3e-4 of that. The scale multipliers keep that epsilon: a gradient so small barely moves them."""
+    about 3e-5 of that. The scale multipliers keep that epsilon: a gradient so small barely moves them."""
     quantized, _, _ = _quantized("conv_relu")
-    twin = GraphModel(quantized, train_quantized=True, learn_scales=True)
+    twin = GraphModel(quantized, only=set(), train_quantized=True, learn_scales=True)  # as qat() builds it
     assert twin.quant is not None and {"w_quantized", "b_quantized"} <= set(twin.quant.shadows)
+    assert any(name.endswith(MULTIPLIER) for name in twin.variables)
     config = QatConfig(learning_rate=0.25)
     step = optimizer_step(twin.tf, twin, config.learning_rate, variable_groups(twin, config), steps=10)
     before = {name: v.numpy().copy() for name, v in twin.variables.items()}
@@ -150,7 +151,7 @@ def test_a_shadow_steps_the_learning_rate_in_levels_however_small_its_gradient()
         if name in twin.quant.shadows:
             np.testing.assert_allclose(moved, 0.25, rtol=1e-2, err_msg=name)
         else:
-            assert name.endswith(MULTIPLIER) and np.all(np.abs(moved) < 1e-3 * 1e-3), name  # 1e-3 at most
+            assert name.endswith(MULTIPLIER) and np.all(np.abs(moved) < 1e-6), name  # 1e-3 with the shadows' epsilon
 
 
 def _trained(seed: int = 0) -> tuple[onnx.ModelProto, object]:

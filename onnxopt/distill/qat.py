@@ -5,8 +5,9 @@ onnxruntime's rounding and saturation, straight-through gradients, int8 weights 
 shadows, scales learned LSQ-style when ``learn_scales``), checks it against onnxruntime
 (:func:`check_quantized`), and trains it on the float teacher's outputs with the distillation loop of
 :mod:`onnxopt.distill.finetune` -- the same losses, seeded held-back part, best epoch, cosine decay, time
-budget and determinism. The shadows step ``learning_rate`` levels whatever their gradients' size
-(:data:`SHADOW_EPSILON`); scale multipliers train with their own Adam at ``scale_learning_rate``.
+budget and determinism. The shadows step ``learning_rate`` levels (a bias: 1/127 of its largest magnitude)
+whatever their gradients' size (:data:`SHADOW_EPSILON`); scale multipliers train with their own Adam at
+``scale_learning_rate``.
 
 What it writes: the kept epoch's integer levels (int8 weights, the uint8/int8 constants of Add/Mul), learned
 scales (activations and weights; zero points are kept), and int32 biases recomputed at ``s_x * s_w`` with the
@@ -45,14 +46,15 @@ from onnxopt.runtime import Runner
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 #: Adam's epsilon on the shadows. Their gradients, in levels, are tiny: a median of 5e-10 on the suite's recognizer
 #: and 2e-8 on its detector. Keras adds epsilon to ``sqrt(v)`` uncorrected (``0.03 |g|`` at the first step,
-#: ``0.16 |g|`` at the 24th), so its default of 1e-7 shrank the recognizer's steps about a thousand times
+#: ``0.15 |g|`` at the 24th), so its default of 1e-7 shrank the recognizer's median step about a thousand times.
+#: Any gradient above about 1e-13 levels now takes a full step, noise too: the held-back best epoch is the guard
 SHADOW_EPSILON = 1e-14
 
 
 @dataclasses.dataclass(frozen=True)
 class QatConfig(FinetuneConfig):
     epochs: int = 3
-    learning_rate: float = 1e-2  # Adam on the float shadows, in levels of each tensor's stored step
+    learning_rate: float = 1e-2  # Adam on the float shadows, in levels of their stored step (biases: 1/127 of peak)
     scale_learning_rate: float = 1e-3  # Adam on each learned scale's multiplier: relative steps
     learn_scales: bool = True
 
@@ -119,9 +121,10 @@ def qat(
 
 
 def variable_groups(twin: GraphModel, config: QatConfig) -> tuple[VariableGroup, ...]:
-    """The twin's variables as QAT trains them: the shadows at ``learning_rate`` levels per step, whatever their
-    gradients' size (an epsilon far below them); the scale multipliers at ``scale_learning_rate``, their LSQ-scaled
-    gradients sized against Adam's usual epsilon (tiny, noisy ones move little)."""
+    """The twin's variables as QAT trains them: the shadows at ``learning_rate`` levels per step (a bias: 1/127 of
+    its largest magnitude), whatever their gradients' size (an epsilon far below them); the scale multipliers at
+    ``scale_learning_rate``, their LSQ-scaled gradients sized against Adam's usual epsilon (tiny, noisy ones move
+    little)."""
     assert twin.quant is not None
     shadows = frozenset(twin.quant.shadows)
     scales = frozenset(name for name in twin.variables if name.endswith(MULTIPLIER))
