@@ -257,6 +257,34 @@ def test_a_gemm_head_keeps_a_float_output(tmp_path: Path) -> None:
     assert kernels["DequantizeLinear"] == 0, kernels
 
 
+def test_gemm_logits_a_reshape_carries_to_the_output_stay_float(tmp_path: Path) -> None:
+    """As the OCR recognizer ends: Gemm -> Reshape -> graph output. The Reshape's output stays float (no fused
+    kernel writes it), so a pair on the Gemm's output would only round the logits to 8 bits and run one more
+    DequantizeLinear; without it onnxruntime still runs QGemm."""
+    g = _Graph()
+    x = g.op("Flatten", g.op("GlobalAveragePool", g.op("Relu", g.conv("x", 3, 16))))
+    logits = g.op("Gemm", x, g.const(g.rng.normal(0, 0.3, (10, 16))), g.const(np.zeros(10)), transB=1)
+    y = g.op("Reshape", logits, g.const_int([1, 2, 5]))
+    graph = helper.make_graph(
+        g.nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 2, 5])],
+        g.inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "f.onnx")
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(1).uniform(0, 1, (32, 3, 16, 16)).astype(np.float32))
+    out = tmp_path / "q.onnx"
+    args = ["optimize", str(tmp_path / "f.onnx"), str(out), "--passes", "quantize:fallback=none"]
+    assert main([*args, "--data", str(tmp_path / "d.npz"), "-q"]) == 0
+    written = onnx.load(out)
+    gemm = next(n for n in written.graph.node if n.op_type == "Gemm")
+    assert [n.op_type for n in written.graph.node if gemm.output[0] in n.input] == ["Reshape"]
+    kernels = _runtime_kernels(out)
+    assert kernels["QGemm"] == 1 and kernels["QLinearConv"] == 1, kernels
+    assert kernels["DequantizeLinear"] == 0, kernels
+
+
 def test_sub_and_div_by_constants_become_add_and_mul() -> None:
     """Sub(x, c) -> Add(x, -c) (exact); Div(x, c) -> Mul(x, 1/c), asked for when activations are quantized, and
     always when 1/c is exact (a power of two); a Div of a constant by x is left alone."""
