@@ -85,3 +85,43 @@ def test_scores_concatenated_with_boxes_survive_int8(detector, tmp_path, target)
     assert np.abs(got[..., 4:] - want[..., 4:]).max() <= 0.06
     box_error = np.linalg.norm(got[..., :4] - want[..., :4]) / np.linalg.norm(want[..., :4])
     assert box_error <= 0.05  # boxes: int8 error, relative to their magnitude
+
+
+@pytest.mark.parametrize("read_by_matmul", [False, True])
+def test_a_concat_only_graph_outputs_read_keeps_its_inputs_scales(tmp_path, read_by_matmul: bool) -> None:
+    """Box offsets (a few units) beside [0, 1] scores, under 8x apart: where only the graph's output reads the
+    Concat, it stays float and each input reaches the output at its own scale; where an integer kernel (a
+    MatMul) reads it, one shared scale lets that kernel run int8."""
+    text = DETECTOR.replace(
+        "boxes_px = Mul(boxes_raw, px)\n    boxes = Reshape(boxes_px,", "boxes = Reshape(boxes_raw,"
+    )
+    if read_by_matmul:
+        text = text.replace("detections = Transpose<perm=[0,2,1]>(joined)", "t = Transpose<perm=[0,2,1]>(joined)\n"
+                            "    detections = MatMul(t, mix)")  # fmt: skip
+    weights = {k: v for k, v in WEIGHTS.items() if k != "px"}
+    weights["wb"], weights["bb"] = WEIGHTS["wb"] / 4, WEIGHTS["bb"] / 4  # offsets spanning a few times the scores'
+    weights["mix"] = RNG.normal(0, 0.5, (6, 6)).astype(np.float32)
+    if not read_by_matmul:
+        del weights["mix"]
+    path = tmp_path / "det.onnx"
+    onnx.save(parse(text, **weights), str(path))
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(4).normal(0, 1, (64, 3, 32, 32)).astype(np.float32))
+    out = tmp_path / "q.onnx"
+    record = optimize(path, out, passes="quantize:fallback=none", data=str(tmp_path / "d.npz")).pipeline.records[0]
+    kept = [d for d in record.details if d.get("op") == "Concat" and d.get("kept")]
+    model = onnx.load(str(out))
+    concat = next(n for n in model.graph.node if n.op_type == "Concat")
+    if read_by_matmul:
+        assert not kept, kept
+        assert any(n.op_type == "QuantizeLinear" and n.input[0] == concat.output[0] for n in model.graph.node)
+    else:
+        assert len(kept) == 1 and kept[0]["tail"] and 1.25 < kept[0]["range_ratio"] <= 8, kept
+        assert not any(n.input and n.input[0] == concat.output[0] and n.op_type == "QuantizeLinear"
+                       for n in model.graph.node)  # fmt: skip
+        writer = {o: n for n in model.graph.node for o in n.output}
+        reshapes = [writer[name] for name in concat.input]
+        dequantized = [writer[r.input[0]] for r in reshapes]  # each input dequantized at its own scale
+        assert [n.op_type for n in dequantized] == ["DequantizeLinear"] * 2
+        scales = [onnx.numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == n.input[1]))
+                  for n in dequantized]  # fmt: skip
+        assert scales[0] > 2 * scales[1]  # the offsets' step, then the scores' (1/255)
