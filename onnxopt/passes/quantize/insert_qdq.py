@@ -74,6 +74,10 @@ class InsertQDQ:
                 folded = fold_activations(log, graph, nodes, ranges, float_tensors)
             nodes = [n for n in nodes if id(n) not in folded]
             float_tensors = touching(graph, excluded)  # again: folding renamed and rewired the tensors
+            tail = output_tail(nodes, ranges)
+            if tail:
+                log.count("tensors only graph outputs read left float after a Concat of mixed ranges", len(tail))
+            float_tensors |= tail
             tensors = activation_tensors(graph, nodes, float_tensors)
             clamping = {clamped[i] for i in folded if i in clamped}
             trips = round_trips([v for v in tensors if v.name not in clamping], nodes, float_tensors)
@@ -211,6 +215,69 @@ def activation_tensors(graph: ir.Graph, nodes: list[ir.Node], keep_float: set[in
                 continue
             seen.setdefault(id(value), value)
     return list(seen.values())
+
+
+#: A Concat that only feeds graph outputs writes float when its inputs' ranges are more than this factor apart (a
+#: third of a bit): no integer kernel reads it there, so one shared scale buys no speed and only coarsens the
+#: narrower inputs. The glyph detector's head joins box offsets and [0, 1] scores 1.8x apart, then its three scales
+#: 2.3x apart: its scores reached the output at a step 4x their own.
+OUTPUT_TAIL_RANGE_RATIO = 1.25
+
+
+def join_range_ratio(node: ir.Node, ranges: Ranges) -> float | None:
+    """How many times wider the widest input of the Concat ``node`` is than its narrowest (spans including 0, from
+    calibration or the constant's values); None with fewer than two known."""
+    spans = []
+    for value in node.inputs:
+        array = constant_array(value)
+        low, high = (
+            (float(array.min()), float(array.max())) if array is not None and array.size
+            else ranges.get(value.name or "", (np.inf, -np.inf)) if value is not None else (np.inf, -np.inf)
+        )  # fmt: skip
+        if np.isfinite(low) and np.isfinite(high):
+            spans.append(max(high, 0.0) - min(low, 0.0))
+    return max(spans) / max(min(spans), 1e-12) if len(spans) >= 2 else None
+
+
+def reaches_only_outputs(node: ir.Node) -> bool:
+    """Whether everything ``node`` writes reaches only graph outputs, through data-movement nodes alone."""
+    frontier, seen = [node], set()
+    while frontier:
+        current = frontier.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for value in current.outputs:
+            uses = list(value.uses())
+            if not uses and not value.is_graph_output():
+                return False
+            for use in uses:
+                if not policy.carries(use.node):
+                    return False
+                frontier.append(use.node)
+    return True
+
+
+def output_tail(nodes: list[ir.Node], ranges: Ranges) -> set[int]:
+    """The tensors (by id) written by each of ``nodes``' Concats that only feed graph outputs and join inputs more
+    than :data:`OUTPUT_TAIL_RANGE_RATIO` apart, and by the data movement after them: left float. The Concat's
+    inputs keep their pairs, so their writers stay integer kernels and each input is dequantized at its own
+    scale; onnxruntime runs the Concat and what follows in float, on the few values a head writes."""
+    tail: set[int] = set()
+    for node in nodes:
+        if node.op_type != "Concat" or any(id(v) in tail for v in node.outputs) or not reaches_only_outputs(node):
+            continue
+        ratio = join_range_ratio(node, ranges)
+        if ratio is None or ratio <= OUTPUT_TAIL_RANGE_RATIO:
+            continue
+        frontier = [node]
+        while frontier:
+            current = frontier.pop()
+            for value in current.outputs:
+                if id(value) not in tail:
+                    tail.add(id(value))
+                    frontier.extend(use.node for use in value.uses())
+    return tail
 
 
 def round_trips(tensors: list[ir.Value], nodes: list[ir.Node], float_tensors: set[int]) -> set[int]:

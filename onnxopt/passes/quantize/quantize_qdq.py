@@ -42,10 +42,11 @@ What it quantizes:
   would otherwise clamp every later score at the small maximum it saw.
 * **Concats of mixed ranges** (inputs' ranges more than 8x apart: a detector's
   pixel boxes beside its [0, 1] scores) stay float, with the data-movement
-  nodes after them: one shared scale would erase the narrow input. Where the
-  Concat only feeds graph outputs (through data movement), more than 1.25x
-  apart is enough: no integer kernel reads it there, and the shared scale
-  would only coarsen the narrower inputs.
+  nodes after them: one shared scale would erase the narrow input. A Concat
+  that only feeds graph outputs (through data movement) writes float when its
+  inputs are more than 1.25x apart: no integer kernel reads it there, so its
+  inputs are dequantized each at its own scale, and their writers stay int8
+  (:func:`~onnxopt.passes.quantize.insert_qdq.output_tail`).
 * **Relu, or Clip with constant bounds around 0 (ReLU6), after an op onnxruntime
   fuses** (uint8 activations; the op's output read by the activation alone): the
   activation is removed and the op's output is quantized with its range -- within
@@ -173,12 +174,11 @@ import dataclasses
 import re
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import onnx_ir as ir
 
 from onnxopt.distill.qat import QatConfig
 from onnxopt.errors import one_line
-from onnxopt.passes._graph_edit import NameSource, constant_array, name_unnamed_nodes
+from onnxopt.passes._graph_edit import NameSource, name_unnamed_nodes
 from onnxopt.passes.base import OptPass, PassLog
 from onnxopt.passes.canonicalize import canonicalize, canonicalize_for_integers
 from onnxopt.passes.qat import fine_tune, unavailable
@@ -194,7 +194,7 @@ from onnxopt.passes.quantize.calibration import (
 from onnxopt.passes.quantize.config import QAT_MIN_SAMPLES, QuantizeConfig
 from onnxopt.passes.quantize.cpu_target import IntegerTarget
 from onnxopt.passes.quantize.gptq import HessianCollector
-from onnxopt.passes.quantize.insert_qdq import InsertQDQ, activation_tensors, chosen
+from onnxopt.passes.quantize.insert_qdq import InsertQDQ, activation_tensors, chosen, join_range_ratio
 from onnxopt.passes.quantize.learned_values import LearnedValues
 from onnxopt.passes.quantize.output_scores import widen_output_scores
 from onnxopt.passes.quantize.plan_entry import Compute, QuantizePlanEntry
@@ -585,57 +585,18 @@ def _half_precision(model: ir.Model) -> str | None:
 #: A Concat whose inputs' ranges differ by more than this factor stays float: one shared scale would leave the
 #: narrowest input fewer than 256 / 8 = 32 levels (a detector's [0, 1] scores beside its boxes' pixels get none).
 MIXED_RANGE_RATIO = 8.0
-#: The same where the Concat's output only reaches graph outputs, through data movement: no integer kernel reads it
-#: there, so a shared scale buys no speed and costs the narrower inputs' precision. Above this factor (a third of a
-#: bit): the glyph detector's head joined its box offsets and [0, 1] scores 1.8x apart, then its three scales 2.3x
-#: apart, so its scores reached the output at a step 4x their own.
-OUTPUT_TAIL_RANGE_RATIO = 1.25
-
-
-def reaches_only_outputs(node: ir.Node) -> bool:
-    """Whether everything ``node`` writes reaches only graph outputs, through data-movement nodes alone."""
-    frontier, seen = [node], set()
-    while frontier:
-        current = frontier.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        for value in current.outputs:
-            uses = list(value.uses())
-            if not uses and not value.is_graph_output():
-                return False
-            for use in uses:
-                if not policy.carries(use.node):
-                    return False
-                frontier.append(use.node)
-    return True
 
 
 def mixed_range_joins(log: PassLog, graph: ir.Graph, chosen: list[ir.Node], ranges: Ranges) -> set[str]:
-    """The Concats joining tensors of very different ranges (more than :data:`MIXED_RANGE_RATIO` apart, or
-    :data:`OUTPUT_TAIL_RANGE_RATIO` where the Concat only feeds graph outputs), and the data-movement nodes
-    downstream of them (until a node that computes): kept float, so no one scale is shared by boxes and scores."""
+    """The Concats joining tensors of very different ranges, and the data-movement nodes downstream of them
+    (until a node that computes): kept float, so no one scale is shared by boxes and scores."""
     kept: set[str] = set()
-    tails = 0
     for node in chosen:
-        if node.op_type != "Concat" or len(node.inputs) < 2 or node.name in kept:
+        if node.op_type != "Concat" or node.name in kept:
             continue
-        spans = []
-        for value in node.inputs:
-            array = constant_array(value)
-            low, high = (
-                (float(array.min()), float(array.max())) if array is not None and array.size
-                else ranges.get(value.name or "", (np.inf, -np.inf)) if value is not None else (np.inf, -np.inf)
-            )  # fmt: skip
-            if np.isfinite(low) and np.isfinite(high):
-                spans.append(max(high, 0.0) - min(low, 0.0))
-        if len(spans) < 2:
+        ratio = join_range_ratio(node, ranges)
+        if ratio is None or ratio <= MIXED_RANGE_RATIO:
             continue
-        ratio = max(spans) / max(min(spans), 1e-12)
-        tail = reaches_only_outputs(node)
-        if ratio <= (OUTPUT_TAIL_RANGE_RATIO if tail else MIXED_RANGE_RATIO):
-            continue
-        tails += tail and ratio <= MIXED_RANGE_RATIO
         frontier = [node]
         while frontier:
             current = frontier.pop()
@@ -643,12 +604,7 @@ def mixed_range_joins(log: PassLog, graph: ir.Graph, chosen: list[ir.Node], rang
                 continue
             kept.add(current.name)
             frontier.extend(u.node for v in current.outputs for u in v.uses() if policy.carries(u.node) and u.node.name)
-        log.detail(
-            node=node.name, op="Concat", range_ratio=round(ratio, 1), kept="float (inputs of mixed ranges)", tail=tail
-        )
+        log.detail(node=node.name, op="Concat", range_ratio=round(ratio, 1), kept="float (inputs of mixed ranges)")
     if kept:
-        log.note(
-            f"{len(kept)} node(s) kept float where a Concat joins ranges more than {MIXED_RANGE_RATIO:g}x apart"
-            + (f" ({tails} only feeding graph outputs, more than {OUTPUT_TAIL_RANGE_RATIO:g}x)" if tails else "")
-        )
+        log.note(f"{len(kept)} node(s) kept float where a Concat joins ranges more than {MIXED_RANGE_RATIO:g}x apart")
     return kept
