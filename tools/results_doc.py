@@ -479,6 +479,12 @@ KINDS = [  # the order of the sections
         render_variants,
     ),
     Kind(
+        "Where int8 compute loses: activation quantizers undone",
+        "activation_sensitivity.py",
+        lambda d: isinstance(d.get("variants"), dict) and "singles" in d,
+        render_variants,
+    ),
+    Kind(
         "Quantization-aware fine-tuning, per-tensor int8",
         "qat_mobilenetv2.py",
         lambda d: isinstance(d.get("variants"), dict),
