@@ -232,44 +232,22 @@ def test_int8_chains_run_without_requantization(name: str, tmp_path: Path) -> No
     assert snr > 20, snr  # one int8 chain, still the same function
 
 
-def test_a_gemm_head_keeps_a_float_output(tmp_path: Path) -> None:
-    """QGemm writes float: a Gemm read only by float consumers (here the model's output) gets no QuantizeLinear,
-    so its output is not rounded to 8 bits."""
+@pytest.mark.parametrize("reshape", [False, True])
+def test_a_gemm_head_keeps_a_float_output(tmp_path: Path, reshape: bool) -> None:
+    """QGemm writes float: a Gemm read only by float consumers gets no QuantizeLinear, so its output is not rounded
+    to 8 bits. The consumer is the model's output, or (as the OCR recognizer ends) a Reshape writing it: that
+    output stays float (no fused kernel writes it), so a pair before the Reshape would only round the logits and
+    run one more DequantizeLinear."""
     g = _Graph()
     x = g.op("Flatten", g.op("GlobalAveragePool", g.op("Relu", g.conv("x", 3, 16))))
     y = g.op("Gemm", x, g.const(g.rng.normal(0, 0.3, (10, 16))), g.const(np.zeros(10)), transB=1)
+    if reshape:
+        y = g.op("Reshape", y, g.const_int([1, 2, 5]))
     graph = helper.make_graph(
         g.nodes,
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
-        [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 10])],
-        g.inits,
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "f.onnx")
-    np.savez(tmp_path / "d.npz", x=np.random.default_rng(1).uniform(0, 1, (32, 3, 16, 16)).astype(np.float32))
-    out = tmp_path / "q.onnx"
-    args = ["optimize", str(tmp_path / "f.onnx"), str(out), "--passes", "quantize:fallback=none"]
-    assert main([*args, "--data", str(tmp_path / "d.npz"), "-q"]) == 0
-    written = onnx.load(out)
-    assert written.graph.node[-1].op_type == "Gemm"  # the output is the Gemm's own, not a DequantizeLinear's
-    kernels = _runtime_kernels(out)
-    assert kernels["QGemm"] == 1 and kernels["QLinearConv"] == 1, kernels
-    assert kernels["DequantizeLinear"] == 0, kernels
-
-
-def test_gemm_logits_a_reshape_carries_to_the_output_stay_float(tmp_path: Path) -> None:
-    """As the OCR recognizer ends: Gemm -> Reshape -> graph output. The Reshape's output stays float (no fused
-    kernel writes it), so a pair on the Gemm's output would only round the logits to 8 bits and run one more
-    DequantizeLinear; without it onnxruntime still runs QGemm."""
-    g = _Graph()
-    x = g.op("Flatten", g.op("GlobalAveragePool", g.op("Relu", g.conv("x", 3, 16))))
-    logits = g.op("Gemm", x, g.const(g.rng.normal(0, 0.3, (10, 16))), g.const(np.zeros(10)), transB=1)
-    y = g.op("Reshape", logits, g.const_int([1, 2, 5]))
-    graph = helper.make_graph(
-        g.nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
-        [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 2, 5])],
+        [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 2, 5] if reshape else [1, 10])],
         g.inits,
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "f.onnx")
@@ -279,7 +257,8 @@ def test_gemm_logits_a_reshape_carries_to_the_output_stay_float(tmp_path: Path) 
     assert main([*args, "--data", str(tmp_path / "d.npz"), "-q"]) == 0
     written = onnx.load(out)
     gemm = next(n for n in written.graph.node if n.op_type == "Gemm")
-    assert [n.op_type for n in written.graph.node if gemm.output[0] in n.input] == ["Reshape"]
+    readers = [n.op_type for n in written.graph.node if gemm.output[0] in n.input]
+    assert readers == (["Reshape"] if reshape else [])  # the Gemm's own output, not a DequantizeLinear's
     kernels = _runtime_kernels(out)
     assert kernels["QGemm"] == 1 and kernels["QLinearConv"] == 1, kernels
     assert kernels["DequantizeLinear"] == 0, kernels

@@ -239,22 +239,26 @@ def join_range_ratio(node: ir.Node, ranges: Ranges) -> float | None:
     return max(spans) / max(min(spans), 1e-12) if len(spans) >= 2 else None
 
 
-def reaches_only_outputs(node: ir.Node) -> bool:
-    """Whether everything ``node`` writes reaches only graph outputs, through data-movement nodes alone."""
-    frontier, seen = [node], set()
+def carried_from(node: ir.Node) -> list[ir.Node]:
+    """``node`` and every data-movement node downstream of it (followed until a node that computes)."""
+    found, frontier, seen = [], [node], set()
     while frontier:
         current = frontier.pop()
         if id(current) in seen:
             continue
         seen.add(id(current))
+        found.append(current)
+        frontier.extend(use.node for value in current.outputs for use in value.uses() if policy.carries(use.node))
+    return found
+
+
+def reaches_only_outputs(node: ir.Node) -> bool:
+    """Whether everything ``node`` writes reaches only graph outputs, through data-movement nodes alone."""
+    for current in carried_from(node):
         for value in current.outputs:
             uses = list(value.uses())
-            if not uses and not value.is_graph_output():
+            if (not uses and not value.is_graph_output()) or not all(policy.carries(u.node) for u in uses):
                 return False
-            for use in uses:
-                if not policy.carries(use.node):
-                    return False
-                frontier.append(use.node)
     return True
 
 
@@ -268,15 +272,8 @@ def output_tail(nodes: list[ir.Node], ranges: Ranges) -> set[int]:
         if node.op_type != "Concat" or any(id(v) in tail for v in node.outputs) or not reaches_only_outputs(node):
             continue
         ratio = join_range_ratio(node, ranges)
-        if ratio is None or ratio <= OUTPUT_TAIL_RANGE_RATIO:
-            continue
-        frontier = [node]
-        while frontier:
-            current = frontier.pop()
-            for value in current.outputs:
-                if id(value) not in tail:
-                    tail.add(id(value))
-                    frontier.extend(use.node for use in value.uses())
+        if ratio is not None and ratio > OUTPUT_TAIL_RANGE_RATIO:
+            tail |= {id(value) for current in carried_from(node) for value in current.outputs}
     return tail
 
 

@@ -182,7 +182,7 @@ from onnxopt.passes._graph_edit import NameSource, name_unnamed_nodes
 from onnxopt.passes.base import OptPass, PassLog
 from onnxopt.passes.canonicalize import canonicalize, canonicalize_for_integers
 from onnxopt.passes.qat import fine_tune, unavailable
-from onnxopt.passes.quantize import cpu_target, policy
+from onnxopt.passes.quantize import cpu_target
 from onnxopt.passes.quantize.activation_ranges import Ranges
 from onnxopt.passes.quantize.calibration import (
     Calibration,
@@ -194,7 +194,13 @@ from onnxopt.passes.quantize.calibration import (
 from onnxopt.passes.quantize.config import QAT_MIN_SAMPLES, QuantizeConfig
 from onnxopt.passes.quantize.cpu_target import IntegerTarget
 from onnxopt.passes.quantize.gptq import HessianCollector
-from onnxopt.passes.quantize.insert_qdq import InsertQDQ, activation_tensors, chosen, join_range_ratio
+from onnxopt.passes.quantize.insert_qdq import (
+    InsertQDQ,
+    activation_tensors,
+    carried_from,
+    chosen,
+    join_range_ratio,
+)
 from onnxopt.passes.quantize.learned_values import LearnedValues
 from onnxopt.passes.quantize.output_scores import widen_output_scores
 from onnxopt.passes.quantize.plan_entry import Compute, QuantizePlanEntry
@@ -597,13 +603,7 @@ def mixed_range_joins(log: PassLog, graph: ir.Graph, chosen: list[ir.Node], rang
         ratio = join_range_ratio(node, ranges)
         if ratio is None or ratio <= MIXED_RANGE_RATIO:
             continue
-        frontier = [node]
-        while frontier:
-            current = frontier.pop()
-            if current.name in kept:
-                continue
-            kept.add(current.name)
-            frontier.extend(u.node for v in current.outputs for u in v.uses() if policy.carries(u.node) and u.node.name)
+        kept |= {current.name for current in carried_from(node) if current.name}
         log.detail(node=node.name, op="Concat", range_ratio=round(ratio, 1), kept="float (inputs of mixed ranges)")
     if kept:
         log.note(f"{len(kept)} node(s) kept float where a Concat joins ranges more than {MIXED_RANGE_RATIO:g}x apart")
