@@ -75,6 +75,13 @@ def test_fine_tuning_lets_all_int8_compute_meet_the_budget_with_the_same_graph(t
     measured = entry["measured"]["qat"]
     assert measured["before"] > 0.5 >= measured["after"]  # judged on the 32 samples fine-tuning never saw
     assert entry["float_nodes"] == [] and record.counts["values set by quantization-aware fine-tuning"] > 0
+    # the budget's own measure on its samples picked the epoch: the start's drop, then each epoch's; the least kept
+    chose = next(n for n in record.notes if n.startswith("qat: the budget's drop at the start"))
+    drops = [float(v) for v in re.search(r"on its samples ([\d., ]+); kept epoch (\d)", chose).group(1).split(", ")]
+    kept = int(re.search(r"kept epoch (\d)", chose).group(1))
+    assert len(drops) == 5 and drops[kept] == min(drops) < drops[0], chose
+    assert abs(drops[kept] - measured["after"]) < 1e-3 and abs(drops[0] - measured["before"]) < 1e-3
+    assert "chosen by the accuracy budget's measure" in said
 
     # the same graph as all-int8 without a budget: every node, name and input; only values differ
     plain = optimize(proto, passes="quantize:fallback=none;target=vnni", data=data).model

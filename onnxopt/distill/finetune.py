@@ -254,6 +254,8 @@ class Training:
     student_accuracy: float | None = None
     agreement: str = "agreement"  # what before/after measure (AgreementMeter.metric)
     loss_note: str = ""  # with detection_loss: which outputs it taught, or why none
+    # with train's ``choose``: its score of the start, then of each epoch (the epoch kept is the highest)
+    chosen: list[float] = dataclasses.field(default_factory=list)
 
 
 def finetune(
@@ -316,10 +318,14 @@ def train(
     started: float | None = None,
     title: str = "distill",
     groups: tuple[VariableGroup, ...] = (),
+    choose: Callable[[], float] | None = None,
 ) -> Training:
     """Train ``twin`` on ``teacher``'s outputs (the module docstring's losses) over the ``split`` = (training,
     held-back) samples of ``inputs``; the best epoch's variables end assigned to the twin and returned.
-    ``groups`` train at their own learning rates; ``time_budget`` counts from ``started``."""
+    ``groups`` train at their own learning rates; ``time_budget`` counts from ``started``. ``choose``, when
+    given, scores the twin as it stands (higher is better) and picks the epoch kept in place of the held-back
+    agreement, which is still measured and recorded: a caller with more samples to judge on than the held-back
+    part (``quantize:qat=auto``, its budget's)."""
     from onnxopt.convert import tf_import
 
     tf = tf_import.tensorflow()
@@ -382,6 +388,8 @@ def train(
     temperature, alpha = config.temperature, config.alpha if use_labels else 1.0
     best_loss, before = score()
     best, best_weights, best_epoch = before, twin.weights(), 0
+    chosen = [choose()] if choose is not None else []
+    kept_score = before  # the held-back agreement of the epoch kept
     history: list[dict[str, float]] = []
     rng = np.random.default_rng(config.seed + 1)
     stopped = False
@@ -426,16 +434,22 @@ def train(
         held_loss, held_score = score()
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "held_back_loss": held_loss,
                         "held_back": held_score})  # fmt: skip
-        if (held_score, -held_loss) > (best, -best_loss):  # agreement first; the loss breaks ties
+        if choose is not None:
+            chosen.append(choose())
+            history[-1]["chosen_by"] = chosen[-1]
+            if chosen[-1] > max(chosen[:-1]):
+                kept_score, best_weights, best_epoch = held_score, twin.weights(), epoch + 1
+        elif (held_score, -held_loss) > (best, -best_loss):  # agreement first; the loss breaks ties
             best_loss, best, best_weights, best_epoch = held_loss, held_score, twin.weights(), epoch + 1
+            kept_score = held_score
         if on_epoch is not None:
             on_epoch(f"epoch {epoch + 1}/{config.epochs}: loss {np.mean(losses):.4f}, held-back {held_score:.4f}")
         if stopped:
             break
     for name, value in best_weights.items():
         twin.variables[name].assign(value)
-    run = Training(best_weights, history, before, best, best_epoch, stopped, agreement=meter().metric,
-                   loss_note=loss_note)  # fmt: skip
+    run = Training(best_weights, history, before, kept_score, best_epoch, stopped, agreement=meter().metric,
+                   loss_note=loss_note, chosen=chosen)  # fmt: skip
     if use_labels:
         truth = labels[hold_idx]  # type: ignore[index]
         run.teacher_accuracy = float(np.mean(np.concatenate([t[0].argmax(1) for t in holdout_targets]) == truth))

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -121,12 +122,13 @@ class QatPass(OptPass):
 
 def fine_tune(
     context: PassContext, student: onnx.ModelProto, teacher: onnx.ModelProto, config: QatConfig, samples: int,
-    log: PassLog, *, judged: tuple[int, int] = (0, 0),
+    log: PassLog, *, judged: tuple[int, int] = (0, 0), choose: Callable[[dict[str, np.ndarray]], float] | None = None,
 ) -> QatResult | str:  # fmt: skip
     """Quantization-aware fine-tuning of ``student`` on ``teacher``'s outputs over up to ``samples`` of the run's
     data but its samples ``judged`` (``[start, stop)``: those a budget judges the result on), the batch capped to
-    fit memory; each epoch and the outcome recorded in ``log``. Returns the result, or why it could not run (one
-    line): shared by this pass and ``quantize:qat=auto``."""
+    fit memory; each epoch and the outcome recorded in ``log``; ``choose`` picks the epoch kept
+    (:func:`~onnxopt.distill.qat.qat`). Returns the result, or why it could not run (one line): shared by this
+    pass and ``quantize:qat=auto``."""
     inputs, labels = without_judged(*gather_samples(context, samples + judged[1] - judged[0]), judged, samples)
     batch = fitting_batch(student, config.batch, available_bytes())
     config = dataclasses.replace(config, metric=context.metric)  # the epoch kept is chosen as budgets read
@@ -134,7 +136,7 @@ def fine_tune(
         log.note(f"qat: batch {config.batch} -> {batch}: {memory_said()}")
         config = dataclasses.replace(config, batch=batch)
     try:
-        result = qat(student, teacher, inputs, config, labels=labels, progress=context.progress)
+        result = qat(student, teacher, inputs, config, labels=labels, progress=context.progress, choose=choose)
     except OnnxoptError as e:
         return one_line(e)
     moved, total = levels_moved(student, result.changed)

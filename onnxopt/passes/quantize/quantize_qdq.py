@@ -124,7 +124,9 @@ says so.
 budget, that trial is first fine-tuned against this pass's float input, quantization-aware
 (:func:`onnxopt.passes.qat.fine_tune`: the same graph, new int8 levels, scales and int32 biases), on up to
 ``qat_samples`` of the run's data *but* the samples the budget scores on -- so the budget judges the
-fine-tuned model on data training and its epoch choice never saw. Outputs that read as detections train on
+fine-tuned model on data training never saw. The budget's own measure on those samples picks the epoch kept
+(the start included: none better leaves the trial as it came); the held-back tenth of the training samples
+(26 of 256) reads too few to choose by. Outputs that read as detections train on
 the detection loss (:mod:`onnxopt.distill.detection_loss`: what the detection reading counts), others on the
 relative MSE or the class scores' KL. If that lowers the budget's measure, the
 trained values go into every later trial where the tensor is the one trained
@@ -174,6 +176,7 @@ import dataclasses
 import re
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import onnx_ir as ir
 
 from onnxopt.distill.qat import QatConfig
@@ -209,7 +212,7 @@ from onnxopt.passes.quantize.search import FloatFallbackSearch, SearchOutcome
 from onnxopt.passes.quantize.weight_storage import store_weights_int8
 
 if TYPE_CHECKING:
-    from onnxopt.optimizer.quality import QualityProbe
+    from onnxopt.optimizer.budget import AccuracyBudget
 
 __all__ = ["QuantizeConfig", "QuantizeQDQPass", "already_quantized"]
 
@@ -418,21 +421,23 @@ class QuantizeQDQPass(OptPass):
             quantizable=lambda keep: {n.name: n.op_type for n in chosen(run.model.graph, keep)},
             batch=self.config.profile_batch or self.require_context().batch,
             reference=reference,
-            fine_tune=(lambda model, probe: self._fine_tune(run, model, probe)) if self.config.qat == "auto" else None,
+            fine_tune=(lambda m, b: self._fine_tune(run, m, b)) if self.config.qat == "auto" else None,
         )
         return search
 
-    def _fine_tune(self, run: QuantizeRun, quantized: ir.Model, judge: QualityProbe) -> LearnedValues | None:
+    def _fine_tune(self, run: QuantizeRun, quantized: ir.Model, budget: AccuracyBudget) -> LearnedValues | None:
         """``qat=auto``: quantization-aware fine-tuning of the trial ``quantized`` on this pass's float input
-        (:func:`onnxopt.passes.qat.fine_tune`), never on the samples ``judge`` (the budget's probe) scores; what it
-        trained, or None (said in the record) when it cannot run or nothing improved."""
+        (:func:`onnxopt.passes.qat.fine_tune`), never on the samples ``budget``'s probe scores; the epoch kept is
+        the one ``budget`` measures the smallest drop for (the start included), on those samples -- the
+        held-back tenth of the rest (26 of 256) is too few to choose by. What it trained, or None (said in the
+        record) when it cannot run or no epoch lowered the drop."""
         context, config = self.require_context(), self.config
         said = "quantization-aware fine-tuning (qat=auto) did not run"
         why = unavailable(context, QAT_MIN_SAMPLES)  # random data, no TensorFlow: before any work
         if why is None:
-            # fine-tuning and its epoch choice never see the samples the budget judges the result on
-            judged = (judge.start, judge.stop)
-            why = unavailable(context, judge.stop - judge.start + QAT_MIN_SAMPLES)
+            # fine-tuning never sees the samples the budget judges the result on
+            judged = (budget.probe.start, budget.probe.stop)
+            why = unavailable(context, judged[1] - judged[0] + QAT_MIN_SAMPLES)
         if why is not None:
             run.log.note(f"{said}: {why}")
             return None
@@ -443,13 +448,27 @@ class QuantizeQDQPass(OptPass):
         qat_config = QatConfig(
             epochs=config.qat_epochs, time_budget=config.qat_time_budget, seed=context.seed, detection_loss=None
         )
+
+        def budget_score(changed: dict[str, np.ndarray]) -> float:
+            """Minus the budget's drop of ``quantized`` with ``changed`` written in (the epoch's values)."""
+            trial = quantized
+            if changed:
+                trial = quantized.clone()
+                LearnedValues.trained(quantized, changed).apply(trial.graph)
+            return -budget.drop(trial)
+
         try:
-            result = fine_tune(context, student, teacher, qat_config, config.qat_samples, run.log, judged=judged)
+            result = fine_tune(
+                context, student, teacher, qat_config, config.qat_samples, run.log, judged=judged, choose=budget_score
+            )
         except Exception as e:  # an optional step of the recipe (TensorFlow out of memory, ...): quantize goes on
             result = f"{type(e).__name__}: {one_line(e)}"
         if isinstance(result, str):
             run.log.note(f"{said}: {result}")
             return None
+        drops = ", ".join(f"{-score:.4f}" for score in result.training.chosen)
+        kept = f"epoch {result.training.best_epoch}" if result.training.best_epoch else "none"
+        run.log.note(f"qat: the budget's drop at the start then after each epoch, on its samples {drops}; kept {kept}")
         return LearnedValues.trained(quantized, result.changed) if result.changed else None
 
     def _apply_learned(self, run: QuantizeRun, decision: Decision, model: ir.Model) -> None:

@@ -24,7 +24,6 @@ from onnxopt.passes.quantize.float_cost import cheapest_first
 if TYPE_CHECKING:
     from onnxopt.optimizer.budget import AccuracyBudget, ReadingBudget
     from onnxopt.optimizer.node_profile import NodeProfile
-    from onnxopt.optimizer.quality import QualityProbe
     from onnxopt.passes.quantize.learned_values import LearnedValues
 
 
@@ -57,8 +56,9 @@ class FloatFallbackSearch:
         quantizable: Callable[[set[str]], dict[str, str]],  # kept float -> {node name: op type} still quantized
         batch: int,
         reference: ir.Model | None = None,  # weights-only int8: the yardstick of max_db_loss
-        # qat=auto: trains a trial, never on the samples of the probe the budget judges on
-        fine_tune: Callable[[ir.Model, QualityProbe], LearnedValues | None] | None = None,
+        # qat=auto: trains a trial, never on the samples of the probe the budget judges on (the budget picks the
+        # epoch kept)
+        fine_tune: Callable[[ir.Model, AccuracyBudget], LearnedValues | None] | None = None,
     ) -> None:
         self.config = config
         self.context = context
@@ -390,7 +390,7 @@ class FloatFallbackSearch:
         """``quantized`` after quantization-aware fine-tuning, and its drop -- when training made it better;
         else ``quantized`` and ``drop`` as they were. The values trained are kept for every later trial."""
         assert self.fine_tune is not None
-        learned = self.fine_tune(quantized, budget.probe)
+        learned = self.fine_tune(quantized, budget)
         if learned is None or not learned.after:
             return quantized, drop
         trained = quantized.clone()
