@@ -20,13 +20,17 @@ Variants: ``fp32`` (the baseline of every ratio); ``ort-int8`` -- onnxruntime's 
 ``ort-u8s8`` -- the same with uint8 activations and int8 weights, the form onnxruntime's x86 kernels fuse
 (the baseline int8 compute must beat); ``onnxopt:int8-forced`` (``--forced``) -- ``lossless,equalize,
 quantize:<the int8 recipe's calibration>;fallback=none``, int8 compute everywhere, to hold against
-``ort-u8s8``; ``onnxsim``; ``onnxslim`` (lossless peers); ``onnxopt:<recipe>`` --
+``ort-u8s8``; ``--qat``: ``onnxopt:weights-only`` (int8 weights, float compute: the yardstick of activation
+error) and ``onnxopt:int8-forced+qat`` (the forced model after the ``qat`` pass); ``--per-tensor``: int8
+compute everywhere with one weight scale per tensor (what some accelerators take), plain
+(``onnxopt:per-tensor``), after cross-layer equalization (``onnxopt:per-tensor-equalized``) and after the
+``qat`` pass (``onnxopt:per-tensor+qat``); ``onnxsim``; ``onnxslim`` (lossless peers); ``onnxopt:<recipe>`` --
 every built-in recipe at the subject's batch. Latency of all variants of a subject is measured by
 ``onnxopt.bench`` interleaved (round-robin, same inputs); the machine line records the CPU model and its
 integer features, on which int8 speed depends. Results: one Markdown table and the JSON behind it.
 
     python tools/bench_suite.py [--real all|a,b|''] [--light squeezenet,...] [--seconds 4]
-        [--out tools/bench_suite_results]
+        [--forced] [--qat] [--per-tensor] [--out tools/bench_suite_results]
 
 Needs the ``bench`` extra (onnxsim, onnxslim, scikit-learn, matplotlib) and the real models
 (``python tools/real_models.py`` fetches them once into a cache outside the repo).
@@ -111,6 +115,11 @@ def main() -> None:
         help="add weights-only int8 (the yardstick of activation error) and forced int8 followed by the qat pass",
     )
     parser.add_argument(
+        "--per-tensor",
+        action="store_true",
+        help="add int8 compute everywhere with one weight scale per tensor: plain, equalized, then the qat pass",
+    )
+    parser.add_argument(
         "--calibration", type=int, default=REAL_CALIBRATION, help=f"real models' fitting samples ({REAL_CALIBRATION})"
     )
     parser.add_argument(
@@ -126,7 +135,8 @@ def main() -> None:
         work = Path(tmp)
         subjects = _subjects(args, work)
         results = {
-            s.name: run_subject(s, work / s.name, args.seconds, recipes, args.forced, args.qat) for s in subjects
+            s.name: run_subject(s, work / s.name, args.seconds, recipes, args.forced, args.qat, args.per_tensor)
+            for s in subjects
         }
         kinds = {s.name: s.kind for s in subjects}
     total = time.perf_counter() - started
@@ -200,7 +210,13 @@ def _subjects(args: argparse.Namespace, work: Path) -> list[Subject]:
 
 
 def run_subject(
-    subject: Subject, folder: Path, seconds: float, recipes: list[str], forced: bool = False, qat: bool = False
+    subject: Subject,
+    folder: Path,
+    seconds: float,
+    recipes: list[str],
+    forced: bool = False,
+    qat: bool = False,
+    per_tensor: bool = False,
 ) -> list[Variant]:
     folder.mkdir(parents=True, exist_ok=True)
     print(f"== {subject.name}", file=sys.stderr)
@@ -225,23 +241,32 @@ def run_subject(
                 ),
             )
         )
+    extra: list[tuple[str, str]] = []
     if qat:  # the yardstick: weights rounded alone; and int8 compute everywhere, then quantization-aware fine-tuning
-        for name, passes in (
+        extra += [
             ("onnxopt:weights-only", "lossless,equalize,quantize:weights_only=true"),
             (
                 "onnxopt:int8-forced+qat",
                 f"lossless,equalize,quantize:{INT8_CALIBRATION};fallback=none,qat:time_budget={QAT_SECONDS}",
             ),
-        ):
-            variants.append(
-                _timed(
-                    name,
-                    folder / f"{name.split(':')[1].replace('+', '_')}.onnx",
-                    lambda o, p=passes: _onnxopt_notes(
-                        optimize(subject.path, o, passes=p, data=str(subject.calibration), batch=subject.batch)
-                    ),
-                )
+        ]
+    if per_tensor:  # one weight scale per tensor (accelerators that take no other): plain PTQ, equalized, then QAT
+        plain = f"quantize:{INT8_CALIBRATION};fallback=none;per_channel=false"
+        extra += [
+            ("onnxopt:per-tensor", f"lossless,{plain}"),
+            ("onnxopt:per-tensor-equalized", f"lossless,equalize,{plain}"),
+            ("onnxopt:per-tensor+qat", f"lossless,{plain},qat:time_budget={QAT_SECONDS}"),
+        ]
+    for name, passes in extra:
+        variants.append(
+            _timed(
+                name,
+                folder / f"{name.split(':')[1].replace('+', '_')}.onnx",
+                lambda o, p=passes: _onnxopt_notes(
+                    optimize(subject.path, o, passes=p, data=str(subject.calibration), batch=subject.batch)
+                ),
             )
+        )
     for recipe in recipes:
         out = folder / f"onnxopt_{recipe.replace('+', '_')}.onnx"
         variants.append(
