@@ -248,6 +248,54 @@ def test_the_round_after_the_budget_is_undone_when_the_budget_then_fails() -> No
     assert not any(n.op_type == "QuantizeLinear" for n in result.model.graph)
 
 
+def test_a_round_the_budget_misses_by_a_hair_keeps_the_budgets_next_ranked_layers_float_too() -> None:
+    """The round after the budget moves a slowed node to float, and the budget, checked again, misses (as a bound
+    of 0.0101 against 0.01 did on the glyph detector): the budget's next ranked layer goes float too, the model
+    is timed against the one before the round, and being faster it is kept -- the pool float, more Convs float
+    than the budget needed, the rest still int8 (``float_weights=float``: the script prices each node a float
+    layer's int8 weights add as a layer)."""
+
+    class FailsWithFloatPoolAlone(SlowWhenMixed):
+        needed: int | None = None  # the fewest float Convs the budget's own trials met it with
+
+        def snr_budget(self, reference, max_db_loss, limit, *, skip=0):
+            budget = super().snr_budget(reference, max_db_loss, limit, skip=skip)
+            measured = budget.drop
+
+            def drop(candidate) -> float:
+                float_convs = sum(_runs_float(n) for n in candidate.graph if n.op_type == "Conv")
+                pool = next(n for n in candidate.graph if n.op_type == "GlobalAveragePool")
+                got = measured(candidate)
+                if not _runs_float(pool):
+                    if got <= budget.max_drop and float_convs:
+                        self.needed = min(self.needed or float_convs, float_convs)
+                    return got
+                return got if self.needed is not None and float_convs > self.needed else budget.max_drop + 1.0
+
+            budget.drop = drop  # type: ignore[method-assign]  # the script
+            return budget
+
+    model = _chain()
+    dataset = RandomDataset(Runner(model.SerializeToString()).inputs, 32, dims={}, seed=0)
+    context = FailsWithFloatPoolAlone({}, dataset=dataset)
+    record, result = _run("quantize:fallback=profile;max_db_loss=1;eval_samples=32;float_weights=float", context, model)
+    assert record.status == "applied", record.notes
+    kept = {row["node"]: row["kept"] for row in record.details if "kept" in row}
+    pool = next(n for n in result.model.graph if n.op_type == "GlobalAveragePool")
+    assert kept.get(pool.name) == "float (slower in int8 after the budget)", kept
+    said = "after the budget: 1 node(s) slowed in int8 by float neighbours; 1 kept float with the budget's next "
+    assert any(n.startswith(said) and "measured faster" in n for n in record.notes), record.notes
+    float_convs = [n.name for n in result.model.graph if n.op_type == "Conv" and _runs_float(n)]
+    assert context.needed is not None and context.needed < len(float_convs) < 4, (float_convs, record.notes)
+    assert any(n.op_type == "QuantizeLinear" for n in result.model.graph)  # the rest still int8
+
+
+def _runs_float(node) -> bool:
+    """Whether ``node`` reads a float tensor (no DequantizeLinear before its data input)."""
+    source = node.inputs[0].producer()
+    return source is None or source.op_type != "DequantizeLinear"
+
+
 def test_a_budget_only_all_float_meets_declines() -> None:
     # a feature-map output: the metric is output agreement, which any quantized tensor lowers
     model = parse(

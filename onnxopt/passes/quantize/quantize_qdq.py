@@ -143,7 +143,8 @@ float neighbours change what an int8 kernel costs (a uint8 MaxPool outside an
 all-int8 chain runs onnxruntime's plain MaxPool, not NhwcMaxPool), so the nodes
 they slowed (more than twice their time before the budget, and slower than
 float) go float too -- when that measured faster and the budget, checked again,
-still holds.
+still holds, or holds with the budget's next 1, 2 or 4 ranked layers float too
+and the model then measures faster than before the round.
 
 Whatever was decided, each output's SNR against the original is recorded beside
 that of the plain weights-only reference (nearest rounding, max-abs per
