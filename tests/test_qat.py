@@ -158,6 +158,13 @@ def _trained(seed: int = 0) -> tuple[onnx.ModelProto, object]:
     """The maxpool family quantized, then fine-tuned toward a teacher whose weights differ (10 % larger, plus
     noise): a clear target the integers must move for (quantized from its own float weights, the tiny graph
     is already within 1e-4 of them)."""
+    quantized, teacher, data = _with_teacher()
+    config = QatConfig(epochs=2, batch=8, learning_rate=0.3, holdout=0.25, seed=seed)
+    return quantized, qat(quantized, teacher, data, config)
+
+
+def _with_teacher() -> tuple[onnx.ModelProto, onnx.ModelProto, dict[str, np.ndarray]]:
+    """The maxpool family quantized, a teacher whose weights differ (10 % larger, plus noise), and the data."""
     quantized, student, data = _quantized("maxpool")
     teacher = onnx.ModelProto()
     teacher.CopyFrom(student)
@@ -167,8 +174,29 @@ def _trained(seed: int = 0) -> tuple[onnx.ModelProto, object]:
         tensor.CopyFrom(
             onnx.numpy_helper.from_array((array * 1.1 + g.normal(0, 0.05, array.shape)).astype(np.float32), tensor.name)
         )
-    config = QatConfig(epochs=2, batch=8, learning_rate=0.3, holdout=0.25, seed=seed)
-    return quantized, qat(quantized, teacher, data, config)
+    return quantized, teacher, data
+
+
+@pytest.mark.parametrize("scores", [(0.0, -1.0, 2.0, 1.0), (0.0, -1.0, -2.0, -0.5)], ids=["epoch-2", "none"])
+def test_a_chooser_picks_the_epoch_kept_and_the_start_scores_no_change(scores) -> None:
+    """``choose`` (``quantize:qat=auto`` passes its budget's measure) scores the start and each epoch's values;
+    the best is kept, whatever the held-back part says, and a start no epoch beats leaves the model as it came."""
+    quantized, teacher, data = _with_teacher()
+    seen: list[dict[str, np.ndarray]] = []
+
+    def choose(changed: dict[str, np.ndarray]) -> float:
+        seen.append({name: array.copy() for name, array in changed.items()})
+        return scores[len(seen) - 1]
+
+    config = QatConfig(epochs=3, batch=8, learning_rate=0.3, holdout=0.25, seed=0)
+    result = qat(quantized, teacher, data, config, choose=choose)
+    assert len(seen) == 4 and seen[0] == {} and all(seen[1:])  # the start, then three epochs that moved values
+    best = int(np.argmax(scores))
+    assert result.training.best_epoch == best and result.training.chosen == list(scores)
+    assert result.changed.keys() == seen[best].keys()
+    assert all(np.array_equal(result.changed[name], seen[best][name]) for name in seen[best])
+    if not best:
+        assert result.model.SerializeToString() == quantized.SerializeToString()
 
 
 def test_write_back_keeps_the_graph_and_changes_levels_scales_and_biases() -> None:

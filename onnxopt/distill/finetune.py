@@ -318,14 +318,14 @@ def train(
     started: float | None = None,
     title: str = "distill",
     groups: tuple[VariableGroup, ...] = (),
-    choose: Callable[[], float] | None = None,
+    choose: Callable[[int], float] | None = None,
 ) -> Training:
     """Train ``twin`` on ``teacher``'s outputs (the module docstring's losses) over the ``split`` = (training,
     held-back) samples of ``inputs``; the best epoch's variables end assigned to the twin and returned.
     ``groups`` train at their own learning rates; ``time_budget`` counts from ``started``. ``choose``, when
-    given, scores the twin as it stands (higher is better) and picks the epoch kept in place of the held-back
-    agreement, which is still measured and recorded: a caller with more samples to judge on than the held-back
-    part (``quantize:qat=auto``, its budget's)."""
+    given, scores the twin as it stands after an epoch (0: the start; higher is better) and picks the epoch kept
+    (the earliest of the best) in place of the held-back agreement, which is still measured and recorded: a
+    caller with more samples to judge on than the held-back part (``quantize:qat=auto``, its budget's)."""
     from onnxopt.convert import tf_import
 
     tf = tf_import.tensorflow()
@@ -388,7 +388,7 @@ def train(
     temperature, alpha = config.temperature, config.alpha if use_labels else 1.0
     best_loss, before = score()
     best, best_weights, best_epoch = before, twin.weights(), 0
-    chosen = [choose()] if choose is not None else []
+    chosen = [choose(0)] if choose is not None else []
     kept_score = before  # the held-back agreement of the epoch kept
     history: list[dict[str, float]] = []
     rng = np.random.default_rng(config.seed + 1)
@@ -435,7 +435,7 @@ def train(
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "held_back_loss": held_loss,
                         "held_back": held_score})  # fmt: skip
         if choose is not None:
-            chosen.append(choose())
+            chosen.append(choose(epoch + 1))
             history[-1]["chosen_by"] = chosen[-1]
             if chosen[-1] > max(chosen[:-1]):
                 kept_score, best_weights, best_epoch = held_score, twin.weights(), epoch + 1

@@ -94,8 +94,8 @@ def qat(
     """Fine-tune the QDQ ``model`` on ``teacher``'s outputs over ``inputs`` (every array ``[N, ...]``); raises
     :class:`~onnxopt.errors.UnsupportedOp` (one line) for a model that is not quantized, an op the twin lacks,
     or a twin or written model that does not match onnxruntime. ``choose``, when given, scores the values each
-    epoch would write (the initializers changed, by name; higher is better) and picks the epoch kept in place of
-    the held-back part (:func:`~onnxopt.distill.finetune.train`)."""
+    epoch would write (the initializers changed, by name; ``{}`` for the start; higher is better) and picks the
+    epoch kept in place of the held-back part (:func:`~onnxopt.distill.finetune.train`)."""
     config = config or QatConfig()
     if not is_quantized(model):
         raise UnsupportedOp("qat: the model is not quantized (no QuantizeLinear/DequantizeLinear): run quantize first")
@@ -109,7 +109,7 @@ def qat(
     run = train(
         twin, teacher, inputs, config, split, labels=labels, on_epoch=on_epoch, progress=progress, started=started,
         title="qat", groups=variable_groups(twin, config),
-        choose=(lambda: choose(_changed(twin, model))) if choose is not None else None,
+        choose=(lambda epoch: choose(_changed(twin, model) if epoch else {})) if choose is not None else None,
     )  # fmt: skip
     changed: dict[str, np.ndarray] = {}
     trained = model

@@ -8,7 +8,7 @@ from typing import Literal
 from onnxopt.passes._config import validate_literals
 from onnxopt.passes._weights import check_pattern
 
-#: Fewer samples than this leave QAT's held-back tenth too small to pick an epoch by.
+#: Fewer samples than this leave QAT too few to train on (and the qat pass's held-back tenth too few to pick by).
 QAT_MIN_SAMPLES = 64
 
 

@@ -250,16 +250,14 @@ class FloatFallbackSearch:
         self, decided: set[str], current: ir.Model, budget: AccuracyBudget, record: dict[str, Any]
     ) -> tuple[set[str], float, list[tuple[str, float]]] | str:
         """The round's nodes float put the budget over by what a few more layers float may give back: the
-        budget's next ranked layers with them -- the fewest of 1, 2, 4 that meet it -- kept when the model then
-        runs measurably faster than ``current`` (the model before the round; interleaved timing). Returns (nodes
-        kept float, drop, the layers added with the error each adds), or what was tried in a note's words;
-        ``record`` keeps each drop and the timing. A bound a hair over the limit (0.0101 of 0.01 on the glyph
-        detector) no longer undoes a round that runs faster."""
+        budget's next ranked layers with them -- the fewest of 1, 2, 4 (or all it has left) that meet it -- kept
+        when the model then runs measurably faster than ``current`` (the model before the round; interleaved
+        timing). Returns (nodes kept float, drop, the layers added with the error each adds), or what was tried
+        in a note's words; ``record`` keeps each drop, the timing and the layers added. A bound a hair over the
+        limit (0.0101 of 0.01 on the glyph detector) no longer undoes a round that runs faster."""
         more = [(name, added) for name, added in self._ranked_left if name not in decided]
         record["more_ranked"], tried = [], ""
-        for k in (1, 2, 4):
-            if k > len(more):
-                break
+        for k in sorted({min(k, len(more)) for k in (1, 2, 4)} - {0}):
             self._say(f"checking the budget with the next {k} ranked layer(s) float too")
             candidate = decided | {name for name, _ in more[:k]}
             drop = budget.drop(self._trained_trial(candidate))
@@ -271,6 +269,7 @@ class FloatFallbackSearch:
                 record["more_ratio"] = round(ratio, 4)
                 if ratio >= 0.99:
                     return f"{tried}, {ratio:.2f}x the model before this round: not faster"
+                record["more_kept"], record["held"] = [name for name, _ in more[:k]], True
                 return candidate, drop, more[:k]
         return tried
 
