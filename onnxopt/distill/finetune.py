@@ -111,6 +111,7 @@ class FinetuneResult:
     student_accuracy: float | None = None
     agreement: str = "agreement"  # what before/after measure: "sequence agreement", "top-1 agreement", ...
     loss_note: str = ""  # with detection_loss: which outputs it taught, or why none
+    chosen: list[float] = dataclasses.field(default_factory=list)  # finetune never takes a chooser: always empty
 
 
 def output_kinds(proto: onnx.ModelProto) -> dict[str, str]:

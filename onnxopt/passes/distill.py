@@ -229,7 +229,7 @@ def record_training(
         log.detail(epoch=row["epoch"], loss=round(row["loss"], 5), held_back_loss=round(row["held_back_loss"], 5),
                    held_back_agreement=round(row["held_back"], 4))  # fmt: skip
     budget = " (stopped by time_budget)" if run.stopped_by_budget else ""
-    by = ", chosen by the accuracy budget's measure" if getattr(run, "chosen", None) else ""
+    by = ", chosen by the accuracy budget's measure" if run.chosen else ""
     log.note(
         f"{verb} {len(run.history)} epoch(s) on {samples} samples in {seconds:.0f} s{budget}; {also}"
         f"{run.agreement} with the original on {held_back} held-back samples {run.before:.4f} -> {run.after:.4f}"
