@@ -290,6 +290,63 @@ def test_a_round_the_budget_misses_by_a_hair_keeps_the_budgets_next_ranked_layer
     assert any(n.op_type == "QuantizeLinear" for n in result.model.graph)  # the rest still int8
 
 
+POOLED = CHAIN.replace(
+    "    p = GlobalAveragePool(c4)", "    m = MaxPool<kernel_shape=[2,2]>(c4)\n    p = GlobalAveragePool(m)"
+)
+
+
+def test_a_round_the_budget_misses_keeps_float_the_op_types_that_hold_it_alone() -> None:
+    """The round after the budget holds two op types its float neighbours slowed: the pool (400 µs lost) and a
+    MaxPool (300 µs) whose move to float the budget never allows, whatever else is float -- so neither the whole
+    round nor the budget's next ranked layers meet it. Its op types one at a time: the pool alone holds and is
+    faster, so it is kept float; the MaxPool stays int8 (the budget is scripted)."""
+
+    class SlowPoolsWhenMixed(ScriptedContext):
+        def _times(self, model) -> dict[str, float]:
+            times = super()._times(model)
+            mixed = any(times[n.name] == 10.0 for n in model.graph if n.op_type == "Conv")
+            extra = {"GlobalAveragePool": 400.0, "MaxPool": 300.0}
+            for node in model.graph:
+                if node.op_type in extra and mixed and times[node.name] == 6.0:
+                    times[node.name] += extra[node.op_type]
+            return times
+
+        def snr_budget(self, reference, max_db_loss, limit, *, skip=0):
+            budget = super().snr_budget(reference, max_db_loss, limit, skip=skip)
+            measured = budget.drop
+
+            def drop(candidate) -> float:  # all int8 misses, any float Conv meets it, a float MaxPool never does
+                maxpool = next(n for n in candidate.graph if n.op_type == "MaxPool")
+                if _runs_float(maxpool):
+                    return budget.max_drop + 1.0
+                return 0.0 if any(_runs_float(n) for n in candidate.graph if n.op_type == "Conv") else 2.0
+
+            budget.drop = drop  # type: ignore[method-assign]  # the script
+            return budget
+
+    rng = np.random.default_rng(0)
+    shapes = {
+        "w1": ((8, 3, 3, 3), 0.5),
+        "w2": ((8, 8, 3, 3), 0.2),
+        "w3": ((8, 8, 3, 3), 0.2),
+        "w4": ((8, 8, 1, 1), 0.3),
+    }
+    model = parse(POOLED, **{k: rng.normal(0, sd, shape).astype(np.float32) for k, (shape, sd) in shapes.items()})
+    dataset = RandomDataset(Runner(model.SerializeToString()).inputs, 32, dims={}, seed=0)
+    record, result = _run(
+        "quantize:fallback=profile;max_db_loss=1;eval_samples=32", SlowPoolsWhenMixed({}, dataset=dataset), model
+    )
+    assert record.status == "applied", record.notes
+    kept = {row["node"]: row["kept"] for row in record.details if "kept" in row}
+    assert "float (accuracy budget)" in kept.values(), kept  # the budget mixed the precisions
+    pool = next(n for n in result.model.graph if n.op_type == "GlobalAveragePool")
+    maxpool = next(n for n in result.model.graph if n.op_type == "MaxPool")
+    assert kept.get(pool.name) == "float (slower in int8 after the budget)" and maxpool.name not in kept, kept
+    said = "after the budget: 2 node(s) slowed in int8 by float neighbours; 1 kept float of op types that hold the "
+    assert any(n.startswith(said) and "(GlobalAveragePool 1;" in n for n in record.notes), record.notes
+    assert _runs_float(pool) and not _runs_float(maxpool)  # the MaxPool still reads its input dequantized
+
+
 def _runs_float(node) -> bool:
     """Whether ``node`` reads a float tensor (no DequantizeLinear before its data input)."""
     source = node.inputs[0].producer()

@@ -204,7 +204,8 @@ class FloatFallbackSearch:
         """After the budget moved layers to float: the nodes its mixed model runs slower in int8 than in float,
         and more than twice as slow as in the first speed round's profile, kept float too (:meth:`_slower_round`),
         when the budget, checked again, still holds -- or holds with a few more of its ranked layers float and the
-        model is then measurably faster (:meth:`_with_more_ranked_float`).
+        model is then measurably faster (:meth:`_with_more_ranked_float`), or else for each of its op types that
+        holds it alone (:meth:`_by_op_type`).
 
         Float neighbours change what an int8 kernel costs: a MaxPool on uint8 between float Convs runs
         onnxruntime's plain MaxPool kernel, not the NhwcMaxPool of an all-int8 chain (the glyph detector's three
@@ -236,12 +237,20 @@ class FloatFallbackSearch:
             if isinstance(rescued, str):
                 self.kept_for_speed, record["kept"] = speed_kept, []
                 shown = f"{budget.describe(drop)}{rescued}"
-                self.log.note(f"{said}; none kept float (with them float: {budget.metric} drop {shown})")
-                return excluded
-            decided, drop, more = rescued
-            for name, added in more:
-                self.log.detail(node=name, added_db=round(added, 2), kept="float (accuracy budget)")
-            also = f" with the budget's next {len(more)} ranked layer(s), measured faster: {record['more_ratio']:.2f}x"
+                partial = self._by_op_type(excluded, current, lost, budget, record)
+                if partial is None:
+                    self.log.note(f"{said}; none kept float (with them float: {budget.metric} drop {shown})")
+                    return excluded
+                decided, drop, kept_float = partial
+                ops = ", ".join(f"{op} {n}" for op, n, *_ in record["by_op_type"] if op in record["op_types_kept"])
+                also = f" of op types that hold the budget alone ({ops}; with all {tried} float: drop {shown})"
+            else:
+                decided, drop, more = rescued
+                for name, added in more:
+                    self.log.detail(node=name, added_db=round(added, 2), kept="float (accuracy budget)")
+                also = (
+                    f" with the budget's next {len(more)} ranked layer(s), measured faster: {record['more_ratio']:.2f}x"
+                )
         self._detail_kept(kept_float, lost, "float (slower in int8 after the budget)")
         self.log.note(f"{said}; {len(kept_float)} kept float{also} ({budget.metric} drop {budget.describe(drop)})")
         return decided
@@ -272,6 +281,49 @@ class FloatFallbackSearch:
                 record["more_kept"], record["held"] = [name for name, _ in more[:k]], True
                 return candidate, drop, more[:k]
         return tried
+
+    def _by_op_type(
+        self,
+        excluded: set[str],
+        current: ir.Model,
+        lost: dict[str, dict[str, tuple[float, float]]],
+        budget: AccuracyBudget,
+        record: dict[str, Any],
+    ) -> tuple[set[str], float, dict[str, tuple[float, float]]] | None:
+        """The round's nodes all float break the budget, and a few more ranked layers do not mend it: its op
+        types one at a time, most time lost first, each kept float when the budget still holds with it and the
+        model then runs measurably faster than the one before (interleaved timing). One op type whose move
+        breaks the budget no longer keeps the others slow: a round of the glyph detector can hold its SPP
+        MaxPools, whose uint8 kernel beside float Convs costs 5.2 ms against 0.33 ms float
+        (``tools/budget_float_cascade.py``), beside nodes of other types. Returns (nodes kept float, drop, the
+        nodes added with their times), or None when no op type holds; ``record["by_op_type"]`` keeps each op
+        type's count, drop and timing."""
+        rows: list[list[Any]] = []
+        record["by_op_type"], record["op_types_kept"] = rows, []
+        if len(lost) < 2:
+            return None  # its one op type is the round already tried
+        base, model, drop = set(excluded), current, None
+        kept: dict[str, tuple[float, float]] = {}
+        for op_type in sorted(lost, key=lambda op: (-sum(i - f for f, i in lost[op].values()), op)):
+            nodes = lost[op_type]
+            self._say(f"checking the budget with the {len(nodes)} slowed {op_type} node(s) float")
+            candidate = self._trained_trial(base | set(nodes))
+            got = budget.drop(candidate)
+            row: list[Any] = [op_type, len(nodes), round(got, 6)]
+            rows.append(row)
+            if got > budget.max_drop:
+                continue
+            ratio = self.context.latency_ratio(model, candidate, batch=self.batch).median
+            row.append(round(ratio, 4))
+            if ratio < 0.99:
+                base, model, drop = base | set(nodes), candidate, got
+                kept.update(nodes)
+                self.kept_for_speed |= set(nodes)
+                record["op_types_kept"].append(op_type)
+        if drop is None:
+            return None
+        record["kept"], record["held"], record["drop"] = sorted(kept), True, round(drop, 6)
+        return base, drop, kept
 
     def _faster_than_float(self, quantized: ir.Model) -> bool:
         """Whether ``quantized`` runs at most ``1 - min_gain`` times ``model``'s latency (interleaved timing).
