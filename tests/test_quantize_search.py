@@ -313,7 +313,6 @@ def test_a_round_the_budget_misses_keeps_float_the_op_types_that_hold_it_alone()
 
         def snr_budget(self, reference, max_db_loss, limit, *, skip=0):
             budget = super().snr_budget(reference, max_db_loss, limit, skip=skip)
-            measured = budget.drop
 
             def drop(candidate) -> float:  # all int8 misses, any float Conv meets it, a float MaxPool never does
                 maxpool = next(n for n in candidate.graph if n.op_type == "MaxPool")
