@@ -141,22 +141,28 @@ class FloatFallbackSearch:
         lost: dict[str, dict[str, tuple[float, float]]],
         ratios: list[list[Any]],
         build: Callable[[set[str]], ir.Model],
+        *,
+        holds: Callable[[str, ir.Model], bool] | None = None,
     ) -> tuple[set[str], ir.Model, dict[str, tuple[float, float]]]:
         """The ``lost`` nodes (op type -> node -> (float µs, int8 µs)) kept float: all of them at once, each
         decided by its own timing; if that is not measurably faster than ``current``, one op type at a time, most
         time lost first, each kept only if the whole model then runs measurably faster (interleaved timing: the
         islands' extra Q/DQ may cost more than the kernels save). ``build`` makes a trial; ``ratios`` records
-        each timing. Returns the nodes kept float, the trial built with them and the nodes added (their times)."""
+        each timing. With ``holds`` (a group's label and trial -> whether the budget holds) only the op types
+        one at a time, each kept only where it holds too. Returns the nodes kept float, the trial built with
+        them and the nodes added (their times)."""
         order = sorted(lost, key=lambda op: -sum(i - f for f, i in lost[op].values()))
         kept_float: dict[str, tuple[float, float]] = {}
         slower = {name: times for nodes in lost.values() for name, times in nodes.items()}
-        groups = [("every slower node", slower)] if slower else []  # per node first, whatever its type
+        groups = [("every slower node", slower)] if slower and holds is None else []  # per node first
         groups += [(op_type, lost[op_type]) for op_type in order if len(order) > 1]  # else one op type at a time
         for label, nodes in groups:
             if set(nodes) <= set(kept_float):
                 continue  # every slower node is float already
-            self._say(f"timing int8 with {len(nodes)} node(s) slower in int8 ({label}) kept float")
             candidate = build(excluded | set(nodes))
+            if holds is not None and not holds(label, candidate):
+                continue
+            self._say(f"timing int8 with {len(nodes)} node(s) slower in int8 ({label}) kept float")
             median = self.context.latency_ratio(current, candidate, batch=self.batch).median
             ratios.append([label, round(median, 4)])
             if median < 0.99:
@@ -297,33 +303,28 @@ class FloatFallbackSearch:
         MaxPools, whose uint8 kernel beside float Convs costs 5.2 ms against 0.33 ms float
         (``tools/budget_float_cascade.py``), beside nodes of other types. Returns (nodes kept float, drop, the
         nodes added with their times), or None when no op type holds; ``record["by_op_type"]`` keeps each op
-        type's count, drop and timing."""
+        type's count and drop, ``record["ratios"]`` the timings (:meth:`_slower_round` with a budget check)."""
         rows: list[list[Any]] = []
         record["by_op_type"], record["op_types_kept"] = rows, []
         if len(lost) < 2:
             return None  # its one op type is the round already tried
-        base, model, drop = set(excluded), current, None
-        kept: dict[str, tuple[float, float]] = {}
-        for op_type in sorted(lost, key=lambda op: (-sum(i - f for f, i in lost[op].values()), op)):
-            nodes = lost[op_type]
-            self._say(f"checking the budget with the {len(nodes)} slowed {op_type} node(s) float")
-            candidate = self._trained_trial(base | set(nodes))
-            got = budget.drop(candidate)
-            row: list[Any] = [op_type, len(nodes), round(got, 6)]
-            rows.append(row)
-            if got > budget.max_drop:
-                continue
-            ratio = self.context.latency_ratio(model, candidate, batch=self.batch).median
-            row.append(round(ratio, 4))
-            if ratio < 0.99:
-                base, model, drop = base | set(nodes), candidate, got
-                kept.update(nodes)
-                self.kept_for_speed |= set(nodes)
-                record["op_types_kept"].append(op_type)
-        if drop is None:
+        drops: dict[str, float] = {}
+
+        def holds(op_type: str, candidate: ir.Model) -> bool:
+            self._say(f"checking the budget with the {len(lost[op_type])} slowed {op_type} node(s) float")
+            drops[op_type] = budget.drop(candidate)
+            rows.append([op_type, len(lost[op_type]), round(drops[op_type], 6)])
+            return drops[op_type] <= budget.max_drop
+
+        decided, _, kept = self._slower_round(
+            excluded, current, lost, record.setdefault("ratios", []), self._trained_trial, holds=holds
+        )
+        kinds = [op for op, *_ in rows if lost[op].keys() <= kept.keys()]  # in the order tried: the last holds all
+        if not kinds:
             return None
-        record["kept"], record["held"], record["drop"] = sorted(kept), True, round(drop, 6)
-        return base, drop, kept
+        record["op_types_kept"], record["kept"], record["held"] = kinds, sorted(kept), True
+        record["drop"] = round(drops[kinds[-1]], 6)
+        return decided, drops[kinds[-1]], kept
 
     def _faster_than_float(self, quantized: ir.Model) -> bool:
         """Whether ``quantized`` runs at most ``1 - min_gain`` times ``model``'s latency (interleaved timing).
