@@ -24,7 +24,7 @@ from onnxopt.data import open_dataset
 from onnxopt.evaluate.layers import layer_errors
 from onnxopt.optimizer import quality
 from onnxopt.optimizer.calibration import activations
-from onnxopt.optimizer.node_profile import UNATTRIBUTED, profile_nodes
+from onnxopt.optimizer.node_profile import UNATTRIBUTED, profile_nodes, profile_nodes_interleaved
 from onnxopt.optimizer.quality import QualityProbe
 from onnxopt.runtime import Runner
 from onnxopt.shapes import annotate_shapes
@@ -190,3 +190,16 @@ def test_optimize_and_compare_never_serialize_the_whole_model(tmp_path: Path, no
     assert [layer.tensor for layer in compared.layers.layers] == [
         layer.tensor for layer in result.comparison.layers.layers
     ]
+
+
+def test_profiles_taken_in_turn_keep_each_models_own_nodes(quantized: Path) -> None:
+    """The float and the int8 model profiled in turn (one run of each, alternately) get each its own kernels,
+    attributed as a profile of that model alone attributes them."""
+    models = [io.load(MODEL), io.load(quantized)]
+    feeds = next(iter(_dataset(4).batches(4, 4, exact=True))).feeds
+    together = profile_nodes_interleaved(models, feeds, runs=3, seconds=0.0)
+    alone = [profile_nodes(model, feeds, runs=3, seconds=0.0) for model in models]
+    for pair, single in zip(together, alone, strict=True):
+        assert set(pair.times) == set(single.times) and pair.ops == single.ops
+        assert all(t > 0.0 for name, t in pair.times.items() if name != UNATTRIBUTED)
+    assert "QLinearConv" in together[1].ops.values() and "QLinearConv" not in together[0].ops.values()

@@ -41,7 +41,7 @@ def _refuse(why: str):
 
 
 def _no_timing(monkeypatch) -> None:
-    monkeypatch.setattr(Context, "profile", _refuse("a replayed plan timed something"))
+    monkeypatch.setattr(Context, "profiles", _refuse("a replayed plan timed something"))
     monkeypatch.setattr(Context, "latency_ratio", _refuse("a replayed plan timed something"))
 
 

@@ -57,8 +57,8 @@ class ScriptedContext(Context):
             times[node.name] = 6.0 + self.slow_int8.get(node.op_type, 0.0) if int8 else 10.0
         return times
 
-    def profile(self, model, *, batch: int = 1) -> NodeProfile:
-        return NodeProfile(self._times(model), {n.name: n.op_type for n in model.graph})
+    def profiles(self, models, *, batch: int = 1) -> list[NodeProfile]:
+        return [NodeProfile(self._times(model), {n.name: n.op_type for n in model.graph}) for model in models]
 
     def latency_ratio(self, baseline, candidate, *, batch: int = 1, seconds: float = 1.0) -> Ratio:
         ratio = sum(self._times(candidate).values()) / sum(self._times(baseline).values())

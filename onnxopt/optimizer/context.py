@@ -32,13 +32,16 @@ from onnxopt.evaluate.compare import KnownOutputs
 from onnxopt.evaluate.layers import LayerReport, layer_errors
 from onnxopt.optimizer.budget import AccuracyBudget, ReadingBudget, SnrBudget
 from onnxopt.optimizer.calibration import activations
-from onnxopt.optimizer.node_profile import NodeProfile, profile_nodes
+from onnxopt.optimizer.node_profile import NodeProfile, profile_nodes_interleaved
 from onnxopt.optimizer.plan import Plan
 from onnxopt.optimizer.quality import QualityProbe
 from onnxopt.progress import NullProgress, Progress
 from onnxopt.runtime import Runner, TensorSpec, input_specs
 
 DEFAULT_GUARD_SAMPLES = 64
+#: Seconds each model of a per-node profile runs at least (in turn with the others): on a 37 ms model, about
+#: 25 runs for each kernel's median.
+PROFILE_SECONDS = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,11 +227,13 @@ class Context:
         ``confidence``, on about ``limit`` samples (after the data's first ``skip``)."""
         return ReadingBudget(self.quality_probe(limit, skip=skip), reference, max_drop, confidence)
 
-    def profile(self, model: ir.Model, *, batch: int | None = None) -> NodeProfile:
-        """Per-node latency of ``model`` at ``batch`` (default: the run's deployment batch; or the model's fixed
-        batch) on the run's providers, with every onnxruntime optimization on (how it will be deployed)."""
-        feeds = self._timing_feeds(model, self.batch if batch is None else batch)
-        return profile_nodes(model, feeds, providers=self.providers)
+    def profiles(self, models: Sequence[ir.Model], *, batch: int | None = None) -> list[NodeProfile]:
+        """Per-node latency of each of ``models`` (which take the same inputs) at ``batch`` (default: the run's
+        deployment batch; or the models' fixed batch) on the run's providers, with every onnxruntime
+        optimization on (how they will be deployed); the models run in turn, so their times compare
+        (:func:`~onnxopt.optimizer.node_profile.profile_nodes_interleaved`)."""
+        feeds = self._timing_feeds(models[0], self.batch if batch is None else batch)
+        return profile_nodes_interleaved(models, feeds, providers=self.providers, seconds=PROFILE_SECONDS)
 
     def latency_ratio(
         self, baseline: ir.Model, candidate: ir.Model, *, batch: int | None = None, seconds: float = 1.0

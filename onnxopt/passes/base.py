@@ -205,9 +205,9 @@ class PassContext(Protocol):
         at its upper bound at ``confidence``."""
         ...
 
-    def profile(self, model: ir.Model, *, batch: int | None = None) -> NodeProfile:
-        """Per-node latency of ``model`` at ``batch`` (default: the run's ``batch``), every onnxruntime
-        optimization on."""
+    def profiles(self, models: Sequence[ir.Model], *, batch: int | None = None) -> list[NodeProfile]:
+        """Per-node latency of each of ``models`` at ``batch`` (default: the run's ``batch``), every onnxruntime
+        optimization on, the models run in turn (their times compare)."""
         ...
 
     def latency_ratio(

@@ -75,8 +75,9 @@ class FloatFallbackSearch:
         self.measured: dict[str, Any] = {}  # what the decisions rest on, for the plan (JSON values)
         self._chosen: tuple[str, AccuracyBudget] | None = None  # the budget that judges, once chosen
         self._ranked_left: list[tuple[str, float]] = []  # the layers the budget ranked and left int8 (dB added)
-        self._float_profile: NodeProfile | None = None  # the float model's, once profiled
+        self._float_profile: NodeProfile | None = None  # the float model's, profiled in the first speed round
         self._int8_times: dict[str, float] = {}  # each node's int8 µs in the first speed round (conversions charged)
+        self._first_int8: tuple[ir.Model, dict[str, str]] | None = None  # that round's int8 trial, its quantized nodes
         self._said_overlap = False  # whether the record says the budget scores calibration's samples
 
     def run(self, excluded: set[str]) -> set[str] | None:
@@ -107,10 +108,6 @@ class FloatFallbackSearch:
             return None
         return excluded
 
-    def _profile(self, model: ir.Model, what: str) -> NodeProfile:
-        self._say(f"profiling the {what} model node by node (onnxruntime's profiler)")
-        return self.context.profile(model, batch=self.batch)
-
     def _say(self, what: str) -> None:
         """One step of the search on the progress line: a long search is never silent."""
         self.context.progress.phase(f"quantize: {what}")
@@ -118,9 +115,9 @@ class FloatFallbackSearch:
     def _keep_slow_nodes_float(self, excluded: set[str]) -> tuple[set[str], ir.Model]:
         """Keep float the nodes whose int8 kernels the profiler finds slower than their float ones
         (:meth:`_slower_round`). Returns the nodes kept float and the trial built with them."""
-        float_profile = self._profile_float()
         current = self.trial(excluded)
-        profile, lost, self._int8_times = self._slower_in_int8(current, excluded)
+        (float_profile, profile), lost, self._int8_times = self._slower_in_int8(current, excluded)
+        self._float_profile, self._first_int8 = float_profile, (current, self.quantizable(excluded))
         self.measured["profile_us"] = {"float": round(float_profile.total, 1), "int8": round(profile.total, 1)}
         self.measured["slower_nodes_us"] = {
             name: [round(f, 1), round(i, 1)] for nodes in lost.values() for name, (f, i) in sorted(nodes.items())
@@ -178,33 +175,32 @@ class FloatFallbackSearch:
             op = next(op for op, nodes in lost.items() if name in nodes)
             self.log.detail(node=name, op=op, float_us=round(float_us, 1), int8_us=round(int8_us, 1), kept=kept)
 
-    def _profile_float(self) -> NodeProfile:
-        if self._float_profile is None:
-            self._float_profile = self._profile(self.model, "float")
-        return self._float_profile
-
     def _slower_in_int8(
-        self, quantized: ir.Model, excluded: set[str], *, slowed_from: dict[str, float] | None = None
-    ) -> tuple[NodeProfile, dict[str, dict[str, tuple[float, float]]], dict[str, float]]:
-        """``quantized``'s profile, its quantized nodes whose int8 kernel -- with the conversions onnxruntime
-        runs on their own around it, charged to it -- is slower than their float one (op type -> node ->
-        (float µs, int8 µs)), and every quantized node's int8 µs so charged. With ``slowed_from`` (the int8 µs
-        of the model the first speed round profiled) only the nodes that also take more than twice that time:
-        slowed by their float neighbours, not slower in int8 anyway (that round judged those already)."""
+        self, quantized: ir.Model, excluded: set[str], *, after_first: bool = False
+    ) -> tuple[list[NodeProfile], dict[str, dict[str, tuple[float, float]]], dict[str, float]]:
+        """The float model's and ``quantized``'s profiles, taken in turn (profiled one after the other, a change of
+        the machine's load reads as a change of kernel: the glyph detector's float model read 48,112 µs in one
+        run of the search and 36,644 in another); ``quantized``'s nodes whose int8 kernel -- with the
+        conversions onnxruntime runs on their own around it, charged to it -- is slower than their float one (op
+        type -> node -> (float µs, int8 µs)); and every quantized node's int8 µs so charged. With
+        ``after_first``, the first speed round's int8 trial is profiled in turn with them (its profile comes
+        third), and only the nodes that also take more than twice the time they took there count: slowed by
+        their float neighbours, not slower in int8 anyway (that round judged those already)."""
         ops = self.quantizable(excluded)
-        float_profile = self._profile_float()
-        profile = self._profile(quantized, f"int8 ({len(ops)} quantized nodes)")
+        first = self._first_int8 if after_first else None
+        models = [self.model, quantized] + ([first[0]] if first is not None else [])
+        self._say(f"profiling {len(models)} models node by node, in turn ({len(ops)} nodes quantized)")
+        float_profile, profile, *others = self.context.profiles(models, batch=self.batch)
+        slowed_from = _charged_times(first[0], others[0], first[1]) if first is not None else None
         lost: dict[str, dict[str, tuple[float, float]]] = {}
-        times: dict[str, float] = {}
-        conversions = conversion_costs(quantized, profile, set(ops))
+        times = _charged_times(quantized, profile, ops)
         for name, op_type in ops.items():
-            float_us = float_profile.times.get(name, 0.0)
-            int8_us = times[name] = profile.times.get(name, 0.0) + conversions.get(name, 0.0)
+            float_us, int8_us = float_profile.times.get(name, 0.0), times[name]
             if slowed_from is not None and int8_us <= 2.0 * slowed_from.get(name, np.inf) + 1.0:
                 continue
             if int8_us > float_us + 1.0:
                 lost.setdefault(op_type, {})[name] = (float_us, int8_us)
-        return profile, lost, times
+        return [float_profile, profile, *others], lost, times
 
     def _keep_slow_nodes_float_after_budget(self, excluded: set[str]) -> set[str]:
         """After the budget moved layers to float: the nodes its mixed model runs slower in int8 than in float,
@@ -219,7 +215,10 @@ class FloatFallbackSearch:
         pays a QuantizeLinear and a DequantizeLinear of its own. Moving nodes to float rounds fewer tensors,
         but the budget is checked rather than assumed."""
         current = self._trained_trial(excluded)
-        _, lost, _ = self._slower_in_int8(current, excluded, slowed_from=self._int8_times)
+        profiles, lost, _ = self._slower_in_int8(current, excluded, after_first=True)
+        totals = [round(p.total, 1) for p in profiles]  # float, this trial, the first round's int8 trial
+        record: dict[str, Any] = {"profile_us": dict(zip(("float", "int8", "first_int8"), totals, strict=False))}
+        self.measured["after_budget"] = record
         tried = sum(len(nodes) for nodes in lost.values())
         said = f"after the budget: {tried} node(s) slowed in int8 by float neighbours"
         if not lost:
@@ -228,8 +227,7 @@ class FloatFallbackSearch:
         ratios: list[list[Any]] = []
         speed_kept = set(self.kept_for_speed)
         decided, _, kept_float = self._slower_round(excluded, current, lost, ratios, self._trained_trial)
-        record: dict[str, Any] = {"ratios": ratios, "kept": sorted(kept_float)}
-        self.measured["after_budget"] = record
+        record |= {"ratios": ratios, "kept": sorted(kept_float)}
         if not kept_float:
             self.log.note(f"{said}; none kept float (none measurably faster)")
             return excluded
@@ -551,6 +549,13 @@ class FloatFallbackSearch:
                 if node.name in quantizable:
                     added[node.name] = max(added.get(node.name, -np.inf), lost)
         return sorted(added.items(), key=lambda item: (-item[1], item[0]))
+
+
+def _charged_times(quantized: ir.Model, profile: NodeProfile, ops: dict[str, str]) -> dict[str, float]:
+    """Each of the quantized nodes ``ops``'s µs in ``profile`` of ``quantized``, with the conversions it forces
+    (:func:`conversion_costs`) charged to it."""
+    conversions = conversion_costs(quantized, profile, set(ops))
+    return {name: profile.times.get(name, 0.0) + conversions.get(name, 0.0) for name in ops}
 
 
 def conversion_costs(quantized: ir.Model, profile: NodeProfile, nodes: set[str]) -> dict[str, float]:
