@@ -140,11 +140,10 @@ def fine_tune(
     except OnnxoptError as e:
         return one_line(e)
     moved, total = levels_moved(student, result.changed)
+    kept = f"{moved:,} of {total:,} int8 weight levels moved; " if result.changed else ""  # nothing kept: none read
     record_training(
         log, result.training, verb="qat: fine-tuned", samples=result.train_samples, held_back=result.holdout_samples,
-        seconds=result.seconds,
-        also=f"twin within {result.twin_levels:g} level(s) of onnxruntime; {moved:,} of {total:,} int8 weight levels "
-        "moved; ",
+        seconds=result.seconds, also=f"twin within {result.twin_levels:g} level(s) of onnxruntime; {kept}",
     )  # fmt: skip
     return result
 
