@@ -14,7 +14,9 @@ module maps them back to the node of the input model they came from:
 
 The timings are medians over the runs after ``warmup`` runs, in
 microseconds, on the given execution providers with every graph
-optimization on -- how the model will be deployed. The session reads the
+optimization on -- how the model will be deployed. Several models profiled
+together (:func:`profile_nodes_interleaved`) run in turn, one run of each, so
+their times compare. Each session reads its
 graph without its weights and gets them as shared arrays
 (:class:`~onnxopt.shared_weights.SharedWeightsModel`), so a model
 over protobuf's 2 GB limit is profiled like any other.
@@ -94,30 +96,44 @@ def profile_nodes_interleaved(
     Each model runs at least ``runs`` times and the models together for at least ``seconds`` each (at most
     ``max_runs`` rounds); the models take the same inputs."""
     held: list[object] = []  # each session's weights, which must outlive it
+    sessions: list[ort.InferenceSession] = []
     events: list[list[dict]] = []
     with tempfile.TemporaryDirectory(prefix="onnxopt-profile-") as folder:
-        sessions = [
-            _profiling_session(model, os.path.join(folder, f"profile{i}"), providers, threads, held)
-            for i, model in enumerate(models)
-        ]
         try:
-            for session in sessions:
-                for _ in range(warmup):
-                    session.run(None, dict(feeds))
-            count, start = 0, time.perf_counter()
-            while count < max_runs and (count < runs or time.perf_counter() - start < seconds * len(sessions)):
-                for session in sessions:
-                    session.run(None, dict(feeds))
-                count += 1
-        except Exception as e:  # onnxruntime raises its own exception types
-            raise UnsupportedModelError(f"onnxruntime cannot profile the model: {one_line(e, 200)}") from e
-        for session in sessions:
-            with open(session.end_profiling(), encoding="utf-8") as f:
-                events.append(json.load(f))
-        session = None  # the sessions go before the weights they read
-        sessions.clear()
-    held.clear()
+            for i, model in enumerate(models):
+                prefix = os.path.join(folder, f"profile{i}")
+                sessions.append(_profiling_session(model, prefix, providers, threads, held))
+            _run_in_turn(sessions, feeds, warmup, runs, seconds * len(sessions), max_runs)
+            for found in sessions:
+                with open(found.end_profiling(), encoding="utf-8") as f:
+                    events.append(json.load(f))
+        finally:
+            sessions.clear()  # the sessions go before the weights they read, on every path
+            held.clear()
     return [_attributed(model, found, warmup) for model, found in zip(models, events, strict=True)]
+
+
+def _run_in_turn(
+    sessions: list[ort.InferenceSession],
+    feeds: Mapping[str, np.ndarray],
+    warmup: int,
+    runs: int,
+    seconds: float,
+    max_runs: int,
+) -> None:
+    """``warmup`` runs of each session, then rounds of one run of each until ``runs`` rounds and ``seconds`` have
+    passed (at most ``max_runs`` rounds)."""
+    try:
+        for session in sessions:
+            for _ in range(warmup):
+                session.run(None, dict(feeds))
+        count, start = 0, time.perf_counter()
+        while count < max_runs and (count < runs or time.perf_counter() - start < seconds):
+            for session in sessions:
+                session.run(None, dict(feeds))
+            count += 1
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise UnsupportedModelError(f"onnxruntime cannot profile the model: {one_line(e, 200)}") from e
 
 
 def _profiling_session(

@@ -188,6 +188,7 @@ class FloatFallbackSearch:
         their float neighbours, not slower in int8 anyway (that round judged those already)."""
         ops = self.quantizable(excluded)
         first = self._first_int8 if after_first else None
+        assert first is not None or not after_first, "the first speed round profiles before any later round"
         models = [self.model, quantized] + ([first[0]] if first is not None else [])
         self._say(f"profiling {len(models)} models node by node, in turn ({len(ops)} nodes quantized)")
         float_profile, profile, *others = self.context.profiles(models, batch=self.batch)
@@ -204,10 +205,10 @@ class FloatFallbackSearch:
 
     def _keep_slow_nodes_float_after_budget(self, excluded: set[str]) -> set[str]:
         """After the budget moved layers to float: the nodes its mixed model runs slower in int8 than in float,
-        and more than twice as slow as in the first speed round's profile, kept float too (:meth:`_slower_round`),
-        when the budget, checked again, still holds -- or holds with a few more of its ranked layers float and the
-        model is then measurably faster (:meth:`_with_more_ranked_float`), or else for each of its op types that
-        holds it alone (:meth:`_by_op_type`).
+        and more than twice as slow as the first speed round's trial (profiled again with them), kept float too
+        (:meth:`_slower_round`), when the budget, checked again, still holds -- or holds with a few more of its
+        ranked layers float and the model is then measurably faster (:meth:`_with_more_ranked_float`), or else for
+        each of its op types that holds it alone (:meth:`_by_op_type`).
 
         Float neighbours change what an int8 kernel costs: a MaxPool on uint8 between float Convs runs
         onnxruntime's plain MaxPool kernel, not the NhwcMaxPool of an all-int8 chain (the glyph detector's three
