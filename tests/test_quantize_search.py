@@ -216,6 +216,35 @@ def test_nodes_slower_in_int8_once_the_budget_mixed_precisions_are_kept_float_to
     assert any(n.op_type == "QuantizeLinear" for n in result.model.graph), record.notes  # the rest still int8
 
 
+def test_the_round_after_the_budget_compares_profiles_taken_in_turn() -> None:
+    """Every profile of the search runs the models it compares in turn: the round after the budget profiles the
+    float model, the mixed model and the first round's trial together. Here the machine is scripted to run three
+    times slower from the second profile on: compared with the first profile's times (as when each model was
+    profiled once, one after the other), every int8 node would look slowed by its float neighbours; profiled in
+    turn, none is."""
+
+    class LoadedLater(ScriptedContext):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.calls: list[list] = []
+
+        def profiles(self, models, *, batch: int = 1) -> list[NodeProfile]:
+            self.calls.append(list(models))
+            found = super().profiles(models, batch=batch)
+            slower = 3.0 if len(self.calls) > 1 else 1.0
+            return [NodeProfile({k: v * slower for k, v in p.times.items()}, p.ops) for p in found]
+
+    model = _chain()
+    dataset = RandomDataset(Runner(model.SerializeToString()).inputs, 32, dims={}, seed=0)
+    context = LoadedLater({}, dataset=dataset)
+    record, _ = _run("quantize:fallback=profile;max_db_loss=1;eval_samples=32", context, model)
+    assert record.status == "applied", record.notes
+    assert "float (accuracy budget)" in {row.get("kept") for row in record.details}  # the budget mixed precisions
+    first, after = context.calls
+    assert len(first) == 2 and len(after) == 3 and after[0] is first[0] and after[2] is first[1]
+    assert "after the budget: 0 node(s) slowed in int8 by float neighbours" in record.notes, record.notes
+
+
 def test_the_round_after_the_budget_is_undone_when_the_budget_then_fails() -> None:
     """The nodes the round after the budget moves to float change what is rounded, so the budget is checked
     again: here it is scripted to fail once the pool runs float, the round is undone (the pool stays int8), and
