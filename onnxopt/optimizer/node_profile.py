@@ -32,6 +32,7 @@ import re
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -58,23 +59,10 @@ class NodeProfile:
         return float(sum(self.times.values()))
 
 
-def profile_nodes(
-    model: ir.Model,
-    feeds: Mapping[str, np.ndarray],
-    *,
-    providers: Sequence[str] = ("CPUExecutionProvider",),
-    threads: int = 0,
-    warmup: int = 3,
-    runs: int = 10,
-    seconds: float = 0.5,
-    max_runs: int = 2000,
-) -> NodeProfile:
-    """Profile ``model`` on ``feeds`` and attribute each kernel's time to one of ``model``'s nodes.
-
-    Runs at least ``runs`` times and for at least ``seconds`` (at most ``max_runs``); each kernel's time is
-    its median over the runs after the warm-up (robust to the spikes of a shared machine)."""
-    options = {"threads": threads, "warmup": warmup, "runs": runs, "seconds": seconds, "max_runs": max_runs}
-    return profile_nodes_interleaved([model], feeds, providers=providers, **options)[0]
+def profile_nodes(model: ir.Model, feeds: Mapping[str, np.ndarray], **options: Any) -> NodeProfile:
+    """Profile ``model`` on ``feeds`` and attribute each kernel's time to one of ``model``'s nodes: the
+    :func:`profile_nodes_interleaved` of one model, with its keyword ``options``."""
+    return profile_nodes_interleaved([model], feeds, **options)[0]
 
 
 def profile_nodes_interleaved(
@@ -88,13 +76,15 @@ def profile_nodes_interleaved(
     seconds: float = 0.5,
     max_runs: int = 2000,
 ) -> list[NodeProfile]:
-    """:func:`profile_nodes` of several models at once, one run of each in turn: every model's medians come
-    from the same stretch of time, so a comparison between them (a node's int8 µs against its float µs) does
-    not read a change in the machine's load or clock as a change of kernel. Profiled one after the other, the
-    glyph detector's float model read 48,112 µs in one run of the search and 36,644 µs in another.
+    """Profile each of ``models`` on ``feeds`` and attribute each kernel's time to one of that model's nodes,
+    the models run in turn, one run of each: every model's medians come from the same stretch of time, so a
+    comparison between them (a node's int8 µs against its float µs) does not read a change in the machine's
+    load or clock as a change of kernel. Profiled one after the other, the glyph detector's float model read
+    48,112 µs in one run of the search and 36,644 µs in another.
 
     Each model runs at least ``runs`` times and the models together for at least ``seconds`` each (at most
-    ``max_runs`` rounds); the models take the same inputs."""
+    ``max_runs`` rounds); the models take the same inputs. Each kernel's time is its median over the runs after
+    the ``warmup`` (robust to the spikes of a shared machine)."""
     held: list[object] = []  # each session's weights, which must outlive it
     sessions: list[ort.InferenceSession] = []
     events: list[list[dict]] = []

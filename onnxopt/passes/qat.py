@@ -139,8 +139,10 @@ def fine_tune(
         result = qat(student, teacher, inputs, config, labels=labels, progress=context.progress, choose=choose)
     except OnnxoptError as e:
         return one_line(e)
-    moved, total = levels_moved(student, result.changed)
-    kept = f"{moved:,} of {total:,} int8 weight levels moved; " if result.changed else ""  # nothing kept: none read
+    kept = ""  # with no epoch kept nothing moved: no count
+    if result.changed:
+        moved, total = levels_moved(student, result.changed)
+        kept = f"{moved:,} of {total:,} int8 weight levels moved; "
     record_training(
         log, result.training, verb="qat: fine-tuned", samples=result.train_samples, held_back=result.holdout_samples,
         seconds=result.seconds, also=f"twin within {result.twin_levels:g} level(s) of onnxruntime; {kept}",
