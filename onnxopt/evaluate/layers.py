@@ -177,7 +177,7 @@ def _match(
     for node in candidate.graph.node:
         if node.op_type == "DequantizeLinear" and node.input[0] in producers:
             q = producers[node.input[0]]
-            if q.op_type == "QuantizeLinear":
+            if q.op_type == "QuantizeLinear" and _same_quantizer(q, node):
                 quantized_as.setdefault(q.input[0], node.output[0])
     renamed: dict[str, str] = {}
     for prop in candidate.metadata_props:
@@ -194,6 +194,15 @@ def _match(
         else:
             unmatched += 1
     return pairs, unmatched
+
+
+def _same_quantizer(quantize: onnx.NodeProto, dequantize: onnx.NodeProto) -> bool:
+    """Whether ``dequantize`` reads ``quantize``'s integers at the scale and zero point they were written with, so
+    its output stands for ``quantize``'s input. Not where the quantize pass folded a Mul by a constant ``c`` into
+    the quantizer (``Q(x, s / c) -> DQ(s)`` reads ``c * x``: a HardSwish's ``/ 6``): compared with ``x`` that
+    tensor would read as broken (1.6 dB of SNR for ``c = 1 / 6``) where it is not. Compared by the tensors' names
+    (the graphs come without their weights): a pair that shares neither is left unmatched, never mismatched."""
+    return list(quantize.input[1:3]) == list(dequantize.input[1:3])
 
 
 def _bytes_per_sample(
