@@ -14,6 +14,11 @@ must give back the weights-only model's accuracy); ``--singles`` adds each tenso
 against fp32 on ``--evaluation`` other samples: the task metric and the mean output SNR (dB). A group whose
 bypass recovers most of the gap is where int8 compute loses; a gap no group holds is spread over every
 quantizer. No latency here.
+
+Only for models whose pairs only round: where a pair clamps in place of a folded Relu or Clip, or reads its
+integers at another scale than they were written with (the quantize pass folds a HardSwish's ``/ 6`` into the
+quantizer), undoing it drops the activation or the scale. On the layout detector (HardSwish everywhere) undoing
+every pair read no box at all; its numbers there mean nothing.
 """
 
 from __future__ import annotations
