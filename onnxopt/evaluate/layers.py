@@ -10,7 +10,8 @@ protobuf's 2 GB limit work too.
 
 Matching a reference tensor ``T`` to the candidate, in order of preference:
 
-1. the output of a candidate ``DequantizeLinear(QuantizeLinear(T))`` -- the
+1. the output of a candidate ``DequantizeLinear(QuantizeLinear(T))`` that reads
+   the integers at the scale and zero point they were written with -- the
    value a QDQ model actually passes on in place of the float ``T``;
 2. a candidate tensor with the same name. onnxopt's passes keep a tensor's
    name only while it keeps its meaning: a fold that makes a Conv compute
@@ -201,7 +202,8 @@ def _same_quantizer(quantize: onnx.NodeProto, dequantize: onnx.NodeProto) -> boo
     its output stands for ``quantize``'s input. Not where the quantize pass folded a Mul by a constant ``c`` into
     the quantizer (``Q(x, s / c) -> DQ(s)`` reads ``c * x``: a HardSwish's ``/ 6``): compared with ``x`` that
     tensor would read as broken (1.6 dB of SNR for ``c = 1 / 6``) where it is not. Compared by the tensors' names
-    (the graphs come without their weights): a pair that shares neither is left unmatched, never mismatched."""
+    (the graphs come without their weights): where either differs, ``x`` is matched by its own name (the float
+    tensor before the quantizer), never with ``c * x``."""
     return list(quantize.input[1:3]) == list(dequantize.input[1:3])
 
 
