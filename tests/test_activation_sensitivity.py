@@ -11,7 +11,7 @@ from helpers import parse
 from onnxopt.api import optimize
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-from activation_sensitivity import activation_quantizers, bypassed
+from activation_sensitivity import activation_quantizers, bypassed, rescaled_pairs
 
 RNG = np.random.default_rng(5)
 CNN = """<ir_version: 8, opset_import: ["": 13]>
@@ -56,3 +56,32 @@ def test_undoing_every_activation_quantizer_leaves_only_the_weights_rounded(tmp_
     error = np.abs(_run(undone, x) - reference).max()
     assert error < np.abs(_run(model, x) - reference).max()
     assert error <= 2 * np.abs(weights_only - reference).max() + 1e-6  # no activation rounded: weights' error only
+
+
+HARDSWISH = """<ir_version: 8, opset_import: ["": 13]>
+g (float[1, 3, 16, 16] x) => (float[1, 8, 16, 16] y) {
+    c1 = Conv<pads=[1,1,1,1]>(x, w1, b1)
+    a = Add(c1, three)
+    gate = Clip(a, zero, six)
+    m = Mul(c1, gate)
+    h = Div(m, six)
+    y = Conv<pads=[1,1,1,1]>(h, w2, b2)
+}"""
+
+
+def test_a_pair_read_at_a_folded_scale_is_found(tmp_path: Path) -> None:
+    # the quantize pass folds the HardSwish's / 6 into the quantizer of m: undoing that pair would drop the / 6,
+    # so the tool refuses such a model; the SiLU CNN has no such pair
+    rng = np.random.default_rng(0)
+    weights = {
+        "w1": rng.normal(0, 0.5, (8, 3, 3, 3)).astype(np.float32), "b1": rng.normal(0, 0.1, 8).astype(np.float32),
+        "w2": rng.normal(0, 0.2, (8, 8, 3, 3)).astype(np.float32), "b2": rng.normal(0, 0.1, 8).astype(np.float32),
+    }  # fmt: skip
+    constants = {"three": np.array(3.0, np.float32), "zero": np.array(0.0, np.float32)}
+    for name, text, extra in [("hs", HARDSWISH, {**constants, "six": np.array(6.0, np.float32)}), ("silu", CNN, {})]:
+        onnx.save(parse(text, **weights, **extra), str(tmp_path / f"{name}.onnx"))
+        optimize(
+            tmp_path / f"{name}.onnx", tmp_path / f"{name}_q.onnx", passes="quantize:fallback=none", data="random:16"
+        )
+    assert rescaled_pairs(onnx.load(str(tmp_path / "hs_q.onnx"))) == ["m"]
+    assert rescaled_pairs(onnx.load(str(tmp_path / "silu_q.onnx"))) == []

@@ -18,7 +18,8 @@ quantizer. No latency here.
 Only for models whose pairs only round: where a pair clamps in place of a folded Relu or Clip, or reads its
 integers at another scale than they were written with (the quantize pass folds a HardSwish's ``/ 6`` into the
 quantizer), undoing it drops the activation or the scale. On the layout detector (HardSwish everywhere) undoing
-every pair read no box at all; its numbers there mean nothing.
+every pair read no box at all. A model with a pair of the second kind is refused in one line
+(:func:`rescaled_pairs`); the first kind leaves no trace in the graph and is not caught.
 """
 
 from __future__ import annotations
@@ -58,6 +59,18 @@ def activation_quantizers(model: onnx.ModelProto) -> dict[str, list[str]]:
         source = writer[q.input[0]].op_type if q.input[0] in writer else "input"
         groups.setdefault(f"{source}->{'+'.join(ops)}", []).append(q.input[0])
     return groups
+
+
+def rescaled_pairs(model: onnx.ModelProto) -> list[str]:
+    """The tensors whose QuantizeLinear writes at another scale or zero point than its DequantizeLinear reads
+    (a folded ``Mul`` by a constant): undoing such a pair (:func:`bypassed`) would drop that constant."""
+    quantizers = {n.output[0]: n for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    return sorted(
+        quantizers[d.input[0]].input[0]
+        for d in model.graph.node
+        if d.op_type == "DequantizeLinear" and d.input[0] in quantizers
+        and list(quantizers[d.input[0]].input[1:3]) != list(d.input[1:3])
+    )  # fmt: skip
 
 
 def bypassed(model: onnx.ModelProto, tensors: set[str]) -> onnx.ModelProto:
@@ -105,6 +118,10 @@ def main() -> None:
         optimize(source, int8, passes=f"{QUANTIZE};fallback=none", data=str(data))
         optimize(source, weights_only, passes=f"{QUANTIZE};weights_only=true", data=str(data))
         model = onnx.load(str(int8))
+        rescaled = rescaled_pairs(model)
+        if rescaled:
+            sys.exit(f"activation_sensitivity: {len(rescaled)} pair(s) read at a folded scale ({rescaled[0]}, ...): "
+                     "undoing them would drop the scale, so this model cannot be measured this way")  # fmt: skip
         groups = activation_quantizers(model)
         variants: dict[str, dict] = {"weights-only": read(weights_only), "int8 everywhere": read(int8)}
         trial = work / "trial.onnx"
