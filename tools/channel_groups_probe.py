@@ -202,9 +202,11 @@ def main() -> None:
             metrics = evaluate_task(args.model, reference, _run_unoptimized(path, evaluation), evaluation, None)
             rows[tag] = {k: round(float(v), 4) for k, v in metrics.items()}
             print(tag, rows[tag], flush=True)
-    result = {"model": args.model, "pairs": args.pairs, "activation_pairs": len(pairs),
+    from onnxopt.bench.machine import machine_description
+
+    result = {"model": args.model, "chains": len(args.pairs.split(",")), "activation_pairs": len(pairs),
               "calibration": args.calibration, "evaluation": args.evaluation, "variants": rows,
-              "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+              "pairs": args.pairs, "date": time.strftime("%Y-%m-%d"), "machine": machine_description()}  # fmt: skip
     out = args.out or ROOT / "tools" / f"channel_groups_probe_results_{args.model}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     print("wrote", out)

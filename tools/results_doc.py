@@ -485,6 +485,12 @@ KINDS = [  # the order of the sections
         render_variants,
     ),
     Kind(
+        "Two activation scales per tensor, simulated (the layout detector's narrow channels)",
+        "channel_groups_probe.py",
+        lambda d: isinstance(d.get("variants"), dict) and "activation_pairs" in d,
+        render_variants,
+    ),
+    Kind(
         "Quantization-aware fine-tuning, per-tensor int8",
         "qat_mobilenetv2.py",
         lambda d: isinstance(d.get("variants"), dict),
