@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 from helpers import BUNDLED, file_digest, parse, run, yolox_head
 
@@ -17,6 +18,7 @@ from onnxopt.distill.finetune import optimizer_step
 from onnxopt.distill.graph_model import GraphModel
 from onnxopt.distill.qat import QatConfig, check_quantized, qat, variable_groups
 from onnxopt.passes.qat import levels_moved
+from onnxopt.passes.quantize.cpu_target import saturates_here
 from onnxopt.runtime import Runner
 
 HEADER = '<ir_version: 8, opset_import: ["": 17]>\n'
@@ -90,9 +92,11 @@ def test_the_untrained_twin_matches_onnxruntime_within_one_level(family: str) ->
     assert check_quantized(twin, quantized, data) <= 1.0
     got = twin(data)
     optimized = Runner(quantized, optimize=True).run(data)
+    # on an x86 CPU without VNNI the fused kernels saturate int16 on these 8-bit weights: not what the file says
+    exact_here = not saturates_here(ir.serde.deserialize_model(quantized))
     for name, plain, fused in zip(twin.output_names, run(quantized, data), optimized, strict=True):
         level = _output_scale(quantized, name)
-        for reference in (plain, fused):
+        for reference in (plain, fused) if exact_here else (plain,):
             assert np.max(np.abs(np.asarray(got[name]) - reference)) <= level * (1 + 1e-4), family
 
 

@@ -7,6 +7,7 @@ import collections
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from helpers import fused_ops, parse, run
 
@@ -117,6 +118,32 @@ def test_target_without_vnni_limits_weights_to_7_bits(conv_net, tmp_path) -> Non
     _, vnni = _quantize(conv_net, tmp_path, "quantize:target=vnni")
     peak = max(int(np.abs(onnx.numpy_helper.to_array(t)).max()) for t in vnni.graph.initializer if t.dims)
     assert peak >= 127
+
+
+def test_eight_bit_weights_are_scored_as_written_where_this_cpu_would_saturate(conv_net, tmp_path, monkeypatch) -> None:
+    """An 8-bit-weight model scored on an x86 CPU without VNNI: its fused u8*s8 kernels can saturate int16 there, so
+    the budget's sessions run the QDQ graph as written; a 7-bit model, a VNNI or ARM host, a GPU provider: fused."""
+    from onnx_ir import serde
+
+    from onnxopt.optimizer import quality
+
+    _, vnni = _quantize(conv_net, tmp_path, "quantize:target=vnni;fallback=none")
+    _, avx2 = _quantize(conv_net, tmp_path, "quantize:target=avx2;fallback=none")
+    eight, seven = serde.deserialize_model(vnni), serde.deserialize_model(avx2)
+    assert cpu_target.saturates_here(eight, host="avx2")
+    assert not cpu_target.saturates_here(seven, host="avx2")
+    assert not cpu_target.saturates_here(eight, host="vnni") and not cpu_target.saturates_here(eight, host="arm")
+    assert not cpu_target.saturates_here(eight, ("CUDAExecutionProvider", "CPUExecutionProvider"), host="avx2")
+
+    def level(model) -> object:
+        runner = quality._runner(model, ("CPUExecutionProvider",))
+        return runner.session.get_session_options().graph_optimization_level
+
+    monkeypatch.setattr(cpu_target, "detect", lambda *_: "avx2")
+    assert level(eight) == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    assert level(seven) == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    monkeypatch.setattr(cpu_target, "detect", lambda *_: "vnni")
+    assert level(eight) == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 
 
 def test_cpu_detection_reads_the_flags() -> None:

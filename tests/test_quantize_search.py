@@ -203,7 +203,7 @@ def test_nodes_slower_in_int8_once_the_budget_mixed_precisions_are_kept_float_to
 
     model = _chain()
     dataset = RandomDataset(Runner(model.SerializeToString()).inputs, 32, dims={}, seed=0)
-    spec = "quantize:fallback=profile;max_db_loss=1;eval_samples=32"
+    spec = "quantize:fallback=profile;target=vnni;max_db_loss=1;eval_samples=32"
     record, result = _run(spec, SlowWhenMixed({}, dataset=dataset), model)
     assert record.status == "applied", record.notes
     kept = {row["node"]: row["kept"] for row in record.details if "kept" in row}
@@ -266,7 +266,7 @@ def test_the_round_after_the_budget_is_undone_when_the_budget_then_fails() -> No
 
     model = _chain()
     dataset = RandomDataset(Runner(model.SerializeToString()).inputs, 32, dims={}, seed=0)
-    spec = "quantize:fallback=profile;max_db_loss=1;eval_samples=32"
+    spec = "quantize:fallback=profile;target=vnni;max_db_loss=1;eval_samples=32"
     record, result = _run(spec, FailsWithFloatPool({}, dataset=dataset), model)
     kept = {row["node"]: row["kept"] for row in record.details if "kept" in row}
     assert "float (accuracy budget)" in kept.values(), kept  # the budget mixed the precisions
@@ -307,7 +307,9 @@ def test_a_round_the_budget_misses_by_a_hair_keeps_the_budgets_next_ranked_layer
     model = _chain()
     dataset = RandomDataset(Runner(model.SerializeToString()).inputs, 32, dims={}, seed=0)
     context = FailsWithFloatPoolAlone({}, dataset=dataset)
-    record, result = _run("quantize:fallback=profile;max_db_loss=1;eval_samples=32;float_weights=float", context, model)
+    record, result = _run(
+        "quantize:fallback=profile;target=vnni;max_db_loss=1;eval_samples=32;float_weights=float", context, model
+    )
     assert record.status == "applied", record.notes
     kept = {row["node"]: row["kept"] for row in record.details if "kept" in row}
     pool = next(n for n in result.model.graph if n.op_type == "GlobalAveragePool")

@@ -22,6 +22,9 @@ from __future__ import annotations
 import dataclasses
 import platform
 
+import numpy as np
+import onnx_ir as ir
+
 from onnxopt.bench.machine import cpu_flags
 
 TARGETS = ("auto", "vnni", "avx2", "arm", "gpu")
@@ -66,3 +69,22 @@ def resolve(target: str, providers: tuple[str, ...] = ("CPUExecutionProvider",))
             name, 63, f"x86 without VNNI ({how}): 7-bit weights so u8*s8 pair sums cannot saturate int16"
         )
     return IntegerTarget(name, 127, f"{name} ({how}): 8-bit weights, int32 accumulation")
+
+
+def saturates_here(
+    model: ir.Model, providers: tuple[str, ...] = ("CPUExecutionProvider",), host: str | None = None
+) -> bool:
+    """Whether onnxruntime's fused int8 kernels on this machine would compute something else than ``model`` says: its
+    CPU provider on an x86 CPU without VNNI (``host``, :func:`detect` by default, is ``avx2``), and some int8
+    initializer holding a level beyond the 7-bit range (a model quantized for ``vnni``, ``arm`` or ``gpu``),
+    whose u8*s8 pair sums can saturate int16 there. Such a model is scored as written (QDQ in float, which is
+    what an exact int32 kernel computes up to one requantization level per tensor), not by this CPU's fused
+    kernels."""
+    if not providers or providers[0] != "CPUExecutionProvider" or (host or detect()) != "avx2":
+        return False
+    return any(
+        value.const_value is not None
+        and value.dtype == ir.DataType.INT8
+        and int(np.max(np.abs(value.const_value.numpy().astype(np.int16)), initial=0)) > 63
+        for value in model.graph.initializers.values()
+    )
