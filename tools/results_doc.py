@@ -485,7 +485,7 @@ KINDS = [  # the order of the sections
         render_variants,
     ),
     Kind(
-        "Two activation scales per tensor, simulated (the layout detector's narrow channels)",
+        "Activation scales per channel or per group, simulated (8-bit weights, target=vnni, on any CPU)",
         "channel_groups_probe.py",
         lambda d: isinstance(d.get("variants"), dict) and "activation_pairs" in d,
         render_variants,
