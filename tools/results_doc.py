@@ -485,6 +485,12 @@ KINDS = [  # the order of the sections
         render_variants,
     ),
     Kind(
+        "Fused int8 kernels against the graph as written (saturation on a CPU without VNNI)",
+        "saturation_check.py",
+        lambda d: isinstance(d.get("variants"), dict) and "saturation_check" in d,
+        render_variants,
+    ),
+    Kind(
         "Activation scales per channel or per group, simulated (8-bit weights, target=vnni, on any CPU)",
         "channel_groups_probe.py",
         lambda d: isinstance(d.get("variants"), dict) and "activation_pairs" in d,
