@@ -81,7 +81,7 @@ def saturates_here(
     ``vnni``, ``arm`` or ``gpu``): its u8*s8 pair sums can saturate int16 there. Such a model is scored as written
     (QDQ in float, which is what an exact int32 kernel computes up to one requantization level per tensor), not by
     this CPU's fused kernels. Int8 weights of float-compute nodes (stored, decoded to float) do not count."""
-    if not providers or providers[0] != "CPUExecutionProvider" or (host or _this_host()) != "avx2":
+    if not providers or providers[0] != "CPUExecutionProvider" or (host or this_host()) != "avx2":
         return False
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
         if node.op_type not in _INTEGER_GEMMS or len(node.inputs) < 2:
@@ -107,6 +107,6 @@ def _dequantized(value: ir.Value | None) -> ir.Value | None:
 
 
 @functools.cache
-def _this_host() -> str:
+def this_host() -> str:
     """:func:`detect` for this machine, read once."""
     return detect()
