@@ -13,12 +13,12 @@ from helpers import BUNDLED, file_digest, parse, run, yolox_head
 pytest.importorskip("tensorflow", reason="the tf extra is not installed")
 
 from onnxopt.api import optimize
+from onnxopt.bench.int8_kernels import saturates_here
 from onnxopt.distill.fake_quant import MULTIPLIER, level_range
 from onnxopt.distill.finetune import optimizer_step
 from onnxopt.distill.graph_model import GraphModel
 from onnxopt.distill.qat import QatConfig, check_quantized, qat, variable_groups
 from onnxopt.passes.qat import levels_moved
-from onnxopt.passes.quantize.cpu_target import saturates_here
 from onnxopt.runtime import Runner
 
 HEADER = '<ir_version: 8, opset_import: ["": 17]>\n'

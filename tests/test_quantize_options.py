@@ -12,6 +12,7 @@ import pytest
 from helpers import fused_ops, parse, run
 
 from onnxopt.api import optimize
+from onnxopt.bench import int8_kernels
 from onnxopt.passes.quantize import cpu_target
 from onnxopt.passes.quantize.range_search import entropy_range, mse_range, quantize_roundtrip
 
@@ -130,13 +131,13 @@ def test_eight_bit_weights_are_scored_as_written_where_this_cpu_would_saturate(c
     _, vnni = _quantize(conv_net, tmp_path, "quantize:target=vnni;fallback=none")
     _, avx2 = _quantize(conv_net, tmp_path, "quantize:target=avx2;fallback=none")
     eight, seven = serde.deserialize_model(vnni), serde.deserialize_model(avx2)
-    assert cpu_target.saturates_here(eight, host="avx2")
-    assert not cpu_target.saturates_here(seven, host="avx2")
-    assert not cpu_target.saturates_here(eight, host="vnni") and not cpu_target.saturates_here(eight, host="arm")
-    assert not cpu_target.saturates_here(eight, ("CUDAExecutionProvider", "CPUExecutionProvider"), host="avx2")
+    assert int8_kernels.saturates_here(eight, host="avx2")
+    assert not int8_kernels.saturates_here(seven, host="avx2")
+    assert not int8_kernels.saturates_here(eight, host="vnni") and not int8_kernels.saturates_here(eight, host="arm")
+    assert not int8_kernels.saturates_here(eight, ("CUDAExecutionProvider", "CPUExecutionProvider"), host="avx2")
     # int8 weights of float compute (decoded to float, full 8 bits whatever the target) never reach those kernels
     _, stored = _quantize(conv_net, tmp_path, "quantize:target=avx2;weights_only=true")
-    assert not cpu_target.saturates_here(serde.deserialize_model(stored), host="avx2")
+    assert not int8_kernels.saturates_here(serde.deserialize_model(stored), host="avx2")
 
     def level(model) -> object:
         runner = quality._runner(model, ("CPUExecutionProvider",))
@@ -146,11 +147,11 @@ def test_eight_bit_weights_are_scored_as_written_where_this_cpu_would_saturate(c
         result, _ = _quantize(conv_net, tmp_path, "quantize:target=vnni;fallback=none")
         return any("no VNNI" in note for note in result.pipeline.records[0].notes)
 
-    monkeypatch.setattr(cpu_target, "this_host", lambda: "avx2")
+    monkeypatch.setattr(int8_kernels, "this_host", lambda: "avx2")
     assert level(eight) == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     assert level(seven) == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     assert warned()  # the run says so
-    monkeypatch.setattr(cpu_target, "this_host", lambda: "vnni")
+    monkeypatch.setattr(int8_kernels, "this_host", lambda: "vnni")
     assert level(eight) == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     assert not warned()
 

@@ -10,7 +10,7 @@ by onnxruntime with every graph optimization on (its fused QLinear kernels, this
 in float, what an exact int32 kernel computes up to one requantization level per tensor). On an x86 CPU without
 VNNI the fused u8*s8 kernels add pairs of products into a saturating int16, so 8-bit weights read worse fused than
 as written there, and the accuracy budget scores such a model as written
-(``onnxopt/passes/quantize/cpu_target.py::saturates_here``; the result records, for each model, whether it does).
+(``onnxopt/bench/int8_kernels.py::saturates_here``; the result records, for each model, whether it does).
 On a CPU with VNNI, or with 7-bit weights, the two readings agree. No latency.
 """
 
@@ -37,13 +37,19 @@ def main() -> None:
     parser.add_argument("--evaluation", type=int, default=128)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.calibration < 1 or args.evaluation < 2 * args.calibration:
+        parser.error("--evaluation must be at least twice --calibration, which must be at least 1")
+    from real_tasks import TASKS
+
+    if args.model not in TASKS:
+        parser.error(f"--model: no task for {args.model!r} (known: {', '.join(TASKS)})")
     import onnx_ir as ir
     from real_models import fetch
     from real_tasks import evaluate_task, make_split, run_model
 
     from onnxopt.api import optimize
+    from onnxopt.bench.int8_kernels import saturates_here
     from onnxopt.bench.machine import machine_description
-    from onnxopt.passes.quantize.cpu_target import saturates_here
     from onnxopt.runtime import Runner
 
     source = fetch(args.model)

@@ -30,11 +30,11 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
+from onnxopt.bench.int8_kernels import saturates_here
 from onnxopt.data import Dataset, batch_size_for, fixed_batch
 from onnxopt.evaluate.agreement import AgreementAccumulator, finite_db
 from onnxopt.evaluate.compare import KnownOutputs
 from onnxopt.evaluate.readings import ModelReading, ReadingCounter, pooled_agreement, read_outputs, top1
-from onnxopt.passes.quantize.cpu_target import saturates_here
 from onnxopt.runtime import Runner
 from onnxopt.shared_weights import SharedWeightsModel
 
@@ -180,7 +180,7 @@ def _runner(model: ir.Model, providers: tuple[str, ...]) -> Runner:
     """A session with every onnxruntime optimization on (how the model is deployed), its weights shared, not
     serialized (a model over protobuf's 2 GB limit is scored like any other); without them where this CPU's
     fused int8 kernels would saturate on the model's 8-bit weights
-    (:func:`~onnxopt.passes.quantize.cpu_target.saturates_here`: a ``target=vnni`` model scored on an AVX2-only
-    CPU reads as the CPUs it is meant for compute it, not as this one would)."""
+    (:func:`~onnxopt.bench.int8_kernels.saturates_here`: a ``target=vnni`` model scored on an AVX2-only CPU reads
+    as the CPUs it is meant for compute it, not as this one would)."""
     fused = not saturates_here(model, providers)
     return SharedWeightsModel(model, protect=False).runner(providers, optimize=fused)

@@ -20,15 +20,10 @@ Targets:
 from __future__ import annotations
 
 import dataclasses
-import functools
-import platform
 
-import onnx_ir as ir
-
-from onnxopt.bench.machine import cpu_flags
+from onnxopt.bench.int8_kernels import integer_kernels
 
 TARGETS = ("auto", "vnni", "avx2", "arm", "gpu")
-_VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8", "avx512vnni", "avxvnni"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,14 +40,9 @@ class IntegerTarget:
 
 
 def detect(cpuinfo: str | None = None, machine: str | None = None) -> str:
-    """This machine's target: ``arm``, ``vnni`` or ``avx2`` (x86 without VNNI)."""
-    machine = (machine or platform.machine()).lower()
-    if machine in ("aarch64", "arm64") or machine.startswith("arm"):
-        return "arm"
-    flags = cpu_flags(cpuinfo)
-    if not flags:  # not Linux: assume the safe choice
-        return "avx2"
-    return "vnni" if flags & _VNNI_FLAGS else "avx2"
+    """This machine's target: ``arm``, ``vnni`` or ``avx2`` (x86 without VNNI), as
+    :func:`~onnxopt.bench.int8_kernels.integer_kernels` reads it."""
+    return integer_kernels(cpuinfo, machine)
 
 
 def resolve(target: str, providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> IntegerTarget:
@@ -69,44 +59,3 @@ def resolve(target: str, providers: tuple[str, ...] = ("CPUExecutionProvider",))
             name, 63, f"x86 without VNNI ({how}): 7-bit weights so u8*s8 pair sums cannot saturate int16"
         )
     return IntegerTarget(name, 127, f"{name} ({how}): 8-bit weights, int32 accumulation")
-
-
-def saturates_here(
-    model: ir.Model, providers: tuple[str, ...] = ("CPUExecutionProvider",), host: str | None = None
-) -> bool:
-    """Whether onnxruntime's fused int8 kernels on this machine would compute something else than ``model`` says: its
-    CPU provider on an x86 CPU without VNNI (``host``: :func:`detect` by default, which also says ``avx2`` for an x86
-    CPU whose flags it cannot read), and some Conv, ConvTranspose, MatMul or Gemm of int8 compute (both inputs read
-    through DequantizeLinear) whose int8 weight holds a level beyond the 7-bit range (a model quantized for
-    ``vnni``, ``arm`` or ``gpu``): its u8*s8 pair sums can saturate int16 there. Such a model is scored as written
-    (QDQ in float, which is what an exact int32 kernel computes up to one requantization level per tensor), not by
-    this CPU's fused kernels. Int8 weights of float-compute nodes (stored, decoded to float) do not count."""
-    if not providers or providers[0] != "CPUExecutionProvider" or (host or this_host()) != "avx2":
-        return False
-    for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        if node.op_type not in _INTEGER_GEMMS or len(node.inputs) < 2:
-            continue
-        data, weight = (_dequantized(v) for v in node.inputs[:2])
-        if data is None or weight is None or weight.const_value is None or weight.dtype != ir.DataType.INT8:
-            continue
-        levels = weight.const_value.numpy()
-        if levels.size and (int(levels.min()) < -63 or int(levels.max()) > 63):
-            return True
-    return False
-
-
-_INTEGER_GEMMS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
-
-
-def _dequantized(value: ir.Value | None) -> ir.Value | None:
-    """The quantized input of the DequantizeLinear writing ``value``, or None where no DequantizeLinear writes it."""
-    producer = value.producer() if value is not None else None
-    if producer is None or producer.op_type != "DequantizeLinear" or producer.domain not in ("", "ai.onnx"):
-        return None
-    return producer.inputs[0]
-
-
-@functools.cache
-def this_host() -> str:
-    """:func:`detect` for this machine, read once."""
-    return detect()

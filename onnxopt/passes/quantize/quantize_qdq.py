@@ -180,6 +180,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx_ir as ir
 
+from onnxopt.bench import int8_kernels
 from onnxopt.distill.qat import QatConfig
 from onnxopt.errors import one_line
 from onnxopt.passes._graph_edit import NameSource, name_unnamed_nodes
@@ -299,10 +300,10 @@ class QuantizeQDQPass(OptPass):
         providers = tuple(self.context.providers) if self.context is not None else ("CPUExecutionProvider",)
         target = cpu_target.resolve(self.config.target, providers)
         log.note(f"target {target.name}: {target.reason}")
-        if target.weight_bits == 8 and providers[:1] == ("CPUExecutionProvider",) and cpu_target.this_host() == "avx2":
+        if target.weight_bits == 8 and int8_kernels.saturating_host(providers):
             log.note(
                 "this CPU has no VNNI: its fused int8 kernels saturate on 8-bit weights, so accuracy is scored on "
-                "the model as written (what a CPU with VNNI computes); to run it here, target=avx2"
+                "the model as written (what an exact int32 kernel computes); to run it here, target=avx2"
             )
         pattern = re.compile(self.config.exclude) if self.config.exclude else None
         excluded = {n.name for n in model.graph if pattern and pattern.search(n.name or "")}
